@@ -1,0 +1,561 @@
+"""GRU cells: forward and vector-Jacobian-product kernels side by side.
+
+Both cells of this module are one step of size :math:`\\Delta t` of the ODE
+:math:`dh/dt = (1 - z) \\odot (n - h)` with the gates at the old state:
+
+.. math::
+
+    a = \\Delta t (1 - z), \\qquad c = \\frac{a}{1 + \\theta a}, \\qquad h' = h + c \\odot (n - h)
+
+* ``classic`` (:math:`\\theta = 0`): forward Euler; at :math:`\\Delta t = 1` exactly ``torch.nn.GRU``,
+  :math:`h' = (1 - z) n + z h`.
+* ``implicit`` (:math:`\\theta = 1`): the decay term implicit (Moon & Cyr 2022),
+  :math:`h' = (h + a n) / (1 + a)`, a convex combination of h and n for every :math:`\\Delta t \\ge 0`.
+
+Gates (PyTorch layout, order r, z, n): :math:`A_x = W_x x + b_x`, :math:`A_h = W_h h + b_h`,
+:math:`r = \\sigma(A_x^r + A_h^r)`, :math:`z = \\sigma(A_x^z + A_h^z)`, :math:`n = \\tanh(A_x^n + r A_h^n)`.
+In a stack, layer l > 0 takes the new state of layer l - 1 of the same step as its input.
+
+Kernel structure (three layers): drivers in :class:`GRUCell` check, cast and allocate; compiled
+kernels ``_layer_*`` take arrays only and write into outputs; ``_block_*`` helpers do
+one GEMM on a block of rows and the gate arithmetic of the rows. Every GEMM runs on a fixed block of
+the B rows of one state or time point (``config.row_blocks``), so results are bitwise independent of
+the number of threads, of how many states are stepped together, and of the number of MPI ranks.
+
+References
+----------
+K. Cho et al., "Learning phrase representations using RNN encoder-decoder", 2014 (GRU).
+G. E. Moon, E. C. Cyr, "Parallel training of GRU networks with a multi-grid solver for long
+sequences", ICLR 2022 (implicit GRU).
+"""
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import prange
+
+from ..config import JIT, JIT_PAR, resolve_dtype, row_blocks
+from ..errors import ConfigError
+from .activations import sigmoid, tanh
+
+
+# ----------------------------------------------------------------------------------------------
+# Block helpers: rows lo:hi of one state (or time point) of one layer.
+#
+# Each inner loop runs over the H (or 2H) entries of one row and touches at most four arrays, so
+# that the compiler vectorizes it (more arrays exceed its budget of run-time alias checks).
+# Gates are kept as G (B, 3H) = [r, z, W_h^n h + b_h^n] (the GEMM's own output, in place) and N (B, H).
+# ----------------------------------------------------------------------------------------------
+
+@numba.njit(**JIT)
+def _block_forward(ax, h, WhT, bh, dt, theta, hnew, G, N, lo, hi):
+    """Rows lo:hi: G = h W_h^T (one GEMM), then gates and new state. ax (B, 3H) includes b_x."""
+    H = h.shape[1]
+    one = h.dtype.type(1.0)
+    np.dot(h[lo:hi], WhT, G[lo:hi])
+    for b in range(lo, hi):
+        for j in range(2 * H):
+            G[b, j] = sigmoid(G[b, j] + ax[b, j] + bh[j])
+        for j in range(2 * H, 3 * H):
+            G[b, j] += bh[j]
+        for j in range(H):
+            N[b, j] = tanh(ax[b, 2 * H + j] + G[b, j] * G[b, 2 * H + j])
+        for j in range(H):
+            a = dt * (one - G[b, H + j])
+            c = a / (one + theta * a)
+            hnew[b, j] = h[b, j] + c * (N[b, j] - h[b, j])
+
+
+@numba.njit(**JIT)
+def _block_vjp(lam, h, dt, theta, G, N, Wh, dax, dah, lam_out, work, lo, hi):
+    """Rows lo:hi: pre-activation cotangents dax, dah (B, 3H), then
+    lam_out = lam (1 - c) + dah W_h (one GEMM). ``work`` (B, H) is scratch."""
+    H = h.shape[1]
+    one = h.dtype.type(1.0)
+    for b in range(lo, hi):
+        for j in range(H):      # n gate: dp_n = lam c (1 - n^2)
+            a = dt * (one - G[b, H + j])
+            c = a / (one + theta * a)
+            dax[b, 2 * H + j] = lam[b, j] * c * (one - N[b, j] * N[b, j])
+        for j in range(H):      # z gate: dp_z = -dt lam (n - h) / (1 + theta a)^2 z (1 - z)
+            z = G[b, H + j]
+            den = one + theta * dt * (one - z)
+            dax[b, H + j] = -dt * lam[b, j] * (N[b, j] - h[b, j]) / (den * den) * z * (one - z)
+        for j in range(H):      # r gate: dp_r = dp_n A_h^n r (1 - r)
+            r = G[b, j]
+            dax[b, j] = dax[b, 2 * H + j] * G[b, 2 * H + j] * r * (one - r)
+        for j in range(2 * H):
+            dah[b, j] = dax[b, j]
+        for j in range(H):
+            dah[b, 2 * H + j] = dax[b, 2 * H + j] * G[b, j]
+        for j in range(H):      # direct term of dh'/dh
+            a = dt * (one - G[b, H + j])
+            work[b, j] = lam[b, j] * (one - a / (one + theta * a))
+    np.dot(dah[lo:hi], Wh, lam_out[lo:hi])
+    for b in range(lo, hi):
+        for j in range(H):
+            lam_out[b, j] += work[b, j]
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer kernels: a whole sequence (serial solver) or K independent states (step API).
+# ----------------------------------------------------------------------------------------------
+
+@numba.njit(**JIT_PAR)
+def _project(x, WT, b, out, nblk):
+    """out[t] = x[t] WT (+ b if b has entries), for all t, in fixed row blocks.
+
+    x (T, B, I), WT (I, M) contiguous, b (M,) or (0,), out (T, B, M).
+    """
+    T, B = x.shape[0], x.shape[1]
+    M = out.shape[2]
+    has_bias = b.shape[0] == M
+    for q in prange(T * nblk):
+        t = q // nblk
+        j = q - t * nblk
+        lo = j * B // nblk
+        hi = (j + 1) * B // nblk
+        np.dot(x[t, lo:hi], WT, out[t, lo:hi])
+        if has_bias:
+            for i in range(lo, hi):
+                for m in range(M):
+                    out[t, i, m] += b[m]
+
+
+@numba.njit(**JIT_PAR)
+def _layer_sequence_forward(ax, hs, WhT, bh, dt, theta, G, N, nblk):
+    """Serial sweep of one layer: hs[t+1] = step(hs[t], ax[t]) for t = 0..T-1.
+
+    ax (T, B, 3H); hs (T+1, B, H) with hs[0] the initial state; dt (T,); gates G (T, B, 3H) and
+    N (T, B, H) to keep them for the adjoint, or (1, B, .) as work space.
+    """
+    T = ax.shape[0]
+    B = hs.shape[1]
+    keep = G.shape[0] == T
+    for t in range(T):
+        g = t if keep else 0
+        for j in prange(nblk):
+            lo = j * B // nblk
+            hi = (j + 1) * B // nblk
+            _block_forward(ax[t], hs[t], WhT, bh, dt[t], theta, hs[t + 1], G[g], N[g], lo, hi)
+
+
+@numba.njit(**JIT_PAR)
+def _layer_sequence_vjp(lam_last, dxin, hs, dt, theta, G, N, Wh, dax, dah, lam_a, lam_b, work,
+                        nblk):
+    """Backpropagation through time for one layer; returns the adjoint at point 0.
+
+    lam_last (B, H): adjoint at point T; dxin (T, B, H): cotangent arriving at hs[t+1] from the
+    layer above (or shape (0, B, H)); writes dax, dah (T, B, 3H). lam_a, lam_b, work (B, H) work.
+    """
+    T = dax.shape[0]
+    B, H = hs.shape[1], hs.shape[2]
+    has_in = dxin.shape[0] == T
+    lam_a[:] = lam_last
+    for t in range(T - 1, -1, -1):
+        for j in prange(nblk):
+            lo = j * B // nblk
+            hi = (j + 1) * B // nblk
+            if has_in:
+                for b in range(lo, hi):
+                    for i in range(H):
+                        lam_a[b, i] += dxin[t, b, i]
+            _block_vjp(lam_a, hs[t], dt[t], theta, G[t], N[t], Wh, dax[t], dah[t], lam_b, work,
+                       lo, hi)
+        lam_a, lam_b = lam_b, lam_a
+    return lam_a
+
+
+@numba.njit(**JIT_PAR)
+def _layer_step_forward(ax, h, WhT, bh, dt, theta, hnew, G, N, nblk):
+    """One step of K independent states of one layer: all arrays (K, B, .), dt (K,)."""
+    K, B = h.shape[0], h.shape[1]
+    for q in prange(K * nblk):
+        k = q // nblk
+        j = q - k * nblk
+        lo = j * B // nblk
+        hi = (j + 1) * B // nblk
+        _block_forward(ax[k], h[k], WhT, bh, dt[k], theta, hnew[k], G[k], N[k], lo, hi)
+
+
+@numba.njit(**JIT_PAR)
+def _layer_step_vjp(lam, h, dt, theta, G, N, Wh, dax, dah, lam_out, work, nblk):
+    """VJP of one step of K independent states of one layer: all arrays (K, B, .), dt (K,)."""
+    K, B = h.shape[0], h.shape[1]
+    for q in prange(K * nblk):
+        k = q // nblk
+        j = q - k * nblk
+        lo = j * B // nblk
+        hi = (j + 1) * B // nblk
+        _block_vjp(lam[k], h[k], dt[k], theta, G[k], N[k], Wh, dax[k], dah[k], lam_out[k],
+                   work[k], lo, hi)
+
+
+@numba.njit(**JIT_PAR)
+def _outer_partials(dA, X, partial):
+    """partial[c] = dA[rows of chunk c]^T X[rows of chunk c]; dA (R, M), X (R, I), partial (C, M, I)."""
+    R = dA.shape[0]
+    C = partial.shape[0]
+    for c in prange(C):
+        lo = c * R // C
+        hi = (c + 1) * R // C
+        np.dot(dA[lo:hi].T, X[lo:hi], partial[c])
+
+
+# ----------------------------------------------------------------------------------------------
+# Drivers
+# ----------------------------------------------------------------------------------------------
+
+#: Rows per chunk of a weight-gradient reduction (fixed, so the summation order never depends on threads).
+_GRAD_CHUNK_ROWS = 2048
+
+
+def accumulate_outer(dA, X, out):
+    """``out += dA^T X`` summed over all leading axes, in a fixed order.
+
+    Parameters
+    ----------
+    dA : ndarray, shape (..., M)
+    X : ndarray, shape (..., I), same leading shape and dtype as ``dA``
+    out : ndarray, shape (M, I), same dtype; accumulated in place
+    """
+    dA2 = np.ascontiguousarray(dA).reshape(-1, dA.shape[-1])
+    X2 = np.ascontiguousarray(X).reshape(-1, X.shape[-1])
+    R = dA2.shape[0]
+    if R == 0:
+        return out
+    chunks = max(1, -(-R // _GRAD_CHUNK_ROWS))
+    partial = np.empty((chunks,) + out.shape, dtype=out.dtype)
+    _outer_partials(dA2, X2, partial)
+    for c in range(chunks):
+        out += partial[c]
+    return out
+
+
+def project(x, W, b=None):
+    """Affine map of every row: ``x W^T + b``, in fixed row blocks (the input projection).
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, B, I), float32 or float64
+    W : ndarray, shape (M, I), same dtype
+    b : ndarray, shape (M,), same dtype, or None
+
+    Returns
+    -------
+    ndarray, shape (T, B, M), C-contiguous
+    """
+    return _affine(x, np.ascontiguousarray(W.T), b)
+
+
+def _affine(x, WT, b=None):
+    """``x WT + b`` for x (T, B, I), WT (I, M) C-contiguous: the kernel behind :func:`project`."""
+    x = np.ascontiguousarray(x)
+    out = np.empty(x.shape[:2] + (WT.shape[1],), dtype=x.dtype)
+    bias = np.empty(0, x.dtype) if b is None else b
+    _project(x, WT, bias, out, row_blocks(x.shape[1]))
+    return out
+
+
+class GRUWeights(NamedTuple):
+    """The weights of an L-layer GRU stack as the kernels use them (views, plus transposed copies).
+
+    Attributes
+    ----------
+    Wx, Wh : tuple of L ndarrays, shapes (3H, I_l) and (3H, H); I_0 = I, I_l = H above
+    bx, bh : tuple of L ndarrays, shape (3H,)
+    WxT, WhT : tuple of L C-contiguous transposes, shapes (I_l, 3H) and (H, 3H)
+    """
+    Wx: tuple
+    Wh: tuple
+    bx: tuple
+    bh: tuple
+    WxT: tuple
+    WhT: tuple
+
+    @classmethod
+    def from_params(cls, params, num_layers):
+        """Build from a dict with PyTorch names ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``."""
+        get = lambda kind: tuple(params[f"{kind}_l{k}"] for k in range(num_layers))  # noqa: E731
+        Wx, Wh, bx, bh = get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+        return cls(Wx, Wh, bx, bh, tuple(np.ascontiguousarray(w.T) for w in Wx),
+                   tuple(np.ascontiguousarray(w.T) for w in Wh))
+
+    @property
+    def num_layers(self):
+        return len(self.Wh)
+
+    @property
+    def hidden_size(self):
+        return self.Wh[0].shape[1]
+
+    @property
+    def dtype(self):
+        return self.Wh[0].dtype
+
+
+def _as_dt(dt, K, dtype):
+    """Step sizes as a (K,) array of ``dtype`` (a scalar is broadcast); must be finite and >= 0."""
+    d = np.broadcast_to(np.asarray(dt, dtype=dtype), (K,))
+    if not np.all(np.isfinite(d)) or np.any(d < 0):
+        raise ConfigError("step sizes dt must be finite and >= 0")
+    return np.ascontiguousarray(d)
+
+
+class StepCache(NamedTuple):
+    """Forward intermediates of one step of K states, per layer (lists of L arrays).
+
+    xin[l] (K, B, I_l) is the layer's input (None for layer 0, whose projection ax0 is given);
+    h[l] (K, B, H) the old state; G[l] (K, B, 3H) the gates [r, z, W_h^n h + b_h^n]; N[l] (K, B, H) n.
+    """
+    xin: list
+    h: list
+    G: list
+    N: list
+
+
+class GRUCell:
+    """A GRU cell of the :math:`\\theta`-family (see the module docstring): ``classic`` or ``implicit``.
+
+    The solver-facing step API advances K independent states by one step each, every state with its
+    own input and its own step size; every solver (serial, MGRIT, DEER) uses it. The serial solver
+    additionally uses the fused whole-sequence kernels :meth:`sequence_forward` and :meth:`sequence_vjp`.
+
+    Parameters
+    ----------
+    name : str
+    theta : float
+        0 for forward Euler in the decay term (classic), 1 for linearly implicit (implicit).
+    """
+
+    def __init__(self, name, theta):
+        self.name = name
+        self.theta = float(theta)
+
+    def __repr__(self):
+        return f"GRUCell({self.name!r}, theta={self.theta})"
+
+    # -- step API ------------------------------------------------------------------------------
+
+    def step(self, w, ax0, h, dt, out=None, cache=False):
+        """Advance K independent states of the stack by one step each.
+
+        Parameters
+        ----------
+        w : GRUWeights
+        ax0 : ndarray, shape (K, B, 3H)
+            Layer-0 input projection ``W_x x + b_x`` of each state's input (see :func:`project`).
+        h : ndarray, shape (K, L, B, H), float32 or float64 (the weights' dtype)
+            Old states.
+        dt : float or ndarray, shape (K,)
+            Step size of each state.
+        out : ndarray, shape (K, L, B, H), optional
+            Where to write the new states (may not alias ``h``).
+        cache : bool
+            Also return the :class:`StepCache` of the step (what :meth:`step_vjp` needs).
+
+        Returns
+        -------
+        out : ndarray, shape (K, L, B, H)
+        cache : StepCache, only if ``cache`` is true
+        """
+        K, L, B, H = self._check(w, ax0, h)
+        dtv = _as_dt(dt, K, h.dtype)
+        if out is None:
+            out = np.empty_like(h)
+        nblk = row_blocks(B)
+        c = StepCache([], [], [], [])
+        x_l = None
+        for l in range(L):
+            if l == 0:
+                ax = np.ascontiguousarray(ax0)
+            else:
+                ax = _affine(x_l, w.WxT[l], w.bx[l])
+            hl = np.ascontiguousarray(h[:, l])
+            hnew = np.empty((K, B, H), h.dtype)
+            G = np.empty((K, B, 3 * H), h.dtype)
+            N = np.empty((K, B, H), h.dtype)
+            _layer_step_forward(ax, hl, w.WhT[l], w.bh[l], dtv, h.dtype.type(self.theta), hnew,
+                                G, N, nblk)
+            out[:, l] = hnew
+            for lst, v in zip(c, (x_l, hl, G, N)):
+                lst.append(v)
+            x_l = hnew
+        return (out, c) if cache else out
+
+    def step_vjp(self, w, ax0, h, dt, lam_next, grads=None, cache=None):
+        """Vector-Jacobian product of :meth:`step` for K independent states.
+
+        Parameters
+        ----------
+        w, ax0, h, dt : as in :meth:`step`
+        lam_next : ndarray, shape (K, L, B, H)
+            Adjoint at the new states.
+        grads : dict, optional
+            Parameter gradients (PyTorch names, as :meth:`GRUWeights.from_params`) to accumulate the
+            step's contribution into, summed over the K states; layer 0's input weights are not
+            touched (their gradient is ``dax0^T x``, one GEMM the caller does over the whole sequence).
+        cache : StepCache, optional
+            The forward intermediates from ``step(..., cache=True)``; recomputed when not given.
+
+        Returns
+        -------
+        lam : ndarray, shape (K, L, B, H)
+            Adjoint at the old states, :math:`(\\partial \\Phi / \\partial h)^T \\lambda'`.
+        dax0 : ndarray, shape (K, B, 3H)
+            Cotangent of ``ax0``.
+        """
+        K, L, B, H = self._check(w, ax0, h)
+        if lam_next.shape != h.shape or lam_next.dtype != h.dtype:
+            raise ValueError(f"lam_next must have shape {h.shape} and dtype {h.dtype}")
+        dtv = _as_dt(dt, K, h.dtype)
+        if cache is None:
+            _, cache = self.step(w, ax0, h, dtv, cache=True)
+        nblk = row_blocks(B)
+        lam = np.empty_like(h)
+        dax = np.empty((K, B, 3 * H), h.dtype)
+        dah = np.empty((K, B, 3 * H), h.dtype)
+        work = np.empty((K, B, H), h.dtype)
+        lam_out = np.empty((K, B, H), h.dtype)
+        dxin = None
+        for l in range(L - 1, -1, -1):
+            lam_l = lam_next[:, l] + dxin if dxin is not None else np.ascontiguousarray(lam_next[:, l])
+            _layer_step_vjp(lam_l, cache.h[l], dtv, h.dtype.type(self.theta), cache.G[l],
+                            cache.N[l], w.Wh[l], dax, dah, lam_out, work, nblk)
+            lam[:, l] = lam_out
+            if grads is not None:
+                _accumulate_layer_grads(grads, l, dax, dah, cache.xin[l], cache.h[l])
+            if l > 0:
+                dxin = _affine(dax, w.Wx[l])
+        return lam, dax.copy()
+
+    # -- fused whole-sequence kernels (serial solver) --------------------------------------------
+
+    def sequence_forward(self, w, ax0, h0, dt=1.0, keep=True):
+        """Serial sweep over a whole sequence, layer after layer.
+
+        Parameters
+        ----------
+        w : GRUWeights
+        ax0 : ndarray, shape (T, B, 3H)
+            Layer-0 input projection of every time step.
+        h0 : ndarray, shape (L, B, H)
+            Initial state.
+        dt : float or ndarray, shape (T,)
+        keep : bool
+            Keep the gates for :meth:`sequence_vjp` (training); otherwise only the states.
+
+        Returns
+        -------
+        SequenceCache
+            ``hs``: list of L arrays (T+1, B, H), the trajectory of each layer; gates if ``keep``.
+        """
+        T, B = ax0.shape[0], ax0.shape[1]
+        L, H = w.num_layers, w.hidden_size
+        dtype = w.dtype
+        dtv = _as_dt(dt, T, dtype)
+        nblk = row_blocks(B)
+        res = SequenceCache([], [], [], dtv)
+        x_l = None
+        for l in range(L):
+            ax = ax0 if l == 0 else _affine(x_l, w.WxT[l], w.bx[l])
+            hs = np.empty((T + 1, B, H), dtype)
+            hs[0] = h0[l]
+            G = np.empty((T if keep else 1, B, 3 * H), dtype)
+            N = np.empty((T if keep else 1, B, H), dtype)
+            _layer_sequence_forward(ax, hs, w.WhT[l], w.bh[l], dtv, dtype.type(self.theta), G, N,
+                                    nblk)
+            res.hs.append(hs)
+            if keep:
+                res.G.append(G)
+                res.N.append(N)
+            x_l = hs[1:]
+        return res
+
+    def sequence_vjp(self, w, seq, lam_last, grads):
+        """Backpropagation through time over a whole sequence (after ``sequence_forward(keep=True)``).
+
+        Parameters
+        ----------
+        w : GRUWeights
+        seq : SequenceCache
+        lam_last : ndarray, shape (L, B, H)
+            Adjoint at the last point (from the head: nonzero in the top layer only).
+        grads : dict
+            Parameter gradients to accumulate into (layer 0's input weights excepted: the caller
+            forms ``dax0^T x``).
+
+        Returns
+        -------
+        lam0 : ndarray, shape (L, B, H)
+            Adjoint at the initial state.
+        dax0 : ndarray, shape (T, B, 3H)
+            Cotangent of the layer-0 input projection.
+        """
+        L = w.num_layers
+        hs0 = seq.hs[0]
+        T, B, H = hs0.shape[0] - 1, hs0.shape[1], hs0.shape[2]
+        dtype = hs0.dtype
+        nblk = row_blocks(B)
+        lam0 = np.empty((L, B, H), dtype)
+        work = [np.empty((B, H), dtype) for _ in range(3)]
+        dxin = np.empty((0, B, H), dtype)
+        for l in range(L - 1, -1, -1):
+            dax = np.empty((T, B, 3 * H), dtype)
+            dah = np.empty((T, B, 3 * H), dtype)
+            lam0[l] = _layer_sequence_vjp(np.ascontiguousarray(lam_last[l]), dxin, seq.hs[l],
+                                          seq.dt, dtype.type(self.theta), seq.G[l], seq.N[l],
+                                          w.Wh[l], dax, dah, *work, nblk)
+            xin = seq.hs[l - 1][1:] if l > 0 else None
+            _accumulate_layer_grads(grads, l, dax, dah, xin, seq.hs[l][:-1])
+            if l > 0:
+                dxin = _affine(dax, w.Wx[l])
+        return lam0, dax
+
+    def _check(self, w, ax0, h):
+        if h.ndim != 4:
+            raise ValueError(f"states must have shape (K, L, B, H), got {h.shape}")
+        K, L, B, H = h.shape
+        if (L, H) != (w.num_layers, w.hidden_size) or h.dtype != w.dtype:
+            raise ValueError(f"states {h.shape} {h.dtype} do not fit weights of {w.num_layers} layers, "
+                             f"hidden {w.hidden_size}, {w.dtype}")
+        if ax0.shape != (K, B, 3 * H) or ax0.dtype != h.dtype:
+            raise ValueError(f"ax0 must have shape {(K, B, 3 * H)} and dtype {h.dtype}, got "
+                             f"{ax0.shape} {ax0.dtype}")
+        return K, L, B, H
+
+
+class SequenceCache(NamedTuple):
+    """Trajectory (and gates) of a serial sweep, lists over layers: ``hs`` (T+1, B, H),
+    ``G`` (T, B, 3H) = [r, z, W_h^n h + b_h^n], ``N`` (T, B, H); ``dt`` (T,) the step sizes."""
+    hs: list
+    G: list
+    N: list
+    dt: np.ndarray
+
+
+def _accumulate_layer_grads(grads, l, dax, dah, xin, h):
+    """grads of layer l += contributions of pre-activation cotangents dax, dah (..., 3H)."""
+    accumulate_outer(dah, h, grads[f"weight_hh_l{l}"])
+    grads[f"bias_hh_l{l}"] += dah.reshape(-1, dah.shape[-1]).sum(axis=0)
+    if l > 0:
+        accumulate_outer(dax, xin, grads[f"weight_ih_l{l}"])
+        grads[f"bias_ih_l{l}"] += dax.reshape(-1, dax.shape[-1]).sum(axis=0)
+
+
+CELLS = {
+    "classic": GRUCell("classic", 0.0),
+    "implicit": GRUCell("implicit", 1.0),
+}
+
+
+def get_cell(name):
+    """The cell registered under ``name`` ('classic' or 'implicit'); otherwise a ConfigError."""
+    try:
+        return CELLS[name]
+    except KeyError:
+        raise ConfigError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}") from None
+
+
+__all__ = ["GRUCell", "GRUWeights", "CELLS", "get_cell", "project", "accumulate_outer",
+           "resolve_dtype"]

@@ -1,0 +1,67 @@
+"""One place for compile options, dtypes, threads and status codes.
+
+Importing this module caps the BLAS library used by numba kernels at one thread (unless the user
+set ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` already): all parallelism
+inside a rank comes from numba's threads over independent row blocks, so BLAS threads would only
+compete with them (measured here: a 100x100x300 GEMM inside a numba parallel region took 2.6 ms with
+a multi-threaded BLAS, 69 us single-threaded).
+"""
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+from .errors import ConfigError  # noqa: E402
+
+#: Options of every compiled kernel (stumpy habit: one source of jit options).
+#: ``error_model="numpy"`` lets divisions vectorize; no fastmath, so results are reproducible.
+JIT = dict(cache=True, error_model="numpy", nogil=True)
+#: The same with ``parallel=True``: threads over independent row blocks only.
+JIT_PAR = dict(JIT, parallel=True)
+
+#: The dtypes the engine computes in.
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+#: Largest row block of one GEMM inside the kernels. Blocks depend only on the batch size B
+#: (never on the number of threads, states or ranks), so results are bitwise independent of them.
+MAX_ROW_BLOCK = 32
+
+# Status codes returned by kernels and solvers.
+OK = 0
+NOT_CONVERGED = 1
+DIVERGED = 2
+NONFINITE = 3
+
+
+def resolve_dtype(dtype):
+    """Return ``np.float32`` or ``np.float64`` for a name or NumPy dtype; anything else is a ConfigError."""
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt in (np.dtype(np.float32), np.dtype(np.float64)):
+        return dt.type
+    raise ConfigError(f"dtype {dtype!r} is not supported; use 'float32' or 'float64'")
+
+
+def row_blocks(batch):
+    """Number of row blocks a batch of ``batch`` rows is split into (balanced, at most MAX_ROW_BLOCK rows each)."""
+    return max(1, -(-int(batch) // MAX_ROW_BLOCK))
+
+
+def set_num_threads(n=None):
+    """Set the number of numba threads of this process (None: leave as is). Returns the number in use."""
+    import numba
+
+    if n is not None:
+        n = int(n)
+        if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+            raise ConfigError(
+                f"threads={n} is not possible here: choose 1..{numba.config.NUMBA_NUM_THREADS} "
+                "(set NUMBA_NUM_THREADS before start-up to allow more)")
+        numba.set_num_threads(n)
+    return numba.get_num_threads()

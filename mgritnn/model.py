@@ -1,0 +1,240 @@
+"""A stacked GRU with a linear classifier head on the last hidden state of the top layer.
+
+Parameters live in one flat buffer with named views under PyTorch's names and shapes, so weights move
+between ``mgritnn`` and ``torch.nn.GRU`` + ``torch.nn.Linear`` unchanged (``state_dict()`` and
+``np.savez``); optimizers update the flat buffer in place.
+"""
+import numpy as np
+
+from .cells import GRUWeights, accumulate_outer, get_cell, project
+from .config import resolve_dtype
+from .errors import CheckpointError, ConfigError, DataError
+from .io import atomic_savez, read_npz
+from .solvers import get_solver
+
+
+def param_shapes(input_size, hidden_size, num_classes, num_layers):
+    """Names and shapes of all parameters, in the flat buffer's order (PyTorch's ``state_dict`` order)."""
+    H = hidden_size
+    shapes = []
+    for k in range(num_layers):
+        I = input_size if k == 0 else H
+        shapes += [(f"weight_ih_l{k}", (3 * H, I)), (f"weight_hh_l{k}", (3 * H, H)),
+                   (f"bias_ih_l{k}", (3 * H,)), (f"bias_hh_l{k}", (3 * H,))]
+    shapes += [("head.weight", (num_classes, H)), ("head.bias", (num_classes,))]
+    return shapes
+
+
+def _positive_int(name, v):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+class GRUClassifier:
+    """Sequence classifier: an L-layer GRU over time, a linear head on the top layer's last state.
+
+    Parameters
+    ----------
+    input_size, hidden_size, num_classes, num_layers : int
+    cell : {"classic", "implicit"}
+        ``classic`` is ``torch.nn.GRU``; ``implicit`` the implicit GRU of Moon & Cyr (2022).
+    dtype : {"float32", "float64"}
+    seed : int
+        Initialization as PyTorch: every weight and bias uniform in :math:`\\pm 1/\\sqrt{H}`.
+    dt : float
+        Step size of the cell (1.0 for the classic GRU).
+
+    Attributes
+    ----------
+    flat : ndarray, shape (P,)
+        All parameters; ``params`` holds named views into it.
+    params : dict of str -> ndarray
+        ``weight_ih_l{k}`` (3H, I_k), ``weight_hh_l{k}`` (3H, H), ``bias_ih_l{k}`` (3H,),
+        ``bias_hh_l{k}`` (3H,), ``head.weight`` (C, H), ``head.bias`` (C,).
+    """
+
+    def __init__(self, input_size, hidden_size, num_classes, num_layers=1, cell="classic",
+                 dtype="float32", seed=0, dt=1.0):
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_classes = _positive_int("num_classes", num_classes)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        self.cell = get_cell(cell)
+        self.dtype = resolve_dtype(dtype)
+        self.dt = float(dt)
+        if not np.isfinite(self.dt) or self.dt <= 0:
+            raise ConfigError(f"dt must be a positive number, got {dt!r}")
+        self._shapes = param_shapes(self.input_size, self.hidden_size, self.num_classes,
+                                    self.num_layers)
+        self.flat = np.empty(sum(int(np.prod(s)) for _, s in self._shapes), self.dtype)
+        self.params = self.unflatten(self.flat)
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        self.flat[:] = np.random.default_rng(seed).uniform(-bound, bound, self.flat.size)
+
+    # -- parameters ----------------------------------------------------------------------------
+
+    @property
+    def config(self):
+        """The constructor arguments that fix the parameter shapes and the computation (JSON-able)."""
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    num_classes=self.num_classes, num_layers=self.num_layers, cell=self.cell.name,
+                    dtype=np.dtype(self.dtype).name, dt=self.dt)
+
+    def unflatten(self, vec):
+        """Named views of a flat vector laid out like :attr:`flat`: dict name -> ndarray view."""
+        out, i = {}, 0
+        for name, shape in self._shapes:
+            size = int(np.prod(shape))
+            out[name] = vec[i:i + size].reshape(shape)
+            i += size
+        return out
+
+    def set_params(self, params):
+        """Copy parameters from a dict (e.g. a PyTorch ``state_dict`` converted to NumPy).
+
+        Every name of :attr:`params` must be present with the same shape; extra keys are ignored.
+        """
+        for name, view in self.params.items():
+            if name not in params:
+                raise CheckpointError(f"parameter {name!r} is missing")
+            v = np.asarray(params[name])
+            if v.shape != view.shape:
+                raise CheckpointError(
+                    f"parameter {name!r} has shape {v.shape}, this model needs {view.shape}: "
+                    "build the model with the checkpoint's sizes")
+            view[...] = v
+
+    def weights(self):
+        """The GRU stack's weights as the kernels use them (:class:`GRUWeights`)."""
+        return GRUWeights.from_params(self.params, self.num_layers)
+
+    # -- computation ---------------------------------------------------------------------------
+
+    def _time_major(self, X):
+        X = np.asarray(X)
+        if X.ndim != 3:
+            raise DataError(f"X must have shape (batch, time, features), got an array of shape {X.shape}")
+        if X.shape[2] != self.input_size:
+            raise DataError(f"X has {X.shape[2]} features per step, the model expects "
+                            f"{self.input_size}: use data with {self.input_size} channels or build "
+                            f"the model with input_size={X.shape[2]}")
+        if X.shape[0] == 0 or X.shape[1] == 0:
+            raise DataError(f"X is empty (shape {X.shape}): need at least one sequence and one step")
+        if not np.all(np.isfinite(X)):
+            raise DataError("X contains NaN or inf: clean or impute the data first")
+        return np.ascontiguousarray(np.swapaxes(X, 0, 1), dtype=self.dtype)
+
+    def _check_labels(self, y, batch):
+        y = np.asarray(y)
+        if y.shape != (batch,):
+            raise DataError(f"y must have shape ({batch},), got {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            if not (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y))
+                    and np.all(y == np.round(y))):
+                raise DataError("labels y must be integers 0..C-1")
+        if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+            raise DataError(f"labels must lie in 0..{self.num_classes - 1}, found "
+                            f"{int(y.min())}..{int(y.max())}: relabel, or build the model with more classes")
+        return y.astype(np.int64)
+
+    def _hidden(self, Xt, solver, keep):
+        w = self.weights()
+        ax0 = project(Xt, w.Wx[0], w.bx[0])
+        h0 = np.zeros((self.num_layers, Xt.shape[1], self.hidden_size), self.dtype)
+        h_last, state, stats = solver.forward(self.cell, w, ax0, h0, self.dt, keep=keep)
+        return w, h_last, state, stats
+
+    def forward(self, X, solver="serial"):
+        """Logits of a batch.
+
+        Parameters
+        ----------
+        X : array_like, shape (B, T, I)
+            Batch-first, as users hold data.
+        solver : str or solver config
+
+        Returns
+        -------
+        ndarray, shape (B, C), the model's dtype
+        """
+        Xt = self._time_major(X)
+        _, h_last, _, _ = self._hidden(Xt, get_solver(solver), keep=False)
+        return h_last[-1] @ self.params["head.weight"].T + self.params["head.bias"]
+
+    def predict(self, X, solver="serial"):
+        """Predicted classes, ndarray of shape (B,), int64."""
+        return np.argmax(self.forward(X, solver), axis=1)
+
+    def loss_and_grad_flat(self, X, y, solver="serial"):
+        """Mean softmax cross-entropy and its gradient as a flat vector laid out like :attr:`flat`.
+
+        Returns
+        -------
+        loss : float
+        grad : ndarray, shape (P,), the model's dtype
+        info : dict
+            ``logits`` (B, C) and the solvers' ``forward`` / ``adjoint`` :class:`SolveStats`.
+        """
+        Xt = self._time_major(X)
+        y = self._check_labels(y, Xt.shape[1])
+        solver = get_solver(solver)
+        w, h_last, state, fstats = self._hidden(Xt, solver, keep=True)
+        p = self.params
+        top = h_last[-1]
+        logits = top @ p["head.weight"].T + p["head.bias"]
+        B = Xt.shape[1]
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        logsumexp = np.log(np.exp(shifted).sum(axis=1))
+        loss = float(np.mean(logsumexp - shifted[np.arange(B), y]))
+        dlogits = np.exp(shifted - logsumexp[:, None])
+        dlogits[np.arange(B), y] -= 1
+        dlogits /= B
+        grad = np.zeros_like(self.flat)
+        g = self.unflatten(grad)
+        g["head.weight"][...] = dlogits.T @ top
+        g["head.bias"][...] = dlogits.sum(axis=0)
+        lam_last = np.zeros_like(h_last)
+        lam_last[-1] = dlogits @ p["head.weight"]
+        dax0, astats = solver.adjoint(self.cell, w, state, lam_last, g)
+        accumulate_outer(dax0, Xt, g["weight_ih_l0"])
+        g["bias_ih_l0"] += dax0.reshape(-1, dax0.shape[-1]).sum(axis=0)
+        return loss, grad, dict(logits=logits, forward=fstats, adjoint=astats)
+
+    def loss_and_grad(self, X, y, solver="serial"):
+        """Mean softmax cross-entropy of a batch and its gradient.
+
+        Parameters
+        ----------
+        X : array_like, shape (B, T, I)
+        y : array_like of int, shape (B,), labels in 0..C-1
+        solver : str or solver config
+
+        Returns
+        -------
+        loss : float
+        grads : dict of str -> ndarray, the keys and shapes of :attr:`params`
+        """
+        loss, grad, _ = self.loss_and_grad_flat(X, y, solver)
+        return loss, self.unflatten(grad)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def save(self, path):
+        """Write the parameters (PyTorch names) and the model's configuration to ``path`` (.npz), atomically."""
+        atomic_savez(path, self.params, meta=dict(kind="model", model=self.config))
+
+
+def model_from_meta(meta, path="checkpoint"):
+    """Build an (uninitialized) :class:`GRUClassifier` from checkpoint metadata."""
+    if not meta or "model" not in meta:
+        raise CheckpointError(f"{path!r} has no mgritnn model metadata; was it written by mgritnn?")
+    return GRUClassifier(**meta["model"])
+
+
+def load(path):
+    """Load a model written by :meth:`GRUClassifier.save` (or a training checkpoint)."""
+    arrays, meta = read_npz(path)
+    m = model_from_meta(meta, path)
+    m.set_params(arrays)
+    return m

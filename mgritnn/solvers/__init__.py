@@ -1,0 +1,5 @@
+"""Time solvers: serial (ground truth); the parallel ones register themselves here too."""
+from .base import SOLVERS, SolveStats, Solver, get_solver, register
+from .serial import SerialSolver
+
+__all__ = ["SOLVERS", "SolveStats", "Solver", "SerialSolver", "get_solver", "register"]

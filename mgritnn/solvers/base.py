@@ -1,0 +1,72 @@
+"""What every solver shares: the forward/adjoint interface, the result's statistics, the registry.
+
+A solver computes the hidden-state trajectory of a GRU stack over a sequence (``forward``) and the
+adjoint of that trajectory with the parameter gradients (``adjoint``). Solvers differ in how they
+solve the time recurrence (serial sweep, MGRIT, DEER); all of them advance states through the cells'
+step API, so the model, the head and the training loop never depend on which solver ran.
+"""
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+
+@dataclass
+class SolveStats:
+    """Counters of one forward or adjoint solve (scipy-style: status, message, counters).
+
+    Attributes
+    ----------
+    status : int
+        0 converged/exact, 1 not converged within the iteration limit, 2 diverged, 3 non-finite.
+    message : str
+    iterations : int
+        Iterations of an iterative solver (0 for the serial sweep).
+    residual : float
+        Final residual norm (0.0 for the serial sweep).
+    step_evals : int
+        Step (or step-VJP) evaluations of this process, counted per time point and layer stack.
+    history : list of float
+        Residual norm after each iteration.
+    """
+    status: int = 0
+    message: str = "exact"
+    iterations: int = 0
+    residual: float = 0.0
+    step_evals: int = 0
+    history: list = field(default_factory=list)
+
+
+class Solver:
+    """Interface of a time solver (see :class:`mgritnn.solvers.serial.SerialSolver`)."""
+
+    name = "base"
+
+    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True):  # pragma: no cover - interface
+        """Trajectory of the stack. Returns ``(h_last (L, B, H), state, SolveStats)``; ``state`` is
+        what :meth:`adjoint` needs (only when ``keep``)."""
+        raise NotImplementedError
+
+    def adjoint(self, cell, w, state, lam_last, grads):  # pragma: no cover - interface
+        """Adjoint solve and parameter gradients. Returns ``(dax0 (T, B, 3H), SolveStats)``."""
+        raise NotImplementedError
+
+
+SOLVERS = {}
+
+
+def register(cls):
+    """Class decorator: make a solver available by its ``name``."""
+    SOLVERS[cls.name] = cls
+    return cls
+
+
+def get_solver(spec):
+    """A solver instance from a name (``"serial"``, ...), a solver instance, or a solver config object
+    that has a ``make_solver()`` method."""
+    if isinstance(spec, Solver):
+        return spec
+    if hasattr(spec, "make_solver"):
+        return spec.make_solver()
+    if isinstance(spec, str) and spec in SOLVERS:
+        return SOLVERS[spec]()
+    raise ConfigError(f"unknown solver {spec!r}; choose one of {sorted(SOLVERS)}")
