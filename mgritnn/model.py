@@ -4,6 +4,8 @@ Parameters live in one flat buffer with named views under PyTorch's names and sh
 between ``mgritnn`` and ``torch.nn.GRU`` + ``torch.nn.Linear`` unchanged (``state_dict()`` and
 ``np.savez``); optimizers update the flat buffer in place.
 """
+import time
+
 import numpy as np
 
 from .cells import GRUWeights, accumulate_outer, get_cell, project
@@ -174,12 +176,16 @@ class GRUClassifier:
         loss : float
         grad : ndarray, shape (P,), the model's dtype
         info : dict
-            ``logits`` (B, C) and the solvers' ``forward`` / ``adjoint`` :class:`SolveStats`.
+            ``logits`` (B, C), the solvers' ``forward`` / ``adjoint`` :class:`SolveStats`, and
+            ``time_forward`` / ``time_adjoint`` (seconds, the latter including the head and the
+            weight gradients).
         """
         Xt = self._time_major(X)
         y = self._check_labels(y, Xt.shape[1])
         solver = get_solver(solver)
+        t0 = time.perf_counter()
         w, h_last, state, fstats = self._hidden(Xt, solver, keep=True)
+        t1 = time.perf_counter()
         p = self.params
         top = h_last[-1]
         logits = top @ p["head.weight"].T + p["head.bias"]
@@ -199,7 +205,8 @@ class GRUClassifier:
         dax0, astats = solver.adjoint(self.cell, w, state, lam_last, g)
         accumulate_outer(dax0, Xt, g["weight_ih_l0"])
         g["bias_ih_l0"] += dax0.reshape(-1, dax0.shape[-1]).sum(axis=0)
-        return loss, grad, dict(logits=logits, forward=fstats, adjoint=astats)
+        return loss, grad, dict(logits=logits, forward=fstats, adjoint=astats,
+                                time_forward=t1 - t0, time_adjoint=time.perf_counter() - t1)
 
     def loss_and_grad(self, X, y, solver="serial"):
         """Mean softmax cross-entropy of a batch and its gradient.

@@ -1,0 +1,6 @@
+"""``python -m mgritnn``: the command line."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

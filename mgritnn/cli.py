@@ -1,0 +1,235 @@
+"""Command line: ``mgritnn <train|eval|predict|gradcheck|info>`` (``--help`` on each).
+
+Errors a user can fix (bad data, options or checkpoints) print one line ``mgritnn: error: ...`` on
+stderr and exit with status 2; a traceback means a bug in mgritnn.
+"""
+import argparse
+import dataclasses
+import os
+import sys
+
+import numpy as np
+
+from .errors import MgritnnError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_train_args(p):
+    from .train import TrainConfig
+    d = TrainConfig()
+    p.add_argument("--data", default=d.data,
+                   help="'default' (embedded oscillations set), a .npz file (X_train (N,T,C), y_train, "
+                        "X_test, y_test) or a 'UCI HAR Dataset' directory (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=d.seq_len,
+                   help="truncate/zero-pad sequences to this length (the default set is generated "
+                        "at it; default: the data's own length, 128 for the default set)")
+    p.add_argument("--cell", choices=["classic", "implicit"], default=d.cell,
+                   help="classic = torch.nn.GRU; implicit = Moon & Cyr's implicit GRU (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=d.hidden, help="hidden size (default: %(default)s)")
+    p.add_argument("--layers", type=int, default=d.layers, help="GRU layers (default: %(default)s)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype,
+                   help="(default: %(default)s)")
+    p.add_argument("--dt", type=float, default=d.dt, help="step size of the cell (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default=d.optimizer,
+                   help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
+    p.add_argument("--momentum", type=float, default=d.momentum,
+                   help="SGD momentum (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="L2 weight decay (default: %(default)s)")
+    p.add_argument("--clip", type=float, default=d.clip,
+                   help="clip gradients to this global norm (default: no clipping)")
+    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    p.add_argument("--solver", default=d.solver, help="time solver (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="numba threads of this process (default: all cores)")
+    p.add_argument("--checkpoint", default=d.checkpoint,
+                   help="write a checkpoint here after every epoch (atomically)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint if it exists (bit for bit as uninterrupted)")
+    p.add_argument("--log", default=d.log, help="append one JSON line per epoch to this file")
+    p.add_argument("--max-batches", type=int, default=d.max_batches,
+                   help="stop every epoch after this many batches (quick runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress line during epochs")
+
+
+def cmd_train(a):
+    from .train import TrainConfig, train
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields})
+    print(f"mgritnn train: data={cfg.data} cell={cfg.cell} hidden={cfg.hidden} layers={cfg.layers} "
+          f"dtype={cfg.dtype} solver={cfg.solver} optimizer={cfg.optimizer} lr={cfg.lr} "
+          f"batch={cfg.batch_size} epochs={cfg.epochs}", flush=True)
+    train(cfg, out=lambda line: print(line, flush=True), progress=not a.quiet)
+    return 0
+
+
+def _data_for_checkpoint(a, meta):
+    from . import datasets
+    train_cfg = (meta or {}).get("train", {})
+    source = a.data or train_cfg.get("data", "default")
+    seq_len = a.seq_len or train_cfg.get("seq_len")
+    return datasets.load(source, seq_len=seq_len, seed=train_cfg.get("seed", 0))
+
+
+def _transform(std, X, model):
+    if std is None:
+        return np.asarray(X, dtype=model.dtype)
+    return std.transform(X, model.dtype)
+
+
+def cmd_eval(a):
+    from .train import evaluate, load_checkpoint
+    model, std, meta = load_checkpoint(a.checkpoint)
+    ds = _data_for_checkpoint(a, meta)
+    for split in ("train", "test") if a.train else ("test",):
+        X, y = getattr(ds, f"X_{split}"), getattr(ds, f"y_{split}")
+        r = evaluate(model, _transform(std, X, model), y)
+        print(f"{split}: loss {r['loss']:.4f}  accuracy {100 * r['accuracy']:.2f}%  ({len(y)} samples)")
+    return 0
+
+
+def cmd_predict(a):
+    from .io import atomic_savez
+    from .train import evaluate, load_checkpoint
+    model, std, meta = load_checkpoint(a.checkpoint)
+    ds = _data_for_checkpoint(a, meta)
+    X, y = getattr(ds, f"X_{a.split}"), getattr(ds, f"y_{a.split}")
+    logits = evaluate(model, _transform(std, X, model), y)["logits"]
+    atomic_savez(a.out, dict(logits=logits, predictions=np.argmax(logits, 1), labels=y),
+                 meta=dict(kind="predictions", split=a.split, checkpoint=os.path.abspath(a.checkpoint)))
+    print(f"wrote logits {logits.shape} of the {a.split} split to {a.out}")
+    return 0
+
+
+def gradcheck(cell="classic", layers=2, hidden=5, input_size=3, classes=3, seq_len=7, batch=4,
+              seed=0, eps=1e-6, directions=3, dt=1.0):
+    """Worst relative error of the gradient of every parameter against central finite differences.
+
+    A random float64 problem; for each parameter, ``directions`` random directions supported on that
+    parameter only; relative error ``|fd - g.d| / max(|fd|, |g.d|, 1e-12)``.
+
+    Returns
+    -------
+    dict of str -> float
+    """
+    from .model import GRUClassifier
+    m = GRUClassifier(input_size, hidden, classes, num_layers=layers, cell=cell, dtype="float64",
+                      seed=seed, dt=dt)
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(batch, seq_len, input_size))
+    y = rng.integers(0, classes, size=batch)
+    _, g, _ = m.loss_and_grad_flat(X, y)
+    theta = m.flat.copy()
+    worst = {}
+    views = m.unflatten(np.arange(theta.size))
+    for name, idx in views.items():
+        errs = []
+        for _ in range(directions):
+            d = np.zeros_like(theta)
+            d[idx.ravel()] = rng.normal(size=idx.size)
+            m.flat[:] = theta + eps * d
+            lp, _, _ = m.loss_and_grad_flat(X, y)
+            m.flat[:] = theta - eps * d
+            lm, _, _ = m.loss_and_grad_flat(X, y)
+            m.flat[:] = theta
+            fd, an = (lp - lm) / (2 * eps), float(g @ d)
+            errs.append(abs(fd - an) / max(abs(fd), abs(an), 1e-12))
+        worst[name] = max(errs)
+    return worst
+
+
+def cmd_gradcheck(a):
+    worst = gradcheck(a.cell, a.layers, a.hidden, a.input_size, a.classes, a.seq_len, a.batch,
+                      a.seed, a.eps, dt=a.dt)
+    print(f"gradcheck: cell={a.cell} layers={a.layers} hidden={a.hidden} T={a.seq_len} "
+          f"batch={a.batch} float64, central differences eps={a.eps}")
+    for name, e in worst.items():
+        print(f"  {name:16s} worst relative error {e:.2e}")
+    bad = {k: e for k, e in worst.items() if e > a.tol}
+    if bad:
+        print(f"FAILED: {len(bad)} parameter(s) above {a.tol:g}", file=sys.stderr)
+        return 1
+    print(f"ok: all below {a.tol:g}")
+    return 0
+
+
+def cmd_info(a):
+    import numba
+    import scipy
+
+    from . import __version__
+    print(f"mgritnn {__version__}")
+    print(f"python {sys.version.split()[0]}  numpy {np.__version__}  numba {numba.__version__}  "
+          f"scipy {scipy.__version__}")
+    print(f"numba threads {numba.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}, "
+          f"threading layer {numba.config.THREADING_LAYER}, cores {os.cpu_count()}")
+    try:
+        import mpi4py
+        from mpi4py import MPI
+        lib = MPI.Get_library_version().splitlines()[0].strip()
+        print(f"mpi4py {mpi4py.__version__}  {lib}  world size {MPI.COMM_WORLD.Get_size()}")
+    except Exception as e:  # report, never fail: MPI is optional for serial runs
+        print(f"mpi4py not usable: {e}")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="mgritnn", description="Parallel-in-time training of GRU networks (MGRIT, DEER).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a GRU classifier",
+                       description="Train a GRU classifier; one line per epoch.")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    for name, helptext, func in (("eval", "loss and accuracy of a checkpoint", cmd_eval),
+                                 ("predict", "write the logits of a checkpoint on a data split",
+                                  cmd_predict)):
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        p.add_argument("--checkpoint", required=True, help="a checkpoint written by mgritnn train")
+        p.add_argument("--data", default=None,
+                       help="data source (default: the one the checkpoint was trained on)")
+        p.add_argument("--seq-len", type=int, default=None, help="truncate/pad to this length")
+        if name == "eval":
+            p.add_argument("--train", action="store_true", help="also evaluate the training split")
+        else:
+            p.add_argument("--split", choices=["train", "test"], default="test")
+            p.add_argument("--out", required=True,
+                           help=".npz file to write: logits (N, C), predictions (N,), labels (N,)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("gradcheck", help="check gradients against finite differences",
+                       description="Worst relative error per parameter of the analytic gradient "
+                                   "against central finite differences, on a small random float64 problem.")
+    p.add_argument("--cell", choices=["classic", "implicit"], default="classic")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=5)
+    p.add_argument("--input-size", type=int, default=3)
+    p.add_argument("--classes", type=int, default=3)
+    p.add_argument("--seq-len", type=int, default=7)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--dt", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eps", type=float, default=1e-6)
+    p.add_argument("--tol", type=float, default=1e-6, help="fail (exit 1) above this relative error")
+    p.set_defaults(func=cmd_gradcheck)
+
+    p = sub.add_parser("info", help="versions, threads and MPI", description="Versions, threads and MPI.")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``mgritnn`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MgritnnError as e:
+        print(f"mgritnn: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+

@@ -1,0 +1,276 @@
+"""The training loop: data -> solve -> loss -> adjoint -> gradient -> optimizer -> log -> checkpoint.
+
+A run is fixed by a :class:`TrainConfig`. Checkpoints (atomic ``.npz``) hold the parameters under
+PyTorch's names, the optimizer state, the shuffling RNG's state, the epoch, the standardization and
+the configuration, so that ``resume=True`` continues a run to the bit-for-bit same result as the
+uninterrupted run (the kernels are deterministic and independent of the thread count).
+"""
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import datasets
+from .config import set_num_threads
+from .errors import CheckpointError, ConfigError, MgritnnError
+from .io import atomic_savez, read_npz
+from .model import GRUClassifier
+from .optim import make_optimizer, state_from_arrays, state_to_arrays
+from .optim.clip import clip_by_global_norm
+from .solvers import get_solver
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (validated on construction).
+
+    Attributes
+    ----------
+    data : str
+        ``"default"`` (the embedded oscillations set), a ``.npz`` path, or a UCI HAR directory.
+    seq_len : int or None
+        Truncate/zero-pad sequences to this length (the default set is generated at this length).
+    cell, hidden, layers, dtype, dt : model options (see :class:`mgritnn.GRUClassifier`)
+    epochs, batch_size : int
+    optimizer : {"adam", "sgd"}
+    lr, momentum, weight_decay : float
+    clip : float or None
+        Global-norm gradient clipping threshold.
+    seed : int
+        Seeds the initialization, the default data set and the shuffling.
+    solver : str
+        Time solver of training (``"serial"``; the parallel solvers register further names).
+    threads : int or None
+        numba threads of this process (None: numba's default).
+    checkpoint : str or None
+        Path of the checkpoint written (atomically) after every epoch.
+    resume : bool
+        Continue from ``checkpoint`` if it exists.
+    log : str or None
+        Path of a JSON-lines log (one record per epoch).
+    max_batches : int or None
+        Stop each epoch after this many batches (for quick experiments and tests).
+    """
+    data: str = "default"
+    seq_len: int = None
+    cell: str = "classic"
+    hidden: int = 32
+    layers: int = 1
+    dtype: str = "float32"
+    dt: float = 1.0
+    epochs: int = 15
+    batch_size: int = 100
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    clip: float = None
+    seed: int = 0
+    solver: str = "serial"
+    threads: int = None
+    checkpoint: str = None
+    resume: bool = False
+    log: str = None
+    max_batches: int = None
+
+    def __post_init__(self):
+        for name in ("hidden", "layers", "epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("seq_len", "threads", "max_batches"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if self.clip is not None and not self.clip > 0:
+            raise ConfigError(f"clip must be a positive number, got {self.clip!r}")
+        if self.resume and not self.checkpoint:
+            raise ConfigError("resume needs a checkpoint path: add --checkpoint PATH")
+
+    def optimizer_kwargs(self):
+        kw = dict(lr=self.lr, weight_decay=self.weight_decay)
+        if self.optimizer == "sgd":
+            kw["momentum"] = self.momentum
+        return kw
+
+
+def evaluate(model, X, y, batch_size=500, solver="serial"):
+    """Mean cross-entropy and accuracy of ``model`` on (X, y), in batches (exact serial forward by default).
+
+    Parameters
+    ----------
+    X : ndarray, shape (N, T, I)
+    y : ndarray, shape (N,), int
+
+    Returns
+    -------
+    dict with ``loss`` (float), ``accuracy`` (float in [0, 1]) and ``logits`` (N, C)
+    """
+    logits = np.concatenate([model.forward(X[i:i + batch_size], solver)
+                             for i in range(0, len(X), batch_size)])
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(axis=1))
+    loss = float(np.mean(lse - shifted[np.arange(len(y)), y]))
+    return dict(loss=loss, accuracy=float(np.mean(np.argmax(logits, 1) == y)), logits=logits)
+
+
+class _Progress:
+    """A progress line on stderr during long epochs: redrawn in place on a terminal, else every 30 s."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.last = time.perf_counter()
+        self.shown = False
+
+    def update(self, text):
+        now = time.perf_counter()
+        if now - self.last < (0.5 if self.tty else 30.0):
+            return
+        self.last = now
+        self.shown = True
+        self.stream.write(("\r" + text + "\033[K") if self.tty else text + "\n")
+        self.stream.flush()
+
+    def done(self):
+        if self.tty and self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+        self.shown = False
+
+
+def _checkpoint_arrays(model, opt_state, standardizer):
+    arrays = dict(model.params)
+    arrays.update({f"optim/{k}": v for k, v in state_to_arrays(opt_state).items()})
+    arrays["standardizer/mean"] = standardizer.mean
+    arrays["standardizer/std"] = standardizer.std
+    return arrays
+
+
+def _rng_state_to_json(rng):
+    return rng.bit_generator.state
+
+
+def train(cfg, out=print, progress=True):
+    """Train a :class:`GRUClassifier` as ``cfg`` says.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    out : callable
+        Receives one human-readable line per epoch.
+    progress : bool
+        Show a progress line on stderr during long epochs.
+
+    Returns
+    -------
+    model : GRUClassifier
+    history : list of dict
+        One record per epoch (what the JSON-lines log holds).
+    """
+    set_num_threads(cfg.threads)
+    solver = get_solver(cfg.solver)
+    ds = datasets.load(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed)
+    standardizer = datasets.Standardizer.fit(ds.X_train)
+    X_train = standardizer.transform(ds.X_train, np.dtype(cfg.dtype))
+    X_test = standardizer.transform(ds.X_test, np.dtype(cfg.dtype))
+    model = GRUClassifier(X_train.shape[2], cfg.hidden, ds.num_classes, num_layers=cfg.layers,
+                          cell=cfg.cell, dtype=cfg.dtype, seed=cfg.seed, dt=cfg.dt)
+    opt = make_optimizer(cfg.optimizer, **cfg.optimizer_kwargs())
+    opt_state = opt.init(model.flat)
+    rng = np.random.default_rng(cfg.seed)
+    history, start_epoch = [], 0
+
+    if cfg.resume and os.path.exists(cfg.checkpoint):
+        arrays, meta = read_npz(cfg.checkpoint)
+        if not meta or meta.get("kind") != "train":
+            raise CheckpointError(f"{cfg.checkpoint!r} is not an mgritnn training checkpoint")
+        if meta["model"] != model.config:
+            raise CheckpointError(
+                f"checkpoint {cfg.checkpoint!r} was made for the model {meta['model']}, this run "
+                f"builds {model.config}: use the same data, cell, hidden, layers, dtype and dt, "
+                "or start a new checkpoint")
+        model.set_params(arrays)
+        opt_state = state_from_arrays(
+            opt, {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
+            model.flat)
+        rng.bit_generator.state = meta["rng"]
+        start_epoch = int(meta["epoch"])
+        history = list(meta.get("history", []))
+        out(f"resumed from {cfg.checkpoint} after epoch {start_epoch}")
+
+    N = len(X_train)
+    n_batches = -(-N // cfg.batch_size)
+    if cfg.max_batches:
+        n_batches = min(n_batches, cfg.max_batches)
+    bar = _Progress() if progress else None
+    for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.perf_counter()
+        times = dict(data=0.0, forward=0.0, adjoint=0.0, optimizer=0.0)
+        perm = rng.permutation(N)
+        loss_sum = correct = seen = 0
+        steps = dict(forward=0, adjoint=0)
+        for b in range(n_batches):
+            t0 = time.perf_counter()
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            Xb, yb = X_train[idx], ds.y_train[idx]
+            times["data"] += time.perf_counter() - t0
+            loss, grad, info = model.loss_and_grad_flat(Xb, yb, solver)
+            times["forward"] += info["time_forward"]
+            times["adjoint"] += info["time_adjoint"]
+            steps["forward"] += info["forward"].step_evals
+            steps["adjoint"] += info["adjoint"].step_evals
+            if not np.isfinite(loss) or not np.all(np.isfinite(grad)):
+                raise MgritnnError(
+                    f"the loss or gradient became NaN/inf at epoch {epoch + 1}, batch {b + 1}: "
+                    "lower --lr or use --clip (the last checkpoint holds the previous epoch)")
+            t0 = time.perf_counter()
+            if cfg.clip is not None:
+                clip_by_global_norm(grad, cfg.clip)
+            opt_state = opt.update(grad, opt_state, model.flat)
+            times["optimizer"] += time.perf_counter() - t0
+            loss_sum += loss * len(idx)
+            correct += int(np.sum(np.argmax(info["logits"], 1) == yb))
+            seen += len(idx)
+            if bar:
+                bar.update(f"epoch {epoch + 1}/{cfg.epochs}: batch {b + 1}/{n_batches}, "
+                           f"loss {loss_sum / seen:.4f}")
+        if bar:
+            bar.done()
+        t0 = time.perf_counter()
+        test = evaluate(model, X_test, ds.y_test)
+        t_eval = time.perf_counter() - t0
+        rec = dict(epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen,
+                   test_loss=test["loss"], test_acc=test["accuracy"],
+                   seconds=time.perf_counter() - t_epoch, eval_seconds=t_eval,
+                   time=times, step_evals=steps, batches=n_batches, solver=solver.name)
+        history.append(rec)
+        out(f"epoch {rec['epoch']:3d}  loss {rec['loss']:.4f}  train acc {100 * rec['train_acc']:6.2f}%  "
+            f"test acc {100 * rec['test_acc']:6.2f}%  {rec['seconds']:7.2f} s")
+        if cfg.log:
+            with open(cfg.log, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if cfg.checkpoint:
+            meta = dict(kind="train", model=model.config, train=dataclasses.asdict(cfg),
+                        epoch=epoch + 1, rng=_rng_state_to_json(rng), history=history,
+                        num_classes=ds.num_classes, class_names=list(ds.class_names))
+            atomic_savez(cfg.checkpoint, _checkpoint_arrays(model, opt_state, standardizer), meta)
+    return model, history
+
+
+def load_checkpoint(path):
+    """Model, standardizer and metadata of a training checkpoint (or a model file: no standardizer)."""
+    from .model import model_from_meta
+    arrays, meta = read_npz(path)
+    model = model_from_meta(meta, path)
+    model.set_params(arrays)
+    std = None
+    if "standardizer/mean" in arrays:
+        std = datasets.Standardizer(arrays["standardizer/mean"], arrays["standardizer/std"])
+    return model, std, meta

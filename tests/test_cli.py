@@ -1,0 +1,95 @@
+"""The command line: each subcommand works, and every bad input gets a message and exit status 2."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mgritnn.cli import main
+
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] +
+    [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
+def run(*args):
+    """Run ``python -m mgritnn`` for real (exit status and both streams)."""
+    return subprocess.run([sys.executable, "-m", "mgritnn", *args], capture_output=True, text=True,
+                          env=ENV, timeout=300)
+
+
+def write_npz(path, N=20, T=12, C=3, classes=3, seed=0, **override):
+    rng = np.random.default_rng(seed)
+    d = dict(X_train=rng.normal(size=(N, T, C)).astype(np.float32),
+             y_train=np.arange(N) % classes,
+             X_test=rng.normal(size=(N // 2, T, C)).astype(np.float32),
+             y_test=np.arange(N // 2) % classes)
+    d.update(override)
+    np.savez(path, **d)
+    return str(path)
+
+
+def test_train_eval_predict_round_trip(tmp_path, capsys):
+    ck = tmp_path / "ck.npz"
+    assert main(["train", "--epochs", "2", "--hidden", "8", "--seq-len", "16", "--max-batches", "3",
+                 "--checkpoint", str(ck), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert sum(line.startswith("epoch ") for line in out.splitlines()) == 2 and "test acc" in out
+    assert main(["eval", "--checkpoint", str(ck), "--train"]) == 0
+    out = capsys.readouterr().out
+    assert "train: loss" in out and "test: loss" in out
+    pred = tmp_path / "pred.npz"
+    assert main(["predict", "--checkpoint", str(ck), "--out", str(pred)]) == 0
+    with np.load(pred) as z:
+        assert z["logits"].shape == (500, 4) and z["predictions"].shape == (500,)
+
+
+def test_gradcheck_and_info(capsys):
+    assert main(["gradcheck", "--cell", "implicit", "--dt", "2.0"]) == 0
+    out = capsys.readouterr().out
+    assert "weight_hh_l1" in out and "ok: all below" in out
+    assert main(["info"]) == 0
+    assert "numba threads" in capsys.readouterr().out
+
+
+def test_help_everywhere():
+    for sub in ([], ["train"], ["eval"], ["predict"], ["gradcheck"], ["info"]):
+        r = run(*sub, "--help")
+        assert r.returncode == 0 and "usage" in r.stdout
+
+
+@pytest.mark.parametrize("override, match", [
+    (dict(X_train=np.full((20, 12, 3), np.nan, np.float32)), "NaN"),
+    (dict(X_train=np.zeros((20, 12), np.float32)), "(N, T, C)"),
+    (dict(y_train=np.arange(20) - 5), "label"),
+    (dict(y_train=np.arange(20), class_names=np.array(["a", "b", "c"])), "label"),
+    (dict(y_train=np.linspace(0, 2, 20)), "integer"),
+    (dict(X_test=np.zeros((10, 12, 4), np.float32)), "channels"),
+    (dict(X_train=np.zeros((0, 12, 3), np.float32), y_train=np.zeros(0, np.int64)), "empty"),
+])
+def test_bad_data_exits_2_with_a_message(tmp_path, override, match):
+    r = run("train", "--data", write_npz(tmp_path / "d.npz", **override), "--epochs", "1")
+    assert r.returncode == 2
+    assert "mgritnn: error:" in r.stderr and match in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_checkpoint_of_another_shape_exits_2(tmp_path):
+    ck = str(tmp_path / "ck.npz")
+    data = write_npz(tmp_path / "d.npz")
+    assert main(["train", "--data", data, "--epochs", "1", "--hidden", "4", "--checkpoint", ck,
+                 "--quiet"]) == 0
+    r = run("train", "--data", data, "--epochs", "2", "--hidden", "6", "--checkpoint", ck, "--resume")
+    assert r.returncode == 2 and "hidden" in r.stderr and "Traceback" not in r.stderr
+    r = run("eval", "--checkpoint", str(tmp_path / "missing.npz"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_bad_options_exit_2():
+    r = run("train", "--hidden", "-3")
+    assert r.returncode == 2 and "hidden" in r.stderr
+    r = run("train", "--cell", "lstm")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+    r = run("train", "--data", "/nonexistent/file.npz")
+    assert r.returncode == 2 and "mgritnn: error:" in r.stderr
