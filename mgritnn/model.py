@@ -141,11 +141,17 @@ class GRUClassifier:
         return y.astype(np.int64)
 
     def _hidden(self, Xt, solver, keep):
+        """Solve for the hidden states; the layer-0 projection covers this rank's steps only."""
         w = self.weights()
-        ax0 = project(Xt, w.Wx[0], w.bx[0])
+        T = Xt.shape[0]
+        lo, hi = solver.local_steps(T)
+        ax0 = project(Xt[lo:hi], w.Wx[0], w.bx[0])
         h0 = np.zeros((self.num_layers, Xt.shape[1], self.hidden_size), self.dtype)
-        h_last, state, stats = solver.forward(self.cell, w, ax0, h0, self.dt, keep=keep)
-        return w, h_last, state, stats
+        h_last, state, stats = solver.forward(self.cell, w, ax0, h0, self.dt, keep=keep, T=T)
+        return w, h_last, state, stats, (lo, hi)
+
+    def _head(self, h_last):
+        return h_last[-1] @ self.params["head.weight"].T + self.params["head.bias"]
 
     def forward(self, X, solver="serial"):
         """Logits of a batch.
@@ -161,8 +167,10 @@ class GRUClassifier:
         ndarray, shape (B, C), the model's dtype
         """
         Xt = self._time_major(X)
-        _, h_last, _, _ = self._hidden(Xt, get_solver(solver), keep=False)
-        return h_last[-1] @ self.params["head.weight"].T + self.params["head.bias"]
+        solver = get_solver(solver)
+        _, h_last, _, _, _ = self._hidden(Xt, solver, keep=False)
+        logits = self._head(h_last) if solver.is_last else None
+        return solver.reduce(np.zeros(0, self.dtype), 0.0, logits)[2]
 
     def predict(self, X, solver="serial"):
         """Predicted classes, ndarray of shape (B,), int64."""
@@ -184,29 +192,32 @@ class GRUClassifier:
         y = self._check_labels(y, Xt.shape[1])
         solver = get_solver(solver)
         t0 = time.perf_counter()
-        w, h_last, state, fstats = self._hidden(Xt, solver, keep=True)
+        w, h_last, state, fstats, (lo, hi) = self._hidden(Xt, solver, keep=True)
         t1 = time.perf_counter()
-        p = self.params
-        top = h_last[-1]
-        logits = top @ p["head.weight"].T + p["head.bias"]
-        B = Xt.shape[1]
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        logsumexp = np.log(np.exp(shifted).sum(axis=1))
-        loss = float(np.mean(logsumexp - shifted[np.arange(B), y]))
-        dlogits = np.exp(shifted - logsumexp[:, None])
-        dlogits[np.arange(B), y] -= 1
-        dlogits /= B
         grad = np.zeros_like(self.flat)
         g = self.unflatten(grad)
-        g["head.weight"][...] = dlogits.T @ top
-        g["head.bias"][...] = dlogits.sum(axis=0)
-        lam_last = np.zeros_like(h_last)
-        lam_last[-1] = dlogits @ p["head.weight"]
+        loss, logits, lam_last = 0.0, None, None
+        if solver.is_last:                       # the head lives on the rank owning point N
+            B = Xt.shape[1]
+            top = h_last[-1]
+            logits = self._head(h_last)
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            logsumexp = np.log(np.exp(shifted).sum(axis=1))
+            loss = float(np.mean(logsumexp - shifted[np.arange(B), y]))
+            dlogits = np.exp(shifted - logsumexp[:, None])
+            dlogits[np.arange(B), y] -= 1
+            dlogits /= B
+            g["head.weight"][...] = dlogits.T @ top
+            g["head.bias"][...] = dlogits.sum(axis=0)
+            lam_last = np.zeros_like(h_last)
+            lam_last[-1] = dlogits @ self.params["head.weight"]
         dax0, astats = solver.adjoint(self.cell, w, state, lam_last, g)
-        accumulate_outer(dax0, Xt, g["weight_ih_l0"])
+        accumulate_outer(dax0, Xt[lo:hi], g["weight_ih_l0"])
         g["bias_ih_l0"] += dax0.reshape(-1, dax0.shape[-1]).sum(axis=0)
-        return loss, grad, dict(logits=logits, forward=fstats, adjoint=astats,
-                                time_forward=t1 - t0, time_adjoint=time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        grad, loss, logits = solver.reduce(grad, loss, logits)
+        return loss, grad, dict(logits=logits, forward=fstats, adjoint=astats, time_forward=t1 - t0,
+                                time_adjoint=t2 - t1, time_reduce=time.perf_counter() - t2)
 
     def loss_and_grad(self, X, y, solver="serial"):
         """Mean softmax cross-entropy of a batch and its gradient.

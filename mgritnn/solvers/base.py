@@ -37,13 +37,28 @@ class SolveStats:
 
 
 class Solver:
-    """Interface of a time solver (see :class:`mgritnn.solvers.serial.SerialSolver`)."""
+    """Interface of a time solver (see :class:`mgritnn.solvers.serial.SerialSolver`).
+
+    A distributed solver splits the time axis over ranks: each rank projects the inputs of its own
+    steps only (``local_steps``), the rank owning the last point evaluates the head (``is_last``),
+    and ``reduce`` sums the gradient over the ranks and shares the loss and logits.
+    """
 
     name = "base"
+    is_last = True
 
-    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True):  # pragma: no cover - interface
-        """Trajectory of the stack. Returns ``(h_last (L, B, H), state, SolveStats)``; ``state`` is
-        what :meth:`adjoint` needs (only when ``keep``)."""
+    def local_steps(self, T):
+        """The fine steps [lo, hi) of a sequence of T steps whose inputs this rank needs."""
+        return 0, T
+
+    def reduce(self, grad, loss, logits):
+        """Combine the per-rank results; one process: nothing to do."""
+        return grad, loss, logits
+
+    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None):  # pragma: no cover - interface
+        """Trajectory of the stack from the layer-0 projection ``ax0`` of this rank's steps
+        (``T`` steps in all). Returns ``(h_last (L, B, H) or None, state, SolveStats)``; ``h_last``
+        on the rank owning the last point; ``state`` is what :meth:`adjoint` needs (if ``keep``)."""
         raise NotImplementedError
 
     def adjoint(self, cell, w, state, lam_last, grads):  # pragma: no cover - interface

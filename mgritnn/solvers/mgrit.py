@@ -1,0 +1,493 @@
+"""MGRIT: multigrid reduction in time, forward and adjoint, distributed over MPI ranks.
+
+The forward solve finds the trajectory u_0 .. u_N of u_{n+1} = Phi(u_n; x_n) (all GRU layers in one
+state); the adjoint solve finds lambda_n = (dPhi/du at u_n)^T lambda_{n+1} backward in time. Both
+use one generic FAS engine (:class:`_FAS`) with XBraid's semantics, over a *propagator* that
+advances K states of one level by one step each through the cells' step API:
+
+* levels: level l holds the multiples of m_l = cf_1 ... cf_l and N (``distributed.partition``);
+  a level-l step spans m_l fine steps (the last one possibly fewer) with step size m_l dt;
+* F-relaxation steps through the F-points of all local intervals at once (one step call per
+  position in the interval); C-relaxation steps all local C-points at once; FCF = F, C, F;
+* FAS: residual at the C-points r_c = Phi_l(u_{c-1}) + g_c - u_c, injection v = u(C-points),
+  coarse right-hand side g_k = r_{c_k} + v_k - Phi_{l+1}(v_{k-1}), correction u(c_k) += w_k - v_k
+  after F-relaxing level l+1 (XBraid's interpolation);
+* the coarsest level is solved sequentially, pipelined across ranks;
+* the residual 2-norm at the level-0 C-points is measured once per cycle (one allreduce).
+
+The coarse propagator is the implicit cell (stable for any step size); the adjoint's coarse step is
+the VJP of the coarse implicit step linearized at the fine forward state at the start of its
+interval. With one level MGRIT is the serial sweep (bit for bit); with enough iterations or a tiny
+``tol`` it equals the serial sweep and BPTT to round-off.
+
+References
+----------
+R. D. Falgout, S. Friedhoff, Tz. V. Kolev, S. P. MacLachlan, J. B. Schroder, "Parallel time
+integration with multigrid", SIAM J. Sci. Comput. 36(6), 2014.
+G. E. Moon, E. C. Cyr, "Parallel training of GRU networks with a multi-grid solver for long
+sequences", ICLR 2022.
+"""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..cells import get_cell
+from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
+from ..distributed import get_comm, level_points, local_grid, rank_bounds
+from ..errors import ConfigError
+from .base import SolveStats, Solver, register
+
+_RELAX = ("FCF", "F")
+
+
+@dataclass(frozen=True)
+class MGRITConfig:
+    """Options of the MGRIT solver (validated; frozen).
+
+    Attributes
+    ----------
+    levels : int or None
+        Number of levels (1 = the serial sweep); None chooses as many as keep at least
+        ``min_coarse`` intervals (and at least one per rank) on the coarsest level, up to ``max_levels``.
+    min_coarse, max_levels : int
+    cf : int or tuple of int
+        Coarsening factor, or one per level transition.
+    relax : str or tuple of str
+        "FCF" or "F", for every level or one per level (the first entry is the fine level).
+    cycle : {"V", "F"}
+    skip_first_down : bool
+        Cycle 0 only injects the initial guess, solves the coarsest level and interpolates up.
+    fwd_iters, bwd_iters : int
+        Maximum number of cycles of the forward and the adjoint solve (the skipped cycle counts).
+    tol, rtol : float
+        Stop when the level-0 C-point residual norm is <= tol, or <= rtol times the first measured.
+    initial_guess : {"zero"}
+    coarse_input : {"sample", "mean"}
+        Input of a coarse step: x at its first fine step, or the mean over its fine steps.
+    coarse_cell : str
+        Cell of the coarse levels (default the implicit GRU, stable for any step size).
+    final_residual : bool
+        Measure the residual once more after the last cycle (costs one step per C-point).
+    divergence : float
+        Stop with status "diverged" when the residual exceeds this factor times the first one.
+    comm : mpi4py communicator or None
+        Time communicator (None: MPI's world under an MPI launcher, else a single process).
+    """
+    levels: int = 3
+    min_coarse: int = 2
+    max_levels: int = 12
+    cf: object = 4
+    relax: object = "FCF"
+    cycle: str = "V"
+    skip_first_down: bool = True
+    fwd_iters: int = 2
+    bwd_iters: int = 1
+    tol: float = 1e-9
+    rtol: float = 0.0
+    initial_guess: str = "zero"
+    coarse_input: str = "sample"
+    coarse_cell: str = "implicit"
+    final_residual: bool = False
+    divergence: float = 1e4
+    comm: object = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        def positive_int(name, v, least=1):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+                raise ConfigError(f"MGRIT {name} must be an integer >= {least}, got {v!r}")
+        if self.levels is not None:
+            positive_int("levels", self.levels)
+        positive_int("min_coarse", self.min_coarse)
+        positive_int("max_levels", self.max_levels)
+        positive_int("fwd_iters", self.fwd_iters)
+        positive_int("bwd_iters", self.bwd_iters)
+        for c in (self.cf if isinstance(self.cf, (tuple, list)) else (self.cf,)):
+            positive_int("cf", c, least=2)
+        for r in (self.relax if isinstance(self.relax, (tuple, list)) else (self.relax,)):
+            if r not in _RELAX:
+                raise ConfigError(f"MGRIT relax must be one of {_RELAX}, got {r!r}")
+        if self.cycle not in ("V", "F"):
+            raise ConfigError(f"MGRIT cycle must be 'V' or 'F', got {self.cycle!r}")
+        if self.initial_guess not in ("zero",):
+            raise ConfigError(f"MGRIT initial_guess must be 'zero', got {self.initial_guess!r}")
+        if self.coarse_input not in ("sample", "mean"):
+            raise ConfigError(f"MGRIT coarse_input must be 'sample' or 'mean', got {self.coarse_input!r}")
+        get_cell(self.coarse_cell)
+        if not (self.tol >= 0 and self.rtol >= 0 and self.divergence > 1):
+            raise ConfigError("MGRIT tol and rtol must be >= 0 and divergence > 1")
+
+    def make_solver(self):
+        return MGRITSolver(self)
+
+    def cfs(self, N, size=1):
+        """Coarsening factors of the hierarchy for N fine steps on ``size`` ranks (validated)."""
+        if self.levels is None:
+            cfs = []
+            while len(cfs) + 1 < self.max_levels:
+                trial = cfs + [self._cf(len(cfs))]
+                try:
+                    coarsest = level_points(N, trial)[-1]
+                except ConfigError:
+                    break
+                if len(coarsest) - 1 < max(self.min_coarse, size):
+                    break
+                cfs = trial
+        else:
+            cfs = [self._cf(l) for l in range(self.levels - 1)]
+        rank_bounds(N, cfs, size)          # raises if it does not fit
+        return cfs
+
+    def _cf(self, l):
+        if isinstance(self.cf, (tuple, list)):
+            if l >= len(self.cf):
+                raise ConfigError(f"cf has {len(self.cf)} entries, level {l + 1} needs one more")
+            return int(self.cf[l])
+        return int(self.cf)
+
+    def relax_of(self, l):
+        if isinstance(self.relax, (tuple, list)):
+            return self.relax[min(l, len(self.relax) - 1)]
+        return self.relax
+
+
+# ------------------------------------------------------------------------------------------------
+# The generic FAS engine
+# ------------------------------------------------------------------------------------------------
+
+class _FAS:
+    """FAS-MGRIT on one rank's part of the hierarchy (see the module docstring).
+
+    Parameters
+    ----------
+    grid : LocalGrid
+    prop : propagator with ``step(l, j, u) -> Phi_l(u)`` for local step indices j (int array) of
+        level l and states u (K, L, B, H), and a counter ``evals``
+    comm : communicator
+    u0 : ndarray (L, B, H)
+        Value at the first point of the solve (only used on the first rank).
+    cfg : MGRITConfig
+    tag : int
+        MPI tag base of this solve.
+    """
+
+    def __init__(self, grid, prop, comm, u0, cfg, tag):
+        self.grid, self.prop, self.comm, self.cfg, self.tag = grid, prop, comm, cfg, tag
+        self.nlev = len(grid.points)
+        shape = u0.shape
+        self.u = [np.zeros((len(p),) + shape, u0.dtype) for p in grid.points]
+        self.g = [np.zeros_like(a) for a in self.u]
+        self.v = [None] * self.nlev
+        if grid.left is None:
+            for a in self.u:
+                a[0] = u0
+        # F-relaxation intervals per level: anchors (local C-points that start an interval) and lengths
+        self.anchors, self.flen = [], []
+        for l in range(self.nlev - 1):
+            c = grid.c_index[l]
+            self.anchors.append(c[:-1])
+            self.flen.append(np.diff(c) - 1)
+        self.wait_time = 0.0
+        self.history = []
+
+    # -- communication -----------------------------------------------------------------------
+
+    def exchange(self, l):
+        """Send the last local point of level l to the right neighbour, receive the ghost from the left."""
+        reqs = []
+        if self.grid.right is not None:
+            reqs.append(self.comm.Isend(self.u[l][-1], dest=self.grid.right, tag=self.tag + l))
+        if self.grid.left is not None:
+            reqs.append(self.comm.Irecv(self.u[l][0], source=self.grid.left, tag=self.tag + l))
+        t0 = time.perf_counter()
+        for r in reqs:
+            r.Wait()
+        self.wait_time += time.perf_counter() - t0
+
+    # -- relaxation ----------------------------------------------------------------------------
+
+    def _advance(self, l, src):
+        """u[src + 1] = Phi_l(u[src]) + g[src + 1] for local indices src (batched)."""
+        if len(src):
+            u, g = self.u[l], self.g[l]
+            u[src + 1] = self.prop.step(l, src, u[src]) + g[src + 1]
+
+    def f_relax(self, l):
+        self.exchange(l)
+        a, n = self.anchors[l], self.flen[l]
+        for i in range(1, int(n.max(initial=0)) + 1):
+            self._advance(l, a[n >= i] + i - 1)
+
+    def c_relax(self, l):
+        self._advance(l, self.grid.c_index[l][1:] - 1)
+
+    def relax(self, l):
+        self.f_relax(l)
+        if self.cfg.relax_of(l) == "FCF":
+            self.c_relax(l)
+            self.f_relax(l)
+
+    def residual(self, l):
+        """FAS residual r_c = Phi_l(u_{c-1}) + g_c - u_c at the local C-points (index >= 1)."""
+        c = self.grid.c_index[l][1:]
+        if not len(c):
+            return np.zeros((0,) + self.u[l].shape[1:], self.u[l].dtype)
+        return self.prop.step(l, c - 1, self.u[l][c - 1]) + self.g[l][c] - self.u[l][c]
+
+    def norm(self, r):
+        """Global 2-norm of the residuals of all ranks (one allreduce)."""
+        buf = np.array([np.sum(np.square(r, dtype=np.float64))])
+        out = np.empty_like(buf)
+        self.comm.Allreduce(buf, out)
+        return float(np.sqrt(out[0]))
+
+    def restrict(self, l, r):
+        """Inject to level l+1 and form its FAS right-hand side from the level-l residual r."""
+        c = self.grid.c_index[l]
+        v = self.u[l][c]
+        self.v[l + 1] = v
+        self.u[l + 1][...] = v
+        k = np.arange(1, len(c))
+        if len(k):
+            self.g[l + 1][k] = r + v[k] - self.prop.step(l + 1, k - 1, v[k - 1])
+
+    def inject(self, l):
+        """Cycle 0 without the down-leg: level l+1 starts from the injected guess with g = 0."""
+        c = self.grid.c_index[l]
+        self.v[l + 1] = self.u[l][c]
+        self.u[l + 1][...] = self.v[l + 1]
+        self.g[l + 1][1:] = 0
+
+    def coarsest_solve(self, l):
+        """Sequential sweep over the level, pipelined: wait for the left ghost, sweep, send right."""
+        t0 = time.perf_counter()
+        if self.grid.left is not None:
+            self.comm.Recv(self.u[l][0], source=self.grid.left, tag=self.tag + l)
+        self.wait_time += time.perf_counter() - t0
+        for j in range(len(self.u[l]) - 1):
+            self._advance(l, np.array([j]))
+        if self.grid.right is not None:
+            self.comm.Send(self.u[l][-1], dest=self.grid.right, tag=self.tag + l)
+
+    def interpolate(self, l):
+        """Correct the level-l C-points from level l+1 (after F-relaxing level l+1 unless it is the coarsest)."""
+        if l + 1 < self.nlev - 1:
+            self.f_relax(l + 1)
+        c = self.grid.c_index[l][1:]
+        self.u[l][c] += self.u[l + 1][1:] - self.v[l + 1][1:]
+
+    # -- cycles --------------------------------------------------------------------------------
+
+    def _cycle(self, l, kind, first):
+        """One cycle from level l down and back up (XBraid order). An F-cycle does an F-cycle and
+        then a V-cycle on level l+1 before correcting level l."""
+        coarsest = self.nlev - 1
+        if l == coarsest:
+            self.coarsest_solve(l)
+            return
+        if first and self.cfg.skip_first_down:
+            self.inject(l)
+        else:
+            self.relax(l)
+            r = self.residual(l)
+            if l == 0:
+                self.history.append(self.norm(r))
+                if self._stop():
+                    return
+            self.restrict(l, r)
+        self._cycle(l + 1, kind, first)
+        if kind == "F" and not first and l + 1 < coarsest:
+            self._cycle(l + 1, "V", False)
+        self.interpolate(l)
+
+    def _stop(self):
+        h = self.history
+        if not np.isfinite(h[-1]):
+            self.status, self.message = NONFINITE, "residual is NaN or inf"
+        elif h[-1] <= self.cfg.tol or (self.cfg.rtol > 0 and h[-1] <= self.cfg.rtol * h[0]):
+            self.status, self.message = OK, "converged"
+        elif h[-1] > self.cfg.divergence * max(h[0], 1e-300):
+            self.status, self.message = DIVERGED, (f"diverged: residual {h[-1]:.3e} > "
+                                                   f"{self.cfg.divergence:g} x first {h[0]:.3e}")
+        else:
+            return False
+        return True
+
+    def solve(self, max_iter):
+        """Run up to ``max_iter`` cycles; F-relax the fine level at the end. Returns SolveStats."""
+        self.status, self.message = NOT_CONVERGED, f"not converged in {max_iter} cycles"
+        iters = 0
+        if self.nlev == 1:
+            self.coarsest_solve(0)
+            self.status, self.message, iters = OK, "exact (one level: serial sweep)", 1
+        else:
+            stopped = False
+            for k in range(max_iter):
+                iters += 1
+                self._cycle(0, self.cfg.cycle, first=(k == 0))
+                if len(self.history) and self.status != NOT_CONVERGED:
+                    stopped = True
+                    break
+            if not (stopped and self.status == OK):
+                self.f_relax(0)          # bring the F-points up to date with the last correction
+            if self.cfg.final_residual and self.status == NOT_CONVERGED:
+                self.history.append(self.norm(self.residual(0)))
+                self._stop()
+        res = self.history[-1] if self.history else (0.0 if self.nlev == 1 else float("nan"))
+        return SolveStats(status=self.status, message=self.message, iterations=iters, residual=res,
+                          step_evals=self.prop.evals, history=list(self.history))
+
+
+# ------------------------------------------------------------------------------------------------
+# Propagators: forward steps and adjoint (VJP) steps of every level
+# ------------------------------------------------------------------------------------------------
+
+def _level_inputs(grid, ax0_local, lo_fwd, coarse_input, reverse):
+    """Per level: forward fine index of each local step's start, its span, and its input projection.
+
+    ``ax0_local`` (n_local, B, 3H) holds the layer-0 projection of this rank's fine steps, starting
+    at forward fine index ``lo_fwd``. In reversed orientation, the local step j from reversed point
+    q_j to q_{j+1} is the forward interval [N - q_{j+1}, N - q_j).
+    """
+    out = []
+    csum = None
+    for l, q in enumerate(grid.points):
+        if reverse:
+            start, span = grid.N - q[1:], np.diff(q)
+        else:
+            start, span = q[:-1], np.diff(q)
+        local = start - lo_fwd
+        if l == 0 or coarse_input == "sample":
+            ax = ax0_local[local]
+        else:
+            if csum is None:
+                csum = np.concatenate([np.zeros((1,) + ax0_local.shape[1:], np.float64),
+                                       np.cumsum(ax0_local, axis=0, dtype=np.float64)])
+            ax = ((csum[local + span] - csum[local]) / span[:, None, None]).astype(ax0_local.dtype)
+        out.append((local, span, np.ascontiguousarray(ax)))
+    return out
+
+
+class _ForwardProp:
+    def __init__(self, fine, coarse, w, levels, dt):
+        self.cells = [fine] + [coarse] * (len(levels) - 1)
+        self.w, self.levels, self.dt = w, levels, dt
+        self.evals = 0
+
+    def step(self, l, j, u):
+        _, span, ax = self.levels[l]
+        self.evals += len(j)
+        return self.cells[l].step(self.w, ax[j], u, span[j] * self.dt)
+
+
+class _AdjointProp:
+    """lambda_start = (dPhi_l/du at the forward state at the interval's start)^T lambda_end."""
+
+    def __init__(self, fine, coarse, w, levels, dt, u_fwd, fine_cache):
+        self.cells = [fine] + [coarse] * (len(levels) - 1)
+        self.w, self.levels, self.dt = w, levels, dt
+        self.h, self.caches = [], []       # per level: forward states at the steps' starts, linearizations
+        for l, (local, span, ax) in enumerate(levels):
+            self.h.append(u_fwd[local])
+            if l == 0:                     # the fine steps were linearized once for the whole slice
+                self.caches.append(_take(fine_cache, local))
+            else:
+                self.caches.append(self.cells[l].step(w, ax, self.h[l], span * dt, cache=True)[1])
+        self.evals = 0
+
+    def step(self, l, j, lam):
+        _, span, ax = self.levels[l]
+        self.evals += len(j)
+        lam_start, _ = self.cells[l].step_vjp(self.w, ax[j], self.h[l][j], span[j] * self.dt, lam,
+                                              cache=_take(self.caches[l], j))
+        return lam_start
+
+
+def _take(cache, idx):
+    """The StepCache of the states ``idx`` of a StepCache."""
+    return type(cache)(*([None if a is None else a[idx] for a in lst] for lst in cache))
+
+
+# ------------------------------------------------------------------------------------------------
+# The solver
+# ------------------------------------------------------------------------------------------------
+
+class _MGRITState:
+    """What the adjoint needs from the forward solve on this rank."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+@register
+class MGRITSolver(Solver):
+    """MGRIT forward and adjoint solves over the ranks of ``config.comm`` (see the module docstring)."""
+
+    name = "mgrit"
+
+    def __init__(self, config=None):
+        self.config = config or MGRITConfig()
+        self.comm = get_comm(self.config.comm)
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+
+    def local_steps(self, T):
+        """Fine steps [lo, hi) whose inputs this rank needs (its time slice)."""
+        b = rank_bounds(T, self.config.cfs(T, self.size), self.size)
+        return int(b[self.rank]), int(b[self.rank + 1])
+
+    @property
+    def is_last(self):
+        return self.rank == self.size - 1
+
+    def reduce(self, grad, loss, logits):
+        """Sum the gradient over the time ranks; broadcast the loss and logits from the last rank."""
+        if self.size == 1:
+            return grad, loss, logits
+        out = np.empty_like(grad)
+        self.comm.Allreduce(grad, out)
+        loss, logits = self.comm.bcast((loss, logits), root=self.size - 1)
+        return out, loss, logits
+
+    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None):
+        """MGRIT forward solve. ``ax0`` (n_local, B, 3H) holds this rank's time slice [lo, hi) of the
+        layer-0 projection (``local_steps``); ``T`` the total number of steps (default: n_local on
+        one rank). Returns (h_last or None, state, SolveStats); h_last only on the last rank."""
+        cfg = self.config
+        T = ax0.shape[0] if T is None else T
+        cfs = cfg.cfs(T, self.size)
+        grid = local_grid(T, cfs, self.size, self.rank)
+        lo = grid.lo
+        levels = _level_inputs(grid, ax0, lo, cfg.coarse_input, reverse=False)
+        prop = _ForwardProp(cell, get_cell(cfg.coarse_cell), w, levels, dt)
+        fas = _FAS(grid, prop, self.comm, h0, cfg, tag=100)
+        t0 = time.perf_counter()
+        stats = fas.solve(cfg.fwd_iters)
+        stats.wait_time = fas.wait_time
+        stats.seconds = time.perf_counter() - t0
+        u = fas.u[0]                                    # forward points lo .. hi
+        state = _MGRITState(T=T, cfs=cfs, u=u, ax0=ax0, dt=dt, cell=cell) if keep else None
+        return (u[-1].copy() if self.is_last else None), state, stats
+
+    def adjoint(self, cell, w, state, lam_last, grads):
+        """MGRIT adjoint solve, then one batched pass for the parameter gradients of this rank's steps.
+        ``lam_last`` (L, B, H) is needed on the last rank only. Returns (dax0 (n_local, B, 3H), stats)."""
+        cfg = self.config
+        T, u = state.T, state.u
+        grid = local_grid(T, state.cfs, self.size, self.rank, reverse=True)
+        lo_fwd = T - grid.hi
+        n_local = state.ax0.shape[0]
+        _, fine_cache = cell.step(w, state.ax0, u[:-1], state.dt, cache=True)
+        levels = _level_inputs(grid, state.ax0, lo_fwd, cfg.coarse_input, reverse=True)
+        prop = _AdjointProp(cell, get_cell(cfg.coarse_cell), w, levels, state.dt, u, fine_cache)
+        lam0 = lam_last if lam_last is not None else np.zeros_like(u[0])
+        fas = _FAS(grid, prop, self.comm, lam0, cfg, tag=200)
+        t0 = time.perf_counter()
+        stats = fas.solve(cfg.bwd_iters)
+        lam_rev = fas.u[0]                     # reversed points N-hi .. N-lo = forward hi .. lo
+        lam_end = lam_rev[::-1][1:]            # lambda at forward points lo+1 .. hi
+        _, dax0 = cell.step_vjp(w, state.ax0, u[:-1], state.dt, np.ascontiguousarray(lam_end),
+                                grads=grads, cache=fine_cache)
+        stats.step_evals = prop.evals + n_local
+        stats.wait_time = fas.wait_time
+        stats.seconds = time.perf_counter() - t0
+        return dax0, stats
