@@ -70,7 +70,9 @@ class MGRITConfig:
     final_residual : bool
         Measure the residual once more after the last cycle (costs one step per C-point).
     divergence : float
-        Stop with status "diverged" when the residual exceeds this factor times the first one.
+        Stop with status "diverged" when the residual exceeds this factor times the smaller of the
+        first residual and the norm of an all-ones residual (GRU states are bounded by 1 in
+        magnitude, so a larger residual means an unstable propagator).
     comm : mpi4py communicator or None
         Time communicator (None: MPI's world under an MPI launcher, else a single process).
     """
@@ -235,10 +237,12 @@ class _FAS:
         return self.prop.step(l, c - 1, self.u[l][c - 1]) + self.g[l][c] - self.u[l][c]
 
     def norm(self, r):
-        """Global 2-norm of the residuals of all ranks (one allreduce)."""
-        buf = np.array([np.sum(np.square(r, dtype=np.float64))])
+        """Global 2-norm of the residuals of all ranks (one allreduce); also sets ``self.ones_norm``,
+        the norm an all-ones residual of the same size would have."""
+        buf = np.array([np.sum(np.square(r, dtype=np.float64)), r.size], dtype=np.float64)
         out = np.empty_like(buf)
         self.comm.Allreduce(buf, out)
+        self.ones_norm = float(np.sqrt(out[1]))
         return float(np.sqrt(out[0]))
 
     def restrict(self, l, r):
@@ -306,9 +310,11 @@ class _FAS:
             self.status, self.message = NONFINITE, "residual is NaN or inf"
         elif h[-1] <= self.cfg.tol or (self.cfg.rtol > 0 and h[-1] <= self.cfg.rtol * h[0]):
             self.status, self.message = OK, "converged"
-        elif h[-1] > self.cfg.divergence * max(h[0], 1e-300):
-            self.status, self.message = DIVERGED, (f"diverged: residual {h[-1]:.3e} > "
-                                                   f"{self.cfg.divergence:g} x first {h[0]:.3e}")
+        elif h[-1] > self.cfg.divergence * max(min(h[0], self.ones_norm), 1e-300):
+            self.status, self.message = DIVERGED, (
+                f"diverged: residual {h[-1]:.3e} > {self.cfg.divergence:g} x "
+                f"min(first residual {h[0]:.3e}, all-ones residual {self.ones_norm:.3e}); "
+                "a coarse propagator is unstable (use coarse_cell='implicit') or the weights are too large")
         else:
             return False
         return True

@@ -1,0 +1,182 @@
+"""MGRIT on one process: equivalence with the serial sweep, the exactness front, options, statuses.
+(Rank-count invariance under mpiexec is in test_mpi.py.)"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mgritnn
+from mgritnn.cells import get_cell, project
+from mgritnn.config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
+from mgritnn.distributed import level_points, local_grid, rank_bounds
+from mgritnn.errors import ConfigError
+from mgritnn.solvers import MGRITConfig, MGRITSolver
+from strategies import problems
+
+
+def model_and_data(cell="classic", L=2, T=37, B=3, I=3, H=5, C=3, seed=0, dtype="float64", scale=None):
+    m = mgritnn.GRUClassifier(I, H, C, num_layers=L, cell=cell, dtype=dtype, seed=seed)
+    if scale is not None:
+        m.flat[:] *= scale
+    rng = np.random.default_rng(seed + 1)
+    return m, rng.normal(size=(B, T, I)), rng.integers(0, C, size=B)
+
+
+def trajectory(m, X, solver, dt=1.0):
+    """The fine trajectory (T+1, L, B, H) from a solver's forward solve on one process."""
+    Xt = np.ascontiguousarray(np.swapaxes(X, 0, 1))
+    w = m.weights()
+    ax0 = project(Xt, w.Wx[0], w.bx[0])
+    h0 = np.zeros((m.num_layers, X.shape[0], m.hidden_size))
+    if solver == "serial":
+        seq = m.cell.sequence_forward(w, ax0, h0, dt)
+        return np.stack(seq.hs, axis=1), None
+    _, state, stats = MGRITSolver(solver).forward(m.cell, w, ax0, h0, dt, T=Xt.shape[0])
+    return state.u, stats
+
+
+@pytest.mark.parametrize("cell", ["classic", "implicit"])
+@pytest.mark.parametrize("L", [1, 2])
+def test_one_level_is_serial_bit_for_bit(cell, L):
+    m, X, y = model_and_data(cell, L)
+    l0, g0, _ = m.loss_and_grad_flat(X, y)
+    l1, g1, info = m.loss_and_grad_flat(X, y, MGRITConfig(levels=1))
+    assert l0 == l1 and np.array_equal(g0, g1)
+    assert info["forward"].status == OK and info["forward"].iterations == 1
+    assert np.array_equal(m.forward(X), m.forward(X, MGRITConfig(levels=1)))
+
+
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("relax, per_cycle", [("FCF", 2), ("F", 1)])
+def test_exactness_front_two_levels(skip, relax, per_cycle):
+    """Two levels: each FCF cycle makes two more C-points exact (C-relaxation one, the FAS coarse
+    correction the next), each F cycle one. The skipped first cycle makes none exact (its coarse
+    solve uses the coarse propagator), so after k cycles the front stands at C-point
+    per_cycle * (k - skip)."""
+    cf, T = 4, 4 * 14
+    m, X, _ = model_and_data("classic", L=2, T=T, H=6, seed=3)
+    exact, _ = trajectory(m, X, "serial")
+    cpts = np.arange(0, T + 1, cf)
+    for k in range(1, 6):
+        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, fwd_iters=k, tol=0.0, skip_first_down=skip)
+        u, stats = trajectory(m, X, cfg)
+        assert stats.iterations == k and stats.status == NOT_CONVERGED
+        err = np.abs(u[cpts] - exact[cpts]).reshape(len(cpts), -1).max(axis=1)
+        front = per_cycle * (k - skip)
+        assert np.all(err[:front + 1] < 1e-13), (k, err)
+        assert err[front + 1] > 1e-9, (k, err)
+        # the F-points of the exact intervals are exact too (final F-relaxation)
+        assert np.abs(u[:front * cf + 1] - exact[:front * cf + 1]).max() < 1e-13
+
+
+@settings(max_examples=8)
+@given(p=problems(max_T=30, max_L=2), levels=st.integers(2, 3), cf=st.integers(2, 4),
+       coarse_input=st.sampled_from(["sample", "mean"]), cycle=st.sampled_from(["V", "F"]))
+def test_tight_tolerance_equals_serial_bptt(p, levels, cf, coarse_input, cycle):
+    """With tol tiny and enough cycles, loss and every gradient equal serial BPTT (float64, 1e-10)."""
+    m = mgritnn.GRUClassifier(p["I"], p["H"], p["C"], num_layers=p["L"], cell=p["cell"],
+                              dtype="float64", dt=p["dt"])
+    m.set_params(p["params"])
+    try:
+        cfg = MGRITConfig(levels=levels, cf=cf, fwd_iters=p["T"] + 2, bwd_iters=p["T"] + 2,
+                          tol=1e-14, coarse_input=coarse_input, cycle=cycle)
+        cfg.cfs(p["T"])
+    except ConfigError:
+        return                                   # hierarchy does not fit this short sequence
+    l0, g0, _ = m.loss_and_grad_flat(p["X"], p["y"])
+    l1, g1, info = m.loss_and_grad_flat(p["X"], p["y"], cfg)
+    assert info["forward"].status == OK and info["adjoint"].status == OK
+    assert l1 == pytest.approx(l0, rel=1e-10, abs=1e-12)
+    np.testing.assert_allclose(g1, g0, rtol=1e-10, atol=1e-10 * np.abs(g0).max())
+
+
+@pytest.mark.parametrize("cell, L, T", [("classic", 1, 53), ("classic", 2, 64), ("implicit", 2, 41)])
+def test_converges_to_serial_with_paper_levels(cell, L, T):
+    m, X, y = model_and_data(cell, L, T=T)
+    l0, g0, _ = m.loss_and_grad_flat(X, y)
+    cfg = MGRITConfig(levels=3, cf=4, fwd_iters=30, bwd_iters=30, tol=1e-13)
+    l1, g1, info = m.loss_and_grad_flat(X, y, cfg)
+    assert info["forward"].status == OK and info["forward"].iterations < 15
+    assert l1 == pytest.approx(l0, rel=1e-10)
+    np.testing.assert_allclose(g1, g0, rtol=1e-10, atol=1e-10 * np.abs(g0).max())
+    hist = info["forward"].history
+    assert all(b < a for a, b in zip(hist, hist[1:]))
+
+
+def test_paper_defaults_are_inexact_but_close_and_report_it():
+    m, X, y = model_and_data("classic", 2, T=128, B=4, H=8)
+    l0, g0, _ = m.loss_and_grad_flat(X, y)
+    l1, g1, info = m.loss_and_grad_flat(X, y, "mgrit")
+    f, a = info["forward"], info["adjoint"]
+    assert (f.iterations, a.iterations) == (2, 1)
+    assert f.status == NOT_CONVERGED and len(f.history) == 1 and np.isfinite(f.residual)
+    assert np.isnan(a.residual)                  # one skipped cycle measures no residual ...
+    assert abs(l1 - l0) < 0.05 * abs(l0)         # ... and a fair approximation nonetheless
+    cos = g1 @ g0 / np.linalg.norm(g1) / np.linalg.norm(g0)
+    assert cos > 0.9
+    cfg = MGRITConfig(final_residual=True)
+    _, _, info = m.loss_and_grad_flat(X, y, cfg)
+    assert np.isfinite(info["adjoint"].residual) and len(info["adjoint"].history) == 1
+
+
+def test_step_evaluations_counted():
+    """One rank, N = 128, 3 levels, cf 4: level 0 has 96 F- and 32 C-points, level 1 24 and 8,
+    level 2 8 points. Forward: skip cycle (coarsest 8, F level 1 24) + full cycle (level 0:
+    F 96 + C 32 + F 96 + residual 32 + coarse rhs 32; level 1: 24 + 8 + 24 + 8 + 8; coarsest 8;
+    F level 1 24) + final F level 0 96 = 32 + 392 + 96 = 520. Adjoint: skip cycle 32 + final F 96
+    + gradient pass 128 = 256."""
+    m, X, y = model_and_data("classic", 1, T=128, B=2, H=3)
+    _, _, info = m.loss_and_grad_flat(X, y, "mgrit")
+    assert info["forward"].step_evals == 520
+    assert info["adjoint"].step_evals == 256
+
+
+def test_divergence_and_nan_are_reported():
+    """A classic (explicit) coarse propagator at step size 64 with large weights blows up; the
+    solve stops with a clear status instead of returning a silent wrong answer."""
+    m, X, y = model_and_data("classic", 1, T=256, B=2, H=4, scale=6.0)
+    cfg = MGRITConfig(levels=3, cf=8, coarse_cell="classic", fwd_iters=6, tol=0.0)
+    _, _, info = m.loss_and_grad_flat(X, y, cfg)
+    assert info["forward"].status in (DIVERGED, NONFINITE), info["forward"]
+    assert "diverged" in info["forward"].message or "NaN" in info["forward"].message
+
+
+def test_automatic_levels():
+    assert MGRITConfig(levels=None, cf=4, min_coarse=2).cfs(128) == [4, 4, 4]
+    assert MGRITConfig(levels=None, cf=4, min_coarse=2).cfs(128, size=8) == [4, 4]
+    assert MGRITConfig(levels=None, cf=2, max_levels=3).cfs(100) == [2, 2]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(cf=1), "cf"), (dict(levels=0), "levels"), (dict(relax="CF"), "relax"),
+    (dict(cycle="W"), "cycle"), (dict(coarse_input="max"), "coarse_input"),
+    (dict(coarse_cell="lstm"), "cell"), (dict(fwd_iters=0), "fwd_iters"), (dict(tol=-1.0), "tol"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        MGRITConfig(**kwargs)
+
+
+def test_hierarchy_that_does_not_fit():
+    with pytest.raises(ConfigError, match="ranks"):
+        rank_bounds(6, [4], 4)                    # 2 coarsest intervals, 4 ranks
+    with pytest.raises(ConfigError, match="ranks"):
+        rank_bounds(3, [], 4)                     # more ranks than time steps
+    with pytest.raises(ConfigError, match="coarser"):
+        level_points(3, [4, 4])
+    m, X, y = model_and_data(T=5)
+    with pytest.raises(ConfigError, match="coarser"):
+        m.loss_and_grad(X, y, MGRITConfig(levels=4, cf=4))
+
+
+def test_partition_and_grids():
+    b = rank_bounds(37, [2, 2], 3)
+    assert b[0] == 0 and b[-1] == 37 and np.all(np.diff(b) > 0)
+    assert all(x % 4 == 0 or x == 37 for x in b)
+    for rank in range(3):
+        fwd = local_grid(37, [2, 2], 3, rank)
+        rev = local_grid(37, [2, 2], 3, rank, reverse=True)
+        assert (fwd.lo, fwd.hi) == (b[rank], b[rank + 1])
+        assert (rev.lo, rev.hi) == (37 - b[rank + 1], 37 - b[rank])
+        for l in range(3):                        # mirror grids
+            assert np.array_equal(np.sort(37 - rev.points[l]), fwd.points[l])
