@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from .errors import MgritnnError
+from .errors import ConfigError, MgritnnError
 
 EXIT_USER_ERROR = 2
 
@@ -43,9 +43,13 @@ def _add_train_args(p):
     p.add_argument("--clip", type=float, default=d.clip,
                    help="clip gradients to this global norm (default: no clipping)")
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    p.add_argument("--solver", default=d.solver, help="time solver (default: %(default)s)")
+    p.add_argument("--solver", choices=["serial", "mgrit"], default=d.solver,
+                   help="time solver of training (default: %(default)s)")
+    p.add_argument("--data-parallel", type=int, default=d.data_parallel,
+                   help="split the MPI ranks into this many data groups x time ranks (default: 1)")
     p.add_argument("--threads", type=int, default=d.threads,
-                   help="numba threads of this process (default: all cores)")
+                   help="numba threads per rank (default: cores per node // ranks per node)")
+    _add_mgrit_args(p)
     p.add_argument("--checkpoint", default=d.checkpoint,
                    help="write a checkpoint here after every epoch (atomically)")
     p.add_argument("--resume", action="store_true",
@@ -56,14 +60,75 @@ def _add_train_args(p):
     p.add_argument("--quiet", action="store_true", help="no progress line during epochs")
 
 
+def _int_list(text):
+    try:
+        v = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or a comma-separated list, got {text!r}")
+    return v[0] if len(v) == 1 else tuple(v)
+
+
+def _str_list(text):
+    v = text.split(",")
+    return v[0] if len(v) == 1 else tuple(v)
+
+
+# MGRIT options: flag -> (MGRITConfig field, argparse keywords)
+_MGRIT_FLAGS = {
+    "--levels": ("levels", dict(type=int, help="MGRIT levels (default 3; 1 = serial sweep)")),
+    "--cf": ("cf", dict(type=_int_list, help="coarsening factor, or one per level (default 4)")),
+    "--relax": ("relax", dict(type=_str_list, help="FCF or F, or one per level (default FCF)")),
+    "--cycle": ("cycle", dict(choices=["V", "F"], help="cycle type (default V)")),
+    "--fwd-iters": ("fwd_iters", dict(type=int, help="max forward cycles (default 2)")),
+    "--bwd-iters": ("bwd_iters", dict(type=int, help="max adjoint cycles (default 1)")),
+    "--tol": ("tol", dict(type=float, help="absolute residual tolerance (default 1e-9)")),
+    "--rtol": ("rtol", dict(type=float, help="relative residual tolerance (default 0: off)")),
+    "--min-coarse": ("min_coarse", dict(type=int, help="with --levels 0: coarsest intervals at least")),
+    "--coarse-input": ("coarse_input", dict(choices=["sample", "mean"],
+                                            help="input of a coarse step (default sample)")),
+    "--coarse-cell": ("coarse_cell", dict(choices=["classic", "implicit"],
+                                          help="cell of the coarse levels (default implicit)")),
+}
+
+
+def _add_mgrit_args(p):
+    g = p.add_argument_group("MGRIT (with --solver mgrit)")
+    for flag, (_, kw) in _MGRIT_FLAGS.items():
+        g.add_argument(flag, default=None, **kw)
+    g.add_argument("--no-skip-first-down", action="store_true",
+                   help="do the full down-leg in the first cycle too")
+    g.add_argument("--final-residual", action="store_true",
+                   help="measure the residual after the last cycle (one step per C-point)")
+
+
+def _solver_options(a):
+    opts = {field: getattr(a, flag[2:].replace("-", "_")) for flag, (field, _) in _MGRIT_FLAGS.items()
+            if getattr(a, flag[2:].replace("-", "_")) is not None}
+    if opts.get("levels") == 0:
+        opts["levels"] = None                       # automatic
+    if a.no_skip_first_down:
+        opts["skip_first_down"] = False
+    if a.final_residual:
+        opts["final_residual"] = True
+    if opts and a.solver != "mgrit":
+        raise ConfigError(f"MGRIT options {sorted(opts)} need --solver mgrit")
+    return opts
+
+
 def cmd_train(a):
     from .train import TrainConfig, train
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields})
-    print(f"mgritnn train: data={cfg.data} cell={cfg.cell} hidden={cfg.hidden} layers={cfg.layers} "
-          f"dtype={cfg.dtype} solver={cfg.solver} optimizer={cfg.optimizer} lr={cfg.lr} "
-          f"batch={cfg.batch_size} epochs={cfg.epochs}", flush=True)
-    train(cfg, out=lambda line: print(line, flush=True), progress=not a.quiet)
+    cfg = TrainConfig(solver_options=_solver_options(a),
+                      **{k: v for k, v in vars(a).items() if k in fields and k != "solver_options"})
+    from .distributed import get_comm
+    comm = get_comm()
+    if comm.Get_rank() == 0:
+        opts = "".join(f" {k}={v}" for k, v in cfg.solver_options.items())
+        print(f"mgritnn train: data={cfg.data} cell={cfg.cell} hidden={cfg.hidden} layers={cfg.layers} "
+              f"dtype={cfg.dtype} solver={cfg.solver}{opts} ranks={comm.Get_size()} "
+              f"optimizer={cfg.optimizer} lr={cfg.lr} batch={cfg.batch_size} epochs={cfg.epochs}",
+              flush=True)
+    train(cfg, out=lambda line: print(line, flush=True), progress=not a.quiet, comm=comm)
     return 0
 
 
@@ -225,11 +290,32 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point of the ``mgritnn`` command; returns the exit status."""
+    """Entry point of the ``mgritnn`` command; returns the exit status.
+
+    Under an MPI launcher with several ranks, an error on any rank prints its message and aborts
+    all ranks (MPI_Abort), so that no rank is left waiting for it.
+    """
     args = build_parser().parse_args(argv)
+    from .distributed.comm import under_mpi_launcher
+    comm = None
+    if under_mpi_launcher():
+        from .distributed import get_comm
+        comm = get_comm()
+        if comm.Get_size() == 1:
+            comm = None
     try:
         return args.func(args)
     except MgritnnError as e:
-        print(f"mgritnn: error: {e}", file=sys.stderr)
+        where = f"[rank {comm.Get_rank()}] " if comm is not None else ""
+        print(f"mgritnn: error: {where}{e}", file=sys.stderr, flush=True)
+        if comm is not None:
+            comm.Abort(EXIT_USER_ERROR)
         return EXIT_USER_ERROR
+    except BaseException:
+        if comm is None:
+            raise
+        import traceback
+        traceback.print_exc()
+        sys.stderr.flush()
+        comm.Abort(1)
 

@@ -16,12 +16,13 @@ import numpy as np
 
 from . import datasets
 from .config import set_num_threads
+from .distributed import SelfComm, default_threads, get_comm, split_data_time
 from .errors import CheckpointError, ConfigError, MgritnnError
 from .io import atomic_savez, read_npz
 from .model import GRUClassifier
 from .optim import make_optimizer, state_from_arrays, state_to_arrays
 from .optim.clip import clip_by_global_norm
-from .solvers import get_solver
+from .solvers import make_solver
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,13 @@ class TrainConfig:
     seed : int
         Seeds the initialization, the default data set and the shuffling.
     solver : str
-        Time solver of training (``"serial"``; the parallel solvers register further names).
+        Time solver of training: ``"serial"`` or ``"mgrit"``.
+    solver_options : dict
+        Options of the solver (the fields of its config class, e.g. ``MGRITConfig``).
+    data_parallel : int
+        Number of data groups; the ranks are split into data groups x time ranks.
     threads : int or None
-        numba threads of this process (None: numba's default).
+        numba threads per rank (None: cores per node // ranks per node).
     checkpoint : str or None
         Path of the checkpoint written (atomically) after every epoch.
     resume : bool
@@ -71,6 +76,8 @@ class TrainConfig:
     clip: float = None
     seed: int = 0
     solver: str = "serial"
+    solver_options: dict = dataclasses.field(default_factory=dict)
+    data_parallel: int = 1
     threads: int = None
     checkpoint: str = None
     resume: bool = False
@@ -78,7 +85,7 @@ class TrainConfig:
     max_batches: int = None
 
     def __post_init__(self):
-        for name in ("hidden", "layers", "epochs", "batch_size"):
+        for name in ("hidden", "layers", "epochs", "batch_size", "data_parallel"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
@@ -157,31 +164,96 @@ def _rng_state_to_json(rng):
     return rng.bit_generator.state
 
 
-def train(cfg, out=print, progress=True):
-    """Train a :class:`GRUClassifier` as ``cfg`` says.
+class _Ranks:
+    """The communicators of a run: world, time (one data group) and data (same time block)."""
+
+    def __init__(self, comm, data_parallel):
+        self.world = get_comm(comm)
+        self.rank, self.size = self.world.Get_rank(), self.world.Get_size()
+        if self.size == 1 and data_parallel == 1:
+            self.time, self.data, self.group = self.world, SelfComm(), 0
+        else:
+            self.time, self.data, self.group = split_data_time(self.world, data_parallel)
+        self.groups = data_parallel
+        self.root = self.rank == 0
+
+    def sum_over_data(self, arr):
+        """Sum an array over the data groups (in place semantics: returns the sum)."""
+        if self.groups == 1:
+            return arr
+        out = np.empty_like(arr)
+        self.data.Allreduce(np.ascontiguousarray(arr), out)
+        return out
+
+    def max_over_world(self, values):
+        values = np.asarray(values, dtype=np.float64)
+        if self.size == 1:
+            return values
+        out = np.empty_like(values)
+        from mpi4py import MPI
+        self.world.Allreduce(values, out, op=MPI.MAX)
+        return out
+
+
+def _json_line(rec):
+    """One strict JSON line: NaN/inf (e.g. a residual that was not measured) become null."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (float, np.floating)):
+            return float(v) if np.isfinite(v) else None
+        if isinstance(v, np.integer):
+            return int(v)
+        return v
+    return json.dumps(clean(rec), allow_nan=False) + "\n"
+
+
+def _batch_diagnostics(info):
+    f, a = info["forward"], info["adjoint"]
+    return dict(fwd_iters=f.iterations, fwd_res=f.residual, fwd_status=f.status,
+                bwd_iters=a.iterations, bwd_res=a.residual, bwd_status=a.status)
+
+
+def train(cfg, out=print, progress=True, comm=None):
+    """Train a :class:`GRUClassifier` as ``cfg`` says (on every rank of ``comm`` under MPI).
 
     Parameters
     ----------
     cfg : TrainConfig
     out : callable
-        Receives one human-readable line per epoch.
+        Receives one human-readable line per epoch (on rank 0 only).
     progress : bool
-        Show a progress line on stderr during long epochs.
+        Show a progress line on stderr during long epochs (rank 0).
+    comm : mpi4py communicator, optional
+        The ranks of this run (default: MPI's world under an MPI launcher, else one process).
+        They are split into ``cfg.data_parallel`` data groups x time ranks; the time axis is solved
+        by ``cfg.solver`` over each group's time ranks.
 
     Returns
     -------
     model : GRUClassifier
+        The same on every rank.
     history : list of dict
         One record per epoch (what the JSON-lines log holds).
     """
-    set_num_threads(cfg.threads)
-    solver = get_solver(cfg.solver)
+    ranks = _Ranks(comm, cfg.data_parallel)
+    set_num_threads(cfg.threads if cfg.threads is not None else
+                    (None if ranks.size == 1 else default_threads(ranks.world)))
+    solver = make_solver(cfg.solver, cfg.solver_options, ranks.time)
+    if not ranks.root:
+        out, progress = (lambda *a, **k: None), False
     ds = datasets.load(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed)
+    if cfg.batch_size < cfg.data_parallel:
+        raise ConfigError(f"batch size {cfg.batch_size} is smaller than --data-parallel "
+                          f"{cfg.data_parallel}: every data group needs samples")
     standardizer = datasets.Standardizer.fit(ds.X_train)
     X_train = standardizer.transform(ds.X_train, np.dtype(cfg.dtype))
     X_test = standardizer.transform(ds.X_test, np.dtype(cfg.dtype))
     model = GRUClassifier(X_train.shape[2], cfg.hidden, ds.num_classes, num_layers=cfg.layers,
                           cell=cfg.cell, dtype=cfg.dtype, seed=cfg.seed, dt=cfg.dt)
+    solver.local_steps(X_train.shape[1])            # a hierarchy that does not fit fails here, early
     opt = make_optimizer(cfg.optimizer, **cfg.optimizer_kwargs())
     opt_state = opt.init(model.flat)
     rng = np.random.default_rng(cfg.seed)
@@ -210,57 +282,79 @@ def train(cfg, out=print, progress=True):
     if cfg.max_batches:
         n_batches = min(n_batches, cfg.max_batches)
     bar = _Progress() if progress else None
-    for epoch in range(start_epoch, cfg.epochs):
-        t_epoch = time.perf_counter()
-        times = dict(data=0.0, forward=0.0, adjoint=0.0, optimizer=0.0)
-        perm = rng.permutation(N)
-        loss_sum = correct = seen = 0
-        steps = dict(forward=0, adjoint=0)
-        for b in range(n_batches):
-            t0 = time.perf_counter()
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            Xb, yb = X_train[idx], ds.y_train[idx]
-            times["data"] += time.perf_counter() - t0
-            loss, grad, info = model.loss_and_grad_flat(Xb, yb, solver)
-            times["forward"] += info["time_forward"]
-            times["adjoint"] += info["time_adjoint"]
-            steps["forward"] += info["forward"].step_evals
-            steps["adjoint"] += info["adjoint"].step_evals
-            if not np.isfinite(loss) or not np.all(np.isfinite(grad)):
-                raise MgritnnError(
-                    f"the loss or gradient became NaN/inf at epoch {epoch + 1}, batch {b + 1}: "
-                    "lower --lr or use --clip (the last checkpoint holds the previous epoch)")
-            t0 = time.perf_counter()
-            if cfg.clip is not None:
-                clip_by_global_norm(grad, cfg.clip)
-            opt_state = opt.update(grad, opt_state, model.flat)
-            times["optimizer"] += time.perf_counter() - t0
-            loss_sum += loss * len(idx)
-            correct += int(np.sum(np.argmax(info["logits"], 1) == yb))
-            seen += len(idx)
+    log = open(cfg.log, "a") if (cfg.log and ranks.root) else None
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
+            times = dict(data=0.0, forward=0.0, adjoint=0.0, wait=0.0, optimizer=0.0)
+            perm = rng.permutation(N)
+            loss_sum = correct = seen = 0.0
+            steps = np.zeros(2)
+            for b in range(n_batches):
+                t0 = time.perf_counter()
+                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                part = np.array_split(idx, cfg.data_parallel)[ranks.group]
+                Xb, yb = X_train[part], ds.y_train[part]
+                times["data"] += time.perf_counter() - t0
+                loss, grad, info = model.loss_and_grad_flat(Xb, yb, solver)
+                weight = len(part) / len(idx)
+                t0 = time.perf_counter()
+                stats = ranks.sum_over_data(np.concatenate(
+                    [grad * grad.dtype.type(weight),
+                     np.array([loss * weight, np.sum(np.argmax(info["logits"], 1) == yb)], grad.dtype)]))
+                grad, (loss, n_correct) = stats[:-2], stats[-2:]
+                times["wait"] += (time.perf_counter() - t0 + info["time_reduce"]
+                                  + getattr(info["forward"], "wait_time", 0.0)
+                                  + getattr(info["adjoint"], "wait_time", 0.0))
+                times["forward"] += info["time_forward"]
+                times["adjoint"] += info["time_adjoint"]
+                evals = ranks.max_over_world([info["forward"].step_evals, info["adjoint"].step_evals])
+                steps += evals
+                if not np.isfinite(loss) or not np.all(np.isfinite(grad)):
+                    raise MgritnnError(
+                        f"the loss or gradient became NaN/inf at epoch {epoch + 1}, batch {b + 1}: "
+                        "lower --lr or use --clip (the last checkpoint holds the previous epoch)")
+                t0 = time.perf_counter()
+                if cfg.clip is not None:
+                    clip_by_global_norm(grad, cfg.clip)
+                opt_state = opt.update(grad, opt_state, model.flat)
+                times["optimizer"] += time.perf_counter() - t0
+                loss_sum += float(loss) * len(idx)
+                correct += float(n_correct)
+                seen += len(idx)
+                if log and solver.name != "serial":
+                    rec = dict(type="batch", epoch=epoch + 1, batch=b + 1, loss=float(loss),
+                               step_evals_max_rank=evals.tolist(), **_batch_diagnostics(info))
+                    log.write(_json_line(rec))
+                if bar:
+                    bar.update(f"epoch {epoch + 1}/{cfg.epochs}: batch {b + 1}/{n_batches}, "
+                               f"loss {loss_sum / seen:.4f}")
             if bar:
-                bar.update(f"epoch {epoch + 1}/{cfg.epochs}: batch {b + 1}/{n_batches}, "
-                           f"loss {loss_sum / seen:.4f}")
-        if bar:
-            bar.done()
-        t0 = time.perf_counter()
-        test = evaluate(model, X_test, ds.y_test)
-        t_eval = time.perf_counter() - t0
-        rec = dict(epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen,
-                   test_loss=test["loss"], test_acc=test["accuracy"],
-                   seconds=time.perf_counter() - t_epoch, eval_seconds=t_eval,
-                   time=times, step_evals=steps, batches=n_batches, solver=solver.name)
-        history.append(rec)
-        out(f"epoch {rec['epoch']:3d}  loss {rec['loss']:.4f}  train acc {100 * rec['train_acc']:6.2f}%  "
-            f"test acc {100 * rec['test_acc']:6.2f}%  {rec['seconds']:7.2f} s")
-        if cfg.log:
-            with open(cfg.log, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        if cfg.checkpoint:
-            meta = dict(kind="train", model=model.config, train=dataclasses.asdict(cfg),
-                        epoch=epoch + 1, rng=_rng_state_to_json(rng), history=history,
-                        num_classes=ds.num_classes, class_names=list(ds.class_names))
-            atomic_savez(cfg.checkpoint, _checkpoint_arrays(model, opt_state, standardizer), meta)
+                bar.done()
+            t0 = time.perf_counter()
+            test = evaluate(model, X_test, ds.y_test)
+            t_eval = time.perf_counter() - t0
+            rec = dict(type="epoch", epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen,
+                       test_loss=test["loss"], test_acc=test["accuracy"],
+                       seconds=time.perf_counter() - t_epoch, eval_seconds=t_eval, time=times,
+                       step_evals_per_rank=dict(forward=steps[0] / n_batches,
+                                                adjoint=steps[1] / n_batches),
+                       batches=n_batches, solver=solver.name, ranks=ranks.size,
+                       data_parallel=cfg.data_parallel)
+            history.append(rec)
+            out(f"epoch {rec['epoch']:3d}  loss {rec['loss']:.4f}  train acc {100 * rec['train_acc']:6.2f}%  "
+                f"test acc {100 * rec['test_acc']:6.2f}%  {rec['seconds']:7.2f} s")
+            if log:
+                log.write(_json_line(rec))
+                log.flush()
+            if cfg.checkpoint and ranks.root:
+                meta = dict(kind="train", model=model.config, train=dataclasses.asdict(cfg),
+                            epoch=epoch + 1, rng=_rng_state_to_json(rng), history=history,
+                            num_classes=ds.num_classes, class_names=list(ds.class_names))
+                atomic_savez(cfg.checkpoint, _checkpoint_arrays(model, opt_state, standardizer), meta)
+    finally:
+        if log:
+            log.close()
     return model, history
 
 

@@ -46,9 +46,9 @@ def test_sgd_and_clip_and_log(tmp_path):
                                 max_batches=3, log=str(log)), out=quiet, progress=False)
     recs = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["epoch"] for r in recs] == [1, 2]
-    for key in ("loss", "train_acc", "test_acc", "seconds", "time", "step_evals"):
+    for key in ("loss", "train_acc", "test_acc", "seconds", "time", "step_evals_per_rank"):
         assert key in recs[0]
-    assert set(recs[0]["time"]) == {"data", "forward", "adjoint", "optimizer"}
+    assert set(recs[0]["time"]) == {"data", "forward", "adjoint", "wait", "optimizer"}
 
 
 def test_resume_into_another_model_shape_is_refused(tmp_path):
@@ -88,3 +88,33 @@ def test_nonfinite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
 def test_bad_config(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_mgrit_training_logs_per_batch_diagnostics(tmp_path):
+    log = tmp_path / "log.jsonl"
+    _, hist = train(TrainConfig(epochs=2, hidden=8, seq_len=32, max_batches=3, solver="mgrit",
+                                solver_options=dict(levels=2, cf=4), log=str(log)),
+                    out=quiet, progress=False)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]   # strict JSON (no NaN)
+    batches = [r for r in lines if r["type"] == "batch"]
+    assert len(batches) == 6 and len([r for r in lines if r["type"] == "epoch"]) == 2
+    b = batches[0]
+    assert b["fwd_iters"] == 2 and b["bwd_iters"] == 1
+    assert b["fwd_res"] > 0 and b["bwd_res"] is None          # one skipped cycle measures nothing
+    assert hist[-1]["step_evals_per_rank"]["forward"] > 0 and hist[-1]["solver"] == "mgrit"
+
+
+def test_mgrit_tight_training_equals_serial_training():
+    """With exact MGRIT solves, a float64 training run gives the serial run's parameters."""
+    common = dict(epochs=2, hidden=6, seq_len=20, max_batches=3, dtype="float64")
+    m_s, _ = train(TrainConfig(**common), out=quiet, progress=False)
+    m_m, _ = train(TrainConfig(solver="mgrit", solver_options=dict(
+        levels=2, cf=4, fwd_iters=30, bwd_iters=30, tol=1e-14), **common), out=quiet, progress=False)
+    np.testing.assert_allclose(m_m.flat, m_s.flat, rtol=1e-9, atol=1e-12)
+
+
+def test_bad_solver_options():
+    with pytest.raises(ConfigError, match="bad option"):
+        train(TrainConfig(solver="mgrit", solver_options=dict(levelz=2)), out=quiet, progress=False)
+    with pytest.raises(ConfigError, match="no options"):
+        train(TrainConfig(solver="serial", solver_options=dict(levels=2)), out=quiet, progress=False)

@@ -75,3 +75,19 @@ def split_data_time(comm, data_parallel):
     per = size // D
     group, trank = divmod(rank, per)
     return comm.Split(group, trank), comm.Split(trank, group), group
+
+
+def ranks_per_node(comm):
+    """Number of ranks of ``comm`` on this node (1 without MPI)."""
+    if isinstance(comm, SelfComm):
+        return 1
+    from mpi4py import MPI
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    n = local.Get_size()
+    local.Free()
+    return n
+
+
+def default_threads(comm):
+    """numba threads per rank by default: cores per node // ranks per node (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // ranks_per_node(comm))

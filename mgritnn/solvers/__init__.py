@@ -3,5 +3,29 @@ from .base import SOLVERS, SolveStats, Solver, get_solver, register
 from .mgrit import MGRITConfig, MGRITSolver
 from .serial import SerialSolver
 
-__all__ = ["SOLVERS", "SolveStats", "Solver", "SerialSolver", "MGRITConfig", "MGRITSolver",
-           "get_solver", "register"]
+#: Option classes of the configurable solvers, by name.
+SOLVER_CONFIGS = {"mgrit": MGRITConfig}
+
+
+def make_solver(name, options=None, comm=None):
+    """A solver from its name, a dict of options (the fields of its config class) and a time
+    communicator. The serial solver takes no options and runs on one rank of time."""
+    from ..errors import ConfigError
+    options = dict(options or {})
+    if name in SOLVER_CONFIGS:
+        try:
+            return SOLVER_CONFIGS[name](**options, comm=comm).make_solver()
+        except TypeError as e:
+            raise ConfigError(f"bad option for solver {name!r}: {e}") from None
+    if options:
+        raise ConfigError(f"solver {name!r} takes no options, got {sorted(options)}")
+    solver = get_solver(name)
+    if comm is not None and comm.Get_size() > 1:
+        raise ConfigError(f"solver {name!r} runs on one rank of time, but {comm.Get_size()} ranks "
+                          "share the time axis: use --solver mgrit, or --data-parallel equal to the "
+                          "number of ranks")
+    return solver
+
+
+__all__ = ["SOLVERS", "SOLVER_CONFIGS", "SolveStats", "Solver", "SerialSolver", "MGRITConfig",
+           "MGRITSolver", "get_solver", "make_solver", "register"]
