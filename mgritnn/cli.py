@@ -97,8 +97,6 @@ def _add_mgrit_args(p):
         g.add_argument(flag, default=None, **kw)
     g.add_argument("--no-skip-first-down", action="store_true",
                    help="do the full down-leg in the first cycle too")
-    g.add_argument("--final-residual", action="store_true",
-                   help="measure the residual after the last cycle (one step per C-point)")
 
 
 def _solver_options(a):
@@ -108,8 +106,6 @@ def _solver_options(a):
         opts["levels"] = None                       # automatic
     if a.no_skip_first_down:
         opts["skip_first_down"] = False
-    if a.final_residual:
-        opts["final_residual"] = True
     if opts and a.solver != "mgrit":
         raise ConfigError(f"MGRIT options {sorted(opts)} need --solver mgrit")
     return opts

@@ -100,7 +100,7 @@ def test_mgrit_training_logs_per_batch_diagnostics(tmp_path):
     assert len(batches) == 6 and len([r for r in lines if r["type"] == "epoch"]) == 2
     b = batches[0]
     assert b["fwd_iters"] == 2 and b["bwd_iters"] == 1
-    assert b["fwd_res"] > 0 and b["bwd_res"] is None          # one skipped cycle measures nothing
+    assert b["fwd_res"] > 0 and b["bwd_res"] > 0
     assert hist[-1]["step_evals_per_rank"]["forward"] > 0 and hist[-1]["solver"] == "mgrit"
 
 

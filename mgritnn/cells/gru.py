@@ -383,7 +383,7 @@ class GRUCell:
             x_l = hnew
         return (out, c) if cache else out
 
-    def step_vjp(self, w, ax0, h, dt, lam_next, grads=None, cache=None):
+    def step_vjp(self, w, ax0, h, dt, lam_next, grads=None, cache=None, cotangents=None):
         """Vector-Jacobian product of :meth:`step` for K independent states.
 
         Parameters
@@ -397,6 +397,9 @@ class GRUCell:
             touched (their gradient is ``dax0^T x``, one GEMM the caller does over the whole sequence).
         cache : StepCache, optional
             The forward intermediates from ``step(..., cache=True)``; recomputed when not given.
+        cotangents : list, optional
+            A list of L entries; entry l is set to the layer's pre-activation cotangents
+            ``(dax, dah)``, each (K, B, 3H), for :meth:`accumulate_grads` later.
 
         Returns
         -------
@@ -413,21 +416,44 @@ class GRUCell:
             _, cache = self.step(w, ax0, h, dtv, cache=True)
         nblk = row_blocks(B)
         lam = np.empty_like(h)
-        dax = np.empty((K, B, 3 * H), h.dtype)
-        dah = np.empty((K, B, 3 * H), h.dtype)
         work = np.empty((K, B, H), h.dtype)
         lam_out = np.empty((K, B, H), h.dtype)
         dxin = None
         for l in range(L - 1, -1, -1):
+            dax = np.empty((K, B, 3 * H), h.dtype)
+            dah = np.empty((K, B, 3 * H), h.dtype)
             lam_l = lam_next[:, l] + dxin if dxin is not None else np.ascontiguousarray(lam_next[:, l])
             _layer_step_vjp(lam_l, cache.h[l], dtv, h.dtype.type(self.theta), cache.G[l],
                             cache.N[l], w.Wh[l], dax, dah, lam_out, work, nblk)
             lam[:, l] = lam_out
             if grads is not None:
                 _accumulate_layer_grads(grads, l, dax, dah, cache.xin[l], cache.h[l])
+            if cotangents is not None:
+                cotangents[l] = (dax, dah)
             if l > 0:
                 dxin = _affine(dax, w.Wx[l])
-        return lam, dax.copy()
+        return lam, dax
+
+    @staticmethod
+    def accumulate_grads(grads, cache, cotangents):
+        """Accumulate parameter gradients from the cotangents of many steps, in their order.
+
+        Parameters
+        ----------
+        grads : dict
+            Gradients (PyTorch names) to add to; layer 0's input weights are left to the caller.
+        cache : StepCache
+            The steps' forward intermediates (layer inputs ``xin`` and old states ``h``).
+        cotangents : list of (dax, dah)
+            Per layer, the steps' pre-activation cotangents (K, B, 3H), as from :meth:`step_vjp`.
+
+        Notes
+        -----
+        With the steps of a whole sequence in time order this sums exactly as :meth:`sequence_vjp`
+        does (bit for bit).
+        """
+        for l, (dax, dah) in enumerate(cotangents):
+            _accumulate_layer_grads(grads, l, dax, dah, cache.xin[l], cache.h[l])
 
     # -- fused whole-sequence kernels (serial solver) --------------------------------------------
 

@@ -13,7 +13,11 @@ advances K states of one level by one step each through the cells' step API:
   coarse right-hand side g_k = r_{c_k} + v_k - Phi_{l+1}(v_{k-1}), correction u(c_k) += w_k - v_k
   after F-relaxing level l+1 (XBraid's interpolation);
 * the coarsest level is solved sequentially, pipelined across ranks;
-* the residual 2-norm at the level-0 C-points is measured once per cycle (one allreduce).
+* the residual 2-norm at the level-0 C-points is measured once per cycle (one allreduce);
+* a final sweep visits every level-0 step once (F-relaxation plus the step into each C-point): it
+  brings the F-points up to date, measures the final residual, and records what comes next (the
+  forward keeps the gates of every step for the adjoint, the adjoint accumulates the parameter
+  gradients), so no step is evaluated twice for those.
 
 The coarse propagator is the implicit cell (stable for any step size); the adjoint's coarse step is
 the VJP of the coarse implicit step linearized at the fine forward state at the start of its
@@ -67,8 +71,6 @@ class MGRITConfig:
         Input of a coarse step: x at its first fine step, or the mean over its fine steps.
     coarse_cell : str
         Cell of the coarse levels (default the implicit GRU, stable for any step size).
-    final_residual : bool
-        Measure the residual once more after the last cycle (costs one step per C-point).
     divergence : float
         Stop with status "diverged" when the residual exceeds this factor times the smaller of the
         first residual and the norm of an all-ones residual (GRU states are bounded by 1 in
@@ -90,7 +92,6 @@ class MGRITConfig:
     initial_guess: str = "zero"
     coarse_input: str = "sample"
     coarse_cell: str = "implicit"
-    final_residual: bool = False
     divergence: float = 1e4
     comm: object = field(default=None, compare=False, repr=False)
 
@@ -208,11 +209,11 @@ class _FAS:
 
     # -- relaxation ----------------------------------------------------------------------------
 
-    def _advance(self, l, src):
+    def _advance(self, l, src, final=False):
         """u[src + 1] = Phi_l(u[src]) + g[src + 1] for local indices src (batched)."""
         if len(src):
             u, g = self.u[l], self.g[l]
-            u[src + 1] = self.prop.step(l, src, u[src]) + g[src + 1]
+            u[src + 1] = self.prop.step(l, src, u[src], final) + g[src + 1]
 
     def f_relax(self, l):
         self.exchange(l)
@@ -262,14 +263,14 @@ class _FAS:
         self.u[l + 1][...] = self.v[l + 1]
         self.g[l + 1][1:] = 0
 
-    def coarsest_solve(self, l):
+    def coarsest_solve(self, l, final=False):
         """Sequential sweep over the level, pipelined: wait for the left ghost, sweep, send right."""
         t0 = time.perf_counter()
         if self.grid.left is not None:
             self.comm.Recv(self.u[l][0], source=self.grid.left, tag=self.tag + l)
         self.wait_time += time.perf_counter() - t0
         for j in range(len(self.u[l]) - 1):
-            self._advance(l, np.array([j]))
+            self._advance(l, np.array([j]), final)
         if self.grid.right is not None:
             self.comm.Send(self.u[l][-1], dest=self.grid.right, tag=self.tag + l)
 
@@ -279,6 +280,24 @@ class _FAS:
             self.f_relax(l + 1)
         c = self.grid.c_index[l][1:]
         self.u[l][c] += self.u[l + 1][1:] - self.v[l + 1][1:]
+
+    def final_sweep(self):
+        """Every local level-0 step once, in order of position inside the intervals: the
+        F-relaxation extended by the step into each C-point. The propagator records what the next
+        phase needs from these final steps (the forward: the gates for the adjoint; the adjoint:
+        the parameter gradients); the C-point steps give the final residual without extra work."""
+        self.exchange(0)
+        c = self.grid.c_index[0]
+        a, n = c[:-1], np.diff(c)
+        u, g, res = self.u[0], self.g[0], []
+        for i in range(1, int(n.max(initial=0)) + 1):
+            act = n >= i
+            src = a[act] + i - 1
+            out = self.prop.step(0, src, u[src], True) + g[src + 1]
+            f = i < n[act]
+            u[src[f] + 1] = out[f]
+            res.append(out[~f] - u[src[~f] + 1])
+        return self.norm(np.concatenate(res) if res else np.zeros((0,) + u.shape[1:], u.dtype))
 
     # -- cycles --------------------------------------------------------------------------------
 
@@ -320,26 +339,26 @@ class _FAS:
         return True
 
     def solve(self, max_iter):
-        """Run up to ``max_iter`` cycles; F-relax the fine level at the end. Returns SolveStats."""
+        """Run up to ``max_iter`` cycles, then the final sweep over all level-0 steps (which brings
+        the F-points up to date and measures the final residual). Returns SolveStats; ``residual``
+        is the final residual, ``history`` the residual of every cycle and the final one."""
         self.status, self.message = NOT_CONVERGED, f"not converged in {max_iter} cycles"
         iters = 0
         if self.nlev == 1:
-            self.coarsest_solve(0)
+            self.coarsest_solve(0, final=True)
             self.status, self.message, iters = OK, "exact (one level: serial sweep)", 1
+            res = 0.0
         else:
-            stopped = False
             for k in range(max_iter):
                 iters += 1
                 self._cycle(0, self.cfg.cycle, first=(k == 0))
                 if len(self.history) and self.status != NOT_CONVERGED:
-                    stopped = True
                     break
-            if not (stopped and self.status == OK):
-                self.f_relax(0)          # bring the F-points up to date with the last correction
-            if self.cfg.final_residual and self.status == NOT_CONVERGED:
-                self.history.append(self.norm(self.residual(0)))
+            stopped = self.status != NOT_CONVERGED
+            res = self.final_sweep()
+            self.history.append(res)
+            if not stopped:
                 self._stop()
-        res = self.history[-1] if self.history else (0.0 if self.nlev == 1 else float("nan"))
         return SolveStats(status=self.status, message=self.message, iterations=iters, residual=res,
                           step_evals=self.prop.evals, history=list(self.history))
 
@@ -375,19 +394,35 @@ def _level_inputs(grid, ax0_local, lo_fwd, coarse_input, reverse):
 
 
 class _ForwardProp:
+    """Forward steps of every level; the final level-0 steps keep their gates (``cache``)."""
+
     def __init__(self, fine, coarse, w, levels, dt):
         self.cells = [fine] + [coarse] * (len(levels) - 1)
         self.w, self.levels, self.dt = w, levels, dt
         self.evals = 0
+        self.cache = None
 
-    def step(self, l, j, u):
+    def step(self, l, j, u, final=False):
         _, span, ax = self.levels[l]
         self.evals += len(j)
-        return self.cells[l].step(self.w, ax[j], u, span[j] * self.dt)
+        if not final:
+            return self.cells[l].step(self.w, ax[j], u, span[j] * self.dt)
+        out, c = self.cells[l].step(self.w, ax[j], u, span[j] * self.dt, cache=True)
+        if self.cache is None:
+            n = len(span)
+            self.cache = type(c)(*([None if a is None else np.empty((n,) + a.shape[1:], a.dtype)
+                                    for a in lst] for lst in c))
+        for dst, src in zip(self.cache, c):
+            for a, b in zip(dst, src):
+                if a is not None:
+                    a[j] = b
+        return out
 
 
 class _AdjointProp:
-    """lambda_start = (dPhi_l/du at the forward state at the interval's start)^T lambda_end."""
+    """lambda_start = (dPhi_l/du at the forward state at the interval's start)^T lambda_end.
+    The final level-0 steps keep their pre-activation cotangents ``cot`` (per layer (dax, dah),
+    forward order), from which the parameter gradients are accumulated once, in time order."""
 
     def __init__(self, fine, coarse, w, levels, dt, u_fwd, fine_cache):
         self.cells = [fine] + [coarse] * (len(levels) - 1)
@@ -399,13 +434,21 @@ class _AdjointProp:
                 self.caches.append(_take(fine_cache, local))
             else:
                 self.caches.append(self.cells[l].step(w, ax, self.h[l], span * dt, cache=True)[1])
-        self.evals = 0
+        self.evals = sum(len(lv[1]) for lv in levels[1:])     # the coarse linearizations
+        shape = levels[0][2].shape
+        self.cot = [(np.zeros(shape, levels[0][2].dtype), np.zeros(shape, levels[0][2].dtype))
+                    for _ in range(w.num_layers)]
 
-    def step(self, l, j, lam):
-        _, span, ax = self.levels[l]
+    def step(self, l, j, lam, final=False):
+        local, span, ax = self.levels[l]
         self.evals += len(j)
+        cot = [None] * self.w.num_layers if final else None
         lam_start, _ = self.cells[l].step_vjp(self.w, ax[j], self.h[l][j], span[j] * self.dt, lam,
-                                              cache=_take(self.caches[l], j))
+                                              cache=_take(self.caches[l], j), cotangents=cot)
+        if final:
+            for (DA, DH), (da, dh) in zip(self.cot, cot):
+                DA[local[j]] = da
+                DH[local[j]] = dh
         return lam_start
 
 
@@ -471,7 +514,8 @@ class MGRITSolver(Solver):
         stats.wait_time = fas.wait_time
         stats.seconds = time.perf_counter() - t0
         u = fas.u[0]                                    # forward points lo .. hi
-        state = _MGRITState(T=T, cfs=cfs, u=u, ax0=ax0, dt=dt, cell=cell) if keep else None
+        state = _MGRITState(T=T, cfs=cfs, u=u, ax0=ax0, dt=dt, cell=cell,
+                            cache=prop.cache) if keep else None
         return (u[-1].copy() if self.is_last else None), state, stats
 
     def adjoint(self, cell, w, state, lam_last, grads):
@@ -481,19 +525,14 @@ class MGRITSolver(Solver):
         T, u = state.T, state.u
         grid = local_grid(T, state.cfs, self.size, self.rank, reverse=True)
         lo_fwd = T - grid.hi
-        n_local = state.ax0.shape[0]
-        _, fine_cache = cell.step(w, state.ax0, u[:-1], state.dt, cache=True)
         levels = _level_inputs(grid, state.ax0, lo_fwd, cfg.coarse_input, reverse=True)
-        prop = _AdjointProp(cell, get_cell(cfg.coarse_cell), w, levels, state.dt, u, fine_cache)
+        # the forward's final sweep kept the gates of every local step (forward order)
+        prop = _AdjointProp(cell, get_cell(cfg.coarse_cell), w, levels, state.dt, u, state.cache)
         lam0 = lam_last if lam_last is not None else np.zeros_like(u[0])
         fas = _FAS(grid, prop, self.comm, lam0, cfg, tag=200)
         t0 = time.perf_counter()
-        stats = fas.solve(cfg.bwd_iters)
-        lam_rev = fas.u[0]                     # reversed points N-hi .. N-lo = forward hi .. lo
-        lam_end = lam_rev[::-1][1:]            # lambda at forward points lo+1 .. hi
-        _, dax0 = cell.step_vjp(w, state.ax0, u[:-1], state.dt, np.ascontiguousarray(lam_end),
-                                grads=grads, cache=fine_cache)
-        stats.step_evals = prop.evals + n_local
+        stats = fas.solve(cfg.bwd_iters)      # its final sweep keeps every step's cotangents
+        cell.accumulate_grads(grads, state.cache, prop.cot)
         stats.wait_time = fas.wait_time
         stats.seconds = time.perf_counter() - t0
-        return dax0, stats
+        return prop.cot[0][0], stats
