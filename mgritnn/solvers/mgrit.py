@@ -375,7 +375,6 @@ def _level_inputs(grid, ax0_local, lo_fwd, coarse_input, reverse):
     q_j to q_{j+1} is the forward interval [N - q_{j+1}, N - q_j).
     """
     out = []
-    csum = None
     for l, q in enumerate(grid.points):
         if reverse:
             start, span = grid.N - q[1:], np.diff(q)
@@ -384,11 +383,9 @@ def _level_inputs(grid, ax0_local, lo_fwd, coarse_input, reverse):
         local = start - lo_fwd
         if l == 0 or coarse_input == "sample":
             ax = ax0_local[local]
-        else:
-            if csum is None:
-                csum = np.concatenate([np.zeros((1,) + ax0_local.shape[1:], np.float64),
-                                       np.cumsum(ax0_local, axis=0, dtype=np.float64)])
-            ax = ((csum[local + span] - csum[local]) / span[:, None, None]).astype(ax0_local.dtype)
+        else:       # each step sums its own fine inputs: rounding independent of the rank split
+            ax = np.stack([ax0_local[a:a + n].sum(axis=0, dtype=np.float64) / n
+                           for a, n in zip(local, span)]).astype(ax0_local.dtype)
         out.append((local, span, np.ascontiguousarray(ax)))
     return out
 

@@ -1,0 +1,312 @@
+"""Helpers of the MPI tests: find ``mpiexec``, launch scripts on P ranks, shared test problems.
+
+This module is imported both by the pytest process (``tests/test_mpi.py``) and by the scripts that
+run under ``mpiexec`` (``tests/mpi/*.py``), so it does not import pytest or mpi4py at module level:
+the pytest process must not initialize MPI, and the ranks must not need pytest.
+
+The problems are built here, in one place, so that the ranks and the pytest process (which computes
+the one-rank reference with ``comm=None``) solve exactly the same thing.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+MPI_SCRIPTS = TESTS_DIR / "mpi"
+
+#: Default wall-time limit of one ``mpiexec`` launch (seconds).
+DEFAULT_TIMEOUT = 240.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Launching
+# ------------------------------------------------------------------------------------------------
+
+def find_mpiexec():
+    """Path of the ``mpiexec`` to use, or None if there is none.
+
+    The one next to ``sys.executable`` comes first: the ``mpich`` wheel installs it into the venv's
+    ``bin``, and it is the launcher that matches the MPI library mpi4py loads. Then ``PATH``.
+    """
+    here = Path(sys.executable).parent
+    for name in ("mpiexec", "mpirun"):
+        p = here / name
+        if p.is_file() and os.access(p, os.X_OK):
+            return str(p)
+    for name in ("mpiexec", "mpirun"):
+        p = shutil.which(name)
+        if p:
+            return p
+    return None
+
+
+def _mgritnn_root():
+    """The directory holding the ``mgritnn`` package this process imports (the repository root,
+    or site-packages when the package is installed and the tests run from elsewhere)."""
+    import mgritnn
+    return Path(mgritnn.__file__).resolve().parents[1]
+
+
+def _is_site_dir(path):
+    """True if ``path`` is one of this interpreter's site-packages directories."""
+    import site
+    dirs = list(site.getsitepackages()) + [site.getusersitepackages()]
+    return any(Path(d).resolve() == path for d in dirs if d)
+
+
+def mpi_env():
+    """Environment of the ranks: one numba and one BLAS/OpenMP thread per rank (the ranks
+    oversubscribe the cores), and ``PYTHONPATH`` with the repository root and the tests directory
+    (this module). The ranks must import the ``mgritnn`` this process uses (same code, same numba
+    cache): when that is an installed copy, the repository root is left out so it cannot shadow
+    it; when it is another source tree, that tree comes first."""
+    env = dict(os.environ)
+    env.update(NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
+    root = _mgritnn_root()
+    if root == REPO_ROOT:
+        paths = [str(REPO_ROOT), str(TESTS_DIR)]
+    elif _is_site_dir(root):            # an installed mgritnn: the ranks find it where we did
+        paths = [str(TESTS_DIR)]
+    else:                               # another source tree
+        paths = [str(root), str(REPO_ROOT), str(TESTS_DIR)]
+    for p in env.get("PYTHONPATH", "").split(os.pathsep):
+        if p and p not in paths:
+            paths.append(p)
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+class MPIResult(NamedTuple):
+    """Outcome of one launch: the exit status of ``mpiexec``, its output, and the wall time."""
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    command: list
+
+    @property
+    def output(self):
+        """stdout and stderr together (for messages and substring checks)."""
+        return f"{self.stdout}\n{self.stderr}"
+
+    def describe(self):
+        """A readable report of the launch, for test failure messages."""
+        return (f"command: {' '.join(self.command)}\nexit status {self.returncode} after "
+                f"{self.seconds:.1f} s\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}")
+
+
+def _descendants(pid):
+    """Pids of all processes below ``pid`` (read from /proc; empty where /proc is missing).
+
+    Hydra's proxy and the ranks each start their own session, so killing the launcher's process
+    group alone does not reach them."""
+    children = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(e))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _kill_tree(proc):
+    """Stop a launch: SIGTERM to ``mpiexec`` (hydra then cleans up its ranks), and after a grace
+    period SIGKILL to its process group and to every process it started that is still alive."""
+    below = _descendants(proc.pid)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def run_mpi(nprocs, script, *args, timeout=DEFAULT_TIMEOUT, check=False):
+    """Run ``mpiexec -n nprocs <python> -m mpi4py <script> args`` and return an :class:`MPIResult`.
+
+    Under ``-m mpi4py`` an uncaught exception (or ``sys.exit`` with a non-zero status) on any rank
+    calls ``MPI_Abort``, which ends all ranks instead of leaving the others blocked in communication.
+    MPICH's hydra starts more ranks than cores without extra flags.
+
+    Parameters
+    ----------
+    nprocs : int
+    script : str or Path
+        A path, or a bare file name of ``tests/mpi``.
+    *args : command-line arguments of the script (converted with ``str``)
+    timeout : float
+        Seconds. On expiry every process of the launch is killed and the calling test fails with
+        the output captured so far.
+    check : bool
+        Fail the calling test (with the output) unless the exit status is 0.
+    """
+    import pytest
+
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        pytest.skip("no mpiexec next to the Python interpreter nor on PATH (install the 'mpich' wheel)")
+    script = Path(script)
+    if not script.is_absolute() and not script.exists():
+        script = MPI_SCRIPTS / script
+    cmd = [mpiexec, "-n", str(int(nprocs)), sys.executable, "-m", "mpi4py", str(script)]
+    cmd += [str(a) for a in args]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=mpi_env(), cwd=str(REPO_ROOT), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc)
+        out, err = proc.communicate()
+        res = MPIResult(proc.returncode, out, err, time.perf_counter() - t0, cmd)
+        pytest.fail(f"mpiexec did not finish within {timeout} s; all its processes were killed.\n"
+                    + res.describe(), pytrace=False)
+    except BaseException:               # KeyboardInterrupt etc.: never leave ranks behind
+        _kill_tree(proc)
+        proc.communicate()
+        raise
+    res = MPIResult(proc.returncode, out, err, time.perf_counter() - t0, cmd)
+    if check and res.returncode != 0:
+        pytest.fail("mpiexec failed.\n" + res.describe(), pytrace=False)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# Test problems (shared by the ranks and the pytest process)
+# ------------------------------------------------------------------------------------------------
+
+class Case(NamedTuple):
+    """One deterministic MGRIT problem and solver configuration.
+
+    Serialized on the command line as ``key=value`` pairs separated by commas (:meth:`to_arg`).
+    """
+    cell: str = "classic"       # fine cell; the coarse levels always use the implicit cell
+    layers: int = 1
+    T: int = 37
+    levels: int = 3
+    cf: int = 2
+    fwd: int = 2                # MGRIT fwd_iters
+    bwd: int = 1                # MGRIT bwd_iters
+    tol: float = 1e-9
+    cycle: str = "V"
+    relax: str = "FCF"
+    coarse_input: str = "sample"
+    batch: int = 3
+    inputs: int = 2
+    hidden: int = 5
+    classes: int = 3
+    seed: int = 0
+
+    def to_arg(self):
+        """Command-line form, e.g. ``cell=classic,layers=1,T=37,...`` (floats as exact ``repr``)."""
+        return ",".join(f"{k}={getattr(self, k)!r}" if isinstance(getattr(self, k), float)
+                        else f"{k}={getattr(self, k)}" for k in self._fields)
+
+    @classmethod
+    def from_arg(cls, s):
+        """Inverse of :meth:`to_arg` (missing keys take their defaults)."""
+        kw = {}
+        types = {k: type(v) for k, v in cls._field_defaults.items()}
+        for item in s.split(","):
+            k, _, v = item.partition("=")
+            if k not in types:
+                raise ValueError(f"unknown case field {k!r} in {s!r}")
+            kw[k] = types[k](v)
+        return cls(**kw)
+
+    @property
+    def name(self):
+        """Short id for test names."""
+        iters = "tight" if self.tol < 1e-12 else f"it{self.fwd}-{self.bwd}"
+        extra = "" if (self.cycle, self.relax, self.coarse_input) == ("V", "FCF", "sample") else \
+            f"-{self.cycle}{self.relax}-{self.coarse_input}"
+        return f"{self.cell}-L{self.layers}-T{self.T}-lv{self.levels}cf{self.cf}-{iters}{extra}"
+
+    def config(self, comm=None):
+        """The :class:`MGRITConfig` of the case (``comm=None``: MPI's world under mpiexec, else one process)."""
+        from mgritnn.solvers import MGRITConfig
+        return MGRITConfig(levels=self.levels, cf=self.cf, fwd_iters=self.fwd, bwd_iters=self.bwd,
+                           tol=self.tol, cycle=self.cycle, relax=self.relax,
+                           coarse_input=self.coarse_input, comm=comm)
+
+    def problem(self):
+        """``(model, X, y)``: a float64 classifier and a batch, both fixed by the case's fields."""
+        import mgritnn
+        model = mgritnn.GRUClassifier(self.inputs, self.hidden, self.classes, num_layers=self.layers,
+                                      cell=self.cell, dtype="float64", seed=self.seed)
+        rng = np.random.default_rng([self.seed, self.T, self.layers])
+        X = rng.standard_normal((self.batch, self.T, self.inputs))
+        y = rng.integers(0, self.classes, self.batch)
+        return model, X, y
+
+
+def tight(case):
+    """The case solved to round-off: tol 1e-13 and up to 50 cycles each way."""
+    return case._replace(fwd=50, bwd=50, tol=1e-13)
+
+
+def solve(case, solver=None):
+    """Run ``loss_and_grad_flat`` and ``forward`` of the case with ``solver`` (default: the case's
+    MGRIT configuration on MPI's world / one process). Returns a dict of arrays (the layout of the
+    .npz written by ``tests/mpi/mgrit_case.py``):
+
+    loss (0-d), grad, logits (of loss_and_grad_flat), logits_fwd (of forward), fwd_hist, adj_hist,
+    fwd_iters, adj_iters, fwd_status, adj_status, step_evals (this process: forward, adjoint).
+    """
+    model, X, y = case.problem()
+    solver = case.config() if solver is None else solver
+    loss, grad, info = model.loss_and_grad_flat(X, y, solver)
+    logits_fwd = model.forward(X, solver)
+    f, a = info["forward"], info["adjoint"]
+    return dict(loss=np.float64(loss), grad=grad, logits=info["logits"], logits_fwd=logits_fwd,
+                fwd_hist=np.array(f.history, np.float64), adj_hist=np.array(a.history, np.float64),
+                fwd_iters=np.int64(f.iterations), adj_iters=np.int64(a.iterations),
+                fwd_status=np.int64(f.status), adj_status=np.int64(a.status),
+                step_evals=np.array([f.step_evals, a.step_evals], np.int64))
+
+
+def warm_numba_cache():
+    """Compile (or load) every float64 kernel an MGRIT run uses, once, in this process.
+
+    The kernels are jitted with ``cache=True``; after this the ranks load them from numba's on-disk
+    cache instead of all compiling them at the same time on oversubscribed cores. Covers both
+    fine cells, the implicit coarse cell, one and several layers, forward and adjoint, MGRIT and
+    the serial solver.
+    """
+    for cell in ("classic", "implicit"):
+        for layers in (1, 2):
+            case = Case(cell=cell, layers=layers, T=9, levels=3, cf=2, fwd=2, bwd=2, batch=2,
+                        hidden=3)
+            solve(case)
+            solve(case, "serial")
