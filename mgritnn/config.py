@@ -24,8 +24,9 @@ JIT_PAR = dict(JIT, parallel=True)
 #: The dtypes the engine computes in.
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
-#: Largest row block of one GEMM inside the kernels. Blocks depend only on the batch size B
-#: (never on the number of threads, states or ranks), so results are bitwise independent of them.
+#: Largest row block of one recurrent GEMM inside the kernels. Blocks depend only on the batch size
+#: B (never on the number of threads, states or ranks), so results are bitwise independent of them.
+#: 32 rows: B = 100 runs as four GEMMs of 25 rows per step (measured here: faster than two of 50).
 MAX_ROW_BLOCK = 32
 
 # Status codes returned by kernels and solvers.

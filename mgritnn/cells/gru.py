@@ -102,22 +102,16 @@ def _block_vjp(lam, h, dt, theta, G, N, Wh, dax, dah, lam_out, work, lo, hi):
 # ----------------------------------------------------------------------------------------------
 
 @numba.njit(**JIT_PAR)
-def _project(x, WT, b, out, nblk):
-    """out[t] = x[t] WT (+ b if b has entries), for all t, in fixed row blocks.
-
-    x (T, B, I), WT (I, M) contiguous, b (M,) or (0,), out (T, B, M).
-    """
+def _project(x, WT, b, out):
+    """out[t] = x[t] WT (+ b if b has entries), one GEMM per t (so each t's result never depends on
+    how many t are projected together). x (T, B, I), WT (I, M) contiguous, b (M,) or (0,), out (T, B, M)."""
     T, B = x.shape[0], x.shape[1]
     M = out.shape[2]
     has_bias = b.shape[0] == M
-    for q in prange(T * nblk):
-        t = q // nblk
-        j = q - t * nblk
-        lo = j * B // nblk
-        hi = (j + 1) * B // nblk
-        np.dot(x[t, lo:hi], WT, out[t, lo:hi])
+    for t in prange(T):
+        np.dot(x[t], WT, out[t])
         if has_bias:
-            for i in range(lo, hi):
+            for i in range(B):
                 for m in range(M):
                     out[t, i, m] += b[m]
 
@@ -128,42 +122,47 @@ def _layer_sequence_forward(ax, hs, WhT, bh, dt, theta, G, N, nblk):
 
     ax (T, B, 3H); hs (T+1, B, H) with hs[0] the initial state; dt (T,); gates G (T, B, 3H) and
     N (T, B, H) to keep them for the adjoint, or (1, B, .) as work space.
+
+    Batch rows are independent over the whole sweep, so each thread takes a row block through all
+    T steps: one parallel region per sweep, not one per step.
     """
     T = ax.shape[0]
     B = hs.shape[1]
     keep = G.shape[0] == T
-    for t in range(T):
-        g = t if keep else 0
-        for j in prange(nblk):
-            lo = j * B // nblk
-            hi = (j + 1) * B // nblk
+    for j in prange(nblk):
+        lo = j * B // nblk
+        hi = (j + 1) * B // nblk
+        for t in range(T):
+            g = t if keep else 0
             _block_forward(ax[t], hs[t], WhT, bh, dt[t], theta, hs[t + 1], G[g], N[g], lo, hi)
 
 
 @numba.njit(**JIT_PAR)
-def _layer_sequence_vjp(lam_last, dxin, hs, dt, theta, G, N, Wh, dax, dah, lam_a, lam_b, work,
-                        nblk):
-    """Backpropagation through time for one layer; returns the adjoint at point 0.
+def _layer_sequence_vjp(lam_last, dxin, hs, dt, theta, G, N, Wh, dax, dah, lam, work, nblk):
+    """Backpropagation through time for one layer.
 
     lam_last (B, H): adjoint at point T; dxin (T, B, H): cotangent arriving at hs[t+1] from the
-    layer above (or shape (0, B, H)); writes dax, dah (T, B, 3H). lam_a, lam_b, work (B, H) work.
+    layer above (or shape (0, B, H)); writes dax, dah (T, B, 3H). lam (2, B, H) and work (B, H)
+    are work space; the adjoint at point 0 ends in lam[T % 2]. One parallel region: each thread
+    takes a row block backward through all T steps.
     """
     T = dax.shape[0]
     B, H = hs.shape[1], hs.shape[2]
     has_in = dxin.shape[0] == T
-    lam_a[:] = lam_last
-    for t in range(T - 1, -1, -1):
-        for j in prange(nblk):
-            lo = j * B // nblk
-            hi = (j + 1) * B // nblk
+    for j in prange(nblk):
+        lo = j * B // nblk
+        hi = (j + 1) * B // nblk
+        for b in range(lo, hi):
+            for i in range(H):
+                lam[0, b, i] = lam_last[b, i]
+        for t in range(T - 1, -1, -1):
+            p = (T - 1 - t) % 2
             if has_in:
                 for b in range(lo, hi):
                     for i in range(H):
-                        lam_a[b, i] += dxin[t, b, i]
-            _block_vjp(lam_a, hs[t], dt[t], theta, G[t], N[t], Wh, dax[t], dah[t], lam_b, work,
-                       lo, hi)
-        lam_a, lam_b = lam_b, lam_a
-    return lam_a
+                        lam[p, b, i] += dxin[t, b, i]
+            _block_vjp(lam[p], hs[t], dt[t], theta, G[t], N[t], Wh, dax[t], dah[t], lam[1 - p],
+                       work, lo, hi)
 
 
 @numba.njit(**JIT_PAR)
@@ -206,8 +205,11 @@ def _outer_partials(dA, X, partial):
 # Drivers
 # ----------------------------------------------------------------------------------------------
 
-#: Rows per chunk of a weight-gradient reduction (fixed, so the summation order never depends on threads).
-_GRAD_CHUNK_ROWS = 2048
+#: A weight-gradient reduction over R rows sums GRAD_CHUNKS partial GEMMs of R / GRAD_CHUNKS rows in a
+#: fixed order: the result never depends on the number of threads, and 8 chunks keep 1, 2, 4 or 8
+#: threads evenly busy. Short reductions use fewer chunks (at least _MIN_CHUNK_ROWS rows each).
+GRAD_CHUNKS = 8
+_MIN_CHUNK_ROWS = 256
 
 
 def accumulate_outer(dA, X, out):
@@ -224,7 +226,7 @@ def accumulate_outer(dA, X, out):
     R = dA2.shape[0]
     if R == 0:
         return out
-    chunks = max(1, -(-R // _GRAD_CHUNK_ROWS))
+    chunks = max(1, min(GRAD_CHUNKS, R // _MIN_CHUNK_ROWS))
     partial = np.empty((chunks,) + out.shape, dtype=out.dtype)
     _outer_partials(dA2, X2, partial)
     for c in range(chunks):
@@ -233,7 +235,7 @@ def accumulate_outer(dA, X, out):
 
 
 def project(x, W, b=None):
-    """Affine map of every row: ``x W^T + b``, in fixed row blocks (the input projection).
+    """Affine map of every row: ``x W^T + b``, one GEMM per time step (the input projection).
 
     Parameters
     ----------
@@ -253,7 +255,7 @@ def _affine(x, WT, b=None):
     x = np.ascontiguousarray(x)
     out = np.empty(x.shape[:2] + (WT.shape[1],), dtype=x.dtype)
     bias = np.empty(0, x.dtype) if b is None else b
-    _project(x, WT, bias, out, row_blocks(x.shape[1]))
+    _project(x, WT, bias, out)
     return out
 
 
@@ -524,14 +526,16 @@ class GRUCell:
         dtype = hs0.dtype
         nblk = row_blocks(B)
         lam0 = np.empty((L, B, H), dtype)
-        work = [np.empty((B, H), dtype) for _ in range(3)]
+        lam = np.empty((2, B, H), dtype)
+        work = np.empty((B, H), dtype)
         dxin = np.empty((0, B, H), dtype)
         for l in range(L - 1, -1, -1):
             dax = np.empty((T, B, 3 * H), dtype)
             dah = np.empty((T, B, 3 * H), dtype)
-            lam0[l] = _layer_sequence_vjp(np.ascontiguousarray(lam_last[l]), dxin, seq.hs[l],
-                                          seq.dt, dtype.type(self.theta), seq.G[l], seq.N[l],
-                                          w.Wh[l], dax, dah, *work, nblk)
+            _layer_sequence_vjp(np.ascontiguousarray(lam_last[l]), dxin, seq.hs[l], seq.dt,
+                                dtype.type(self.theta), seq.G[l], seq.N[l], w.Wh[l], dax, dah,
+                                lam, work, nblk)
+            lam0[l] = lam[T % 2]
             xin = seq.hs[l - 1][1:] if l > 0 else None
             _accumulate_layer_grads(grads, l, dax, dah, xin, seq.hs[l][:-1])
             if l > 0:
