@@ -19,15 +19,14 @@ printed by every rank that raises it as ``rank r/P: ConfigError: ...``; the rank
 ``AGREE_SECONDS``) for all to report, then exit with status 2. Any other exception is left to
 ``python -m mpi4py``, which aborts all ranks.
 """
-import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 from mpi4py import MPI
 
 import mgritnn
+from mgritnn.io import atomic_savez
 from mpi_util import Case, solve
 
 AGREE_SECONDS = 20.0
@@ -76,20 +75,6 @@ def check_rank(comm, case, res):
         if a is None or b is None or np.shape(a) != np.shape(b) or not np.array_equal(a, b):
             bad.append(f"{key} differs from rank 0's: {a!r} vs {b!r}"[:400])
     return [f"rank {rank}/{comm.Get_size()} case {case.name}: {m}" for m in bad]
-
-
-def atomic_savez(path, arrays):
-    """np.savez into a temporary file of the target directory, then rename over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def main(argv):
