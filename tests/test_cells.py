@@ -130,10 +130,11 @@ def _traj_by_steps(cell, w, ax0, h0, dt):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", ["classic", "implicit"])
-def test_fused_sweep_equals_step_api_bitwise(cell, dtype):
+@pytest.mark.parametrize("H, L", [(11, 3), (300, 1)])
+def test_fused_sweep_equals_step_api_bitwise(cell, dtype, H, L):
     """The property 'MGRIT with one level == serial' rests on: same arithmetic, bit for bit.
-    B = 70 gives three row blocks."""
-    T, B, I, H, L = 6, 70, 5, 11, 3
+    B = 70 gives three row blocks (H = 11) or two (H = 300: W_h larger than a cache, bigger blocks)."""
+    T, B, I = 6, 70, 5
     params = random_params(I, H, 3, L, dtype, 1)
     w = GRUWeights.from_params(params, L)
     x = np.random.default_rng(2).normal(size=(T, B, I)).astype(dtype)

@@ -365,7 +365,7 @@ class GRUCell:
         dtv = _as_dt(dt, K, h.dtype)
         if out is None:
             out = np.empty_like(h)
-        nblk = row_blocks(B)
+        nblk = row_blocks(B, w.Wh[0].nbytes)
         c = StepCache([], [], [], [])
         x_l = None
         for l in range(L):
@@ -416,7 +416,7 @@ class GRUCell:
         dtv = _as_dt(dt, K, h.dtype)
         if cache is None:
             _, cache = self.step(w, ax0, h, dtv, cache=True)
-        nblk = row_blocks(B)
+        nblk = row_blocks(B, w.Wh[0].nbytes)
         lam = np.empty_like(h)
         work = np.empty((K, B, H), h.dtype)
         lam_out = np.empty((K, B, H), h.dtype)
@@ -482,7 +482,7 @@ class GRUCell:
         L, H = w.num_layers, w.hidden_size
         dtype = w.dtype
         dtv = _as_dt(dt, T, dtype)
-        nblk = row_blocks(B)
+        nblk = row_blocks(B, w.Wh[0].nbytes)
         res = SequenceCache([], [], [], dtv)
         x_l = None
         for l in range(L):
@@ -524,7 +524,7 @@ class GRUCell:
         hs0 = seq.hs[0]
         T, B, H = hs0.shape[0] - 1, hs0.shape[1], hs0.shape[2]
         dtype = hs0.dtype
-        nblk = row_blocks(B)
+        nblk = row_blocks(B, w.Wh[0].nbytes)
         lam0 = np.empty((L, B, H), dtype)
         lam = np.empty((2, B, H), dtype)
         work = np.empty((B, H), dtype)
