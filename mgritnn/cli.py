@@ -223,18 +223,21 @@ def cmd_info(a):
     import scipy
 
     from . import __version__
+    from .model import GRUClassifier
+    GRUClassifier(1, 1, 2).forward(np.zeros((1, 1, 1)))     # run a parallel kernel: resolves the layer
     print(f"mgritnn {__version__}")
     print(f"python {sys.version.split()[0]}  numpy {np.__version__}  numba {numba.__version__}  "
           f"scipy {scipy.__version__}")
     print(f"numba threads {numba.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}, "
-          f"threading layer {numba.config.THREADING_LAYER}, cores {os.cpu_count()}")
-    try:
+          f"threading layer {numba.threading_layer()}, cores {os.cpu_count()}")
+    try:                    # report, never fail: MPI is optional for serial runs
         import mpi4py
         from mpi4py import MPI
-        lib = MPI.Get_library_version().splitlines()[0].strip()
-        print(f"mpi4py {mpi4py.__version__}  {lib}  world size {MPI.COMM_WORLD.Get_size()}")
-    except Exception as e:  # report, never fail: MPI is optional for serial runs
-        print(f"mpi4py not usable: {e}")
+        mpi = (f"mpi4py {mpi4py.__version__}  {MPI.Get_library_version().splitlines()[0].strip()}  "
+               f"world size {MPI.COMM_WORLD.Get_size()}")
+    except (ImportError, RuntimeError) as e:
+        mpi = f"mpi4py not usable: {e}"
+    print(mpi)
     return 0
 
 
