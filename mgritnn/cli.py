@@ -88,6 +88,9 @@ _MGRIT_FLAGS = {
                                             help="input of a coarse step (default sample)")),
     "--coarse-cell": ("coarse_cell", dict(choices=["classic", "implicit"],
                                           help="cell of the coarse levels (default implicit)")),
+    "--initial-guess": ("initial_guess", dict(choices=["zero", "warm"],
+                                              help="zero, or warm: each sample's trajectory from "
+                                                   "its previous visit (default zero)")),
 }
 
 

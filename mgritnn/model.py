@@ -140,14 +140,15 @@ class GRUClassifier:
                             f"{int(y.min())}..{int(y.max())}: relabel, or build the model with more classes")
         return y.astype(np.int64)
 
-    def _hidden(self, Xt, solver, keep):
+    def _hidden(self, Xt, solver, keep, keys=None):
         """Solve for the hidden states; the layer-0 projection covers this rank's steps only."""
         w = self.weights()
         T = Xt.shape[0]
         lo, hi = solver.local_steps(T)
         ax0 = project(Xt[lo:hi], w.Wx[0], w.bx[0])
         h0 = np.zeros((self.num_layers, Xt.shape[1], self.hidden_size), self.dtype)
-        h_last, state, stats = solver.forward(self.cell, w, ax0, h0, self.dt, keep=keep, T=T)
+        h_last, state, stats = solver.forward(self.cell, w, ax0, h0, self.dt, keep=keep, T=T,
+                                              keys=keys)
         return w, h_last, state, stats, (lo, hi)
 
     def _head(self, h_last):
@@ -176,8 +177,11 @@ class GRUClassifier:
         """Predicted classes, ndarray of shape (B,), int64."""
         return np.argmax(self.forward(X, solver), axis=1)
 
-    def loss_and_grad_flat(self, X, y, solver="serial"):
+    def loss_and_grad_flat(self, X, y, solver="serial", keys=None):
         """Mean softmax cross-entropy and its gradient as a flat vector laid out like :attr:`flat`.
+
+        ``keys`` (B,) ints name the samples (their indices in the data set) for solvers that
+        remember them between calls (MGRIT's warm start).
 
         Returns
         -------
@@ -192,7 +196,7 @@ class GRUClassifier:
         y = self._check_labels(y, Xt.shape[1])
         solver = get_solver(solver)
         t0 = time.perf_counter()
-        w, h_last, state, fstats, (lo, hi) = self._hidden(Xt, solver, keep=True)
+        w, h_last, state, fstats, (lo, hi) = self._hidden(Xt, solver, keep=True, keys=keys)
         t1 = time.perf_counter()
         grad = np.zeros_like(self.flat)
         g = self.unflatten(grad)

@@ -296,7 +296,7 @@ def train(cfg, out=print, progress=True, comm=None):
                 part = np.array_split(idx, cfg.data_parallel)[ranks.group]
                 Xb, yb = X_train[part], ds.y_train[part]
                 times["data"] += time.perf_counter() - t0
-                loss, grad, info = model.loss_and_grad_flat(Xb, yb, solver)
+                loss, grad, info = model.loss_and_grad_flat(Xb, yb, solver, keys=part)
                 weight = len(part) / len(idx)
                 t0 = time.perf_counter()
                 stats = ranks.sum_over_data(np.concatenate(

@@ -179,3 +179,24 @@ def test_partition_and_grids():
         assert (rev.lo, rev.hi) == (37 - b[rank + 1], 37 - b[rank])
         for l in range(3):                        # mirror grids
             assert np.array_equal(np.sort(37 - rev.points[l]), fwd.points[l])
+
+
+def test_warm_start_reuses_each_samples_trajectory():
+    """initial_guess='warm': a sample's second solve starts from its first solve's C-points, so its
+    first residual is far smaller; new samples start from zero; tight solves still equal serial."""
+    from mgritnn.solvers import get_solver
+    m, X, y = model_and_data("classic", 2, T=64, B=5)
+    solver = get_solver(MGRITConfig(initial_guess="warm", fwd_iters=3, bwd_iters=2))
+    keys = np.arange(5)
+    _, _, cold = m.loss_and_grad_flat(X, y, solver, keys=keys)
+    _, _, warm = m.loss_and_grad_flat(X, y, solver, keys=keys)
+    assert warm["forward"].history[0] < 1e-2 * cold["forward"].history[0]
+    _, _, other = m.loss_and_grad_flat(X, y, solver, keys=keys + 100)    # unseen samples: zero
+    assert other["forward"].history[0] == pytest.approx(cold["forward"].history[0], rel=1e-12)
+    tight = get_solver(MGRITConfig(initial_guess="warm", fwd_iters=40, bwd_iters=40, tol=1e-13))
+    l0, g0, _ = m.loss_and_grad_flat(X, y)
+    m.loss_and_grad_flat(X, y, tight, keys=keys)
+    l1, g1, info = m.loss_and_grad_flat(X, y, tight, keys=keys)
+    assert info["forward"].iterations == 1 and info["forward"].status == OK
+    assert l1 == pytest.approx(l0, rel=1e-10)
+    np.testing.assert_allclose(g1, g0, rtol=1e-9, atol=1e-10 * np.abs(g0).max())

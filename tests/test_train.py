@@ -118,3 +118,17 @@ def test_bad_solver_options():
         train(TrainConfig(solver="mgrit", solver_options=dict(levelz=2)), out=quiet, progress=False)
     with pytest.raises(ConfigError, match="no options"):
         train(TrainConfig(solver="serial", solver_options=dict(levels=2)), out=quiet, progress=False)
+
+
+def test_mgrit_warm_start_lowers_the_residual_in_training(tmp_path):
+    """Epoch 2 revisits every sample: started from their epoch-1 trajectories, the forward solves
+    end with far smaller residuals than from zero (measured: median 0.05 against 0.84)."""
+    med = {}
+    for guess in ("zero", "warm"):
+        log = tmp_path / f"{guess}.jsonl"
+        train(TrainConfig(epochs=2, hidden=8, seq_len=32, solver="mgrit", log=str(log),
+                          solver_options=dict(levels=2, cf=4, initial_guess=guess)),
+              out=quiet, progress=False)
+        recs = [json.loads(line) for line in log.read_text().splitlines()]
+        med[guess] = np.median([r["fwd_res"] for r in recs if r["type"] == "batch" and r["epoch"] == 2])
+    assert med["warm"] < 0.2 * med["zero"], med

@@ -55,9 +55,9 @@ class Solver:
         """Combine the per-rank results; one process: nothing to do."""
         return grad, loss, logits
 
-    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None):  # pragma: no cover - interface
+    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):  # pragma: no cover
         """Trajectory of the stack from the layer-0 projection ``ax0`` of this rank's steps
-        (``T`` steps in all). Returns ``(h_last (L, B, H) or None, state, SolveStats)``; ``h_last``
+        (``T`` steps in all; ``keys`` name the samples, for solvers that remember them). Returns ``(h_last (L, B, H) or None, state, SolveStats)``; ``h_last``
         on the rank owning the last point; ``state`` is what :meth:`adjoint` needs (if ``keep``)."""
         raise NotImplementedError
 

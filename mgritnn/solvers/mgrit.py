@@ -66,7 +66,11 @@ class MGRITConfig:
         Maximum number of cycles of the forward and the adjoint solve (the skipped cycle counts).
     tol, rtol : float
         Stop when the level-0 C-point residual norm is <= tol, or <= rtol times the first measured.
-    initial_guess : {"zero"}
+    initial_guess : {"zero", "warm"}
+        "warm": start each sample from its own level-0 C-point states of the previous forward solve
+        that saw it (keyed by the sample indices the caller passes as ``keys``; the trainer passes
+        the data set's indices), doing the full down-leg from the first cycle. Samples seen for the
+        first time start from zero. Memory: N/cf states per sample on each rank's slice.
     coarse_input : {"sample", "mean"}
         Input of a coarse step: x at its first fine step, or the mean over its fine steps.
     coarse_cell : str
@@ -112,8 +116,8 @@ class MGRITConfig:
                 raise ConfigError(f"MGRIT relax must be one of {_RELAX}, got {r!r}")
         if self.cycle not in ("V", "F"):
             raise ConfigError(f"MGRIT cycle must be 'V' or 'F', got {self.cycle!r}")
-        if self.initial_guess not in ("zero",):
-            raise ConfigError(f"MGRIT initial_guess must be 'zero', got {self.initial_guess!r}")
+        if self.initial_guess not in ("zero", "warm"):
+            raise ConfigError(f"MGRIT initial_guess must be 'zero' or 'warm', got {self.initial_guess!r}")
         if self.coarse_input not in ("sample", "mean"):
             raise ConfigError(f"MGRIT coarse_input must be 'sample' or 'mean', got {self.coarse_input!r}")
         get_cell(self.coarse_cell)
@@ -338,7 +342,7 @@ class _FAS:
             return False
         return True
 
-    def solve(self, max_iter):
+    def solve(self, max_iter, warm=False):
         """Run up to ``max_iter`` cycles, then the final sweep over all level-0 steps (which brings
         the F-points up to date and measures the final residual). Returns SolveStats; ``residual``
         is the final residual, ``history`` the residual of every cycle and the final one."""
@@ -351,7 +355,7 @@ class _FAS:
         else:
             for k in range(max_iter):
                 iters += 1
-                self._cycle(0, self.cfg.cycle, first=(k == 0))
+                self._cycle(0, self.cfg.cycle, first=(k == 0 and not warm))
                 if len(self.history) and self.status != NOT_CONVERGED:
                     break
             stopped = self.status != NOT_CONVERGED
@@ -475,6 +479,7 @@ class MGRITSolver(Solver):
         self.config = config or MGRITConfig()
         self.comm = get_comm(self.config.comm)
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self._warm = {}          # sample key -> its local level-0 C-point states (n_c, L, H)
 
     def local_steps(self, T):
         """Fine steps [lo, hi) whose inputs this rank needs (its time slice)."""
@@ -494,10 +499,11 @@ class MGRITSolver(Solver):
         loss, logits = self.comm.bcast((loss, logits), root=self.size - 1)
         return out, loss, logits
 
-    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None):
+    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):
         """MGRIT forward solve. ``ax0`` (n_local, B, 3H) holds this rank's time slice [lo, hi) of the
         layer-0 projection (``local_steps``); ``T`` the total number of steps (default: n_local on
-        one rank). Returns (h_last or None, state, SolveStats); h_last only on the last rank."""
+        one rank); ``keys`` (B,) ints naming the samples (for ``initial_guess="warm"``).
+        Returns (h_last or None, state, SolveStats); h_last only on the last rank."""
         cfg = self.config
         T = ax0.shape[0] if T is None else T
         cfs = cfg.cfs(T, self.size)
@@ -506,8 +512,18 @@ class MGRITSolver(Solver):
         levels = _level_inputs(grid, ax0, lo, cfg.coarse_input, reverse=False)
         prop = _ForwardProp(cell, get_cell(cfg.coarse_cell), w, levels, dt)
         fas = _FAS(grid, prop, self.comm, h0, cfg, tag=100)
+        warm = cfg.initial_guess == "warm" and keys is not None and len(grid.points) > 1
+        cpts = grid.c_index[0][1:] if warm else None
+        if warm:
+            keys = [(T, int(k)) for k in keys]
+            for b, key in enumerate(keys):
+                if key in self._warm:
+                    fas.u[0][cpts, :, b] = self._warm[key]
         t0 = time.perf_counter()
-        stats = fas.solve(cfg.fwd_iters)
+        stats = fas.solve(cfg.fwd_iters, warm=warm)
+        if warm:
+            for b, key in enumerate(keys):
+                self._warm[key] = fas.u[0][cpts, :, b].copy()
         stats.wait_time = fas.wait_time
         stats.seconds = time.perf_counter() - t0
         u = fas.u[0]                                    # forward points lo .. hi

@@ -13,7 +13,7 @@ class SerialSolver(Solver):
 
     name = "serial"
 
-    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None):
+    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):
         """Serial sweep.
 
         Parameters
