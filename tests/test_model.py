@@ -171,3 +171,22 @@ def test_classic_equals_torch_gru(num_layers):
                                                    ("head.bias", head.bias)]:
         np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-10, atol=1e-13,
                                    err_msg=name)
+
+
+def test_reused_work_arrays_leave_no_stale_state():
+    """The model's serial solver reuses its arrays between calls: results must not depend on what
+    an earlier call (of another shape or input) left in them."""
+    m = mgritnn.GRUClassifier(3, 7, 4, num_layers=2, dtype="float64", seed=5)
+    rng = np.random.default_rng(0)
+    X1, X2, X3 = rng.normal(size=(6, 9, 3)), rng.normal(size=(6, 9, 3)), rng.normal(size=(4, 5, 3))
+    y6, y4 = np.arange(6) % 4, np.arange(4)
+    first = m.loss_and_grad_flat(X1, y6)
+    second = m.loss_and_grad_flat(X2, y6)
+    third = m.loss_and_grad_flat(X3, y4)
+    again = m.loss_and_grad_flat(X1, y6)
+    assert first[0] == again[0] and np.array_equal(first[1], again[1])
+    fresh = mgritnn.GRUClassifier(3, 7, 4, num_layers=2, dtype="float64", seed=5)
+    for X, y, got in ((X2, y6, second), (X3, y4, third)):
+        loss, g, _ = fresh.loss_and_grad_flat(X, y, mgritnn.solvers.SerialSolver())
+        assert loss == got[0] and np.array_equal(g, got[1])
+    assert not np.shares_memory(first[1], again[1])          # gradients are fresh arrays
