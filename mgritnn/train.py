@@ -160,10 +160,6 @@ def _checkpoint_arrays(model, opt_state, standardizer):
     return arrays
 
 
-def _rng_state_to_json(rng):
-    return rng.bit_generator.state
-
-
 class _Ranks:
     """The communicators of a run: world, time (one data group) and data (same time block)."""
 
@@ -304,8 +300,7 @@ def train(cfg, out=print, progress=True, comm=None):
                      np.array([loss * weight, np.sum(np.argmax(info["logits"], 1) == yb)], grad.dtype)]))
                 grad, (loss, n_correct) = stats[:-2], stats[-2:]
                 times["wait"] += (time.perf_counter() - t0 + info["time_reduce"]
-                                  + getattr(info["forward"], "wait_time", 0.0)
-                                  + getattr(info["adjoint"], "wait_time", 0.0))
+                                  + info["forward"].wait_time + info["adjoint"].wait_time)
                 times["forward"] += info["time_forward"]
                 times["adjoint"] += info["time_adjoint"]
                 evals = ranks.max_over_world([info["forward"].step_evals, info["adjoint"].step_evals])
@@ -349,7 +344,7 @@ def train(cfg, out=print, progress=True, comm=None):
                 log.flush()
             if cfg.checkpoint and ranks.root:
                 meta = dict(kind="train", model=model.config, train=dataclasses.asdict(cfg),
-                            epoch=epoch + 1, rng=_rng_state_to_json(rng), history=history,
+                            epoch=epoch + 1, rng=rng.bit_generator.state, history=history,
                             num_classes=ds.num_classes, class_names=list(ds.class_names))
                 atomic_savez(cfg.checkpoint, _checkpoint_arrays(model, opt_state, standardizer), meta)
     finally:

@@ -27,6 +27,10 @@ class SolveStats:
         Step (or step-VJP) evaluations of this process, counted per time point and layer stack.
     history : list of float
         Residual norm after each iteration.
+    wait_time : float
+        Seconds this process waited for messages of other ranks.
+    seconds : float
+        Wall time of the solve.
     """
     status: int = 0
     message: str = "exact"
@@ -34,6 +38,8 @@ class SolveStats:
     residual: float = 0.0
     step_evals: int = 0
     history: list = field(default_factory=list)
+    wait_time: float = 0.0
+    seconds: float = 0.0
 
 
 class Solver:

@@ -33,6 +33,7 @@ sequences", ICLR 2022.
 """
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -462,11 +463,16 @@ def _take(cache, idx):
 # The solver
 # ------------------------------------------------------------------------------------------------
 
-class _MGRITState:
-    """What the adjoint needs from the forward solve on this rank."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+class _MGRITState(NamedTuple):
+    """What the adjoint needs from the forward solve on this rank: the number of steps T, the
+    coarsening factors, the local trajectory u (points lo .. hi), the layer-0 projection of the
+    local steps, the step size, and the gates of every local step (the final sweep's cache)."""
+    T: int
+    cfs: list
+    u: np.ndarray
+    ax0: np.ndarray
+    dt: float
+    cache: object
 
 
 @register
@@ -527,8 +533,7 @@ class MGRITSolver(Solver):
         stats.wait_time = fas.wait_time
         stats.seconds = time.perf_counter() - t0
         u = fas.u[0]                                    # forward points lo .. hi
-        state = _MGRITState(T=T, cfs=cfs, u=u, ax0=ax0, dt=dt, cell=cell,
-                            cache=prop.cache) if keep else None
+        state = _MGRITState(T, cfs, u, ax0, dt, prop.cache) if keep else None
         return (u[-1].copy() if self.is_last else None), state, stats
 
     def adjoint(self, cell, w, state, lam_last, grads):
