@@ -1,4 +1,6 @@
 """GRU cells: forward and VJP kernels side by side, and the registry of cells by name."""
-from .gru import CELLS, GRUCell, GRUWeights, Workspace, accumulate_outer, get_cell, project
+from .gru import (CELLS, GRUCell, GRUWeights, LayerStep, StepCache, Workspace, accumulate_outer,
+                  get_cell, project)
 
-__all__ = ["CELLS", "GRUCell", "GRUWeights", "Workspace", "accumulate_outer", "get_cell", "project"]
+__all__ = ["CELLS", "GRUCell", "GRUWeights", "LayerStep", "StepCache", "Workspace", "accumulate_outer",
+           "get_cell", "project"]

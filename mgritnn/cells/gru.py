@@ -50,9 +50,15 @@ from .activations import sigmoid, tanh
 @numba.njit(**JIT)
 def _block_forward(ax, h, WhT, bh, dt, theta, hnew, G, N, lo, hi):
     """Rows lo:hi: G = h W_h^T (one GEMM), then gates and new state. ax (B, 3H) includes b_x."""
+    np.dot(h[lo:hi], WhT, G[lo:hi])
+    _block_gates(ax, h, bh, dt, theta, hnew, G, N, lo, hi)
+
+
+@numba.njit(**JIT)
+def _block_gates(ax, h, bh, dt, theta, hnew, G, N, lo, hi):
+    """Rows lo:hi after the GEMM G = h W_h^T: gates (in place in G, and N) and the new state."""
     H = h.shape[1]
     one = h.dtype.type(1.0)
-    np.dot(h[lo:hi], WhT, G[lo:hi])
     for b in range(lo, hi):
         for j in range(2 * H):
             G[b, j] = sigmoid(G[b, j] + ax[b, j] + bh[j])
@@ -70,6 +76,18 @@ def _block_forward(ax, h, WhT, bh, dt, theta, hnew, G, N, lo, hi):
 def _block_vjp(lam, h, dt, theta, G, N, Wh, dax, dah, lam_out, work, lo, hi):
     """Rows lo:hi: pre-activation cotangents dax, dah (B, 3H), then
     lam_out = lam (1 - c) + dah W_h (one GEMM). ``work`` (B, H) is scratch."""
+    H = h.shape[1]
+    _block_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work, lo, hi)
+    np.dot(dah[lo:hi], Wh, lam_out[lo:hi])
+    for b in range(lo, hi):
+        for j in range(H):
+            lam_out[b, j] += work[b, j]
+
+
+@numba.njit(**JIT)
+def _block_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work, lo, hi):
+    """Rows lo:hi: the pre-activation cotangents dax, dah (B, 3H) of the adjoint ``lam`` of the new
+    state, and in ``work`` (B, H) the direct term lam (1 - c) of (dh'/dh)^T lam."""
     H = h.shape[1]
     one = h.dtype.type(1.0)
     for b in range(lo, hi):
@@ -91,10 +109,21 @@ def _block_vjp(lam, h, dt, theta, G, N, Wh, dax, dah, lam_out, work, lo, hi):
         for j in range(H):      # direct term of dh'/dh
             a = dt * (one - G[b, H + j])
             work[b, j] = lam[b, j] * (one - a / (one + theta * a))
-    np.dot(dah[lo:hi], Wh, lam_out[lo:hi])
-    for b in range(lo, hi):
-        for j in range(H):
-            lam_out[b, j] += work[b, j]
+
+
+@numba.njit(**JIT)
+def _row_jacobian_coeffs(h, dt, theta, G, N, b, j):
+    """The coefficients of row j of dh'/dh = diag(d) + diag(alpha_r) W_h^r + diag(alpha_z) W_h^z
+    + diag(alpha_n) W_h^n for batch row b (the same partial derivatives as :func:`_block_gate_vjp`)."""
+    H = h.shape[1]
+    one = h.dtype.type(1.0)
+    r, z, n = G[b, j], G[b, H + j], N[b, j]
+    a = dt * (one - z)
+    den = one + theta * a
+    c = a / den
+    dpn = c * (one - n * n)
+    return (one - c, dpn * G[b, 2 * H + j] * r * (one - r),
+            -dt * (n - h[b, j]) / (den * den) * z * (one - z), dpn * r)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,6 +220,56 @@ def _layer_step_vjp(lam, h, dt, theta, G, N, Wh, dax, dah, lam_out, work, nblk):
 
 
 @numba.njit(**JIT_PAR)
+def _layer_fused_forward(ax, h, WhT, bh, dt, theta, hnew, G, N, group):
+    """One step of K independent states of one layer, ``group`` states per GEMM (one GEMM of
+    group * B rows, much faster than K GEMMs of B rows when B and H are small; the rounding of a
+    state's GEMM may then depend on the grouping, which is fixed by K and ``group``)."""
+    K, B, H = h.shape
+    ngroups = -(-K // group)
+    for q in prange(ngroups):
+        k0 = q * group
+        k1 = min(K, k0 + group)
+        rows = (k1 - k0) * B
+        np.dot(h[k0:k1].reshape((rows, H)), WhT, G[k0:k1].reshape((rows, 3 * H)))
+        for k in range(k0, k1):
+            _block_gates(ax[k], h[k], bh, dt[k], theta, hnew[k], G[k], N[k], 0, B)
+
+
+@numba.njit(**JIT_PAR)
+def _layer_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work):
+    """Pre-activation cotangents of K independent steps of one layer (no GEMM): all (K, B, .)."""
+    K, B = h.shape[0], h.shape[1]
+    for k in prange(K):
+        _block_gate_vjp(lam[k], h[k], dt[k], theta, G[k], N[k], dax[k], dah[k], work[k], 0, B)
+
+
+@numba.njit(**JIT_PAR)
+def _layer_jacobian_dense(h, dt, theta, G, N, Wh, J):
+    """J[k, b] = dh'/dh (H, H) of K steps of one layer at the gates G, N: J (K, B, H, H)."""
+    K, B, H = h.shape
+    for q in prange(K * B):
+        k = q // B
+        b = q - k * B
+        for i in range(H):
+            d, ar, az, an = _row_jacobian_coeffs(h[k], dt[k], theta, G[k], N[k], b, i)
+            for m in range(H):
+                J[k, b, i, m] = ar * Wh[i, m] + az * Wh[H + i, m] + an * Wh[2 * H + i, m]
+            J[k, b, i, i] += d
+
+
+@numba.njit(**JIT_PAR)
+def _layer_jacobian_diag(h, dt, theta, G, N, Wh, J):
+    """J[k, b] = diag(dh'/dh) (H,) of K steps of one layer at the gates G, N: J (K, B, H)."""
+    K, B, H = h.shape
+    for q in prange(K * B):
+        k = q // B
+        b = q - k * B
+        for i in range(H):
+            d, ar, az, an = _row_jacobian_coeffs(h[k], dt[k], theta, G[k], N[k], b, i)
+            J[k, b, i] = d + ar * Wh[i, i] + az * Wh[H + i, i] + an * Wh[2 * H + i, i]
+
+
+@numba.njit(**JIT_PAR)
 def _outer_partials(dA, X, partial):
     """partial[c] = dA[rows of chunk c]^T X[rows of chunk c]; dA (R, M), X (R, I), partial (C, M, I)."""
     R = dA.shape[0]
@@ -209,6 +288,8 @@ def _outer_partials(dA, X, partial):
 #: fixed order: the result never depends on the number of threads, and 8 chunks keep 1, 2, 4 or 8
 #: threads evenly busy. Short reductions use fewer chunks (at least _MIN_CHUNK_ROWS rows each).
 GRAD_CHUNKS = 8
+#: Rows per GEMM of :meth:`GRUCell.layer_step` with ``fused=True``.
+FUSED_ROWS = 2048
 _MIN_CHUNK_ROWS = 256
 
 
@@ -332,12 +413,27 @@ class StepCache(NamedTuple):
     """Forward intermediates of one step of K states, per layer (lists of L arrays).
 
     xin[l] (K, B, I_l) is the layer's input (None for layer 0, whose projection ax0 is given);
-    h[l] (K, B, H) the old state; G[l] (K, B, 3H) the gates [r, z, W_h^n h + b_h^n]; N[l] (K, B, H) n.
+    h[l] (K, B, H) the state the gates were evaluated at (the old state; the new one for
+    ``implicit-newton``); G[l] (K, B, 3H) the gates [r, z, W_h^n h + b_h^n]; N[l] (K, B, H) n.
     """
     xin: list
     h: list
     G: list
     N: list
+
+
+class LayerStep(NamedTuple):
+    """One step of one layer for K states (see :meth:`GRUCell.layer_step`).
+
+    h_new (K, B, H) the new states; h_gate (K, B, H) the states the gates were evaluated at (the
+    old states; the new ones for ``implicit-newton``); G (K, B, 3H) = [r, z, W_h^n h + b_h^n];
+    N (K, B, H) = n; J the Jacobian dh'/dh, (K, B, H, H) or its diagonal (K, B, H), or None.
+    """
+    h_new: np.ndarray
+    h_gate: np.ndarray
+    G: np.ndarray
+    N: np.ndarray
+    J: object
 
 
 class GRUCell:
@@ -389,24 +485,15 @@ class GRUCell:
         dtv = _as_dt(dt, K, h.dtype)
         if out is None:
             out = np.empty_like(h)
-        nblk = row_blocks(B, w.Wh[0].nbytes)
         c = StepCache([], [], [], [])
         x_l = None
         for l in range(L):
-            if l == 0:
-                ax = np.ascontiguousarray(ax0)
-            else:
-                ax = _affine(x_l, w.WxT[l], w.bx[l])
-            hl = np.ascontiguousarray(h[:, l])
-            hnew = np.empty((K, B, H), h.dtype)
-            G = np.empty((K, B, 3 * H), h.dtype)
-            N = np.empty((K, B, H), h.dtype)
-            _layer_step_forward(ax, hl, w.WhT[l], w.bh[l], dtv, h.dtype.type(self.theta), hnew,
-                                G, N, nblk)
-            out[:, l] = hnew
-            for lst, v in zip(c, (x_l, hl, G, N)):
+            ax = np.ascontiguousarray(ax0) if l == 0 else _affine(x_l, w.WxT[l], w.bx[l])
+            s = self.layer_step(w, l, ax, np.ascontiguousarray(h[:, l]), dtv)
+            out[:, l] = s.h_new
+            for lst, v in zip(c, (x_l, s.h_gate, s.G, s.N)):
                 lst.append(v)
-            x_l = hnew
+            x_l = s.h_new
         return (out, c) if cache else out
 
     def step_vjp(self, w, ax0, h, dt, lam_next, grads=None, cache=None, cotangents=None):
@@ -440,18 +527,12 @@ class GRUCell:
         dtv = _as_dt(dt, K, h.dtype)
         if cache is None:
             _, cache = self.step(w, ax0, h, dtv, cache=True)
-        nblk = row_blocks(B, w.Wh[0].nbytes)
         lam = np.empty_like(h)
-        work = np.empty((K, B, H), h.dtype)
-        lam_out = np.empty((K, B, H), h.dtype)
         dxin = None
         for l in range(L - 1, -1, -1):
-            dax = np.empty((K, B, 3 * H), h.dtype)
-            dah = np.empty((K, B, 3 * H), h.dtype)
             lam_l = lam_next[:, l] + dxin if dxin is not None else np.ascontiguousarray(lam_next[:, l])
-            _layer_step_vjp(lam_l, cache.h[l], dtv, h.dtype.type(self.theta), cache.G[l],
-                            cache.N[l], w.Wh[l], dax, dah, lam_out, work, nblk)
-            lam[:, l] = lam_out
+            lam[:, l], dax, dah = self.layer_step_vjp(w, l, lam_l, cache.h[l], dtv, cache.G[l],
+                                                      cache.N[l])
             if grads is not None:
                 _accumulate_layer_grads(grads, l, dax, dah, cache.xin[l], cache.h[l])
             if cotangents is not None:
@@ -459,6 +540,94 @@ class GRUCell:
             if l > 0:
                 dxin = _affine(dax, w.Wx[l])
         return lam, dax
+
+    # -- one layer, K states (the step API's building block; DEER linearizes with it) -----------
+
+    def layer_step(self, w, l, ax, h, dt, jacobian=None, fused=False):
+        """One step of layer ``l`` for K independent states, and optionally its Jacobian.
+
+        Parameters
+        ----------
+        w : GRUWeights
+        l : int
+            Layer index.
+        ax : ndarray, shape (K, B, 3H), C-contiguous
+            The layer's input projection ``W_x x + b_x`` of each state's input.
+        h : ndarray, shape (K, B, H), C-contiguous, the weights' dtype
+            Old states.
+        dt : ndarray, shape (K,), the weights' dtype
+            Step sizes (finite, >= 0; see ``_as_dt``).
+        jacobian : {None, "dense", "diag"}
+            Also return :math:`\\partial h' / \\partial h` per state and row: (K, B, H, H) dense,
+            or its diagonal (K, B, H).
+        fused : bool
+            One GEMM over many states (much faster for many small states, as DEER evaluates them);
+            the default keeps one GEMM per fixed row block of each state, so that results are
+            bitwise independent of K.
+
+        Returns
+        -------
+        LayerStep
+        """
+        K, B, H = h.shape
+        dtype = h.dtype
+        hnew = np.empty_like(h)
+        G = np.empty((K, B, 3 * H), dtype)
+        N = np.empty((K, B, H), dtype)
+        theta = dtype.type(self.theta)
+        if fused:
+            _layer_fused_forward(ax, h, w.WhT[l], w.bh[l], dt, theta, hnew, G, N,
+                                 max(1, FUSED_ROWS // B))
+        else:
+            _layer_step_forward(ax, h, w.WhT[l], w.bh[l], dt, theta, hnew, G, N,
+                                row_blocks(B, w.Wh[l].nbytes))
+        J = None
+        if jacobian == "dense":
+            J = np.empty((K, B, H, H), dtype)
+            _layer_jacobian_dense(h, dt, theta, G, N, w.Wh[l], J)
+        elif jacobian == "diag":
+            J = np.empty((K, B, H), dtype)
+            _layer_jacobian_diag(h, dt, theta, G, N, w.Wh[l], J)
+        elif jacobian is not None:
+            raise ConfigError(f"jacobian must be None, 'dense' or 'diag', got {jacobian!r}")
+        return LayerStep(hnew, h, G, N, J)
+
+    def layer_step_vjp(self, w, l, lam, h_gate, dt, G, N, need_lam=True):
+        """VJP of :meth:`layer_step` for K states at its intermediates.
+
+        Parameters
+        ----------
+        w : GRUWeights
+        l : int
+        lam : ndarray, shape (K, B, H), C-contiguous
+            Adjoint of the new states.
+        h_gate, G, N : ndarray, shapes (K, B, H), (K, B, 3H), (K, B, H)
+            From the :class:`LayerStep` of the forward step.
+        dt : ndarray, shape (K,)
+        need_lam : bool
+            Compute the adjoint of the old states (one GEMM); without it only the pre-activation
+            cotangents are formed (what a parameter pass after a DEER adjoint needs).
+
+        Returns
+        -------
+        lam_old : ndarray, shape (K, B, H), or None
+            :math:`(\\partial h' / \\partial h)^T \\lambda`.
+        dax, dah : ndarray, shape (K, B, 3H)
+            Cotangents of the pre-activations ``W_x x + b_x`` and ``W_h h + b_h``.
+        """
+        K, B, H = h_gate.shape
+        dtype = h_gate.dtype
+        theta = dtype.type(self.theta)
+        dax = np.empty((K, B, 3 * H), dtype)
+        dah = np.empty((K, B, 3 * H), dtype)
+        work = np.empty((K, B, H), dtype)
+        if not need_lam:
+            _layer_gate_vjp(lam, h_gate, dt, theta, G, N, dax, dah, work)
+            return None, dax, dah
+        lam_out = np.empty((K, B, H), dtype)
+        _layer_step_vjp(lam, h_gate, dt, theta, G, N, w.Wh[l], dax, dah, lam_out, work,
+                        row_blocks(B, w.Wh[l].nbytes))
+        return lam_out, dax, dah
 
     @staticmethod
     def accumulate_grads(grads, cache, cotangents):
@@ -616,5 +785,5 @@ def get_cell(name):
         raise ConfigError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}") from None
 
 
-__all__ = ["GRUCell", "GRUWeights", "CELLS", "Workspace", "get_cell", "project",
+__all__ = ["GRUCell", "GRUWeights", "LayerStep", "StepCache", "CELLS", "Workspace", "get_cell", "project",
            "accumulate_outer", "resolve_dtype"]
