@@ -1,10 +1,11 @@
 """Time solvers: serial (ground truth); the parallel ones register themselves here too."""
-from .base import SOLVERS, SolveStats, Solver, get_solver, register
+from .base import SOLVERS, SolveStats, Solver, TimeParallelSolver, get_solver, register
+from .deer import DEERConfig, DEERSolver, QuasiDEERSolver, quasi_deer_config
 from .mgrit import MGRITConfig, MGRITSolver
 from .serial import SerialSolver
 
 #: Option classes of the configurable solvers, by name.
-SOLVER_CONFIGS = {"mgrit": MGRITConfig}
+SOLVER_CONFIGS = {"mgrit": MGRITConfig, "deer": DEERConfig, "quasi-deer": quasi_deer_config}
 
 
 def make_solver(name, options=None, comm=None):
@@ -27,5 +28,5 @@ def make_solver(name, options=None, comm=None):
     return solver
 
 
-__all__ = ["SOLVERS", "SOLVER_CONFIGS", "SolveStats", "Solver", "SerialSolver", "MGRITConfig",
-           "MGRITSolver", "get_solver", "make_solver", "register"]
+__all__ = ["SOLVERS", "SOLVER_CONFIGS", "SolveStats", "Solver", "TimeParallelSolver", "SerialSolver",
+           "MGRITConfig", "MGRITSolver", "DEERConfig", "DEERSolver", "QuasiDEERSolver", "quasi_deer_config", "get_solver", "make_solver", "register"]

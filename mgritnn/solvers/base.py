@@ -7,6 +7,8 @@ step API, so the model, the head and the training loop never depend on which sol
 """
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..errors import ConfigError
 
 
@@ -31,6 +33,8 @@ class SolveStats:
         Seconds this process waited for messages of other ranks.
     seconds : float
         Wall time of the solve.
+    fallback : bool
+        The iteration failed and the solver ran the serial sweep instead (the result is exact).
     """
     status: int = 0
     message: str = "exact"
@@ -40,6 +44,7 @@ class SolveStats:
     history: list = field(default_factory=list)
     wait_time: float = 0.0
     seconds: float = 0.0
+    fallback: bool = False
 
 
 class Solver:
@@ -70,6 +75,29 @@ class Solver:
     def adjoint(self, cell, w, state, lam_last, grads):  # pragma: no cover - interface
         """Adjoint solve and parameter gradients. Returns ``(dax0 (T, B, 3H), SolveStats)``."""
         raise NotImplementedError
+
+
+class TimeParallelSolver(Solver):
+    """A solver whose ranks share the time axis: the communicator, the head on the last rank, and
+    the reduction of the per-rank gradients."""
+
+    def __init__(self, comm=None):
+        from ..distributed import get_comm
+        self.comm = get_comm(comm)
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+
+    @property
+    def is_last(self):
+        return self.rank == self.size - 1
+
+    def reduce(self, grad, loss, logits):
+        """Sum the gradient over the time ranks; broadcast the loss and logits from the last rank."""
+        if self.size == 1:
+            return grad, loss, logits
+        out = np.empty_like(grad)
+        self.comm.Allreduce(grad, out)
+        loss, logits = self.comm.bcast((loss, logits), root=self.size - 1)
+        return out, loss, logits
 
 
 SOLVERS = {}

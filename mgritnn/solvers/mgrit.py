@@ -39,9 +39,9 @@ import numpy as np
 
 from ..cells import get_cell
 from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
-from ..distributed import get_comm, level_points, local_grid, rank_bounds
+from ..distributed import level_points, local_grid, rank_bounds
 from ..errors import ConfigError
-from .base import SolveStats, Solver, register
+from .base import SolveStats, TimeParallelSolver, register
 
 _RELAX = ("FCF", "F")
 
@@ -476,34 +476,20 @@ class _MGRITState(NamedTuple):
 
 
 @register
-class MGRITSolver(Solver):
+class MGRITSolver(TimeParallelSolver):
     """MGRIT forward and adjoint solves over the ranks of ``config.comm`` (see the module docstring)."""
 
     name = "mgrit"
 
     def __init__(self, config=None):
         self.config = config or MGRITConfig()
-        self.comm = get_comm(self.config.comm)
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        super().__init__(self.config.comm)
         self._warm = {}          # sample key -> its local level-0 C-point states (n_c, L, H)
 
     def local_steps(self, T):
         """Fine steps [lo, hi) whose inputs this rank needs (its time slice)."""
         b = rank_bounds(T, self.config.cfs(T, self.size), self.size)
         return int(b[self.rank]), int(b[self.rank + 1])
-
-    @property
-    def is_last(self):
-        return self.rank == self.size - 1
-
-    def reduce(self, grad, loss, logits):
-        """Sum the gradient over the time ranks; broadcast the loss and logits from the last rank."""
-        if self.size == 1:
-            return grad, loss, logits
-        out = np.empty_like(grad)
-        self.comm.Allreduce(grad, out)
-        loss, logits = self.comm.bcast((loss, logits), root=self.size - 1)
-        return out, loss, logits
 
     def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):
         """MGRIT forward solve. ``ax0`` (n_local, B, 3H) holds this rank's time slice [lo, hi) of the

@@ -1,0 +1,478 @@
+"""DEER and quasi-DEER: Newton's method over the whole sequence (Lim et al., ICLR 2024).
+
+The recurrence h_{t+1} = Phi(h_t, x_t) of one layer is the root of a system of T equations in the
+T unknown states. Newton's method on that system linearizes every step at the current trajectory
+h^(k) and solves the linear recurrence
+
+.. math::
+
+    h^{(k+1)}_{t+1} = J_t h^{(k+1)}_t + b_t, \\qquad J_t = \\partial\\Phi/\\partial h (h^{(k)}_t),
+    \\qquad b_t = \\Phi(h^{(k)}_t) - J_t h^{(k)}_t,
+
+by a parallel scan (:func:`mgritnn.solvers.scan.linear_recurrence`: chunks on threads, blocks on MPI
+ranks). Evaluating Phi and J at all T points is one batched call (:meth:`GRUCell.layer_step` with
+``fused=True``): the sequential dependence is only in the scan. quasi-DEER keeps only diag(J_t),
+so a scan costs O(T B H) instead of O(T B H^3) (Gonzalez et al. 2024).
+
+Choices of this implementation (``../shared/design/algorithms.md`` §5):
+
+* Layers are solved one after another: layer l's recurrence takes the converged trajectory of layer
+  l - 1 as its input (exactly the stack's equations; each layer's Newton system has H unknowns per
+  point).
+* Exact termination: after k iterations the first k points equal the serial sweep (up to rounding),
+  whatever the Jacobian used, so at most T iterations solve any sequence.
+* Stopping: ``max |h^(k+1) - h^(k)| / (atol + rtol |h^(k+1)|) <= 1`` over all elements (one allreduce
+  per iteration), or ``max_iter``.
+* Damping: J is replaced by J / (1 + damping). The fixed point is unchanged; damping = 0 is Newton,
+  large damping tends to the Jacobi (Picard) iteration h_{t+1} = Phi(h_t^(k)), which cannot diverge
+  (its error front still moves one point per iteration). This is the effect of ELK's trust region
+  (Gonzalez et al. 2024) at the cost of a plain scan.
+* Divergence (the error grew by ``divergence`` over its smallest value, or a non-finite iterate) and
+  non-convergence are reported in the statistics; with ``fallback=True`` (default) the solver then
+  runs the serial sweep (pipelined over the ranks) and says so (``SolveStats.fallback``).
+* Gradient: the adjoint recurrence mu_t = J_t^T mu_{t+1} + (cotangent from the layer above) is one
+  reverse scan with the **full** Jacobian at the converged trajectory (also for quasi-DEER, so the
+  gradient is that of the computed trajectory, not biased by the diagonal approximation), then one
+  batched pass forms every step's pre-activation cotangents and the parameter gradients.
+* Time blocks: rank r owns steps [T r / P, T (r + 1) / P). Results agree with the serial solver to
+  the tolerance, and between rank counts to round-off (the scan's summaries round differently).
+
+References
+----------
+Y. H. Lim, Q. Zhu, J. Selfridge, M. F. Kasim, "Parallelizing non-linear sequential models over the
+sequence length", ICLR 2024 (DEER).
+X. Gonzalez, A. Warrington, J. T. H. Smith, S. W. Linderman, "Towards scalable and stable
+parallelization of nonlinear RNNs", NeurIPS 2024 (quasi-DEER, ELK).
+"""
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import prange
+
+from ..cells import StepCache, project
+from ..config import DIVERGED, JIT_PAR, NONFINITE, NOT_CONVERGED, OK
+from ..errors import ConfigError
+from .base import SolveStats, TimeParallelSolver, register
+from .scan import linear_recurrence
+
+#: Default tolerances (atol, rtol) per dtype.
+DEFAULT_TOLERANCES = {np.dtype(np.float64): (1e-6, 1e-4), np.dtype(np.float32): (1e-4, 1e-3)}
+_INITS = ("zeros", "input", "warm")
+
+
+@dataclass
+class DEERConfig:
+    """Options of the DEER / quasi-DEER solver (validated on construction).
+
+    Parameters
+    ----------
+    quasi : bool
+        quasi-DEER: the diagonal of each step's Jacobian in the Newton iteration (the gradient
+        always uses the full Jacobian).
+    atol, rtol : float or None
+        Stop when every element's update is within ``atol + rtol |h|``. None: 1e-6 / 1e-4 in
+        float64, 1e-4 / 1e-3 in float32.
+    max_iter : int
+        Newton iterations per layer at most.
+    damping : float
+        lambda >= 0: the iteration uses J / (1 + lambda) (0: Newton; large: Picard).
+    init : {"zeros", "input", "warm"}
+        Initial trajectory: zeros; h_{t+1} = Phi(0, x_t); or each sample's converged trajectory of
+        the previous solve that saw it (keyed by the ``keys`` the trainer passes; zeros otherwise).
+    fallback : bool
+        Run the serial sweep when the iteration did not converge (reported in the statistics).
+    divergence : float
+        Declare divergence when the error exceeds its smallest value so far by this factor.
+    chunks : int or None
+        Time chunks per rank of the parallel scan (None: chosen from the shape).
+    max_memory : float
+        Bytes of Jacobians per rank allowed (dense: T B H^2 per layer); beyond it a ConfigError
+        suggests quasi-DEER or fewer steps per rank.
+    comm : mpi4py communicator, optional
+        The ranks that share the time axis (default: the world under MPI, else one process).
+    """
+    quasi: bool = False
+    atol: float = None
+    rtol: float = None
+    max_iter: int = 50
+    damping: float = 0.0
+    init: str = "zeros"
+    fallback: bool = True
+    divergence: float = 1e4
+    chunks: int = None
+    max_memory: float = 8e9
+    comm: object = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        name = "quasi-DEER" if self.quasi else "DEER"
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) \
+                or self.max_iter < 1:
+            raise ConfigError(f"{name} max_iter must be an integer >= 1, got {self.max_iter!r}")
+        for key in ("atol", "rtol"):
+            v = getattr(self, key)
+            if v is not None and not (np.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name} {key} must be a finite number >= 0, got {v!r}")
+        if self.atol == 0 and self.rtol == 0:
+            raise ConfigError(f"{name} atol and rtol cannot both be 0 (nothing could converge): "
+                              "give atol > 0")
+        if not (np.isfinite(self.damping) and self.damping >= 0):
+            raise ConfigError(f"{name} damping must be a finite number >= 0, got {self.damping!r}")
+        if self.init not in _INITS:
+            raise ConfigError(f"{name} init must be one of {_INITS}, got {self.init!r}")
+        if not self.divergence > 1:
+            raise ConfigError(f"{name} divergence must be > 1, got {self.divergence!r}")
+        if self.chunks is not None and (isinstance(self.chunks, bool) or self.chunks < 1):
+            raise ConfigError(f"{name} chunks must be None or an integer >= 1, got {self.chunks!r}")
+        if not self.max_memory > 0:
+            raise ConfigError(f"{name} max_memory must be > 0 bytes, got {self.max_memory!r}")
+
+    def tolerances(self, dtype):
+        """(atol, rtol) for ``dtype``: the given values, or the defaults of that dtype."""
+        atol, rtol = DEFAULT_TOLERANCES[np.dtype(dtype)]
+        return (atol if self.atol is None else self.atol), (rtol if self.rtol is None else self.rtol)
+
+    def make_solver(self):
+        return DEERSolver(self)
+
+
+def quasi_deer_config(**options):
+    """A :class:`DEERConfig` with ``quasi=True`` (the options of ``solver="quasi-deer"``)."""
+    return DEERConfig(**dict(options, quasi=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------------
+
+@numba.njit(**JIT_PAR)
+def _offset_dense(J, h, F, scale, b):
+    """J *= scale (unless 1) and b = F - J h per row: J (T, B, H, H), h, F, b (T, B, H)."""
+    T, B, H = h.shape
+    for q in prange(T * B):
+        t = q // B
+        r = q - t * B
+        for i in range(H):
+            acc = F[t, r, i]
+            for j in range(H):
+                if scale != 1:
+                    J[t, r, i, j] *= scale
+                acc -= J[t, r, i, j] * h[t, r, j]
+            b[t, r, i] = acc
+
+
+@numba.njit(**JIT_PAR)
+def _offset_diag(J, h, F, scale, b):
+    """J *= scale (unless 1) and b = F - J h elementwise: J, h, F, b (T, B, H)."""
+    T, B, H = h.shape
+    for q in prange(T * B):
+        t = q // B
+        r = q - t * B
+        for i in range(H):
+            if scale != 1:
+                J[t, r, i] *= scale
+            b[t, r, i] = F[t, r, i] - J[t, r, i] * h[t, r, i]
+
+
+@numba.njit(**JIT_PAR)
+def _update(new, old, atol, rtol, err):
+    """err[t] = max over (b, i) of |new - old| / (atol + rtol |new|) (inf if not finite); then
+    old = new. new, old (T, B, H); err (T,) float64; returns nothing."""
+    T, B, H = new.shape
+    for t in prange(T):
+        e = 0.0
+        for r in range(B):
+            for i in range(H):
+                v = new[t, r, i]
+                d = abs(v - old[t, r, i])
+                if d != 0:                 # (atol = 0 allowed: an unchanged 0 is converged)
+                    d = d / (atol + rtol * abs(v))
+                if not d <= e:             # also catches NaN
+                    e = d if d == d else np.inf
+                old[t, r, i] = v
+        err[t] = e
+
+
+class _DEERState(NamedTuple):
+    """What the adjoint needs: per layer the trajectory hs (T_loc + 1, B, H) (point lo first), its
+    linearization (LayerStep with the dense Jacobian), the layer inputs; the step sizes."""
+    hs: list
+    lin: list
+    xin: list
+    dt: np.ndarray
+
+
+# ------------------------------------------------------------------------------------------------
+# The solver
+# ------------------------------------------------------------------------------------------------
+
+@register
+class DEERSolver(TimeParallelSolver):
+    """DEER / quasi-DEER forward and adjoint over the ranks of ``config.comm`` (module docstring)."""
+
+    name = "deer"
+
+    def __init__(self, config=None):
+        self.config = config or DEERConfig()
+        super().__init__(self.config.comm)
+        self._warm = {}            # (T, sample key) -> per layer its local trajectory (T_loc, H)
+
+    def local_steps(self, T):
+        """Steps [T r / P, T (r + 1) / P) of rank r."""
+        return T * self.rank // self.size, T * (self.rank + 1) // self.size
+
+    # -- communication -------------------------------------------------------------------------
+
+    def _shift_right(self, send, recv, tag):
+        """Send ``send`` to the right neighbour, receive ``recv`` from the left one (if any)."""
+        if self.size == 1:
+            return
+        from mpi4py import MPI
+        right = self.rank + 1 if self.rank + 1 < self.size else MPI.PROC_NULL
+        left = self.rank - 1 if self.rank > 0 else MPI.PROC_NULL
+        t0 = time.perf_counter()
+        self.comm.Sendrecv(np.ascontiguousarray(send), dest=right, sendtag=tag, recvbuf=recv,
+                           source=left, recvtag=tag)
+        self._wait += time.perf_counter() - t0
+
+    def _max(self, x):
+        if self.size == 1:
+            return float(x)
+        from mpi4py import MPI
+        return float(self.comm.allreduce(float(x), op=MPI.MAX))
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):
+        """DEER forward solve of this rank's steps.
+
+        Parameters
+        ----------
+        cell : GRUCell
+        w : GRUWeights
+        ax0 : ndarray, shape (T_loc, B, 3H)
+            Layer-0 input projection of this rank's steps ``local_steps(T)``.
+        h0 : ndarray, shape (L, B, H)
+            Initial state (read on rank 0).
+        dt : float or ndarray, shape (T,)
+        keep : bool
+            Linearize at the converged trajectory for :meth:`adjoint`.
+        T : int, optional
+            Steps of the whole sequence (default: ``T_loc`` on one rank).
+        keys : ndarray of int, shape (B,), optional
+            Sample names for ``init="warm"``.
+
+        Returns
+        -------
+        h_last : ndarray (L, B, H) on the last rank, else None
+        state : _DEERState or None
+        stats : SolveStats
+            ``iterations`` summed over the layers, ``history`` the scaled update norm of every
+            iteration (layers one after another), ``residual`` the largest absolute change in
+            the last iteration of any layer, ``fallback`` whether the serial sweep ran (then the
+            result is exact and ``status`` says why it ran). Without fallback, a layer that did not
+            converge passes its last iterate on and ``status`` reports it.
+        """
+        cfg = self.config
+        t0 = time.perf_counter()
+        self._wait = 0.0
+        T = ax0.shape[0] if T is None else int(T)
+        lo, hi = self.local_steps(T)
+        if T < self.size:
+            raise ConfigError(f"DEER needs at least one step per rank: {T} steps on {self.size} ranks")
+        if ax0.shape[0] != hi - lo:
+            raise ValueError(f"ax0 holds {ax0.shape[0]} steps, but this rank owns steps [{lo}, {hi})")
+        L, H, dtype = w.num_layers, w.hidden_size, w.dtype
+        B = ax0.shape[1]
+        dense_bytes = (hi - lo) * B * H * H * dtype.itemsize
+        if (keep or not cfg.quasi) and dense_bytes > cfg.max_memory:
+            raise ConfigError(
+                f"DEER needs {dense_bytes / 1e9:.1f} GB per rank for the dense Jacobians of {hi - lo} "
+                f"steps x batch {B} x hidden {H}^2, over max_memory {cfg.max_memory / 1e9:.1f} GB: "
+                "use more ranks, a smaller batch, quasi-deer for inference, or raise max_memory")
+        dtv = np.ascontiguousarray(np.broadcast_to(np.asarray(dt, dtype), (T,))[lo:hi])
+        if not (np.all(np.isfinite(dtv)) and np.all(dtv >= 0)):
+            raise ConfigError("step sizes dt must be finite and >= 0")
+        atol, rtol = cfg.tolerances(dtype)
+        warm = cfg.init == "warm" and keys is not None
+        wkeys = [(T, int(k)) for k in keys] if warm else None
+
+        stats = SolveStats(message="converged")
+        hs_all, xin, x_l = [], [], None
+        for l in range(L):
+            ax = ax0 if l == 0 else project(x_l, w.Wx[l], w.bx[l])
+            guess = None
+            if warm:
+                guess = np.zeros((hi - lo, B, H), dtype)
+                for b, key in enumerate(wkeys):
+                    if key in self._warm:
+                        guess[:, b] = self._warm[key][l]
+            hs, status, iters, hist, resid = self._solve_layer(cell, w, l, ax, h0[l], dtv, atol,
+                                                                rtol, guess)
+            stats.iterations += iters
+            stats.history += hist
+            stats.residual = max(stats.residual, resid)
+            stats.step_evals += iters * (hi - lo)
+            if status != OK and stats.status == OK:   # report the first layer that failed
+                stats.status = status
+                stats.message = {NOT_CONVERGED: f"layer {l}: not converged in {cfg.max_iter} iterations",
+                                 DIVERGED: f"layer {l}: diverged (the update grew {cfg.divergence:g}x)",
+                                 NONFINITE: f"layer {l}: non-finite iterate"}[status]
+            if status != OK and cfg.fallback:
+                break
+            hs_all.append(hs)                         # without fallback: the last iterate
+            xin.append(x_l)
+            x_l = hs[1:]
+        if stats.status != OK and cfg.fallback:
+            stats.fallback = True
+            stats.message += "; ran the serial sweep instead"
+            hs_all = self._serial_sweep(cell, w, ax0, h0, dtv)
+            stats.step_evals += hi - lo
+            xin = [None] + [hs[1:] for hs in hs_all[:-1]]
+        if warm and (stats.status == OK or stats.fallback):
+            for b, key in enumerate(wkeys):
+                self._warm[key] = [hs[1:, b].copy() for hs in hs_all]
+        state = None
+        if keep:
+            lin = []
+            for l in range(L):
+                ax = ax0 if l == 0 else project(xin[l], w.Wx[l], w.bx[l])
+                lin.append(cell.layer_step(w, l, ax, np.ascontiguousarray(hs_all[l][:-1]), dtv,
+                                           jacobian="dense", fused=True))
+            stats.step_evals += hi - lo
+            state = _DEERState(hs_all, lin, xin, dtv)
+        h_last = None
+        if self.is_last:
+            h_last = np.stack([hs[-1] for hs in hs_all])
+        stats.wait_time = self._wait
+        stats.seconds = time.perf_counter() - t0
+        return h_last, state, stats
+
+    def _solve_layer(self, cell, w, l, ax, h0, dtv, atol, rtol, guess):
+        """Newton iterations of one layer. Returns (hs (T_loc + 1, B, H), status, iterations,
+        history, last largest absolute update)."""
+        cfg = self.config
+        n, B = ax.shape[0], ax.shape[1]
+        H = w.hidden_size
+        dtype = w.dtype
+        hs = np.zeros((n + 1, B, H), dtype)
+        if self.rank == 0:
+            hs[0] = h0
+        if cfg.init == "input":
+            hs[1:] = cell.layer_step(w, l, ax, np.zeros((n, B, H), dtype), dtv, fused=True).h_new
+        elif guess is not None:
+            hs[1:] = guess
+        if cfg.init != "zeros" and n:
+            start = np.empty((B, H), dtype)
+            self._shift_right(hs[-1], start, tag=300 + l)
+            if self.rank > 0:
+                hs[0] = start
+        kind = "diag" if cfg.quasi else "dense"
+        scale = dtype.type(1.0 / (1.0 + cfg.damping))
+        b = np.empty((n, B, H), dtype)
+        new = np.empty((n, B, H), dtype)
+        err = np.empty(n, np.float64)
+        history, best, status, resid = [], np.inf, NOT_CONVERGED, 0.0
+        k = 0
+        while k < cfg.max_iter:
+            k += 1
+            s = cell.layer_step(w, l, ax, np.ascontiguousarray(hs[:-1]), dtv, jacobian=kind, fused=True)
+            (_offset_diag if cfg.quasi else _offset_dense)(s.J, s.h_gate, s.h_new, scale, b)
+            _, start = linear_recurrence(s.J, b, h0, out=new, chunks=cfg.chunks, comm=self.comm)
+            resid = self._max(np.max(np.abs(new - hs[1:]), initial=0.0)) if n else self._max(0.0)
+            _update(new, hs[1:], atol, rtol, err)
+            if self.rank > 0:
+                hs[0] = start
+            e = self._max(err.max(initial=0.0))
+            history.append(e)
+            if not np.isfinite(e):
+                status = NONFINITE
+                break
+            if e <= 1.0:
+                status = OK
+                break
+            best = min(best, e)
+            if e > cfg.divergence * best:
+                status = DIVERGED
+                break
+        return hs, status, k, history, resid
+
+    def _serial_sweep(self, cell, w, ax0, h0, dtv):
+        """The serial sweep of the whole stack, pipelined over the ranks (the fallback)."""
+        L, B, H = h0.shape
+        start = h0.copy()
+        if self.rank > 0:
+            t0 = time.perf_counter()
+            self.comm.Recv(start, source=self.rank - 1, tag=400)
+            self._wait += time.perf_counter() - t0
+        seq = cell.sequence_forward(w, ax0, start, dtv, keep=False)
+        hs_all = [np.ascontiguousarray(hs) for hs in seq.hs]
+        if self.rank + 1 < self.size:
+            self.comm.Send(np.ascontiguousarray(np.stack([hs[-1] for hs in hs_all])),
+                           dest=self.rank + 1, tag=400)
+        return hs_all
+
+    # -- adjoint -------------------------------------------------------------------------------
+
+    def adjoint(self, cell, w, state, lam_last, grads):
+        """Adjoint by one reverse scan per layer with the full transposed Jacobian at the converged
+        trajectory, then one batched pass for the parameter gradients of this rank's steps.
+
+        ``lam_last`` (L, B, H) is needed on the last rank only. Returns (dax0 (T_loc, B, 3H), stats).
+        """
+        if state is None:
+            raise ValueError("the forward solve did not keep its state (keep=False, or it failed "
+                             "without fallback): nothing to differentiate")
+        t0 = time.perf_counter()
+        self._wait = 0.0
+        L = w.num_layers
+        n, B, H = state.lin[0].h_new.shape
+        dtype = w.dtype
+        terminal = np.zeros((B, H), dtype)
+        dxin = None                                   # cotangent at points lo+1 .. hi from above
+        cot = [None] * L
+        for l in range(L - 1, -1, -1):
+            # mu at points lo .. hi-1: mu_t = J_t^T mu_{t+1} + d_t, d_t the cotangent at point t
+            d = np.zeros((n, B, H), dtype)
+            if dxin is not None and n:
+                d[1:] = dxin[:-1]
+                recv = np.zeros((B, H), dtype)
+                self._shift_right(dxin[-1], recv, tag=500 + l)
+                if self.rank > 0:
+                    d[0] = recv
+            if self.is_last:
+                terminal[...] = lam_last[l] if lam_last is not None else 0
+                if dxin is not None and n:
+                    terminal += dxin[-1]
+            mu = np.empty((n, B, H), dtype)
+            _, after = linear_recurrence(state.lin[l].J, d, terminal, out=mu, reverse=True,
+                                         chunks=self.config.chunks, comm=self.comm)
+            nu = np.empty((n, B, H), dtype)            # adjoint of each step's new state
+            nu[:-1] = mu[1:]
+            if n:
+                nu[-1] = after
+            s = state.lin[l]
+            _, dax, dah = cell.layer_step_vjp(w, l, nu, s.h_gate, state.dt, s.G, s.N, need_lam=False)
+            cot[l] = (dax, dah)
+            if l > 0:
+                dxin = project(dax, np.ascontiguousarray(w.Wx[l].T))
+        cache = StepCache(state.xin, [s.h_gate for s in state.lin], [s.G for s in state.lin],
+                          [s.N for s in state.lin])
+        cell.accumulate_grads(grads, cache, cot)
+        stats = SolveStats(step_evals=n, wait_time=self._wait, seconds=time.perf_counter() - t0)
+        return cot[0][0], stats
+
+
+@register
+class QuasiDEERSolver(DEERSolver):
+    """quasi-DEER: DEER with the diagonal of each step's Jacobian (see :class:`DEERConfig`)."""
+
+    name = "quasi-deer"
+
+    def __init__(self, config=None):
+        super().__init__(config or DEERConfig(quasi=True))
+
+
+__all__ = ["DEERConfig", "DEERSolver", "QuasiDEERSolver", "DEFAULT_TOLERANCES", "quasi_deer_config"]
