@@ -16,6 +16,7 @@ EXIT_USER_ERROR = 2
 
 
 def _add_train_args(p):
+    from .cells import CELLS
     from .train import TrainConfig
     d = TrainConfig()
     p.add_argument("--data", default=d.data,
@@ -24,8 +25,10 @@ def _add_train_args(p):
     p.add_argument("--seq-len", type=int, default=d.seq_len,
                    help="truncate/zero-pad sequences to this length (the default set is generated "
                         "at it; default: the data's own length, 128 for the default set)")
-    p.add_argument("--cell", choices=["classic", "implicit"], default=d.cell,
-                   help="classic = torch.nn.GRU; implicit = Moon & Cyr's implicit GRU (default: %(default)s)")
+    p.add_argument("--cell", choices=sorted(CELLS), default=d.cell,
+                   help="classic = torch.nn.GRU; implicit = Moon & Cyr's implicit GRU; "
+                        "implicit-newton = fully implicit (backward Euler, Newton per step) "
+                        "(default: %(default)s)")
     p.add_argument("--hidden", type=int, default=d.hidden, help="hidden size (default: %(default)s)")
     p.add_argument("--layers", type=int, default=d.layers, help="GRU layers (default: %(default)s)")
     p.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype,
@@ -43,13 +46,15 @@ def _add_train_args(p):
     p.add_argument("--clip", type=float, default=d.clip,
                    help="clip gradients to this global norm (default: no clipping)")
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    p.add_argument("--solver", choices=["serial", "mgrit"], default=d.solver,
-                   help="time solver of training (default: %(default)s)")
+    p.add_argument("--solver", choices=["serial", "mgrit", "deer", "quasi-deer"], default=d.solver,
+                   help="time solver of training: the serial sweep, MGRIT, or Newton over the "
+                        "whole sequence (DEER; quasi-DEER with diagonal Jacobians) "
+                        "(default: %(default)s)")
     p.add_argument("--data-parallel", type=int, default=d.data_parallel,
                    help="split the MPI ranks into this many data groups x time ranks (default: 1)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="numba threads per rank (default: cores per node // ranks per node)")
-    _add_mgrit_args(p)
+    _add_solver_args(p)
     p.add_argument("--checkpoint", default=d.checkpoint,
                    help="write a checkpoint here after every epoch (atomically)")
     p.add_argument("--resume", action="store_true",
@@ -73,44 +78,88 @@ def _str_list(text):
     return v[0] if len(v) == 1 else tuple(v)
 
 
-# MGRIT options: flag -> (MGRITConfig field, argparse keywords)
-_MGRIT_FLAGS = {
-    "--levels": ("levels", dict(type=int, help="MGRIT levels (default 3; 1 = serial sweep)")),
-    "--cf": ("cf", dict(type=_int_list, help="coarsening factor, or one per level (default 4)")),
-    "--relax": ("relax", dict(type=_str_list, help="FCF or F, or one per level (default FCF)")),
-    "--cycle": ("cycle", dict(choices=["V", "F"], help="cycle type (default V)")),
-    "--fwd-iters": ("fwd_iters", dict(type=int, help="max forward cycles (default 2)")),
-    "--bwd-iters": ("bwd_iters", dict(type=int, help="max adjoint cycles (default 1)")),
-    "--tol": ("tol", dict(type=float, help="absolute residual tolerance (default 1e-9)")),
-    "--rtol": ("rtol", dict(type=float, help="relative residual tolerance (default 0: off)")),
-    "--min-coarse": ("min_coarse", dict(type=int, help="with --levels 0: coarsest intervals at least")),
-    "--coarse-input": ("coarse_input", dict(choices=["sample", "mean"],
-                                            help="input of a coarse step (default sample)")),
-    "--coarse-cell": ("coarse_cell", dict(choices=["classic", "implicit"],
-                                          help="cell of the coarse levels (default implicit)")),
-    "--initial-guess": ("initial_guess", dict(choices=["zero", "warm"],
-                                              help="zero, or warm: each sample's trajectory from "
-                                                   "its previous visit (default zero)")),
+# Solver options: flag -> ({solver: its config field}, argparse keywords). A flag names one
+# meaning; solvers that share the meaning share the flag (DEER and quasi-DEER take the same ones).
+_DEER = ("deer", "quasi-deer")
+_MG = ("mgrit",)
+
+
+def _fields(solvers, field):
+    return {s: field for s in solvers}
+
+
+_SOLVER_FLAGS = {
+    "--levels": (_fields(_MG, "levels"), dict(type=int, help="MGRIT: levels (default 3; 1 = serial sweep)")),
+    "--cf": (_fields(_MG, "cf"), dict(type=_int_list, help="MGRIT: coarsening factor, or one per level (default 4)")),
+    "--relax": (_fields(_MG, "relax"), dict(type=_str_list, help="MGRIT: FCF or F relaxation, or one per level (default FCF)")),
+    "--cycle": (_fields(_MG, "cycle"), dict(choices=["V", "F"], help="MGRIT: cycle type (default V)")),
+    "--fwd-iters": (_fields(_MG, "fwd_iters"), dict(type=int, help="MGRIT: max forward cycles (default 2)")),
+    "--bwd-iters": (_fields(_MG, "bwd_iters"), dict(type=int, help="MGRIT: max adjoint cycles (default 1)")),
+    "--tol": (dict(mgrit="tol", deer="atol", **{"quasi-deer": "atol"}),
+              dict(type=float, help="MGRIT, DEER: absolute tolerance: of the MGRIT residual (default 1e-9), of "
+                                    "every element of the DEER update (default 1e-6 float64, "
+                                    "1e-4 float32)")),
+    "--rtol": (dict(_fields(_MG + _DEER, "rtol")),
+               dict(type=float, help="MGRIT, DEER: relative tolerance: of the MGRIT residual to its first norm "
+                                     "(default 0: off); of the DEER update to |h| (default 1e-4 "
+                                     "float64, 1e-3 float32)")),
+    "--min-coarse": (_fields(_MG, "min_coarse"),
+                     dict(type=int, help="MGRIT with --levels 0: coarsest intervals at least")),
+    "--coarse-input": (_fields(_MG, "coarse_input"), dict(choices=["sample", "mean"],
+                                                          help="MGRIT: input of a coarse step (default sample)")),
+    "--coarse-cell": (_fields(_MG, "coarse_cell"),
+                      dict(choices=None, help="MGRIT: cell of the coarse levels (default implicit; implicit-newton for that fine cell)")),
+    "--initial-guess": (dict(_fields(_MG + _DEER, "initial_guess")),
+                        dict(choices=["zero", "input", "warm"],
+                             help="MGRIT, DEER: zero; input (DEER only: h_{t+1} = step(0, x_t)); or warm: each "
+                                  "sample's trajectory from its previous visit (default zero)")),
+    "--max-iter": (_fields(_DEER, "max_iter"), dict(type=int, help="DEER: max Newton iterations per "
+                                                                  "layer (default 50)")),
+    "--damping": (_fields(_DEER, "damping"),
+                  dict(type=float, help="DEER: the iteration uses J / (1 + damping); 0 = Newton, "
+                                        "large = Picard, stable (default 0)")),
+    "--chunks": (_fields(_DEER, "chunks"), dict(type=int, help="DEER: time chunks of the scan per "
+                                                              "rank (default: from the shape)")),
 }
 
 
-def _add_mgrit_args(p):
-    g = p.add_argument_group("MGRIT (with --solver mgrit)")
-    for flag, (_, kw) in _MGRIT_FLAGS.items():
+def _add_solver_args(p):
+    from .cells import CELLS
+    g = p.add_argument_group("time solver options (each applies to the solvers its help names)")
+    for flag, (_, kw) in _SOLVER_FLAGS.items():
+        if flag == "--coarse-cell":
+            kw = dict(kw, choices=sorted(CELLS))
         g.add_argument(flag, default=None, **kw)
     g.add_argument("--no-skip-first-down", action="store_true",
-                   help="do the full down-leg in the first cycle too")
+                   help="MGRIT: do the full down-leg in the first cycle too")
+    g.add_argument("--no-fallback", action="store_true",
+                   help="DEER: keep the last iterate when Newton fails (default: run the serial "
+                        "sweep instead, reported in the log)")
 
 
 def _solver_options(a):
-    opts = {field: getattr(a, flag[2:].replace("-", "_")) for flag, (field, _) in _MGRIT_FLAGS.items()
-            if getattr(a, flag[2:].replace("-", "_")) is not None}
-    if opts.get("levels") == 0:
+    """The options of ``a.solver`` from the command line; a flag of another solver is an error."""
+    opts, wrong = {}, []
+    for flag, (fields, _) in _SOLVER_FLAGS.items():
+        value = getattr(a, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if a.solver not in fields:
+            wrong.append((flag, sorted(fields)))
+            continue
+        opts[fields[a.solver]] = value
+    for flag, solvers, field, value in (("--no-skip-first-down", _MG, "skip_first_down", False),
+                                        ("--no-fallback", _DEER, "fallback", False)):
+        if getattr(a, flag[2:].replace("-", "_")):
+            if a.solver in solvers:
+                opts[field] = value
+            else:
+                wrong.append((flag, list(solvers)))
+    if wrong:
+        raise ConfigError("; ".join(f"{flag} is an option of --solver {' or '.join(s)}"
+                                    for flag, s in wrong) + f", not of --solver {a.solver}")
+    if a.solver == "mgrit" and opts.get("levels") == 0:
         opts["levels"] = None                       # automatic
-    if a.no_skip_first_down:
-        opts["skip_first_down"] = False
-    if opts and a.solver != "mgrit":
-        raise ConfigError(f"MGRIT options {sorted(opts)} need --solver mgrit")
     return opts
 
 
@@ -245,6 +294,7 @@ def cmd_info(a):
 
 
 def build_parser():
+    from .cells import CELLS
     parser = argparse.ArgumentParser(
         prog="mgritnn", description="Parallel-in-time training of GRU networks (MGRIT, DEER).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -273,7 +323,7 @@ def build_parser():
     p = sub.add_parser("gradcheck", help="check gradients against finite differences",
                        description="Worst relative error per parameter of the analytic gradient "
                                    "against central finite differences, on a small random float64 problem.")
-    p.add_argument("--cell", choices=["classic", "implicit"], default="classic")
+    p.add_argument("--cell", choices=sorted(CELLS), default="classic")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=5)
     p.add_argument("--input-size", type=int, default=3)

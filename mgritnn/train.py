@@ -44,9 +44,9 @@ class TrainConfig:
     seed : int
         Seeds the initialization, the default data set and the shuffling.
     solver : str
-        Time solver of training: ``"serial"`` or ``"mgrit"``.
+        Time solver of training: ``"serial"``, ``"mgrit"``, ``"deer"`` or ``"quasi-deer"``.
     solver_options : dict
-        Options of the solver (the fields of its config class, e.g. ``MGRITConfig``).
+        Options of the solver (the fields of its config class: ``MGRITConfig``, ``DEERConfig``).
     data_parallel : int
         Number of data groups; the ranks are split into data groups x time ranks.
     threads : int or None
@@ -209,6 +209,7 @@ def _json_line(rec):
 def _batch_diagnostics(info):
     f, a = info["forward"], info["adjoint"]
     return dict(fwd_iters=f.iterations, fwd_res=f.residual, fwd_status=f.status,
+                fwd_fallback=f.fallback, fwd_message=f.message,
                 bwd_iters=a.iterations, bwd_res=a.residual, bwd_status=a.status)
 
 

@@ -207,7 +207,8 @@ def run_mpi(nprocs, script, *args, timeout=DEFAULT_TIMEOUT, check=False):
 # ------------------------------------------------------------------------------------------------
 
 class Case(NamedTuple):
-    """One deterministic MGRIT problem and solver configuration.
+    """One deterministic problem and time-parallel solver configuration (MGRIT, or DEER /
+    quasi-DEER with ``fwd`` as max_iter and ``tol`` as atol).
 
     Serialized on the command line as ``key=value`` pairs separated by commas (:meth:`to_arg`).
     """
@@ -227,6 +228,8 @@ class Case(NamedTuple):
     hidden: int = 5
     classes: int = 3
     seed: int = 0
+    solver: str = "mgrit"       # or "deer", "quasi-deer"
+    scale: float = 1.0          # the model's parameters are multiplied by this
 
     def to_arg(self):
         """Command-line form, e.g. ``cell=classic,layers=1,T=37,...`` (floats as exact ``repr``)."""
@@ -251,11 +254,17 @@ class Case(NamedTuple):
         iters = "tight" if self.tol < 1e-12 else f"it{self.fwd}-{self.bwd}"
         extra = "" if (self.cycle, self.relax, self.coarse_input) == ("V", "FCF", "sample") else \
             f"-{self.cycle}{self.relax}-{self.coarse_input}"
+        if self.solver != "mgrit":
+            scale = "" if self.scale == 1.0 else f"-x{self.scale:g}"
+            return f"{self.solver}-{self.cell}-L{self.layers}-T{self.T}-it{self.fwd}{scale}"
         return f"{self.cell}-L{self.layers}-T{self.T}-lv{self.levels}cf{self.cf}-{iters}{extra}"
 
     def config(self, comm=None):
-        """The :class:`MGRITConfig` of the case (``comm=None``: MPI's world under mpiexec, else one process)."""
-        from mgritnn.solvers import MGRITConfig
+        """The solver config of the case (``comm=None``: MPI's world under mpiexec, else one process)."""
+        from mgritnn.solvers import DEERConfig, MGRITConfig
+        if self.solver != "mgrit":
+            return DEERConfig(quasi=self.solver == "quasi-deer", atol=self.tol, rtol=0.0,
+                              max_iter=self.fwd, comm=comm)
         return MGRITConfig(levels=self.levels, cf=self.cf, fwd_iters=self.fwd, bwd_iters=self.bwd,
                            tol=self.tol, cycle=self.cycle, relax=self.relax,
                            coarse_input=self.coarse_input, comm=comm)
@@ -265,6 +274,7 @@ class Case(NamedTuple):
         import mgritnn
         model = mgritnn.GRUClassifier(self.inputs, self.hidden, self.classes, num_layers=self.layers,
                                       cell=self.cell, dtype="float64", seed=self.seed)
+        model.flat[:] *= self.scale
         rng = np.random.default_rng([self.seed, self.T, self.layers])
         X = rng.standard_normal((self.batch, self.T, self.inputs))
         y = rng.integers(0, self.classes, self.batch)
@@ -293,6 +303,7 @@ def solve(case, solver=None):
                 fwd_hist=np.array(f.history, np.float64), adj_hist=np.array(a.history, np.float64),
                 fwd_iters=np.int64(f.iterations), adj_iters=np.int64(a.iterations),
                 fwd_status=np.int64(f.status), adj_status=np.int64(a.status),
+                fwd_fallback=np.int64(f.fallback),
                 step_evals=np.array([f.step_evals, a.step_evals], np.int64))
 
 
@@ -310,3 +321,20 @@ def warm_numba_cache():
                         hidden=3)
             solve(case)
             solve(case, "serial")
+            for solver in ("deer", "quasi-deer"):
+                solve(case._replace(solver=solver))
+    from mgritnn.solvers.scan import linear_recurrence
+    for shape in ((2, 1, 2, 2), (2, 1, 2)):
+        for reverse in (False, True):
+            linear_recurrence(np.zeros(shape), np.zeros((2, 1, 2)), np.zeros((1, 2)), reverse=reverse)
+
+
+def scan_systems(n=41, B=2, H=3, seed=7):
+    """Random linear recurrences ``{"dense": (A, b, h0), "diag": (A, b, h0)}`` for the scan tests
+    (the same on every rank)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for kind, shape in (("dense", (n, B, H, H)), ("diag", (n, B, H))):
+        out[kind] = (rng.uniform(-0.7, 0.7, shape), rng.standard_normal((n, B, H)),
+                     rng.standard_normal((B, H)))
+    return out

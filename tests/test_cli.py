@@ -93,3 +93,34 @@ def test_bad_options_exit_2():
     assert r.returncode == 2 and "invalid choice" in r.stderr
     r = run("train", "--data", "/nonexistent/file.npz")
     assert r.returncode == 2 and "mgritnn: error:" in r.stderr
+
+
+@pytest.mark.parametrize("solver", ["deer", "quasi-deer"])
+def test_train_with_deer_logs_newton_diagnostics(tmp_path, capsys, solver):
+    """--solver deer|quasi-deer trains; every batch's Newton iterations, final update, status and
+    whether the fallback ran are in the JSON log."""
+    import json
+    log = tmp_path / "log.jsonl"
+    assert main(["train", "--epochs", "1", "--hidden", "6", "--seq-len", "24", "--max-batches", "2",
+                 "--solver", solver, "--tol", "1e-5", "--max-iter", "30", "--damping", "0.1",
+                 "--initial-guess", "warm", "--log", str(log), "--quiet"]) == 0
+    assert f"solver={solver}" in capsys.readouterr().out
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    batches = [r for r in recs if r["type"] == "batch"]
+    assert len(batches) == 2
+    for r in batches:
+        assert r["fwd_iters"] >= 1 and r["fwd_status"] == 0 and r["fwd_fallback"] is False
+        assert r["fwd_res"] >= 0 and r["fwd_message"] == "converged"
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--solver", "deer", "--levels", "3"], "--levels is an option of --solver mgrit"),
+    (["--solver", "mgrit", "--damping", "1"], "--damping is an option of --solver deer or quasi-deer"),
+    (["--tol", "1e-3"], "not of --solver serial"),
+    (["--solver", "mgrit", "--no-fallback"], "--no-fallback"),
+    (["--solver", "deer", "--initial-guess", "warm", "--max-iter", "0"], "max_iter"),
+    (["--solver", "mgrit", "--initial-guess", "input"], "initial_guess"),
+])
+def test_solver_flags_of_another_solver_exit_2(args, match):
+    r = run("train", "--epochs", "1", "--seq-len", "8", *args)
+    assert r.returncode == 2 and "mgritnn: error:" in r.stderr and match in r.stderr, r.stderr

@@ -129,12 +129,12 @@ def test_damping_rescues_the_divergent_case():
 
 @pytest.mark.parametrize("init", ["input", "warm"])
 def test_initial_guesses(init):
-    """init='input' and 'warm' converge to the same result; a warm start from the same samples'
+    """initial_guess='input' and 'warm' converge to the same result; a warm start from the same samples'
     previous trajectory needs fewer iterations than zeros."""
     m, X, y = model_and_data("implicit", L=2, T=80, scale=1.0)
     keys = np.arange(X.shape[0])
     ref, _, z = m.loss_and_grad_flat(X, y, DEERConfig(**TIGHT))
-    cfg = DEERConfig(init=init, **TIGHT)
+    cfg = DEERConfig(initial_guess=init, **TIGHT)
     solver = cfg.make_solver()
     l1, _, i1 = m.loss_and_grad_flat(X, y, solver, keys=keys)
     np.testing.assert_allclose(l1, ref, rtol=1e-12)
@@ -169,7 +169,7 @@ def test_solver_names_and_options():
 @pytest.mark.parametrize("kw, match", [
     (dict(max_iter=0), "max_iter"), (dict(max_iter=2.5), "max_iter"),
     (dict(atol=-1), "atol"), (dict(rtol=float("nan")), "rtol"), (dict(atol=0, rtol=0), "both be 0"),
-    (dict(damping=-0.1), "damping"), (dict(init="ones"), "init"), (dict(divergence=1), "divergence"),
+    (dict(damping=-0.1), "damping"), (dict(initial_guess="ones"), "initial_guess"), (dict(divergence=1), "divergence"),
     (dict(chunks=0), "chunks"), (dict(max_memory=0), "max_memory")])
 def test_bad_options_are_rejected(kw, match):
     with pytest.raises(ConfigError, match=match):

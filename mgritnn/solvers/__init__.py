@@ -1,4 +1,4 @@
-"""Time solvers: serial (ground truth); the parallel ones register themselves here too."""
+"""Time solvers: serial (ground truth), MGRIT, DEER and quasi-DEER (registered by name)."""
 from .base import SOLVERS, SolveStats, Solver, TimeParallelSolver, get_solver, register
 from .deer import DEERConfig, DEERSolver, QuasiDEERSolver, quasi_deer_config
 from .mgrit import MGRITConfig, MGRITSolver
@@ -23,8 +23,8 @@ def make_solver(name, options=None, comm=None):
     solver = get_solver(name)
     if comm is not None and comm.Get_size() > 1:
         raise ConfigError(f"solver {name!r} runs on one rank of time, but {comm.Get_size()} ranks "
-                          "share the time axis: use --solver mgrit, or --data-parallel equal to the "
-                          "number of ranks")
+                          "share the time axis: use --solver mgrit, deer or quasi-deer, or --data-parallel "
+                          "equal to the number of ranks")
     return solver
 
 

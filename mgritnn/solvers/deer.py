@@ -60,7 +60,7 @@ from .scan import linear_recurrence
 
 #: Default tolerances (atol, rtol) per dtype.
 DEFAULT_TOLERANCES = {np.dtype(np.float64): (1e-6, 1e-4), np.dtype(np.float32): (1e-4, 1e-3)}
-_INITS = ("zeros", "input", "warm")
+_INITS = ("zero", "input", "warm")
 
 
 @dataclass
@@ -79,9 +79,10 @@ class DEERConfig:
         Newton iterations per layer at most.
     damping : float
         lambda >= 0: the iteration uses J / (1 + lambda) (0: Newton; large: Picard).
-    init : {"zeros", "input", "warm"}
+    initial_guess : {"zero", "input", "warm"}
         Initial trajectory: zeros; h_{t+1} = Phi(0, x_t); or each sample's converged trajectory of
-        the previous solve that saw it (keyed by the ``keys`` the trainer passes; zeros otherwise).
+        the previous solve that saw it (keyed by the ``keys`` the trainer passes; zeros otherwise;
+        memory: T L H values per sample of the data set).
     fallback : bool
         Run the serial sweep when the iteration did not converge (reported in the statistics).
     divergence : float
@@ -99,7 +100,7 @@ class DEERConfig:
     rtol: float = None
     max_iter: int = 50
     damping: float = 0.0
-    init: str = "zeros"
+    initial_guess: str = "zero"
     fallback: bool = True
     divergence: float = 1e4
     chunks: int = None
@@ -120,8 +121,9 @@ class DEERConfig:
                               "give atol > 0")
         if not (np.isfinite(self.damping) and self.damping >= 0):
             raise ConfigError(f"{name} damping must be a finite number >= 0, got {self.damping!r}")
-        if self.init not in _INITS:
-            raise ConfigError(f"{name} init must be one of {_INITS}, got {self.init!r}")
+        if self.initial_guess not in _INITS:
+            raise ConfigError(f"{name} initial_guess must be one of {_INITS}, got "
+                              f"{self.initial_guess!r}")
         if not self.divergence > 1:
             raise ConfigError(f"{name} divergence must be > 1, got {self.divergence!r}")
         if self.chunks is not None and (isinstance(self.chunks, bool) or self.chunks < 1):
@@ -262,7 +264,7 @@ class DEERSolver(TimeParallelSolver):
         T : int, optional
             Steps of the whole sequence (default: ``T_loc`` on one rank).
         keys : ndarray of int, shape (B,), optional
-            Sample names for ``init="warm"``.
+            Sample names for ``initial_guess="warm"``.
 
         Returns
         -------
@@ -296,7 +298,7 @@ class DEERSolver(TimeParallelSolver):
         if not (np.all(np.isfinite(dtv)) and np.all(dtv >= 0)):
             raise ConfigError("step sizes dt must be finite and >= 0")
         atol, rtol = cfg.tolerances(dtype)
-        warm = cfg.init == "warm" and keys is not None
+        warm = cfg.initial_guess == "warm" and keys is not None
         wkeys = [(T, int(k)) for k in keys] if warm else None
 
         stats = SolveStats(message="converged")
@@ -360,11 +362,11 @@ class DEERSolver(TimeParallelSolver):
         hs = np.zeros((n + 1, B, H), dtype)
         if self.rank == 0:
             hs[0] = h0
-        if cfg.init == "input":
+        if cfg.initial_guess == "input":
             hs[1:] = cell.layer_step(w, l, ax, np.zeros((n, B, H), dtype), dtv, fused=True).h_new
         elif guess is not None:
             hs[1:] = guess
-        if cfg.init != "zeros" and n:
+        if cfg.initial_guess != "zero" and n:
             start = np.empty((B, H), dtype)
             self._shift_right(hs[-1], start, tag=300 + l)
             if self.rank > 0:

@@ -19,7 +19,8 @@ this module uses in three phases:
    exchange their summaries (one ``Allgather``) and each composes those before it into its start
    value; then the chunk starts follow from s_{c+1} = P_c s_c + y_c (matrix-vector products only).
 3. **Fix-up** (threads over chunk x batch row): every chunk whose start was unknown is swept again
-   from its true start (O(H^2) per step dense).
+   from its true start (O(H^2) per step dense). Finally each rank passes its last value to the
+   next rank (one message), so that neighbouring blocks share the boundary point bit for bit.
 
 Batch rows are independent and give threads work by themselves, so a rank needs more than one
 chunk only when it has fewer rows than threads. The chunking depends on the shape only (never on
@@ -297,6 +298,18 @@ def linear_recurrence(A, b, h0, out=None, reverse=False, chunks=None, comm=None)
             starts[c] = s
             s = _apply(P[c], s, end_of(c)) if c != known else end_of(c).copy()
         _fixup(A, b, starts, out, bounds, known, reverse)
+    if size > 1 and n:
+        # The composed summaries round differently from the neighbour's own sweep: take the
+        # neighbour's value, so that neighbouring blocks share their boundary point bitwise.
+        from mpi4py import MPI
+        towards = rank + (-1 if reverse else 1)
+        away = rank + (1 if reverse else -1)
+        send = np.ascontiguousarray(out[0] if reverse else out[-1])
+        recv = np.empty((B, H), b.dtype)
+        comm.Sendrecv(send, dest=towards if 0 <= towards < size else MPI.PROC_NULL, sendtag=77,
+                      recvbuf=recv, source=away if 0 <= away < size else MPI.PROC_NULL, recvtag=77)
+        if not owns_boundary:
+            boundary = recv
     return out, boundary
 
 

@@ -1,4 +1,4 @@
-"""Run MGRIT cases on every rank of MPI's world and save rank 0's results to an .npz file.
+"""Run time-parallel cases (MGRIT, DEER) on every rank of MPI's world and save rank 0's results to an .npz file.
 
 Usage (under mpiexec; see ``tests/mpi_util.run_mpi``)::
 
@@ -6,7 +6,7 @@ Usage (under mpiexec; see ``tests/mpi_util.run_mpi``)::
 
 Every CASE is a :class:`mpi_util.Case` in its command-line form (``cell=classic,layers=2,T=37,...``).
 For each case every rank builds the same deterministic problem, runs ``loss_and_grad_flat`` and
-``forward`` with the case's :class:`MGRITConfig` (``comm=None``: the world), and checks its own
+``forward`` with the case's solver config (``comm=None``: the world), and checks its own
 invariants against rank 0's results (bitwise: loss, gradient, logits, residual histories,
 iteration counts and statuses must be the same on every rank, and finite). The ranks then agree
 (``allreduce`` MIN) before anyone exits, so a failed check makes all ranks exit with status 1
@@ -33,7 +33,7 @@ AGREE_SECONDS = 20.0
 
 #: Results that must be bitwise the same on every rank.
 SAME_ON_ALL = ("loss", "grad", "logits", "logits_fwd", "fwd_hist", "adj_hist", "fwd_iters",
-               "adj_iters", "fwd_status", "adj_status")
+               "adj_iters", "fwd_status", "adj_status", "fwd_fallback")
 
 
 def say(msg):
