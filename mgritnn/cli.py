@@ -46,9 +46,11 @@ def _add_train_args(p):
     p.add_argument("--clip", type=float, default=d.clip,
                    help="clip gradients to this global norm (default: no clipping)")
     p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    p.add_argument("--solver", choices=["serial", "mgrit", "deer", "quasi-deer"], default=d.solver,
-                   help="time solver of training: the serial sweep, MGRIT, or Newton over the "
-                        "whole sequence (DEER; quasi-DEER with diagonal Jacobians) "
+    p.add_argument("--solver", choices=["serial", "mgrit", "deer", "quasi-deer", "auto"],
+                   default=d.solver,
+                   help="time solver of training: the serial sweep, MGRIT, Newton over the "
+                        "whole sequence (DEER; quasi-DEER with diagonal Jacobians), or auto: the "
+                        "fastest of serial/deer/quasi-deer for the shape, measured "
                         "(default: %(default)s)")
     p.add_argument("--data-parallel", type=int, default=d.data_parallel,
                    help="split the MPI ranks into this many data groups x time ranks (default: 1)")

@@ -1,11 +1,13 @@
-"""Time solvers: serial (ground truth), MGRIT, DEER and quasi-DEER (registered by name)."""
+"""Time solvers: serial (ground truth), MGRIT, DEER, quasi-DEER and auto (registered by name)."""
 from .base import SOLVERS, SolveStats, Solver, TimeParallelSolver, get_solver, register
+from .auto import AutoConfig, AutoSolver
 from .deer import DEERConfig, DEERSolver, QuasiDEERSolver, quasi_deer_config
 from .mgrit import MGRITConfig, MGRITSolver
 from .serial import SerialSolver
 
 #: Option classes of the configurable solvers, by name.
-SOLVER_CONFIGS = {"mgrit": MGRITConfig, "deer": DEERConfig, "quasi-deer": quasi_deer_config}
+SOLVER_CONFIGS = {"mgrit": MGRITConfig, "deer": DEERConfig, "quasi-deer": quasi_deer_config,
+                  "auto": AutoConfig}
 
 
 def make_solver(name, options=None, comm=None):
@@ -29,4 +31,4 @@ def make_solver(name, options=None, comm=None):
 
 
 __all__ = ["SOLVERS", "SOLVER_CONFIGS", "SolveStats", "Solver", "TimeParallelSolver", "SerialSolver",
-           "MGRITConfig", "MGRITSolver", "DEERConfig", "DEERSolver", "QuasiDEERSolver", "quasi_deer_config", "get_solver", "make_solver", "register"]
+           "MGRITConfig", "MGRITSolver", "AutoConfig", "AutoSolver", "DEERConfig", "DEERSolver", "QuasiDEERSolver", "quasi_deer_config", "get_solver", "make_solver", "register"]

@@ -53,29 +53,29 @@ def default_chunks(n, batch):
 @numba.njit(**JIT)
 def _sweep_dense(A, b, start, out, r, c0, c1, rev):
     """Sweep steps c0..c1-1 of row r from ``start`` (H,); out[t] receives the value after step t
-    (h_{t+1} forward, mu_t in reverse)."""
+    (h_{t+1} forward, mu_t in reverse). Plain index arithmetic, no array views per step."""
     H = start.shape[0]
     n = c1 - c0
     for s in range(n):
         t = c1 - 1 - s if rev else c0 + s
-        if s == 0:
-            prev = start
-        else:
-            prev = out[t + 1, r] if rev else out[t - 1, r]
-        o = out[t, r]
+        p = t + 1 if rev else t - 1          # where the previous value is (s > 0)
         for i in range(H):
-            o[i] = b[t, r, i]
-        if rev:                        # o = A_t^T prev + b_t
+            out[t, r, i] = b[t, r, i]
+        if rev:                        # out[t] = A_t^T prev + b_t
             for i in range(H):
-                p = prev[i]
+                v = start[i] if s == 0 else out[p, r, i]
                 for j in range(H):
-                    o[j] += A[t, r, i, j] * p
-        else:                          # o = A_t prev + b_t
+                    out[t, r, j] += A[t, r, i, j] * v
+        else:                          # out[t] = A_t prev + b_t
             for i in range(H):
-                acc = o[i]
-                for j in range(H):
-                    acc += A[t, r, i, j] * prev[j]
-                o[i] = acc
+                acc = out[t, r, i]
+                if s == 0:
+                    for j in range(H):
+                        acc += A[t, r, i, j] * start[j]
+                else:
+                    for j in range(H):
+                        acc += A[t, r, i, j] * out[p, r, j]
+                out[t, r, i] = acc
 
 
 @numba.njit(**JIT)
@@ -85,12 +85,13 @@ def _sweep_diag(A, b, start, out, r, c0, c1, rev):
     n = c1 - c0
     for s in range(n):
         t = c1 - 1 - s if rev else c0 + s
+        p = t + 1 if rev else t - 1
         if s == 0:
-            prev = start
+            for i in range(H):
+                out[t, r, i] = A[t, r, i] * start[i] + b[t, r, i]
         else:
-            prev = out[t + 1, r] if rev else out[t - 1, r]
-        for i in range(H):
-            out[t, r, i] = A[t, r, i] * prev[i] + b[t, r, i]
+            for i in range(H):
+                out[t, r, i] = A[t, r, i] * out[p, r, i] + b[t, r, i]
 
 
 @numba.njit(**JIT)
