@@ -39,8 +39,10 @@ class GRUClassifier:
     Parameters
     ----------
     input_size, hidden_size, num_classes, num_layers : int
-    cell : {"classic", "implicit"}
-        ``classic`` is ``torch.nn.GRU``; ``implicit`` the implicit GRU of Moon & Cyr (2022).
+    cell : {"classic", "implicit", "implicit-newton"}
+        ``classic`` is ``torch.nn.GRU``; ``implicit`` the implicit GRU of Moon & Cyr (2022);
+        ``implicit-newton`` the fully implicit step (backward Euler, gates at the new state),
+        solved by Newton per batch row (:mod:`mgritnn.cells.newton`).
     dtype : {"float32", "float64"}
     seed : int
         Initialization as PyTorch: every weight and bias uniform in :math:`\\pm 1/\\sqrt{H}`.

@@ -182,13 +182,29 @@ class _Ranks:
         return out
 
     def max_over_world(self, values):
+        return self._over_world(values, "MAX")
+
+    def sum_over_world(self, values):
+        return self._over_world(values, "SUM")
+
+    def _over_world(self, values, op):
         values = np.asarray(values, dtype=np.float64)
         if self.size == 1:
             return values
         out = np.empty_like(values)
         from mpi4py import MPI
-        self.world.Allreduce(values, out, op=MPI.MAX)
+        self.world.Allreduce(values, out, op=getattr(MPI, op))
         return out
+
+
+def _newton_record(cell, ranks):
+    """The Newton counters of an ``implicit-newton`` cell over all ranks (None for other cells)."""
+    stats = getattr(cell, "stats", None)
+    if stats is None:
+        return None
+    solves, iters, bad = ranks.sum_over_world([stats.solves, stats.iterations, stats.unconverged])
+    worst = float(ranks.max_over_world([stats.max_residual])[0])
+    return dict(solves=int(solves), iterations=int(iters), unconverged=int(bad), max_residual=worst)
 
 
 def _json_line(rec):
@@ -285,6 +301,8 @@ def train(cfg, out=print, progress=True, comm=None):
             t_epoch = time.perf_counter()
             times = dict(data=0.0, forward=0.0, adjoint=0.0, wait=0.0, optimizer=0.0)
             perm = rng.permutation(N)
+            if getattr(model.cell, "stats", None) is not None:
+                model.cell.stats.reset()
             loss_sum = correct = seen = 0.0
             steps = np.zeros(2)
             for b in range(n_batches):
@@ -337,9 +355,16 @@ def train(cfg, out=print, progress=True, comm=None):
                                                 adjoint=steps[1] / n_batches),
                        batches=n_batches, solver=solver.name, ranks=ranks.size,
                        data_parallel=cfg.data_parallel)
+            newton = _newton_record(model.cell, ranks)
+            if newton is not None:
+                rec["newton"] = newton
             history.append(rec)
             out(f"epoch {rec['epoch']:3d}  loss {rec['loss']:.4f}  train acc {100 * rec['train_acc']:6.2f}%  "
                 f"test acc {100 * rec['test_acc']:6.2f}%  {rec['seconds']:7.2f} s")
+            if newton is not None and newton["unconverged"]:
+                out(f"  warning: {newton['unconverged']} of {newton['solves']} implicit-newton row "
+                    f"solves did not reach the tolerance (worst |G| {newton['max_residual']:.2e}): "
+                    "smaller --dt or weights, or a larger max_iter")
             if log:
                 log.write(_json_line(rec))
                 log.flush()

@@ -239,3 +239,16 @@ def test_auto_options_are_checked():
     with pytest.raises(ConfigError, match="margin"):
         AutoConfig(margin=1.5)
     assert make_solver("auto").name == "auto"
+
+
+@pytest.mark.parametrize("quasi", [False, True], ids=["deer", "quasi-deer"])
+def test_deer_with_the_fully_implicit_cell(quasi):
+    """DEER linearizes the implicit-newton step at the old state (its gates sit at the new one):
+    converged, loss and gradient equal serial BPTT of that cell."""
+    m, X, y = model_and_data("implicit-newton", L=2, T=20, dt=2.0)
+    l0, g0, _ = m.loss_and_grad_flat(X, y)
+    l1, g1, info = m.loss_and_grad_flat(X, y, DEERConfig(quasi=quasi, max_iter=22, fallback=False,
+                                                         **TIGHT))
+    assert info["forward"].status == OK, info["forward"].message
+    np.testing.assert_allclose(l1, l0, rtol=1e-9)
+    np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-9 * np.abs(g0).max())

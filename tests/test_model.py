@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import mgritnn
 import reference as ref
+from checks import assert_directional_derivatives
 from strategies import problems
 
 
@@ -22,19 +23,7 @@ def test_gradient_by_central_differences(p, seed):
     """Directional derivative of the loss along random directions, float64, rtol 1e-6."""
     m = make_model(p)
     _, g, _ = m.loss_and_grad_flat(p["X"], p["y"])
-    rng = np.random.default_rng(seed)
-    theta = m.flat.copy()
-    for _ in range(2):
-        d = rng.normal(size=theta.size)
-        d /= np.linalg.norm(d)
-        eps = 1e-5
-        m.flat[:] = theta + eps * d
-        lp, _ = m.loss_and_grad(p["X"], p["y"])
-        m.flat[:] = theta - eps * d
-        lm, _ = m.loss_and_grad(p["X"], p["y"])
-        m.flat[:] = theta
-        fd = (lp - lm) / (2 * eps)
-        assert abs(fd - g @ d) <= 1e-6 * abs(fd) + 1e-9, (fd, g @ d)
+    assert_directional_derivatives(m, p["X"], p["y"], g, seed)
 
 
 @given(p=problems())

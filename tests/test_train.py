@@ -132,3 +132,31 @@ def test_mgrit_warm_start_lowers_the_residual_in_training(tmp_path):
         recs = [json.loads(line) for line in log.read_text().splitlines()]
         med[guess] = np.median([r["fwd_res"] for r in recs if r["type"] == "batch" and r["epoch"] == 2])
     assert med["warm"] < 0.2 * med["zero"], med
+
+
+def test_implicit_newton_training_reports_its_newton_counters():
+    """Training with the fully implicit cell records, per epoch, how many row solves Newton did,
+    how many updates and how many did not converge; a run that cannot converge says so."""
+    lines = []
+    common = dict(epochs=1, hidden=6, seq_len=16, batch_size=32, max_batches=2, cell="implicit-newton")
+    _, hist = train(TrainConfig(**common), out=lines.append, progress=False)
+    nw = hist[0]["newton"]
+    assert nw["solves"] > 0 and nw["iterations"] >= nw["solves"] and nw["unconverged"] == 0
+    assert not any("warning" in line for line in lines)
+    with pytest.warns(RuntimeWarning, match="implicit-newton"):
+        _, hist = train(TrainConfig(dt=200.0, **common), out=lines.append, progress=False)
+    assert hist[0]["newton"]["unconverged"] > 0          # float32 at dt = 200: G rounds above 1e-5
+    assert any("did not reach the tolerance" in line for line in lines)
+
+
+@pytest.mark.parametrize("solver", ["deer", "quasi-deer", "auto"])
+def test_deer_training_equals_serial_training(solver):
+    """DEER/quasi-DEER at a tight tolerance and auto (exact routes only) train like the serial
+    solver: the same losses to round-off over two epochs."""
+    common = dict(epochs=2, hidden=6, seq_len=20, batch_size=32, max_batches=3, dtype="float64")
+    _, ref = train(TrainConfig(**common), out=quiet, progress=False)
+    opts = {} if solver == "auto" else dict(atol=1e-12, rtol=0.0)
+    _, got = train(TrainConfig(solver=solver, solver_options=opts, **common), out=quiet,
+                   progress=False)
+    rtol = 1e-6 if solver == "auto" else 1e-10
+    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in ref], rtol=rtol)

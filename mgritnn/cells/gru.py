@@ -778,7 +778,8 @@ CELLS = {
 
 
 def get_cell(name):
-    """The cell registered under ``name`` ('classic' or 'implicit'); otherwise a ConfigError."""
+    """The cell registered under ``name`` ('classic', 'implicit', or 'implicit-newton', which
+    :mod:`mgritnn.cells.newton` registers on import); otherwise a ConfigError."""
     try:
         return CELLS[name]
     except KeyError:

@@ -381,7 +381,8 @@ class DEERSolver(TimeParallelSolver):
         while k < cfg.max_iter:
             k += 1
             s = cell.layer_step(w, l, ax, np.ascontiguousarray(hs[:-1]), dtv, jacobian=kind, fused=True)
-            (_offset_diag if cfg.quasi else _offset_dense)(s.J, s.h_gate, s.h_new, scale, b)
+            (_offset_diag if cfg.quasi else _offset_dense)(s.J, np.ascontiguousarray(hs[:-1]), s.h_new,
+                                                         scale, b)
             _, start = linear_recurrence(s.J, b, h0, out=new, chunks=cfg.chunks, comm=self.comm)
             resid = self._max(np.max(np.abs(new - hs[1:]), initial=0.0)) if n else self._max(0.0)
             _update(new, hs[1:], atol, rtol, err)

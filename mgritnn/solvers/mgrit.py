@@ -19,7 +19,8 @@ advances K states of one level by one step each through the cells' step API:
   forward keeps the gates of every step for the adjoint, the adjoint accumulates the parameter
   gradients), so no step is evaluated twice for those.
 
-The coarse propagator is the implicit cell (stable for any step size); the adjoint's coarse step is
+The coarse propagator is the implicit cell (stable for any step size; the fully implicit
+``implicit-newton`` cell when that is the fine cell); the adjoint's coarse step is
 the VJP of the coarse implicit step linearized at the fine forward state at the start of its
 interval. With one level MGRIT is the serial sweep (bit for bit); with enough iterations or a tiny
 ``tol`` it equals the serial sweep and BPTT to round-off.
@@ -74,8 +75,9 @@ class MGRITConfig:
         first time start from zero. Memory: N/cf states per sample on each rank's slice.
     coarse_input : {"sample", "mean"}
         Input of a coarse step: x at its first fine step, or the mean over its fine steps.
-    coarse_cell : str
-        Cell of the coarse levels (default the implicit GRU, stable for any step size).
+    coarse_cell : str or None
+        Cell of the coarse levels. None (default): the implicit GRU (stable for any step size), or
+        the fine cell itself when it is ``implicit-newton`` (algorithms.md §2).
     divergence : float
         Stop with status "diverged" when the residual exceeds this factor times the smaller of the
         first residual and the norm of an all-ones residual (GRU states are bounded by 1 in
@@ -96,7 +98,7 @@ class MGRITConfig:
     rtol: float = 0.0
     initial_guess: str = "zero"
     coarse_input: str = "sample"
-    coarse_cell: str = "implicit"
+    coarse_cell: str = None
     divergence: float = 1e4
     comm: object = field(default=None, compare=False, repr=False)
 
@@ -121,12 +123,19 @@ class MGRITConfig:
             raise ConfigError(f"MGRIT initial_guess must be 'zero' or 'warm', got {self.initial_guess!r}")
         if self.coarse_input not in ("sample", "mean"):
             raise ConfigError(f"MGRIT coarse_input must be 'sample' or 'mean', got {self.coarse_input!r}")
-        get_cell(self.coarse_cell)
+        if self.coarse_cell is not None:
+            get_cell(self.coarse_cell)
         if not (self.tol >= 0 and self.rtol >= 0 and self.divergence > 1):
             raise ConfigError("MGRIT tol and rtol must be >= 0 and divergence > 1")
 
     def make_solver(self):
         return MGRITSolver(self)
+
+    def coarse_cell_for(self, fine):
+        """The cell of the coarse levels for the fine cell ``fine`` (see ``coarse_cell``)."""
+        if self.coarse_cell is not None:
+            return get_cell(self.coarse_cell)
+        return fine if fine.name == "implicit-newton" else get_cell("implicit")
 
     def cfs(self, N, size=1):
         """Coarsening factors of the hierarchy for N fine steps on ``size`` ranks (validated)."""
@@ -502,7 +511,7 @@ class MGRITSolver(TimeParallelSolver):
         grid = local_grid(T, cfs, self.size, self.rank)
         lo = grid.lo
         levels = _level_inputs(grid, ax0, lo, cfg.coarse_input, reverse=False)
-        prop = _ForwardProp(cell, get_cell(cfg.coarse_cell), w, levels, dt)
+        prop = _ForwardProp(cell, cfg.coarse_cell_for(cell), w, levels, dt)
         fas = _FAS(grid, prop, self.comm, h0, cfg, tag=100)
         warm = cfg.initial_guess == "warm" and keys is not None and len(grid.points) > 1
         cpts = grid.c_index[0][1:] if warm else None
@@ -531,7 +540,7 @@ class MGRITSolver(TimeParallelSolver):
         lo_fwd = T - grid.hi
         levels = _level_inputs(grid, state.ax0, lo_fwd, cfg.coarse_input, reverse=True)
         # the forward's final sweep kept the gates of every local step (forward order)
-        prop = _AdjointProp(cell, get_cell(cfg.coarse_cell), w, levels, state.dt, u, state.cache)
+        prop = _AdjointProp(cell, cfg.coarse_cell_for(cell), w, levels, state.dt, u, state.cache)
         lam0 = lam_last if lam_last is not None else np.zeros_like(u[0])
         fas = _FAS(grid, prop, self.comm, lam0, cfg, tag=200)
         t0 = time.perf_counter()

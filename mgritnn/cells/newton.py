@@ -1,0 +1,396 @@
+"""The fully implicit GRU cell ``implicit-newton``: backward Euler, one Newton solve per batch row.
+
+One step of size :math:`\\Delta t` of :math:`dh/dt = f(h) = (1 - z(h)) \\odot (n(h) - h)` with the
+gates at the **new** state (``../shared/design/algorithms.md`` §1c): the new state :math:`y = h'`
+is the root of
+
+.. math::
+
+    G(y) = y - h - \\Delta t\\, (1 - z(y)) \\odot (n(y) - y) = 0 .
+
+No gate arithmetic is duplicated here. With the classic step (forward Euler, :math:`\\theta = 0`)
+:math:`\\Phi_c(y) = y + \\Delta t\\, f(y)` and its Jacobian :math:`J_c = \\partial\\Phi_c/\\partial y`,
+both from the kernels of :mod:`mgritnn.cells.gru`,
+
+.. math::
+
+    G(y) = 2 y - \\Phi_c(y) - h, \\qquad J_G(y) = 2 I - J_c(y) = I - \\Delta t\\, \\partial f/\\partial y .
+
+Newton per batch row from the linearly implicit step (the ``implicit`` cell, §1b) as initial guess:
+:math:`y \\leftarrow y - J_G(y)^{-1} G(y) / (1 + \\mathrm{damping})` until
+:math:`\\|G(y)\\|_\\infty \\le` ``tol`` or ``max_iter`` updates; a row that converged is left alone
+(so a row's result never depends on the other rows). Rows that do not converge are counted in the
+cell's :class:`NewtonStats` and reported by a ``RuntimeWarning``, never silently accepted.
+
+Derivatives by the implicit function theorem (:math:`\\partial G/\\partial h = -I`):
+
+.. math::
+
+    \\frac{\\partial h'}{\\partial h} = J_G(y)^{-1}, \\qquad J_G(y)^T \\mu = \\lambda', \\qquad
+    \\lambda = \\mu, \\qquad \\partial L/\\partial\\theta \\mathrel{+}= \\Delta t\\,
+    (\\partial f/\\partial\\theta)^T \\mu \\text{ at } (y, x),
+
+and :math:`\\Delta t (\\partial f/\\partial\\theta)^T \\mu` is exactly the classic step's
+pre-activation VJP at :math:`(\\mu, y)`, so the gradient kernels of the classic cell are reused, with
+the gates and the weight gradient :math:`dW_h = dA_h^T y` at the new state.
+
+References
+----------
+G. E. Moon, E. C. Cyr, "Parallel training of GRU networks with a multi-grid solver for long
+sequences", ICLR 2022 (implicit GRU).
+"""
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from .gru import (CELLS, GRUCell, LayerStep, SequenceCache, _accumulate_layer_grads, _affine,
+                  _as_dt, _empty, _layer_gate_vjp, _layer_jacobian_dense)
+
+#: Default Newton tolerance on the max-norm of G per batch row, by dtype.
+DEFAULT_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
+
+_EXPLICIT = GRUCell("classic", 0.0)       # Phi_c: residual, gates and Jacobian at the iterate
+_LINEAR = GRUCell("implicit", 1.0)        # the initial guess
+
+
+def _real(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+@dataclass(frozen=True)
+class NewtonConfig:
+    """Options of the Newton solve of :class:`NewtonGRUCell` (validated; frozen).
+
+    Attributes
+    ----------
+    tol : float or None
+        Stop a row when :math:`\\|G(y)\\|_\\infty \\le` ``tol`` (absolute, per batch row and state).
+        None: 1e-10 in float64, 1e-5 in float32 (:data:`DEFAULT_TOL`). G carries the rounding of
+        :math:`\\Delta t\\, f`, about :math:`\\Delta t` times the machine epsilon, so in float32 a
+        step size of a few hundred cannot reach 1e-5: such rows are counted as not converged.
+    max_iter : int
+        Largest number of Newton updates per row (>= 1).
+    damping : float
+        Damped Newton, :math:`y \\leftarrow y - \\delta / (1 + \\mathrm{damping})` with
+        :math:`J_G \\delta = G`: the root is unchanged, 0 is Newton (quadratic convergence), larger
+        values take shorter steps (linear convergence; more robust far from the root).
+    """
+    tol: float = None
+    max_iter: int = 8
+    damping: float = 0.0
+
+    def __post_init__(self):
+        if self.tol is not None and not (_real(self.tol) and np.isfinite(self.tol) and self.tol > 0):
+            raise ConfigError(f"Newton tol must be a positive finite number (or None for 1e-10 in "
+                              f"float64, 1e-5 in float32), got {self.tol!r}")
+        if (isinstance(self.max_iter, (bool, np.bool_)) or not isinstance(self.max_iter, (int, np.integer))
+                or self.max_iter < 1):
+            raise ConfigError(f"Newton max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if not (_real(self.damping) and np.isfinite(self.damping) and self.damping >= 0):
+            raise ConfigError(f"Newton damping must be a finite number >= 0 (0 = plain Newton), "
+                              f"got {self.damping!r}")
+
+    def tolerance(self, dtype):
+        """The tolerance in force for arrays of ``dtype``, as a scalar of that dtype."""
+        dtype = np.dtype(dtype)
+        return dtype.type(DEFAULT_TOL[dtype] if self.tol is None else self.tol)
+
+
+class NewtonStats:
+    """Cumulative counters of the Newton solves of one :class:`NewtonGRUCell` (mutable).
+
+    Attributes
+    ----------
+    solves : int
+        Row solves: states times batch rows, summed over all forward steps.
+    iterations : int
+        Newton updates, summed over the row solves (``iterations / solves`` is the mean per row).
+    unconverged : int
+        Row solves whose final :math:`\\|G\\|_\\infty` exceeded the tolerance (or was not finite)
+        after ``max_iter`` updates, or whose Newton matrix was singular.
+    max_residual : float
+        Largest final :math:`\\|G\\|_\\infty` of any row solve (inf if one was not finite).
+    """
+
+    _FIELDS = ("solves", "iterations", "unconverged", "max_residual")
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        """Set every counter to zero."""
+        self.solves = 0
+        self.iterations = 0
+        self.unconverged = 0
+        self.max_residual = 0.0
+
+    def as_dict(self):
+        """The counters as a dict (JSON-able)."""
+        return {k: getattr(self, k) for k in self._FIELDS}
+
+    def __repr__(self):
+        return "NewtonStats(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"
+
+
+def _solve(A, b):
+    """Solve A[i] x[i] = b[i] for a stack: A (n, H, H), b (n, H) or (n, H, m). A singular matrix
+    gives NaN in its solution (the others are solved); returns (x, ok (n,) bool)."""
+    vec = b.ndim == 2
+    rhs = b[..., None] if vec else b
+    try:
+        x = np.linalg.solve(A, rhs)
+        ok = np.ones(len(A), bool)
+    except np.linalg.LinAlgError:
+        x = np.empty(np.broadcast_shapes(rhs.shape, A.shape[:-1] + rhs.shape[-1:]), A.dtype)
+        ok = np.ones(len(A), bool)
+        for i in range(len(A)):
+            try:
+                x[i] = np.linalg.solve(A[i], rhs[i])
+            except np.linalg.LinAlgError:
+                x[i] = np.nan
+                ok[i] = False
+    return (x[..., 0] if vec else x), ok
+
+
+def _newton_matrices(y, dt, G, N, Wh):
+    """J_G = 2 I - J_c of each row at the gates G, N of y: y, N (n, B, H), G (n, B, 3H), dt (n,);
+    returns (n, B, H, H)."""
+    n, B, H = y.shape
+    J = np.empty((n, B, H, H), y.dtype)
+    _layer_jacobian_dense(y, dt, y.dtype.type(0.0), G, N, Wh, J)
+    J *= -1
+    idx = np.arange(H)
+    J[:, :, idx, idx] += 2
+    return J
+
+
+class NewtonGRUCell(GRUCell):
+    """The fully implicit (backward Euler) GRU cell, solved by Newton per batch row.
+
+    Same interface as :class:`~mgritnn.cells.gru.GRUCell` (the step API, :meth:`accumulate_grads`
+    and the whole-sequence methods), so every solver uses it unchanged; the states the gates were
+    evaluated at (``LayerStep.h_gate``, ``StepCache.h``) are the **new** states. See the module
+    docstring for the equations.
+
+    Parameters
+    ----------
+    config : NewtonConfig, optional
+
+    Attributes
+    ----------
+    name : str
+        ``"implicit-newton"``.
+    config : NewtonConfig
+    stats : NewtonStats
+        Cumulative counters of this instance's Newton solves (``stats.reset()`` to restart). The
+        registered instance (``get_cell("implicit-newton")``) is shared by every model and solver
+        level that names the cell.
+    theta : float
+        NaN: this cell is not a member of the theta family (no inherited theta kernel may run).
+
+    Notes
+    -----
+    Forward (per batch row): :math:`G(y) = 2y - \\Phi_c(y) - h`, :math:`J_G = 2I - J_c(y)`,
+    :math:`y_0` the linearly implicit step, :math:`y_{k+1} = y_k - J_G(y_k)^{-1} G(y_k) / (1 + d)`
+    until :math:`\\|G(y_k)\\|_\\infty \\le` tol or k = max_iter. Adjoint:
+    :math:`J_G(h')^T \\mu = \\lambda'`, :math:`\\lambda = \\mu`, pre-activation cotangents the
+    classic gate VJP at :math:`(\\mu, h')`, :math:`dW_h \\mathrel{+}= dA_h^T h'`. A dense
+    (K, B, H, H) Newton matrix and one LU solve (LAPACK, ``numpy.linalg.solve``) per row and update:
+    O(H^3) per row, meant for correctness and small H, not speed. See algorithms.md §1c.
+
+    References
+    ----------
+    G. E. Moon, E. C. Cyr, "Parallel training of GRU networks with a multi-grid solver for long
+    sequences", ICLR 2022.
+    """
+
+    def __init__(self, config=None):
+        super().__init__("implicit-newton", float("nan"))
+        self.config = NewtonConfig() if config is None else config
+        if not isinstance(self.config, NewtonConfig):
+            raise ConfigError(f"config must be a NewtonConfig, got {type(config).__name__}")
+        self.stats = NewtonStats()
+
+    def __repr__(self):
+        return f"NewtonGRUCell({self.config!r})"
+
+    # -- one layer, K states ---------------------------------------------------------------------
+
+    def layer_step(self, w, l, ax, h, dt, jacobian=None, fused=False):
+        """One backward-Euler step of layer ``l`` for K independent states, and optionally its Jacobian.
+
+        Parameters as :meth:`GRUCell.layer_step` (``h`` the old states (K, B, H), ``ax`` the layer's
+        input projection (K, B, 3H), ``dt`` (K,)); ``jacobian`` returns
+        :math:`\partial h'/\partial h = J_G(h')^{-1}` per state and row, (K, B, H, H) dense or its
+        diagonal (K, B, H); ``fused`` is passed to the classic and linearly implicit evaluations.
+
+        Returns
+        -------
+        LayerStep
+            ``h_new`` (K, B, H) the new states; ``h_gate`` (K, B, H) the same values (the gates
+            were evaluated there); ``G`` (K, B, 3H) = [r, z, W_h^n h' + b_h^n] and ``N`` (K, B, H)
+            the gates at h'; ``J`` as requested.
+
+        Notes
+        -----
+        Every row is counted in :attr:`stats`; rows above the tolerance after ``max_iter`` updates
+        also raise a ``RuntimeWarning`` (shown once per place under Python's default filters).
+        """
+        if jacobian not in (None, "dense", "diag"):
+            raise ConfigError(f"jacobian must be None, 'dense' or 'diag', got {jacobian!r}")
+        K, B, H = h.shape
+        dtype = h.dtype
+        cfg = self.config
+        tol = cfg.tolerance(dtype)
+        scale = dtype.type(1.0 / (1.0 + cfg.damping))
+        Wh = w.Wh[l]
+        y = _LINEAR.layer_step(w, l, ax, h, dt, fused=fused).h_new
+        live = np.ones((K, B), bool)          # rows still iterating
+        iters = 0
+        for k in range(cfg.max_iter + 1):
+            s = _EXPLICIT.layer_step(w, l, ax, y, dt, fused=fused)
+            res = 2 * y - s.h_new - h         # G(y)
+            rnorm = np.max(np.abs(res), axis=2)
+            live &= rnorm > tol               # NaN: stops (and counts as not converged)
+            if k == cfg.max_iter or not live.any():
+                break
+            ks, bs = np.nonzero(live)
+            JG = _newton_matrices(y[ks, bs][:, None], dt[ks], s.G[ks, bs][:, None],
+                                  s.N[ks, bs][:, None], Wh)[:, 0]
+            delta, ok = _solve(JG, res[ks, bs])
+            y[ks[ok], bs[ok]] -= scale * delta[ok]
+            live[ks[~ok], bs[~ok]] = False    # singular Newton matrix: stop the row
+            iters += int(np.count_nonzero(ok))
+        bad = ~(rnorm <= tol)
+        self._count(K * B, iters, rnorm, bad, tol)
+        J = None
+        if jacobian is not None:
+            inv, _ = _solve(_newton_matrices(y, dt, s.G, s.N, Wh).reshape(-1, H, H),
+                            np.broadcast_to(np.eye(H, dtype=dtype), (K * B, H, H)))
+            inv = inv.reshape(K, B, H, H)
+            J = inv if jacobian == "dense" else np.ascontiguousarray(np.diagonal(inv, 0, 2, 3))
+        return LayerStep(y.copy(), y, s.G, s.N, J)
+
+    def _count(self, rows, iters, rnorm, bad, tol):
+        st = self.stats
+        st.solves += rows
+        st.iterations += iters
+        nbad = int(np.count_nonzero(bad))
+        st.unconverged += nbad
+        if rnorm.size:
+            worst = float(np.max(rnorm)) if np.all(np.isfinite(rnorm)) else float("inf")
+            st.max_residual = max(st.max_residual, worst)
+        if nbad:
+            warnings.warn(f"implicit-newton: some rows did not reach |G|_inf <= {float(tol):g} within "
+                          f"max_iter={self.config.max_iter} Newton updates (counted in the cell's "
+                          "stats.unconverged); raise max_iter or damping, or use a smaller dt",
+                          RuntimeWarning, stacklevel=3)
+
+    def layer_step_vjp(self, w, l, lam, h_gate, dt, G, N, need_lam=True):
+        """VJP of :meth:`layer_step` for K states, by the implicit function theorem.
+
+        Parameters
+        ----------
+        w : GRUWeights
+        l : int
+        lam : ndarray, shape (K, B, H), C-contiguous
+            Adjoint of the new states.
+        h_gate, G, N : ndarray, shapes (K, B, H), (K, B, 3H), (K, B, H)
+            From the :class:`LayerStep` of the forward step: the new states and the gates there.
+        dt : ndarray, shape (K,)
+        need_lam : bool
+            Return the adjoint of the old states (the transposed solve is needed either way).
+
+        Returns
+        -------
+        lam_old : ndarray, shape (K, B, H), or None
+            :math:`\\mu` with :math:`J_G(h')^T \\mu = \\lambda`, which is
+            :math:`(\\partial h'/\\partial h)^T \\lambda`.
+        dax, dah : ndarray, shape (K, B, 3H)
+            Cotangents of the pre-activations ``W_x x + b_x`` and ``W_h h' + b_h``: the classic
+            gate VJP at :math:`(\\mu, h')`.
+        """
+        K, B, H = h_gate.shape
+        dtype = h_gate.dtype
+        JG = _newton_matrices(h_gate, dt, G, N, w.Wh[l])
+        mu, _ = _solve(JG.reshape(-1, H, H).transpose(0, 2, 1), lam.reshape(-1, H))
+        mu = np.ascontiguousarray(mu.reshape(K, B, H), dtype=dtype)
+        dax = np.empty((K, B, 3 * H), dtype)
+        dah = np.empty((K, B, 3 * H), dtype)
+        work = np.empty((K, B, H), dtype)
+        _layer_gate_vjp(mu, h_gate, dt, dtype.type(0.0), G, N, dax, dah, work)
+        return (mu if need_lam else None), dax, dah
+
+    # -- whole sequence (serial solver): a loop over the step API --------------------------------
+
+    def sequence_forward(self, w, ax0, h0, dt=1.0, keep=True, ws=None):
+        """Serial sweep over a whole sequence, layer after layer, one :meth:`layer_step` per step.
+
+        Parameters and returns as :meth:`GRUCell.sequence_forward` (the gates are kept at the new
+        states).
+        """
+        T, B = ax0.shape[0], ax0.shape[1]
+        L, H = w.num_layers, w.hidden_size
+        dtype = w.dtype
+        dtv = _as_dt(dt, T, dtype)
+        res = SequenceCache([], [], [], dtv)
+        x_l = None
+        for l in range(L):
+            ax = (np.ascontiguousarray(ax0) if l == 0 else
+                  _affine(x_l, w.WxT[l], w.bx[l], _empty(ws, ("ax", l), (T, B, 3 * H), dtype)))
+            hs = _empty(ws, ("hs", l), (T + 1, B, H), dtype)
+            hs[0] = h0[l]
+            if keep:
+                G = _empty(ws, ("G", l, True), (T, B, 3 * H), dtype)
+                N = _empty(ws, ("N", l, True), (T, B, H), dtype)
+            for t in range(T):
+                s = self.layer_step(w, l, ax[t:t + 1], hs[t:t + 1], dtv[t:t + 1])
+                hs[t + 1] = s.h_new[0]
+                if keep:
+                    G[t] = s.G[0]
+                    N[t] = s.N[0]
+            res.hs.append(hs)
+            if keep:
+                res.G.append(G)
+                res.N.append(N)
+            x_l = hs[1:]
+        return res
+
+    def sequence_vjp(self, w, seq, lam_last, grads, ws=None):
+        """Backpropagation through time over a whole sequence (after ``sequence_forward(keep=True)``).
+
+        Parameters and returns as :meth:`GRUCell.sequence_vjp`; the recurrent weights' gradient
+        uses the new states ``hs[l][1:]``, where this cell's gates are evaluated.
+        """
+        L = w.num_layers
+        hs0 = seq.hs[0]
+        T, B, H = hs0.shape[0] - 1, hs0.shape[1], hs0.shape[2]
+        dtype = hs0.dtype
+        lam0 = np.empty((L, B, H), dtype)
+        dxin = None
+        for l in range(L - 1, -1, -1):
+            dax = _empty(ws, ("dax", l), (T, B, 3 * H), dtype)
+            dah = _empty(ws, ("dah", l), (T, B, 3 * H), dtype)
+            hs = seq.hs[l]
+            lam = np.array(lam_last[l], dtype=dtype)
+            for t in range(T - 1, -1, -1):
+                if dxin is not None:
+                    lam += dxin[t]
+                lam_old, da, dh = self.layer_step_vjp(w, l, lam[None], hs[t + 1:t + 2],
+                                                      seq.dt[t:t + 1], seq.G[l][t:t + 1],
+                                                      seq.N[l][t:t + 1])
+                dax[t], dah[t] = da[0], dh[0]
+                lam = lam_old[0]
+            lam0[l] = lam
+            xin = seq.hs[l - 1][1:] if l > 0 else None
+            _accumulate_layer_grads(grads, l, dax, dah, xin, hs[1:])
+            if l > 0:
+                dxin = _affine(dax, w.Wx[l], None, _empty(ws, ("dxin", l), (T, B, H), dtype))
+        return lam0, dax
+
+
+CELLS["implicit-newton"] = NewtonGRUCell()
+
+__all__ = ["DEFAULT_TOL", "NewtonConfig", "NewtonGRUCell", "NewtonStats"]

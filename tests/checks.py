@@ -1,0 +1,22 @@
+"""Checks shared by several test modules."""
+import numpy as np
+
+
+def assert_directional_derivatives(m, X, y, g, seed, directions=2, eps=1e-5, rtol=1e-6):
+    """The flat gradient ``g`` of ``m``'s loss at (X, y) against central differences of the loss
+    along ``directions`` random unit directions (float64): |fd - g.d| <= rtol |fd| + 1e-9.
+    Leaves the model's parameters as they were."""
+    rng = np.random.default_rng(seed)
+    theta = m.flat.copy()
+    try:
+        for _ in range(directions):
+            d = rng.normal(size=theta.size)
+            d /= np.linalg.norm(d)
+            m.flat[:] = theta + eps * d
+            lp, _ = m.loss_and_grad(X, y)
+            m.flat[:] = theta - eps * d
+            lm, _ = m.loss_and_grad(X, y)
+            fd = (lp - lm) / (2 * eps)
+            assert abs(fd - g @ d) <= rtol * abs(fd) + 1e-9, (fd, g @ d)
+    finally:
+        m.flat[:] = theta
