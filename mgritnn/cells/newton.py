@@ -223,7 +223,7 @@ class NewtonGRUCell(GRUCell):
 
         Parameters as :meth:`GRUCell.layer_step` (``h`` the old states (K, B, H), ``ax`` the layer's
         input projection (K, B, 3H), ``dt`` (K,)); ``jacobian`` returns
-        :math:`\partial h'/\partial h = J_G(h')^{-1}` per state and row, (K, B, H, H) dense or its
+        :math:`\\partial h'/\\partial h = J_G(h')^{-1}` per state and row, (K, B, H, H) dense or its
         diagonal (K, B, H); ``fused`` is passed to the classic and linearly implicit evaluations.
 
         Returns

@@ -2,12 +2,13 @@
 
 Usage (under mpiexec; see ``tests/mpi_util.run_mpi``)::
 
-    mpiexec -n P python -m mpi4py tests/mpi/scan_case.py OUT.npz CHUNKS
+    mpiexec -n P python -m mpi4py tests/mpi/scan_case.py OUT.npz CHUNKS [CHUNKS ...]
 
 Every rank builds the same systems (:func:`mpi_util.scan_systems`: dense and diagonal, n = 41
 steps, so blocks are uneven), solves its block [n r / P, n (r + 1) / P) forward and in reverse with
-CHUNKS chunks per rank, and checks that its boundary value is its neighbour's last (first) value.
-The blocks are gathered on rank 0, which writes ``{kind}_{direction}`` (n, B, H) arrays to OUT.
+each CHUNKS number of chunks per rank, and checks that its boundary value is its neighbour's last (first) value.
+The blocks are gathered on rank 0, which writes ``{kind}_{direction}_c{CHUNKS}`` (n, B, H) arrays
+to OUT.
 The ranks agree (``allreduce`` MIN) before anyone exits, so a failed check ends all of them with
 status 1 together.
 """
@@ -24,9 +25,9 @@ from mpi_util import scan_systems
 def main(argv):
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    out_path, chunks = argv[0], int(argv[1])
+    out_path, chunk_counts = argv[0], [int(c) for c in argv[1:]]
     arrays, bad = {}, []
-    for kind, (A, b, h0) in scan_systems().items():
+    for chunks, (kind, (A, b, h0)) in ((c, s) for c in chunk_counts for s in scan_systems().items()):
         n = b.shape[0]
         lo, hi = n * rank // size, n * (rank + 1) // size
         for reverse in (False, True):
@@ -39,11 +40,12 @@ def main(argv):
             left = comm.sendrecv(last, dest=(rank + 1) % size, source=(rank - 1) % size)
             want = (h0 if rank == size - 1 else right) if reverse else (h0 if rank == 0 else left)
             if not np.array_equal(boundary, want):
-                bad.append(f"rank {rank}/{size} {kind} reverse={reverse}: boundary value is not "
-                           "the neighbour's")
+                bad.append(f"rank {rank}/{size} {kind} chunks={chunks} reverse={reverse}: boundary "
+                           "value is not the neighbour's")
             blocks = comm.gather(out, root=0)
             if rank == 0:
-                arrays[f"{kind}_{'reverse' if reverse else 'forward'}"] = np.concatenate(blocks)
+                direction = "reverse" if reverse else "forward"
+                arrays[f"{kind}_{direction}_c{chunks}"] = np.concatenate(blocks)
     for msg in bad:
         sys.stderr.write(msg + "\n")
     if not comm.allreduce(0 if bad else 1, op=MPI.MIN):
