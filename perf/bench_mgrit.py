@@ -17,10 +17,19 @@ Two questions, each a subcommand of the driver (which launches ``mpiexec`` itsel
     mgrit-2, serial, ...) and each figure is the median over rounds of the per-round median of
     repeats; the first call (compilation or cache load) is reported apart.
 
+``ranks``
+    Time-parallel scaling of any solver (``--solvers serial,deer,quasi-deer``): wall time of one
+    training step (``loss_and_grad_flat`` + Adam) on 1 rank with 1 and 2 threads and on 2 ranks
+    with 1 thread each, for the DEER grid's small shapes (B = 16, one layer, input = hidden = nh,
+    float32, ``--shapes deer1,deer4``: nh = 1 and 4 at T = 100000), in rounds, medians as above;
+    with the Newton iterations and the error against the serial loss. Serial runs on one rank
+    only (it cannot split the time axis).
+
 Commands (from the repository root)::
 
     PYTHONPATH=. python perf/bench_mgrit.py counts
     PYTHONPATH=. python perf/bench_mgrit.py time --rounds 3 --repeats 5
+    PYTHONPATH=. python perf/bench_mgrit.py ranks --rounds 2 --repeats 3
 
 The ``worker`` subcommand is what the driver runs under mpiexec; it prints one JSON line (rank 0).
 """
@@ -36,7 +45,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"uci_har": (100, 128, 9, 100, 2), "long1k": (16, 1024, 6, 32, 1),
-          "long4k": (16, 4096, 6, 32, 1), "counts": (8, 128, 9, 16, 2)}
+          "long4k": (16, 4096, 6, 32, 1), "counts": (8, 128, 9, 16, 2),
+          "deer1": (16, 100000, 1, 1, 1), "deer4": (16, 100000, 4, 4, 1)}
 
 
 def worker(a):
@@ -45,7 +55,7 @@ def worker(a):
     import mgritnn
     from mgritnn.distributed import get_comm
     from mgritnn.optim import Adam
-    from mgritnn.solvers import MGRITConfig
+    from mgritnn.solvers import DEERConfig, MGRITConfig
 
     comm = get_comm()
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -56,8 +66,10 @@ def worker(a):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(B, T, I)).astype(a.dtype)
     y = rng.integers(0, 6, size=B)
-    solver = "serial" if a.solver == "serial" else MGRITConfig(
-        levels=a.levels, cf=a.cf, fwd_iters=a.fwd_iters, bwd_iters=a.bwd_iters)
+    solver = {"serial": lambda: "serial",
+              "mgrit": lambda: MGRITConfig(levels=a.levels, cf=a.cf, fwd_iters=a.fwd_iters,
+                                           bwd_iters=a.bwd_iters),
+              "deer": lambda: DEERConfig(), "quasi-deer": lambda: DEERConfig(quasi=True)}[a.solver]()
     opt = Adam(lr=1e-3)
     params0 = m.flat.copy()
 
@@ -151,6 +163,33 @@ def timing(a):
               f"| {1e3 * m2:.1f} ms | {s / m2:.2f}x |")
 
 
+def ranks(a):
+    configs = [(solver, P, threads) for solver in a.solvers
+               for P, threads in ((1, 1), (1, 2), (2, 1)) if solver != "serial" or P == 1]
+    results = {}
+    for shape in a.shapes:
+        for rnd in range(a.rounds):
+            for solver, P, threads in configs:
+                rec = _launch(P, ["--shape", shape, "--solver", solver, "--threads", str(threads),
+                                  "--repeats", str(a.repeats), "--dtype", "float32", "--compare"])
+                rec.update(round=rnd, load=os.getloadavg()[0])
+                _emit(dict(kind="ranks_time", **rec), a.out)
+                results.setdefault((shape, solver, P, threads), []).append(rec)
+    print("\n| shape (B, T, I, H, L) | solver | ranks x threads | step (median) | vs serial 1x2 "
+          "| Newton iterations | loss error vs serial |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for shape in a.shapes:
+        med = {k[1:]: statistics.median(r["step_s"] for r in v) for k, v in results.items()
+               if k[0] == shape}
+        base = med[("serial", 1, 2)]
+        for solver, P, threads in configs:
+            r = results[(shape, solver, P, threads)][0]
+            t = med[(solver, P, threads)]
+            print(f"| {shape} ({r['B']}, {r['T']}, {r['I']}, {r['H']}, {r['L']}) | {solver} | "
+                  f"{P} x {threads} | {1e3 * t:.0f} ms | {base / t:.2f}x | {r['fwd_iters']} | "
+                  f"{r['loss_err']:.1e} |")
+
+
 def _emit(rec, path):
     if path:
         with open(path, "a") as f:
@@ -165,7 +204,7 @@ def main():
     w.add_argument("--T", type=int, default=None)
     w.add_argument("--cell", default="classic")
     w.add_argument("--dtype", default="float32")
-    w.add_argument("--solver", choices=["serial", "mgrit"], default="mgrit")
+    w.add_argument("--solver", choices=["serial", "mgrit", "deer", "quasi-deer"], default="mgrit")
     w.add_argument("--levels", type=int, default=3)
     w.add_argument("--cf", type=int, default=4)
     w.add_argument("--fwd-iters", type=int, default=2)
@@ -182,8 +221,14 @@ def main():
     t.add_argument("--rounds", type=int, default=3)
     t.add_argument("--repeats", type=int, default=5)
     t.add_argument("--out", default=None, help="append JSON lines here")
+    r = sub.add_parser("ranks", help="time-parallel scaling: 1 rank x 1/2 threads, 2 ranks x 1 thread")
+    r.add_argument("--shapes", type=lambda s: s.split(","), default=["deer1", "deer4"])
+    r.add_argument("--solvers", type=lambda s: s.split(","), default=["serial", "deer", "quasi-deer"])
+    r.add_argument("--rounds", type=int, default=2)
+    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--out", default=None, help="append JSON lines here")
     a = p.parse_args()
-    {"worker": worker, "counts": counts, "time": timing}[a.cmd](a)
+    {"worker": worker, "counts": counts, "time": timing, "ranks": ranks}[a.cmd](a)
 
 
 if __name__ == "__main__":
