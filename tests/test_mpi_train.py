@@ -1,5 +1,5 @@
-"""``mgritnn train`` under mpiexec: MGRIT over time ranks, data groups, and their 2-D split give
-the single-process result; bad input stops every rank with a message and a non-zero status."""
+"""``mgritnn train`` under mpiexec: MGRIT or DEER over time ranks, data groups, and their 2-D split
+give the single-process result; bad input stops every rank with a message and a non-zero status."""
 import numpy as np
 import pytest
 
@@ -24,6 +24,8 @@ def reference(**kw):
     (2, MGRIT_FLAGS, dict(solver="mgrit", solver_options=MGRIT)),
     (2, ["--data-parallel", "2"], dict()),
     (4, MGRIT_FLAGS + ["--data-parallel", "2"], dict(solver="mgrit", solver_options=MGRIT)),
+    (3, ["--solver", "deer", "--tol", "1e-12", "--rtol", "0"],
+     dict(solver="deer", solver_options=dict(atol=1e-12, rtol=0.0))),
 ])
 def test_parallel_training_equals_one_process(tmp_path, nprocs, flags, kw):
     """Time ranks change only the order of the gradient's sums; data groups split each batch
@@ -58,3 +60,5 @@ def test_bad_input_under_mpi_stops_every_rank(tmp_path):
     assert r.returncode != 0 and "NaN" in r.output
     r = run_mpi(2, "cli.py", "train", *COMMON, timeout=120)     # serial solver on 2 time ranks
     assert r.returncode != 0 and "one rank of time" in r.output
+    r = run_mpi(2, "cli.py", "train", *COMMON, "--solver", "auto", timeout=120)
+    assert r.returncode != 0 and "'auto' runs on one rank of time" in r.output
