@@ -44,14 +44,14 @@ final state; the timed calls are ``model.forward`` itself.
 
 Guards (a skipped piece is recorded with its reason, the run goes on)
 --------------------------------------------------------------------
-* Memory: dense DEER holds Jacobians of T B nh^2 floats, two of them at once (each Newton
-  iteration allocates a new one while the last is alive), e.g. 13 GB at nh = 32, T = 100000. Each
+* Memory: dense DEER holds a Jacobian of T B nh^2 floats (each Newton iteration frees the last
+  one before it makes the next), e.g. 6.6 GB at nh = 32, T = 100000. Each
   (solver, forward or forward + gradient) is skipped when its estimated peak plus what stays
   resident (X; for the solvers after the serial one also its work arrays, 14P, kept for its timed
   calls) exceeds ``--max-gb`` (default 4; ``--plan`` prints these estimates for a grid). The
   estimates are peaks above the resident set measured on this machine (``VmHWM``, float32,
   B = 16, fitted over nh and T), in float32 words with P = T B nh and Q = T B nh^2:
-  serial 5P / 15P (forward / forward + gradient), DEER 17P + 2Q / 17P + 2Q, quasi-DEER 20P /
+  serial 5P / 15P (forward / forward + gradient), DEER 12P + Q / 16P + Q, quasi-DEER 20P /
   max(20P, 16P + Q), MGRIT 20P / 36P, PyTorch 7P + 300 T / 14P + 4200 T (its autograd graph costs
   about 17 kB per step), plus 10 %.
 * Time: a piece whose first call took more than ``--max-seconds`` (default 120) is not timed
@@ -104,7 +104,7 @@ MODES = ("fwd", "grad")
 #: larger of two such terms (module docstring).
 MEMORY_MODEL = {
     ("serial", "fwd"): [(5, 0, 0)], ("serial", "grad"): [(15, 0, 0)],
-    ("deer", "fwd"): [(17, 2, 0)], ("deer", "grad"): [(17, 2, 0)],
+    ("deer", "fwd"): [(12, 1, 0)], ("deer", "grad"): [(16, 1, 0)],
     ("quasi-deer", "fwd"): [(20, 0, 0)], ("quasi-deer", "grad"): [(20, 0, 0), (16, 1, 0)],
     ("mgrit", "fwd"): [(20, 0, 0)], ("mgrit", "grad"): [(36, 0, 0)],
     ("torch", "fwd"): [(7, 0, 300)], ("torch", "grad"): [(14, 0, 4200)],

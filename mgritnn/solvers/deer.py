@@ -179,22 +179,25 @@ def _offset_diag(J, h, F, scale, b):
 
 
 @numba.njit(**JIT_PAR)
-def _update(new, old, atol, rtol, err):
-    """err[t] = max over (b, i) of |new - old| / (atol + rtol |new|) (inf if not finite); then
-    old = new. new, old (T, B, H); err (T,) float64; returns nothing."""
+def _update(new, old, atol, rtol, err, change):
+    """err[t] = max over (b, i) of |new - old| / (atol + rtol |new|) (inf if not finite) and
+    change[t] = max |new - old|; then old = new. new, old (T, B, H); err, change (T,) float64."""
     T, B, H = new.shape
     for t in prange(T):
         e = 0.0
+        c = 0.0
         for r in range(B):
             for i in range(H):
                 v = new[t, r, i]
                 d = abs(v - old[t, r, i])
+                c = max(c, d)
                 if d != 0:                 # (atol = 0 allowed: an unchanged 0 is converged)
                     d = d / (atol + rtol * abs(v))
                 if not d <= e:             # also catches NaN
                     e = d if d == d else np.inf
                 old[t, r, i] = v
         err[t] = e
+        change[t] = c
 
 
 class _DEERState(NamedTuple):
@@ -239,11 +242,15 @@ class DEERSolver(TimeParallelSolver):
                            source=left, recvtag=tag)
         self._wait += time.perf_counter() - t0
 
-    def _max(self, x):
-        if self.size == 1:
-            return float(x)
-        from mpi4py import MPI
-        return float(self.comm.allreduce(float(x), op=MPI.MAX))
+    def _max(self, *x):
+        """The maxima of the numbers ``x`` over the ranks (one allreduce), as floats."""
+        v = np.array(x, np.float64)
+        if self.size > 1:
+            from mpi4py import MPI
+            out = np.empty_like(v)
+            self.comm.Allreduce(v, out, op=MPI.MAX)
+            v = out
+        return [float(e) for e in v]
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -376,19 +383,20 @@ class DEERSolver(TimeParallelSolver):
         b = np.empty((n, B, H), dtype)
         new = np.empty((n, B, H), dtype)
         err = np.empty(n, np.float64)
+        change = np.empty(n, np.float64)
         history, best, status, resid = [], np.inf, NOT_CONVERGED, 0.0
         k = 0
         while k < cfg.max_iter:
             k += 1
-            s = cell.layer_step(w, l, ax, np.ascontiguousarray(hs[:-1]), dtv, jacobian=kind, fused=True)
-            (_offset_diag if cfg.quasi else _offset_dense)(s.J, np.ascontiguousarray(hs[:-1]), s.h_new,
-                                                         scale, b)
-            _, start = linear_recurrence(s.J, b, h0, out=new, chunks=cfg.chunks, comm=self.comm)
-            resid = self._max(np.max(np.abs(new - hs[1:]), initial=0.0)) if n else self._max(0.0)
-            _update(new, hs[1:], atol, rtol, err)
+            h_lin = np.ascontiguousarray(hs[:-1])
+            step = cell.layer_step(w, l, ax, h_lin, dtv, jacobian=kind, fused=True)
+            (_offset_diag if cfg.quasi else _offset_dense)(step.J, h_lin, step.h_new, scale, b)
+            _, start = linear_recurrence(step.J, b, h0, out=new, chunks=cfg.chunks, comm=self.comm)
+            step = None                    # free this Jacobian before the next one is made
+            _update(new, hs[1:], atol, rtol, err, change)
             if self.rank > 0:
                 hs[0] = start
-            e = self._max(err.max(initial=0.0))
+            e, resid = self._max(err.max(initial=0.0), change.max(initial=0.0))
             history.append(e)
             if not np.isfinite(e):
                 status = NONFINITE
