@@ -21,7 +21,11 @@ for the solvers
 * ``mgrit``: ``MGRITConfig(levels=3, cf=4, fwd_iters=2, bwd_iters=1)`` on this one process. On one
   process MGRIT only adds work to the serial sweep (its parallelism is across MPI ranks): this row
   shows its overhead and its error after 2/1 cycles. The multi-rank MGRIT timing is
-  ``perf/bench_mgrit.py``.
+  ``perf/bench_mgrit.py``;
+* ``auto``: ``AutoConfig()``: its first call (timed apart) measures serial, DEER and quasi-DEER
+  on a prefix of at most 4096 steps and keeps the fastest (serial unless a parallel route is
+  faster by 10 %); the timed calls run the chosen route (its name is in the forward statistics'
+  message).
 
 and PyTorch's sequential ``torch.nn.GRU(batch_first=True)`` + ``nn.Linear`` on the last state with
 the same weights and thread count: the forward under ``no_grad`` and forward + ``cross_entropy``
@@ -96,7 +100,7 @@ BATCH = 16
 #: Classes of the classifier head.
 NUM_CLASSES = 2
 DTYPE = "float32"
-SOLVERS = ("serial", "deer", "quasi-deer", "mgrit")
+SOLVERS = ("serial", "deer", "quasi-deer", "mgrit", "auto")
 MGRIT_OPTIONS = dict(levels=3, cf=4, fwd_iters=2, bwd_iters=1)
 MODES = ("fwd", "grad")
 #: Estimated peak memory above the resident set, in float32 words, per (solver, mode), as
@@ -107,6 +111,7 @@ MEMORY_MODEL = {
     ("deer", "fwd"): [(12, 1, 0)], ("deer", "grad"): [(16, 1, 0)],
     ("quasi-deer", "fwd"): [(20, 0, 0)], ("quasi-deer", "grad"): [(20, 0, 0), (16, 1, 0)],
     ("mgrit", "fwd"): [(20, 0, 0)], ("mgrit", "grad"): [(36, 0, 0)],
+    ("auto", "fwd"): [(12, 1, 0)], ("auto", "grad"): [(16, 1, 0)],       # as DEER (conservative)
     ("torch", "fwd"): [(7, 0, 300)], ("torch", "grad"): [(14, 0, 4200)],
 }
 MEMORY_MARGIN = 1.1
@@ -152,6 +157,8 @@ def make_solver(name):
         return DEERConfig(quasi=True).make_solver()
     if name == "mgrit":
         return MGRITConfig(**MGRIT_OPTIONS).make_solver()
+    if name == "auto":
+        return mgritnn.solvers.AutoConfig().make_solver()
     raise ValueError(name)
 
 
