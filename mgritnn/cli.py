@@ -29,6 +29,13 @@ def _add_train_args(p):
                    help="classic = torch.nn.GRU; implicit = Moon & Cyr's implicit GRU; "
                         "implicit-newton = fully implicit (backward Euler, Newton per step) "
                         "(default: %(default)s)")
+    g = p.add_argument_group("implicit-newton cell (with --cell implicit-newton)")
+    g.add_argument("--newton-tol", type=float, default=None,
+                   help="|G|_inf tolerance per row (default 1e-10 float64, 1e-5 float32)")
+    g.add_argument("--newton-max-iter", type=int, default=None,
+                   help="Newton updates per row at most (default 8)")
+    g.add_argument("--newton-damping", type=float, default=None,
+                   help="update / (1 + damping) (default 0: Newton)")
     p.add_argument("--hidden", type=int, default=d.hidden, help="hidden size (default: %(default)s)")
     p.add_argument("--layers", type=int, default=d.layers, help="GRU layers (default: %(default)s)")
     p.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype,
@@ -168,8 +175,11 @@ def _solver_options(a):
 def cmd_train(a):
     from .train import TrainConfig, train
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(solver_options=_solver_options(a),
-                      **{k: v for k, v in vars(a).items() if k in fields and k != "solver_options"})
+    newton = {k[len("newton_"):]: v for k, v in vars(a).items()
+              if k.startswith("newton_") and v is not None}
+    cfg = TrainConfig(solver_options=_solver_options(a), newton_options=newton,
+                      **{k: v for k, v in vars(a).items()
+                         if k in fields and k not in ("solver_options", "newton_options")})
     from .distributed import get_comm
     comm = get_comm()
     if comm.Get_rank() == 0:

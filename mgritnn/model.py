@@ -42,7 +42,8 @@ class GRUClassifier:
     cell : {"classic", "implicit", "implicit-newton"}
         ``classic`` is ``torch.nn.GRU``; ``implicit`` the implicit GRU of Moon & Cyr (2022);
         ``implicit-newton`` the fully implicit step (backward Euler, gates at the new state),
-        solved by Newton per batch row (:mod:`mgritnn.cells.newton`).
+        solved by Newton per batch row (:mod:`mgritnn.cells.newton`). A cell instance is taken as
+        is (``NewtonGRUCell(NewtonConfig(...))`` for other Newton options; files record its name).
     dtype : {"float32", "float64"}
     seed : int
         Initialization as PyTorch: every weight and bias uniform in :math:`\\pm 1/\\sqrt{H}`.

@@ -43,8 +43,11 @@ class TrainConfig:
         Global-norm gradient clipping threshold.
     seed : int
         Seeds the initialization, the default data set and the shuffling.
+    newton_options : dict
+        With ``cell="implicit-newton"``: the fields of :class:`~mgritnn.cells.NewtonConfig`
+        (``tol``, ``max_iter``, ``damping``).
     solver : str
-        Time solver of training: ``"serial"``, ``"mgrit"``, ``"deer"`` or ``"quasi-deer"``.
+        Time solver of training: ``"serial"``, ``"mgrit"``, ``"deer"``, ``"quasi-deer"`` or ``"auto"``.
     solver_options : dict
         Options of the solver (the fields of its config class: ``MGRITConfig``, ``DEERConfig``).
     data_parallel : int
@@ -63,6 +66,7 @@ class TrainConfig:
     data: str = "default"
     seq_len: int = None
     cell: str = "classic"
+    newton_options: dict = dataclasses.field(default_factory=dict)
     hidden: int = 32
     layers: int = 1
     dtype: str = "float32"
@@ -197,6 +201,20 @@ class _Ranks:
         return out
 
 
+def _make_cell(cfg):
+    """The cell of ``cfg``: its name, or a Newton cell with ``cfg.newton_options``."""
+    if not cfg.newton_options:
+        return cfg.cell
+    if cfg.cell != "implicit-newton":
+        raise ConfigError(f"Newton options {sorted(cfg.newton_options)} need --cell implicit-newton, "
+                          f"not {cfg.cell!r}")
+    from .cells import NewtonConfig, NewtonGRUCell
+    try:
+        return NewtonGRUCell(NewtonConfig(**cfg.newton_options))
+    except TypeError as e:
+        raise ConfigError(f"bad Newton option: {e}") from None
+
+
 def _newton_record(cell, ranks):
     """The Newton counters of an ``implicit-newton`` cell over all ranks (None for other cells)."""
     stats = getattr(cell, "stats", None)
@@ -265,7 +283,7 @@ def train(cfg, out=print, progress=True, comm=None):
     X_train = standardizer.transform(ds.X_train, np.dtype(cfg.dtype))
     X_test = standardizer.transform(ds.X_test, np.dtype(cfg.dtype))
     model = GRUClassifier(X_train.shape[2], cfg.hidden, ds.num_classes, num_layers=cfg.layers,
-                          cell=cfg.cell, dtype=cfg.dtype, seed=cfg.seed, dt=cfg.dt)
+                          cell=_make_cell(cfg), dtype=cfg.dtype, seed=cfg.seed, dt=cfg.dt)
     solver.local_steps(X_train.shape[1])            # a hierarchy that does not fit fails here, early
     opt = make_optimizer(cfg.optimizer, **cfg.optimizer_kwargs())
     opt_state = opt.init(model.flat)

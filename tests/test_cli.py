@@ -124,3 +124,20 @@ def test_train_with_deer_logs_newton_diagnostics(tmp_path, capsys, solver):
 def test_solver_flags_of_another_solver_exit_2(args, match):
     r = run("train", "--epochs", "1", "--seq-len", "8", *args)
     assert r.returncode == 2 and "mgritnn: error:" in r.stderr and match in r.stderr, r.stderr
+
+
+def test_newton_options_reach_the_cell(tmp_path, capsys):
+    """--newton-max-iter etc. build the implicit-newton cell with that NewtonConfig; with another
+    cell they are an error."""
+    import json
+    log = tmp_path / "log.jsonl"
+    assert main(["train", "--cell", "implicit-newton", "--newton-max-iter", "1", "--newton-tol",
+                 "1e-12", "--dt", "4", "--epochs", "1", "--hidden", "6", "--seq-len", "12",
+                 "--max-batches", "1", "--log", str(log), "--quiet"]) == 0
+    rec = [json.loads(line) for line in log.read_text().splitlines()][-1]
+    assert rec["newton"]["unconverged"] > 0            # one update cannot reach 1e-12 at dt = 4
+    assert "did not reach the tolerance" in capsys.readouterr().out
+    r = run("train", "--newton-max-iter", "3", "--epochs", "1", "--seq-len", "8")
+    assert r.returncode == 2 and "need --cell implicit-newton" in r.stderr
+    r = run("train", "--cell", "implicit-newton", "--newton-max-iter", "0", "--epochs", "1")
+    assert r.returncode == 2 and "max_iter" in r.stderr

@@ -779,7 +779,10 @@ CELLS = {
 
 def get_cell(name):
     """The cell registered under ``name`` ('classic', 'implicit', or 'implicit-newton', which
-    :mod:`mgritnn.cells.newton` registers on import); otherwise a ConfigError."""
+    :mod:`mgritnn.cells.newton` registers on import), or ``name`` itself if it is a
+    :class:`GRUCell` (e.g. ``NewtonGRUCell(NewtonConfig(max_iter=30))``); otherwise a ConfigError."""
+    if isinstance(name, GRUCell):
+        return name
     try:
         return CELLS[name]
     except KeyError:
