@@ -131,9 +131,10 @@ def test_newton_options_reach_the_cell(tmp_path, capsys):
     cell they are an error."""
     import json
     log = tmp_path / "log.jsonl"
-    assert main(["train", "--cell", "implicit-newton", "--newton-max-iter", "1", "--newton-tol",
-                 "1e-12", "--dt", "4", "--epochs", "1", "--hidden", "6", "--seq-len", "12",
-                 "--max-batches", "1", "--log", str(log), "--quiet"]) == 0
+    with pytest.warns(RuntimeWarning, match="implicit-newton"):
+        assert main(["train", "--cell", "implicit-newton", "--newton-max-iter", "1", "--newton-tol",
+                     "1e-12", "--dt", "4", "--epochs", "1", "--hidden", "6", "--seq-len", "12",
+                     "--max-batches", "1", "--log", str(log), "--quiet"]) == 0
     rec = [json.loads(line) for line in log.read_text().splitlines()][-1]
     assert rec["newton"]["unconverged"] > 0            # one update cannot reach 1e-12 at dt = 4
     assert "did not reach the tolerance" in capsys.readouterr().out
