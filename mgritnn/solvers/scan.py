@@ -11,14 +11,14 @@ for every batch row independently, with A_t a dense (H, H) matrix or a diagonal 
 (A, b) compose associatively, :math:`(A_2, b_2) \\circ (A_1, b_1) = (A_2 A_1, A_2 b_1 + b_2)`, which
 this module uses in three phases:
 
-1. **Chunk summaries** (threads over chunk x batch row): each time chunk is swept from a zero
+1. **Chunk summaries** (threads over chunk x block of batch rows): each time chunk is swept from a zero
    start, giving its particular solution y_c, and its propagator P_c, the product of its A_t (an
    O(H^3) matrix product per step when dense, O(H) when diagonal). A chunk whose start is already
    known (the first chunk of the sequence) is swept from that start and gets P_c = 0.
 2. **Scan over chunk boundaries**: the rank composes its chunks' summaries into one; the ranks
    exchange their summaries (one ``Allgather``) and each composes those before it into its start
    value; then the chunk starts follow from s_{c+1} = P_c s_c + y_c (matrix-vector products only).
-3. **Fix-up** (threads over chunk x batch row): every chunk whose start was unknown is swept again
+3. **Fix-up** (threads over chunk x block of batch rows): every chunk whose start was unknown is swept again
    from its true start (O(H^2) per step dense). Finally each rank passes its last value to the
    next rank (one message), so that neighbouring blocks share the boundary point bit for bit.
 
@@ -47,139 +47,147 @@ def default_chunks(n, batch):
 
 
 # ------------------------------------------------------------------------------------------------
-# Kernels: one chunk [c0, c1) of one batch row r. ``rev`` sweeps backward with A_t^T.
+# Kernels: one chunk [c0, c1) of the batch rows [r0, r1). ``rev`` sweeps backward with A_t^T.
+# At every step the block's rows are taken one after another, so memory is read in long
+# contiguous runs (one row per step would stride through A by B H^2 values and wait on memory).
 # ------------------------------------------------------------------------------------------------
 
 @numba.njit(**JIT)
-def _sweep_dense(A, b, start, out, r, c0, c1, rev):
-    """Sweep steps c0..c1-1 of row r from ``start`` (H,); out[t] receives the value after step t
-    (h_{t+1} forward, mu_t in reverse). Plain index arithmetic, no array views per step."""
-    H = start.shape[0]
-    n = c1 - c0
-    for s in range(n):
-        t = c1 - 1 - s if rev else c0 + s
-        p = t + 1 if rev else t - 1          # where the previous value is (s > 0)
-        for i in range(H):
-            out[t, r, i] = b[t, r, i]
-        if rev:                        # out[t] = A_t^T prev + b_t
-            for i in range(H):
-                v = start[i] if s == 0 else out[p, r, i]
-                for j in range(H):
-                    out[t, r, j] += A[t, r, i, j] * v
-        else:                          # out[t] = A_t prev + b_t
-            for i in range(H):
-                acc = out[t, r, i]
-                if s == 0:
-                    for j in range(H):
-                        acc += A[t, r, i, j] * start[j]
-                else:
-                    for j in range(H):
-                        acc += A[t, r, i, j] * out[p, r, j]
-                out[t, r, i] = acc
-
-
-@numba.njit(**JIT)
-def _sweep_diag(A, b, start, out, r, c0, c1, rev):
-    """As :func:`_sweep_dense` with diagonal A (T, B, H)."""
-    H = start.shape[0]
-    n = c1 - c0
-    for s in range(n):
-        t = c1 - 1 - s if rev else c0 + s
-        p = t + 1 if rev else t - 1
-        if s == 0:
-            for i in range(H):
-                out[t, r, i] = A[t, r, i] * start[i] + b[t, r, i]
-        else:
-            for i in range(H):
-                out[t, r, i] = A[t, r, i] * out[p, r, i] + b[t, r, i]
-
-
-@numba.njit(**JIT)
-def _product_dense(A, P, work, r, c0, c1, rev):
-    """P (H, H) = A_{c1-1} ... A_{c0} (forward) or A_{c0}^T ... A_{c1-1}^T (reverse) of row r."""
-    H = P.shape[0]
-    for i in range(H):
-        for j in range(H):
-            P[i, j] = 1.0 if i == j else 0.0
+def _sweep_dense(A, b, start, out, r0, r1, c0, c1, rev):
+    """Sweep steps c0..c1-1 of rows r0..r1-1 from ``start`` (B, H); out[t] receives the value after
+    step t (h_{t+1} forward, mu_t in reverse)."""
+    H = b.shape[2]
     for s in range(c1 - c0):
         t = c1 - 1 - s if rev else c0 + s
-        for i in range(H):
-            for k in range(H):
-                work[i, k] = 0.0
-        if rev:                        # work = A_t^T P
+        p = t + 1 if rev else t - 1          # where the previous value is (s > 0)
+        for r in range(r0, r1):
             for i in range(H):
-                for j in range(H):
-                    a = A[t, r, i, j]
-                    for k in range(H):
-                        work[j, k] += a * P[i, k]
-        else:                          # work = A_t P
-            for i in range(H):
-                for j in range(H):
-                    a = A[t, r, i, j]
-                    for k in range(H):
-                        work[i, k] += a * P[j, k]
-        for i in range(H):
-            for k in range(H):
-                P[i, k] = work[i, k]
+                out[t, r, i] = b[t, r, i]
+            if rev:                    # out[t] = A_t^T prev + b_t
+                for i in range(H):
+                    v = start[r, i] if s == 0 else out[p, r, i]
+                    for j in range(H):
+                        out[t, r, j] += A[t, r, i, j] * v
+            else:                      # out[t] = A_t prev + b_t
+                for i in range(H):
+                    acc = out[t, r, i]
+                    if s == 0:
+                        for j in range(H):
+                            acc += A[t, r, i, j] * start[r, j]
+                    else:
+                        for j in range(H):
+                            acc += A[t, r, i, j] * out[p, r, j]
+                    out[t, r, i] = acc
 
 
 @numba.njit(**JIT)
-def _product_diag(A, P, work, r, c0, c1, rev):
-    """P (H,) = the product of the diagonals A_t, t in [c0, c1), of row r (``work`` unused)."""
-    H = P.shape[0]
-    for i in range(H):
-        P[i] = 1.0
-    for t in range(c0, c1):
+def _sweep_diag(A, b, start, out, r0, r1, c0, c1, rev):
+    """As :func:`_sweep_dense` with diagonal A (T, B, H)."""
+    H = b.shape[2]
+    for s in range(c1 - c0):
+        t = c1 - 1 - s if rev else c0 + s
+        p = t + 1 if rev else t - 1
+        for r in range(r0, r1):
+            if s == 0:
+                for i in range(H):
+                    out[t, r, i] = A[t, r, i] * start[r, i] + b[t, r, i]
+            else:
+                for i in range(H):
+                    out[t, r, i] = A[t, r, i] * out[p, r, i] + b[t, r, i]
+
+
+@numba.njit(**JIT)
+def _product_dense(A, P, work, r0, r1, c0, c1, rev):
+    """P[r] (H, H) = A_{c1-1} ... A_{c0} (forward) or A_{c0}^T ... A_{c1-1}^T (reverse) of each row
+    r in [r0, r1); P (B, H, H), work (H, H)."""
+    H = P.shape[1]
+    for r in range(r0, r1):
         for i in range(H):
-            P[i] *= A[t, r, i]
+            for j in range(H):
+                P[r, i, j] = 1.0 if i == j else 0.0
+    for s in range(c1 - c0):
+        t = c1 - 1 - s if rev else c0 + s
+        for r in range(r0, r1):
+            for i in range(H):
+                for k in range(H):
+                    work[i, k] = 0.0
+            if rev:                    # work = A_t^T P
+                for i in range(H):
+                    for j in range(H):
+                        a = A[t, r, i, j]
+                        for k in range(H):
+                            work[j, k] += a * P[r, i, k]
+            else:                      # work = A_t P
+                for i in range(H):
+                    for j in range(H):
+                        a = A[t, r, i, j]
+                        for k in range(H):
+                            work[i, k] += a * P[r, j, k]
+            for i in range(H):
+                for k in range(H):
+                    P[r, i, k] = work[i, k]
 
 
-def _sweep(A, b, start, out, r, c0, c1, rev):  # pragma: no cover - typed by the overload below
-    """Sweep of one chunk and row, dense or diagonal by the rank of A (chosen at compile time)."""
+@numba.njit(**JIT)
+def _product_diag(A, P, work, r0, r1, c0, c1, rev):
+    """P[r] (H,) = the product of the diagonals A_t, t in [c0, c1), of each row r in [r0, r1);
+    P (B, H) (``work`` unused)."""
+    H = P.shape[1]
+    for r in range(r0, r1):
+        for i in range(H):
+            P[r, i] = 1.0
+    for t in range(c0, c1):
+        for r in range(r0, r1):
+            for i in range(H):
+                P[r, i] *= A[t, r, i]
 
 
-def _product(A, P, work, r, c0, c1, rev):  # pragma: no cover - typed by the overload below
-    """Propagator of one chunk and row, dense or diagonal by the rank of A (compile time)."""
+def _sweep(A, b, start, out, r0, r1, c0, c1, rev):  # pragma: no cover - typed by the overload
+    """Sweep of one chunk and row block, dense or diagonal by the rank of A (compile time)."""
+
+
+def _product(A, P, work, r0, r1, c0, c1, rev):  # pragma: no cover - typed by the overload
+    """Propagators of one chunk and row block, dense or diagonal by the rank of A (compile time)."""
 
 
 @overload(_sweep, jit_options=JIT)
-def _sweep_impl(A, b, start, out, r, c0, c1, rev):
+def _sweep_impl(A, b, start, out, r0, r1, c0, c1, rev):
     return _sweep_dense.py_func if A.ndim == 4 else _sweep_diag.py_func
 
 
 @overload(_product, jit_options=JIT)
-def _product_impl(A, P, work, r, c0, c1, rev):
+def _product_impl(A, P, work, r0, r1, c0, c1, rev):
     return _product_dense.py_func if A.ndim == 4 else _product_diag.py_func
 
 
 @numba.njit(**JIT_PAR)
-def _summaries(A, b, start, out, bounds, known, need_P, P, work, rev):
-    """Phase 1 over (chunk, row) units: the known chunk is swept from ``start`` (B, H); the others
-    from zero, with their propagators P (C, B, H, H) or (C, B, H) where ``need_P``."""
+def _summaries(A, b, start, out, bounds, rows, known, need_P, P, work, rev):
+    """Phase 1 over (chunk, row block) units: the known chunk is swept from ``start`` (B, H); the
+    others from zero, with their propagators P (C, B, H, H) or (C, B, H) where ``need_P``."""
     C = bounds.shape[0] - 1
-    B, H = b.shape[1], b.shape[2]
-    zero = np.zeros((C * B, H), b.dtype)
-    for q in prange(C * B):
-        c = q // B
-        r = q - c * B
+    R = rows.shape[0] - 1
+    zero = np.zeros(start.shape, b.dtype)
+    for q in prange(C * R):
+        c = q // R
+        k = q - c * R
         c0, c1 = bounds[c], bounds[c + 1]
-        s0 = start[r] if c == known else zero[q]
-        _sweep(A, b, s0, out, r, c0, c1, rev)
+        s0 = start if c == known else zero
+        _sweep(A, b, s0, out, rows[k], rows[k + 1], c0, c1, rev)
         if need_P[c] and c != known:
-            _product(A, P[c, r], work[q % work.shape[0]], r, c0, c1, rev)
+            _product(A, P[c], work[q % work.shape[0]], rows[k], rows[k + 1], c0, c1, rev)
 
 
 @numba.njit(**JIT_PAR)
-def _fixup(A, b, starts, out, bounds, known, rev):
+def _fixup(A, b, starts, out, bounds, rows, known, rev):
     """Phase 3: sweep every chunk but the known one again from its true start starts[c] (B, H)."""
     C = bounds.shape[0] - 1
-    B = b.shape[1]
-    for q in prange(C * B):
-        c = q // B
-        r = q - c * B
+    R = rows.shape[0] - 1
+    for q in prange(C * R):
+        c = q // R
+        k = q - c * R
         if c == known:
             continue
-        _sweep(A, b, starts[c, r], out, r, bounds[c], bounds[c + 1], rev)
+        _sweep(A, b, starts[c], out, rows[k], rows[k + 1], bounds[c], bounds[c + 1], rev)
 
 
 def _apply(P, s, y):
@@ -261,12 +269,15 @@ def linear_recurrence(A, b, h0, out=None, reverse=False, chunks=None, comm=None)
         need_P[order[-1]] = False
     pshape = (C, B, H, H) if dense else (C, B, H)
     P = np.zeros(pshape, b.dtype)
-    work = np.empty((C * B, H, H) if dense else (1, 1, 1), b.dtype)
+    # Row blocks only group the independent rows for threads: results do not depend on them.
+    R = max(1, min(B, numba.get_num_threads()))
+    rows = np.array([B * k // R for k in range(R + 1)], np.int64)
+    work = np.empty((C * R, H, H) if dense else (1, 1, 1), b.dtype)
     A = np.ascontiguousarray(A)
     b = np.ascontiguousarray(b)
     start = np.ascontiguousarray(h0)
     if n:
-        _summaries(A, b, start, out, bounds, known, need_P, P, work, reverse)
+        _summaries(A, b, start, out, bounds, rows, known, need_P, P, work, reverse)
 
     def end_of(c):
         return out[bounds[c]] if reverse else out[bounds[c + 1] - 1]
@@ -298,7 +309,7 @@ def linear_recurrence(A, b, h0, out=None, reverse=False, chunks=None, comm=None)
         for c in order:
             starts[c] = s
             s = _apply(P[c], s, end_of(c)) if c != known else end_of(c).copy()
-        _fixup(A, b, starts, out, bounds, known, reverse)
+        _fixup(A, b, starts, out, bounds, rows, known, reverse)
     if size > 1 and n:
         # The composed summaries round differently from the neighbour's own sweep: take the
         # neighbour's value, so that neighbouring blocks share their boundary point bitwise.
