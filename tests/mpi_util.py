@@ -338,3 +338,23 @@ def scan_systems(n=41, B=2, H=3, seed=7):
         out[kind] = (rng.uniform(-0.7, 0.7, shape), rng.standard_normal((n, B, H)),
                      rng.standard_normal((B, H)))
     return out
+
+
+def finish_ranks(comm, failures, path, arrays):
+    """End of a script run on every rank: print this rank's failure messages, agree over all ranks
+    (``allreduce`` MIN) so that none is left waiting, and on success let rank 0 write ``arrays`` to
+    ``path`` atomically. Returns the exit status: 0, or 1 on every rank if any rank failed."""
+    from mpi4py import MPI
+
+    from mgritnn.io import atomic_savez
+    for msg in failures:
+        sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+    if not comm.allreduce(0 if failures else 1, op=MPI.MIN):
+        if comm.Get_rank() == 0:
+            sys.stderr.write("some rank failed its checks; all ranks exit with status 1\n")
+        return 1
+    if comm.Get_rank() == 0:
+        atomic_savez(path, arrays)
+    comm.Barrier()
+    return 0

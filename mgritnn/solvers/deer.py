@@ -309,7 +309,7 @@ class DEERSolver(TimeParallelSolver):
         wkeys = [(T, int(k)) for k in keys] if warm else None
 
         stats = SolveStats(message="converged")
-        hs_all, xin, x_l = [], [], None
+        hs_all, xin, axs, x_l = [], [], [], None
         for l in range(L):
             ax = ax0 if l == 0 else project(x_l, w.Wx[l], w.bx[l])
             guess = None
@@ -333,6 +333,7 @@ class DEERSolver(TimeParallelSolver):
                 break
             hs_all.append(hs)                         # without fallback: the last iterate
             xin.append(x_l)
+            axs.append(ax)
             x_l = hs[1:]
         if stats.status != OK and cfg.fallback:
             stats.fallback = True
@@ -340,6 +341,7 @@ class DEERSolver(TimeParallelSolver):
             hs_all = self._serial_sweep(cell, w, ax0, h0, dtv)
             stats.step_evals += hi - lo
             xin = [None] + [hs[1:] for hs in hs_all[:-1]]
+            axs = [ax0] + [project(x, w.Wx[l], w.bx[l]) for l, x in enumerate(xin) if l > 0]
         if warm and (stats.status == OK or stats.fallback):
             for b, key in enumerate(wkeys):
                 self._warm[key] = [hs[1:, b].copy() for hs in hs_all]
@@ -347,8 +349,7 @@ class DEERSolver(TimeParallelSolver):
         if keep:
             lin = []
             for l in range(L):
-                ax = ax0 if l == 0 else project(xin[l], w.Wx[l], w.bx[l])
-                lin.append(cell.layer_step(w, l, ax, np.ascontiguousarray(hs_all[l][:-1]), dtv,
+                lin.append(cell.layer_step(w, l, axs[l], np.ascontiguousarray(hs_all[l][:-1]), dtv,
                                            jacobian="dense", fused=True))
             stats.step_evals += hi - lo
             state = _DEERState(hs_all, lin, xin, dtv)

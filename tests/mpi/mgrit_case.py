@@ -26,8 +26,7 @@ import numpy as np
 from mpi4py import MPI
 
 import mgritnn
-from mgritnn.io import atomic_savez
-from mpi_util import Case, solve
+from mpi_util import Case, finish_ranks, solve
 
 AGREE_SECONDS = 20.0
 
@@ -99,17 +98,7 @@ def main(argv):
             arrays[f"c{i}_{k}"] = np.asarray(v)
         if rank == 0:
             arrays[f"c{i}_step_evals"] = np.array(evals)
-    for msg in failures:
-        say(msg)
-    ok = comm.allreduce(0 if failures else 1, op=MPI.MIN)
-    if not ok:
-        if rank == 0:
-            say("some rank failed its checks; all ranks exit with status 1")
-        return 1
-    if rank == 0:
-        atomic_savez(out, arrays)
-    comm.Barrier()
-    return 0
+    return finish_ranks(comm, failures, out, arrays)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from mgritnn.io import atomic_savez
 from mgritnn.solvers.scan import linear_recurrence
-from mpi_util import scan_systems
+from mpi_util import finish_ranks, scan_systems
 
 
 def main(argv):
@@ -46,14 +45,7 @@ def main(argv):
             if rank == 0:
                 direction = "reverse" if reverse else "forward"
                 arrays[f"{kind}_{direction}_c{chunks}"] = np.concatenate(blocks)
-    for msg in bad:
-        sys.stderr.write(msg + "\n")
-    if not comm.allreduce(0 if bad else 1, op=MPI.MIN):
-        return 1
-    if rank == 0:
-        atomic_savez(out_path, arrays)
-    comm.Barrier()
-    return 0
+    return finish_ranks(comm, bad, out_path, arrays)
 
 
 if __name__ == "__main__":
