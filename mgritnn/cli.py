@@ -98,6 +98,10 @@ def _fields(solvers, field):
 
 
 _SOLVER_FLAGS = {
+    "--preset": (_fields(_MG, "preset"),
+                 dict(choices=None, help="MGRIT: a named option set that the other MGRIT flags "
+                                         "override: paper (Moon & Cyr: 3 levels, cf 4, FCF, 2/1 "
+                                         "cycles) or fast (F-relaxation, 1/1 cycles, warm start)")),
     "--levels": (_fields(_MG, "levels"), dict(type=int, help="MGRIT: levels (default 3; 1 = serial sweep)")),
     "--cf": (_fields(_MG, "cf"), dict(type=_int_list, help="MGRIT: coarsening factor, or one per level (default 4)")),
     "--relax": (_fields(_MG, "relax"), dict(type=_str_list, help="MGRIT: FCF or F relaxation, or one per level (default FCF)")),
@@ -134,10 +138,13 @@ _SOLVER_FLAGS = {
 
 def _add_solver_args(p):
     from .cells import CELLS
+    from .solvers import MGRIT_PRESETS
     g = p.add_argument_group("time solver options (each applies to the solvers its help names)")
     for flag, (_, kw) in _SOLVER_FLAGS.items():
         if flag == "--coarse-cell":
             kw = dict(kw, choices=sorted(CELLS))
+        elif flag == "--preset":
+            kw = dict(kw, choices=sorted(MGRIT_PRESETS))
         g.add_argument(flag, default=None, **kw)
     g.add_argument("--no-skip-first-down", action="store_true",
                    help="MGRIT: do the full down-leg in the first cycle too")

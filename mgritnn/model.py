@@ -112,13 +112,19 @@ class GRUClassifier:
             view[...] = v
 
     def _solver(self, spec):
-        """The solver of ``spec``; a solver named by a string is made once per model and kept, so
-        its work arrays (and MGRIT's warm-start memory) carry over between calls."""
-        if not isinstance(spec, str):
+        """The solver of ``spec``. A solver named by a string, or made from a config object, is
+        made once per model and kept (a config by identity: it is not read again, so changing it
+        afterwards has no effect), so its work arrays, MGRIT's warm-start memory and auto's
+        calibration carry over between calls. A solver instance is used as it is."""
+        if isinstance(spec, str):
+            key = spec
+        elif hasattr(spec, "make_solver"):
+            key = ("config", id(spec))
+        else:
             return get_solver(spec)
-        if spec not in self._solvers:
-            self._solvers[spec] = get_solver(spec)
-        return self._solvers[spec]
+        if key not in self._solvers:
+            self._solvers[key] = (get_solver(spec), spec)   # keep spec: its id stays unique
+        return self._solvers[key][0]
 
     def weights(self):
         """The GRU stack's weights as the kernels use them (:class:`GRUWeights`)."""
@@ -239,21 +245,26 @@ class GRUClassifier:
         return loss, grad, dict(logits=logits, forward=fstats, adjoint=astats, time_forward=t1 - t0,
                                 time_adjoint=t2 - t1, time_reduce=time.perf_counter() - t2)
 
-    def loss_and_grad(self, X, y, solver="serial"):
+    def loss_and_grad(self, X, y, solver="serial", keys=None):
         """Mean softmax cross-entropy of a batch and its gradient.
 
         Parameters
         ----------
         X : array_like, shape (B, T, I)
         y : array_like of int, shape (B,), labels in 0..C-1
-        solver : str or solver config
+        solver : str, solver config or solver
+            A config object is made into a solver on its first use and that solver is kept for
+            later calls with the same object (see :meth:`loss_and_grad_flat`).
+        keys : array_like of int, shape (B,), optional
+            The samples' indices in the data set, for solvers that remember samples between calls
+            (MGRIT's ``initial_guess="warm"``, e.g. ``MGRITConfig.preset("fast")``).
 
         Returns
         -------
         loss : float
         grads : dict of str -> ndarray, the keys and shapes of :attr:`params`
         """
-        loss, grad, _ = self.loss_and_grad_flat(X, y, solver)
+        loss, grad, _ = self.loss_and_grad_flat(X, y, solver, keys=keys)
         return loss, self.unflatten(grad)
 
     # -- files ---------------------------------------------------------------------------------

@@ -43,6 +43,11 @@ import sys
 import time
 from pathlib import Path
 
+try:  # run as ``python perf/bench_mgrit.py`` (perf/ on sys.path) or as ``python -m perf.bench_mgrit``
+    import harness
+except ImportError:  # pragma: no cover
+    from perf import harness
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"uci_har": (100, 128, 9, 100, 2), "long1k": (16, 1024, 6, 32, 1),
           "long4k": (16, 4096, 6, 32, 1), "counts": (8, 128, 9, 16, 2),
@@ -52,33 +57,16 @@ SHAPES = {"uci_har": (100, 128, 9, 100, 2), "long1k": (16, 1024, 6, 32, 1),
 def worker(a):
     import numpy as np
 
-    import mgritnn
-    from mgritnn.distributed import get_comm
-    from mgritnn.optim import Adam
     from mgritnn.solvers import DEERConfig, MGRITConfig
 
-    comm = get_comm()
+    comm, m, X, y, (B, T, I, H, L) = harness.mpi_problem(SHAPES[a.shape], a.threads, cell=a.cell,
+                                                         dtype=a.dtype, T=a.T)
     rank, size = comm.Get_rank(), comm.Get_size()
-    mgritnn.config.set_num_threads(a.threads)
-    B, T, I, H, L = SHAPES[a.shape]
-    T = a.T or T
-    m = mgritnn.GRUClassifier(I, H, 6, num_layers=L, cell=a.cell, dtype=a.dtype, seed=0)
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(B, T, I)).astype(a.dtype)
-    y = rng.integers(0, 6, size=B)
     solver = {"serial": lambda: "serial",
               "mgrit": lambda: MGRITConfig(levels=a.levels, cf=a.cf, fwd_iters=a.fwd_iters,
                                            bwd_iters=a.bwd_iters),
               "deer": lambda: DEERConfig(), "quasi-deer": lambda: DEERConfig(quasi=True)}[a.solver]()
-    opt = Adam(lr=1e-3)
-    params0 = m.flat.copy()
-
-    def step():
-        st = opt.init(m.flat)
-        loss, g, info = m.loss_and_grad_flat(X, y, solver)
-        opt.update(g, st, m.flat)
-        m.flat[:] = params0                      # every repeat times the same problem
-        return loss, g, info
+    step = harness.training_step(m, X, y, solver)    # every call solves the same problem
 
     t0 = time.perf_counter()
     loss, g, info = step()

@@ -21,8 +21,43 @@ from numba import prange
 
 import mgritnn
 
-__all__ = ["timeit", "timeit_many", "gemm_rate", "torch_gemm_rate", "emit", "machine_info",
+__all__ = ["mpi_problem", "training_step", "timeit", "timeit_many", "gemm_rate", "torch_gemm_rate", "emit", "machine_info",
            "git_state", "cpu_busy"]
+
+
+def mpi_problem(shape, threads, cell="implicit", dtype="float32", classes=6, T=None):
+    """What every MPI benchmark worker starts with: MPI's world communicator (as the solvers
+    take it), ``threads`` numba threads, a seeded classifier of ``shape`` (B, T, I, H, L) (``T``
+    overrides its length) and random standard-normal data with random labels, the same on every
+    rank. Returns ``(comm, model, X (B, T, I), y (B,), (B, T, I, H, L))``."""
+    from mgritnn.distributed import get_comm
+    comm = get_comm()
+    mgritnn.config.set_num_threads(threads)
+    B, T0, I, H, L = shape
+    T = T or T0
+    m = mgritnn.GRUClassifier(I, H, classes, num_layers=L, cell=cell, dtype=dtype, seed=0)
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(B, T, I)).astype(dtype)
+    y = rng.integers(0, classes, size=B)
+    return comm, m, X, y, (B, T, I, H, L)
+
+
+def training_step(m, X, y, solver, lr=1e-3):
+    """A function that runs one training step (``loss_and_grad_flat`` + an Adam update) and then
+    restores the parameters, so that every call times the same problem; returns ``(loss, grad,
+    info)`` of the step. ``solver`` is passed as given to every call (a config object is made
+    into a solver once by the model)."""
+    from mgritnn.optim import Adam
+    opt = Adam(lr=lr)
+    params0 = m.flat.copy()
+
+    def step():
+        st = opt.init(m.flat)
+        loss, g, info = m.loss_and_grad_flat(X, y, solver)
+        opt.update(g, st, m.flat)
+        m.flat[:] = params0
+        return loss, g, info
+    return step
 
 
 def _summary(first, times):

@@ -203,3 +203,120 @@ def test_step_rejects_bad_shapes_and_dt():
         c.step(w, ax0, h, -1.0)
     with pytest.raises(ValueError, match="unknown cell"):
         get_cell("lstm")
+
+
+# --------------------------------------------------------------------------------------------
+# small products, subnormal flushing, and the stack kernels (MGRIT's propagators)
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("K, M", [(5, 15), (64, 192), (7, 3), (100, 300)])
+def test_small_product_equals_numpy_and_is_row_by_row(K, M, dtype):
+    """``_mm``: compiled loops for <= _SMALL_ROWS rows of a small matrix, BLAS otherwise; equal to
+    NumPy's product, and a row's result does not depend on the rows computed with it."""
+    from mgritnn.cells import gru
+    rng = np.random.default_rng(K + M)
+    A = rng.normal(size=(9, K)).astype(dtype)
+    W = rng.normal(size=(K, M)).astype(dtype)
+    for rows in range(2, 10):               # rows 1 .. rows-1
+        out = np.full((9, M), np.nan, dtype)
+        gru._mm(A, W, out, 1, rows)
+        assert np.all(np.isnan(out[:1])) and np.all(np.isnan(out[rows:]))
+        assert_close(out[1:rows], A[1:rows] @ W, dtype)
+    one_by_one = np.empty((2, M), dtype)
+    for b in range(2):
+        gru._mm(A, W, one_by_one, b, b + 1)
+    both = np.empty((2, M), dtype)
+    gru._mm(A, W, both, 0, 2)
+    assert np.array_equal(one_by_one, both)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flush_subnormal(dtype):
+    from mgritnn.cells.activations import flush_subnormal
+    tiny = np.finfo(dtype).tiny
+    x = np.array([tiny, -tiny, tiny / 2, -tiny / 4, 0.0, 1.0, np.inf, -np.inf, np.nan], dtype)
+    out = np.array([flush_subnormal(v) for v in x])
+    np.testing.assert_array_equal(out[:2], x[:2])
+    assert np.all(out[2:5] == 0)
+    np.testing.assert_array_equal(out[5:8], x[5:8])
+    assert np.isnan(out[8])
+
+
+def test_adjoint_flushes_subnormals_only():
+    """An adjoint in the subnormal range is flushed to zero by the VJP; normal ones are not."""
+    L, B, H, I = 1, 2, 4, 3
+    params = random_params(I, H, 2, L, np.float32, 5)
+    w = GRUWeights.from_params(params, L)
+    rng = np.random.default_rng(0)
+    ax0 = project(rng.normal(size=(1, B, I)).astype(np.float32), w.Wx[0], w.bx[0])
+    h = states(1, L, B, H, np.float32, 1)
+    c = get_cell("implicit")
+    tiny = np.finfo(np.float32).tiny
+    lam, dax = c.step_vjp(w, ax0, h, 1.0, np.full((1, L, B, H), tiny / 8, np.float32))
+    assert np.all(lam == 0) and np.all(dax == 0)
+    lam, dax = c.step_vjp(w, ax0, h, 1.0, np.full((1, L, B, H), 1e-3, np.float32))
+    assert np.all(np.abs(lam) >= tiny) and np.count_nonzero(dax) > 0
+
+
+def _stack_problem(dtype, L, B, H=6, I=4, n=9, seed=0):
+    params = random_params(I, H, 3, L, dtype, seed)
+    w = GRUWeights.from_params(params, L)
+    rng = np.random.default_rng(seed + 1)
+    ax = project(rng.normal(size=(n, B, I)).astype(dtype), w.Wx[0], w.bx[0])
+    dt = rng.choice([0.5, 1.0, 4.0], size=n).astype(dtype)
+    u = states(n + 1, L, B, H, dtype, seed + 2)
+    g = (0.1 * states(n + 1, L, B, H, dtype, seed + 3)).astype(dtype)
+    return w, ax, dt, u, g
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("L, B", [(1, 1), (2, 2), (3, 5), (2, 40)])
+def test_stack_chains_equal_the_step_api_bitwise(dtype, L, B):
+    """``GRUCell.advance``: chains of consecutive points (with a FAS right-hand side, residual
+    mode, kept gates) and independent steps compute bitwise what :meth:`GRUCell.step` computes
+    position by position; its VJP likewise equals :meth:`GRUCell.step_vjp`."""
+    from mgritnn.cells import StackCache
+    c = get_cell("implicit")
+    w, ax, dt, u0, g = _stack_problem(dtype, L, B)
+    n = len(ax)
+    sw = w.stacked()
+    starts, lens = np.array([0, 4, 7]), np.array([3, 3, 2])    # chains 0->3, 4->7, 7->9
+    # the twin: position by position through the step API
+    want, want_res = u0.copy(), np.empty((3,) + u0.shape[1:], dtype)
+    for ci, (s0, ln) in enumerate(zip(starts, lens)):
+        for s in range(s0, s0 + ln):
+            new = c.step(w, ax[s:s + 1], want[s:s + 1], dt[s:s + 1])[0] + g[s + 1]
+            if s == s0 + ln - 1:
+                want_res[ci] = new - want[s + 1]
+            else:
+                want[s + 1] = new
+    got, res = u0.copy(), np.empty_like(want_res)
+    keep = StackCache.empty(L, n, B, w.hidden_size, dtype)
+    c.advance(sw, ax, dt, got, starts, got, starts + 1, starts, lens, g=g, keep=keep, res=res)
+    assert np.array_equal(got, want) and np.array_equal(res, want_res)
+    # independent steps from a gathered array; their kept gates are the step API's
+    idx = np.arange(n)
+    src = np.ascontiguousarray(got[:-1])
+    out = np.empty_like(src)
+    c.advance(sw, ax, dt, src, idx, out, idx, idx, np.ones(n, np.int64), keep=keep)
+    step_out, cache = c.step(w, ax, src, dt, cache=True)
+    assert np.array_equal(out, step_out)
+    for l in range(L):
+        assert np.array_equal(keep.G[l], cache.G[l]) and np.array_equal(keep.N[l], cache.N[l])
+        if l < L - 1:
+            assert np.array_equal(keep.Y[l], out[:, l])
+    # VJP chains against step_vjp at the same linearization
+    lam0 = states(n + 1, L, B, w.hidden_size, dtype, 9)
+    want = lam0.copy()
+    for s in range(n):
+        want[s + 1] = c.step_vjp(w, ax[s:s + 1], src[s:s + 1], dt[s:s + 1], want[s:s + 1],
+                                 cache=type(cache)(*([None if a is None else a[s:s + 1] for a in lst]
+                                                     for lst in cache)))[0][0]
+    got = lam0.copy()
+    zero = np.zeros(1, np.int64)
+    cot = tuple(np.zeros((L, n, B, 3 * w.hidden_size), dtype) for _ in range(2))
+    c.advance_vjp(sw, dt, got, zero, got, zero + 1, zero, np.array([n]), src, keep, idx, keep=cot)
+    assert np.array_equal(got, want)
+    _, dax = c.step_vjp(w, ax, src, dt, np.ascontiguousarray(want[:-1]), cache=cache)
+    assert np.array_equal(cot[0][0], dax)           # the layer-0 input cotangents, kept

@@ -120,6 +120,7 @@ def test_train_with_deer_logs_newton_diagnostics(tmp_path, capsys, solver):
     (["--solver", "mgrit", "--no-fallback"], "--no-fallback"),
     (["--solver", "deer", "--initial-guess", "warm", "--max-iter", "0"], "max_iter"),
     (["--solver", "mgrit", "--initial-guess", "input"], "initial_guess"),
+    (["--solver", "deer", "--preset", "fast"], "--preset is an option of --solver mgrit"),
 ])
 def test_solver_flags_of_another_solver_exit_2(args, match):
     r = run("train", "--epochs", "1", "--seq-len", "8", *args)
@@ -142,3 +143,18 @@ def test_newton_options_reach_the_cell(tmp_path, capsys):
     assert r.returncode == 2 and "need --cell implicit-newton" in r.stderr
     r = run("train", "--cell", "implicit-newton", "--newton-max-iter", "0", "--epochs", "1")
     assert r.returncode == 2 and "max_iter" in r.stderr
+
+
+def test_train_with_the_fast_mgrit_preset(tmp_path, capsys):
+    """--preset fast reaches the solver (and other MGRIT flags override it): the log shows one
+    forward cycle per batch."""
+    import json
+    log = tmp_path / "log.jsonl"
+    assert main(["train", "--epochs", "2", "--hidden", "6", "--seq-len", "32", "--max-batches", "2",
+                 "--solver", "mgrit", "--preset", "fast", "--bwd-iters", "2", "--log", str(log),
+                 "--quiet"]) == 0
+    assert "preset=fast" in capsys.readouterr().out
+    batches = [r for r in map(json.loads, log.read_text().splitlines()) if r["type"] == "batch"]
+    assert len(batches) == 4 and all(r["fwd_iters"] == 1 for r in batches)
+    r = run("train", "--solver", "mgrit", "--preset", "fastest", "--epochs", "1")
+    assert r.returncode == 2 and "invalid choice" in r.stderr

@@ -200,3 +200,108 @@ def test_warm_start_reuses_each_samples_trajectory():
     assert info["forward"].iterations == 1 and info["forward"].status == OK
     assert l1 == pytest.approx(l0, rel=1e-10)
     np.testing.assert_allclose(g1, g0, rtol=1e-9, atol=1e-10 * np.abs(g0).max())
+
+
+def _step_api_cell(name):
+    """The same cell, advanced by MGRIT through the generic step API instead of the compiled stack
+    kernels (``fused_stack`` off): the twin of the fused propagators."""
+    from mgritnn.cells import GRUCell
+    c = GRUCell(name, get_cell(name).theta)
+    c.fused_stack = False
+    return c
+
+
+@settings(max_examples=10)
+@given(p=problems(max_T=40, max_L=3, max_B=3), levels=st.integers(2, 3), cf=st.integers(2, 4),
+       relax=st.sampled_from(["F", "FCF", ("F", "FCF")]), fwd=st.integers(1, 3),
+       bwd=st.integers(1, 2), skip=st.booleans(), threads=st.sampled_from([1, 2]))
+def test_compiled_propagators_equal_the_step_api_bitwise(p, levels, cf, relax, fwd, bwd, skip,
+                                                         threads):
+    """MGRIT on the compiled stack kernels (one call per relaxation) computes bit for bit what
+    MGRIT through the cells' step API computes (one batched call per position in the intervals),
+    converged or not, on 1 or 2 threads: loss, gradient, residual histories and counts."""
+    import numba
+    m = mgritnn.GRUClassifier(p["I"], p["H"], p["C"], num_layers=p["L"], cell=p["cell"],
+                              dtype="float64", dt=p["dt"])
+    m.set_params(p["params"])
+    cfg = MGRITConfig(levels=levels, cf=cf, relax=relax, fwd_iters=fwd, bwd_iters=bwd,
+                      skip_first_down=skip, tol=0.0)
+    try:
+        cfg.cfs(p["T"])
+    except ConfigError:
+        return                                   # hierarchy does not fit this short sequence
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        l1, g1, fused = m.loss_and_grad_flat(p["X"], p["y"], cfg)
+    finally:
+        numba.set_num_threads(before)
+    m.cell = _step_api_cell(p["cell"])
+    l2, g2, api = m.loss_and_grad_flat(p["X"], p["y"], cfg)
+    assert l1 == l2 and np.array_equal(g1, g2)
+    for kind in ("forward", "adjoint"):
+        a, b = fused[kind], api[kind]
+        assert a.history == b.history and a.step_evals == b.step_evals
+        assert (a.iterations, a.status) == (b.iterations, b.status)
+
+
+@pytest.mark.parametrize("cfg", [MGRITConfig(), MGRITConfig.preset("fast"),
+                                 MGRITConfig(levels=3, cf=2, relax=("F", "FCF"), cycle="F")])
+def test_phases_account_for_every_evaluation(cfg):
+    """``SolveStats.phases``: per phase and level [seconds, calls, evaluations]; the evaluations
+    add up to ``step_evals`` and every phase took time >= 0."""
+    m, X, y = model_and_data("implicit", 2, T=64, B=2)
+    _, _, info = m.loss_and_grad_flat(X, y, cfg)
+    for kind in ("forward", "adjoint"):
+        st_ = info[kind]
+        assert sum(e for _, _, e in st_.phases.values()) == st_.step_evals > 0
+        assert all(s >= 0 and c >= 1 for s, c, _ in st_.phases.values())
+    assert any(k.startswith("final") for k in info["forward"].phases)
+    assert "parameter gradients" in info["adjoint"].phases
+
+
+def test_presets():
+    paper, fast = MGRITConfig.preset("paper"), MGRITConfig.preset("fast")
+    assert paper == MGRITConfig()                # the defaults are the paper's
+    assert (fast.relax, fast.fwd_iters, fast.bwd_iters, fast.initial_guess) == ("F", 1, 1, "warm")
+    assert MGRITConfig.preset("fast", fwd_iters=2).fwd_iters == 2
+    with pytest.raises(ConfigError, match="unknown MGRIT preset"):
+        MGRITConfig.preset("fastest")
+    from mgritnn.solvers import make_solver
+    s = make_solver("mgrit", {"preset": "fast", "cf": 2})
+    assert s.config == MGRITConfig.preset("fast", cf=2)
+    with pytest.raises(ConfigError, match="no presets"):
+        make_solver("deer", {"preset": "fast"})
+
+
+def test_fast_preset_step_evaluations():
+    """The fast preset on one rank, N = 128, 3 levels, cf 4 (96 F- and 32 C-points on level 0,
+    24 and 8 on level 1, 8 coarsest intervals). First visit of the samples (no warm states: the
+    skipped first cycle): coarsest 8 + F level 1 24 + final sweep 128 = 160 forward; adjoint:
+    coarse linearizations 32 + 8, coarsest 8, F level 1 24, final sweep 128 = 200. Warm (the
+    samples seen before): a full cycle, F level 0 96, residual 32, coarse rhs 32, F level 1 24,
+    residual 8, coarse rhs 8, coarsest 8, F level 1 24, final sweep 128 = 360 forward. At P = 4 the
+    same counts per rank are 40 + 50 cold and 90 + 50 = 140 warm (Moon & Cyr's code: 98 + 42)."""
+    m, X, y = model_and_data("implicit", 1, T=128, B=2, H=3)
+    solver = MGRITConfig.preset("fast").make_solver()
+    _, _, cold = m.loss_and_grad_flat(X, y, solver, keys=np.arange(2))
+    assert (cold["forward"].step_evals, cold["adjoint"].step_evals) == (160, 200)
+    _, _, warm = m.loss_and_grad_flat(X, y, solver, keys=np.arange(2))
+    assert (warm["forward"].step_evals, warm["adjoint"].step_evals) == (360, 200)
+    # the warm solve starts where the cold one ended: its first residual is the cold final one
+    assert warm["forward"].history[0] == cold["forward"].history[-1]
+    assert warm["forward"].history[-1] < 0.5 * warm["forward"].history[0]
+
+
+def test_config_object_makes_one_solver_per_model():
+    """A config passed to the model is made into a solver once: a warm start takes effect through
+    ``loss_and_grad`` with the same config object, and keys reach the solver."""
+    m, X, y = model_and_data("classic", 2, T=64, B=5)
+    cfg = MGRITConfig(initial_guess="warm", fwd_iters=3, bwd_iters=2)
+    assert m._solver(cfg) is m._solver(cfg)
+    assert m._solver(cfg) is not m._solver(MGRITConfig(initial_guess="warm", fwd_iters=3, bwd_iters=2))
+    keys = np.arange(5)
+    _, _, cold = m.loss_and_grad_flat(X, y, cfg, keys=keys)
+    m.loss_and_grad(X, y, cfg, keys=keys)
+    _, _, warm = m.loss_and_grad_flat(X, y, cfg, keys=keys)
+    assert warm["forward"].history[0] < 1e-2 * cold["forward"].history[0]

@@ -43,10 +43,12 @@ TIMEOUT = 240.0
 _BASE = [Case(cell=cell, layers=layers, T=T, levels=3, cf=cf, fwd=2, bwd=1, tol=1e-9)
          for cell in ("classic", "implicit") for layers in (1, 2) for T, cf in ((37, 2), (50, 4))]
 #: Other paths of the engine: two levels (the coarsest solve on level 1), F-cycles with
-#: F-relaxation, coarse inputs averaged over each coarse step.
+#: F-relaxation, coarse inputs averaged over each coarse step, and the fast preset's iterations
+#: (F-relaxation, one cycle each way) on one batch row (the compiled small products).
 _EXTRA = [Case(cell="classic", layers=1, T=37, levels=2, cf=3, fwd=3, bwd=2),
           Case(cell="implicit", layers=2, T=50, levels=3, cf=4, fwd=3, bwd=2, cycle="F", relax="F"),
-          Case(cell="classic", layers=2, T=37, levels=3, cf=2, fwd=3, bwd=2, coarse_input="mean")]
+          Case(cell="classic", layers=2, T=37, levels=3, cf=2, fwd=3, bwd=2, coarse_input="mean"),
+          Case(cell="implicit", layers=2, T=50, levels=3, cf=4, fwd=1, bwd=1, relax="F", batch=1)]
 #: Paper-like iterations (fwd 2 / bwd 1 and the like) and tight ones, for every case.
 CASES = [c for base in _BASE + _EXTRA for c in (base, tight(base))]
 CASE_IDS = [c.name for c in CASES]

@@ -126,6 +126,25 @@ def _tanh_ov(x):
     return impl
 
 
+def flush_subnormal(x):
+    """``x``, or zero when ``|x|`` is below the smallest normal number of its dtype (what the
+    FTZ/DAZ modes of a CPU do); NaN and inf pass unchanged. Python fallback; compiled code uses
+    the overload."""
+    return type(x)(0) if abs(x) < np.finfo(type(x)).tiny else x
+
+
+@overload(flush_subnormal)
+def _flush_subnormal_ov(x):
+    dt, _ = _pick(x)
+    if dt is None:
+        return None
+    tiny, zero = dt(np.finfo(dt).tiny), dt(0.0)
+
+    def impl(x):
+        return zero if abs(x) < tiny else x      # NaN and inf pass
+    return impl
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _apply(x, out, which):
     for i in range(x.shape[0]):

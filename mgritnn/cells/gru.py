@@ -36,7 +36,7 @@ from numba import prange
 
 from ..config import JIT, JIT_PAR, resolve_dtype, row_blocks
 from ..errors import ConfigError
-from .activations import sigmoid, tanh
+from .activations import flush_subnormal, sigmoid, tanh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -47,10 +47,47 @@ from .activations import sigmoid, tanh
 # Gates are kept as G (B, 3H) = [r, z, W_h^n h + b_h^n] (the GEMM's own output, in place) and N (B, H).
 # ----------------------------------------------------------------------------------------------
 
+#: Products of at most this many rows with a weight matrix of at most _SMALL_WEIGHT entries run as
+#: compiled loops (:func:`_mm`) instead of a BLAS call, whose fixed cost (~1 us) dominates a product
+#: of one row with a 64 x 192 matrix: 0.92 us in OpenBLAS, 0.6 us here; from four rows on
+#: OpenBLAS's small-matrix kernels are faster (4 x 32 by 32 x 96: 0.23 us against 0.53 us). Which of the two a product
+#: uses depends only on its shapes (rows per block, weight size), never on how many states or time
+#: points are stepped together, so results stay bitwise independent of that.
+_SMALL_ROWS = 2
+_SMALL_WEIGHT = 1 << 18
+
+
+@numba.njit(**JIT)
+def _mm(A, W, out, lo, hi):
+    """``out[lo:hi] = A[lo:hi] W`` for A (R, K), W (K, M), out (R, M).
+
+    Few rows of a small W: per row, the sum over k in ascending order, four terms at a time
+    (``o += a_k W_k + a_{k+1} W_{k+1} + a_{k+2} W_{k+2} + a_{k+3} W_{k+3}``), vectorized over the
+    M columns; otherwise one BLAS GEMM (see ``_SMALL_ROWS``).
+    """
+    K, M = W.shape
+    if hi - lo > _SMALL_ROWS or K * M > _SMALL_WEIGHT:
+        np.dot(A[lo:hi], W, out[lo:hi])
+        return
+    K4 = K - K % 4
+    for b in range(lo, hi):
+        o = out[b]
+        for m in range(M):
+            o[m] = 0.0
+        for k in range(0, K4, 4):
+            a0, a1, a2, a3 = A[b, k], A[b, k + 1], A[b, k + 2], A[b, k + 3]
+            for m in range(M):
+                o[m] += a0 * W[k, m] + a1 * W[k + 1, m] + a2 * W[k + 2, m] + a3 * W[k + 3, m]
+        for k in range(K4, K):
+            a0 = A[b, k]
+            for m in range(M):
+                o[m] += a0 * W[k, m]
+
+
 @numba.njit(**JIT)
 def _block_forward(ax, h, WhT, bh, dt, theta, hnew, G, N, lo, hi):
-    """Rows lo:hi: G = h W_h^T (one GEMM), then gates and new state. ax (B, 3H) includes b_x."""
-    np.dot(h[lo:hi], WhT, G[lo:hi])
+    """Rows lo:hi: G = h W_h^T (one product), then gates and new state. ax (B, 3H) includes b_x."""
+    _mm(h, WhT, G, lo, hi)
     _block_gates(ax, h, bh, dt, theta, hnew, G, N, lo, hi)
 
 
@@ -78,16 +115,22 @@ def _block_vjp(lam, h, dt, theta, G, N, Wh, dax, dah, lam_out, work, lo, hi):
     lam_out = lam (1 - c) + dah W_h (one GEMM). ``work`` (B, H) is scratch."""
     H = h.shape[1]
     _block_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work, lo, hi)
-    np.dot(dah[lo:hi], Wh, lam_out[lo:hi])
+    _mm(dah, Wh, lam_out, lo, hi)
     for b in range(lo, hi):
         for j in range(H):
-            lam_out[b, j] += work[b, j]
+            lam_out[b, j] = flush_subnormal(lam_out[b, j] + work[b, j])
 
 
 @numba.njit(**JIT)
 def _block_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work, lo, hi):
     """Rows lo:hi: the pre-activation cotangents dax, dah (B, 3H) of the adjoint ``lam`` of the new
-    state, and in ``work`` (B, H) the direct term lam (1 - c) of (dh'/dh)^T lam."""
+    state, and in ``work`` (B, H) the direct term lam (1 - c) of (dh'/dh)^T lam.
+
+    Cotangents and adjoints below the smallest normal number are flushed to zero (as a CPU's
+    FTZ/DAZ modes do): an adjoint that decays backward in time passes through the subnormal range,
+    where every operation takes a slow microcode path (measured at R1: the adjoint sweep and the
+    parameter-gradient GEMMs 25-40 % slower), while such values are far below any gradient's
+    resolution."""
     H = h.shape[1]
     one = h.dtype.type(1.0)
     for b in range(lo, hi):
@@ -102,10 +145,12 @@ def _block_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work, lo, hi):
         for j in range(H):      # r gate: dp_r = dp_n A_h^n r (1 - r)
             r = G[b, j]
             dax[b, j] = dax[b, 2 * H + j] * G[b, 2 * H + j] * r * (one - r)
+        for j in range(3 * H):
+            dax[b, j] = flush_subnormal(dax[b, j])
         for j in range(2 * H):
             dah[b, j] = dax[b, j]
         for j in range(H):
-            dah[b, 2 * H + j] = dax[b, 2 * H + j] * G[b, j]
+            dah[b, 2 * H + j] = flush_subnormal(dax[b, 2 * H + j] * G[b, j])
         for j in range(H):      # direct term of dh'/dh
             a = dt * (one - G[b, H + j])
             work[b, j] = lam[b, j] * (one - a / (one + theta * a))
@@ -138,11 +183,17 @@ def _project(x, WT, b, out):
     M = out.shape[2]
     has_bias = b.shape[0] == M
     for t in prange(T):
-        np.dot(x[t], WT, out[t])
-        if has_bias:
-            for i in range(B):
-                for m in range(M):
-                    out[t, i, m] += b[m]
+        _affine_rows(x[t], WT, b, has_bias, out[t])
+
+
+@numba.njit(**JIT)
+def _affine_rows(x, WT, b, has_bias, out):
+    """out = x WT (+ b): all B rows of one time point or state, x (B, I), out (B, M)."""
+    _mm(x, WT, out, 0, x.shape[0])
+    if has_bias:
+        for i in range(x.shape[0]):
+            for m in range(out.shape[1]):
+                out[i, m] += b[m]
 
 
 @numba.njit(**JIT_PAR)
@@ -269,6 +320,138 @@ def _layer_jacobian_diag(h, dt, theta, G, N, Wh, J):
             J[k, b, i] = d + ar * Wh[i, i] + az * Wh[H + i, i] + an * Wh[2 * H + i, i]
 
 
+# ----------------------------------------------------------------------------------------------
+# Stack kernels: whole steps of all L layers of many states, in place, for MGRIT's propagators.
+#
+# A state is u[i] (L, B, H). Step s of a level maps its old state to its new state with the
+# layer-0 projection ax[s] (B, 3H) and the step size dt[s]. A *chain* c advances
+# X[rd[c] + i] -> Y[wr[c] + i] for i < lens[c] with step s = starts[c] + i, adding g[s + 1] when
+# g has entries. With X = Y, rd = starts, wr = starts + 1 a chain sweeps consecutive points (an
+# F-relaxation interval, a coarsest-level sweep); with lens = 1 the chains are independent steps.
+# In *residual* mode (res has C entries) the last step of chain c is not stored but compared:
+# res[c] = Phi_s(X[..]) + g[s + 1] - Y[wr[c] + lens[c] - 1] (the FAS residual at a C-point).
+# Layers and row blocks run in the order of the serial sweep's kernels with the same block
+# helpers, so a state's result is bitwise what the serial sweep computes for it.
+# ----------------------------------------------------------------------------------------------
+
+@numba.njit(**JIT)
+def _stack_step(ax, x, y, dt, WhT, bh, WxT, bx, theta, G, N, Yk, k, axl, nblk):
+    """One step of the stack: y (L, B, H) = Phi(x (L, B, H)); gates into G[:, k], N[:, k]
+    (L, *, B, .), and the new states of layers 0 .. L-2 (the inputs of the layers above) into
+    Yk[:, k] when Yk has entries."""
+    L, B = x.shape[0], x.shape[1]
+    for l in range(L):
+        if l == 0:
+            a = ax
+        else:
+            _affine_rows(y[l - 1], WxT[l - 1], bx[l - 1], True, axl)
+            a = axl
+        for j in range(nblk):
+            _block_forward(a, x[l], WhT[l], bh[l], dt, theta, y[l], G[l, k], N[l, k],
+                           j * B // nblk, (j + 1) * B // nblk)
+        if l < L - 1 and Yk.shape[1] > 0:
+            Yk[l, k] = y[l]
+
+
+@numba.njit(**JIT)
+def _chain_store(y, g, s, Y, w, res, c, last):
+    """Where a chain's step result y goes: Y[w] = y (+ g[s + 1]), or in residual mode at the
+    chain's last step res[c] = y (+ g[s + 1]) - Y[w]. Returns the array the next step reads."""
+    has_g = g.shape[0] > 0
+    if last and res.shape[0] > 0:
+        r = res[c]
+        if has_g:
+            r[...] = y + g[s + 1] - Y[w]
+        else:
+            r[...] = y - Y[w]
+    elif has_g:
+        Y[w] = y + g[s + 1]
+
+
+@numba.njit(**JIT_PAR)
+def _stack_chains(ax, dt, X, rd, Y, wr, starts, lens, g, res, WhT, bh, WxT, bx, theta, keep, G, N,
+                  Yk, nblk, nchunks):
+    """Forward chains (see the section comment). With ``keep``, G, N (L, n, B, .) and Yk
+    (L-1, n, B, H) receive the gates and layer outputs of every step s at index s (otherwise they
+    are not touched). ``nchunks`` blocks of chains run in parallel; results do not depend on it."""
+    C = starts.shape[0]
+    L, B, H = X.shape[1], X.shape[2], X.shape[3]
+    direct = g.shape[0] == 0
+    for q in prange(nchunks):
+        c0, c1 = q * C // nchunks, (q + 1) * C // nchunks
+        if keep:
+            Gq, Nq, Yq = G, N, Yk
+        else:
+            Gq = np.empty((L, 1, B, 3 * H), X.dtype)
+            Nq = np.empty((L, 1, B, H), X.dtype)
+            Yq = np.empty((max(L - 1, 0), 0, B, H), X.dtype)
+        tmp = np.empty((L, B, H), X.dtype)
+        axl = np.empty((B, 3 * H), X.dtype)
+        for c in range(c0, c1):
+            for i in range(lens[c]):
+                s = starts[c] + i
+                w = wr[c] + i
+                last = i == lens[c] - 1 and res.shape[0] > 0
+                y = Y[w] if direct and not last else tmp      # no g: write in place
+                _stack_step(ax[s], X[rd[c] + i], y, dt[s], WhT, bh, WxT, bx, theta, Gq, Nq, Yq,
+                            s if keep else 0, axl, nblk)
+                _chain_store(y, g, s, Y, w, res, c, i == lens[c] - 1)
+
+
+@numba.njit(**JIT)
+def _stack_step_vjp(lam, lam_old, h, dt, G, N, kg, Wh, Wx, theta, DAX, DAH, k, lam_l, dxin, work,
+                    nblk):
+    """VJP of one step of the stack at its linearization (old states h (L, B, H), gates
+    G[:, kg], N[:, kg]): lam_old (L, B, H) = (dPhi/du)^T lam; the pre-activation cotangents go to
+    DAX[:, k], DAH[:, k] (L, *, B, 3H)."""
+    L, B = h.shape[0], h.shape[1]
+    for l in range(L - 1, -1, -1):
+        if l == L - 1:
+            lam_l[...] = lam[l]
+        else:
+            for b in range(B):
+                for m in range(lam_l.shape[1]):
+                    lam_l[b, m] = lam[l, b, m] + dxin[b, m]
+        for j in range(nblk):
+            _block_vjp(lam_l, h[l], dt, theta, G[l, kg], N[l, kg], Wh[l], DAX[l, k], DAH[l, k],
+                       lam_old[l], work, j * B // nblk, (j + 1) * B // nblk)
+        if l > 0:
+            _mm(DAX[l, k], Wx[l - 1], dxin, 0, B)
+
+
+@numba.njit(**JIT_PAR)
+def _stack_chains_vjp(dt, X, rd, Y, wr, starts, lens, g, res, hlin, fidx, G, N, Wh, Wx, theta,
+                      keep, DAX, DAH, nblk, nchunks):
+    """Adjoint chains: Y[wr + i] = (dPhi_s/du)^T X[rd + i] (+ g[s + 1]) for steps s = starts + i
+    (residual mode as the forward), each linearized at hlin[fidx[s]] (L, B, H) with gates
+    G[:, fidx[s]], N[:, fidx[s]]; with ``keep`` the cotangents go to DAX, DAH (L, n, B, 3H) at
+    index fidx[s]."""
+    C = starts.shape[0]
+    L, B, H = X.shape[1], X.shape[2], X.shape[3]
+    direct = g.shape[0] == 0
+    for q in prange(nchunks):
+        c0, c1 = q * C // nchunks, (q + 1) * C // nchunks
+        if keep:
+            Aq, Hq = DAX, DAH
+        else:
+            Aq = np.empty((L, 1, B, 3 * H), X.dtype)
+            Hq = np.empty((L, 1, B, 3 * H), X.dtype)
+        tmp = np.empty((L, B, H), X.dtype)
+        lam_l = np.empty((B, H), X.dtype)
+        dxin = np.empty((B, H), X.dtype)
+        work = np.empty((B, H), X.dtype)
+        for c in range(c0, c1):
+            for i in range(lens[c]):
+                s = starts[c] + i
+                f = fidx[s]
+                w = wr[c] + i
+                last = i == lens[c] - 1 and res.shape[0] > 0
+                y = Y[w] if direct and not last else tmp
+                _stack_step_vjp(X[rd[c] + i], y, hlin[f], dt[s], G, N, f, Wh, Wx, theta, Aq, Hq,
+                                f if keep else 0, lam_l, dxin, work, nblk)
+                _chain_store(y, g, s, Y, w, res, c, i == lens[c] - 1)
+
+
 @numba.njit(**JIT_PAR)
 def _outer_partials(dA, X, partial):
     """partial[c] = dA[rows of chunk c]^T X[rows of chunk c]; dA (R, M), X (R, I), partial (C, M, I)."""
@@ -388,6 +571,15 @@ class GRUWeights(NamedTuple):
         return cls(Wx, Wh, bx, bh, tuple(np.ascontiguousarray(w.T) for w in Wx),
                    tuple(np.ascontiguousarray(w.T) for w in Wh))
 
+    def stacked(self):
+        """The weights as the stack kernels take them: a :class:`StackedWeights` of arrays with a
+        leading layer axis (layer 0's input weights excluded: its projection is given)."""
+        L, H = self.num_layers, self.hidden_size
+        dt = self.dtype
+        above = lambda a, shape: np.stack(a[1:]) if L > 1 else np.empty((0,) + shape, dt)  # noqa: E731
+        return StackedWeights(np.stack(self.WhT), np.stack(self.bh), above(self.WxT, (H, 3 * H)),
+                              above(self.bx, (3 * H,)), np.stack(self.Wh), above(self.Wx, (3 * H, H)))
+
     @property
     def num_layers(self):
         return len(self.Wh)
@@ -399,6 +591,37 @@ class GRUWeights(NamedTuple):
     @property
     def dtype(self):
         return self.Wh[0].dtype
+
+
+class StackedWeights(NamedTuple):
+    """Weights of an L-layer stack with a leading layer axis (:meth:`GRUWeights.stacked`): WhT
+    (L, H, 3H), bh (L, 3H), and for layers 1 .. L-1 WxT (L-1, H, 3H), bx (L-1, 3H); Wh (L, 3H, H),
+    Wx (L-1, 3H, H)."""
+    WhT: np.ndarray
+    bh: np.ndarray
+    WxT: np.ndarray
+    bx: np.ndarray
+    Wh: np.ndarray
+    Wx: np.ndarray
+
+
+class StackCache(NamedTuple):
+    """Gates of n steps of an L-layer stack, layer-major: G (L, n, B, 3H) = [r, z, W_h^n h + b_h^n],
+    N (L, n, B, H) = n, and Y (L-1, n, B, H) the new states of layers 0 .. L-2 (the inputs of the
+    layers above)."""
+    G: np.ndarray
+    N: np.ndarray
+    Y: np.ndarray
+
+    @classmethod
+    def empty(cls, L, n, B, H, dtype):
+        return cls(np.empty((L, n, B, 3 * H), dtype), np.empty((L, n, B, H), dtype),
+                   np.empty((L - 1, n, B, H), dtype))
+
+
+def _chunks(C):
+    """Blocks of chains a stack kernel runs in parallel (results do not depend on it)."""
+    return max(1, min(int(C), 8 * numba.get_num_threads()))
 
 
 def _as_dt(dt, K, dtype):
@@ -540,6 +763,81 @@ class GRUCell:
             if l > 0:
                 dxin = _affine(dax, w.Wx[l])
         return lam, dax
+
+    # -- chains of whole-stack steps in place (MGRIT's propagators) ------------------------------
+
+    #: The compiled stack kernels implement this cell's step (:meth:`advance`); a cell whose step
+    #: is not the theta-family step (``implicit-newton``) sets it False and is advanced by
+    #: :meth:`step` / :meth:`step_vjp` instead.
+    fused_stack = True
+
+    def advance(self, sw, ax, dt, X, rd, Y, wr, starts, lens, g=None, keep=None, res=None):
+        """Chains of steps of the stack, in place: ``Y[wr[c] + i] = Phi_s(X[rd[c] + i]) (+ g[s + 1])``
+        for ``i < lens[c]`` with step ``s = starts[c] + i`` (one compiled call; chains in parallel).
+
+        Parameters
+        ----------
+        sw : StackedWeights
+        ax : ndarray, shape (n, B, 3H)
+            Layer-0 input projection of every step s.
+        dt : ndarray, shape (n,)
+            Step size of every step s.
+        X, Y : ndarray, shape (*, L, B, H), C-contiguous
+            States read and written (the same array for chains of consecutive points: ``wr = rd + 1``).
+        rd, wr, starts, lens : ndarray, shape (C,), int64
+            Per chain: first state read, first state written, first step, number of steps.
+        g : ndarray, shape (n + 1, L, B, H), optional
+            Added to the new state of step s (a FAS right-hand side).
+        keep : StackCache, optional
+            Receives the gates and layer outputs of every step s at index s.
+        res : ndarray, shape (C, L, B, H), optional
+            Residual mode: the last step of chain c is not stored but compared,
+            ``res[c] = Phi_s(..) (+ g[s + 1]) - Y[wr[c] + lens[c] - 1]`` (the FAS residual).
+
+        Notes
+        -----
+        A state's result is bitwise that of the serial sweep's kernels and of :meth:`step`; chains
+        must not write a state another chain reads.
+        """
+        L, B, H = X.shape[1:]
+        dtype = X.dtype
+        if keep is None:
+            keep, kept = StackCache.empty(L, 0, B, H, dtype), False
+        else:
+            kept = True
+        g = np.empty((0, L, B, H), dtype) if g is None else g
+        res = np.empty((0, L, B, H), dtype) if res is None else res
+        _stack_chains(ax, dt, X, rd, Y, wr, starts, lens, g, res, sw.WhT, sw.bh, sw.WxT, sw.bx,
+                      dtype.type(self.theta), kept, keep.G, keep.N, keep.Y,
+                      row_blocks(B, sw.Wh[0].nbytes), _chunks(len(starts)))
+
+    def advance_vjp(self, sw, dt, X, rd, Y, wr, starts, lens, hlin, lin, fidx, g=None, keep=None,
+                    res=None):
+        """Chains of VJPs of steps of the stack, in place: ``Y[wr[c] + i] =
+        (dPhi_s/du)^T X[rd[c] + i] (+ g[s + 1])`` for ``i < lens[c]``, ``s = starts[c] + i``.
+
+        Parameters
+        ----------
+        sw, dt, X, Y, rd, wr, starts, lens, g, res : as in :meth:`advance` (X, Y hold adjoints)
+        hlin : ndarray, shape (m, L, B, H)
+            The states the steps are linearized at: step s at ``hlin[fidx[s]]``.
+        lin : StackCache
+            Their gates (from :meth:`advance` with ``keep``), at index ``fidx[s]``.
+        fidx : ndarray, shape (n,), int64
+        keep : tuple (DAX, DAH) of ndarray, shape (L, m, B, 3H), optional
+            Receive the pre-activation cotangents of step s at index ``fidx[s]``.
+        """
+        L, B, H = X.shape[1:]
+        dtype = X.dtype
+        if keep is None:
+            keep, kept = (np.empty((L, 0, B, 3 * H), dtype),) * 2, False
+        else:
+            kept = True
+        g = np.empty((0, L, B, H), dtype) if g is None else g
+        res = np.empty((0, L, B, H), dtype) if res is None else res
+        _stack_chains_vjp(dt, X, rd, Y, wr, starts, lens, g, res, hlin, fidx, lin.G, lin.N, sw.Wh, sw.Wx,
+                          dtype.type(self.theta), kept, keep[0], keep[1],
+                          row_blocks(B, sw.Wh[0].nbytes), _chunks(len(starts)))
 
     # -- one layer, K states (the step API's building block; DEER linearizes with it) -----------
 
@@ -789,5 +1087,5 @@ def get_cell(name):
         raise ConfigError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}") from None
 
 
-__all__ = ["GRUCell", "GRUWeights", "LayerStep", "StepCache", "CELLS", "Workspace", "get_cell", "project",
+__all__ = ["GRUCell", "GRUWeights", "LayerStep", "StackCache", "StackedWeights", "StepCache", "CELLS", "Workspace", "get_cell", "project",
            "accumulate_outer", "resolve_dtype"]

@@ -206,6 +206,9 @@ class NewtonGRUCell(GRUCell):
     sequences", ICLR 2022.
     """
 
+    #: Not the theta-family step: MGRIT advances it through :meth:`step` / :meth:`step_vjp`.
+    fused_stack = False
+
     def __init__(self, config=None):
         super().__init__("implicit-newton", float("nan"))
         self.config = NewtonConfig() if config is None else config

@@ -1,7 +1,10 @@
 """Time solvers: serial (ground truth), MGRIT, DEER, quasi-DEER and auto (registered by name)."""
+import functools
+
 from .base import SOLVERS, SolveStats, Solver, TimeParallelSolver, get_solver, register
 from .auto import AutoConfig, AutoSolver
 from .deer import DEERConfig, DEERSolver, QuasiDEERSolver, quasi_deer_config
+from .mgrit import PRESETS as MGRIT_PRESETS
 from .mgrit import MGRITConfig, MGRITSolver
 from .serial import SerialSolver
 
@@ -16,8 +19,13 @@ def make_solver(name, options=None, comm=None):
     from ..errors import ConfigError
     options = dict(options or {})
     if name in SOLVER_CONFIGS:
+        make = SOLVER_CONFIGS[name]
+        if "preset" in options:             # a named option set, the other options override it
+            if not hasattr(make, "preset"):
+                raise ConfigError(f"solver {name!r} has no presets")
+            make = functools.partial(make.preset, options.pop("preset"))
         try:
-            return SOLVER_CONFIGS[name](**options, comm=comm).make_solver()
+            return make(**options, comm=comm).make_solver()
         except TypeError as e:
             raise ConfigError(f"bad option for solver {name!r}: {e}") from None
     if options:
@@ -31,4 +39,4 @@ def make_solver(name, options=None, comm=None):
 
 
 __all__ = ["SOLVERS", "SOLVER_CONFIGS", "SolveStats", "Solver", "TimeParallelSolver", "SerialSolver",
-           "MGRITConfig", "MGRITSolver", "AutoConfig", "AutoSolver", "DEERConfig", "DEERSolver", "QuasiDEERSolver", "quasi_deer_config", "get_solver", "make_solver", "register"]
+           "MGRITConfig", "MGRITSolver", "MGRIT_PRESETS", "AutoConfig", "AutoSolver", "DEERConfig", "DEERSolver", "QuasiDEERSolver", "quasi_deer_config", "get_solver", "make_solver", "register"]

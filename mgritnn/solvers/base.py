@@ -35,6 +35,8 @@ class SolveStats:
         Wall time of the solve.
     fallback : bool
         The iteration failed and the solver ran the serial sweep instead (the result is exact).
+    phases : dict
+        Where the time went (MGRIT): ``"phase[level]"`` -> [seconds, calls, step evaluations].
     """
     status: int = 0
     message: str = "exact"
@@ -45,6 +47,7 @@ class SolveStats:
     wait_time: float = 0.0
     seconds: float = 0.0
     fallback: bool = False
+    phases: dict = field(default_factory=dict)
 
 
 class Solver:

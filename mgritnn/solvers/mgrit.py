@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cells import get_cell
+from ..cells import StackCache, StepCache, get_cell
 from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from ..distributed import level_points, local_grid, rank_bounds
 from ..errors import ConfigError
@@ -72,7 +72,9 @@ class MGRITConfig:
         "warm": start each sample from its own level-0 C-point states of the previous forward solve
         that saw it (keyed by the sample indices the caller passes as ``keys``; the trainer passes
         the data set's indices), doing the full down-leg from the first cycle. Samples seen for the
-        first time start from zero. Memory: N/cf states per sample on each rank's slice.
+        first time start from zero; a batch of only such samples is solved as with "zero" (the
+        first down-leg skipped if ``skip_first_down``). Memory: N/cf states per sample on each
+        rank's slice.
     coarse_input : {"sample", "mean"}
         Input of a coarse step: x at its first fine step, or the mean over its fine steps.
     coarse_cell : str or None
@@ -128,6 +130,19 @@ class MGRITConfig:
         if not (self.tol >= 0 and self.rtol >= 0 and self.divergence > 1):
             raise ConfigError("MGRIT tol and rtol must be >= 0 and divergence > 1")
 
+    @classmethod
+    def preset(cls, name, **overrides):
+        """A named set of options (:data:`PRESETS`), with any field overridden.
+
+        ``"paper"`` is Moon & Cyr's setting (3 levels, cf 4, FCF, 2 forward / 1 adjoint cycles,
+        zero initial guess); ``"fast"`` spends as few step evaluations as keep training at the
+        serial accuracy (F-relaxation on every level, one forward and one adjoint cycle, warm start
+        from each sample's previous C-point states). See the README for what each costs.
+        """
+        if name not in PRESETS:
+            raise ConfigError(f"unknown MGRIT preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**dict(PRESETS[name], **overrides))
+
     def make_solver(self):
         return MGRITSolver(self)
 
@@ -168,6 +183,13 @@ class MGRITConfig:
         return self.relax
 
 
+#: Named option sets of :meth:`MGRITConfig.preset`.
+PRESETS = {
+    "paper": dict(levels=3, cf=4, relax="FCF", fwd_iters=2, bwd_iters=1, initial_guess="zero"),
+    "fast": dict(levels=3, cf=4, relax="F", fwd_iters=1, bwd_iters=1, initial_guess="warm"),
+}
+
+
 # ------------------------------------------------------------------------------------------------
 # The generic FAS engine
 # ------------------------------------------------------------------------------------------------
@@ -198,6 +220,7 @@ class _FAS:
         if grid.left is None:
             for a in self.u:
                 a[0] = u0
+        self.phases = {}         # "phase[level]" -> [seconds, calls, step evaluations]
         # F-relaxation intervals per level: anchors (local C-points that start an interval) and lengths
         self.anchors, self.flen = [], []
         for l in range(self.nlev - 1):
@@ -220,23 +243,50 @@ class _FAS:
         for r in reqs:
             r.Wait()
         self.wait_time += time.perf_counter() - t0
+        self._timed("wait", l, t0)
 
     # -- relaxation ----------------------------------------------------------------------------
+    #
+    # F-relaxation, the coarsest sweep, the residual and the final sweep are each one call of the
+    # propagator's ``chains`` (all local intervals of a level at once; a compiled kernel for the
+    # GRU cells): u[j + 1] = Phi_l(u[j]) + g[j + 1] along chains of consecutive steps, no chain
+    # reading a point another chain writes. ``phases`` times each kind of work per level
+    # (perf/profile_mgrit.py).
 
-    def _advance(self, l, src, final=False):
-        """u[src + 1] = Phi_l(u[src]) + g[src + 1] for local indices src (batched)."""
-        if len(src):
-            u, g = self.u[l], self.g[l]
-            u[src + 1] = self.prop.step(l, src, u[src], final) + g[src + 1]
+    def _timed(self, name, l, t0, evals=0):
+        rec = self.phases.setdefault(f"{name}[{l}]", [0.0, 0, 0])
+        rec[0] += time.perf_counter() - t0
+        rec[1] += 1
+        rec[2] += int(evals)
+
+    def _chains(self, name, l, starts, lens, final=False, residual=False):
+        """Advance chains of level-l points in place (``residual``: return the residual at the
+        point each chain ends on instead of storing it)."""
+        t0 = time.perf_counter()
+        if not residual:
+            keep = lens > 0
+            starts, lens = starts[keep], lens[keep]
+        res = None
+        if len(starts):
+            res = self.prop.chains(l, self.u[l], self.g[l], starts, lens, final, residual)
+        elif residual:
+            res = np.zeros((0,) + self.u[l].shape[1:], self.u[l].dtype)
+        self._timed(name, l, t0, lens.sum())
+        return res
 
     def f_relax(self, l):
         self.exchange(l)
-        a, n = self.anchors[l], self.flen[l]
-        for i in range(1, int(n.max(initial=0)) + 1):
-            self._advance(l, a[n >= i] + i - 1)
+        self._chains("F-relax", l, self.anchors[l], self.flen[l])
 
     def c_relax(self, l):
-        self._advance(l, self.grid.c_index[l][1:] - 1)
+        """Every local C-point (index >= 1) from the point before it, all from the values before
+        the sweep (a short last interval has no F-point: its C-point is stepped from the previous
+        C-point's old value), so not as chains, which would read a value written in the sweep."""
+        t0 = time.perf_counter()
+        c = self.grid.c_index[l][1:]
+        if len(c):
+            self.u[l][c] = self.prop.apply(l, c - 1, self.u[l][c - 1]) + self.g[l][c]
+        self._timed("C-relax", l, t0, len(c))
 
     def relax(self, l):
         self.f_relax(l)
@@ -246,29 +296,31 @@ class _FAS:
 
     def residual(self, l):
         """FAS residual r_c = Phi_l(u_{c-1}) + g_c - u_c at the local C-points (index >= 1)."""
-        c = self.grid.c_index[l][1:]
-        if not len(c):
-            return np.zeros((0,) + self.u[l].shape[1:], self.u[l].dtype)
-        return self.prop.step(l, c - 1, self.u[l][c - 1]) + self.g[l][c] - self.u[l][c]
+        c = self.grid.c_index[l][1:] - 1
+        return self._chains("residual", l, c, np.ones_like(c), residual=True)
 
     def norm(self, r):
         """Global 2-norm of the residuals of all ranks (one allreduce); also sets ``self.ones_norm``,
         the norm an all-ones residual of the same size would have."""
         buf = np.array([np.sum(np.square(r, dtype=np.float64)), r.size], dtype=np.float64)
         out = np.empty_like(buf)
+        t0 = time.perf_counter()
         self.comm.Allreduce(buf, out)
+        self._timed("norm allreduce", 0, t0)
         self.ones_norm = float(np.sqrt(out[1]))
         return float(np.sqrt(out[0]))
 
     def restrict(self, l, r):
         """Inject to level l+1 and form its FAS right-hand side from the level-l residual r."""
+        t0 = time.perf_counter()
         c = self.grid.c_index[l]
         v = self.u[l][c]
         self.v[l + 1] = v
         self.u[l + 1][...] = v
         k = np.arange(1, len(c))
         if len(k):
-            self.g[l + 1][k] = r + v[k] - self.prop.step(l + 1, k - 1, v[k - 1])
+            self.g[l + 1][k] = r + v[k] - self.prop.apply(l + 1, k - 1, v[k - 1])
+        self._timed("restrict", l + 1, t0, len(k))
 
     def inject(self, l):
         """Cycle 0 without the down-leg: level l+1 starts from the injected guess with g = 0."""
@@ -283,8 +335,9 @@ class _FAS:
         if self.grid.left is not None:
             self.comm.Recv(self.u[l][0], source=self.grid.left, tag=self.tag + l)
         self.wait_time += time.perf_counter() - t0
-        for j in range(len(self.u[l]) - 1):
-            self._advance(l, np.array([j]), final)
+        self._timed("wait", l, t0)
+        n = len(self.u[l]) - 1
+        self._chains("coarsest", l, np.zeros(1, np.int64), np.array([n], np.int64), final)
         if self.grid.right is not None:
             self.comm.Send(self.u[l][-1], dest=self.grid.right, tag=self.tag + l)
 
@@ -292,8 +345,10 @@ class _FAS:
         """Correct the level-l C-points from level l+1 (after F-relaxing level l+1 unless it is the coarsest)."""
         if l + 1 < self.nlev - 1:
             self.f_relax(l + 1)
+        t0 = time.perf_counter()
         c = self.grid.c_index[l][1:]
         self.u[l][c] += self.u[l + 1][1:] - self.v[l + 1][1:]
+        self._timed("correct", l, t0)
 
     def final_sweep(self):
         """Every local level-0 step once, in order of position inside the intervals: the
@@ -302,16 +357,7 @@ class _FAS:
         the parameter gradients); the C-point steps give the final residual without extra work."""
         self.exchange(0)
         c = self.grid.c_index[0]
-        a, n = c[:-1], np.diff(c)
-        u, g, res = self.u[0], self.g[0], []
-        for i in range(1, int(n.max(initial=0)) + 1):
-            act = n >= i
-            src = a[act] + i - 1
-            out = self.prop.step(0, src, u[src], True) + g[src + 1]
-            f = i < n[act]
-            u[src[f] + 1] = out[f]
-            res.append(out[~f] - u[src[~f] + 1])
-        return self.norm(np.concatenate(res) if res else np.zeros((0,) + u.shape[1:], u.dtype))
+        return self.norm(self._chains("final", 0, c[:-1], np.diff(c), final=True, residual=True))
 
     # -- cycles --------------------------------------------------------------------------------
 
@@ -374,7 +420,7 @@ class _FAS:
             if not stopped:
                 self._stop()
         return SolveStats(status=self.status, message=self.message, iterations=iters, residual=res,
-                          step_evals=self.prop.evals, history=list(self.history))
+                          step_evals=self.prop.evals, history=list(self.history), phases=self.phases)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -395,17 +441,51 @@ def _level_inputs(grid, ax0_local, lo_fwd, coarse_input, reverse):
         else:
             start, span = q[:-1], np.diff(q)
         local = start - lo_fwd
-        if l == 0 or coarse_input == "sample":
+        steps = np.arange(len(local))
+        if l == 0 and np.array_equal(local, steps):
+            ax = ax0_local                              # the forward's fine steps: no copy
+        elif l == 0 and np.array_equal(local, steps[::-1]):
+            ax = ax0_local[::-1]                        # the adjoint's (only the generic path reads it)
+        elif l == 0 or coarse_input == "sample":
             ax = ax0_local[local]
         else:       # each step sums its own fine inputs: rounding independent of the rank split
             ax = np.stack([ax0_local[a:a + n].sum(axis=0, dtype=np.float64) / n
                            for a, n in zip(local, span)]).astype(ax0_local.dtype)
-        out.append((local, span, np.ascontiguousarray(ax)))
+        out.append((local, span, ax if reverse and l == 0 else np.ascontiguousarray(ax)))
     return out
 
 
-class _ForwardProp:
-    """Forward steps of every level; the final level-0 steps keep their gates (``cache``)."""
+class _Prop:
+    """What the FAS engine asks of a propagator: ``apply(l, j, u)`` = Phi_l(u) for local steps j
+    of level l and states u (K, L, B, H); ``chains(l, u, g, starts, lens)`` advances the level's
+    points in place, u[s + 1] = Phi_l(u[s]) + g[s + 1] for s = starts[c] .. starts[c] + lens[c] - 1
+    of every chain c; ``evals`` counts the states advanced. ``final`` marks the last visit of the
+    level-0 steps, whose intermediates the next phase needs.
+
+    This generic version advances the chains position by position through ``apply`` (one batched
+    cell call per position); :class:`_FusedForward` and :class:`_FusedAdjoint` run them as one
+    compiled call.
+    """
+
+    evals = 0
+
+    def chains(self, l, u, g, starts, lens, final=False, residual=False):
+        res = np.empty((len(starts),) + u.shape[1:], u.dtype) if residual else None
+        for i in range(int(lens.max(initial=0))):
+            act = np.flatnonzero(lens > i)
+            src = starts[act] + i
+            out = self.apply(l, src, u[src], final) + g[src + 1]
+            last = (lens[act] == i + 1) & residual
+            res_c = act[last]
+            if len(res_c):
+                res[res_c] = out[last] - u[src[last] + 1]
+            u[src[~last] + 1] = out[~last]
+        return res
+
+
+class _ForwardProp(_Prop):
+    """Forward steps of every level through the cells' step API; the final level-0 steps keep
+    their gates (``cache``, a StepCache)."""
 
     def __init__(self, fine, coarse, w, levels, dt):
         self.cells = [fine] + [coarse] * (len(levels) - 1)
@@ -413,7 +493,7 @@ class _ForwardProp:
         self.evals = 0
         self.cache = None
 
-    def step(self, l, j, u, final=False):
+    def apply(self, l, j, u, final=False):
         _, span, ax = self.levels[l]
         self.evals += len(j)
         if not final:
@@ -429,20 +509,24 @@ class _ForwardProp:
                     a[j] = b
         return out
 
+    def step_cache(self, u):
+        """The StepCache of every local level-0 step after the solve (``u`` its trajectory)."""
+        return self.cache
 
-class _AdjointProp:
+
+class _AdjointProp(_Prop):
     """lambda_start = (dPhi_l/du at the forward state at the interval's start)^T lambda_end.
     The final level-0 steps keep their pre-activation cotangents ``cot`` (per layer (dax, dah),
     forward order), from which the parameter gradients are accumulated once, in time order."""
 
-    def __init__(self, fine, coarse, w, levels, dt, u_fwd, fine_cache):
+    def __init__(self, fine, coarse, w, levels, dt, u_fwd, fwd):
         self.cells = [fine] + [coarse] * (len(levels) - 1)
         self.w, self.levels, self.dt = w, levels, dt
         self.h, self.caches = [], []       # per level: forward states at the steps' starts, linearizations
         for l, (local, span, ax) in enumerate(levels):
             self.h.append(u_fwd[local])
             if l == 0:                     # the fine steps were linearized once for the whole slice
-                self.caches.append(_take(fine_cache, local))
+                self.caches.append(_take(fwd.step_cache(u_fwd), local))
             else:
                 self.caches.append(self.cells[l].step(w, ax, self.h[l], span * dt, cache=True)[1])
         self.evals = sum(len(lv[1]) for lv in levels[1:])     # the coarse linearizations
@@ -450,7 +534,7 @@ class _AdjointProp:
         self.cot = [(np.zeros(shape, levels[0][2].dtype), np.zeros(shape, levels[0][2].dtype))
                     for _ in range(w.num_layers)]
 
-    def step(self, l, j, lam, final=False):
+    def apply(self, l, j, lam, final=False):
         local, span, ax = self.levels[l]
         self.evals += len(j)
         cot = [None] * self.w.num_layers if final else None
@@ -461,6 +545,114 @@ class _AdjointProp:
                 DA[local[j]] = da
                 DH[local[j]] = dh
         return lam_start
+
+    def cotangents(self):
+        return self.cot
+
+
+def _chain_args(starts, lens, contiguous):
+    """(rd, wr, starts, lens) of the stack kernels: chains along the points of one level array
+    (``contiguous``), or independent steps from a gathered array into an output array."""
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    lens = np.ascontiguousarray(lens, dtype=np.int64)
+    if contiguous:
+        return starts, starts + 1, starts, lens
+    k = np.arange(len(starts), dtype=np.int64)
+    return k, k, starts, lens
+
+
+class _FusedForward(_ForwardProp):
+    """:class:`_ForwardProp` with every relaxation, residual and sweep as one call of the cells'
+    compiled stack kernels (:meth:`GRUCell.advance`), in place, without per-position copies;
+    the final level-0 steps keep their gates in one :class:`StackCache`."""
+
+    def __init__(self, fine, coarse, w, levels, dt):
+        super().__init__(fine, coarse, w, levels, dt)
+        self.sw = w.stacked()
+        dtype = levels[0][2].dtype
+        self.dts = [np.ascontiguousarray(span * dt, dtype=dtype) for _, span, _ in levels]
+        self.gates = None
+
+    def _keep(self, final):
+        if not final:
+            return None
+        if self.gates is None:
+            n, B, H3 = self.levels[0][2].shape
+            self.gates = StackCache.empty(self.w.num_layers, n, B, H3 // 3, self.levels[0][2].dtype)
+        return self.gates
+
+    def _run(self, l, X, Y, args, g, keep, res=None):
+        self.cells[l].advance(self.sw, self.levels[l][2], self.dts[l], X, args[0], Y, args[1],
+                              args[2], args[3], g=g, keep=keep, res=res)
+        self.evals += int(args[3].sum())
+        return res
+
+    def chains(self, l, u, g, starts, lens, final=False, residual=False):
+        res = np.empty((len(starts),) + u.shape[1:], u.dtype) if residual else None
+        return self._run(l, u, u, _chain_args(starts, lens, True), g if l else None,
+                         self._keep(final), res)
+
+    def apply(self, l, j, u, final=False):
+        out = np.empty_like(u)
+        self._run(l, np.ascontiguousarray(u), out, _chain_args(j, np.ones(len(j)), False), None,
+                  self._keep(final))
+        return out
+
+    def step_cache(self, u):
+        L = self.w.num_layers
+        G, N, Y = self.gates
+        return StepCache([None] + [Y[l] for l in range(L - 1)], [u[:-1, l] for l in range(L)],
+                         list(G), list(N))
+
+
+class _FusedAdjoint(_Prop):
+    """The adjoint propagator on the compiled stack kernels (:meth:`GRUCell.advance_vjp`): each
+    level's steps are linearized once, at the fine forward states at their starts (level 0: the
+    forward's final gates); the final level-0 VJPs keep their cotangents ``cot``."""
+
+    def __init__(self, fine, coarse, w, levels, dt, u_fwd, fwd):
+        self.cells = [fine] + [coarse] * (len(levels) - 1)
+        self.sw = fwd.sw
+        self.dts = fwd_dts = []
+        dtype = u_fwd.dtype
+        L, B, H = u_fwd.shape[1:]
+        self.lin = []                      # per level: (states, gates, index of step s in them)
+        self.evals = 0
+        for l, (local, span, ax) in enumerate(levels):
+            fwd_dts.append(np.ascontiguousarray(span * dt, dtype=dtype))
+            if l == 0:
+                self.lin.append((u_fwd, fwd.gates, np.ascontiguousarray(local, dtype=np.int64)))
+                continue
+            h = np.ascontiguousarray(u_fwd[local])
+            keep = StackCache.empty(L, len(local), B, H, dtype)
+            k, _, _, ones = _chain_args(np.arange(len(h)), np.ones(len(h)), False)
+            self.cells[l].advance(self.sw, ax, fwd_dts[l], h, k, np.empty_like(h), k, k, ones,
+                                  keep=keep)
+            self.evals += len(local)
+            self.lin.append((h, keep, np.arange(len(local), dtype=np.int64)))
+        n = len(levels[0][0])
+        self.cot = (np.zeros((L, n, B, 3 * H), dtype), np.zeros((L, n, B, 3 * H), dtype))
+
+    def _run(self, l, X, Y, args, g, final, res=None):
+        h, lin, fidx = self.lin[l]
+        self.cells[l].advance_vjp(self.sw, self.dts[l], X, args[0], Y, args[1], args[2], args[3],
+                                  h, lin, fidx, g=g, keep=self.cot if final else None, res=res)
+        self.evals += int(args[3].sum())
+        return res
+
+    def chains(self, l, u, g, starts, lens, final=False, residual=False):
+        res = np.empty((len(starts),) + u.shape[1:], u.dtype) if residual else None
+        return self._run(l, u, u, _chain_args(starts, lens, True), g if l else None, final, res)
+
+    def apply(self, l, j, lam, final=False):
+        out = np.empty_like(lam)
+        self._run(l, np.ascontiguousarray(lam), out, _chain_args(j, np.ones(len(j)), False), None,
+                  final)
+        return out
+
+    def cotangents(self):
+        """Per layer (dax, dah), each (n, B, 3H) in forward order, of the final level-0 VJPs."""
+        return [(self.cot[0][l], self.cot[1][l]) for l in range(len(self.cot[0]))]
 
 
 def _take(cache, idx):
@@ -475,13 +667,14 @@ def _take(cache, idx):
 class _MGRITState(NamedTuple):
     """What the adjoint needs from the forward solve on this rank: the number of steps T, the
     coarsening factors, the local trajectory u (points lo .. hi), the layer-0 projection of the
-    local steps, the step size, and the gates of every local step (the final sweep's cache)."""
+    local steps, the step size, and the forward propagator (which kept the gates of every local
+    step in the final sweep)."""
     T: int
     cfs: list
     u: np.ndarray
     ax0: np.ndarray
     dt: float
-    cache: object
+    prop: object
 
 
 @register
@@ -506,46 +699,58 @@ class MGRITSolver(TimeParallelSolver):
         one rank); ``keys`` (B,) ints naming the samples (for ``initial_guess="warm"``).
         Returns (h_last or None, state, SolveStats); h_last only on the last rank."""
         cfg = self.config
+        t_setup = time.perf_counter()
         T = ax0.shape[0] if T is None else T
         cfs = cfg.cfs(T, self.size)
         grid = local_grid(T, cfs, self.size, self.rank)
         lo = grid.lo
         levels = _level_inputs(grid, ax0, lo, cfg.coarse_input, reverse=False)
-        prop = _ForwardProp(cell, cfg.coarse_cell_for(cell), w, levels, dt)
+        fused = cell.fused_stack and cfg.coarse_cell_for(cell).fused_stack
+        prop = (_FusedForward if fused else _ForwardProp)(cell, cfg.coarse_cell_for(cell), w,
+                                                          levels, dt)
         fas = _FAS(grid, prop, self.comm, h0, cfg, tag=100)
-        warm = cfg.initial_guess == "warm" and keys is not None and len(grid.points) > 1
-        cpts = grid.c_index[0][1:] if warm else None
-        if warm:
+        remember = cfg.initial_guess == "warm" and keys is not None and len(grid.points) > 1
+        cpts = grid.c_index[0][1:] if remember else None
+        warm = False                # any sample seen before: a full first cycle from its states
+        if remember:
             keys = [(T, int(k)) for k in keys]
             for b, key in enumerate(keys):
                 if key in self._warm:
                     fas.u[0][cpts, :, b] = self._warm[key]
+                    warm = True
         t0 = time.perf_counter()
+        fas.phases["setup"] = [t0 - t_setup, 1, 0]
         stats = fas.solve(cfg.fwd_iters, warm=warm)
-        if warm:
+        if remember:
             for b, key in enumerate(keys):
                 self._warm[key] = fas.u[0][cpts, :, b].copy()
         stats.wait_time = fas.wait_time
-        stats.seconds = time.perf_counter() - t0
+        stats.seconds = time.perf_counter() - t_setup
         u = fas.u[0]                                    # forward points lo .. hi
-        state = _MGRITState(T, cfs, u, ax0, dt, prop.cache) if keep else None
+        state = _MGRITState(T, cfs, u, ax0, dt, prop) if keep else None
         return (u[-1].copy() if self.is_last else None), state, stats
 
     def adjoint(self, cell, w, state, lam_last, grads):
         """MGRIT adjoint solve, then one batched pass for the parameter gradients of this rank's steps.
         ``lam_last`` (L, B, H) is needed on the last rank only. Returns (dax0 (n_local, B, 3H), stats)."""
         cfg = self.config
+        t_setup = time.perf_counter()
         T, u = state.T, state.u
         grid = local_grid(T, state.cfs, self.size, self.rank, reverse=True)
         lo_fwd = T - grid.hi
         levels = _level_inputs(grid, state.ax0, lo_fwd, cfg.coarse_input, reverse=True)
         # the forward's final sweep kept the gates of every local step (forward order)
-        prop = _AdjointProp(cell, cfg.coarse_cell_for(cell), w, levels, state.dt, u, state.cache)
+        adjoint = _FusedAdjoint if isinstance(state.prop, _FusedForward) else _AdjointProp
+        prop = adjoint(cell, cfg.coarse_cell_for(cell), w, levels, state.dt, u, state.prop)
         lam0 = lam_last if lam_last is not None else np.zeros_like(u[0])
         fas = _FAS(grid, prop, self.comm, lam0, cfg, tag=200)
         t0 = time.perf_counter()
+        fas.phases["setup (coarse linearizations)"] = [t0 - t_setup, 1, prop.evals]
         stats = fas.solve(cfg.bwd_iters)      # its final sweep keeps every step's cotangents
-        cell.accumulate_grads(grads, state.cache, prop.cot)
+        t1 = time.perf_counter()
+        cot = prop.cotangents()
+        cell.accumulate_grads(grads, state.prop.step_cache(u), cot)
+        fas.phases["parameter gradients"] = [time.perf_counter() - t1, 1, 0]
         stats.wait_time = fas.wait_time
-        stats.seconds = time.perf_counter() - t0
-        return prop.cot[0][0], stats
+        stats.seconds = time.perf_counter() - t_setup
+        return cot[0][0], stats
