@@ -111,20 +111,35 @@ class TrainConfig:
         return kw
 
 
-def evaluate(model, X, y, batch_size=500, solver="serial"):
+def evaluate(model, X, y, batch_size=100, solver="serial", comm=None):
     """Mean cross-entropy and accuracy of ``model`` on (X, y), in batches (exact serial forward by default).
 
     Parameters
     ----------
     X : ndarray, shape (N, T, I)
     y : ndarray, shape (N,), int
+    batch_size : int
+        Samples per forward call.
+    solver : str or solver config
+    comm : communicator, optional
+        With the serial solver, the ranks of ``comm`` share the batches (batch k on rank
+        k mod P) and gather the logits: every rank returns the same result, which does not depend
+        on the number of ranks (the batches are the same).
 
     Returns
     -------
     dict with ``loss`` (float), ``accuracy`` (float in [0, 1]) and ``logits`` (N, C)
     """
-    logits = np.concatenate([model.forward(X[i:i + batch_size], solver)
-                             for i in range(0, len(X), batch_size)])
+    starts = range(0, len(X), batch_size)
+    if comm is None or comm.Get_size() == 1 or solver != "serial":
+        logits = np.concatenate([model.forward(X[i:i + batch_size], solver) for i in starts])
+    else:
+        rank, size = comm.Get_rank(), comm.Get_size()
+        mine = {i: model.forward(X[i:i + batch_size], solver) for i in starts[rank::size]}
+        parts = {}
+        for d in comm.allgather(mine):
+            parts.update(d)
+        logits = np.concatenate([parts[i] for i in starts])
     shifted = logits - logits.max(axis=1, keepdims=True)
     lse = np.log(np.exp(shifted).sum(axis=1))
     loss = float(np.mean(lse - shifted[np.arange(len(y)), y]))
@@ -364,7 +379,7 @@ def train(cfg, out=print, progress=True, comm=None):
             if bar:
                 bar.done()
             t0 = time.perf_counter()
-            test = evaluate(model, X_test, ds.y_test)
+            test = evaluate(model, X_test, ds.y_test, comm=ranks.world)
             t_eval = time.perf_counter() - t0
             rec = dict(type="epoch", epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen,
                        test_loss=test["loss"], test_acc=test["accuracy"],

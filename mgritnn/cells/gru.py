@@ -453,6 +453,33 @@ def _stack_chains_vjp(dt, X, rd, Y, wr, starts, lens, g, res, hlin, fidx, G, N, 
 
 
 @numba.njit(**JIT_PAR)
+def _layer_newton_diag(ax, h, WhT, Wh, bh, dt, theta, scale, J, b, group):
+    """quasi-DEER's linearization of K independent states of one layer in one pass, without
+    keeping the gates: per state and row, f = step(h), J = scale diag(dh'/dh) and b = f - J h.
+    The same products (``group`` states per GEMM) and arithmetic as :func:`_layer_fused_forward`
+    followed by :func:`_layer_jacobian_diag` and the offset, so bitwise the same J and b."""
+    K, B, H = h.shape
+    ngroups = -(-K // group)
+    for q in prange(ngroups):
+        k0 = q * group
+        k1 = min(K, k0 + group)
+        rows = (k1 - k0) * B
+        Gs = np.empty((rows, 3 * H), h.dtype)
+        N = np.empty((B, H), h.dtype)
+        f = np.empty((B, H), h.dtype)
+        np.dot(h[k0:k1].reshape((rows, H)), WhT, Gs)
+        for k in range(k0, k1):
+            G = Gs[(k - k0) * B:(k - k0 + 1) * B]
+            _block_gates(ax[k], h[k], bh, dt[k], theta, f, G, N, 0, B)
+            for r in range(B):
+                for i in range(H):
+                    d, ar, az, an = _row_jacobian_coeffs(h[k], dt[k], theta, G, N, r, i)
+                    jd = scale * (d + ar * Wh[i, i] + az * Wh[H + i, i] + an * Wh[2 * H + i, i])
+                    J[k, r, i] = jd
+                    b[k, r, i] = f[r, i] - jd * h[k, r, i]
+
+
+@numba.njit(**JIT_PAR)
 def _outer_partials(dA, X, partial):
     """partial[c] = dA[rows of chunk c]^T X[rows of chunk c]; dA (R, M), X (R, I), partial (C, M, I)."""
     R = dA.shape[0]
@@ -889,6 +916,26 @@ class GRUCell:
         elif jacobian is not None:
             raise ConfigError(f"jacobian must be None, 'dense' or 'diag', got {jacobian!r}")
         return LayerStep(hnew, h, G, N, J)
+
+    def layer_newton_diag(self, w, l, ax, h, dt, scale, J, b):
+        """quasi-DEER's linearization of layer ``l`` at K states, in one pass: ``J = scale
+        diag(dh'/dh)`` and ``b = step(h) - J h`` (what :meth:`layer_step` with
+        ``jacobian="diag", fused=True`` and the offset give, bit for bit, without the gates).
+
+        Parameters
+        ----------
+        w : GRUWeights
+        l : int
+        ax, h, dt : as in :meth:`layer_step`
+        scale : float
+            Damping factor of the Jacobian (1 / (1 + damping)).
+        J, b : ndarray, shape (K, B, H), the weights' dtype
+            Receive the scaled diagonal Jacobian and the offset.
+        """
+        K, B, H = h.shape
+        dtype = h.dtype
+        _layer_newton_diag(ax, h, w.WhT[l], w.Wh[l], w.bh[l], dt, dtype.type(self.theta),
+                           dtype.type(scale), J, b, max(1, FUSED_ROWS // B))
 
     def layer_step_vjp(self, w, l, lam, h_gate, dt, G, N, need_lam=True):
         """VJP of :meth:`layer_step` for K states at its intermediates.

@@ -387,13 +387,23 @@ class DEERSolver(TimeParallelSolver):
         change = np.empty(n, np.float64)
         history, best, status, resid = [], np.inf, NOT_CONVERGED, 0.0
         k = 0
+        # quasi-DEER on a theta-family cell: one pass makes J and b (no gates kept), into arrays
+        # reused by every iteration
+        one_pass = cfg.quasi and cell.fused_stack
+        J = np.empty((n, B, H), dtype) if one_pass else None
         while k < cfg.max_iter:
             k += 1
             h_lin = np.ascontiguousarray(hs[:-1])
-            step = cell.layer_step(w, l, ax, h_lin, dtv, jacobian=kind, fused=True)
-            (_offset_diag if cfg.quasi else _offset_dense)(step.J, h_lin, step.h_new, scale, b)
-            _, start = linear_recurrence(step.J, b, h0, out=new, chunks=cfg.chunks, comm=self.comm)
-            step = None                    # free this Jacobian before the next one is made
+            if one_pass:
+                cell.layer_newton_diag(w, l, ax, h_lin, dtv, scale, J, b)
+            else:
+                step = cell.layer_step(w, l, ax, h_lin, dtv, jacobian=kind, fused=True)
+                J = step.J
+                (_offset_diag if cfg.quasi else _offset_dense)(J, h_lin, step.h_new, scale, b)
+                step = None
+            _, start = linear_recurrence(J, b, h0, out=new, chunks=cfg.chunks, comm=self.comm)
+            if not one_pass:
+                J = None                   # free this Jacobian before the next one is made
             _update(new, hs[1:], atol, rtol, err, change)
             if self.rank > 0:
                 hs[0] = start
