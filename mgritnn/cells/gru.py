@@ -48,29 +48,65 @@ from .activations import flush_subnormal, sigmoid, tanh
 # ----------------------------------------------------------------------------------------------
 
 #: Products of at most this many rows with a weight matrix of at most _SMALL_WEIGHT entries run as
-#: compiled loops (:func:`_mm`) instead of a BLAS call, whose fixed cost (~1 us) dominates a product
-#: of one row with a 64 x 192 matrix: 0.92 us in OpenBLAS, 0.6 us here; from four rows on
-#: OpenBLAS's small-matrix kernels are faster (4 x 32 by 32 x 96: 0.23 us against 0.53 us). Which of the two a product
-#: uses depends only on its shapes (rows per block, weight size), never on how many states or time
-#: points are stepped together, so results stay bitwise independent of that.
+#: compiled loops (:func:`_mm_own`) instead of a BLAS call, whose fixed cost dominates a product of
+#: one row with a 64 x 192 matrix (0.92 us in OpenBLAS, 0.6 us here, measured on an idle machine);
+#: from four rows on, or for larger matrices (1 x 128 by 128 x 384: 4.0 us against 5.4 us),
+#: OpenBLAS is faster. Which of the two a product uses depends only on its shapes (rows per state,
+#: weight size), never on how many states or time points are stepped together, so results stay
+#: bitwise independent of that; MGRIT's chains of such states advance in lockstep
+#: (:func:`_stack_chains_lockstep`), their rows in one compiled product.
 _SMALL_ROWS = 2
-_SMALL_WEIGHT = 1 << 18
+_SMALL_WEIGHT = 3 * 64 * 64
 
 
 @numba.njit(**JIT)
 def _mm(A, W, out, lo, hi):
-    """``out[lo:hi] = A[lo:hi] W`` for A (R, K), W (K, M), out (R, M).
-
-    Few rows of a small W: per row, the sum over k in ascending order, four terms at a time
-    (``o += a_k W_k + a_{k+1} W_{k+1} + a_{k+2} W_{k+2} + a_{k+3} W_{k+3}``), vectorized over the
-    M columns; otherwise one BLAS GEMM (see ``_SMALL_ROWS``).
-    """
+    """``out[lo:hi] = A[lo:hi] W`` for A (R, K), W (K, M), out (R, M): :func:`_mm_own` for few
+    rows of a small W, otherwise one BLAS GEMM (see ``_SMALL_ROWS``)."""
     K, M = W.shape
     if hi - lo > _SMALL_ROWS or K * M > _SMALL_WEIGHT:
         np.dot(A[lo:hi], W, out[lo:hi])
-        return
+    else:
+        _mm_own(A, W, out, lo, hi)
+
+
+@numba.njit(**JIT)
+def _mm_own(A, W, out, lo, hi):
+    """``out[lo:hi] = A[lo:hi] W`` in compiled loops. Every row is the sum over k in ascending
+    order, four terms at a time (``o += a_k W_k + a_{k+1} W_{k+1} + a_{k+2} W_{k+2} +
+    a_{k+3} W_{k+3}``), vectorized over the M columns; rows go in fours that share each load of
+    W, with the same arithmetic per row, so a row's result never depends on the rows beside it."""
+    K, M = W.shape
     K4 = K - K % 4
-    for b in range(lo, hi):
+    b = lo
+    while b + 4 <= hi:
+        o0, o1, o2, o3 = out[b], out[b + 1], out[b + 2], out[b + 3]
+        for m in range(M):
+            o0[m] = 0.0
+            o1[m] = 0.0
+            o2[m] = 0.0
+            o3[m] = 0.0
+        for k in range(0, K4, 4):
+            a00, a01, a02, a03 = A[b, k], A[b, k + 1], A[b, k + 2], A[b, k + 3]
+            a10, a11, a12, a13 = A[b + 1, k], A[b + 1, k + 1], A[b + 1, k + 2], A[b + 1, k + 3]
+            a20, a21, a22, a23 = A[b + 2, k], A[b + 2, k + 1], A[b + 2, k + 2], A[b + 2, k + 3]
+            a30, a31, a32, a33 = A[b + 3, k], A[b + 3, k + 1], A[b + 3, k + 2], A[b + 3, k + 3]
+            for m in range(M):
+                w0, w1, w2, w3 = W[k, m], W[k + 1, m], W[k + 2, m], W[k + 3, m]
+                o0[m] += a00 * w0 + a01 * w1 + a02 * w2 + a03 * w3
+                o1[m] += a10 * w0 + a11 * w1 + a12 * w2 + a13 * w3
+                o2[m] += a20 * w0 + a21 * w1 + a22 * w2 + a23 * w3
+                o3[m] += a30 * w0 + a31 * w1 + a32 * w2 + a33 * w3
+        for k in range(K4, K):
+            a0, a1, a2, a3 = A[b, k], A[b + 1, k], A[b + 2, k], A[b + 3, k]
+            for m in range(M):
+                w0 = W[k, m]
+                o0[m] += a0 * w0
+                o1[m] += a1 * w0
+                o2[m] += a2 * w0
+                o3[m] += a3 * w0
+        b += 4
+    for b in range(b, hi):
         o = out[b]
         for m in range(M):
             o[m] = 0.0
@@ -452,6 +488,161 @@ def _stack_chains_vjp(dt, X, rd, Y, wr, starts, lens, g, res, hlin, fidx, G, N, 
                 _chain_store(y, g, s, Y, w, res, c, i == lens[c] - 1)
 
 
+#: Chains that :func:`_stack_chains_lockstep` advances together.
+_LOCKSTEP = 4
+
+
+@numba.njit(**JIT)
+def _gather_rows(src, A, R):
+    """A[R:R+B] = src (B, K); returns R + B."""
+    for b in range(src.shape[0]):
+        A[R + b] = src[b]
+    return R + src.shape[0]
+
+
+@numba.njit(**JIT_PAR)
+def _stack_chains_lockstep(ax, dt, X, rd, Y, wr, starts, lens, g, res, WhT, bh, WxT, bx, theta,
+                           keep, G, N, Yk, nchunks):
+    """:func:`_stack_chains` for states of few rows with small weights (those whose products
+    :func:`_mm` runs as :func:`_mm_own`): _LOCKSTEP chains advance together, position by
+    position, and each layer's products of their rows are one :func:`_mm_own` call, which loads
+    the weights once for four rows (0.33 against 0.6 us per row for 64 x 192 here). Every row's
+    arithmetic is that of :func:`_stack_chains`, so the results are bitwise the same."""
+    C = starts.shape[0]
+    L, B, H = X.shape[1], X.shape[2], X.shape[3]
+    S = _LOCKSTEP
+    direct = g.shape[0] == 0
+    for q in prange(nchunks):
+        c0, c1 = q * C // nchunks, (q + 1) * C // nchunks
+        A = np.empty((S * B, H), X.dtype)
+        Pg = np.empty((S * B, 3 * H), X.dtype)          # recurrent products
+        Pa = np.empty((S * B, 3 * H), X.dtype)          # input projections (layers above 0)
+        tmp = np.empty((S, L, B, H), X.dtype)
+        Gw = np.empty((L, S, B, 3 * H), X.dtype)         # gates not kept
+        Nw = np.empty((L, S, B, H), X.dtype)
+        for c in range(c0, c1, S):
+            ce = min(c + S, c1)
+            n = 0
+            for cc in range(c, ce):
+                n = max(n, lens[cc])
+            for i in range(n):
+                for l in range(L):
+                    if l > 0:
+                        R = 0
+                        for cc in range(c, ce):
+                            if i < lens[cc]:
+                                last = i == lens[cc] - 1 and res.shape[0] > 0
+                                y = Y[wr[cc] + i] if direct and not last else tmp[cc - c]
+                                R = _gather_rows(y[l - 1], A, R)
+                        _mm_own(A, WxT[l - 1], Pa, 0, R)
+                        for r in range(R):
+                            for m in range(3 * H):
+                                Pa[r, m] += bx[l - 1, m]
+                    R = 0
+                    for cc in range(c, ce):
+                        if i < lens[cc]:
+                            R = _gather_rows(X[rd[cc] + i][l], A, R)
+                    _mm_own(A, WhT[l], Pg, 0, R)
+                    R = 0
+                    for cc in range(c, ce):
+                        if i < lens[cc]:
+                            s = starts[cc] + i
+                            last = i == lens[cc] - 1 and res.shape[0] > 0
+                            y = Y[wr[cc] + i] if direct and not last else tmp[cc - c]
+                            Gd = G[l, s] if keep else Gw[l, cc - c]
+                            Nd = N[l, s] if keep else Nw[l, cc - c]
+                            for b in range(B):
+                                Gd[b] = Pg[R + b]
+                            a = ax[s] if l == 0 else Pa[R:R + B]
+                            _block_gates(a, X[rd[cc] + i][l], bh[l], dt[s], theta, y[l], Gd, Nd,
+                                         0, B)
+                            if keep and l < L - 1:
+                                Yk[l, s] = y[l]
+                            R += B
+                for cc in range(c, ce):
+                    if i < lens[cc]:
+                        last = i == lens[cc] - 1 and res.shape[0] > 0
+                        y = Y[wr[cc] + i] if direct and not last else tmp[cc - c]
+                        _chain_store(y, g, starts[cc] + i, Y, wr[cc] + i, res, cc,
+                                     i == lens[cc] - 1)
+
+
+@numba.njit(**JIT_PAR)
+def _stack_chains_vjp_lockstep(dt, X, rd, Y, wr, starts, lens, g, res, hlin, fidx, G, N, Wh, Wx,
+                               theta, keep, DAX, DAH, nchunks):
+    """:func:`_stack_chains_vjp` with _LOCKSTEP chains together, as :func:`_stack_chains_lockstep`
+    (every row's arithmetic that of :func:`_block_vjp`: bitwise the same results)."""
+    C = starts.shape[0]
+    L, B, H = X.shape[1], X.shape[2], X.shape[3]
+    S = _LOCKSTEP
+    direct = g.shape[0] == 0
+    for q in prange(nchunks):
+        c0, c1 = q * C // nchunks, (q + 1) * C // nchunks
+        A = np.empty((S * B, 3 * H), X.dtype)
+        P = np.empty((S * B, H), X.dtype)
+        tmp = np.empty((S, L, B, H), X.dtype)
+        lam_l = np.empty((S, B, H), X.dtype)
+        dxin = np.empty((S, B, H), X.dtype)
+        work = np.empty((S, B, H), X.dtype)
+        Aw = np.empty((L, S, B, 3 * H), X.dtype)         # cotangents not kept
+        Hw = np.empty((L, S, B, 3 * H), X.dtype)
+        for c in range(c0, c1, S):
+            ce = min(c + S, c1)
+            n = 0
+            for cc in range(c, ce):
+                n = max(n, lens[cc])
+            for i in range(n):
+                for l in range(L - 1, -1, -1):
+                    R = 0
+                    for cc in range(c, ce):
+                        if i < lens[cc]:
+                            j = cc - c
+                            s = starts[cc] + i
+                            f = fidx[s]
+                            lam = X[rd[cc] + i]
+                            if l == L - 1:
+                                lam_l[j] = lam[l]
+                            else:
+                                for b in range(B):
+                                    for m in range(H):
+                                        lam_l[j, b, m] = lam[l, b, m] + dxin[j, b, m]
+                            dax = DAX[l, f] if keep else Aw[l, j]
+                            dah = DAH[l, f] if keep else Hw[l, j]
+                            _block_gate_vjp(lam_l[j], hlin[f][l], dt[s], theta, G[l, f], N[l, f],
+                                            dax, dah, work[j], 0, B)
+                            R = _gather_rows(dah, A, R)
+                    _mm_own(A, Wh[l], P, 0, R)
+                    R = 0
+                    for cc in range(c, ce):
+                        if i < lens[cc]:
+                            j = cc - c
+                            last = i == lens[cc] - 1 and res.shape[0] > 0
+                            y = Y[wr[cc] + i] if direct and not last else tmp[j]
+                            for b in range(B):
+                                for m in range(H):
+                                    y[l, b, m] = flush_subnormal(P[R + b, m] + work[j, b, m])
+                            R += B
+                    if l > 0:
+                        R = 0
+                        for cc in range(c, ce):
+                            if i < lens[cc]:
+                                f = fidx[starts[cc] + i]
+                                R = _gather_rows(DAX[l, f] if keep else Aw[l, cc - c], A, R)
+                        _mm_own(A, Wx[l - 1], P, 0, R)
+                        R = 0
+                        for cc in range(c, ce):
+                            if i < lens[cc]:
+                                for b in range(B):
+                                    dxin[cc - c, b] = P[R + b]
+                                R += B
+                for cc in range(c, ce):
+                    if i < lens[cc]:
+                        last = i == lens[cc] - 1 and res.shape[0] > 0
+                        y = Y[wr[cc] + i] if direct and not last else tmp[cc - c]
+                        _chain_store(y, g, starts[cc] + i, Y, wr[cc] + i, res, cc,
+                                     i == lens[cc] - 1)
+
+
 @numba.njit(**JIT_PAR)
 def _layer_newton_diag(ax, h, WhT, Wh, bh, dt, theta, scale, J, b, group):
     """quasi-DEER's linearization of K independent states of one layer in one pass, without
@@ -646,6 +837,12 @@ class StackCache(NamedTuple):
                    np.empty((L - 1, n, B, H), dtype))
 
 
+def _lockstep(B, H):
+    """Whether the stack kernels advance chains in lockstep: states of B rows whose products
+    :func:`_mm` runs as compiled loops (the same arithmetic either way)."""
+    return B <= _SMALL_ROWS and 3 * H * H <= _SMALL_WEIGHT
+
+
 def _chunks(C):
     """Blocks of chains a stack kernel runs in parallel (results do not depend on it)."""
     return max(1, min(int(C), 8 * numba.get_num_threads()))
@@ -834,9 +1031,14 @@ class GRUCell:
             kept = True
         g = np.empty((0, L, B, H), dtype) if g is None else g
         res = np.empty((0, L, B, H), dtype) if res is None else res
-        _stack_chains(ax, dt, X, rd, Y, wr, starts, lens, g, res, sw.WhT, sw.bh, sw.WxT, sw.bx,
-                      dtype.type(self.theta), kept, keep.G, keep.N, keep.Y,
-                      row_blocks(B, sw.Wh[0].nbytes), _chunks(len(starts)))
+        if _lockstep(B, H):
+            _stack_chains_lockstep(ax, dt, X, rd, Y, wr, starts, lens, g, res, sw.WhT, sw.bh,
+                                   sw.WxT, sw.bx, dtype.type(self.theta), kept, keep.G, keep.N,
+                                   keep.Y, _chunks(len(starts)))
+        else:
+            _stack_chains(ax, dt, X, rd, Y, wr, starts, lens, g, res, sw.WhT, sw.bh, sw.WxT,
+                          sw.bx, dtype.type(self.theta), kept, keep.G, keep.N, keep.Y,
+                          row_blocks(B, sw.Wh[0].nbytes), _chunks(len(starts)))
 
     def advance_vjp(self, sw, dt, X, rd, Y, wr, starts, lens, hlin, lin, fidx, g=None, keep=None,
                     res=None):
@@ -862,9 +1064,14 @@ class GRUCell:
             kept = True
         g = np.empty((0, L, B, H), dtype) if g is None else g
         res = np.empty((0, L, B, H), dtype) if res is None else res
-        _stack_chains_vjp(dt, X, rd, Y, wr, starts, lens, g, res, hlin, fidx, lin.G, lin.N, sw.Wh, sw.Wx,
-                          dtype.type(self.theta), kept, keep[0], keep[1],
-                          row_blocks(B, sw.Wh[0].nbytes), _chunks(len(starts)))
+        if _lockstep(B, H):
+            _stack_chains_vjp_lockstep(dt, X, rd, Y, wr, starts, lens, g, res, hlin, fidx, lin.G,
+                                       lin.N, sw.Wh, sw.Wx, dtype.type(self.theta), kept, keep[0],
+                                       keep[1], _chunks(len(starts)))
+        else:
+            _stack_chains_vjp(dt, X, rd, Y, wr, starts, lens, g, res, hlin, fidx, lin.G, lin.N,
+                              sw.Wh, sw.Wx, dtype.type(self.theta), kept, keep[0], keep[1],
+                              row_blocks(B, sw.Wh[0].nbytes), _chunks(len(starts)))
 
     # -- one layer, K states (the step API's building block; DEER linearizes with it) -----------
 
