@@ -101,7 +101,8 @@ _SOLVER_FLAGS = {
     "--preset": (_fields(_MG, "preset"),
                  dict(choices=None, help="MGRIT: a named option set that the other MGRIT flags "
                                          "override: paper (Moon & Cyr: 3 levels, cf 4, FCF, 2/1 "
-                                         "cycles) or fast (F-relaxation, 1/1 cycles, warm start)")),
+                                         "cycles) or fast (2 levels, F-relaxation, 1/1 cycles, warm "
+                                         "start)")),
     "--levels": (_fields(_MG, "levels"), dict(type=int, help="MGRIT: levels (default 3; 1 = serial sweep)")),
     "--cf": (_fields(_MG, "cf"), dict(type=_int_list, help="MGRIT: coarsening factor, or one per level (default 4)")),
     "--relax": (_fields(_MG, "relax"), dict(type=_str_list, help="MGRIT: FCF or F relaxation, or one per level (default FCF)")),

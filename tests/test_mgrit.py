@@ -263,7 +263,8 @@ def test_phases_account_for_every_evaluation(cfg):
 def test_presets():
     paper, fast = MGRITConfig.preset("paper"), MGRITConfig.preset("fast")
     assert paper == MGRITConfig()                # the defaults are the paper's
-    assert (fast.relax, fast.fwd_iters, fast.bwd_iters, fast.initial_guess) == ("F", 1, 1, "warm")
+    assert (fast.levels, fast.relax, fast.fwd_iters, fast.bwd_iters, fast.initial_guess) == \
+        (2, "F", 1, 1, "warm")
     assert MGRITConfig.preset("fast", fwd_iters=2).fwd_iters == 2
     with pytest.raises(ConfigError, match="unknown MGRIT preset"):
         MGRITConfig.preset("fastest")
@@ -275,19 +276,18 @@ def test_presets():
 
 
 def test_fast_preset_step_evaluations():
-    """The fast preset on one rank, N = 128, 3 levels, cf 4 (96 F- and 32 C-points on level 0,
-    24 and 8 on level 1, 8 coarsest intervals). First visit of the samples (no warm states: the
-    skipped first cycle): coarsest 8 + F level 1 24 + final sweep 128 = 160 forward; adjoint:
-    coarse linearizations 32 + 8, coarsest 8, F level 1 24, final sweep 128 = 200. Warm (the
-    samples seen before): a full cycle, F level 0 96, residual 32, coarse rhs 32, F level 1 24,
-    residual 8, coarse rhs 8, coarsest 8, F level 1 24, final sweep 128 = 360 forward. At P = 4 the
-    same counts per rank are 40 + 50 cold and 90 + 50 = 140 warm (Moon & Cyr's code: 98 + 42)."""
+    """The fast preset on one rank, N = 128, 2 levels, cf 4 (96 F- and 32 C-points on level 0, 32
+    coarse steps). First visit of the samples (no warm states: the skipped first cycle): coarse
+    solve 32 + final sweep 128 = 160 forward; adjoint: coarse linearizations 32, coarse solve 32,
+    final sweep 128 = 192. Warm (the samples seen before): a full cycle, F level 0 96, residual 32,
+    coarse rhs 32, coarse solve 32, final sweep 128 = 320 forward. At P = 4 the same counts per rank
+    are 40 + 48 cold and 80 + 48 = 128 warm (Moon & Cyr's code: 98 + 42)."""
     m, X, y = model_and_data("implicit", 1, T=128, B=2, H=3)
     solver = MGRITConfig.preset("fast").make_solver()
     _, _, cold = m.loss_and_grad_flat(X, y, solver, keys=np.arange(2))
-    assert (cold["forward"].step_evals, cold["adjoint"].step_evals) == (160, 200)
+    assert (cold["forward"].step_evals, cold["adjoint"].step_evals) == (160, 192)
     _, _, warm = m.loss_and_grad_flat(X, y, solver, keys=np.arange(2))
-    assert (warm["forward"].step_evals, warm["adjoint"].step_evals) == (360, 200)
+    assert (warm["forward"].step_evals, warm["adjoint"].step_evals) == (320, 192)
     # the warm solve starts where the cold one ended: its first residual is the cold final one
     assert warm["forward"].history[0] == cold["forward"].history[-1]
     assert warm["forward"].history[-1] < 0.5 * warm["forward"].history[0]
