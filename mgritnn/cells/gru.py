@@ -1021,7 +1021,9 @@ class GRUCell:
         Notes
         -----
         A state's result is bitwise that of the serial sweep's kernels and of :meth:`step`; chains
-        must not write a state another chain reads.
+        must not write a state another chain reads. Chains run in parallel on the threads; states
+        of one or two rows with H <= 64 go four chains in lockstep, one compiled product for their
+        rows (:func:`_stack_chains_lockstep`), with the same arithmetic per row.
         """
         L, B, H = X.shape[1:]
         dtype = X.dtype
