@@ -68,6 +68,8 @@ def _add_train_args(p):
                    help="write a checkpoint here after every epoch (atomically)")
     p.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint if it exists (bit for bit as uninterrupted)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --checkpoint of an earlier run (otherwise an error)")
     p.add_argument("--log", default=d.log, help="append one JSON line per epoch to this file")
     p.add_argument("--max-batches", type=int, default=d.max_batches,
                    help="stop every epoch after this many batches (quick runs)")
@@ -228,6 +230,13 @@ def cmd_eval(a):
 def cmd_predict(a):
     from .io import atomic_savez
     from .train import evaluate, load_checkpoint
+    if os.path.isdir(a.out):
+        raise ConfigError(f"--out {a.out!r} is a directory: name a file in it, e.g. "
+                          f"{os.path.join(a.out, 'logits.npz')!r}")
+    for flag, path in (("--checkpoint", a.checkpoint), ("--data", a.data)):
+        if path and os.path.exists(path) and os.path.realpath(path) == os.path.realpath(a.out):
+            raise ConfigError(f"--out {a.out!r} is the {flag} file: writing the logits there would "
+                              "destroy it; choose another path")
     model, std, meta = load_checkpoint(a.checkpoint)
     ds = _data_for_checkpoint(a, meta)
     X, y = getattr(ds, f"X_{a.split}"), getattr(ds, f"y_{a.split}")

@@ -58,6 +58,8 @@ class TrainConfig:
         Path of the checkpoint written (atomically) after every epoch.
     resume : bool
         Continue from ``checkpoint`` if it exists.
+    overwrite : bool
+        Replace an existing ``checkpoint`` (of an earlier run) instead of refusing to start.
     log : str or None
         Path of a JSON-lines log (one record per epoch).
     max_batches : int or None
@@ -85,6 +87,7 @@ class TrainConfig:
     threads: int = None
     checkpoint: str = None
     resume: bool = False
+    overwrite: bool = False
     log: str = None
     max_batches: int = None
 
@@ -103,6 +106,27 @@ class TrainConfig:
             raise ConfigError(f"clip must be a positive number, got {self.clip!r}")
         if self.resume and not self.checkpoint:
             raise ConfigError("resume needs a checkpoint path: add --checkpoint PATH")
+        self._check_paths()
+
+    def _check_paths(self):
+        """The run's outputs never replace its input or an earlier run's checkpoint."""
+        data = None if self.data == "default" else os.path.realpath(self.data)
+        for flag, path in (("--checkpoint", self.checkpoint), ("--log", self.log)):
+            if path is None:
+                continue
+            if os.path.isdir(path):
+                raise ConfigError(f"{flag} {path!r} is a directory: name a file in it, e.g. "
+                                  f"{os.path.join(path, 'run.npz' if flag == '--checkpoint' else 'run.jsonl')!r}")
+            if data is not None and os.path.realpath(path) == data:
+                raise ConfigError(f"{flag} {path!r} is the training data (--data): writing it would "
+                                  "destroy the data; choose another path")
+        if self.checkpoint and self.log and \
+                os.path.realpath(self.checkpoint) == os.path.realpath(self.log):
+            raise ConfigError(f"--checkpoint and --log are the same file {self.checkpoint!r}: "
+                              "choose two paths")
+        if self.checkpoint and os.path.exists(self.checkpoint) and not (self.resume or self.overwrite):
+            raise ConfigError(f"checkpoint {self.checkpoint!r} exists from an earlier run: add "
+                              "--resume to continue it, or --overwrite to replace it")
 
     def optimizer_kwargs(self):
         kw = dict(lr=self.lr, weight_decay=self.weight_decay)

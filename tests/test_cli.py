@@ -158,3 +158,30 @@ def test_train_with_the_fast_mgrit_preset(tmp_path, capsys):
     assert len(batches) == 4 and all(r["fwd_iters"] == 1 for r in batches)
     r = run("train", "--solver", "mgrit", "--preset", "fastest", "--epochs", "1")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_outputs_never_replace_inputs_or_an_earlier_run(tmp_path):
+    """No run destroys a file: a checkpoint or log that is the training data, a second run onto an
+    existing checkpoint without --resume or --overwrite, predictions written onto the checkpoint,
+    and outputs that are directories all stop at once with exit 2 and one line naming the fix; the
+    files stay byte for byte as they were."""
+    data = write_npz(tmp_path / "d.npz")
+    data_bytes = open(data, "rb").read()
+    ck = tmp_path / "ck.npz"
+    quick = ["--epochs", "1", "--hidden", "4", "--max-batches", "1", "--quiet"]
+    for flag in ("--checkpoint", "--log"):
+        r = run("train", "--data", data, flag, data, *quick)
+        assert r.returncode == 2 and "is the training data" in r.stderr, r.stderr
+    r = run("train", "--data", data, "--checkpoint", str(tmp_path), *quick)
+    assert r.returncode == 2 and "is a directory" in r.stderr, r.stderr
+    assert main(["train", "--data", data, "--checkpoint", str(ck), *quick]) == 0
+    ck_bytes = ck.read_bytes()
+    r = run("train", "--data", data, "--checkpoint", str(ck), *quick)
+    assert r.returncode == 2 and "exists from an earlier run" in r.stderr and "--overwrite" in r.stderr
+    r = run("predict", "--checkpoint", str(ck), "--out", str(ck))
+    assert r.returncode == 2 and "would destroy it" in r.stderr, r.stderr
+    r = run("predict", "--checkpoint", str(ck), "--out", str(tmp_path))
+    assert r.returncode == 2 and "is a directory" in r.stderr, r.stderr
+    assert open(data, "rb").read() == data_bytes and ck.read_bytes() == ck_bytes
+    assert main(["train", "--data", data, "--checkpoint", str(ck), "--overwrite", *quick]) == 0
+    assert main(["train", "--data", data, "--checkpoint", str(ck), "--resume", *quick]) == 0
