@@ -259,6 +259,12 @@ def gradcheck(cell="classic", layers=2, hidden=5, input_size=3, classes=3, seq_l
     dict of str -> float
     """
     from .model import GRUClassifier
+    if not (np.isfinite(eps) and eps > 0):
+        raise ConfigError(f"eps must be a positive step for the central differences, got {eps!r}: "
+                          "use e.g. --eps 1e-6")
+    if classes < 2:
+        raise ConfigError(f"--classes {classes}: a softmax over one class has a zero gradient, so "
+                          "the check would test nothing; use --classes 2 or more")
     m = GRUClassifier(input_size, hidden, classes, num_layers=layers, cell=cell, dtype="float64",
                       seed=seed, dt=dt)
     rng = np.random.default_rng(seed)

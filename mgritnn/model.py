@@ -67,6 +67,8 @@ class GRUClassifier:
         self.num_layers = _positive_int("num_layers", num_layers)
         self.cell = get_cell(cell)
         self.dtype = resolve_dtype(dtype)
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         self.dt = float(dt)
         if not np.isfinite(self.dt) or self.dt <= 0:
             raise ConfigError(f"dt must be a positive number, got {dt!r}")

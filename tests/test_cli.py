@@ -185,3 +185,14 @@ def test_outputs_never_replace_inputs_or_an_earlier_run(tmp_path):
     assert open(data, "rb").read() == data_bytes and ck.read_bytes() == ck_bytes
     assert main(["train", "--data", data, "--checkpoint", str(ck), "--overwrite", *quick]) == 0
     assert main(["train", "--data", data, "--checkpoint", str(ck), "--resume", *quick]) == 0
+
+
+@pytest.mark.parametrize("args, match", [
+    (["train", "--seed", "-1"], "seed must be a non-negative integer"),
+    (["gradcheck", "--eps", "0"], "eps must be a positive step"),
+    (["gradcheck", "--classes", "1"], "use --classes 2 or more"),
+])
+def test_bad_values_exit_2_without_a_traceback(args, match):
+    r = run(*args)
+    assert r.returncode == 2 and "mgritnn: error:" in r.stderr and match in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
