@@ -108,10 +108,10 @@ class TrainConfig:
             raise ConfigError(f"clip must be a positive number, got {self.clip!r}")
         if self.resume and not self.checkpoint:
             raise ConfigError("resume needs a checkpoint path: add --checkpoint PATH")
-        self._check_paths()
 
-    def _check_paths(self):
-        """The run's outputs never replace its input or an earlier run's checkpoint."""
+    def check_paths(self):
+        """Raise a ConfigError unless the run's outputs are files that replace neither its input
+        nor an earlier run's checkpoint (called by :func:`train` before any work)."""
         data = None if self.data == "default" else os.path.realpath(self.data)
         for flag, path in (("--checkpoint", self.checkpoint), ("--log", self.log)):
             if path is None:
@@ -310,6 +310,7 @@ def train(cfg, out=print, progress=True, comm=None):
     history : list of dict
         One record per epoch (what the JSON-lines log holds).
     """
+    cfg.check_paths()
     ranks = _Ranks(comm, cfg.data_parallel)
     set_num_threads(cfg.threads if cfg.threads is not None else
                     (None if ranks.size == 1 else default_threads(ranks.world)))

@@ -40,7 +40,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 try:  # run as ``python perf/bench_mgrit.py`` (perf/ on sys.path) or as ``python -m perf.bench_mgrit``
@@ -68,15 +67,7 @@ def worker(a):
               "deer": lambda: DEERConfig(), "quasi-deer": lambda: DEERConfig(quasi=True)}[a.solver]()
     step = harness.training_step(m, X, y, solver)    # every call solves the same problem
 
-    t0 = time.perf_counter()
-    loss, g, info = step()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(a.repeats):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    first, times, (loss, g, info) = harness.time_ranks(comm, step, a.repeats)
     evals = comm.gather((info["forward"].step_evals, info["adjoint"].step_evals), root=0)
     tmax = statistics.median(times) if times else 0.0
     if size > 1:                                 # a step takes as long as its slowest rank

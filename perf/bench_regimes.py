@@ -96,16 +96,7 @@ def worker(a):
               "deer": lambda: DEERConfig(), "quasi-deer": lambda: DEERConfig(quasi=True)}[a.solver]()
     step = harness.training_step(m, X, y, solver)    # every call solves the same problem
 
-    comm.Barrier()
-    t0 = time.perf_counter()
-    loss, g, info = step()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(a.repeats):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        loss, g, info = step()
-        times.append(time.perf_counter() - t0)
+    first, times, (loss, g, info) = harness.time_ranks(comm, step, a.repeats)
     med = statistics.median(times) if times else first
     fs, ad = info["forward"], info["adjoint"]
     per_rank = comm.gather(dict(step_s=med, first_call_s=first, evals=(fs.step_evals, ad.step_evals),

@@ -21,7 +21,7 @@ from numba import prange
 
 import mgritnn
 
-__all__ = ["mpi_problem", "training_step", "timeit", "timeit_many", "gemm_rate", "torch_gemm_rate", "emit", "machine_info",
+__all__ = ["mpi_problem", "training_step", "time_ranks", "timeit", "timeit_many", "gemm_rate", "torch_gemm_rate", "emit", "machine_info",
            "git_state", "cpu_busy"]
 
 
@@ -58,6 +58,23 @@ def training_step(m, X, y, solver, lr=1e-3):
         m.flat[:] = params0
         return loss, g, info
     return step
+
+
+def time_ranks(comm, fn, repeats):
+    """Time ``fn`` on every rank of ``comm`` together: one first call (compilation or cache load)
+    and then ``repeats`` calls, each started after a barrier. Returns ``(first_s, times_s, result
+    of the last call)``, this rank's times."""
+    comm.Barrier()
+    t0 = time.perf_counter()
+    result = fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return first, times, result
 
 
 def _summary(first, times):
