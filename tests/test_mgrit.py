@@ -10,7 +10,7 @@ from mgritnn.cells import get_cell, project
 from mgritnn.config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from mgritnn.distributed import level_points, local_grid, rank_bounds
 from mgritnn.errors import ConfigError
-from mgritnn.solvers import MGRITConfig, MGRITSolver
+from mgritnn.solvers import DEERConfig, MGRITConfig, MGRITSolver
 from strategies import problems
 
 
@@ -305,3 +305,37 @@ def test_config_object_makes_one_solver_per_model():
     m.loss_and_grad(X, y, cfg, keys=keys)
     _, _, warm = m.loss_and_grad_flat(X, y, cfg, keys=keys)
     assert warm["forward"].history[0] < 1e-2 * cold["forward"].history[0]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MGRITConfig(initial_guess="warm", fwd_iters=1, bwd_iters=1),
+    lambda: DEERConfig(initial_guess="warm", atol=1e-3, rtol=0.0),
+], ids=["mgrit", "deer"])
+def test_warm_states_survive_a_checkpoint_bit_for_bit(make):
+    """warm_arrays / load_warm_arrays: a new solver loaded with the old one's warm states continues
+    bit for bit as the old one does (what a resumed training run needs)."""
+    m, X, y = model_and_data("classic", 2, T=48, B=4)
+    keys = np.arange(4)
+    old = make().make_solver()
+    m.loss_and_grad_flat(X[:3], y[:3], old, keys=keys[:3])           # sample 3 never seen
+    arrays = old.warm_arrays()
+    assert arrays["keys"].shape == (3, 2) and arrays["states"].dtype == np.float64
+    new = make().make_solver()
+    new.load_warm_arrays({k: v.copy() for k, v in arrays.items()})
+    m.flat[:] *= 1.01                                                 # an optimizer step later
+    l_old, g_old, _ = m.loss_and_grad_flat(X, y, old, keys=keys)
+    l_new, g_new, _ = m.loss_and_grad_flat(X, y, new, keys=keys)
+    assert l_new == l_old and np.array_equal(g_new, g_old)
+    fresh = make().make_solver()                                      # without them: different
+    l_cold, _, _ = m.loss_and_grad_flat(X, y, fresh, keys=keys)
+    assert l_cold != l_old
+    with pytest.raises(ConfigError, match="do not fit"):
+        new.load_warm_arrays(dict(keys=arrays["keys"][:1], states=arrays["states"]))
+
+
+def test_solvers_without_memory_refuse_warm_arrays():
+    from mgritnn.solvers import SerialSolver
+    assert SerialSolver().warm_arrays() == {}
+    SerialSolver().load_warm_arrays({})
+    with pytest.raises(ConfigError, match="keeps no warm-start states"):
+        SerialSolver().load_warm_arrays({"keys": np.zeros((1, 2))})

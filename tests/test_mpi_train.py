@@ -62,3 +62,17 @@ def test_bad_input_under_mpi_stops_every_rank(tmp_path):
     assert r.returncode != 0 and "one rank of time" in r.output
     r = run_mpi(2, "cli.py", "train", *COMMON, "--solver", "auto", timeout=120)
     assert r.returncode != 0 and "'auto' runs on one rank of time" in r.output
+
+
+def test_auto_with_data_groups_runs_on_its_time_communicator(tmp_path):
+    """--solver auto with --data-parallel equal to the ranks: every data group has one time rank,
+    and auto's routes use that group's communicator (not MPI's world). All of auto's routes are
+    exact to DEER's default tolerance, so the run agrees with serial training to about 1e-6."""
+    ck = tmp_path / "ck.npz"
+    r = run_mpi(2, "cli.py", "train", *COMMON, "--solver", "auto", "--data-parallel", "2",
+                "--checkpoint", ck, timeout=300, check=True)
+    assert r.stdout.count("epoch ") == 2
+    _, meta = read_npz(ck)
+    _, hist = reference()
+    assert meta["history"][-1]["solver"] == "auto"
+    assert abs(meta["history"][-1]["loss"] - hist[-1]["loss"]) < 1e-5 * abs(hist[-1]["loss"])

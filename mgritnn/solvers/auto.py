@@ -85,8 +85,9 @@ class AutoSolver(Solver):
 
     def __init__(self, config=None):
         self.config = config or AutoConfig()
-        self.routes = {"serial": SerialSolver(), "deer": DEERConfig().make_solver(),
-                       "quasi-deer": DEERConfig(quasi=True).make_solver()}
+        comm = self.config.comm            # the time communicator (one rank), never MPI's world
+        self.routes = {"serial": SerialSolver(), "deer": DEERConfig(comm=comm).make_solver(),
+                       "quasi-deer": DEERConfig(quasi=True, comm=comm).make_solver()}
         self.choices, self.timings, self._slow = {}, {}, {}
         self._last = None
 
@@ -107,6 +108,16 @@ class AutoSolver(Solver):
         if per_step[best] > (1 - self.config.margin) * serial:
             best = "serial"
         self.timings[key], self.choices[key] = per_step, best
+
+    def warm_arrays(self):
+        """The routes' warm-start states, named ``route/key``."""
+        return {f"{name}/{k}": v for name, route in self.routes.items()
+                for k, v in route.warm_arrays().items()}
+
+    def load_warm_arrays(self, arrays):
+        for name, route in self.routes.items():
+            route.load_warm_arrays({k[len(name) + 1:]: v for k, v in arrays.items()
+                                    if k.startswith(name + "/")})
 
     def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):
         """Forward solve by the route chosen for this shape (measured on the first call).

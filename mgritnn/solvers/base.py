@@ -69,6 +69,22 @@ class Solver:
         """Combine the per-rank results; one process: nothing to do."""
         return grad, loss, logits
 
+    def warm_arrays(self):
+        """What this process remembers between calls (warm-start states), as arrays for a checkpoint.
+
+        Returns
+        -------
+        dict of str -> ndarray
+            Empty for a solver without memory. A resumed run passes it to :meth:`load_warm_arrays`
+            (on the same rank) to continue bit for bit.
+        """
+        return {}
+
+    def load_warm_arrays(self, arrays):
+        """Restore what :meth:`warm_arrays` returned (replacing anything remembered)."""
+        if arrays:
+            raise ConfigError(f"solver {self.name!r} keeps no warm-start states, got {sorted(arrays)}")
+
     def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):  # pragma: no cover
         """Trajectory of the stack from the layer-0 projection ``ax0`` of this rank's steps
         (``T`` steps in all; ``keys`` name the samples, for solvers that remember them). Returns ``(h_last (L, B, H) or None, state, SolveStats)``; ``h_last``
@@ -92,6 +108,28 @@ class TimeParallelSolver(Solver):
     @property
     def is_last(self):
         return self.rank == self.size - 1
+
+    def warm_arrays(self):
+        """This rank's warm-start states (``self._warm``: key (T, sample) -> state array):
+        ``keys`` (K, 2) int64 and ``states`` (K, ...) in key order; empty if none are remembered."""
+        warm = getattr(self, "_warm", None)
+        if not warm:
+            return {}
+        keys = sorted(warm)
+        return {"keys": np.array(keys, np.int64).reshape(len(keys), 2),
+                "states": np.stack([warm[k] for k in keys])}
+
+    def load_warm_arrays(self, arrays):
+        """Replace the warm-start states by those of :meth:`warm_arrays` (bit for bit)."""
+        if not hasattr(self, "_warm"):
+            return super().load_warm_arrays(arrays)
+        self._warm = {}
+        if arrays:
+            keys, states = arrays["keys"], arrays["states"]
+            if keys.ndim != 2 or keys.shape[1] != 2 or len(keys) != len(states):
+                raise ConfigError(f"warm-start arrays of solver {self.name!r} do not fit: keys "
+                                  f"{keys.shape}, states {states.shape}")
+            self._warm = {(int(T), int(k)): np.array(s) for (T, k), s in zip(keys, states)}
 
     def reduce(self, grad, loss, logits):
         """Sum the gradient over the time ranks; broadcast the loss and logits from the last rank."""

@@ -222,7 +222,7 @@ class DEERSolver(TimeParallelSolver):
     def __init__(self, config=None):
         self.config = config or DEERConfig()
         super().__init__(self.config.comm)
-        self._warm = {}            # (T, sample key) -> per layer its local trajectory (T_loc, H)
+        self._warm = {}            # (T, sample key) -> its local trajectory per layer (L, T_loc, H)
 
     def local_steps(self, T):
         """Steps [T r / P, T (r + 1) / P) of rank r."""
@@ -344,7 +344,7 @@ class DEERSolver(TimeParallelSolver):
             axs = [ax0] + [project(x, w.Wx[l], w.bx[l]) for l, x in enumerate(xin) if l > 0]
         if warm and (stats.status == OK or stats.fallback):
             for b, key in enumerate(wkeys):
-                self._warm[key] = [hs[1:, b].copy() for hs in hs_all]
+                self._warm[key] = np.stack([hs[1:, b] for hs in hs_all])
         state = None
         if keep:
             lin = []
