@@ -214,6 +214,36 @@ def test_auto_measures_and_uses_an_exact_route():
     assert len(auto.choices) == 2
 
 
+class _Delayed:
+    """A serial solver that sleeps ``first`` seconds on its first forward call (like compiling)
+    and ``every`` seconds on every call."""
+
+    def __init__(self, first, every):
+        from mgritnn.solvers import SerialSolver
+        self.inner, self.first, self.every = SerialSolver(), first, every
+
+    def forward(self, *args, **kw):
+        import time
+        time.sleep(self.first + self.every)
+        self.first = 0.0
+        return self.inner.forward(*args, **kw)
+
+    def adjoint(self, *args, **kw):
+        return self.inner.adjoint(*args, **kw)
+
+
+def test_auto_calibration_does_not_time_compilation():
+    """Regression: calibration timed each route's first call, compilation included, so a route
+    compiled on the spot always lost. A one-time delay on the first call must not decide."""
+    from mgritnn.solvers import AutoSolver
+    m, X, y = model_and_data("classic", L=1, T=20)
+    auto = AutoSolver()
+    auto.routes = {"serial": _Delayed(first=0.0, every=0.05), "deer": _Delayed(first=1.0, every=0.0)}
+    m.loss_and_grad_flat(X, y, auto)
+    (key, choice), = auto.choices.items()
+    assert choice == "deer" and auto.timings[key]["deer"] * 20 < 0.5, auto.timings
+
+
 def test_auto_drops_a_route_slower_than_serial():
     """A parallel route that turns out slower than the serial sweep (here: forced, with a serial
     time of ~0) is replaced by the serial sweep after two slow calls."""
@@ -252,3 +282,25 @@ def test_deer_with_the_fully_implicit_cell(quasi):
     assert info["forward"].status == OK, info["forward"].message
     np.testing.assert_allclose(l1, l0, rtol=1e-9)
     np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-9 * np.abs(g0).max())
+
+
+def test_relative_tolerance_alone_handles_an_exact_zero():
+    """Regression: with atol=0 an element whose new value is exactly 0 made the error inf, so DEER
+    reported NONFINITE. All-zero weights keep h = 0 exactly; from a warm guess of ones, Newton
+    reaches 0 in one iteration and confirms it in the next."""
+    from mgritnn.solvers.deer import _update
+    new, old = np.zeros((1, 1, 2)), np.array([[[1.0, 0.0]]])
+    err, change = np.empty(1), np.empty(1)
+    _update(new, old, 0.0, 1e-3, err, change)
+    assert err[0] == 1e3 and change[0] == 1.0
+    _update(np.full((1, 1, 2), np.inf), old, 0.0, 1e-3, err, change)
+    assert err[0] == np.inf
+    m, X, y = model_and_data("classic", L=1, T=12)
+    m.flat[:] = 0.0
+    B, H = X.shape[0], m.hidden_size
+    solver = DEERConfig(atol=0.0, rtol=1e-8, initial_guess="warm").make_solver()
+    solver.load_warm_arrays(dict(keys=np.array([[12, b] for b in range(B)]),
+                                 states=np.ones((B, 1, 12, H))))
+    _, _, info = m.loss_and_grad_flat(X, y, solver, keys=np.arange(B))
+    f = info["forward"]
+    assert f.status == OK and not f.fallback and f.iterations == 2, f.message

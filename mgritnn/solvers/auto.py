@@ -2,8 +2,9 @@
 
 The candidates are the serial sweep, DEER and quasi-DEER (each converged to its default
 tolerance; MGRIT is left out because with the paper's fixed iteration counts it does not give the
-serial answer). For every problem shape (T, B, L, H, dtype, cell) the first call times one forward
-+ adjoint of every candidate on a prefix of at most ``calibration_steps`` steps of the real batch
+serial answer). For every problem shape (T, B, L, H, dtype, cell) the first call runs every
+candidate once on two steps, untimed (compilation or loading numba's cache happens there), then
+times one forward + adjoint of it on a prefix of at most ``calibration_steps`` steps of the batch
 (a quick measurement: every route's cost grows about linearly in T), then keeps the fastest; a
 parallel route must beat the serial sweep by ``margin`` (10 %) to be chosen. After that every call
 of a parallel route is timed against the serial time scaled to its length, and a route that is
@@ -97,9 +98,10 @@ class AutoSolver(Solver):
         dtn = np.broadcast_to(np.asarray(dt, w.dtype), (ax0.shape[0],))[:n]
         per_step = {}
         for name, solver in self.routes.items():
-            t0 = time.perf_counter()
-            h_last, state, stats = solver.forward(cell, w, ax, h0, dtn, keep=True)
-            solver.adjoint(cell, w, state, np.ones_like(h_last), _scratch_grads(w))
+            for steps in (min(n, 2), n):          # first a tiny untimed run: compilation, caches
+                t0 = time.perf_counter()
+                h_last, state, stats = solver.forward(cell, w, ax[:steps], h0, dtn[:steps], keep=True)
+                solver.adjoint(cell, w, state, np.ones_like(h_last), _scratch_grads(w))
             per_step[name] = (time.perf_counter() - t0) / n
             if stats.fallback:                      # not a usable route for this shape
                 per_step[name] = np.inf

@@ -180,8 +180,10 @@ def _offset_diag(J, h, F, scale, b):
 
 @numba.njit(**JIT_PAR)
 def _update(new, old, atol, rtol, err, change):
-    """err[t] = max over (b, i) of |new - old| / (atol + rtol |new|) (inf if not finite) and
-    change[t] = max |new - old|; then old = new. new, old (T, B, H); err, change (T,) float64."""
+    """err[t] = max over (b, i) of |new - old| / (atol + rtol |new|) (inf if new is not finite) and
+    change[t] = max |new - old|; then old = new. new, old (T, B, H); err, change (T,) float64.
+    With atol = 0, an unchanged 0 is converged and an element that became exactly 0 is measured
+    against rtol |old| (a finite error: not converged yet, never "non-finite")."""
     T, B, H = new.shape
     for t in prange(T):
         e = 0.0
@@ -191,10 +193,11 @@ def _update(new, old, atol, rtol, err, change):
                 v = new[t, r, i]
                 d = abs(v - old[t, r, i])
                 c = max(c, d)
-                if d != 0:                 # (atol = 0 allowed: an unchanged 0 is converged)
-                    d = d / (atol + rtol * abs(v))
+                if d != 0:
+                    scale = atol + rtol * abs(v)
+                    d = d / (scale if scale > 0 else rtol * abs(old[t, r, i]))
                 if not d <= e:             # also catches NaN
-                    e = d if d == d else np.inf
+                    e = d if (d == d and abs(v) < np.inf) else np.inf
                 old[t, r, i] = v
         err[t] = e
         change[t] = c

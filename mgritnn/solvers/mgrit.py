@@ -370,7 +370,8 @@ class _FAS:
 
     def _cycle(self, l, kind, first):
         """One cycle from level l down and back up (XBraid order). An F-cycle does an F-cycle and
-        then a V-cycle on level l+1 before correcting level l."""
+        then a V-cycle on level l+1 before correcting level l (in every cycle: ``first`` only skips
+        the down-leg's work when ``skip_first_down`` asks for it, never the F-cycle's second visit)."""
         coarsest = self.nlev - 1
         if l == coarsest:
             self.coarsest_solve(l)
@@ -386,7 +387,7 @@ class _FAS:
                     return
             self.restrict(l, r)
         self._cycle(l + 1, kind, first)
-        if kind == "F" and not first and l + 1 < coarsest:
+        if kind == "F" and l + 1 < coarsest:
             self._cycle(l + 1, "V", False)
         self.interpolate(l)
 

@@ -142,12 +142,15 @@ def _product_diag(A, P, work, r0, r1, c0, c1, rev):
                 P[r, i] *= A[t, r, i]
 
 
-def _sweep(A, b, start, out, r0, r1, c0, c1, rev):  # pragma: no cover - typed by the overload
-    """Sweep of one chunk and row block, dense or diagonal by the rank of A (compile time)."""
+def _sweep(A, b, start, out, r0, r1, c0, c1, rev):
+    """Sweep of one chunk and row block, dense or diagonal by the rank of A (chosen at compile time
+    inside compiled code by the overload below; this body runs only under NUMBA_DISABLE_JIT=1)."""
+    (_sweep_dense if A.ndim == 4 else _sweep_diag)(A, b, start, out, r0, r1, c0, c1, rev)
 
 
-def _product(A, P, work, r0, r1, c0, c1, rev):  # pragma: no cover - typed by the overload
-    """Propagators of one chunk and row block, dense or diagonal by the rank of A (compile time)."""
+def _product(A, P, work, r0, r1, c0, c1, rev):
+    """Propagators of one chunk and row block, dense or diagonal by the rank of A (as ``_sweep``)."""
+    (_product_dense if A.ndim == 4 else _product_diag)(A, P, work, r0, r1, c0, c1, rev)
 
 
 @overload(_sweep, jit_options=JIT)
