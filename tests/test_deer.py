@@ -238,10 +238,10 @@ def test_auto_calibration_does_not_time_compilation():
     from mgritnn.solvers import AutoSolver
     m, X, y = model_and_data("classic", L=1, T=20)
     auto = AutoSolver()
-    auto.routes = {"serial": _Delayed(first=0.0, every=0.05), "deer": _Delayed(first=1.0, every=0.0)}
+    auto.routes = {"serial": _Delayed(first=0.0, every=0.3), "deer": _Delayed(first=2.0, every=0.0)}
     m.loss_and_grad_flat(X, y, auto)
     (key, choice), = auto.choices.items()
-    assert choice == "deer" and auto.timings[key]["deer"] * 20 < 0.5, auto.timings
+    assert choice == "deer" and auto.timings[key]["deer"] * 20 < 1.0, auto.timings
 
 
 def test_auto_drops_a_route_slower_than_serial():

@@ -357,3 +357,11 @@ def test_f_cycle_visits_the_coarse_levels_twice_in_every_cycle(skip):
         v, f = info["V"][way], info["F"][way]
         assert f.step_evals > v.step_evals, way
         assert f.residual <= v.residual, way
+
+
+def test_automatic_levels_stop_at_the_listed_coarsening_factors():
+    """Regression: with levels=None and a cf list, cfs() asked for one entry more than the list
+    whenever the sequence could take more levels; it stops at len(cf) + 1 levels."""
+    assert MGRITConfig(levels=None, cf=(4, 2)).cfs(1024) == [4, 2]
+    assert MGRITConfig(levels=None, cf=(4, 2), min_coarse=200).cfs(1024) == [4]
+    assert len(MGRITConfig(levels=None, cf=2).cfs(1024)) > 2

@@ -37,6 +37,7 @@ from numba import prange
 from ..config import JIT, JIT_PAR, resolve_dtype, row_blocks
 from ..errors import ConfigError
 from .activations import flush_subnormal, sigmoid, tanh
+from .base import Cell
 
 
 # ----------------------------------------------------------------------------------------------
@@ -883,7 +884,7 @@ class LayerStep(NamedTuple):
     J: object
 
 
-class GRUCell:
+class GRUCell(Cell):
     """A GRU cell of the :math:`\\theta`-family (see the module docstring): ``classic`` or ``implicit``.
 
     The solver-facing step API advances K independent states by one step each, every state with its
@@ -903,6 +904,10 @@ class GRUCell:
 
     def __repr__(self):
         return f"GRUCell({self.name!r}, theta={self.theta})"
+
+    def coarse_cell(self):
+        """MGRIT's coarse cell: the linearly implicit GRU, stable for any step size (Moon & Cyr)."""
+        return CELLS["implicit"]
 
     # -- step API ------------------------------------------------------------------------------
 
@@ -958,7 +963,7 @@ class GRUCell:
         cache : StepCache, optional
             The forward intermediates from ``step(..., cache=True)``; recomputed when not given.
         cotangents : list, optional
-            A list of L entries; entry l is set to the layer's pre-activation cotangents
+            Filled with L entries: entry l is the layer's pre-activation cotangents
             ``(dax, dah)``, each (K, B, 3H), for :meth:`accumulate_grads` later.
 
         Returns
@@ -976,6 +981,8 @@ class GRUCell:
             _, cache = self.step(w, ax0, h, dtv, cache=True)
         lam = np.empty_like(h)
         dxin = None
+        if cotangents is not None:
+            cotangents[:] = [None] * L
         for l in range(L - 1, -1, -1):
             lam_l = lam_next[:, l] + dxin if dxin is not None else np.ascontiguousarray(lam_next[:, l])
             lam[:, l], dax, dah = self.layer_step_vjp(w, l, lam_l, cache.h[l], dtv, cache.G[l],

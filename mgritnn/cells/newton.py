@@ -219,6 +219,10 @@ class NewtonGRUCell(GRUCell):
     def __repr__(self):
         return f"NewtonGRUCell({self.config!r})"
 
+    def coarse_cell(self):
+        """MGRIT's coarse cell: this fully implicit cell itself, with the coarse step size."""
+        return self
+
     # -- one layer, K states ---------------------------------------------------------------------
 
     def layer_step(self, w, l, ax, h, dt, jacobian=None, fused=False):

@@ -101,9 +101,10 @@ class TimeParallelSolver(Solver):
     the reduction of the per-rank gradients."""
 
     def __init__(self, comm=None):
-        from ..distributed import get_comm
-        self.comm = get_comm(comm)
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        from ..distributed import TimeComm
+        self.tc = TimeComm(comm)            # every message of the solver goes through it
+        self.comm = self.tc.comm
+        self.rank, self.size = self.tc.rank, self.tc.size
 
     @property
     def is_last(self):
@@ -135,10 +136,8 @@ class TimeParallelSolver(Solver):
         """Sum the gradient over the time ranks; broadcast the loss and logits from the last rank."""
         if self.size == 1:
             return grad, loss, logits
-        out = np.empty_like(grad)
-        self.comm.Allreduce(grad, out)
         loss, logits = self.comm.bcast((loss, logits), root=self.size - 1)
-        return out, loss, logits
+        return self.tc.allreduce(grad), loss, logits
 
 
 SOLVERS = {}

@@ -231,29 +231,11 @@ class DEERSolver(TimeParallelSolver):
         """Steps [T r / P, T (r + 1) / P) of rank r."""
         return T * self.rank // self.size, T * (self.rank + 1) // self.size
 
-    # -- communication -------------------------------------------------------------------------
-
-    def _shift_right(self, send, recv, tag):
-        """Send ``send`` to the right neighbour, receive ``recv`` from the left one (if any)."""
-        if self.size == 1:
-            return
-        from mpi4py import MPI
-        right = self.rank + 1 if self.rank + 1 < self.size else MPI.PROC_NULL
-        left = self.rank - 1 if self.rank > 0 else MPI.PROC_NULL
-        t0 = time.perf_counter()
-        self.comm.Sendrecv(np.ascontiguousarray(send), dest=right, sendtag=tag, recvbuf=recv,
-                           source=left, recvtag=tag)
-        self._wait += time.perf_counter() - t0
+    # -- communication (through the time-communication service ``self.tc``) ---------------------
 
     def _max(self, *x):
         """The maxima of the numbers ``x`` over the ranks (one allreduce), as floats."""
-        v = np.array(x, np.float64)
-        if self.size > 1:
-            from mpi4py import MPI
-            out = np.empty_like(v)
-            self.comm.Allreduce(v, out, op=MPI.MAX)
-            v = out
-        return [float(e) for e in v]
+        return [float(e) for e in self.tc.allreduce(np.array(x, np.float64), op="max")]
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -289,7 +271,7 @@ class DEERSolver(TimeParallelSolver):
         """
         cfg = self.config
         t0 = time.perf_counter()
-        self._wait = 0.0
+        wait0 = self.tc.wait_time
         T = ax0.shape[0] if T is None else int(T)
         lo, hi = self.local_steps(T)
         if T < self.size:
@@ -359,7 +341,7 @@ class DEERSolver(TimeParallelSolver):
         h_last = None
         if self.is_last:
             h_last = np.stack([hs[-1] for hs in hs_all])
-        stats.wait_time = self._wait
+        stats.wait_time = self.tc.wait_time - wait0
         stats.seconds = time.perf_counter() - t0
         return h_last, state, stats
 
@@ -379,7 +361,7 @@ class DEERSolver(TimeParallelSolver):
             hs[1:] = guess
         if cfg.initial_guess != "zero" and n:
             start = np.empty((B, H), dtype)
-            self._shift_right(hs[-1], start, tag=300 + l)
+            self.tc.shift(hs[-1], start, "deer-start", l)
             if self.rank > 0:
                 hs[0] = start
         kind = "diag" if cfg.quasi else "dense"
@@ -404,7 +386,7 @@ class DEERSolver(TimeParallelSolver):
                 J = step.J
                 (_offset_diag if cfg.quasi else _offset_dense)(J, h_lin, step.h_new, scale, b)
                 step = None
-            _, start = linear_recurrence(J, b, h0, out=new, chunks=cfg.chunks, comm=self.comm)
+            _, start = linear_recurrence(J, b, h0, out=new, chunks=cfg.chunks, comm=self.tc)
             if not one_pass:
                 J = None                   # free this Jacobian before the next one is made
             _update(new, hs[1:], atol, rtol, err, change)
@@ -428,15 +410,10 @@ class DEERSolver(TimeParallelSolver):
         """The serial sweep of the whole stack, pipelined over the ranks (the fallback)."""
         L, B, H = h0.shape
         start = h0.copy()
-        if self.rank > 0:
-            t0 = time.perf_counter()
-            self.comm.Recv(start, source=self.rank - 1, tag=400)
-            self._wait += time.perf_counter() - t0
+        self.tc.recv_prev(start, "deer-sweep")
         seq = cell.sequence_forward(w, ax0, start, dtv, keep=False)
         hs_all = [np.ascontiguousarray(hs) for hs in seq.hs]
-        if self.rank + 1 < self.size:
-            self.comm.Send(np.ascontiguousarray(np.stack([hs[-1] for hs in hs_all])),
-                           dest=self.rank + 1, tag=400)
+        self.tc.send_next(np.stack([hs[-1] for hs in hs_all]), "deer-sweep")
         return hs_all
 
     # -- adjoint -------------------------------------------------------------------------------
@@ -451,7 +428,7 @@ class DEERSolver(TimeParallelSolver):
             raise ValueError("the forward solve did not keep its state (keep=False, or it failed "
                              "without fallback): nothing to differentiate")
         t0 = time.perf_counter()
-        self._wait = 0.0
+        wait0 = self.tc.wait_time
         L = w.num_layers
         n, B, H = state.lin[0].h_new.shape
         dtype = w.dtype
@@ -464,7 +441,7 @@ class DEERSolver(TimeParallelSolver):
             if dxin is not None and n:
                 d[1:] = dxin[:-1]
                 recv = np.zeros((B, H), dtype)
-                self._shift_right(dxin[-1], recv, tag=500 + l)
+                self.tc.shift(dxin[-1], recv, "deer-cotangent", l)
                 if self.rank > 0:
                     d[0] = recv
             if self.is_last:
@@ -473,7 +450,7 @@ class DEERSolver(TimeParallelSolver):
                     terminal += dxin[-1]
             mu = np.empty((n, B, H), dtype)
             _, after = linear_recurrence(state.lin[l].J, d, terminal, out=mu, reverse=True,
-                                         chunks=self.config.chunks, comm=self.comm)
+                                         chunks=self.config.chunks, comm=self.tc)
             nu = np.empty((n, B, H), dtype)            # adjoint of each step's new state
             nu[:-1] = mu[1:]
             if n:
@@ -486,7 +463,8 @@ class DEERSolver(TimeParallelSolver):
         cache = StepCache(state.xin, [s.h_gate for s in state.lin], [s.G for s in state.lin],
                           [s.N for s in state.lin])
         cell.accumulate_grads(grads, cache, cot)
-        stats = SolveStats(step_evals=n, wait_time=self._wait, seconds=time.perf_counter() - t0)
+        stats = SolveStats(step_evals=n, wait_time=self.tc.wait_time - wait0,
+                           seconds=time.perf_counter() - t0)
         return cot[0][0], stats
 
 

@@ -44,6 +44,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..cells import StackCache, StepCache, get_cell
+from ..cells.base import tree_map
 from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from ..distributed import level_points, local_grid, rank_bounds
 from ..errors import ConfigError
@@ -60,7 +61,8 @@ class MGRITConfig:
     ----------
     levels : int or None
         Number of levels (1 = the serial sweep); None chooses as many as keep at least
-        ``min_coarse`` intervals (and at least one per rank) on the coarsest level, up to ``max_levels``.
+        ``min_coarse`` intervals (and at least one per rank) on the coarsest level, up to ``max_levels``
+        (and up to ``len(cf) + 1`` with a list of ``cf``).
     min_coarse, max_levels : int
     cf : int or tuple of int
         Coarsening factor, or one per level transition.
@@ -124,6 +126,7 @@ class MGRITConfig:
         for r in (self.relax if isinstance(self.relax, (tuple, list)) else (self.relax,)):
             if r not in _RELAX:
                 raise ConfigError(f"MGRIT relax must be one of {_RELAX}, got {r!r}")
+        self._check_list_lengths()
         if self.cycle not in ("V", "F"):
             raise ConfigError(f"MGRIT cycle must be 'V' or 'F', got {self.cycle!r}")
         if self.initial_guess not in ("zero", "warm"):
@@ -134,6 +137,50 @@ class MGRITConfig:
             get_cell(self.coarse_cell)
         if not (self.tol >= 0 and self.rtol >= 0 and self.divergence > 1):
             raise ConfigError("MGRIT tol and rtol must be >= 0 and divergence > 1")
+
+    def _check_list_lengths(self):
+        """A ``cf`` or ``relax`` list with more entries than there are levels to use them is an
+        error (the extra entries would be ignored without a word).
+
+        * ``levels`` given: ``cf`` has at most ``levels - 1`` entries (one per level transition),
+          ``relax`` at most ``levels`` (one per level; the coarsest level is solved exactly, so
+          its entry, accepted for a list of one entry per level, is not used);
+        * ``levels=None`` (automatic): :meth:`cfs` adds levels while the coarsest keeps
+          ``min_coarse`` intervals, up to ``max_levels``, taking the ``cf`` entries in order (it
+          raises when it needs one more than the list has); so ``cf`` has at most
+          ``max_levels - 1`` entries, and ``relax`` at most ``max_levels`` (``len(cf) + 1`` with a
+          ``cf`` list). A sequence too short for that many levels uses the first entries only.
+
+        A shorter list is fine: a missing ``cf`` entry is an error when the level needs it
+        (:meth:`cfs`), a missing ``relax`` entry repeats the last one. An empty list is an error.
+        """
+        lists = {k: v for k, v in (("cf", self.cf), ("relax", self.relax))
+                 if isinstance(v, (tuple, list))}
+        for name, v in lists.items():
+            if not v:
+                raise ConfigError(f"MGRIT {name} is an empty list: give one value, or one per "
+                                  f"level")
+        if self.levels is not None:
+            L = self.levels
+            most = {"cf": (L - 1, f"--levels {L} has {L - 1} level transition(s), one cf each"),
+                    "relax": (L, f"--levels {L} has {L} level(s), one relax each")}
+        else:
+            M = self.max_levels
+            top = M if "cf" not in lists else min(M, len(self.cf) + 1)
+            bound = f"max_levels {M}" + (f" and the {len(self.cf)} cf entries" if "cf" in lists
+                                         else "")
+            most = {"cf": (M - 1, f"automatic levels stop at max_levels {M}, which has "
+                                  f"{M - 1} level transitions, one cf each"),
+                    "relax": (top, f"automatic levels stop at {top} levels ({bound}), one relax "
+                                   "each")}
+        for name, v in lists.items():
+            n, why = most[name]
+            if len(v) > n:
+                levels = len(v) + 1 if name == "cf" else len(v)
+                give = f"at most {n} entries" if n else "a single value"
+                raise ConfigError(f"MGRIT {name} has {len(v)} entr{'y' if len(v) == 1 else 'ies'} "
+                                  f"({','.join(map(str, v))}) but {why}: the extra entries would "
+                                  f"be ignored; give {give}, or --levels {levels}")
 
     @classmethod
     def preset(cls, name, **overrides):
@@ -157,13 +204,14 @@ class MGRITConfig:
         """The cell of the coarse levels for the fine cell ``fine`` (see ``coarse_cell``)."""
         if self.coarse_cell is not None:
             return get_cell(self.coarse_cell)
-        return fine if fine.name == "implicit-newton" else get_cell("implicit")
+        return fine.coarse_cell()
 
     def cfs(self, N, size=1):
         """Coarsening factors of the hierarchy for N fine steps on ``size`` ranks (validated)."""
         if self.levels is None:
             cfs = []
-            while len(cfs) + 1 < self.max_levels:
+            listed = len(self.cf) if isinstance(self.cf, (tuple, list)) else self.max_levels
+            while len(cfs) + 1 < self.max_levels and len(cfs) < listed:
                 trial = cfs + [self._cf(len(cfs))]
                 try:
                     coarsest = level_points(N, trial)[-1]
@@ -209,16 +257,21 @@ class _FAS:
     grid : LocalGrid
     prop : propagator with ``step(l, j, u) -> Phi_l(u)`` for local step indices j (int array) of
         level l and states u (K, L, B, H), and a counter ``evals``
-    comm : communicator
-    u0 : ndarray (L, B, H)
+    tc : TimeComm
+        The time-communication service of the ranks.
+    u0 : ndarray, shape S (the GRU stack: (L, B, H))
         Value at the first point of the solve (only used on the first rank).
     cfg : MGRITConfig
-    tag : int
-        MPI tag base of this solve.
+    kind : str
+        The kind of this solve's messages (``"mgrit-forward"`` or ``"mgrit-adjoint"``; their tags
+        come from :data:`mgritnn.distributed.TAGS`).
+    reverse : bool
+        The solve runs from the last rank to the first (the adjoint).
     """
 
-    def __init__(self, grid, prop, comm, u0, cfg, tag):
-        self.grid, self.prop, self.comm, self.cfg, self.tag = grid, prop, comm, cfg, tag
+    def __init__(self, grid, prop, tc, u0, cfg, kind, reverse=False):
+        self.grid, self.prop, self.tc, self.cfg = grid, prop, tc, cfg
+        self.kind, self.reverse = kind, reverse
         self.nlev = len(grid.points)
         shape = u0.shape
         self.u = [np.zeros((len(p),) + shape, u0.dtype) for p in grid.points]
@@ -240,16 +293,9 @@ class _FAS:
     # -- communication -----------------------------------------------------------------------
 
     def exchange(self, l):
-        """Send the last local point of level l to the right neighbour, receive the ghost from the left."""
-        reqs = []
-        if self.grid.right is not None:
-            reqs.append(self.comm.Isend(self.u[l][-1], dest=self.grid.right, tag=self.tag + l))
-        if self.grid.left is not None:
-            reqs.append(self.comm.Irecv(self.u[l][0], source=self.grid.left, tag=self.tag + l))
+        """Send the last local point of level l to the next rank, receive the ghost from the previous one."""
         t0 = time.perf_counter()
-        for r in reqs:
-            r.Wait()
-        self.wait_time += time.perf_counter() - t0
+        self.wait_time += self.tc.shift(self.u[l][-1], self.u[l][0], self.kind, l, self.reverse)
         self._timed("wait", l, t0)
 
     # -- relaxation ----------------------------------------------------------------------------
@@ -310,9 +356,8 @@ class _FAS:
         """Global 2-norm of the residuals of all ranks (one allreduce); also sets ``self.ones_norm``,
         the norm an all-ones residual of the same size would have."""
         buf = np.array([np.sum(np.square(r, dtype=np.float64)), r.size], dtype=np.float64)
-        out = np.empty_like(buf)
         t0 = time.perf_counter()
-        self.comm.Allreduce(buf, out)
+        out = self.tc.allreduce(buf)
         self._timed("norm allreduce", 0, t0)
         self.ones_norm = float(np.sqrt(out[1]))
         return float(np.sqrt(out[0]))
@@ -339,14 +384,11 @@ class _FAS:
     def coarsest_solve(self, l, final=False):
         """Sequential sweep over the level, pipelined: wait for the left ghost, sweep, send right."""
         t0 = time.perf_counter()
-        if self.grid.left is not None:
-            self.comm.Recv(self.u[l][0], source=self.grid.left, tag=self.tag + l)
-        self.wait_time += time.perf_counter() - t0
+        self.wait_time += self.tc.recv_prev(self.u[l][0], self.kind, l, self.reverse)
         self._timed("wait", l, t0)
         n = len(self.u[l]) - 1
         self._chains("coarsest", l, np.zeros(1, np.int64), np.array([n], np.int64), final)
-        if self.grid.right is not None:
-            self.comm.Send(self.u[l][-1], dest=self.grid.right, tag=self.tag + l)
+        self.tc.send_next(self.u[l][-1], self.kind, l, self.reverse)
 
     def interpolate(self, l):
         """Correct the level-l C-points from level l+1 (after F-relaxing level l+1 unless it is the coarsest)."""
@@ -508,17 +550,12 @@ class _ForwardProp(_Prop):
             return self.cells[l].step(self.w, ax[j], u, span[j] * self.dt)
         out, c = self.cells[l].step(self.w, ax[j], u, span[j] * self.dt, cache=True)
         if self.cache is None:
-            n = len(span)
-            self.cache = type(c)(*([None if a is None else np.empty((n,) + a.shape[1:], a.dtype)
-                                    for a in lst] for lst in c))
-        for dst, src in zip(self.cache, c):
-            for a, b in zip(dst, src):
-                if a is not None:
-                    a[j] = b
+            self.cache = tree_map(lambda a: np.empty((len(span),) + a.shape[1:], a.dtype), c)
+        tree_map(lambda dst, src: dst.__setitem__(j, src), self.cache, c)
         return out
 
     def step_cache(self, u):
-        """The StepCache of every local level-0 step after the solve (``u`` its trajectory)."""
+        """The cache of every local level-0 step after the solve (``u`` its trajectory)."""
         return self.cache
 
 
@@ -538,20 +575,18 @@ class _AdjointProp(_Prop):
             else:
                 self.caches.append(self.cells[l].step(w, ax, self.h[l], span * dt, cache=True)[1])
         self.evals = sum(len(lv[1]) for lv in levels[1:])     # the coarse linearizations
-        shape = levels[0][2].shape
-        self.cot = [(np.zeros(shape, levels[0][2].dtype), np.zeros(shape, levels[0][2].dtype))
-                    for _ in range(w.num_layers)]
+        self.cot = None            # the final level-0 steps' cotangents, stacked in forward order
 
     def apply(self, l, j, lam, final=False):
         local, span, ax = self.levels[l]
         self.evals += len(j)
-        cot = [None] * self.w.num_layers if final else None
+        cot = [] if final else None
         lam_start, _ = self.cells[l].step_vjp(self.w, ax[j], self.h[l][j], span[j] * self.dt, lam,
                                               cache=_take(self.caches[l], j), cotangents=cot)
         if final:
-            for (DA, DH), (da, dh) in zip(self.cot, cot):
-                DA[local[j]] = da
-                DH[local[j]] = dh
+            if self.cot is None:
+                self.cot = tree_map(lambda a: np.zeros((len(local),) + a.shape[1:], a.dtype), cot)
+            tree_map(lambda dst, src: dst.__setitem__(local[j], src), self.cot, cot)
         return lam_start
 
     def cotangents(self):
@@ -664,8 +699,8 @@ class _FusedAdjoint(_Prop):
 
 
 def _take(cache, idx):
-    """The StepCache of the states ``idx`` of a StepCache."""
-    return type(cache)(*([None if a is None else a[idx] for a in lst] for lst in cache))
+    """The cache of the steps ``idx`` of a cache of many steps (see :mod:`mgritnn.cells.base`)."""
+    return tree_map(lambda a: a[idx], cache)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -716,7 +751,7 @@ class MGRITSolver(TimeParallelSolver):
         fused = cell.fused_stack and cfg.coarse_cell_for(cell).fused_stack
         prop = (_FusedForward if fused else _ForwardProp)(cell, cfg.coarse_cell_for(cell), w,
                                                           levels, dt)
-        fas = _FAS(grid, prop, self.comm, h0, cfg, tag=100)
+        fas = _FAS(grid, prop, self.tc, h0, cfg, "mgrit-forward")
         remember = cfg.initial_guess == "warm" and keys is not None and len(grid.points) > 1
         cpts = grid.c_index[0][1:] if remember else None
         warm = False                # any sample seen before: a full first cycle from its states
@@ -751,7 +786,7 @@ class MGRITSolver(TimeParallelSolver):
         adjoint = _FusedAdjoint if isinstance(state.prop, _FusedForward) else _AdjointProp
         prop = adjoint(cell, cfg.coarse_cell_for(cell), w, levels, state.dt, u, state.prop)
         lam0 = lam_last if lam_last is not None else np.zeros_like(u[0])
-        fas = _FAS(grid, prop, self.comm, lam0, cfg, tag=200)
+        fas = _FAS(grid, prop, self.tc, lam0, cfg, "mgrit-adjoint", reverse=True)
         t0 = time.perf_counter()
         fas.phases["setup (coarse linearizations)"] = [t0 - t_setup, 1, prop.evals]
         stats = fas.solve(cfg.bwd_iters)      # its final sweep keeps every step's cotangents

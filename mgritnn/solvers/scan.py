@@ -230,8 +230,8 @@ def linear_recurrence(A, b, h0, out=None, reverse=False, chunks=None, comm=None)
     reverse : bool
     chunks : int, optional
         Time chunks of this rank (default :func:`default_chunks`: from the shape only).
-    comm : mpi4py communicator or None
-        The ranks sharing the time axis, in time order (None: one process).
+    comm : TimeComm, mpi4py communicator or None
+        The ranks sharing the time axis, in time order (None: this process alone).
 
     Returns
     -------
@@ -256,7 +256,9 @@ def linear_recurrence(A, b, h0, out=None, reverse=False, chunks=None, comm=None)
                          f"{h0.shape} {h0.dtype}, A {A.dtype}")
     if out is None:
         out = np.empty_like(b)
-    size, rank = (1, 0) if comm is None else (comm.Get_size(), comm.Get_rank())
+    from ..distributed import SelfComm, TimeComm
+    tc = TimeComm(SelfComm() if comm is None else comm)
+    size, rank = tc.size, tc.rank
     C = default_chunks(n, B) if chunks is None else int(chunks)
     if C < 1:
         raise ConfigError(f"chunks must be >= 1, got {chunks!r}")
@@ -297,10 +299,7 @@ def linear_recurrence(A, b, h0, out=None, reverse=False, chunks=None, comm=None)
     if size == 1:
         boundary = h0.copy()
     else:
-        allP = np.empty((size,) + Pr.shape, b.dtype)
-        ally = np.empty((size, B, H), b.dtype)
-        comm.Allgather(np.ascontiguousarray(Pr), allP)
-        comm.Allgather(np.ascontiguousarray(yr), ally)
+        allP, ally = tc.allgather(Pr), tc.allgather(yr)
         ranks = range(size - 1, rank, -1) if reverse else range(rank)
         boundary = h0.copy()
         for q in ranks:
@@ -316,13 +315,8 @@ def linear_recurrence(A, b, h0, out=None, reverse=False, chunks=None, comm=None)
     if size > 1 and n:
         # The composed summaries round differently from the neighbour's own sweep: take the
         # neighbour's value, so that neighbouring blocks share their boundary point bitwise.
-        from mpi4py import MPI
-        towards = rank + (-1 if reverse else 1)
-        away = rank + (1 if reverse else -1)
-        send = np.ascontiguousarray(out[0] if reverse else out[-1])
         recv = np.empty((B, H), b.dtype)
-        comm.Sendrecv(send, dest=towards if 0 <= towards < size else MPI.PROC_NULL, sendtag=77,
-                      recvbuf=recv, source=away if 0 <= away < size else MPI.PROC_NULL, recvtag=77)
+        tc.shift(out[0] if reverse else out[-1], recv, "scan-boundary", reverse=reverse)
         if not owns_boundary:
             boundary = recv
     return out, boundary

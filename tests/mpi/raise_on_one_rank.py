@@ -27,14 +27,14 @@ def main(argv):
     rank, size = comm.Get_rank(), comm.Get_size()
     phase = argv[0] if argv else "forward"
     when = int(argv[1]) if len(argv) > 1 else 3
-    tag = {"forward": 100, "adjoint": 200}[phase]      # the _FAS tag base of each solve
+    kind = {"forward": "mgrit-forward", "adjoint": "mgrit-adjoint"}[phase]   # the _FAS messages
     case = Case(cell="classic", layers=2, T=50, levels=3, cf=2, fwd=4, bwd=4, tol=0.0)
     if rank == 1:
         original = mgrit._FAS.exchange
         calls = [0]
 
         def exchange(self, l):
-            if self.tag == tag:
+            if self.kind == kind:
                 calls[0] += 1
                 if calls[0] == when:
                     raise RuntimeError(f"{MESSAGE} of {size} in the {phase} solve "
