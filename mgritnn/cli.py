@@ -1,18 +1,27 @@
 """Command line: ``mgritnn <train|eval|predict|gradcheck|info>`` (``--help`` on each).
 
-Errors a user can fix (bad data, options or checkpoints) print one line ``mgritnn: error: ...`` on
-stderr and exit with status 2; a traceback means a bug in mgritnn.
+Errors a user can fix (bad data, options or checkpoints, outputs that cannot be written, the
+operating system's errors) print one line ``mgritnn: error: ...`` on stderr and exit with status 2,
+under MPI on every rank; a traceback means a bug in mgritnn. Warnings are one line
+``mgritnn: warning: ...``.
 """
 import argparse
 import dataclasses
 import os
 import sys
+import time
+import warnings
 
 import numpy as np
 
-from .errors import ConfigError, MgritnnError
+from .errors import ConfigError, MgritnnError, MgritnnWarning, os_error_message
 
 EXIT_USER_ERROR = 2
+
+#: Seconds a rank other than 0 waits before it reports its error and aborts: most errors are
+#: raised on every rank, and rank 0's abort then ends the others before they print, so the error
+#: is reported once.
+ABORT_GRACE_S = 2.0
 
 
 def _add_train_args(p):
@@ -25,6 +34,11 @@ def _add_train_args(p):
     p.add_argument("--seq-len", type=int, default=d.seq_len,
                    help="truncate/zero-pad sequences to this length (the default set is generated "
                         "at it; default: the data's own length, 128 for the default set)")
+    p.add_argument("--num-classes", type=int, default=d.num_classes,
+                   help="number of classes, >= 2 (default: the data's class_names, else the "
+                        "largest label + 1, which must leave no class without samples); must "
+                        "agree with stored class_names; the default set generates this many; a "
+                        "class without training samples is a warning")
     p.add_argument("--cell", choices=sorted(CELLS), default=d.cell,
                    help="classic = torch.nn.GRU; implicit = Moon & Cyr's implicit GRU; "
                         "implicit-newton = fully implicit (backward Euler, Newton per step) "
@@ -65,12 +79,20 @@ def _add_train_args(p):
                    help="numba threads per rank (default: cores per node // ranks per node)")
     _add_solver_args(p)
     p.add_argument("--checkpoint", default=d.checkpoint,
-                   help="write a checkpoint here after every epoch (atomically)")
+                   help="write a checkpoint here after every epoch (atomically: a failed or killed "
+                        "write leaves the previous one; missing directories are created)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from --checkpoint if it exists (bit for bit as uninterrupted)")
+                   help="continue from --checkpoint, which must exist (bit for bit as "
+                        "uninterrupted; settings that differ from the checkpoint's are named in a "
+                        "warning)")
+    p.add_argument("--resume-or-start", action="store_true",
+                   help="like --resume, but start a new run when --checkpoint does not exist yet "
+                        "(for job scripts that are simply restarted)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --checkpoint of an earlier run (otherwise an error)")
-    p.add_argument("--log", default=d.log, help="append one JSON line per epoch to this file")
+    p.add_argument("--log", default=d.log,
+                   help="append one JSON line per epoch to this file (missing directories are "
+                        "created)")
     p.add_argument("--max-batches", type=int, default=d.max_batches,
                    help="stop every epoch after this many batches (quick runs)")
     p.add_argument("--quiet", action="store_true", help="no progress line during epochs")
@@ -202,15 +224,40 @@ def cmd_train(a):
     return 0
 
 
-def _data_for_checkpoint(a, meta):
+def _data_for_checkpoint(a, meta, model):
+    """The data set that ``eval``/``predict`` run ``model`` on.
+
+    ``--data`` (default: the checkpoint's training data) at ``--seq-len`` (default: the
+    checkpoint's), labelled with the model's classes: a label the model has no output for, or
+    class_names with more classes than the model, is a DataError naming both class counts. An
+    explicit ``--seq-len`` below 1 or an empty ``--data`` is a ConfigError (never silently replaced
+    by the checkpoint's value).
+    """
     from . import datasets
-    train_cfg = (meta or {}).get("train", {})
-    source = a.data or train_cfg.get("data", "default")
-    seq_len = a.seq_len or train_cfg.get("seq_len")
-    return datasets.load(source, seq_len=seq_len, seed=train_cfg.get("seed", 0))
+    train_cfg = (meta or {}).get("train") or {}
+    if a.seq_len is not None and a.seq_len < 1:
+        raise ConfigError(f"--seq-len {a.seq_len}: the sequence length must be at least 1; give a "
+                          "positive number of time steps, or leave --seq-len out to use the "
+                          "checkpoint's")
+    if a.data is not None and not a.data.strip():
+        raise ConfigError("--data is empty: name a data source ('default', a .npz file or a UCI "
+                          "HAR directory), or leave --data out to use the checkpoint's training "
+                          "data")
+    source = a.data if a.data is not None else train_cfg.get("data", "default")
+    seq_len = a.seq_len if a.seq_len is not None else train_cfg.get("seq_len")
+    generated = source == "default" and train_cfg.get("data", "default") == "default"
+    return datasets.load(source, seq_len=seq_len, seed=train_cfg.get("seed", 0),
+                         num_classes=train_cfg.get("num_classes") if generated else None,
+                         model_classes=model.num_classes)
 
 
 def _transform(std, X, model):
+    """``X`` standardized as in training (``std``; None: as it is), in the model's dtype."""
+    from .errors import DataError
+    if X.shape[2] != model.input_size:
+        raise DataError(f"the data has {X.shape[2]} channels but the checkpoint's model takes "
+                        f"{model.input_size}: evaluate on data with the {model.input_size} "
+                        f"channels the model was trained on (--data)")
     if std is None:
         return np.asarray(X, dtype=model.dtype)
     return std.transform(X, model.dtype)
@@ -219,7 +266,7 @@ def _transform(std, X, model):
 def cmd_eval(a):
     from .train import evaluate, load_checkpoint
     model, std, meta = load_checkpoint(a.checkpoint)
-    ds = _data_for_checkpoint(a, meta)
+    ds = _data_for_checkpoint(a, meta, model)
     for split in ("train", "test") if a.train else ("test",):
         X, y = getattr(ds, f"X_{split}"), getattr(ds, f"y_{split}")
         r = evaluate(model, _transform(std, X, model), y)
@@ -238,7 +285,7 @@ def cmd_predict(a):
             raise ConfigError(f"--out {a.out!r} is the {flag} file: writing the logits there would "
                               "destroy it; choose another path")
     model, std, meta = load_checkpoint(a.checkpoint)
-    ds = _data_for_checkpoint(a, meta)
+    ds = _data_for_checkpoint(a, meta, model)
     X, y = getattr(ds, f"X_{a.split}"), getattr(ds, f"y_{a.split}")
     logits = evaluate(model, _transform(std, X, model), y)["logits"]
     atomic_savez(a.out, dict(logits=logits, predictions=np.argmax(logits, 1), labels=y),
@@ -328,6 +375,15 @@ def cmd_info(a):
     return 0
 
 
+def _out_of_memory_message(e):
+    """The one line for a ``MemoryError`` that escaped a command (an allocation the up-front
+    estimates of :func:`mgritnn.memory.check_memory` did not foresee): NumPy's size of the failed
+    allocation, and the fix."""
+    detail = f" ({e})" if str(e) else ""
+    return (f"out of memory{detail}: use a smaller --hidden, --layers, --batch-size or --seq-len "
+            "(or fewer ranks per node), or run on a machine with more memory")
+
+
 def build_parser():
     from .cells import CELLS
     parser = argparse.ArgumentParser(
@@ -346,7 +402,8 @@ def build_parser():
         p.add_argument("--checkpoint", required=True, help="a checkpoint written by mgritnn train")
         p.add_argument("--data", default=None,
                        help="data source (default: the one the checkpoint was trained on)")
-        p.add_argument("--seq-len", type=int, default=None, help="truncate/pad to this length")
+        p.add_argument("--seq-len", type=int, default=None,
+                       help="truncate/pad to this length, >= 1 (default: the checkpoint's)")
         if name == "eval":
             p.add_argument("--train", action="store_true", help="also evaluate the training split")
         else:
@@ -376,11 +433,38 @@ def build_parser():
     return parser
 
 
+def _user_error(message, comm):
+    """Report a user's error in one line on stderr and return the exit status 2; under MPI, abort
+    every rank with status 2 (a rank other than 0 first waits :data:`ABORT_GRACE_S` seconds, so
+    that an error raised on every rank is reported once, by rank 0)."""
+    if comm is not None and comm.Get_rank() != 0:
+        time.sleep(ABORT_GRACE_S)
+    where = f"[rank {comm.Get_rank()}] " if comm is not None else ""
+    print(f"mgritnn: error: {where}{message}", file=sys.stderr, flush=True)
+    if comm is not None:
+        comm.Abort(EXIT_USER_ERROR)
+    return EXIT_USER_ERROR
+
+
+def _show_warning(show):
+    """A ``warnings.showwarning`` that prints an :class:`MgritnnWarning` as one line
+    ``mgritnn: warning: ...`` on stderr, and passes other warnings to ``show``."""
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, MgritnnWarning):
+            print(f"mgritnn: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
+
+
 def main(argv=None):
     """Entry point of the ``mgritnn`` command; returns the exit status.
 
-    Under an MPI launcher with several ranks, an error on any rank prints its message and aborts
-    all ranks (MPI_Abort), so that no rank is left waiting for it.
+    A user's error (an :class:`~mgritnn.errors.MgritnnError`, or an ``OSError`` of the operating
+    system: permission denied, disk full, ...) prints one line ``mgritnn: error: ...`` and gives
+    status 2. Under an MPI launcher with several ranks, an error on any rank prints its message
+    and aborts all ranks (MPI_Abort) with that status, so that no rank is left waiting for it;
+    a bug prints its traceback and aborts with status 1.
     """
     args = build_parser().parse_args(argv)
     from .distributed.comm import under_mpi_launcher
@@ -391,13 +475,16 @@ def main(argv=None):
         if comm.Get_size() == 1:
             comm = None
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            return args.func(args)
     except MgritnnError as e:
-        where = f"[rank {comm.Get_rank()}] " if comm is not None else ""
-        print(f"mgritnn: error: {where}{e}", file=sys.stderr, flush=True)
-        if comm is not None:
-            comm.Abort(EXIT_USER_ERROR)
-        return EXIT_USER_ERROR
+        return _user_error(e, comm)
+    except OSError as e:                    # not wrapped where it arose: still the user's to fix
+        doing = "cannot access" if e.filename else "an input/output operation failed"
+        return _user_error(os_error_message(e, doing), comm)
+    except MemoryError as e:
+        return _user_error(_out_of_memory_message(e), comm)
     except BaseException:
         if comm is None:
             raise

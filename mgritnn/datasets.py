@@ -10,19 +10,23 @@ channels) with ``int64`` 0-based labels. Sources:
 
 :func:`load` dispatches on the source and always ends with :func:`validate`, which turns every
 user-caused data problem into a :class:`~mgritnn.errors.DataError` that names the problem and the
-fix.
+fix. The class set comes from the data's ``class_names``, else from ``num_classes``
+(``--num-classes``), else from the labels (:func:`resolve_classes`, which also says what is an
+error and what is a :class:`DataWarning`: gaps, 1-based labels, classes without training samples).
 """
 
 import os
-import zipfile
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from mgritnn.errors import DataError
+from mgritnn.errors import ConfigError, DataError, MgritnnWarning
+from mgritnn.io import open_npz, read_member
 
 __all__ = [
+    "DataWarning",
     "Dataset",
     "Standardizer",
     "UCI_HAR_CHANNELS",
@@ -33,6 +37,7 @@ __all__ = [
     "load_uci_har_dir",
     "make_oscillations",
     "oscillation_frequencies",
+    "resolve_classes",
     "validate",
 ]
 
@@ -202,85 +207,319 @@ def make_oscillations(n_train=2000, n_test=500, seq_len=128, num_classes=4, chan
 # File loaders
 # --------------------------------------------------------------------------------------------
 
-def _infer_num_classes(y_train, y_test):
-    """``max(y) + 1`` over both splits; 0 if not computable (then :func:`validate` explains)."""
-    y = np.concatenate([np.ravel(y_train), np.ravel(y_test)])
-    if y.size == 0 or y.dtype.kind not in "iuf" or not np.all(np.isfinite(y)):
-        return 0
-    num_classes = max(int(np.max(y)) + 1, 0)
-    if num_classes > y.size:
-        raise DataError(f"the labels go up to {num_classes - 1} but there are only {y.size} "
-                        f"samples; labels must be 0-based class indices 0 .. num_classes - 1 "
-                        f"(remap them with np.unique(y, return_inverse=True), or store "
-                        f"class_names in the archive)")
-    return num_classes
+class DataWarning(MgritnnWarning):
+    """A data set that can be used but probably not as intended: a declared class (``class_names``
+    or ``num_classes``) without training samples. The command line shows it as one line
+    ``mgritnn: warning: ...`` on stderr."""
 
 
-def load_npz(path) -> Dataset:
+def _warn(message):
+    warnings.warn(message, DataWarning, stacklevel=3)
+
+
+def _missing_ranges(present, stop):
+    """The integers of ``0 .. stop - 1`` absent from the sorted unique ``present``, as inclusive
+    ranges ``[(a, b), ...]``; costs O(len(present)), however large ``stop`` is."""
+    ranges, expect = [], 0
+    for v in (int(x) for x in present):
+        if v >= stop:
+            break
+        if v > expect:
+            ranges.append((expect, v - 1))
+        expect = max(expect, v + 1)
+    if expect < stop:
+        ranges.append((expect, stop - 1))
+    return ranges
+
+
+def _count(ranges):
+    return sum(b - a + 1 for a, b in ranges)
+
+
+def _describe(ranges, class_names=None, limit=6):
+    """``"3"``, ``"2 ('b'), 5"`` or ``"3..99"`` for the classes in ``ranges`` (the first few)."""
+    parts = []
+    for a, b in ranges[:limit]:
+        if a == b:
+            name = (f" ({class_names[a]!r})" if class_names is not None and
+                    class_names[a] != str(a) else "")
+            parts.append(f"{a}{name}")
+        else:
+            parts.append(f"{a}..{b}")
+    more = f" and {len(ranges) - limit} more range(s)" if len(ranges) > limit else ""
+    return ", ".join(parts) + more
+
+
+def _class_word(ranges):
+    return "class" if _count(ranges) == 1 else "classes"
+
+
+def _it(ranges):
+    return "it" if _count(ranges) == 1 else "them"
+
+
+def _s(ranges):
+    return "s" if _count(ranges) == 1 else ""
+
+
+def _positive_count(value, what, least):
+    """``value`` as an int >= ``least``, else a ConfigError naming ``what``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < least:
+        raise ConfigError(f"{what} must be an integer >= {least} (a classifier needs at least two "
+                          f"classes), got {value!r}")
+    return int(value)
+
+
+def _one_based_hint(lo, hi, num_classes):
+    if lo >= 1 and hi == num_classes:
+        return f" (the labels run 1..{hi}, so they look 1-based: subtract 1 from them)"
+    return ""
+
+
+def resolve_classes(y_train, y_test, class_names=None, num_classes=None, model_classes=None,
+                    name="the data set"):
+    """Decide the class set of a data set and check its labels against it.
+
+    The class set comes from the first of:
+
+    1. ``class_names`` stored with the data (declared): ``len(class_names)`` classes;
+    2. ``num_classes`` (the ``--num-classes`` option; declared);
+    3. ``model_classes``, the number of outputs of the model the data is evaluated with
+       (``mgritnn eval``/``predict``; declared);
+    4. the labels (inferred): ``max(y_train, y_test) + 1`` classes.
+
+    What is an error (:class:`~mgritnn.errors.DataError`, or ``ConfigError`` for a bad option)
+    and what is a warning (:class:`DataWarning`):
+
+    * error: a negative label; a label ``>= C`` with a declared class set (the message names where
+      ``C`` came from, class_names or ``--num-classes`` or the model, and says "subtract 1" when
+      the labels look 1-based, i.e. they run 1..C); fewer than 2 classes; ``num_classes`` that
+      contradicts the stored ``class_names``; ``class_names`` with more classes than the model
+      (with ``model_classes``);
+    * error, inferred class set only: labels 1..K without a 0 (1-based: "subtract 1, or pass
+      --num-classes"); a class in ``0 .. max`` that no label uses (a gap, named: remap the
+      labels, or declare the classes); a class that appears in ``y_test`` but not in ``y_train``
+      (the model cannot learn it);
+    * warning, declared class set only (not with ``model_classes``): a declared class without
+      training samples (a declared class may be rare or absent from one file on purpose, so the
+      run goes on; the warning names the classes and how many test samples of them there are).
+
+    Parameters
+    ----------
+    y_train, y_test : np.ndarray, shape (N,) and (M,), integer
+        Labels, already checked to be 1-D integers (:func:`validate` does that).
+    class_names : sequence of str or None
+        Names stored with the data.
+    num_classes : int or None
+        The number of classes the user declared (``--num-classes``), >= 2.
+    model_classes : int or None
+        The number of classes of the model the data is for (evaluation); labels must lie in
+        ``0 .. model_classes - 1`` and ``class_names`` may have at most that many entries.
+    name : str
+        The data set in messages (e.g. the file's path, quoted).
+
+    Returns
+    -------
+    num_classes : int
+    class_names : tuple of str, length num_classes
+        The given names, or ``"0"``, ``"1"``, ... without them.
+
+    Raises
+    ------
+    DataError, ConfigError
+        As listed above; every message names the problem and the fix.
+    """
+    y_train = np.asarray(y_train, dtype=np.int64).ravel()
+    y_test = np.asarray(y_test, dtype=np.int64).ravel()
+    if num_classes is not None:
+        num_classes = _positive_count(num_classes, "--num-classes", 2)
+    if model_classes is not None:
+        model_classes = _positive_count(model_classes, "the model's number of classes", 2)
+    splits = [(w, y) for w, y in (("y_train", y_train), ("y_test", y_test)) if y.size]
+    for what, y in splits:
+        if int(y.min()) < 0:
+            raise DataError(f"{name}: {what} has the negative label {int(y.min())}; labels must be "
+                            f"0-based class indices 0 .. num_classes - 1 (remap them, e.g. with "
+                            f"np.unique(y, return_inverse=True))")
+
+    if class_names is not None:
+        class_names = tuple(str(c) for c in class_names)
+        C = len(class_names)
+        if num_classes is not None and num_classes != C:
+            raise ConfigError(f"--num-classes {num_classes} contradicts the {C} class_names stored "
+                              f"in {name}: drop --num-classes (the stored class_names fix the "
+                              f"classes), or store {num_classes} class_names")
+        if model_classes is not None and C > model_classes:
+            raise DataError(f"{name} has {C} classes (its class_names) but the model has "
+                            f"{model_classes}: evaluate on data of the model's {model_classes} "
+                            f"classes, or train a model on this data")
+        if C < 2:
+            raise DataError(f"{name} stores {C} class_names; a classifier needs at least 2 "
+                            f"classes: store one name per class")
+        origin = "class_names"
+    elif num_classes is not None:
+        C, origin = num_classes, "--num-classes"
+    elif model_classes is not None:
+        C, origin = model_classes, "model"
+    else:
+        C = None
+    declared = C is not None
+
+    if declared:
+        lo = min(int(y.min()) for _, y in splits) if splits else 0
+        hi_all = max(int(y.max()) for _, y in splits) if splits else 0
+        one_based = lo >= 1 and hi_all == C
+        for what, y in splits:
+            hi = int(y.max())
+            if hi < C:
+                continue
+            labels = f"{name}: {what} has labels in [{int(y.min())}, {hi}]"
+            subtract = f"the labels look 1-based (1..{C}): subtract 1 from them"
+            if origin == "class_names":
+                fix = (subtract if one_based else f"store one class name per class ({hi + 1} or "
+                       f"more) in class_names, or remap the labels to 0..{C - 1}")
+                raise DataError(f"{labels} but class_names has only {C} entries (classes "
+                                f"0..{C - 1}): {fix}")
+            if origin == "--num-classes":
+                fix = (f"{subtract}, or pass --num-classes {hi + 1}" if one_based else
+                       f"pass --num-classes {hi + 1} (or more), or remap the labels to 0..{C - 1}")
+                raise DataError(f"{labels} but --num-classes is {C} (classes 0..{C - 1}): {fix}")
+            fix = (subtract if one_based else f"evaluate on data labelled with the model's "
+                   f"classes 0..{C - 1}, or train a model on this data")
+            raise DataError(f"{labels} ({hi + 1} classes) but the model has {C} classes: {fix}")
+        if class_names is None:
+            class_names = tuple(str(k) for k in range(C))
+        if model_classes is None:
+            absent = _missing_ranges(np.unique(y_train), C)
+            if absent:
+                n_test = int(np.count_nonzero(~np.isin(y_test, y_train)))
+                test_note = (f"; {n_test} test sample(s) belong to {_it(absent)} and will be "
+                             f"misclassified" if n_test else "")
+                k = _count(absent)
+                have = "has" if k == 1 else "have"
+                _warn(f"{name}: {k} of the {C} classes (from {origin}) {have} no training "
+                      f"samples: {_class_word(absent)} "
+                      f"{_describe(absent, class_names)}; the model cannot learn {_it(absent)}"
+                      f"{test_note} (add training samples, or leave {_it(absent)} out of the "
+                      f"class set)")
+        return C, class_names
+
+    # inferred from the labels
+    present = np.unique(np.concatenate([y_train, y_test]))
+    if present.size == 0:
+        return 0, ()                          # empty splits: validate() explains
+    C = int(present[-1]) + 1
+    if C < 2:
+        raise DataError(f"{name}: every label is 0, so there is only one class; a classifier "
+                        f"needs at least 2: check the labels (or declare the class set with "
+                        f"--num-classes or class_names)")
+    gaps = _missing_ranges(present, C)
+    if gaps and gaps[0][0] == 0 and int(present[0]) == 1:
+        raise DataError(f"{name}: the labels run from 1 to {C - 1} and no label is 0, so they "
+                        f"look 1-based: subtract 1 from y_train and y_test (0-based labels 0.."
+                        f"{C - 2}), or pass --num-classes {C} if class 0 exists but has no samples")
+    if gaps:
+        raise DataError(f"{name}: {_class_word(gaps)} {_describe(gaps)} never "
+                        f"appear{_s(gaps)} in the labels, but the class count is inferred from "
+                        f"the largest label {C - 1} as {C}: remap the labels to 0..K-1 (e.g. "
+                        f"with np.unique(y, return_inverse=True)), or pass --num-classes {C} (or "
+                        f"store class_names) to keep classes without samples")
+    test_only = _missing_ranges(np.unique(y_train), C)
+    if test_only:
+        n_test = int(np.count_nonzero(~np.isin(y_test, y_train)))
+        raise DataError(f"{name}: {_class_word(test_only)} {_describe(test_only)} "
+                        f"appear{_s(test_only)} in y_test ({n_test} sample(s)) but never in "
+                        f"y_train, so the model cannot learn {_it(test_only)}: move samples of "
+                        f"{_it(test_only)} into the training split, or pass --num-classes {C} "
+                        f"(or store class_names) to train anyway")
+    return C, tuple(str(k) for k in range(C))
+
+
+_MAKE_NPZ = f"np.savez(path, {', '.join(k + '=...' for k in _NPZ_KEYS)})"
+
+
+def _open_npz(path):
+    """The data archive ``path`` opened without pickle (see :func:`mgritnn.io.open_npz`)."""
+    return open_npz(path, DataError, "the data file", f"make it with {_MAKE_NPZ}")
+
+
+def _read_member(archive, key, path):
+    return read_member(archive, key, path, DataError, f"write it again with {_MAKE_NPZ}")
+
+
+def load_npz(path, num_classes=None, model_classes=None) -> Dataset:
     """Load a sequence data set from a NumPy ``.npz`` archive.
 
     The archive holds ``X_train`` (N, T, C), ``y_train`` (N,), ``X_test`` (M, T, C), ``y_test``
     (M,) with 0-based integer labels, and optionally ``class_names`` (a 1-D string array); other
     keys (``len_train``, ``subject_train``, ...) are ignored. This is the layout of the files in
-    ``shared/data`` (e.g. ``uci_har.npz``, ``japanese_vowels.npz``). Opened with
-    ``allow_pickle=False``.
+    ``shared/data`` (e.g. ``uci_har.npz``, ``japanese_vowels.npz``). Opened without pickle: a
+    file that is not a zip archive, a damaged archive and object arrays are refused with a
+    :class:`~mgritnn.errors.DataError` (never by advising to allow pickle, which can run code).
 
     Parameters
     ----------
     path : str or os.PathLike
         The ``.npz`` file.
+    num_classes : int or None
+        The number of classes (``--num-classes``); see :func:`resolve_classes`.
+    model_classes : int or None
+        The number of classes of the model the data is evaluated with; see
+        :func:`resolve_classes`.
 
     Returns
     -------
     Dataset
-        Validated (see :func:`validate`): X float32 (N, T, C), y int64 (N,). ``num_classes`` is
-        ``len(class_names)`` if the archive has them, else ``max(y_train, y_test) + 1`` (class
-        names are then ``"0"``, ``"1"``, ...). ``name`` is the file name without extension.
+        Validated (see :func:`validate`): X float32 (N, T, C), y int64 (N,). The class set is
+        resolved by :func:`resolve_classes`: ``class_names`` of the archive, else
+        ``num_classes``, else ``model_classes``, else ``max(y_train, y_test) + 1`` from the
+        labels (class names are then ``"0"``, ``"1"``, ...). ``name`` is the file name without
+        extension.
 
     Raises
     ------
     DataError
-        If the file is missing or unreadable, lacks a required key, or holds unusable data
-        (e.g. 2-D ``X`` of shape (N, C), which is not a sequence data set).
+        If the file is missing, not an .npz archive or damaged, lacks a required key, or holds
+        unusable data (e.g. 2-D ``X`` of shape (N, C), which is not a sequence data set, or labels
+        that do not fit the class set).
+    ConfigError
+        If ``num_classes`` is not an integer >= 2 or contradicts the stored ``class_names``.
+
+    Warns
+    -----
+    DataWarning
+        If a declared class has no training samples.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} not found; expected a .npz archive with "
                         f"{', '.join(_NPZ_KEYS)}")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read {str(path)!r} as a .npz archive with "
-                        f"{', '.join(_NPZ_KEYS)}: {exc}") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{str(path)!r} holds a single array, not a .npz archive; save the data "
-                        f"with np.savez(path, {', '.join(k + '=...' for k in _NPZ_KEYS)})")
-    with archive:
+    with _open_npz(path) as archive:
         missing = [k for k in _NPZ_KEYS if k not in archive.files]
         if missing:
             raise DataError(f"{str(path)!r} lacks {', '.join(missing)}; a sequence data set needs "
                             f"the arrays {', '.join(_NPZ_KEYS)} (found: "
                             f"{', '.join(archive.files) or 'none'})")
-        try:
-            arrays = {k: archive[k] for k in _NPZ_KEYS}
-            names = archive["class_names"] if "class_names" in archive.files else None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise DataError(f"cannot read the arrays of {str(path)!r} (object arrays need pickle, "
-                            f"which is not allowed; store plain numeric/string arrays): "
-                            f"{exc}") from exc
+        arrays = {k: _read_member(archive, k, path) for k in _NPZ_KEYS}
+        names = (_read_member(archive, "class_names", path) if "class_names" in archive.files
+                 else None)
     if names is not None:
         names = np.asarray(names)
         if names.ndim != 1 or names.dtype.kind not in "US":
             raise DataError(f"{str(path)!r}: class_names must be a 1-D string array, got "
                             f"dtype {names.dtype} shape {names.shape}")
-        class_names = tuple(names.astype(str).tolist())
-        num_classes = len(class_names)
-    else:
-        num_classes = _infer_num_classes(arrays["y_train"], arrays["y_test"])
-        class_names = tuple(str(k) for k in range(num_classes))
-    ds = Dataset(arrays["X_train"], arrays["y_train"], arrays["X_test"], arrays["y_test"],
-                 num_classes, path.stem, class_names)
-    return validate(ds)
+        names = tuple(names.astype(str).tolist())
+    raw = Dataset(arrays["X_train"], arrays["y_train"], arrays["X_test"], arrays["y_test"],
+                  0, path.stem, ())
+    return _with_classes(raw, names, num_classes, model_classes, repr(str(path)))
+
+
+def _with_classes(raw, class_names, num_classes, model_classes, name):
+    """Check the arrays of ``raw``, resolve its class set (:func:`resolve_classes`), validate."""
+    X_train, y_train, X_test, y_test = _checked_arrays(raw)
+    C, names = resolve_classes(y_train, y_test, class_names, num_classes, model_classes, name)
+    return validate(Dataset(X_train, y_train, X_test, y_test, C, raw.name, names))
 
 
 def _uci_har_files(split):
@@ -314,7 +553,7 @@ def _read_uci_har_split(root, split):
     return np.stack(signals, axis=-1).astype(np.float32), y
 
 
-def load_uci_har_dir(path) -> Dataset:
+def load_uci_har_dir(path, num_classes=None, model_classes=None) -> Dataset:
     """Load the raw inertial signals of UCI HAR from the standard directory layout.
 
     Reads ``{split}/Inertial Signals/{channel}_{split}.txt`` for the nine channels of
@@ -325,6 +564,9 @@ def load_uci_har_dir(path) -> Dataset:
     ----------
     path : str or os.PathLike
         The ``UCI HAR Dataset`` directory, or a directory that contains ``UCI HAR Dataset/``.
+    num_classes, model_classes : int or None
+        As for :func:`resolve_classes`; the six :data:`UCI_HAR_CLASS_NAMES` fix the class set, so
+        ``num_classes`` other than 6 is an error, and so is a model of fewer than 6 classes.
 
     Returns
     -------
@@ -355,12 +597,11 @@ def load_uci_har_dir(path) -> Dataset:
                         f"{len(missing)} file(s): {', '.join(missing)}")
     X_train, y_train = _read_uci_har_split(root, "train")
     X_test, y_test = _read_uci_har_split(root, "test")
-    ds = Dataset(X_train, y_train, X_test, y_test, len(UCI_HAR_CLASS_NAMES), "uci_har",
-                 UCI_HAR_CLASS_NAMES)
-    return validate(ds)
+    raw = Dataset(X_train, y_train, X_test, y_test, 0, "uci_har", ())
+    return _with_classes(raw, UCI_HAR_CLASS_NAMES, num_classes, model_classes, repr(str(root)))
 
 
-def load(source="default", seq_len=None, seed=0) -> Dataset:
+def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes=None) -> Dataset:
     """Load a data set by source name.
 
     Parameters
@@ -373,6 +614,15 @@ def load(source="default", seq_len=None, seed=0) -> Dataset:
         truncate or zero-pad both splits at the end to this length (None: keep the file's).
     seed : int
         Seed of the generated default data set (ignored for files).
+    num_classes : int or None
+        The number of classes (``--num-classes``, >= 2). For ``"default"`` the number of
+        generated classes (None: 4); for a file, the class set when the file stores no
+        ``class_names`` (see :func:`resolve_classes`: it must agree with stored class_names,
+        labels must lie below it, and a class without training samples is a warning).
+    model_classes : int or None
+        The number of classes of the model the data is evaluated with (``mgritnn eval`` and
+        ``predict``): labels must lie below it and the data may not have more classes; no warning
+        about classes without samples (see :func:`resolve_classes`).
 
     Returns
     -------
@@ -382,16 +632,30 @@ def load(source="default", seq_len=None, seed=0) -> Dataset:
     Raises
     ------
     DataError
-        For an unknown source or any problem with the data.
+        For an unknown source or any problem with the data (including labels that do not fit the
+        class set, and a class set with gaps; see :func:`resolve_classes`).
+    ConfigError
+        For a ``num_classes`` that is not an integer >= 2 or contradicts the data's class names.
+
+    Warns
+    -----
+    DataWarning
+        If a declared class has no training samples.
     """
     if isinstance(source, str) and source == "default":
-        ds = make_oscillations(seq_len=128 if seq_len is None else seq_len, seed=seed)
+        classes = 4 if num_classes is None else _positive_count(num_classes, "--num-classes", 2)
+        ds = make_oscillations(seq_len=128 if seq_len is None else seq_len, seed=seed,
+                               num_classes=classes)
+        if model_classes is not None and ds.num_classes > model_classes:
+            raise DataError(f"the default data set has {ds.num_classes} classes but the model "
+                            f"has {model_classes}: evaluate on data of the model's "
+                            f"{model_classes} classes (--data), or train a model on this data")
     else:
         path = Path(os.fspath(source))
         if path.suffix.lower() == ".npz":
-            ds = load_npz(path)
+            ds = load_npz(path, num_classes, model_classes)
         elif path.is_dir():
-            ds = load_uci_har_dir(path)
+            ds = load_uci_har_dir(path, num_classes, model_classes)
         else:
             what = ("is neither a .npz file nor a directory" if path.exists()
                     else "does not exist")
@@ -452,8 +716,8 @@ def fix_length(X, seq_len) -> np.ndarray:
     return out
 
 
-def _check_labels(y, n, num_classes, what):
-    """Check one label vector; returns it as int64 (n,)."""
+def _check_labels(y, n, what):
+    """Check one label vector's shape and values (integers); returns it as int64 (n,)."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"{what} has shape {y.shape}; labels must be 1-D (N,) class indices "
@@ -466,12 +730,21 @@ def _check_labels(y, n, num_classes, what):
     if not integral:
         raise DataError(f"{what} has dtype {y.dtype} with non-integer values; each label must be "
                         f"an integer class index 0 .. num_classes - 1")
+    if y.dtype.kind == "f" and y.size and np.max(np.abs(y)) >= 2.0 ** 62:
+        raise DataError(f"{what} has labels as large as {np.max(np.abs(y)):.3g}; labels must be "
+                        f"class indices 0 .. num_classes - 1")
+    return y.astype(np.int64)
+
+
+def _check_label_range(y, num_classes, what):
+    """Raise DataError unless every label of ``y`` (int64) lies in 0 .. num_classes - 1."""
+    if y.size == 0:
+        return
     lo, hi = int(np.min(y)), int(np.max(y))
     if lo < 0 or hi >= num_classes:
         raise DataError(f"{what} has label values in [{lo}, {hi}] but num_classes is "
                         f"{num_classes}; labels must be 0-based class indices 0 .. "
-                        f"{num_classes - 1} (subtract 1 from 1-based labels)")
-    return y.astype(np.int64)
+                        f"{num_classes - 1}{_one_based_hint(lo, hi, num_classes)}")
 
 
 def _check_finite(X, what):
@@ -485,8 +758,40 @@ def _check_finite(X, what):
                         f"np.nan_to_num) before training")
 
 
+def _checked_arrays(ds):
+    """Every check of :func:`validate` except those of the class set; returns the canonical
+    ``(X_train, y_train, X_test, y_test)``: X C-contiguous float32 (N, T, C), y int64 (N,)."""
+    out = {}
+    for split, X, y in (("train", ds.X_train, ds.y_train), ("test", ds.X_test, ds.y_test)):
+        X = _check_sequences(X, f"X_{split}")
+        if X.shape[0] == 0:
+            raise DataError(f"the {split} set is empty (X_{split} has shape {X.shape}); "
+                            f"need at least one {split} sequence")
+        if X.shape[1] == 0:
+            raise DataError(f"X_{split} has seq_len 0 (shape {X.shape}); sequences need at least "
+                            f"one time step (check --seq-len)")
+        y = _check_labels(y, X.shape[0], f"y_{split}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            X = np.ascontiguousarray(X, dtype=np.float32)
+        _check_finite(X, f"X_{split}")
+        out[split] = X, y
+    (X_train, y_train), (X_test, y_test) = out["train"], out["test"]
+    if X_train.shape[2] != X_test.shape[2]:
+        raise DataError(f"X_train has {X_train.shape[2]} channels but X_test has "
+                        f"{X_test.shape[2]}; both splits need the same channels")
+    if X_train.shape[1] != X_test.shape[1]:
+        raise DataError(f"X_train has {X_train.shape[1]} time steps but X_test has "
+                        f"{X_test.shape[1]} (length mismatch); use --seq-len to truncate/pad "
+                        f"both to one length")
+    return X_train, y_train, X_test, y_test
+
+
 def validate(ds: Dataset) -> Dataset:
     """Check a data set and return it with canonical dtypes.
+
+    It checks the labels against ``ds.num_classes`` as given; deciding the class set (and the
+    errors and warnings about gaps, 1-based labels and classes without training samples) is
+    :func:`resolve_classes`'s job, which the loaders call first.
 
     Parameters
     ----------
@@ -509,28 +814,9 @@ def validate(ds: Dataset) -> Dataset:
         ``num_classes`` entries. The message names the problem and the fix.
     """
     num_classes = int(ds.num_classes)
-    out = {}
-    for split, X, y in (("train", ds.X_train, ds.y_train), ("test", ds.X_test, ds.y_test)):
-        X = _check_sequences(X, f"X_{split}")
-        if X.shape[0] == 0:
-            raise DataError(f"the {split} set is empty (X_{split} has shape {X.shape}); "
-                            f"need at least one {split} sequence")
-        if X.shape[1] == 0:
-            raise DataError(f"X_{split} has seq_len 0 (shape {X.shape}); sequences need at least "
-                            f"one time step (check --seq-len)")
-        y = _check_labels(y, X.shape[0], num_classes, f"y_{split}")
-        with np.errstate(over="ignore", invalid="ignore"):
-            X = np.ascontiguousarray(X, dtype=np.float32)
-        _check_finite(X, f"X_{split}")
-        out[split] = X, y
-    (X_train, y_train), (X_test, y_test) = out["train"], out["test"]
-    if X_train.shape[2] != X_test.shape[2]:
-        raise DataError(f"X_train has {X_train.shape[2]} channels but X_test has "
-                        f"{X_test.shape[2]}; both splits need the same channels")
-    if X_train.shape[1] != X_test.shape[1]:
-        raise DataError(f"X_train has {X_train.shape[1]} time steps but X_test has "
-                        f"{X_test.shape[1]} (length mismatch); use --seq-len to truncate/pad "
-                        f"both to one length")
+    X_train, y_train, X_test, y_test = _checked_arrays(ds)
+    _check_label_range(y_train, num_classes, "y_train")
+    _check_label_range(y_test, num_classes, "y_test")
     class_names = tuple(str(s) for s in ds.class_names)
     if len(class_names) != num_classes:
         raise DataError(f"data set {ds.name!r} has {len(class_names)} class_names but "

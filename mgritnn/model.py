@@ -12,6 +12,7 @@ from .cells import GRUWeights, accumulate_outer, get_cell, project
 from .config import resolve_dtype
 from .errors import CheckpointError, ConfigError, DataError
 from .io import atomic_savez, read_npz
+from .memory import check_memory, memory_estimate
 from .solvers import get_solver
 
 
@@ -74,6 +75,8 @@ class GRUClassifier:
             raise ConfigError(f"dt must be a positive number, got {dt!r}")
         self._shapes = param_shapes(self.input_size, self.hidden_size, self.num_classes,
                                     self.num_layers)
+        check_memory(memory_estimate(self.input_size, self.hidden_size, self.num_classes,
+                                     self.num_layers, self.dtype))
         self.flat = np.empty(sum(int(np.prod(s)) for _, s in self._shapes), self.dtype)
         self.params = self.unflatten(self.flat)
         self._solvers = {}
@@ -161,11 +164,20 @@ class GRUClassifier:
                             f"{int(y.min())}..{int(y.max())}: relabel, or build the model with more classes")
         return y.astype(np.int64)
 
+    def _check_batch_memory(self, batch, steps, keep):
+        """Refuse a batch of ``batch`` rows and ``steps`` local time steps (and, with ``keep``,
+        the gradient) that clearly cannot fit in the memory left (see :func:`check_memory`)."""
+        e = memory_estimate(self.input_size, self.hidden_size, self.num_classes, self.num_layers,
+                            self.dtype, batch, steps, keep=keep)
+        more = e["weights"] + (self.flat.nbytes if keep else 0)    # the parameters exist already
+        check_memory(dict(e, model=more, initialization=0, total=more + e["batch"]))
+
     def _hidden(self, Xt, solver, keep, keys=None):
         """Solve for the hidden states; the layer-0 projection covers this rank's steps only."""
         w = self.weights()
         T = Xt.shape[0]
         lo, hi = solver.local_steps(T)
+        self._check_batch_memory(Xt.shape[1], hi - lo, keep)
         ws = getattr(solver, "ws", None)
         out = None if ws is None else ws.empty("ax0", (hi - lo, Xt.shape[1], w.Wx[0].shape[0]),
                                                self.dtype)

@@ -4,12 +4,18 @@ A run is fixed by a :class:`TrainConfig`. Checkpoints (atomic ``.npz``) hold the
 PyTorch's names, the optimizer state, the shuffling RNG's state, the epoch, the standardization and
 the configuration, so that ``resume=True`` continues a run to the bit-for-bit same result as the
 uninterrupted run (the kernels are deterministic and independent of the thread count).
+
+Nothing is lost: every output path is checked before the first batch (its directory is created,
+a probe file is written beside it, the free space for one checkpoint is measured); a checkpoint is
+written only with finite parameters, loss and optimizer state, and a write that fails (or a run
+killed during it) leaves the previous checkpoint as it was.
 """
 import dataclasses
 import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +23,10 @@ import numpy as np
 from . import datasets
 from .config import set_num_threads
 from .distributed import SelfComm, default_threads, get_comm, split_data_time
-from .errors import CheckpointError, ConfigError, MgritnnError
-from .io import atomic_savez, read_npz
+from .errors import CheckpointError, ConfigError, DivergenceError, MgritnnWarning, output_error
+from .io import (atomic_savez, check_free_space, prepare_output, read_npz, remove_stale_temps,
+                 temp_prefix)
+from .memory import check_training_memory
 from .model import GRUClassifier
 from .optim import make_optimizer, state_from_arrays, state_to_arrays
 from .optim.clip import clip_by_global_norm
@@ -35,6 +43,10 @@ class TrainConfig:
         ``"default"`` (the embedded oscillations set), a ``.npz`` path, or a UCI HAR directory.
     seq_len : int or None
         Truncate/zero-pad sequences to this length (the default set is generated at this length).
+    num_classes : int or None
+        Number of classes (>= 2; None: from the data's ``class_names``, else from the labels);
+        must agree with stored ``class_names``. For the default set, the number of generated
+        classes (None: 4). See :func:`mgritnn.datasets.resolve_classes`.
     cell, hidden, layers, dtype, dt : model options (see :class:`mgritnn.GRUClassifier`)
     epochs, batch_size : int
     optimizer : {"adam", "sgd"}
@@ -55,18 +67,26 @@ class TrainConfig:
     threads : int or None
         numba threads per rank (None: cores per node // ranks per node).
     checkpoint : str or None
-        Path of the checkpoint written (atomically) after every epoch.
+        Path of the checkpoint written (atomically) after every epoch. Missing parent directories
+        are created.
     resume : bool
-        Continue from ``checkpoint`` if it exists.
+        Continue from ``checkpoint``; it must exist. Settings that differ from the checkpoint's
+        are named in one :class:`~mgritnn.errors.MgritnnWarning`; another model shape is an error;
+        another optimizer starts with a fresh optimizer state (also warned).
+    resume_or_start : bool
+        Continue from ``checkpoint`` if it exists, else start a new run that writes it (for job
+        scripts that are simply restarted).
     overwrite : bool
         Replace an existing ``checkpoint`` (of an earlier run) instead of refusing to start.
     log : str or None
-        Path of a JSON-lines log (one record per epoch).
+        Path of a JSON-lines log (one record per epoch), appended to. Missing parent directories
+        are created.
     max_batches : int or None
         Stop each epoch after this many batches (for quick experiments and tests).
     """
     data: str = "default"
     seq_len: int = None
+    num_classes: int = None
     cell: str = "classic"
     newton_options: dict = dataclasses.field(default_factory=dict)
     hidden: int = 32
@@ -87,6 +107,7 @@ class TrainConfig:
     threads: int = None
     checkpoint: str = None
     resume: bool = False
+    resume_or_start: bool = False
     overwrite: bool = False
     log: str = None
     max_batches: int = None
@@ -106,12 +127,29 @@ class TrainConfig:
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if self.clip is not None and not self.clip > 0:
             raise ConfigError(f"clip must be a positive number, got {self.clip!r}")
-        if self.resume and not self.checkpoint:
-            raise ConfigError("resume needs a checkpoint path: add --checkpoint PATH")
+        if (self.resume or self.resume_or_start) and not self.checkpoint:
+            flag = "resume" if self.resume else "resume-or-start"
+            raise ConfigError(f"--{flag} needs a checkpoint path: add --checkpoint PATH")
+
+    @property
+    def resuming(self):
+        """True if the run continues ``checkpoint`` when it exists (``resume`` or
+        ``resume_or_start``)."""
+        return self.resume or self.resume_or_start
 
     def check_paths(self):
-        """Raise a ConfigError unless the run's outputs are files that replace neither its input
-        nor an earlier run's checkpoint (called by :func:`train` before any work)."""
+        """Check the paths of the run without writing anything (called by :func:`train` on every
+        rank before any work).
+
+        Raises
+        ------
+        ConfigError
+            If an output is a directory, the training data, not a regular file (a checkpoint), or
+            both outputs are one file; or the checkpoint exists from an earlier run and neither
+            resume, resume_or_start nor overwrite is set.
+        CheckpointError
+            If ``resume`` is set and the checkpoint does not exist.
+        """
         data = None if self.data == "default" else os.path.realpath(self.data)
         for flag, path in (("--checkpoint", self.checkpoint), ("--log", self.log)):
             if path is None:
@@ -126,9 +164,17 @@ class TrainConfig:
                 os.path.realpath(self.checkpoint) == os.path.realpath(self.log):
             raise ConfigError(f"--checkpoint and --log are the same file {self.checkpoint!r}: "
                               "choose two paths")
-        if self.checkpoint and os.path.exists(self.checkpoint) and not (self.resume or self.overwrite):
+        if self.checkpoint and os.path.exists(self.checkpoint) and not os.path.isfile(self.checkpoint):
+            raise ConfigError(f"--checkpoint {self.checkpoint!r} is not a regular file (a device, "
+                              "pipe or socket) and would be replaced: name a file")
+        if self.checkpoint and os.path.exists(self.checkpoint) and not (self.resuming or self.overwrite):
             raise ConfigError(f"checkpoint {self.checkpoint!r} exists from an earlier run: add "
                               "--resume to continue it, or --overwrite to replace it")
+        if self.resume and not self.resume_or_start and self.checkpoint and \
+                not os.path.exists(self.checkpoint):
+            raise CheckpointError(f"--resume: checkpoint {self.checkpoint!r} does not exist: check "
+                                  "the path, or use --resume-or-start to start a new run there "
+                                  "when it is missing")
 
     def optimizer_kwargs(self):
         kw = dict(lr=self.lr, weight_decay=self.weight_decay)
@@ -203,6 +249,189 @@ def _checkpoint_arrays(model, opt_state, standardizer):
     arrays["standardizer/mean"] = standardizer.mean
     arrays["standardizer/std"] = standardizer.std
     return arrays
+
+
+def _checkpoint_bytes(model, opt_state, standardizer, epochs):
+    """About the size of a checkpoint after ``epochs`` epochs (an overestimate): the arrays, their
+    archive headers, and the metadata (JSON, stored as 4-byte characters; one history record per
+    epoch)."""
+    arrays = _checkpoint_arrays(model, opt_state, standardizer)
+    return (sum(np.asarray(a).nbytes for a in arrays.values()) + 1024 * (len(arrays) + 1)
+            + 32 * 1024 + 4 * 1024 * epochs)
+
+
+def _last_good(cfg, done):
+    """Where the last good state of a run that failed in epoch ``done + 1`` is (for messages)."""
+    if not cfg.checkpoint:
+        return "nothing was saved (add --checkpoint to keep every finished epoch)"
+    if done == 0:
+        return "no checkpoint was written"
+    return (f"the checkpoint {cfg.checkpoint!r} keeps epoch {done} as it was: continue from it "
+            "with --resume")
+
+
+def _all_finite(*arrays):
+    return all(np.all(np.isfinite(a)) for a in arrays)
+
+
+def gather_warm_arrays(solver, ranks):
+    """Every rank's warm-start states of ``solver`` (collective over the world).
+
+    Returns
+    -------
+    dict
+        On rank 0: ``"warm/r{rank}/{name}" -> array`` for every rank's
+        :meth:`~mgritnn.solvers.base.Solver.warm_arrays` (empty for solvers without memory);
+        on the other ranks: empty.
+    """
+    parts = ranks.world.gather(solver.warm_arrays(), root=0)
+    if not ranks.root:
+        return {}
+    return {f"warm/r{r}/{k}": v for r, part in enumerate(parts) for k, v in part.items()}
+
+
+def _restore_warm_arrays(solver, arrays, meta, ranks, path):
+    """Give each rank its own saved warm-start states (see :func:`gather_warm_arrays`), when the
+    checkpoint was written by as many ranks; otherwise they start cold, with a warning."""
+    mine = f"warm/r{ranks.rank}/"
+    if not any(k.startswith("warm/") for k in arrays):
+        return
+    saved = meta.get("warm_ranks")
+    if saved != ranks.size:
+        if ranks.root:
+            warnings.warn(f"checkpoint {path!r} holds the warm-start states of {saved} ranks, this "
+                          f"run has {ranks.size}: they start cold, so the run cannot continue the "
+                          "checkpoint's bit for bit (resume on as many ranks to keep them)",
+                          MgritnnWarning, stacklevel=3)
+        return
+    solver.load_warm_arrays({k[len(mine):]: v for k, v in arrays.items() if k.startswith(mine)})
+
+
+def save_checkpoint(cfg, epoch, model, opt_state, standardizer, rng, history, ds, warm=None,
+                    ranks=1):
+    """Write the training checkpoint of ``cfg`` after ``epoch`` epochs (rank 0 only), atomically.
+
+    The one place that writes a training checkpoint: everything a bit-for-bit resume needs
+    (parameters, optimizer state, shuffling RNG state, epoch, history, standardizer, config, and
+    the solvers' warm-start states of every rank, ``warm`` from :func:`gather_warm_arrays`,
+    written by ``ranks`` ranks).
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    epoch : int
+        Epochs done.
+    model : GRUClassifier
+    opt_state : optimizer state (AdamState or SGDState)
+    standardizer : datasets.Standardizer
+    rng : numpy.random.Generator
+        The shuffling generator (its state is saved).
+    history : list of dict
+        The epoch records so far (the last is this epoch's).
+    ds : the data set (its classes are saved)
+    warm : dict, optional
+        Warm-start states (:func:`gather_warm_arrays`).
+    ranks : int
+        Number of ranks of the run (the warm-start states fit a run of as many).
+
+    Raises
+    ------
+    DivergenceError
+        If the parameters, optimizer state or the epoch's losses are NaN/inf: nothing is written,
+        the previous checkpoint stays.
+    OutputError
+        If the file cannot be written (the previous checkpoint stays).
+    """
+    rec = history[-1] if history else {}
+    losses = [rec.get("loss", 0.0), rec.get("test_loss", 0.0)]
+    if not _all_finite(model.flat, np.asarray(losses, np.float64), *opt_state[1:]):
+        raise DivergenceError(
+            f"training diverged in epoch {epoch}: the parameters, optimizer state or loss are "
+            f"NaN/inf, so this epoch is not saved: lower --lr or use --clip; "
+            f"{_last_good(cfg, epoch - 1)}")
+    meta = dict(kind="train", model=model.config, train=dataclasses.asdict(cfg), epoch=epoch,
+                rng=rng.bit_generator.state, history=history, num_classes=ds.num_classes,
+                class_names=list(ds.class_names), warm_ranks=int(ranks))
+    arrays = _checkpoint_arrays(model, opt_state, standardizer)
+    arrays.update(warm or {})
+    atomic_savez(cfg.checkpoint, arrays, meta, what="the checkpoint (--checkpoint)")
+
+
+def _prepare_outputs(cfg, out):
+    """Before any work (rank 0): the checkpoint and the log can be written (directories created,
+    a probe file written beside each); temporary files of killed writes of the checkpoint are
+    removed."""
+    if cfg.checkpoint:
+        prepare_output(cfg.checkpoint, "--checkpoint")
+        removed = remove_stale_temps(cfg.checkpoint)
+        if removed:
+            out(f"removed {len(removed)} temporary file(s) {temp_prefix(cfg.checkpoint)}*.npz "
+                "left by an interrupted checkpoint write")
+    if cfg.log:
+        prepare_output(cfg.log, "--log", append=True)
+
+
+#: Fields of TrainConfig that may change on resume without changing the run: the number of epochs
+#: (extending a run is the point of resuming), where the outputs go, and the thread count (the
+#: kernels are independent of it).
+_RESUME_FREE = ("epochs", "checkpoint", "resume", "resume_or_start", "overwrite", "log", "threads")
+
+
+def _fmt(v):
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
+
+
+def _settings_diff(cfg, saved):
+    """``["lr 0.003 -> 0.01", ...]``: the settings of ``cfg`` that differ from the saved config
+    ``saved`` (a dict from a checkpoint; fields it lacks are not compared)."""
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))       # tuples -> lists, as saved
+    return [f"{k} {_fmt(saved[k])} -> {_fmt(v)}" for k, v in now.items()
+            if k not in _RESUME_FREE and k in saved and saved[k] != v]
+
+
+class _Log:
+    """The JSON-lines log (rank 0), opened for appending; OS errors become OutputError."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self._end_partial_line()
+            self.file = open(path, "a")
+        except OSError as e:
+            raise output_error(e, "cannot open the log (--log)", path) from e
+
+    def _end_partial_line(self):
+        """A run killed while writing may leave an incomplete last record (no newline): drop it
+        (when it is one of ours, starting '{"'), else end the line, so that the next record
+        starts on a line of its own."""
+        if not os.path.isfile(self.path) or os.path.getsize(self.path) == 0:
+            return
+        with open(self.path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+            if tail.endswith(b"\n"):
+                return
+            start = tail.rfind(b"\n") + 1
+            if tail[start:start + 2] == b'{"' and (start > 0 or size <= 65536):
+                f.truncate(size - len(tail) + start)
+            else:
+                f.write(b"\n")
+
+    def write(self, rec, flush=False):
+        try:
+            self.file.write(_json_line(rec))
+            if flush:
+                self.file.flush()
+        except OSError as e:
+            raise output_error(e, "cannot write the log (--log)", self.path) from e
+
+    def close(self, quiet=False):
+        try:
+            self.file.close()
+        except OSError as e:
+            if not quiet:
+                raise output_error(e, "cannot write the log (--log)", self.path) from e
 
 
 class _Ranks:
@@ -309,6 +538,20 @@ def train(cfg, out=print, progress=True, comm=None):
         The same on every rank.
     history : list of dict
         One record per epoch (what the JSON-lines log holds).
+
+    Raises
+    ------
+    MgritnnError
+        For anything the user can fix, before the first batch where possible: bad options or data,
+        a checkpoint that does not fit, outputs that cannot be written (:class:`OutputError`,
+        also for write failures later) and divergence (:class:`DivergenceError`). The last
+        checkpoint written stays as it was. Output paths are checked (and written) by rank 0
+        only, so under MPI such an error may be raised on rank 0 alone.
+
+    Warns
+    -----
+    MgritnnWarning
+        On resume with settings that differ from the checkpoint's (rank 0).
     """
     cfg.check_paths()
     ranks = _Ranks(comm, cfg.data_parallel)
@@ -317,10 +560,29 @@ def train(cfg, out=print, progress=True, comm=None):
     solver = make_solver(cfg.solver, cfg.solver_options, ranks.time)
     if not ranks.root:
         out, progress = (lambda *a, **k: None), False
-    ds = datasets.load(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed)
+    else:
+        _prepare_outputs(cfg, out)                  # before any work: fail in seconds, not epochs
+    ds = datasets.load(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed, num_classes=cfg.num_classes)
     if cfg.batch_size < cfg.data_parallel:
         raise ConfigError(f"batch size {cfg.batch_size} is smaller than --data-parallel "
                           f"{cfg.data_parallel}: every data group needs samples")
+    # Every batch is split into data_parallel parts: the last (short) one needs a row per part.
+    n_train, B, D = len(ds.y_train), cfg.batch_size, cfg.data_parallel
+    batches = -(-n_train // B)
+    last = n_train - (batches - 1) * B
+    if last < D and (cfg.max_batches is None or cfg.max_batches >= batches):
+        if n_train < D:
+            raise ConfigError(f"the training set has {n_train} samples, fewer than --data-parallel "
+                              f"{D}: every data group needs a sample; use a --data-parallel of at "
+                              f"most {n_train}")
+        good = min((b for b in range(D, n_train + 1) if n_train % b == 0 or n_train % b >= D),
+                   key=lambda b: (abs(b - B), b))
+        raise ConfigError(f"the last batch of every epoch would have {last} sample(s) ({n_train} "
+                          f"training samples, --batch-size {B}), fewer than --data-parallel {D}: "
+                          f"every data group needs a sample; use --batch-size {good} (any size "
+                          f"that leaves 0 or at least {D} samples for the last batch)")
+    check_training_memory(ds.num_channels, cfg.hidden, ds.num_classes, cfg.layers, cfg.dtype,
+                          -(-B // D), -(-ds.seq_len // ranks.time.Get_size()), cfg.optimizer)
     standardizer = datasets.Standardizer.fit(ds.X_train)
     X_train = standardizer.transform(ds.X_train, np.dtype(cfg.dtype))
     X_test = standardizer.transform(ds.X_test, np.dtype(cfg.dtype))
@@ -331,31 +593,23 @@ def train(cfg, out=print, progress=True, comm=None):
     opt_state = opt.init(model.flat)
     rng = np.random.default_rng(cfg.seed)
     history, start_epoch = [], 0
+    if cfg.checkpoint and ranks.root:
+        check_free_space(cfg.checkpoint, "--checkpoint",
+                         _checkpoint_bytes(model, opt_state, standardizer, cfg.epochs))
 
-    if cfg.resume and os.path.exists(cfg.checkpoint):
-        arrays, meta = read_npz(cfg.checkpoint)
-        if not meta or meta.get("kind") != "train":
-            raise CheckpointError(f"{cfg.checkpoint!r} is not an mgritnn training checkpoint")
-        if meta["model"] != model.config:
-            raise CheckpointError(
-                f"checkpoint {cfg.checkpoint!r} was made for the model {meta['model']}, this run "
-                f"builds {model.config}: use the same data, cell, hidden, layers, dtype and dt, "
-                "or start a new checkpoint")
-        model.set_params(arrays)
-        opt_state = state_from_arrays(
-            opt, {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
-            model.flat)
-        rng.bit_generator.state = meta["rng"]
-        start_epoch = int(meta["epoch"])
-        history = list(meta.get("history", []))
+    if cfg.resuming and os.path.exists(cfg.checkpoint):
+        opt_state, start_epoch, history = _resume(cfg, model, opt, opt_state, rng, ranks, solver)
         out(f"resumed from {cfg.checkpoint} after epoch {start_epoch}")
+        if start_epoch >= cfg.epochs:
+            out(f"nothing to train: the checkpoint has {start_epoch} epochs, --epochs is "
+                f"{cfg.epochs}; raise --epochs to train more")
 
     N = len(X_train)
     n_batches = -(-N // cfg.batch_size)
     if cfg.max_batches:
         n_batches = min(n_batches, cfg.max_batches)
     bar = _Progress() if progress else None
-    log = open(cfg.log, "a") if (cfg.log and ranks.root) else None
+    log = _Log(cfg.log) if (cfg.log and ranks.root) else None
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
@@ -385,13 +639,19 @@ def train(cfg, out=print, progress=True, comm=None):
                 evals = ranks.max_over_world([info["forward"].step_evals, info["adjoint"].step_evals])
                 steps += evals
                 if not np.isfinite(loss) or not np.all(np.isfinite(grad)):
-                    raise MgritnnError(
+                    raise DivergenceError(
                         f"the loss or gradient became NaN/inf at epoch {epoch + 1}, batch {b + 1}: "
-                        "lower --lr or use --clip (the last checkpoint holds the previous epoch)")
+                        f"lower --lr or use --clip; {_last_good(cfg, epoch)}")
                 t0 = time.perf_counter()
                 if cfg.clip is not None:
                     clip_by_global_norm(grad, cfg.clip)
-                opt_state = opt.update(grad, opt_state, model.flat)
+                with np.errstate(over="ignore", invalid="ignore"):   # checked just below
+                    opt_state = opt.update(grad, opt_state, model.flat)
+                if not _all_finite(model.flat):
+                    raise DivergenceError(
+                        f"the parameters became NaN/inf in the {cfg.optimizer} update of epoch "
+                        f"{epoch + 1}, batch {b + 1} (the loss and gradient were finite): lower "
+                        f"--lr or use --clip; {_last_good(cfg, epoch)}")
                 times["optimizer"] += time.perf_counter() - t0
                 loss_sum += float(loss) * len(idx)
                 correct += float(n_correct)
@@ -399,7 +659,7 @@ def train(cfg, out=print, progress=True, comm=None):
                 if log and solver.name != "serial":
                     rec = dict(type="batch", epoch=epoch + 1, batch=b + 1, loss=float(loss),
                                step_evals_max_rank=evals.tolist(), **_batch_diagnostics(info))
-                    log.write(_json_line(rec))
+                    log.write(rec)
                 if bar:
                     bar.update(f"epoch {epoch + 1}/{cfg.epochs}: batch {b + 1}/{n_batches}, "
                                f"loss {loss_sum / seen:.4f}")
@@ -426,17 +686,65 @@ def train(cfg, out=print, progress=True, comm=None):
                     f"solves did not reach the tolerance (worst |G| {newton['max_residual']:.2e}): "
                     "smaller --dt or weights, or a larger max_iter")
             if log:
-                log.write(_json_line(rec))
-                log.flush()
+                log.write(rec, flush=True)
+            warm = gather_warm_arrays(solver, ranks) if cfg.checkpoint else None
             if cfg.checkpoint and ranks.root:
-                meta = dict(kind="train", model=model.config, train=dataclasses.asdict(cfg),
-                            epoch=epoch + 1, rng=rng.bit_generator.state, history=history,
-                            num_classes=ds.num_classes, class_names=list(ds.class_names))
-                atomic_savez(cfg.checkpoint, _checkpoint_arrays(model, opt_state, standardizer), meta)
-    finally:
+                save_checkpoint(cfg, epoch + 1, model, opt_state, standardizer, rng, history, ds,
+                                warm, ranks.size)
+    except BaseException:
         if log:
-            log.close()
+            log.close(quiet=True)                   # the error in flight is the one to report
+        raise
+    if log:
+        log.close()
     return model, history
+
+
+def _resume(cfg, model, opt, opt_state, rng, ranks, solver):
+    """Load the checkpoint of ``cfg`` into ``model``, ``rng`` and (its warm-start states, see
+    :func:`_restore_warm_arrays`) ``solver``.
+
+    Settings that differ from the checkpoint's config (except :data:`_RESUME_FREE`) are named in
+    one :class:`MgritnnWarning` (on rank 0). With another optimizer, its state starts
+    fresh (also in the warning): the run then cannot equal an uninterrupted one.
+
+    Returns
+    -------
+    opt_state, start_epoch, history
+
+    Raises
+    ------
+    CheckpointError
+        If the file is not a training checkpoint, or was made for another model shape.
+    """
+    arrays, meta = read_npz(cfg.checkpoint)
+    if not meta or meta.get("kind") != "train":
+        raise CheckpointError(f"{cfg.checkpoint!r} is not an mgritnn training checkpoint: name "
+                              "the checkpoint written by 'mgritnn train --checkpoint'")
+    if meta["model"] != model.config:
+        raise CheckpointError(
+            f"checkpoint {cfg.checkpoint!r} was made for the model {meta['model']}, this run "
+            f"builds {model.config}: use the same data, cell, hidden, layers, dtype and dt, "
+            "or start a new checkpoint")
+    saved = meta.get("train") or {}
+    diff = _settings_diff(cfg, saved)
+    model.set_params(arrays)
+    old_opt = saved.get("optimizer", cfg.optimizer)
+    if old_opt == cfg.optimizer:
+        opt_state = state_from_arrays(
+            opt, {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
+            model.flat)
+    else:
+        diff = [d + (f" (the {old_opt} state is dropped and {cfg.optimizer} starts afresh, so the "
+                     "run cannot equal an uninterrupted one bit for bit)")
+                if d.startswith("optimizer ") else d for d in diff]
+    if diff and ranks.root:
+        warnings.warn("resuming with settings that differ from the checkpoint: " + ", ".join(diff)
+                      + " (resume with the checkpoint's settings to continue its run exactly)",
+                      MgritnnWarning, stacklevel=3)
+    rng.bit_generator.state = meta["rng"]
+    _restore_warm_arrays(solver, arrays, meta, ranks, cfg.checkpoint)
+    return opt_state, int(meta["epoch"]), list(meta.get("history", []))
 
 
 def load_checkpoint(path):

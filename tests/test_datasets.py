@@ -146,10 +146,10 @@ def test_load_npz_small(tmp_path):
 
 
 def test_load_npz_infers_classes_and_accepts_integral_float_labels(tmp_path):
-    raw = small_dataset(k=3)._replace(y_train=np.array([0, 1, 4, 0, 1, 1], dtype=np.float64))
+    raw = small_dataset(k=3)._replace(y_train=np.array([0, 1, 3, 0, 2, 1], dtype=np.float64))
     ds = load_npz(save_npz(tmp_path / "f.npz", raw))
-    assert ds.num_classes == 5 and ds.class_names == ("0", "1", "2", "3", "4")
-    assert ds.y_train.dtype == np.int64 and ds.y_train.tolist() == [0, 1, 4, 0, 1, 1]
+    assert ds.num_classes == 4 and ds.class_names == ("0", "1", "2", "3")
+    assert ds.y_train.dtype == np.int64 and ds.y_train.tolist() == [0, 1, 3, 0, 2, 1]
 
 
 def test_load_npz_missing_file(tmp_path):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from mgritnn.errors import CheckpointError, ConfigError, MgritnnError
+from mgritnn.errors import CheckpointError, ConfigError, MgritnnError, MgritnnWarning
 from mgritnn.io import read_npz
 from mgritnn.train import TrainConfig, train
 
@@ -21,10 +21,15 @@ def test_default_data_set_is_learned():
     assert hist[-1]["loss"] < hist[0]["loss"]
 
 
-@pytest.mark.parametrize("cell", ["classic", "implicit"])
-def test_resume_is_bit_for_bit(tmp_path, cell):
+@pytest.mark.parametrize("cell, solver", [
+    ("classic", {}), ("implicit", {}),
+    # solvers that remember each sample's states between epochs: the checkpoint holds them
+    ("classic", dict(solver="mgrit", solver_options=dict(preset="fast"))),
+    ("classic", dict(solver="deer", solver_options=dict(initial_guess="warm", atol=1e-3))),
+], ids=["classic", "implicit", "mgrit-warm", "deer-warm"])
+def test_resume_is_bit_for_bit(tmp_path, cell, solver):
     common = dict(epochs=3, hidden=8, seq_len=24, batch_size=64, max_batches=6, cell=cell,
-                  optimizer="adam", seed=3)
+                  optimizer="adam", seed=3, **solver)
     full_ck, part_ck = tmp_path / "full.npz", tmp_path / "part.npz"
     m_full, h_full = train(TrainConfig(checkpoint=str(full_ck), **common), out=quiet, progress=False)
     train(TrainConfig(checkpoint=str(part_ck), **{**common, "epochs": 2}), out=quiet, progress=False)
@@ -160,3 +165,90 @@ def test_deer_training_equals_serial_training(solver):
                    progress=False)
     rtol = 1e-6 if solver == "auto" else 1e-10
     np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in ref], rtol=rtol)
+
+
+def test_checkpoint_is_never_written_with_nonfinite_values(tmp_path):
+    """save_checkpoint, the one writer of training checkpoints, refuses NaN/inf parameters,
+    optimizer state or epoch losses with a DivergenceError and leaves the last checkpoint."""
+    from mgritnn import datasets
+    from mgritnn.errors import DivergenceError
+    from mgritnn.model import GRUClassifier
+    from mgritnn.optim import make_optimizer
+    from mgritnn.train import save_checkpoint
+    ck = tmp_path / "ck.npz"
+    cfg = TrainConfig(epochs=2, hidden=4, seq_len=8, max_batches=1, checkpoint=str(ck))
+    train(TrainConfig(**{**cfg.__dict__, "epochs": 1}), out=quiet, progress=False)
+    before = ck.read_bytes()
+    ds = datasets.load("default", seq_len=8)
+    std = datasets.Standardizer.fit(ds.X_train)
+    rng = np.random.default_rng(0)
+
+    def attempt(poison):
+        model = GRUClassifier(ds.X_train.shape[2], 4, ds.num_classes, seed=0)
+        state = make_optimizer("adam").init(model.flat)
+        history = [dict(loss=1.0, test_loss=1.0)]
+        poison(model, state, history)
+        with pytest.raises(DivergenceError, match=r"epoch 2\b.*NaN/inf.*keeps epoch 1"):
+            save_checkpoint(cfg, 2, model, state, std, rng, history, ds)
+        assert ck.read_bytes() == before
+
+    attempt(lambda m, s, h: m.flat.__setitem__(0, np.inf))
+    attempt(lambda m, s, h: s.v.__setitem__(3, np.nan))
+    attempt(lambda m, s, h: h[-1].__setitem__("test_loss", float("nan")))
+
+
+def test_resume_names_changed_settings_in_one_warning(tmp_path):
+    """Resuming with another lr and solver options warns once, naming each; more epochs alone
+    does not warn (and stays bit for bit, see test_resume_is_bit_for_bit)."""
+    import warnings
+
+    from mgritnn.errors import MgritnnWarning
+    ck = tmp_path / "ck.npz"
+    common = dict(hidden=4, seq_len=16, max_batches=1, checkpoint=str(ck))
+    train(TrainConfig(epochs=1, **common), out=quiet, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MgritnnWarning)
+        train(TrainConfig(epochs=2, resume=True, threads=1, **common), out=quiet, progress=False)
+    with pytest.warns(MgritnnWarning) as got:
+        train(TrainConfig(epochs=3, resume=True, lr=0.01, solver="mgrit",
+                          solver_options=dict(levels=3, cf=(2, 2)), **common),
+              out=quiet, progress=False)
+    assert len(got) == 1
+    msg = str(got[0].message)
+    assert msg.startswith("resuming with settings that differ from the checkpoint: ")
+    assert 'lr 0.003 -> 0.01, solver serial -> mgrit, solver_options {} -> {"cf": [2, 2], ' \
+           '"levels": 3}' in msg, msg
+
+
+def test_resume_drops_an_incomplete_last_log_record(tmp_path):
+    """A run killed while writing its log leaves an incomplete last line: the resumed run drops
+    it (it is one of ours), so every line of the log is a JSON record."""
+    ck, log = tmp_path / "ck.npz", tmp_path / "log.jsonl"
+    common = dict(hidden=4, seq_len=8, max_batches=1, checkpoint=str(ck), log=str(log))
+    train(TrainConfig(epochs=1, **common), out=quiet, progress=False)
+    with open(log, "a") as f:
+        f.write('{"type": "epoch", "epoch": 2, "lo')
+    train(TrainConfig(epochs=2, resume=True, **common), out=quiet, progress=False)
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [1, 2]
+    other = tmp_path / "notes.txt"                  # not one of ours: ended, not dropped
+    other.write_text("my notes")
+    train(TrainConfig(epochs=1, hidden=4, seq_len=8, max_batches=1, log=str(other)), out=quiet,
+          progress=False)
+    lines = other.read_text().splitlines()
+    assert lines[0] == "my notes" and json.loads(lines[1])["epoch"] == 1
+
+
+def test_warm_states_of_another_rank_count_start_cold_with_a_warning(tmp_path):
+    """A checkpoint's warm-start states fit a run on as many ranks; on another count they are
+    not used, and one warning says so (the run continues, no longer bit for bit)."""
+    from mgritnn.io import atomic_savez
+    ck = tmp_path / "ck.npz"
+    common = dict(hidden=8, seq_len=24, batch_size=64, max_batches=2, solver="mgrit",
+                  solver_options=dict(preset="fast"), checkpoint=str(ck))
+    train(TrainConfig(epochs=1, **common), out=quiet, progress=False)
+    arrays, meta = read_npz(ck)
+    assert any(k.startswith("warm/r0/") for k in arrays) and meta["warm_ranks"] == 1
+    atomic_savez(ck, arrays, dict(meta, warm_ranks=2))
+    with pytest.warns(MgritnnWarning, match="warm-start states of 2 ranks, this run has 1"):
+        train(TrainConfig(epochs=2, resume=True, **common), out=quiet, progress=False)
