@@ -43,6 +43,16 @@ class OutputError(MgritnnError, OSError):
         return self.args[0]
 
 
+class SolverError(MgritnnError, ArithmeticError):
+    """A time solve diverged or produced NaN/inf (and did not fall back to the serial sweep): its
+    result is not the model's, so it is not returned. ``stats`` holds the solve's
+    :class:`~mgritnn.solvers.base.SolveStats`."""
+
+    def __init__(self, message, stats=None):
+        super().__init__(message)
+        self.stats = stats
+
+
 class DivergenceError(MgritnnError, ArithmeticError):
     """Training diverged: the loss, gradient, parameters or optimizer state became NaN/inf."""
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .cells import GRUWeights, accumulate_outer, get_cell, project
 from .config import resolve_dtype
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, SolverError
 from .io import atomic_savez, read_npz
 from .memory import check_memory, memory_estimate
 from .solvers import get_solver
@@ -26,6 +26,16 @@ def param_shapes(input_size, hidden_size, num_classes, num_layers):
                    (f"bias_ih_l{k}", (3 * H,)), (f"bias_hh_l{k}", (3 * H,))]
     shapes += [("head.weight", (num_classes, H)), ("head.bias", (num_classes,))]
     return shapes
+
+
+def _check_solve(stats, solver, what, strict):
+    """Raise SolverError for a failed solve (see :attr:`SolveStats.failed`) when ``strict``."""
+    if strict and stats.failed:
+        raise SolverError(
+            f"the {solver.name} {what} solve failed ({stats.message}), so its result is not the "
+            "model's: give it more iterations, damping or an implicit coarse cell, lower the "
+            "learning rate (the weights may have grown too large), or use another solver "
+            "(strict=False returns the result anyway, with its statistics)", stats)
 
 
 def _positive_int(name, v):
@@ -190,7 +200,7 @@ class GRUClassifier:
     def _head(self, h_last):
         return h_last[-1] @ self.params["head.weight"].T + self.params["head.bias"]
 
-    def forward(self, X, solver="serial"):
+    def forward(self, X, solver="serial", strict=True):
         """Logits of a batch.
 
         Parameters
@@ -198,6 +208,9 @@ class GRUClassifier:
         X : array_like, shape (B, T, I)
             Batch-first, as users hold data.
         solver : str or solver config
+        strict : bool
+            Raise :class:`~mgritnn.errors.SolverError` when the solve diverged or gave NaN/inf
+            (False: return its result anyway).
 
         Returns
         -------
@@ -205,7 +218,8 @@ class GRUClassifier:
         """
         Xt = self._time_major(X)
         solver = self._solver(solver)
-        _, h_last, _, _, _ = self._hidden(Xt, solver, keep=False)
+        _, h_last, _, stats, _ = self._hidden(Xt, solver, keep=False)
+        _check_solve(stats, solver, "forward", strict)
         logits = self._head(h_last) if solver.is_last else None
         return solver.reduce(np.zeros(0, self.dtype), 0.0, logits)[2]
 
@@ -213,11 +227,13 @@ class GRUClassifier:
         """Predicted classes, ndarray of shape (B,), int64."""
         return np.argmax(self.forward(X, solver), axis=1)
 
-    def loss_and_grad_flat(self, X, y, solver="serial", keys=None):
+    def loss_and_grad_flat(self, X, y, solver="serial", keys=None, strict=True):
         """Mean softmax cross-entropy and its gradient as a flat vector laid out like :attr:`flat`.
 
         ``keys`` (B,) ints name the samples (their indices in the data set) for solvers that
-        remember them between calls (MGRIT's warm start).
+        remember them between calls (MGRIT's warm start). With ``strict`` (the default) a forward
+        or adjoint solve that diverged or gave NaN/inf raises :class:`~mgritnn.errors.SolverError`
+        (its ``stats`` say how); NOT_CONVERGED (a fixed cycle count) is only reported in ``info``.
 
         Returns
         -------
@@ -233,6 +249,7 @@ class GRUClassifier:
         solver = self._solver(solver)
         t0 = time.perf_counter()
         w, h_last, state, fstats, (lo, hi) = self._hidden(Xt, solver, keep=True, keys=keys)
+        _check_solve(fstats, solver, "forward", strict)
         t1 = time.perf_counter()
         grad = np.zeros_like(self.flat)
         g = self.unflatten(grad)
@@ -252,6 +269,7 @@ class GRUClassifier:
             lam_last = np.zeros_like(h_last)
             lam_last[-1] = dlogits @ self.params["head.weight"]
         dax0, astats = solver.adjoint(self.cell, w, state, lam_last, g)
+        _check_solve(astats, solver, "adjoint", strict)
         accumulate_outer(dax0, Xt[lo:hi], g["weight_ih_l0"])
         g["bias_ih_l0"] += dax0.reshape(-1, dax0.shape[-1]).sum(axis=0)
         t2 = time.perf_counter()
@@ -259,7 +277,7 @@ class GRUClassifier:
         return loss, grad, dict(logits=logits, forward=fstats, adjoint=astats, time_forward=t1 - t0,
                                 time_adjoint=t2 - t1, time_reduce=time.perf_counter() - t2)
 
-    def loss_and_grad(self, X, y, solver="serial", keys=None):
+    def loss_and_grad(self, X, y, solver="serial", keys=None, strict=True, info=False):
         """Mean softmax cross-entropy of a batch and its gradient.
 
         Parameters
@@ -272,14 +290,21 @@ class GRUClassifier:
         keys : array_like of int, shape (B,), optional
             The samples' indices in the data set, for solvers that remember samples between calls
             (MGRIT's ``initial_guess="warm"``, e.g. ``MGRITConfig.preset("fast")``).
+        strict : bool
+            Raise :class:`~mgritnn.errors.SolverError` for a diverged or non-finite solve.
+        info : bool
+            Also return the solves' statistics.
 
         Returns
         -------
         loss : float
         grads : dict of str -> ndarray, the keys and shapes of :attr:`params`
+        info : dict, only if ``info``
+            As from :meth:`loss_and_grad_flat`: ``forward`` and ``adjoint``
+            :class:`~mgritnn.solvers.base.SolveStats`, ``logits``, times.
         """
-        loss, grad, _ = self.loss_and_grad_flat(X, y, solver, keys=keys)
-        return loss, self.unflatten(grad)
+        loss, grad, stats = self.loss_and_grad_flat(X, y, solver, keys=keys, strict=strict)
+        return (loss, self.unflatten(grad), stats) if info else (loss, self.unflatten(grad))
 
     # -- files ---------------------------------------------------------------------------------
 

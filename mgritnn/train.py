@@ -23,7 +23,8 @@ import numpy as np
 from . import datasets
 from .config import set_num_threads
 from .distributed import SelfComm, default_threads, get_comm, split_data_time
-from .errors import CheckpointError, ConfigError, DivergenceError, MgritnnWarning, output_error
+from .errors import (CheckpointError, ConfigError, DivergenceError, MgritnnWarning, SolverError,
+                     output_error)
 from .io import (atomic_savez, check_free_space, prepare_output, read_npz, remove_stale_temps,
                  temp_prefix)
 from .memory import check_training_memory
@@ -625,7 +626,11 @@ def train(cfg, out=print, progress=True, comm=None):
                 part = np.array_split(idx, cfg.data_parallel)[ranks.group]
                 Xb, yb = X_train[part], ds.y_train[part]
                 times["data"] += time.perf_counter() - t0
-                loss, grad, info = model.loss_and_grad_flat(Xb, yb, solver, keys=part)
+                try:
+                    loss, grad, info = model.loss_and_grad_flat(Xb, yb, solver, keys=part)
+                except SolverError as e:     # never a diverged gradient into the optimizer
+                    raise SolverError(f"epoch {epoch + 1}, batch {b + 1}: {e}; "
+                                      f"{_last_good(cfg, epoch)}", e.stats) from None
                 weight = len(part) / len(idx)
                 t0 = time.perf_counter()
                 stats = ranks.sum_over_data(np.concatenate(

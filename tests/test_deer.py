@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import mgritnn
 from mgritnn.cells import project
 from mgritnn.config import DIVERGED, NOT_CONVERGED, OK
-from mgritnn.errors import ConfigError
+from mgritnn.errors import ConfigError, SolverError
 from mgritnn.solvers import DEERConfig, DEERSolver, make_solver, quasi_deer_config
 from strategies import problems
 
@@ -104,8 +104,12 @@ def test_divergence_is_detected_and_the_fallback_is_serial():
 
 def test_without_fallback_the_divergence_is_reported():
     m, X, y = model_and_data("classic", L=1, T=100, scale=12.0)
-    _, _, info = m.loss_and_grad_flat(X, y, DEERConfig(fallback=False))
+    _, _, info = m.loss_and_grad_flat(X, y, DEERConfig(fallback=False), strict=False)
     assert info["forward"].status == DIVERGED and not info["forward"].fallback
+    assert info["forward"].failed and not info["forward"].success
+    with pytest.raises(SolverError, match="deer forward solve failed.*diverged") as e:
+        m.loss_and_grad_flat(X, y, DEERConfig(fallback=False))
+    assert e.value.stats.status == DIVERGED
 
 
 def test_damping_rescues_the_divergent_case():

@@ -9,7 +9,7 @@ import mgritnn
 from mgritnn.cells import get_cell, project
 from mgritnn.config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from mgritnn.distributed import level_points, local_grid, rank_bounds
-from mgritnn.errors import ConfigError
+from mgritnn.errors import ConfigError, SolverError
 from mgritnn.solvers import DEERConfig, MGRITConfig, MGRITSolver
 from strategies import problems
 
@@ -135,9 +135,13 @@ def test_divergence_and_nan_are_reported():
     solve stops with a clear status instead of returning a silent wrong answer."""
     m, X, y = model_and_data("classic", 1, T=256, B=2, H=4, scale=6.0)
     cfg = MGRITConfig(levels=3, cf=8, coarse_cell="classic", fwd_iters=6, tol=0.0)
-    _, _, info = m.loss_and_grad_flat(X, y, cfg)
+    _, _, info = m.loss_and_grad_flat(X, y, cfg, strict=False)
     assert info["forward"].status in (DIVERGED, NONFINITE), info["forward"]
     assert "diverged" in info["forward"].message or "NaN" in info["forward"].message
+    with pytest.raises(SolverError, match="mgrit forward solve failed"):   # the default: raised
+        m.loss_and_grad(X, y, cfg)
+    with pytest.raises(SolverError):
+        m.forward(X, cfg)
 
 
 def test_automatic_levels():
@@ -365,3 +369,28 @@ def test_automatic_levels_stop_at_the_listed_coarsening_factors():
     assert MGRITConfig(levels=None, cf=(4, 2)).cfs(1024) == [4, 2]
     assert MGRITConfig(levels=None, cf=(4, 2), min_coarse=200).cfs(1024) == [4]
     assert len(MGRITConfig(levels=None, cf=2).cfs(1024)) > 2
+
+
+@pytest.mark.parametrize("factor", [1e-6, 1e8])
+def test_adjoint_tolerance_and_divergence_test_scale_with_the_adjoint(factor):
+    """The adjoint is linear in its terminal value lambda_N: scaling lambda_N scales every residual
+    and nothing else. Regression: the adjoint used the forward's absolute tol (sized for states
+    |h| <= 1) and its all-ones divergence reference, so a large lambda_N never converged or was
+    called diverged, and a small one converged at once."""
+    m, X, _ = model_and_data("classic", 2, T=64, B=2)
+    Xt = np.ascontiguousarray(np.swapaxes(X, 0, 1))
+    w = m.weights()
+    ax0 = project(Xt, w.Wx[0], w.bx[0])
+    h0 = np.zeros((2, X.shape[0], m.hidden_size))
+    solver = MGRITSolver(MGRITConfig(levels=3, cf=2, fwd_iters=30, bwd_iters=30, tol=1e-9))
+    h_last, state, _ = solver.forward(m.cell, w, ax0, h0, 1.0, T=64)
+    lam = np.random.default_rng(5).normal(size=h_last.shape) * 0.1
+    runs = []
+    for f in (1.0, factor):
+        grads = {k: np.zeros_like(v) for k, v in m.params.items()}
+        dax, stats = solver.adjoint(m.cell, w, state, lam * f, grads)
+        runs.append((dax, stats))
+    (d1, s1), (d2, s2) = runs
+    assert s1.status == s2.status == OK and s1.iterations == s2.iterations > 1
+    np.testing.assert_allclose(np.array(s2.history), factor * np.array(s1.history), rtol=1e-6)
+    np.testing.assert_allclose(d2, factor * d1, rtol=1e-6, atol=1e-12 * factor)

@@ -252,3 +252,14 @@ def test_warm_states_of_another_rank_count_start_cold_with_a_warning(tmp_path):
     atomic_savez(ck, arrays, dict(meta, warm_ranks=2))
     with pytest.warns(MgritnnWarning, match="warm-start states of 2 ranks, this run has 1"):
         train(TrainConfig(epochs=2, resume=True, **common), out=quiet, progress=False)
+
+
+def test_a_diverged_solve_stops_training_before_the_optimizer():
+    """An MGRIT solve that diverges (an explicit coarse cell at a huge coarse step) raises
+    SolverError naming the epoch and batch; no update is made with its gradient."""
+    from mgritnn.errors import SolverError
+    cfg = TrainConfig(epochs=1, hidden=8, seq_len=256, batch_size=8, max_batches=1, dt=6.0,
+                      solver="mgrit", solver_options=dict(levels=3, cf=8, coarse_cell="classic",
+                                                          fwd_iters=6, tol=0.0))
+    with pytest.raises(SolverError, match="epoch 1, batch 1: the mgrit forward solve failed"):
+        train(cfg, out=quiet, progress=False)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import DIVERGED, NONFINITE, OK
 from ..errors import ConfigError
 
 
@@ -20,6 +21,7 @@ class SolveStats:
     ----------
     status : int
         0 converged/exact, 1 not converged within the iteration limit, 2 diverged, 3 non-finite.
+        ``success`` and ``failed`` (properties) summarize it.
     message : str
     iterations : int
         Iterations of an iterative solver (0 for the serial sweep).
@@ -48,6 +50,17 @@ class SolveStats:
     seconds: float = 0.0
     fallback: bool = False
     phases: dict = field(default_factory=dict)
+
+    @property
+    def success(self):
+        """The result is the solution: converged (or exact), or the serial sweep ran instead."""
+        return self.status == OK or self.fallback
+
+    @property
+    def failed(self):
+        """The result is unusable: diverged or NaN/inf, without the serial sweep's fallback
+        (NOT_CONVERGED is not a failure: the paper's fixed cycle counts end there by design)."""
+        return self.status in (DIVERGED, NONFINITE) and not self.fallback
 
 
 class Solver:

@@ -74,7 +74,8 @@ class MGRITConfig:
     fwd_iters, bwd_iters : int
         Maximum number of cycles of the forward and the adjoint solve (the skipped cycle counts).
     tol, rtol : float
-        Stop when the level-0 C-point residual norm is <= tol, or <= rtol times the first measured.
+        Stop when the level-0 C-point residual norm is <= tol, or <= rtol times the first measured
+        (the adjoint: <= tol max |lambda_N|, relative to its terminal value's size).
     initial_guess : {"zero", "warm"}
         "warm": start each sample from its own level-0 C-point states of the previous forward solve
         that saw it (keyed by the sample indices the caller passes as ``keys``; the trainer passes
@@ -267,11 +268,14 @@ class _FAS:
         come from :data:`mgritnn.distributed.TAGS`).
     reverse : bool
         The solve runs from the last rank to the first (the adjoint).
+    scale : float
+        The size of the solution (the forward's GRU states: 1; the adjoint: max |lambda_N|):
+        ``tol`` and the divergence test's all-ones reference are relative to it.
     """
 
-    def __init__(self, grid, prop, tc, u0, cfg, kind, reverse=False):
+    def __init__(self, grid, prop, tc, u0, cfg, kind, reverse=False, scale=1.0):
         self.grid, self.prop, self.tc, self.cfg = grid, prop, tc, cfg
-        self.kind, self.reverse = kind, reverse
+        self.kind, self.reverse, self.scale = kind, reverse, float(scale)
         self.nlev = len(grid.points)
         shape = u0.shape
         self.u = [np.zeros((len(p),) + shape, u0.dtype) for p in grid.points]
@@ -359,7 +363,7 @@ class _FAS:
         t0 = time.perf_counter()
         out = self.tc.allreduce(buf)
         self._timed("norm allreduce", 0, t0)
-        self.ones_norm = float(np.sqrt(out[1]))
+        self.ones_norm = self.scale * float(np.sqrt(out[1]))
         return float(np.sqrt(out[0]))
 
     def restrict(self, l, r):
@@ -437,12 +441,14 @@ class _FAS:
         h = self.history
         if not np.isfinite(h[-1]):
             self.status, self.message = NONFINITE, "residual is NaN or inf"
-        elif h[-1] <= self.cfg.tol or (self.cfg.rtol > 0 and h[-1] <= self.cfg.rtol * h[0]):
+        elif h[-1] <= self.cfg.tol * self.scale or (self.cfg.rtol > 0
+                                                    and h[-1] <= self.cfg.rtol * h[0]):
             self.status, self.message = OK, "converged"
         elif h[-1] > self.cfg.divergence * max(min(h[0], self.ones_norm), 1e-300):
             self.status, self.message = DIVERGED, (
                 f"diverged: residual {h[-1]:.3e} > {self.cfg.divergence:g} x "
-                f"min(first residual {h[0]:.3e}, all-ones residual {self.ones_norm:.3e}); "
+                f"min(first residual {h[0]:.3e}, all-{self.scale:.3g} residual "
+                f"{self.ones_norm:.3e}); "
                 "a coarse propagator is unstable (use coarse_cell='implicit') or the weights are too large")
         else:
             return False
@@ -786,7 +792,10 @@ class MGRITSolver(TimeParallelSolver):
         adjoint = _FusedAdjoint if isinstance(state.prop, _FusedForward) else _AdjointProp
         prop = adjoint(cell, cfg.coarse_cell_for(cell), w, levels, state.dt, u, state.prop)
         lam0 = lam_last if lam_last is not None else np.zeros_like(u[0])
-        fas = _FAS(grid, prop, self.tc, lam0, cfg, "mgrit-adjoint", reverse=True)
+        # the adjoint's size is its terminal value's (the loss's scale), not the states' 1
+        scale = self.tc.allreduce(np.array([np.max(np.abs(lam0), initial=0.0)], np.float64),
+                                  op="max")[0]
+        fas = _FAS(grid, prop, self.tc, lam0, cfg, "mgrit-adjoint", reverse=True, scale=scale)
         t0 = time.perf_counter()
         fas.phases["setup (coarse linearizations)"] = [t0 - t_setup, 1, prop.evals]
         stats = fas.solve(cfg.bwd_iters)      # its final sweep keeps every step's cotangents
