@@ -1,9 +1,19 @@
-"""mgritnn: parallel-in-time training of GRU networks (MGRIT and DEER) with numba and MPI."""
+"""mgritnn: parallel-in-time training of GRU networks (MGRIT and DEER) with numba and MPI.
+
+The top level holds what a user needs: the model, the solvers' option classes, the training
+configuration and loop, and the errors (every one a :class:`MgritnnError`).
+"""
 from . import config  # noqa: F401  (caps BLAS threads before NumPy loads a BLAS)
-from .errors import CheckpointError, ConfigError, DataError, MgritnnError
+from .cells import DahlquistCell, NewtonConfig, NewtonGRUCell
+from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, MgritnnError,
+                     MgritnnWarning, OutputError, SolverError)
 from .model import GRUClassifier, load
+from .solvers import MGRIT_PRESETS, AutoConfig, DEERConfig, MGRITConfig, SolveStats
+from .train import TrainConfig, evaluate, train
 
 __version__ = "0.1.0"
 
-__all__ = ["GRUClassifier", "load", "MgritnnError", "DataError", "ConfigError", "CheckpointError",
-           "__version__"]
+__all__ = ["GRUClassifier", "load", "MGRITConfig", "MGRIT_PRESETS", "DEERConfig", "AutoConfig",
+           "NewtonConfig", "NewtonGRUCell", "DahlquistCell", "SolveStats", "TrainConfig", "train",
+           "evaluate", "MgritnnError", "DataError", "ConfigError", "CheckpointError", "OutputError",
+           "SolverError", "DivergenceError", "MgritnnWarning", "__version__"]

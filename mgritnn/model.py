@@ -221,7 +221,8 @@ class GRUClassifier:
         _, h_last, _, stats, _ = self._hidden(Xt, solver, keep=False)
         _check_solve(stats, solver, "forward", strict)
         logits = self._head(h_last) if solver.is_last else None
-        return solver.reduce(np.zeros(0, self.dtype), 0.0, logits)[2]
+        return solver.reduce(np.zeros(0, self.dtype), 0.0, logits,
+                             (Xt.shape[1], self.num_classes))[2]
 
     def predict(self, X, solver="serial"):
         """Predicted classes, ndarray of shape (B,), int64."""
@@ -273,7 +274,7 @@ class GRUClassifier:
         accumulate_outer(dax0, Xt[lo:hi], g["weight_ih_l0"])
         g["bias_ih_l0"] += dax0.reshape(-1, dax0.shape[-1]).sum(axis=0)
         t2 = time.perf_counter()
-        grad, loss, logits = solver.reduce(grad, loss, logits)
+        grad, loss, logits = solver.reduce(grad, loss, logits, (Xt.shape[1], self.num_classes))
         return loss, grad, dict(logits=logits, forward=fstats, adjoint=astats, time_forward=t1 - t0,
                                 time_adjoint=t2 - t1, time_reduce=time.perf_counter() - t2)
 

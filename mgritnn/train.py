@@ -22,7 +22,7 @@ import numpy as np
 
 from . import datasets
 from .config import set_num_threads
-from .distributed import SelfComm, default_threads, get_comm, split_data_time
+from .distributed import SelfComm, TimeComm, default_threads, get_comm, split_data_time
 from .errors import (CheckpointError, ConfigError, DivergenceError, MgritnnWarning, SolverError,
                      output_error)
 from .io import (atomic_savez, check_free_space, prepare_output, read_npz, remove_stale_temps,
@@ -447,29 +447,17 @@ class _Ranks:
             self.time, self.data, self.group = split_data_time(self.world, data_parallel)
         self.groups = data_parallel
         self.root = self.rank == 0
+        self._over_world, self._over_data = TimeComm(self.world), TimeComm(self.data)
 
     def sum_over_data(self, arr):
-        """Sum an array over the data groups (in place semantics: returns the sum)."""
-        if self.groups == 1:
-            return arr
-        out = np.empty_like(arr)
-        self.data.Allreduce(np.ascontiguousarray(arr), out)
-        return out
+        """Sum an array over the data groups (returns the sum)."""
+        return arr if self.groups == 1 else self._over_data.allreduce(arr)
 
     def max_over_world(self, values):
-        return self._over_world(values, "MAX")
+        return self._over_world.allreduce(np.asarray(values, np.float64), op="max")
 
     def sum_over_world(self, values):
-        return self._over_world(values, "SUM")
-
-    def _over_world(self, values, op):
-        values = np.asarray(values, dtype=np.float64)
-        if self.size == 1:
-            return values
-        out = np.empty_like(values)
-        from mpi4py import MPI
-        self.world.Allreduce(values, out, op=getattr(MPI, op))
-        return out
+        return self._over_world.allreduce(np.asarray(values, np.float64))
 
 
 def _make_cell(cfg):

@@ -179,3 +179,17 @@ def test_reused_work_arrays_leave_no_stale_state():
         loss, g, _ = fresh.loss_and_grad_flat(X, y, mgritnn.solvers.SerialSolver())
         assert loss == got[0] and np.array_equal(g, got[1])
     assert not np.shares_memory(first[1], again[1])          # gradients are fresh arrays
+
+
+def test_the_top_level_holds_the_public_api():
+    """``mgritnn.X`` for the model, the option classes, training and the errors."""
+    import mgritnn
+    from mgritnn.solvers import MGRITConfig
+    for name in mgritnn.__all__:
+        assert getattr(mgritnn, name) is not None, name
+    assert mgritnn.MGRITConfig is MGRITConfig
+    assert issubclass(mgritnn.SolverError, mgritnn.MgritnnError)
+    cfg = mgritnn.TrainConfig(epochs=1, hidden=4, seq_len=16, max_batches=1, solver="mgrit",
+                              solver_options=dict(preset="fast"))
+    model, hist = mgritnn.train(cfg, out=lambda *a: None, progress=False)
+    assert isinstance(model, mgritnn.GRUClassifier) and len(hist) == 1

@@ -78,8 +78,8 @@ class Solver:
         """The fine steps [lo, hi) of a sequence of T steps whose inputs this rank needs."""
         return 0, T
 
-    def reduce(self, grad, loss, logits):
-        """Combine the per-rank results; one process: nothing to do."""
+    def reduce(self, grad, loss, logits, shape=None):
+        """Combine the per-rank results (``shape``: the logits' (B, C)); one process: nothing to do."""
         return grad, loss, logits
 
     def warm_arrays(self):
@@ -145,12 +145,17 @@ class TimeParallelSolver(Solver):
                                   f"{keys.shape}, states {states.shape}")
             self._warm = {(int(T), int(k)): np.array(s) for (T, k), s in zip(keys, states)}
 
-    def reduce(self, grad, loss, logits):
-        """Sum the gradient over the time ranks; broadcast the loss and logits from the last rank."""
+    def reduce(self, grad, loss, logits, shape=None):
+        """Sum the gradient over the time ranks; broadcast the loss and the logits (of ``shape``
+        (B, C)) from the last rank, in one buffer."""
         if self.size == 1:
             return grad, loss, logits
-        loss, logits = self.comm.bcast((loss, logits), root=self.size - 1)
-        return self.tc.allreduce(grad), loss, logits
+        buf = np.empty(1 + int(np.prod(shape)), np.float64)
+        if self.is_last:
+            buf[0], buf[1:] = loss, logits.ravel()
+        self.tc.bcast(buf, root=self.size - 1)
+        dtype = grad.dtype if logits is None else logits.dtype
+        return self.tc.allreduce(grad), float(buf[0]), buf[1:].reshape(shape).astype(dtype)
 
 
 SOLVERS = {}
