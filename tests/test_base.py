@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from mgritnn.cells import DahlquistCell, DahlquistWeights
 from mgritnn.config import NOT_CONVERGED
-from mgritnn.errors import ConfigError
 from mgritnn.solvers import MGRITConfig, SerialSolver
+from helpers import assume_hierarchy_fits
 
 CELL = DahlquistCell()
 
@@ -77,12 +77,7 @@ def test_tight_mgrit_equals_serial_forward_and_adjoint(levels, cf, relax, cycle,
     w, x, u0 = problem(T, lam=lam)
     cfg = MGRITConfig(levels=levels, cf=cf, relax=relax, cycle=cycle, fwd_iters=60, bwd_iters=60,
                       tol=1e-14, min_coarse=1)
-    try:
-        cfg.cfs(T)
-        fits = True
-    except ConfigError:                         # a hierarchy that does not fit T: tested elsewhere
-        fits = False
-    assume(fits)
+    assume_hierarchy_fits(cfg, T)
     ser = solve(SerialSolver(), w, x, u0, 0.1)
     mg = solve(cfg.make_solver(), w, x, u0, 0.1)
     np.testing.assert_allclose(mg[0], ser[0], rtol=1e-12, atol=1e-14)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import mgritnn
 import reference as ref
-from checks import assert_directional_derivatives
+from helpers import assert_directional_derivatives
 from strategies import problems
 
 

@@ -1,5 +1,19 @@
-"""Checks shared by several test modules."""
+"""Helpers and checks shared by several test modules."""
 import numpy as np
+from hypothesis import assume
+
+from mgritnn.errors import ConfigError
+
+
+def assume_hierarchy_fits(cfg, T):
+    """Inside a hypothesis test: draw again unless MGRIT config ``cfg`` has a hierarchy for ``T``
+    steps (one that does not fit is the config's error, tested on its own)."""
+    try:
+        cfg.cfs(T)
+        fits = True
+    except ConfigError:
+        fits = False
+    assume(fits)
 
 
 def assert_directional_derivatives(m, X, y, g, seed, directions=2, eps=1e-5, rtol=1e-6):
