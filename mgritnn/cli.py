@@ -22,6 +22,9 @@ EXIT_USER_ERROR = 2
 #: raised on every rank, and rank 0's abort then ends the others before they print, so the error
 #: is reported once.
 ABORT_GRACE_S = 2.0
+#: Seconds a rank waits between printing its error and MPI_Abort, so that the launcher forwards
+#: the line before the abort ends the processes (without it the line was lost now and then).
+FLUSH_BEFORE_ABORT_S = 0.3
 
 
 def _add_train_args(p):
@@ -442,6 +445,7 @@ def _user_error(message, comm):
     where = f"[rank {comm.Get_rank()}] " if comm is not None else ""
     print(f"mgritnn: error: {where}{message}", file=sys.stderr, flush=True)
     if comm is not None:
+        time.sleep(FLUSH_BEFORE_ABORT_S)
         comm.Abort(EXIT_USER_ERROR)
     return EXIT_USER_ERROR
 
@@ -491,5 +495,6 @@ def main(argv=None):
         import traceback
         traceback.print_exc()
         sys.stderr.flush()
+        time.sleep(FLUSH_BEFORE_ABORT_S)
         comm.Abort(1)
 

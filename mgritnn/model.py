@@ -13,6 +13,7 @@ from .config import resolve_dtype
 from .errors import CheckpointError, ConfigError, DataError, SolverError
 from .io import atomic_savez, read_npz
 from .memory import check_memory, memory_estimate
+from .options import check_int, check_real
 from .solvers import get_solver
 
 
@@ -36,12 +37,6 @@ def _check_solve(stats, solver, what, strict):
             "model's: give it more iterations, damping or an implicit coarse cell, lower the "
             "learning rate (the weights may have grown too large), or use another solver "
             "(strict=False returns the result anyway, with its statistics)", stats)
-
-
-def _positive_int(name, v):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
 
 
 class GRUClassifier:
@@ -72,17 +67,14 @@ class GRUClassifier:
 
     def __init__(self, input_size, hidden_size, num_classes, num_layers=1, cell="classic",
                  dtype="float32", seed=0, dt=1.0):
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.num_classes = _positive_int("num_classes", num_classes)
-        self.num_layers = _positive_int("num_layers", num_layers)
+        self.input_size = check_int("input_size", input_size, least=1)
+        self.hidden_size = check_int("hidden_size", hidden_size, least=1)
+        self.num_classes = check_int("num_classes", num_classes, least=1)
+        self.num_layers = check_int("num_layers", num_layers, least=1)
         self.cell = get_cell(cell)
         self.dtype = resolve_dtype(dtype)
-        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-        self.dt = float(dt)
-        if not np.isfinite(self.dt) or self.dt <= 0:
-            raise ConfigError(f"dt must be a positive number, got {dt!r}")
+        seed = check_int("seed", seed, least=0)
+        self.dt = check_real("dt", dt, low=0, low_open=True)
         self._shapes = param_shapes(self.input_size, self.hidden_size, self.num_classes,
                                     self.num_layers)
         check_memory(memory_estimate(self.input_size, self.hidden_size, self.num_classes,

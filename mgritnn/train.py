@@ -28,6 +28,7 @@ from .errors import (CheckpointError, ConfigError, DivergenceError, MgritnnWarni
 from .io import (atomic_savez, check_free_space, prepare_output, read_npz, remove_stale_temps,
                  temp_prefix)
 from .memory import check_training_memory
+from .options import check_bool, check_choice, check_int, check_real
 from .model import GRUClassifier
 from .optim import make_optimizer, state_from_arrays, state_to_arrays
 from .optim.clip import clip_by_global_norm
@@ -115,19 +116,23 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("hidden", "layers", "epochs", "batch_size", "data_parallel"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+            check_int(name, getattr(self, name), least=1)
         for name in ("seq_len", "threads", "max_batches"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if self.clip is not None and not self.clip > 0:
-            raise ConfigError(f"clip must be a positive number, got {self.clip!r}")
+            check_int(name, getattr(self, name), least=1, none=True)
+        check_int("seed", self.seed, least=0)
+        check_real("lr", self.lr, low=0, low_open=True)
+        check_real("dt", self.dt, low=0, low_open=True)
+        check_real("momentum", self.momentum, low=0, high=1, high_open=True)
+        check_real("weight_decay", self.weight_decay, low=0)
+        check_real("clip", self.clip, low=0, low_open=True, none=True)
+        check_choice("optimizer", self.optimizer, ("adam", "sgd"))
+        check_choice("dtype", self.dtype, ("float32", "float64"))
+        for name in ("resume", "resume_or_start", "overwrite"):
+            check_bool(name, getattr(self, name))
+        for name in ("solver_options", "newton_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a dict of option names to values, got "
+                                  f"{getattr(self, name)!r}")
         if (self.resume or self.resume_or_start) and not self.checkpoint:
             flag = "resume" if self.resume else "resume-or-start"
             raise ConfigError(f"--{flag} needs a checkpoint path: add --checkpoint PATH")

@@ -188,7 +188,7 @@ def test_outputs_never_replace_inputs_or_an_earlier_run(tmp_path):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["train", "--seed", "-1"], "seed must be a non-negative integer"),
+    (["train", "--seed", "-1"], "seed must be an integer >= 0, got -1"),
     (["gradcheck", "--eps", "0"], "eps must be a positive step"),
     (["gradcheck", "--classes", "1"], "use --classes 2 or more"),
 ])

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from ..options import check_int, check_real
 from .gru import (CELLS, GRUCell, LayerStep, SequenceCache, _accumulate_layer_grads, _affine,
                   _as_dt, _empty, _layer_gate_vjp, _layer_jacobian_dense)
 
@@ -53,10 +54,6 @@ DEFAULT_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
 
 _EXPLICIT = GRUCell("classic", 0.0)       # Phi_c: residual, gates and Jacobian at the iterate
 _LINEAR = GRUCell("implicit", 1.0)        # the initial guess
-
-
-def _real(v):
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -82,15 +79,10 @@ class NewtonConfig:
     damping: float = 0.0
 
     def __post_init__(self):
-        if self.tol is not None and not (_real(self.tol) and np.isfinite(self.tol) and self.tol > 0):
-            raise ConfigError(f"Newton tol must be a positive finite number (or None for 1e-10 in "
-                              f"float64, 1e-5 in float32), got {self.tol!r}")
-        if (isinstance(self.max_iter, (bool, np.bool_)) or not isinstance(self.max_iter, (int, np.integer))
-                or self.max_iter < 1):
-            raise ConfigError(f"Newton max_iter must be an integer >= 1, got {self.max_iter!r}")
-        if not (_real(self.damping) and np.isfinite(self.damping) and self.damping >= 0):
-            raise ConfigError(f"Newton damping must be a finite number >= 0 (0 = plain Newton), "
-                              f"got {self.damping!r}")
+        check_real("Newton tol", self.tol, low=0, low_open=True, none=True,
+                   hint="None: 1e-10 in float64, 1e-5 in float32")
+        check_int("Newton max_iter", self.max_iter, least=1)
+        check_real("Newton damping", self.damping, low=0, hint="0 = plain Newton")
 
     def tolerance(self, dtype):
         """The tolerance in force for arrays of ``dtype``, as a scalar of that dtype."""

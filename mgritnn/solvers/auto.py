@@ -21,12 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from ..options import check_int, check_real
 from .base import Solver, register
 from .deer import DEERConfig
 from .serial import SerialSolver
 
 
-@dataclass
+@dataclass(frozen=True)
 class AutoConfig:
     """Options of :class:`AutoSolver`.
 
@@ -45,12 +46,8 @@ class AutoConfig:
     comm: object = None
 
     def __post_init__(self):
-        if isinstance(self.calibration_steps, bool) or not isinstance(self.calibration_steps, int) \
-                or self.calibration_steps < 1:
-            raise ConfigError(f"auto calibration_steps must be an integer >= 1, got "
-                              f"{self.calibration_steps!r}")
-        if not 0 <= self.margin < 1:
-            raise ConfigError(f"auto margin must be in [0, 1), got {self.margin!r}")
+        check_int("auto calibration_steps", self.calibration_steps, least=1)
+        check_real("auto margin", self.margin, low=0, high=1, high_open=True)
         if self.comm is not None and self.comm.Get_size() > 1:
             raise ConfigError(f"solver 'auto' runs on one rank of time, but {self.comm.Get_size()} "
                               "ranks share the time axis: choose --solver deer, quasi-deer or mgrit")

@@ -55,6 +55,7 @@ from numba import prange
 from ..cells import StepCache, project
 from ..config import DIVERGED, JIT_PAR, NONFINITE, NOT_CONVERGED, OK
 from ..errors import ConfigError
+from ..options import check_bool, check_choice, check_int, check_real
 from .base import SolveStats, TimeParallelSolver, register
 from .scan import linear_recurrence
 
@@ -63,7 +64,7 @@ DEFAULT_TOLERANCES = {np.dtype(np.float64): (1e-6, 1e-4), np.dtype(np.float32): 
 _INITS = ("zero", "input", "warm")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DEERConfig:
     """Options of the DEER / quasi-DEER solver (validated on construction).
 
@@ -109,27 +110,20 @@ class DEERConfig:
 
     def __post_init__(self):
         name = "quasi-DEER" if self.quasi else "DEER"
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) \
-                or self.max_iter < 1:
-            raise ConfigError(f"{name} max_iter must be an integer >= 1, got {self.max_iter!r}")
-        for key in ("atol", "rtol"):
-            v = getattr(self, key)
-            if v is not None and not (np.isfinite(v) and v >= 0):
-                raise ConfigError(f"{name} {key} must be a finite number >= 0, got {v!r}")
+        check_bool(f"{name} quasi", self.quasi)
+        check_int(f"{name} max_iter", self.max_iter, least=1)
+        check_real(f"{name} atol", self.atol, low=0, none=True)
+        check_real(f"{name} rtol", self.rtol, low=0, none=True)
         if self.atol == 0 and self.rtol == 0:
             raise ConfigError(f"{name} atol and rtol cannot both be 0 (nothing could converge): "
                               "give atol > 0")
-        if not (np.isfinite(self.damping) and self.damping >= 0):
-            raise ConfigError(f"{name} damping must be a finite number >= 0, got {self.damping!r}")
-        if self.initial_guess not in _INITS:
-            raise ConfigError(f"{name} initial_guess must be one of {_INITS}, got "
-                              f"{self.initial_guess!r}")
-        if not self.divergence > 1:
-            raise ConfigError(f"{name} divergence must be > 1, got {self.divergence!r}")
-        if self.chunks is not None and (isinstance(self.chunks, bool) or self.chunks < 1):
-            raise ConfigError(f"{name} chunks must be None or an integer >= 1, got {self.chunks!r}")
-        if not self.max_memory > 0:
-            raise ConfigError(f"{name} max_memory must be > 0 bytes, got {self.max_memory!r}")
+        check_real(f"{name} damping", self.damping, low=0)
+        check_choice(f"{name} initial_guess", self.initial_guess, _INITS)
+        check_bool(f"{name} fallback", self.fallback)
+        check_real(f"{name} divergence", self.divergence, low=1, low_open=True)
+        check_int(f"{name} chunks", self.chunks, least=1, none=True)
+        check_real(f"{name} max_memory", self.max_memory, low=0, low_open=True,
+                   hint="bytes of Jacobians per rank")
 
     def tolerances(self, dtype):
         """(atol, rtol) for ``dtype``: the given values, or the defaults of that dtype."""

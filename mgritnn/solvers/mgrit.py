@@ -48,6 +48,7 @@ from ..cells.base import tree_map
 from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from ..distributed import level_points, local_grid, rank_bounds
 from ..errors import ConfigError
+from ..options import check_bool, check_choice, check_int, check_real
 from .base import SolveStats, TimeParallelSolver, register
 
 _RELAX = ("FCF", "F")
@@ -113,31 +114,25 @@ class MGRITConfig:
     comm: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
-        def positive_int(name, v, least=1):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
-                raise ConfigError(f"MGRIT {name} must be an integer >= {least}, got {v!r}")
-        if self.levels is not None:
-            positive_int("levels", self.levels)
-        positive_int("min_coarse", self.min_coarse)
-        positive_int("max_levels", self.max_levels)
-        positive_int("fwd_iters", self.fwd_iters)
-        positive_int("bwd_iters", self.bwd_iters)
+        check_int("MGRIT levels", self.levels, least=1, none=True)
+        check_int("MGRIT min_coarse", self.min_coarse, least=1)
+        check_int("MGRIT max_levels", self.max_levels, least=1)
+        check_int("MGRIT fwd_iters", self.fwd_iters, least=1)
+        check_int("MGRIT bwd_iters", self.bwd_iters, least=1)
         for c in (self.cf if isinstance(self.cf, (tuple, list)) else (self.cf,)):
-            positive_int("cf", c, least=2)
+            check_int("MGRIT cf", c, least=2)
         for r in (self.relax if isinstance(self.relax, (tuple, list)) else (self.relax,)):
-            if r not in _RELAX:
-                raise ConfigError(f"MGRIT relax must be one of {_RELAX}, got {r!r}")
+            check_choice("MGRIT relax", r, _RELAX)
         self._check_list_lengths()
-        if self.cycle not in ("V", "F"):
-            raise ConfigError(f"MGRIT cycle must be 'V' or 'F', got {self.cycle!r}")
-        if self.initial_guess not in ("zero", "warm"):
-            raise ConfigError(f"MGRIT initial_guess must be 'zero' or 'warm', got {self.initial_guess!r}")
-        if self.coarse_input not in ("sample", "mean"):
-            raise ConfigError(f"MGRIT coarse_input must be 'sample' or 'mean', got {self.coarse_input!r}")
+        check_choice("MGRIT cycle", self.cycle, ("V", "F"))
+        check_choice("MGRIT initial_guess", self.initial_guess, ("zero", "warm"))
+        check_choice("MGRIT coarse_input", self.coarse_input, ("sample", "mean"))
+        check_bool("MGRIT skip_first_down", self.skip_first_down)
         if self.coarse_cell is not None:
             get_cell(self.coarse_cell)
-        if not (self.tol >= 0 and self.rtol >= 0 and self.divergence > 1):
-            raise ConfigError("MGRIT tol and rtol must be >= 0 and divergence > 1")
+        check_real("MGRIT tol", self.tol, low=0)
+        check_real("MGRIT rtol", self.rtol, low=0)
+        check_real("MGRIT divergence", self.divergence, low=1, low_open=True)
 
     def _check_list_lengths(self):
         """A ``cf`` or ``relax`` list with more entries than there are levels to use them is an
