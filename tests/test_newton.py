@@ -55,7 +55,8 @@ def test_registered_and_exported():
     assert NewtonConfig().tolerance(np.float32) == np.float32(1e-5)
     assert NewtonConfig(tol=1e-3).tolerance(np.float32) == np.float32(1e-3)
     m = mgritnn.GRUClassifier(3, 4, 2, cell="implicit-newton")
-    assert m.cell is c and m.config["cell"] == "implicit-newton"
+    assert isinstance(m.cell, NewtonGRUCell) and m.cell.config == c.config
+    assert m.config["cell"] == "implicit-newton"
 
 
 def test_model_round_trip(tmp_path):
@@ -63,7 +64,8 @@ def test_model_round_trip(tmp_path):
     m.save(tmp_path / "m.npz")
     m2 = mgritnn.load(tmp_path / "m.npz")
     X = np.random.default_rng(0).normal(size=(2, 5, 3))
-    assert m2.cell is m.cell and np.array_equal(m.forward(X), m2.forward(X))
+    assert m2.cell.name == m.cell.name and m2.cell.config == m.cell.config
+    assert np.array_equal(m.forward(X), m2.forward(X))
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -382,7 +384,8 @@ def test_coarse_cell_follows_an_implicit_newton_fine_cell():
     assert MGRITConfig().coarse_cell_for(own) is own
     assert MGRITConfig().coarse_cell_for(get_cell("classic")) is get_cell("implicit")
     assert MGRITConfig(coarse_cell="implicit").coarse_cell_for(newton) is get_cell("implicit")
-    assert MGRITConfig(coarse_cell="implicit-newton").coarse_cell_for(get_cell("classic")) is newton
+    named = MGRITConfig(coarse_cell="implicit-newton").coarse_cell_for(get_cell("classic"))
+    assert isinstance(named, NewtonGRUCell) and named.config == newton.config
 
 
 @pytest.mark.parametrize("L", [1, 2])
@@ -438,3 +441,14 @@ def test_mgrit_converges_to_serial(levels, cf, dt, coarse_cell):
     assert l1 == pytest.approx(l0, rel=1e-9)
     np.testing.assert_allclose(g1, g0, rtol=1e-9, atol=1e-9 * np.abs(g0).max())
     assert m.cell.stats.unconverged == 0 and m.cell.stats.solves > 0
+
+
+def test_every_model_counts_its_own_newton_solves():
+    """Regression: get_cell("implicit-newton") was one process-wide object, so every model (and
+    every solver) added to the same counters."""
+    a = mgritnn.GRUClassifier(2, 3, 2, cell="implicit-newton", dtype="float64", seed=1)
+    b = mgritnn.GRUClassifier(2, 3, 2, cell="implicit-newton", dtype="float64", seed=1)
+    assert a.cell is not b.cell and get_cell("implicit-newton") is not get_cell("implicit-newton")
+    assert get_cell("classic") is get_cell("classic")             # stateless cells are shared
+    a.forward(np.ones((2, 5, 2)))
+    assert a.cell.stats.solves > 0 and b.cell.stats.solves == 0

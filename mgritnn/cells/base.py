@@ -84,6 +84,11 @@ class Cell:
         cotangents :meth:`step_vjp` recorded (both stacked over the steps, in time order)."""
         raise NotImplementedError
 
+    def instance(self):
+        """The cell a registry lookup hands out: this one (it is stateless), or a fresh copy
+        for a cell that keeps state of its own."""
+        return self
+
     def coarse_cell(self):
         """The cell MGRIT's coarse levels use with this one as the fine cell (default: itself,
         with the coarse step size)."""

@@ -1341,11 +1341,13 @@ CELLS = {
 def get_cell(name):
     """The cell registered under ``name`` ('classic', 'implicit', or 'implicit-newton', which
     :mod:`mgritnn.cells.newton` registers on import), or ``name`` itself if it is a
-    :class:`GRUCell` (e.g. ``NewtonGRUCell(NewtonConfig(max_iter=30))``); otherwise a ConfigError."""
+    :class:`GRUCell` (e.g. ``NewtonGRUCell(NewtonConfig(max_iter=30))``); otherwise a ConfigError.
+    A cell with state of its own (the Newton cell's counters) is a new instance on every call,
+    so that no two models share it (:meth:`Cell.instance`)."""
     if isinstance(name, GRUCell):
         return name
     try:
-        return CELLS[name]
+        return CELLS[name].instance()
     except KeyError:
         raise ConfigError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}") from None
 

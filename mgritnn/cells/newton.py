@@ -176,9 +176,10 @@ class NewtonGRUCell(GRUCell):
         ``"implicit-newton"``.
     config : NewtonConfig
     stats : NewtonStats
-        Cumulative counters of this instance's Newton solves (``stats.reset()`` to restart). The
-        registered instance (``get_cell("implicit-newton")``) is shared by every model and solver
-        level that names the cell.
+        Cumulative counters of this instance's Newton solves (``stats.reset()`` to restart).
+        ``get_cell("implicit-newton")`` hands out a new instance every time, so every model has
+        its own; MGRIT's coarse levels use the model's cell (:meth:`coarse_cell`), so its counters
+        include them.
     theta : float
         NaN: this cell is not a member of the theta family (no inherited theta kernel may run).
 
@@ -214,6 +215,10 @@ class NewtonGRUCell(GRUCell):
     def coarse_cell(self):
         """MGRIT's coarse cell: this fully implicit cell itself, with the coarse step size."""
         return self
+
+    def instance(self):
+        """A new cell with this one's config and its own counters."""
+        return NewtonGRUCell(self.config)
 
     # -- one layer, K states ---------------------------------------------------------------------
 
