@@ -2,7 +2,18 @@
 import numpy as np
 from hypothesis import assume
 
+import mgritnn
 from mgritnn.errors import ConfigError
+
+
+def gru_problem(cell="classic", L=1, T=60, B=3, I=3, H=5, C=3, seed=0, dtype="float64",
+                scale=None, dt=1.0):
+    """A seeded GRU classifier (weights times ``scale``), inputs X (B, T, I) and labels y (B,)."""
+    m = mgritnn.GRUClassifier(I, H, C, num_layers=L, cell=cell, dtype=dtype, seed=seed, dt=dt)
+    if scale is not None:
+        m.flat[:] *= scale
+    rng = np.random.default_rng(seed + 1)
+    return m, rng.normal(size=(B, T, I)).astype(dtype), rng.integers(0, C, size=B)
 
 
 def assume_hierarchy_fits(cfg, T):

@@ -11,16 +11,8 @@ from mgritnn.cells import project
 from mgritnn.config import DIVERGED, NOT_CONVERGED, OK
 from mgritnn.errors import ConfigError, SolverError
 from mgritnn.solvers import DEERConfig, DEERSolver, make_solver, quasi_deer_config
+from helpers import gru_problem as model_and_data
 from strategies import problems
-
-
-def model_and_data(cell="classic", L=1, T=60, B=3, I=3, H=5, C=3, seed=0, dtype="float64",
-                   scale=None, dt=1.0):
-    m = mgritnn.GRUClassifier(I, H, C, num_layers=L, cell=cell, dtype=dtype, seed=seed, dt=dt)
-    if scale is not None:
-        m.flat[:] *= scale
-    rng = np.random.default_rng(seed + 1)
-    return m, rng.normal(size=(B, T, I)).astype(dtype), rng.integers(0, C, size=B)
 
 
 def trajectory(m, X, cfg):
@@ -195,84 +187,6 @@ def test_chunk_count_changes_round_off_only(chunks):
     l1, g1, _ = m.loss_and_grad_flat(X, y, DEERConfig(chunks=chunks, **TIGHT))
     np.testing.assert_allclose(l1, l0, rtol=1e-12)
     np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-10 * np.abs(g0).max())
-
-
-# ------------------------------------------------------------------------------------------------
-# solver="auto"
-# ------------------------------------------------------------------------------------------------
-
-def test_auto_measures_and_uses_an_exact_route():
-    """auto times serial, DEER and quasi-DEER once per shape, keeps one, and its results are the
-    serial ones (every candidate is exact to its tolerance)."""
-    from mgritnn.solvers import AutoSolver
-    m, X, y = model_and_data("classic", L=2, T=60)
-    l0, g0, _ = m.loss_and_grad_flat(X, y)
-    auto = AutoSolver()
-    l1, g1, info = m.loss_and_grad_flat(X, y, auto)
-    (key, choice), = auto.choices.items()
-    assert set(auto.timings[key]) == {"serial", "deer", "quasi-deer"}
-    assert info["forward"].message.startswith(f"auto: {choice}")
-    np.testing.assert_allclose(l1, l0, rtol=1e-5)
-    np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-4 * np.abs(g0).max())
-    m.loss_and_grad_flat(X[:2], y[:2], auto)                 # another shape: measured anew
-    assert len(auto.choices) == 2
-
-
-class _Delayed:
-    """A serial solver that sleeps ``first`` seconds on its first forward call (like compiling)
-    and ``every`` seconds on every call."""
-
-    def __init__(self, first, every):
-        from mgritnn.solvers import SerialSolver
-        self.inner, self.first, self.every = SerialSolver(), first, every
-
-    def forward(self, *args, **kw):
-        import time
-        time.sleep(self.first + self.every)
-        self.first = 0.0
-        return self.inner.forward(*args, **kw)
-
-    def adjoint(self, *args, **kw):
-        return self.inner.adjoint(*args, **kw)
-
-
-def test_auto_calibration_does_not_time_compilation():
-    """Regression: calibration timed each route's first call, compilation included, so a route
-    compiled on the spot always lost. A one-time delay on the first call must not decide."""
-    from mgritnn.solvers import AutoSolver
-    m, X, y = model_and_data("classic", L=1, T=20)
-    auto = AutoSolver()
-    auto.routes = {"serial": _Delayed(first=0.0, every=0.3), "deer": _Delayed(first=2.0, every=0.0)}
-    m.loss_and_grad_flat(X, y, auto)
-    (key, choice), = auto.choices.items()
-    assert choice == "deer" and auto.timings[key]["deer"] * 20 < 1.0, auto.timings
-
-
-def test_auto_drops_a_route_slower_than_serial():
-    """A parallel route that turns out slower than the serial sweep (here: forced, with a serial
-    time of ~0) is replaced by the serial sweep after two slow calls."""
-    from mgritnn.solvers import AutoSolver
-    m, X, y = model_and_data("classic", L=1, T=40)
-    auto = AutoSolver()
-    m.loss_and_grad_flat(X, y, auto)
-    (key, _), = auto.choices.items()
-    auto.choices[key] = "deer"
-    auto.timings[key]["serial"] = 1e-12
-    m.loss_and_grad_flat(X, y, auto)
-    assert auto.choices[key] == "deer"
-    _, _, info = m.loss_and_grad_flat(X, y, auto)
-    assert auto.choices[key] == "serial" and info["forward"].message.startswith("auto: deer")
-    _, _, info = m.loss_and_grad_flat(X, y, auto)
-    assert info["forward"].message.startswith("auto: serial")
-
-
-def test_auto_options_are_checked():
-    from mgritnn.solvers import AutoConfig
-    with pytest.raises(ConfigError, match="calibration_steps"):
-        AutoConfig(calibration_steps=0)
-    with pytest.raises(ConfigError, match="margin"):
-        AutoConfig(margin=1.5)
-    assert make_solver("auto").name == "auto"
 
 
 @pytest.mark.parametrize("quasi", [False, True], ids=["deer", "quasi-deer"])
