@@ -3,7 +3,6 @@
 The top level holds what a user needs: the model, the solvers' option classes, the training
 configuration and loop, and the errors (every one a :class:`MgritnnError`).
 """
-from . import config  # noqa: F401  (caps BLAS threads before NumPy loads a BLAS)
 from .cells import DahlquistCell, NewtonConfig, NewtonGRUCell
 from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, MgritnnError,
                      MgritnnWarning, OutputError, SolverError)

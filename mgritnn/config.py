@@ -1,19 +1,11 @@
 """One place for compile options, dtypes, threads and status codes.
 
-Importing this module caps the BLAS library used by numba kernels at one thread (unless the user
-set ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` already): all parallelism
-inside a rank comes from numba's threads over independent row blocks, so BLAS threads would only
-compete with them (measured here: a 100x100x300 GEMM inside a numba parallel region took 2.6 ms with
-a multi-threaded BLAS, 69 us single-threaded).
+Importing it changes nothing in the process: the BLAS thread cap of the entry points is
+:func:`mgritnn.runtime.blas_threads`.
 """
-import os
+import numpy as np
 
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
-import numpy as np  # noqa: E402
-
-from .errors import ConfigError  # noqa: E402
+from .errors import ConfigError
 
 #: Options of every compiled kernel (stumpy habit: one source of jit options).
 #: ``error_model="numpy"`` lets divisions vectorize; no fastmath, so results are reproducible.
@@ -44,10 +36,10 @@ def resolve_dtype(dtype):
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
     try:
-        dt = np.dtype(dtype)
+        dt = None if dtype is None else np.dtype(dtype)     # np.dtype(None) would be float64
     except TypeError:
         dt = None
-    if dt in (np.dtype(np.float32), np.dtype(np.float64)):
+    if dt is not None and dt in (np.dtype(np.float32), np.dtype(np.float64)):
         return dt.type
     raise ConfigError(f"dtype {dtype!r} is not supported; use 'float32' or 'float64'")
 
