@@ -208,7 +208,7 @@ def _nested_options(a, options, solver=None):
     opts, wrong = {}, []
     for o in options:
         value = getattr(a, o.dest)
-        if value is None or o.name in opts:
+        if value is None or o.kwargs.get("action") is _OldFlag:    # an old name: same dest
             continue
         if solver is not None and solver not in o.solvers:
             wrong.append((o.flag, o.solvers))

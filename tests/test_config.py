@@ -132,9 +132,14 @@ def test_old_keyword_names_still_work_with_a_warning(cls, old, new, value):
 def test_old_names_in_presets_and_training_options():
     with pytest.warns(MgritnnWarning, match="fwd_iters"):
         assert MGRITConfig.preset("fast", fwd_iters=3) == MGRITConfig.preset("fast", max_iter=3)
-    with pytest.warns(MgritnnWarning, match="'bwd_iters' is deprecated"):
+    with pytest.warns(MgritnnWarning) as got:
         cfg = TrainConfig(solver="mgrit", solver_options=dict(bwd_iters=2, tol=0.0),
                           cell="implicit-newton", newton_options=dict(tol=1e-8))
+    assert [str(w.message) for w in got] == [
+        "mgrit option 'bwd_iters' is deprecated: use 'adjoint_max_iter'",
+        "mgrit option 'tol' is deprecated: use 'atol'",
+        "Newton option 'tol' is deprecated: use 'atol'"]
+    assert {w.filename for w in got} == {__file__}           # warned where TrainConfig() was called
     assert cfg.solver_options == {"adjoint_max_iter": 2, "atol": 0.0}
     assert cfg.newton_options == {"atol": 1e-8}
     old = dict(dataclasses.asdict(TrainConfig()), solver="mgrit",
