@@ -8,13 +8,16 @@ under MPI on every rank; a traceback means a bug in mgritnn. Warnings are one li
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import time
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
 from .errors import ConfigError, MgritnnError, MgritnnWarning, os_error_message
+from .options import field_docs, option_fields
 
 EXIT_USER_ERROR = 2
 
@@ -27,194 +30,213 @@ ABORT_GRACE_S = 2.0
 FLUSH_BEFORE_ABORT_S = 0.3
 
 
-def _add_train_args(p):
-    from .cells import CELLS
+# ------------------------------------------------------------------------------------------------
+# mgritnn train: the flags are generated from the config classes' fields
+# ------------------------------------------------------------------------------------------------
+
+class _Option(NamedTuple):
+    """A flag generated from a config field.
+
+    Attributes
+    ----------
+    flag : str
+        ``"--max-iter"``: the field's name in kebab case (``--no-<name>`` for a bool that is True
+        by default), with the nested config's prefix (``--newton-atol``).
+    dest : str
+        Where argparse stores it: the field's name, or ``"<dict field>.<name>"`` for a field of a
+        nested config (``"solver_options.max_iter"``).
+    name : str
+        The field's name.
+    solvers : tuple of str
+        The solvers whose config has the field (empty: not a solver option).
+    kwargs : dict
+        The keywords of ``add_argument``.
+    none_as : object
+        The command-line value that stands for None (``metadata["flag"]["none_as"]``: MGRIT's
+        ``--levels 0`` for automatic levels).
+    """
+    flag: str
+    dest: str
+    name: str
+    solvers: tuple
+    kwargs: dict
+    none_as: object = None
+
+
+def _kebab(name):
+    return "--" + name.replace("_", "-")
+
+
+def _plain(doc):
+    """A docstring's description as plain text for ``--help``: ``:math:`x```, ``:class:`~a.B```
+    and double back-quotes lose their markup."""
+    doc = re.sub(r":\w+:`~?(?:[\w.]*\.)?([^`]*)`", r"\1", doc)
+    return doc.replace("``", "").replace("\\", "")
+
+
+def _flag_kwargs(field, doc, nested, label=""):
+    """``add_argument`` keywords of the config field ``field``: the type from the annotation (or
+    ``metadata["flag"]["type"]``), the choices from the metadata (a tuple, or a function giving
+    one), the help from its documentation ``doc`` (prefixed ``label:``) with the default. A field
+    of a nested config is None on the command line when not given."""
+    meta = field.metadata.get("flag", {})
+    default = None if field.default is dataclasses.MISSING else field.default
+    doc = _plain(doc)
+    if field.type is bool and default:
+        doc = f"sets {field.name} to False ({field.name}: {doc})"
+    shown = "" if default is None or field.type is bool else f" (default: {default})"
+    kw = dict(help=(f"{label}: " if label else "") + doc.replace("%", "%%") + shown,
+              default=None if nested else default)
+    if field.type is bool:
+        kw.update(action="store_const", const=not default)
+    else:
+        kw["type"] = meta.get("type", field.type if field.type in (int, float, str) else str)
+        if "choices" in meta:
+            kw["choices"] = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        else:
+            kw["metavar"] = field.name.upper()
+    return kw
+
+
+def _config_options(cls, group, prefix="", label="", solvers=()):
+    """The flags of the fields of the config class ``cls`` nested in the option dict ``group``
+    of TrainConfig (one :class:`_Option` per field that has a flag, plus a hidden one for each old
+    name of a field, see :func:`mgritnn.options.renamed`)."""
+    docs = field_docs(cls)
+    out = {}
+    for f in option_fields(cls):
+        meta = f.metadata.get("flag", {})
+        if meta is False:
+            continue
+        name = prefix + f.name
+        flag = _kebab(("no_" if f.type is bool and f.default is True else "") + name)
+        out[f.name] = _Option(flag, f"{group}.{f.name}", f.name, tuple(solvers),
+                              _flag_kwargs(f, docs.get(f.name, ""), True, label),
+                              meta.get("none_as"))
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        kw = dict(out[new].kwargs, help=argparse.SUPPRESS, action=_OldFlag,
+                  new=_kebab(prefix + new))
+        out[old] = out[new]._replace(flag=_kebab(prefix + old), kwargs=kw)
+    return list(out.values())
+
+
+def _merge(a, b):
+    """One flag for two solvers' fields of one name: both solvers, both helps, and the choices of
+    both (none if either takes any value)."""
+    kw = dict(a.kwargs)
+    if b.kwargs["help"] is not argparse.SUPPRESS:
+        kw["help"] += "; " + b.kwargs["help"]
+    kw.pop("choices", None)
+    if "choices" in a.kwargs and "choices" in b.kwargs:
+        kw["choices"] = list(dict.fromkeys([*a.kwargs["choices"], *b.kwargs["choices"]]))
+    return a._replace(solvers=a.solvers + b.solvers, kwargs=kw)
+
+
+def _solver_options_table():
+    """The flags of every registered solver's config: solvers that share a field name share its
+    flag (MGRIT's and DEER's ``--max-iter``), and its help gives each one's meaning; plus
+    ``--preset`` for the solvers whose config has presets."""
+    from .solvers import MGRIT_PRESETS, SOLVERS
+    merged = {}
+    for cls in dict.fromkeys(e.config for e in SOLVERS.values() if e.config is not None):
+        names = [n for n, e in SOLVERS.items() if e.config is cls]
+        for o in _config_options(cls, "solver_options", label=cls.__name__[:-len("Config")],
+                                 solvers=names):
+            o = o._replace(solvers=tuple(n for n in names if o.name not in SOLVERS[n].fixed))
+            merged[o.flag] = _merge(merged[o.flag], o) if o.flag in merged else o
+    presets = tuple(n for n, e in SOLVERS.items() if hasattr(e.config, "preset"))
+    merged["--preset"] = _Option("--preset", "solver_options.preset", "preset", presets, dict(
+        default=None, choices=sorted(MGRIT_PRESETS),
+        help="MGRIT: a named option set that the other MGRIT flags override: paper (Moon & Cyr: "
+             "3 levels, cf 4, FCF, 2/1 cycles) or fast (2 levels, F-relaxation, 1/1 cycles, "
+             "warm start)"))
+    return list(merged.values())
+
+
+def _train_options():
+    """Every generated flag of ``mgritnn train``, by the TrainConfig field it belongs to:
+    ``{field: [_Option, ...]}`` (a nested option dict has the flags of its config's fields)."""
+    from .cells import NewtonConfig
     from .train import TrainConfig
-    d = TrainConfig()
-    p.add_argument("--data", default=d.data,
-                   help="'default' (embedded oscillations set), a .npz file (X_train (N,T,C), y_train, "
-                        "X_test, y_test) or a 'UCI HAR Dataset' directory (default: %(default)s)")
-    p.add_argument("--seq-len", type=int, default=d.seq_len,
-                   help="truncate/zero-pad sequences to this length (the default set is generated "
-                        "at it; default: the data's own length, 128 for the default set)")
-    p.add_argument("--num-classes", type=int, default=d.num_classes,
-                   help="number of classes, >= 2 (default: the data's class_names, else the "
-                        "largest label + 1, which must leave no class without samples); must "
-                        "agree with stored class_names; the default set generates this many; a "
-                        "class without training samples is a warning")
-    p.add_argument("--cell", choices=sorted(CELLS), default=d.cell,
-                   help="classic = torch.nn.GRU; implicit = Moon & Cyr's implicit GRU; "
-                        "implicit-newton = fully implicit (backward Euler, Newton per step) "
-                        "(default: %(default)s)")
-    g = p.add_argument_group("implicit-newton cell (with --cell implicit-newton)")
-    g.add_argument("--newton-tol", type=float, default=None,
-                   help="|G|_inf tolerance per row (default 1e-10 float64, 1e-5 float32)")
-    g.add_argument("--newton-max-iter", type=int, default=None,
-                   help="Newton updates per row at most (default 8)")
-    g.add_argument("--newton-damping", type=float, default=None,
-                   help="update / (1 + damping) (default 0: Newton)")
-    p.add_argument("--hidden", type=int, default=d.hidden, help="hidden size (default: %(default)s)")
-    p.add_argument("--layers", type=int, default=d.layers, help="GRU layers (default: %(default)s)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype,
-                   help="(default: %(default)s)")
-    p.add_argument("--dt", type=float, default=d.dt, help="step size of the cell (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default=d.optimizer,
-                   help="(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=d.momentum,
-                   help="SGD momentum (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="L2 weight decay (default: %(default)s)")
-    p.add_argument("--clip", type=float, default=d.clip,
-                   help="clip gradients to this global norm (default: no clipping)")
-    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    p.add_argument("--solver", choices=["serial", "mgrit", "deer", "quasi-deer", "auto"],
-                   default=d.solver,
-                   help="time solver of training: the serial sweep, MGRIT, Newton over the "
-                        "whole sequence (DEER; quasi-DEER with diagonal Jacobians), or auto: the "
-                        "fastest of serial/deer/quasi-deer for the shape, measured "
-                        "(default: %(default)s)")
-    p.add_argument("--data-parallel", type=int, default=d.data_parallel,
-                   help="split the MPI ranks into this many data groups x time ranks (default: 1)")
-    p.add_argument("--threads", type=int, default=d.threads,
-                   help="numba threads per rank (default: cores per node // ranks per node)")
-    _add_solver_args(p)
-    p.add_argument("--checkpoint", default=d.checkpoint,
-                   help="write a checkpoint here after every epoch (atomically: a failed or killed "
-                        "write leaves the previous one; missing directories are created)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from --checkpoint, which must exist (bit for bit as "
-                        "uninterrupted; settings that differ from the checkpoint's are named in a "
-                        "warning)")
-    p.add_argument("--resume-or-start", action="store_true",
-                   help="like --resume, but start a new run when --checkpoint does not exist yet "
-                        "(for job scripts that are simply restarted)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --checkpoint of an earlier run (otherwise an error)")
-    p.add_argument("--log", default=d.log,
-                   help="append one JSON line per epoch to this file (missing directories are "
-                        "created)")
-    p.add_argument("--max-batches", type=int, default=d.max_batches,
-                   help="stop every epoch after this many batches (quick runs)")
+    docs = field_docs(TrainConfig)
+    table = {}
+    for f in option_fields(TrainConfig):
+        kind = f.metadata.get("flag", {}).get("config")
+        if kind == "newton":
+            table[f.name] = _config_options(NewtonConfig, f.name, prefix="newton_")
+        elif kind == "solver":
+            table[f.name] = _solver_options_table()
+        else:
+            kw = _flag_kwargs(f, docs.get(f.name, ""), False)
+            if f.type is bool:
+                kw = dict(kw, action="store_true")
+                del kw["const"]
+            table[f.name] = [_Option(_kebab(f.name), f.name, f.name, (), kw)]
+    return table
+
+
+class _OldFlag(argparse.Action):
+    """A hidden flag under an option's old name: stores the value and notes the deprecation
+    (warned by :func:`main`)."""
+
+    def __init__(self, *args, new, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        notes = getattr(namespace, "deprecated_flags", [])
+        setattr(namespace, "deprecated_flags", notes + [f"{option_string} is deprecated: use "
+                                                        f"{self.new}"])
+
+
+_GROUPS = {"newton_options": "implicit-newton cell (with --cell implicit-newton)",
+           "solver_options": "time solver options (each applies to the solvers its help names)"}
+
+
+def _add_train_args(p):
+    for field, options in _train_options().items():
+        g = p.add_argument_group(_GROUPS[field]) if field in _GROUPS else p
+        for o in options:
+            g.add_argument(o.flag, dest=o.dest, **o.kwargs)
     p.add_argument("--quiet", action="store_true", help="no progress line during epochs")
 
 
-def _int_list(text):
-    try:
-        v = [int(t) for t in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or a comma-separated list, got {text!r}")
-    return v[0] if len(v) == 1 else tuple(v)
-
-
-def _str_list(text):
-    v = text.split(",")
-    return v[0] if len(v) == 1 else tuple(v)
-
-
-# Solver options: flag -> ({solver: its config field}, argparse keywords). A flag names one
-# meaning; solvers that share the meaning share the flag (DEER and quasi-DEER take the same ones).
-_DEER = ("deer", "quasi-deer")
-_MG = ("mgrit",)
-
-
-def _fields(solvers, field):
-    return {s: field for s in solvers}
-
-
-_SOLVER_FLAGS = {
-    "--preset": (_fields(_MG, "preset"),
-                 dict(choices=None, help="MGRIT: a named option set that the other MGRIT flags "
-                                         "override: paper (Moon & Cyr: 3 levels, cf 4, FCF, 2/1 "
-                                         "cycles) or fast (2 levels, F-relaxation, 1/1 cycles, warm "
-                                         "start)")),
-    "--levels": (_fields(_MG, "levels"), dict(type=int, help="MGRIT: levels (default 3; 1 = serial sweep)")),
-    "--cf": (_fields(_MG, "cf"), dict(type=_int_list, help="MGRIT: coarsening factor, or one per level (default 4)")),
-    "--relax": (_fields(_MG, "relax"), dict(type=_str_list, help="MGRIT: FCF or F relaxation, or one per level (default FCF)")),
-    "--cycle": (_fields(_MG, "cycle"), dict(choices=["V", "F"], help="MGRIT: cycle type (default V)")),
-    "--fwd-iters": (_fields(_MG, "fwd_iters"), dict(type=int, help="MGRIT: max forward cycles (default 2)")),
-    "--bwd-iters": (_fields(_MG, "bwd_iters"), dict(type=int, help="MGRIT: max adjoint cycles (default 1)")),
-    "--tol": (dict(mgrit="tol", deer="atol", **{"quasi-deer": "atol"}),
-              dict(type=float, help="MGRIT, DEER: absolute tolerance: of the MGRIT residual (default 1e-9), of "
-                                    "every element of the DEER update (default 1e-6 float64, "
-                                    "1e-4 float32)")),
-    "--rtol": (dict(_fields(_MG + _DEER, "rtol")),
-               dict(type=float, help="MGRIT, DEER: relative tolerance: of the MGRIT residual to its first norm "
-                                     "(default 0: off); of the DEER update to |h| (default 1e-4 "
-                                     "float64, 1e-3 float32)")),
-    "--min-coarse": (_fields(_MG, "min_coarse"),
-                     dict(type=int, help="MGRIT with --levels 0: coarsest intervals at least")),
-    "--coarse-input": (_fields(_MG, "coarse_input"), dict(choices=["sample", "mean"],
-                                                          help="MGRIT: input of a coarse step (default sample)")),
-    "--coarse-cell": (_fields(_MG, "coarse_cell"),
-                      dict(choices=None, help="MGRIT: cell of the coarse levels (default implicit; implicit-newton for that fine cell)")),
-    "--initial-guess": (dict(_fields(_MG + _DEER, "initial_guess")),
-                        dict(choices=["zero", "input", "warm"],
-                             help="MGRIT, DEER: zero; input (DEER only: h_{t+1} = step(0, x_t)); or warm: each "
-                                  "sample's trajectory from its previous visit (default zero)")),
-    "--max-iter": (_fields(_DEER, "max_iter"), dict(type=int, help="DEER: max Newton iterations per "
-                                                                  "layer (default 50)")),
-    "--damping": (_fields(_DEER, "damping"),
-                  dict(type=float, help="DEER: the iteration uses J / (1 + damping); 0 = Newton, "
-                                        "large = Picard, stable (default 0)")),
-    "--chunks": (_fields(_DEER, "chunks"), dict(type=int, help="DEER: time chunks of the scan per "
-                                                              "rank (default: from the shape)")),
-}
-
-
-def _add_solver_args(p):
-    from .cells import CELLS
-    from .solvers import MGRIT_PRESETS
-    g = p.add_argument_group("time solver options (each applies to the solvers its help names)")
-    for flag, (_, kw) in _SOLVER_FLAGS.items():
-        if flag == "--coarse-cell":
-            kw = dict(kw, choices=sorted(CELLS))
-        elif flag == "--preset":
-            kw = dict(kw, choices=sorted(MGRIT_PRESETS))
-        g.add_argument(flag, default=None, **kw)
-    g.add_argument("--no-skip-first-down", action="store_true",
-                   help="MGRIT: do the full down-leg in the first cycle too")
-    g.add_argument("--no-fallback", action="store_true",
-                   help="DEER: keep the last iterate when Newton fails (default: run the serial "
-                        "sweep instead, reported in the log)")
-
-
-def _solver_options(a):
-    """The options of ``a.solver`` from the command line; a flag of another solver is an error."""
+def _nested_options(a, options, solver=None):
+    """The options given on the command line among ``options`` (the flags of one option dict);
+    with ``solver``: a flag of another solver is an error."""
     opts, wrong = {}, []
-    for flag, (fields, _) in _SOLVER_FLAGS.items():
-        value = getattr(a, flag[2:].replace("-", "_"))
-        if value is None:
+    for o in options:
+        value = getattr(a, o.dest)
+        if value is None or o.kwargs.get("action") is _OldFlag:    # an old name: same dest
             continue
-        if a.solver not in fields:
-            wrong.append((flag, sorted(fields)))
+        if solver is not None and solver not in o.solvers:
+            wrong.append((o.flag, o.solvers))
             continue
-        opts[fields[a.solver]] = value
-    for flag, solvers, field, value in (("--no-skip-first-down", _MG, "skip_first_down", False),
-                                        ("--no-fallback", _DEER, "fallback", False)):
-        if getattr(a, flag[2:].replace("-", "_")):
-            if a.solver in solvers:
-                opts[field] = value
-            else:
-                wrong.append((flag, list(solvers)))
+        opts[o.name] = None if o.none_as is not None and value == o.none_as else value
     if wrong:
-        raise ConfigError("; ".join(f"{flag} is an option of --solver {' or '.join(s)}"
-                                    for flag, s in wrong) + f", not of --solver {a.solver}")
-    if a.solver == "mgrit" and opts.get("levels") == 0:
-        opts["levels"] = None                       # automatic
+        raise ConfigError("; ".join(f"{flag} is an option of --solver {' or '.join(sorted(s))}"
+                                    for flag, s in wrong) + f", not of --solver {solver}")
     return opts
 
 
+def train_config(a):
+    """The :class:`~mgritnn.train.TrainConfig` of the parsed ``mgritnn train`` arguments ``a``."""
+    from .train import TrainConfig
+    kw = {}
+    for field, options in _train_options().items():
+        if field == "solver_options":
+            kw[field] = _nested_options(a, options, solver=a.solver)
+        elif field == "newton_options":
+            kw[field] = _nested_options(a, options)
+        else:
+            kw[field] = getattr(a, field)
+    return TrainConfig(**kw)
+
+
 def cmd_train(a):
-    from .train import TrainConfig, train
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    newton = {k[len("newton_"):]: v for k, v in vars(a).items()
-              if k.startswith("newton_") and v is not None}
-    cfg = TrainConfig(solver_options=_solver_options(a), newton_options=newton,
-                      **{k: v for k, v in vars(a).items()
-                         if k in fields and k not in ("solver_options", "newton_options")})
+    from .train import train
+    cfg = train_config(a)
     from .distributed import get_comm
     comm = get_comm()
     if comm.Get_rank() == 0:
@@ -481,6 +503,8 @@ def main(argv=None):
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning(warnings.showwarning)
+            for note in getattr(args, "deprecated_flags", []):
+                warnings.warn(note, MgritnnWarning)
             return args.func(args)
     except MgritnnError as e:
         return _user_error(e, comm)

@@ -120,18 +120,20 @@ class GRUClassifier:
 
     def _solver(self, spec):
         """The solver of ``spec``. A solver named by a string, or made from a config object, is
-        made once per model and kept (a config by identity: it is not read again, so changing it
-        afterwards has no effect), so its work arrays, MGRIT's warm-start memory and auto's
-        calibration carry over between calls. A solver instance is used as it is."""
+        made once per model and kept, so its work arrays, MGRIT's warm-start memory and auto's
+        calibration carry over between calls. A config is kept by its value (configs are frozen
+        and hashable): equal configs share one solver, unless their communicators differ. A
+        solver instance is used as it is."""
         if isinstance(spec, str):
             key = spec
         elif hasattr(spec, "make_solver"):
-            key = ("config", id(spec))
+            # comm is not in a config's eq/hash; the key keeps spec, so the comm's id stays unique
+            key = ("config", spec, id(getattr(spec, "comm", None)))
         else:
             return get_solver(spec)
         if key not in self._solvers:
-            self._solvers[key] = (get_solver(spec), spec)   # keep spec: its id stays unique
-        return self._solvers[key][0]
+            self._solvers[key] = get_solver(spec)
+        return self._solvers[key]
 
     def weights(self):
         """The GRU stack's weights as the kernels use them (:class:`GRUWeights`)."""

@@ -16,7 +16,8 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,83 +29,116 @@ from .errors import (CheckpointError, ConfigError, DivergenceError, MgritnnWarni
 from .io import (atomic_savez, check_free_space, prepare_output, read_npz, remove_stale_temps,
                  temp_prefix)
 from .memory import check_training_memory
-from .options import check_bool, check_choice, check_int, check_real
+from .cells import NewtonConfig
+from .options import (FrozenDict, cell_names, check_bool, check_choices, check_int, check_real,
+                      set_frozen, solver_names, upgrade)
 from .model import GRUClassifier
 from .optim import make_optimizer, state_from_arrays, state_to_arrays
 from .optim.clip import clip_by_global_norm
-from .solvers import make_solver
+from .solvers import SOLVERS, make_solver
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run (validated on construction).
+    """Everything that defines a training run (validated on construction; frozen and hashable).
+
+    Every option is also a flag of ``mgritnn train`` (``seq_len`` -> ``--seq-len``; the
+    descriptions below are its help), and the option dicts expand to the flags of the fields of
+    their config classes (``--newton-atol``, ``--levels``, ...).
 
     Attributes
     ----------
     data : str
-        ``"default"`` (the embedded oscillations set), a ``.npz`` path, or a UCI HAR directory.
+        'default' (the embedded oscillations set), a .npz file (X_train (N, T, C), y_train,
+        X_test, y_test) or a 'UCI HAR Dataset' directory.
     seq_len : int or None
-        Truncate/zero-pad sequences to this length (the default set is generated at this length).
+        Truncate/zero-pad sequences to this length (the default set is generated at it; None: the
+        data's own length, 128 for the default set).
     num_classes : int or None
-        Number of classes (>= 2; None: from the data's ``class_names``, else from the labels);
-        must agree with stored ``class_names``. For the default set, the number of generated
-        classes (None: 4). See :func:`mgritnn.datasets.resolve_classes`.
-    cell, hidden, layers, dtype, dt : model options (see :class:`mgritnn.GRUClassifier`)
-    epochs, batch_size : int
+        Number of classes, >= 2 (None: the data's class_names, else the largest label + 1, which
+        must leave no class without samples); must agree with stored class_names; the default set
+        generates this many (None: 4); a class without training samples is a warning. See
+        :func:`mgritnn.datasets.resolve_classes`.
+    cell : str
+        classic = torch.nn.GRU; implicit = Moon & Cyr's implicit GRU; implicit-newton = fully
+        implicit (backward Euler, Newton per step).
+    newton_options : mapping
+        With ``cell="implicit-newton"``: the fields of :class:`~mgritnn.cells.NewtonConfig`
+        (``atol``, ``max_iter``, ``damping``); kept as a read-only :class:`FrozenDict`.
+    hidden : int
+        Hidden size.
+    layers : int
+        GRU layers.
+    dtype : {"float32", "float64"}
+        Floating-point type of the parameters and the computation.
+    dt : float
+        Step size of the cell.
+    epochs : int
+        Passes over the training set.
+    batch_size : int
+        Samples per batch (over all data groups).
     optimizer : {"adam", "sgd"}
-    lr, momentum, weight_decay : float
+        The optimizer.
+    lr : float
+        Learning rate.
+    momentum : float
+        SGD momentum.
+    weight_decay : float
+        L2 weight decay.
     clip : float or None
-        Global-norm gradient clipping threshold.
+        Clip gradients to this global norm (None: no clipping).
     seed : int
         Seeds the initialization, the default data set and the shuffling.
-    newton_options : dict
-        With ``cell="implicit-newton"``: the fields of :class:`~mgritnn.cells.NewtonConfig`
-        (``tol``, ``max_iter``, ``damping``).
     solver : str
-        Time solver of training: ``"serial"``, ``"mgrit"``, ``"deer"``, ``"quasi-deer"`` or ``"auto"``.
-    solver_options : dict
-        Options of the solver (the fields of its config class: ``MGRITConfig``, ``DEERConfig``).
+        Time solver of training: the serial sweep, MGRIT, Newton over the whole sequence (DEER;
+        quasi-DEER with diagonal Jacobians), or auto: the fastest of serial/deer/quasi-deer for
+        the shape, measured.
+    solver_options : mapping
+        Options of the solver: the fields of its config class (``MGRITConfig``, ``DEERConfig``,
+        ``AutoConfig``; old names are renamed, with a warning), and ``preset`` for MGRIT; kept as
+        a read-only :class:`FrozenDict`.
     data_parallel : int
-        Number of data groups; the ranks are split into data groups x time ranks.
+        Split the MPI ranks into this many data groups x time ranks.
     threads : int or None
         numba threads per rank (None: cores per node // ranks per node).
     checkpoint : str or None
-        Path of the checkpoint written (atomically) after every epoch. Missing parent directories
-        are created.
+        Write a checkpoint here after every epoch (atomically: a failed or killed write leaves the
+        previous one; missing directories are created).
     resume : bool
-        Continue from ``checkpoint``; it must exist. Settings that differ from the checkpoint's
-        are named in one :class:`~mgritnn.errors.MgritnnWarning`; another model shape is an error;
-        another optimizer starts with a fresh optimizer state (also warned).
+        Continue from checkpoint, which must exist (bit for bit as uninterrupted; settings that
+        differ from the checkpoint's are named in one warning; another model shape is an error;
+        another optimizer starts with a fresh optimizer state, also warned).
     resume_or_start : bool
-        Continue from ``checkpoint`` if it exists, else start a new run that writes it (for job
-        scripts that are simply restarted).
+        Like resume, but start a new run when checkpoint does not exist yet (for job scripts that
+        are simply restarted).
     overwrite : bool
-        Replace an existing ``checkpoint`` (of an earlier run) instead of refusing to start.
+        Replace an existing checkpoint of an earlier run (otherwise an error).
     log : str or None
-        Path of a JSON-lines log (one record per epoch), appended to. Missing parent directories
-        are created.
+        Append one JSON line per epoch to this file (missing directories are created).
     max_batches : int or None
-        Stop each epoch after this many batches (for quick experiments and tests).
+        Stop every epoch after this many batches (quick runs).
     """
     data: str = "default"
     seq_len: int = None
     num_classes: int = None
-    cell: str = "classic"
-    newton_options: dict = dataclasses.field(default_factory=dict)
+    cell: str = field(default="classic", metadata={"flag": {"choices": cell_names}})
+    newton_options: Mapping = field(default_factory=FrozenDict,
+                                    metadata={"flag": {"config": "newton"}})
     hidden: int = 32
     layers: int = 1
-    dtype: str = "float32"
+    dtype: str = field(default="float32", metadata={"flag": {"choices": ("float32", "float64")}})
     dt: float = 1.0
     epochs: int = 15
     batch_size: int = 100
-    optimizer: str = "adam"
+    optimizer: str = field(default="adam", metadata={"flag": {"choices": ("adam", "sgd")}})
     lr: float = 3e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
     clip: float = None
     seed: int = 0
-    solver: str = "serial"
-    solver_options: dict = dataclasses.field(default_factory=dict)
+    solver: str = field(default="serial", metadata={"flag": {"choices": solver_names}})
+    solver_options: Mapping = field(default_factory=FrozenDict,
+                                    metadata={"flag": {"config": "solver"}})
     data_parallel: int = 1
     threads: int = None
     checkpoint: str = None
@@ -125,17 +159,30 @@ class TrainConfig:
         check_real("momentum", self.momentum, low=0, high=1, high_open=True)
         check_real("weight_decay", self.weight_decay, low=0)
         check_real("clip", self.clip, low=0, low_open=True, none=True)
-        check_choice("optimizer", self.optimizer, ("adam", "sgd"))
-        check_choice("dtype", self.dtype, ("float32", "float64"))
+        check_choices("", self)
         for name in ("resume", "resume_or_start", "overwrite"):
             check_bool(name, getattr(self, name))
         for name in ("solver_options", "newton_options"):
-            if not isinstance(getattr(self, name), dict):
+            if not isinstance(getattr(self, name), Mapping):
                 raise ConfigError(f"{name} must be a dict of option names to values, got "
                                   f"{getattr(self, name)!r}")
+        for name, (owner, old_to_new) in _renamed_options(self.solver).items():
+            set_frozen(self, name, FrozenDict(upgrade(owner, getattr(self, name), old_to_new,
+                                                      stacklevel=4)))   # at TrainConfig()'s caller
         if (self.resume or self.resume_or_start) and not self.checkpoint:
             flag = "resume" if self.resume else "resume-or-start"
             raise ConfigError(f"--{flag} needs a checkpoint path: add --checkpoint PATH")
+
+    @staticmethod
+    def upgrade_settings(saved):
+        """A training config saved in a checkpoint (a dict) with the options' old names replaced
+        by today's (``solver_options`` ``fwd_iters`` -> ``max_iter``, ...), silently: an old
+        checkpoint resumes as it was written, and compares equal to the same run today."""
+        saved = dict(saved)
+        for name, (owner, old_to_new) in _renamed_options(saved.get("solver")).items():
+            if isinstance(saved.get(name), dict):
+                saved[name] = upgrade(owner, saved[name], old_to_new, warn=False)
+        return saved
 
     @property
     def resuming(self):
@@ -187,6 +234,14 @@ class TrainConfig:
         if self.optimizer == "sgd":
             kw["momentum"] = self.momentum
         return kw
+
+
+def _renamed_options(solver):
+    """The option dicts of TrainConfig -> (owner, old name -> new name) of their config classes
+    (for the solver named ``solver``)."""
+    config = SOLVERS[solver].config if solver in SOLVERS else None
+    return {"solver_options": (solver, getattr(config, "RENAMED", {})),
+            "newton_options": ("Newton", NewtonConfig.RENAMED)}
 
 
 def evaluate(model, X, y, batch_size=100, solver="serial", comm=None):
@@ -724,7 +779,7 @@ def _resume(cfg, model, opt, opt_state, rng, ranks, solver):
             f"checkpoint {cfg.checkpoint!r} was made for the model {meta['model']}, this run "
             f"builds {model.config}: use the same data, cell, hidden, layers, dtype and dt, "
             "or start a new checkpoint")
-    saved = meta.get("train") or {}
+    saved = TrainConfig.upgrade_settings(meta.get("train") or {})
     diff = _settings_diff(cfg, saved)
     model.set_params(arrays)
     old_opt = saved.get("optimizer", cfg.optimizer)

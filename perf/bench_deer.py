@@ -18,7 +18,7 @@ for the solvers
   rtol 1e-3; at most 50 iterations, then the serial fallback);
 * ``quasi-deer``: ``DEERConfig(quasi=True)`` (the diagonal of the Jacobian in the iteration; the
   gradient still uses the full Jacobian at the converged trajectory);
-* ``mgrit``: ``MGRITConfig(levels=3, cf=4, fwd_iters=2, bwd_iters=1)`` on this one process. On one
+* ``mgrit``: ``MGRITConfig(levels=3, cf=4, max_iter=2, adjoint_max_iter=1)`` on this one process. On one
   process MGRIT only adds work to the serial sweep (its parallelism is across MPI ranks): this row
   shows its overhead and its error after 2/1 cycles. The multi-rank MGRIT timing is
   ``perf/bench_mgrit.py``;
@@ -101,7 +101,7 @@ BATCH = 16
 NUM_CLASSES = 2
 DTYPE = "float32"
 SOLVERS = ("serial", "deer", "quasi-deer", "mgrit", "auto")
-MGRIT_OPTIONS = dict(levels=3, cf=4, fwd_iters=2, bwd_iters=1)
+MGRIT_OPTIONS = dict(levels=3, cf=4, max_iter=2, adjoint_max_iter=1)
 MODES = ("fwd", "grad")
 #: Estimated peak memory above the resident set, in float32 words, per (solver, mode), as
 #: (words per P = T B nh, words per Q = T B nh^2, words per step T); quasi-DEER's gradient is the

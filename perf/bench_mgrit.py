@@ -62,8 +62,8 @@ def worker(a):
                                                          dtype=a.dtype, T=a.T)
     rank, size = comm.Get_rank(), comm.Get_size()
     solver = {"serial": lambda: "serial",
-              "mgrit": lambda: MGRITConfig(levels=a.levels, cf=a.cf, fwd_iters=a.fwd_iters,
-                                           bwd_iters=a.bwd_iters),
+              "mgrit": lambda: MGRITConfig(levels=a.levels, cf=a.cf, max_iter=a.max_iter,
+                                           adjoint_max_iter=a.adjoint_max_iter),
               "deer": lambda: DEERConfig(), "quasi-deer": lambda: DEERConfig(quasi=True)}[a.solver]()
     step = harness.training_step(m, X, y, solver)    # every call solves the same problem
 
@@ -104,7 +104,7 @@ def counts(a):
     rows = []
     for P in a.ranks:
         rec = _launch(P, ["--shape", "counts", "--solver", "mgrit", "--levels", "3", "--cf", "4",
-                          "--fwd-iters", "2", "--bwd-iters", "1", "--repeats", "0", "--threads", "1",
+                          "--max-iter", "2", "--adjoint-max-iter", "1", "--repeats", "0", "--threads", "1",
                           "--dtype", "float64", "--compare"])
         ev = rec["evals_per_rank"]
         fwd, bwd = [e[0] for e in ev], [e[1] for e in ev]
@@ -186,8 +186,8 @@ def main():
     w.add_argument("--solver", choices=["serial", "mgrit", "deer", "quasi-deer"], default="mgrit")
     w.add_argument("--levels", type=int, default=3)
     w.add_argument("--cf", type=int, default=4)
-    w.add_argument("--fwd-iters", type=int, default=2)
-    w.add_argument("--bwd-iters", type=int, default=1)
+    w.add_argument("--max-iter", type=int, default=2)
+    w.add_argument("--adjoint-max-iter", type=int, default=1)
     w.add_argument("--threads", type=int, default=1)
     w.add_argument("--repeats", type=int, default=5)
     w.add_argument("--compare", action="store_true", help="also the error against serial")

@@ -217,8 +217,8 @@ class Case(NamedTuple):
     T: int = 37
     levels: int = 3
     cf: int = 2
-    fwd: int = 2                # MGRIT fwd_iters
-    bwd: int = 1                # MGRIT bwd_iters
+    fwd: int = 2                # MGRIT max_iter
+    bwd: int = 1                # MGRIT adjoint_max_iter
     tol: float = 1e-9
     cycle: str = "V"
     relax: str = "FCF"
@@ -265,8 +265,8 @@ class Case(NamedTuple):
         if self.solver != "mgrit":
             return DEERConfig(quasi=self.solver == "quasi-deer", atol=self.tol, rtol=0.0,
                               max_iter=self.fwd, comm=comm)
-        return MGRITConfig(levels=self.levels, cf=self.cf, fwd_iters=self.fwd, bwd_iters=self.bwd,
-                           tol=self.tol, cycle=self.cycle, relax=self.relax,
+        return MGRITConfig(levels=self.levels, cf=self.cf, max_iter=self.fwd, adjoint_max_iter=self.bwd,
+                           atol=self.tol, cycle=self.cycle, relax=self.relax,
                            coarse_input=self.coarse_input, comm=comm)
 
     def problem(self):

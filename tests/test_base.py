@@ -75,8 +75,8 @@ def test_one_level_is_the_serial_sweep_bit_for_bit():
        cycle=st.sampled_from(["V", "F"]), lam=st.floats(-10, -0.1), T=st.integers(20, 90))
 def test_tight_mgrit_equals_serial_forward_and_adjoint(levels, cf, relax, cycle, lam, T):
     w, x, u0 = problem(T, lam=lam)
-    cfg = MGRITConfig(levels=levels, cf=cf, relax=relax, cycle=cycle, fwd_iters=60, bwd_iters=60,
-                      tol=1e-14, min_coarse=1)
+    cfg = MGRITConfig(levels=levels, cf=cf, relax=relax, cycle=cycle, max_iter=60, adjoint_max_iter=60,
+                      atol=1e-14, min_coarse=1)
     assume_hierarchy_fits(cfg, T)
     ser = solve(SerialSolver(), w, x, u0, 0.1)
     mg = solve(cfg.make_solver(), w, x, u0, 0.1)
@@ -100,7 +100,7 @@ def test_exactness_front(relax, per_cycle):
         exact[t + 1] = CELL.step(w, x[t:t + 1], exact[t:t + 1], dt)[0]
     cpts = np.arange(0, T + 1, cf)
     for k in range(1, 5):
-        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, fwd_iters=k, tol=0.0, skip_first_down=False)
+        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol=0.0, skip_first_down=False)
         u, stats = _trajectory(w, x, u0, dt, cfg)
         assert stats.status == NOT_CONVERGED
         err = np.abs(u[cpts] - exact[cpts]).max(axis=1)
@@ -127,7 +127,7 @@ def test_two_level_convergence_within_the_bound(lam_dt, cf, nc, relax):
     cpts = np.arange(cf, T + 1, cf)
     errs = [np.linalg.norm(serial[cpts])]                      # the zero initial guess
     for k in range(1, 4):
-        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, fwd_iters=k, tol=0.0, skip_first_down=False)
+        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol=0.0, skip_first_down=False)
         u, _ = _trajectory(w, x, u0, dt, cfg)
         errs.append(np.linalg.norm(u[cpts] - serial[cpts]))
     for before, after in zip(errs, errs[1:]):

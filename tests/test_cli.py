@@ -102,7 +102,7 @@ def test_train_with_deer_logs_newton_diagnostics(tmp_path, capsys, solver):
     import json
     log = tmp_path / "log.jsonl"
     assert main(["train", "--epochs", "1", "--hidden", "6", "--seq-len", "24", "--max-batches", "2",
-                 "--solver", solver, "--tol", "1e-5", "--max-iter", "30", "--damping", "0.1",
+                 "--solver", solver, "--atol", "1e-5", "--max-iter", "30", "--damping", "0.1",
                  "--initial-guess", "warm", "--log", str(log), "--quiet"]) == 0
     assert f"solver={solver}" in capsys.readouterr().out
     recs = [json.loads(line) for line in log.read_text().splitlines()]
@@ -116,7 +116,7 @@ def test_train_with_deer_logs_newton_diagnostics(tmp_path, capsys, solver):
 @pytest.mark.parametrize("args, match", [
     (["--solver", "deer", "--levels", "3"], "--levels is an option of --solver mgrit"),
     (["--solver", "mgrit", "--damping", "1"], "--damping is an option of --solver deer or quasi-deer"),
-    (["--tol", "1e-3"], "not of --solver serial"),
+    (["--atol", "1e-3"], "not of --solver serial"),
     (["--solver", "mgrit", "--no-fallback"], "--no-fallback"),
     (["--solver", "deer", "--initial-guess", "warm", "--max-iter", "0"], "max_iter"),
     (["--solver", "mgrit", "--initial-guess", "input"], "initial_guess"),
@@ -133,7 +133,7 @@ def test_newton_options_reach_the_cell(tmp_path, capsys):
     import json
     log = tmp_path / "log.jsonl"
     with pytest.warns(RuntimeWarning, match="implicit-newton"):
-        assert main(["train", "--cell", "implicit-newton", "--newton-max-iter", "1", "--newton-tol",
+        assert main(["train", "--cell", "implicit-newton", "--newton-max-iter", "1", "--newton-atol",
                      "1e-12", "--dt", "4", "--epochs", "1", "--hidden", "6", "--seq-len", "12",
                      "--max-batches", "1", "--log", str(log), "--quiet"]) == 0
     rec = [json.loads(line) for line in log.read_text().splitlines()][-1]
@@ -151,7 +151,7 @@ def test_train_with_the_fast_mgrit_preset(tmp_path, capsys):
     import json
     log = tmp_path / "log.jsonl"
     assert main(["train", "--epochs", "2", "--hidden", "6", "--seq-len", "32", "--max-batches", "2",
-                 "--solver", "mgrit", "--preset", "fast", "--bwd-iters", "2", "--log", str(log),
+                 "--solver", "mgrit", "--preset", "fast", "--adjoint-max-iter", "2", "--log", str(log),
                  "--quiet"]) == 0
     assert "preset=fast" in capsys.readouterr().out
     batches = [r for r in map(json.loads, log.read_text().splitlines()) if r["type"] == "batch"]

@@ -59,7 +59,7 @@ def test_exactness_front_two_levels(skip, relax, per_cycle):
     exact, _ = trajectory(m, X, "serial")
     cpts = np.arange(0, T + 1, cf)
     for k in range(1, 6):
-        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, fwd_iters=k, tol=0.0, skip_first_down=skip)
+        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol=0.0, skip_first_down=skip)
         u, stats = trajectory(m, X, cfg)
         assert stats.iterations == k and stats.status == NOT_CONVERGED
         err = np.abs(u[cpts] - exact[cpts]).reshape(len(cpts), -1).max(axis=1)
@@ -78,8 +78,8 @@ def test_tight_tolerance_equals_serial_bptt(p, levels, cf, coarse_input, cycle):
     m = mgritnn.GRUClassifier(p["I"], p["H"], p["C"], num_layers=p["L"], cell=p["cell"],
                               dtype="float64", dt=p["dt"])
     m.set_params(p["params"])
-    cfg = MGRITConfig(levels=levels, cf=cf, fwd_iters=p["T"] + 2, bwd_iters=p["T"] + 2,
-                      tol=1e-14, coarse_input=coarse_input, cycle=cycle)
+    cfg = MGRITConfig(levels=levels, cf=cf, max_iter=p["T"] + 2, adjoint_max_iter=p["T"] + 2,
+                      atol=1e-14, coarse_input=coarse_input, cycle=cycle)
     assume_hierarchy_fits(cfg, p["T"])
     l0, g0, _ = m.loss_and_grad_flat(p["X"], p["y"])
     l1, g1, info = m.loss_and_grad_flat(p["X"], p["y"], cfg)
@@ -92,7 +92,7 @@ def test_tight_tolerance_equals_serial_bptt(p, levels, cf, coarse_input, cycle):
 def test_converges_to_serial_with_paper_levels(cell, L, T):
     m, X, y = model_and_data(cell, L, T=T)
     l0, g0, _ = m.loss_and_grad_flat(X, y)
-    cfg = MGRITConfig(levels=3, cf=4, fwd_iters=30, bwd_iters=30, tol=1e-13)
+    cfg = MGRITConfig(levels=3, cf=4, max_iter=30, adjoint_max_iter=30, atol=1e-13)
     l1, g1, info = m.loss_and_grad_flat(X, y, cfg)
     assert info["forward"].status == OK and info["forward"].iterations < 15
     assert l1 == pytest.approx(l0, rel=1e-10)
@@ -132,7 +132,7 @@ def test_divergence_and_nan_are_reported():
     """A classic (explicit) coarse propagator at step size 64 with large weights blows up; the
     solve stops with a clear status instead of returning a silent wrong answer."""
     m, X, y = model_and_data("classic", 1, T=256, B=2, H=4, scale=6.0)
-    cfg = MGRITConfig(levels=3, cf=8, coarse_cell="classic", fwd_iters=6, tol=0.0)
+    cfg = MGRITConfig(levels=3, cf=8, coarse_cell="classic", max_iter=6, atol=0.0)
     _, _, info = m.loss_and_grad_flat(X, y, cfg, strict=False)
     assert info["forward"].status in (DIVERGED, NONFINITE), info["forward"]
     assert "diverged" in info["forward"].message or "NaN" in info["forward"].message
@@ -151,7 +151,8 @@ def test_automatic_levels():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(cf=1), "cf"), (dict(levels=0), "levels"), (dict(relax="CF"), "relax"),
     (dict(cycle="W"), "cycle"), (dict(coarse_input="max"), "coarse_input"),
-    (dict(coarse_cell="lstm"), "cell"), (dict(fwd_iters=0), "fwd_iters"), (dict(tol=-1.0), "tol"),
+    (dict(coarse_cell="lstm"), "cell"), (dict(max_iter=0), "max_iter"), (dict(atol=-1.0), "atol"),
+    (dict(adjoint_max_iter=0), "adjoint_max_iter"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -188,14 +189,14 @@ def test_warm_start_reuses_each_samples_trajectory():
     first residual is far smaller; new samples start from zero; tight solves still equal serial."""
     from mgritnn.solvers import get_solver
     m, X, y = model_and_data("classic", 2, T=64, B=5)
-    solver = get_solver(MGRITConfig(initial_guess="warm", fwd_iters=3, bwd_iters=2))
+    solver = get_solver(MGRITConfig(initial_guess="warm", max_iter=3, adjoint_max_iter=2))
     keys = np.arange(5)
     _, _, cold = m.loss_and_grad_flat(X, y, solver, keys=keys)
     _, _, warm = m.loss_and_grad_flat(X, y, solver, keys=keys)
     assert warm["forward"].history[0] < 1e-2 * cold["forward"].history[0]
     _, _, other = m.loss_and_grad_flat(X, y, solver, keys=keys + 100)    # unseen samples: zero
     assert other["forward"].history[0] == pytest.approx(cold["forward"].history[0], rel=1e-12)
-    tight = get_solver(MGRITConfig(initial_guess="warm", fwd_iters=40, bwd_iters=40, tol=1e-13))
+    tight = get_solver(MGRITConfig(initial_guess="warm", max_iter=40, adjoint_max_iter=40, atol=1e-13))
     l0, g0, _ = m.loss_and_grad_flat(X, y)
     m.loss_and_grad_flat(X, y, tight, keys=keys)
     l1, g1, info = m.loss_and_grad_flat(X, y, tight, keys=keys)
@@ -226,8 +227,8 @@ def test_compiled_propagators_equal_the_step_api_bitwise(p, levels, cf, relax, f
     m = mgritnn.GRUClassifier(p["I"], p["H"], p["C"], num_layers=p["L"], cell=p["cell"],
                               dtype="float64", dt=p["dt"])
     m.set_params(p["params"])
-    cfg = MGRITConfig(levels=levels, cf=cf, relax=relax, fwd_iters=fwd, bwd_iters=bwd,
-                      skip_first_down=skip, tol=0.0)
+    cfg = MGRITConfig(levels=levels, cf=cf, relax=relax, max_iter=fwd, adjoint_max_iter=bwd,
+                      skip_first_down=skip, atol=0.0)
     assume_hierarchy_fits(cfg, p["T"])
     before = numba.get_num_threads()
     try:
@@ -262,9 +263,9 @@ def test_phases_account_for_every_evaluation(cfg):
 def test_presets():
     paper, fast = MGRITConfig.preset("paper"), MGRITConfig.preset("fast")
     assert paper == MGRITConfig()                # the defaults are the paper's
-    assert (fast.levels, fast.relax, fast.fwd_iters, fast.bwd_iters, fast.initial_guess) == \
+    assert (fast.levels, fast.relax, fast.max_iter, fast.adjoint_max_iter, fast.initial_guess) == \
         (2, "F", 1, 1, "warm")
-    assert MGRITConfig.preset("fast", fwd_iters=2).fwd_iters == 2
+    assert MGRITConfig.preset("fast", max_iter=2).max_iter == 2
     with pytest.raises(ConfigError, match="unknown MGRIT preset"):
         MGRITConfig.preset("fastest")
     from mgritnn.solvers import make_solver
@@ -293,12 +294,14 @@ def test_fast_preset_step_evaluations():
 
 
 def test_config_object_makes_one_solver_per_model():
-    """A config passed to the model is made into a solver once: a warm start takes effect through
-    ``loss_and_grad`` with the same config object, and keys reach the solver."""
+    """A config passed to the model is made into a solver once per value (an equal config shares
+    it): a warm start takes effect through ``loss_and_grad`` with the same config, and keys
+    reach the solver."""
     m, X, y = model_and_data("classic", 2, T=64, B=5)
-    cfg = MGRITConfig(initial_guess="warm", fwd_iters=3, bwd_iters=2)
+    cfg = MGRITConfig(initial_guess="warm", max_iter=3, adjoint_max_iter=2)
     assert m._solver(cfg) is m._solver(cfg)
-    assert m._solver(cfg) is not m._solver(MGRITConfig(initial_guess="warm", fwd_iters=3, bwd_iters=2))
+    assert m._solver(cfg) is m._solver(MGRITConfig(initial_guess="warm", max_iter=3, adjoint_max_iter=2))
+    assert m._solver(cfg) is not m._solver(MGRITConfig(initial_guess="warm", max_iter=4, adjoint_max_iter=2))
     keys = np.arange(5)
     _, _, cold = m.loss_and_grad_flat(X, y, cfg, keys=keys)
     m.loss_and_grad(X, y, cfg, keys=keys)
@@ -307,7 +310,7 @@ def test_config_object_makes_one_solver_per_model():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: MGRITConfig(initial_guess="warm", fwd_iters=1, bwd_iters=1),
+    lambda: MGRITConfig(initial_guess="warm", max_iter=1, adjoint_max_iter=1),
     lambda: DEERConfig(initial_guess="warm", atol=1e-3, rtol=0.0),
 ], ids=["mgrit", "deer"])
 def test_warm_states_survive_a_checkpoint_bit_for_bit(make):
@@ -349,7 +352,7 @@ def test_f_cycle_visits_the_coarse_levels_twice_in_every_cycle(skip):
     m, X, y = model_and_data("classic", 1, T=128, B=2)
     info = {}
     for cycle in ("V", "F"):
-        cfg = MGRITConfig(levels=4, cf=2, fwd_iters=1, bwd_iters=1, cycle=cycle,
+        cfg = MGRITConfig(levels=4, cf=2, max_iter=1, adjoint_max_iter=1, cycle=cycle,
                           skip_first_down=skip)
         _, _, info[cycle] = m.loss_and_grad_flat(X, y, cfg)
     for way in ("forward", "adjoint"):
@@ -377,7 +380,7 @@ def test_adjoint_tolerance_and_divergence_test_scale_with_the_adjoint(factor):
     w = m.weights()
     ax0 = project(Xt, w.Wx[0], w.bx[0])
     h0 = np.zeros((2, X.shape[0], m.hidden_size))
-    solver = MGRITSolver(MGRITConfig(levels=3, cf=2, fwd_iters=30, bwd_iters=30, tol=1e-9))
+    solver = MGRITSolver(MGRITConfig(levels=3, cf=2, max_iter=30, adjoint_max_iter=30, atol=1e-9))
     h_last, state, _ = solver.forward(m.cell, w, ax0, h0, 1.0, T=64)
     lam = np.random.default_rng(5).normal(size=h_last.shape) * 0.1
     runs = []

@@ -10,9 +10,9 @@ from mpi_util import run_mpi
 COMMON = ["--seq-len", "32", "--hidden", "8", "--layers", "2", "--epochs", "2", "--max-batches",
           "3", "--batch-size", "40", "--dtype", "float64", "--quiet"]
 CFG = dict(seq_len=32, hidden=8, layers=2, epochs=2, max_batches=3, batch_size=40, dtype="float64")
-MGRIT = dict(levels=3, cf=2, fwd_iters=2, bwd_iters=1)
-MGRIT_FLAGS = ["--solver", "mgrit", "--levels", "3", "--cf", "2", "--fwd-iters", "2",
-               "--bwd-iters", "1"]
+MGRIT = dict(levels=3, cf=2, max_iter=2, adjoint_max_iter=1)
+MGRIT_FLAGS = ["--solver", "mgrit", "--levels", "3", "--cf", "2", "--max-iter", "2",
+               "--adjoint-max-iter", "1"]
 
 
 def reference(**kw):
@@ -24,7 +24,7 @@ def reference(**kw):
     (2, MGRIT_FLAGS, dict(solver="mgrit", solver_options=MGRIT)),
     (2, ["--data-parallel", "2"], dict()),
     (4, MGRIT_FLAGS + ["--data-parallel", "2"], dict(solver="mgrit", solver_options=MGRIT)),
-    (3, ["--solver", "deer", "--tol", "1e-12", "--rtol", "0"],
+    (3, ["--solver", "deer", "--atol", "1e-12", "--rtol", "0"],
      dict(solver="deer", solver_options=dict(atol=1e-12, rtol=0.0))),
 ])
 def test_parallel_training_equals_one_process(tmp_path, nprocs, flags, kw):

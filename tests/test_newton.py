@@ -53,7 +53,7 @@ def test_registered_and_exported():
     assert c.config == NewtonConfig()
     assert NewtonConfig().tolerance(np.float64) == np.float64(1e-10)
     assert NewtonConfig().tolerance(np.float32) == np.float32(1e-5)
-    assert NewtonConfig(tol=1e-3).tolerance(np.float32) == np.float32(1e-3)
+    assert NewtonConfig(atol=1e-3).tolerance(np.float32) == np.float32(1e-3)
     m = mgritnn.GRUClassifier(3, 4, 2, cell="implicit-newton")
     assert isinstance(m.cell, NewtonGRUCell) and m.cell.config == c.config
     assert m.config["cell"] == "implicit-newton"
@@ -69,8 +69,8 @@ def test_model_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(tol=0.0), "tol"), (dict(tol=-1e-3), "tol"), (dict(tol=float("nan")), "tol"),
-    (dict(tol="1e-5"), "tol"), (dict(max_iter=0), "max_iter"), (dict(max_iter=2.5), "max_iter"),
+    (dict(atol=0.0), "atol"), (dict(atol=-1e-3), "atol"), (dict(atol=float("nan")), "atol"),
+    (dict(atol="1e-5"), "atol"), (dict(max_iter=0), "max_iter"), (dict(max_iter=2.5), "max_iter"),
     (dict(max_iter=True), "max_iter"), (dict(damping=-0.5), "damping"),
     (dict(damping=float("inf")), "damping"),
 ])
@@ -81,7 +81,7 @@ def test_bad_config(kwargs, match):
 
 def test_bad_cell_arguments():
     with pytest.raises(ConfigError, match="NewtonConfig"):
-        NewtonGRUCell(dict(tol=1e-3))
+        NewtonGRUCell(dict(atol=1e-3))
     _, w, _, ax, h = one_layer(1, 2, 3, 2, 0)
     with pytest.raises(ConfigError, match="jacobian"):
         get_cell("implicit-newton").layer_step(w, 0, ax, h, np.ones(1), jacobian="full")
@@ -408,7 +408,7 @@ def test_mgrit_tight_tolerance_equals_serial(p, dt, levels, cf):
     that differ by rounding, disagree and FAS keeps that residual; the status is then
     NOT_CONVERGED (reported, never a silent DIVERGED or NaN)."""
     m = newton_model(p, dt)
-    cfg = MGRITConfig(levels=levels, cf=cf, fwd_iters=p["T"] + 2, bwd_iters=p["T"] + 2, tol=1e-12)
+    cfg = MGRITConfig(levels=levels, cf=cf, max_iter=p["T"] + 2, adjoint_max_iter=p["T"] + 2, atol=1e-12)
     assume_hierarchy_fits(cfg, p["T"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -433,7 +433,7 @@ def test_mgrit_converges_to_serial(levels, cf, dt, coarse_cell):
     m, X, y = mgrit_problem(dt=dt)
     m.cell.stats.reset()
     l0, g0, _ = m.loss_and_grad_flat(X, y)
-    cfg = MGRITConfig(levels=levels, cf=cf, fwd_iters=40, bwd_iters=40, tol=1e-12,
+    cfg = MGRITConfig(levels=levels, cf=cf, max_iter=40, adjoint_max_iter=40, atol=1e-12,
                       coarse_cell=coarse_cell)
     l1, g1, info = m.loss_and_grad_flat(X, y, cfg)
     assert info["forward"].status == OK and info["adjoint"].status == OK

@@ -114,7 +114,7 @@ def test_mgrit_tight_training_equals_serial_training():
     common = dict(epochs=2, hidden=6, seq_len=20, max_batches=3, dtype="float64")
     m_s, _ = train(TrainConfig(**common), out=quiet, progress=False)
     m_m, _ = train(TrainConfig(solver="mgrit", solver_options=dict(
-        levels=2, cf=4, fwd_iters=30, bwd_iters=30, tol=1e-14), **common), out=quiet, progress=False)
+        levels=2, cf=4, max_iter=30, adjoint_max_iter=30, atol=1e-14), **common), out=quiet, progress=False)
     np.testing.assert_allclose(m_m.flat, m_s.flat, rtol=1e-9, atol=1e-12)
 
 
@@ -260,6 +260,6 @@ def test_a_diverged_solve_stops_training_before_the_optimizer():
     from mgritnn.errors import SolverError
     cfg = TrainConfig(epochs=1, hidden=8, seq_len=256, batch_size=8, max_batches=1, dt=6.0,
                       solver="mgrit", solver_options=dict(levels=3, cf=8, coarse_cell="classic",
-                                                          fwd_iters=6, tol=0.0))
+                                                          max_iter=6, atol=0.0))
     with pytest.raises(SolverError, match="epoch 1, batch 1: the mgrit forward solve failed"):
         train(cfg, out=quiet, progress=False)

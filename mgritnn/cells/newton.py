@@ -18,7 +18,7 @@ both from the kernels of :mod:`mgritnn.cells.gru`,
 
 Newton per batch row from the linearly implicit step (the ``implicit`` cell, §1b) as initial guess:
 :math:`y \\leftarrow y - J_G(y)^{-1} G(y) / (1 + \\mathrm{damping})` until
-:math:`\\|G(y)\\|_\\infty \\le` ``tol`` or ``max_iter`` updates; a row that converged is left alone
+:math:`\\|G(y)\\|_\\infty \\le` ``atol`` or ``max_iter`` updates; a row that converged is left alone
 (so a row's result never depends on the other rows). Rows that do not converge are counted in the
 cell's :class:`NewtonStats` and reported by a ``RuntimeWarning``, never silently accepted.
 
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..options import check_int, check_real
+from ..options import check_int, check_real, renamed
 from .gru import (CELLS, GRUCell, LayerStep, SequenceCache, _accumulate_layer_grads, _affine,
                   _as_dt, _empty, _layer_gate_vjp, _layer_jacobian_dense)
 
@@ -56,17 +56,19 @@ _EXPLICIT = GRUCell("classic", 0.0)       # Phi_c: residual, gates and Jacobian 
 _LINEAR = GRUCell("implicit", 1.0)        # the initial guess
 
 
+@renamed("Newton", tol="atol")
 @dataclass(frozen=True)
 class NewtonConfig:
     """Options of the Newton solve of :class:`NewtonGRUCell` (validated; frozen).
 
     Attributes
     ----------
-    tol : float or None
-        Stop a row when :math:`\\|G(y)\\|_\\infty \\le` ``tol`` (absolute, per batch row and state).
+    atol : float or None
+        Stop a row when :math:`\\|G(y)\\|_\\infty \\le` ``atol`` (absolute, per batch row and state).
         None: 1e-10 in float64, 1e-5 in float32 (:data:`DEFAULT_TOL`). G carries the rounding of
         :math:`\\Delta t\\, f`, about :math:`\\Delta t` times the machine epsilon, so in float32 a
         step size of a few hundred cannot reach 1e-5: such rows are counted as not converged.
+        Old name: ``tol``.
     max_iter : int
         Largest number of Newton updates per row (>= 1).
     damping : float
@@ -74,12 +76,12 @@ class NewtonConfig:
         :math:`J_G \\delta = G`: the root is unchanged, 0 is Newton (quadratic convergence), larger
         values take shorter steps (linear convergence; more robust far from the root).
     """
-    tol: float = None
+    atol: float = None
     max_iter: int = 8
     damping: float = 0.0
 
     def __post_init__(self):
-        check_real("Newton tol", self.tol, low=0, low_open=True, none=True,
+        check_real("Newton atol", self.atol, low=0, low_open=True, none=True,
                    hint="None: 1e-10 in float64, 1e-5 in float32")
         check_int("Newton max_iter", self.max_iter, least=1)
         check_real("Newton damping", self.damping, low=0, hint="0 = plain Newton")
@@ -87,7 +89,7 @@ class NewtonConfig:
     def tolerance(self, dtype):
         """The tolerance in force for arrays of ``dtype``, as a scalar of that dtype."""
         dtype = np.dtype(dtype)
-        return dtype.type(DEFAULT_TOL[dtype] if self.tol is None else self.tol)
+        return dtype.type(DEFAULT_TOL[dtype] if self.atol is None else self.atol)
 
 
 class NewtonStats:
@@ -187,7 +189,7 @@ class NewtonGRUCell(GRUCell):
     -----
     Forward (per batch row): :math:`G(y) = 2y - \\Phi_c(y) - h`, :math:`J_G = 2I - J_c(y)`,
     :math:`y_0` the linearly implicit step, :math:`y_{k+1} = y_k - J_G(y_k)^{-1} G(y_k) / (1 + d)`
-    until :math:`\\|G(y_k)\\|_\\infty \\le` tol or k = max_iter. Adjoint:
+    until :math:`\\|G(y_k)\\|_\\infty \\le` atol or k = max_iter. Adjoint:
     :math:`J_G(h')^T \\mu = \\lambda'`, :math:`\\lambda = \\mu`, pre-activation cotangents the
     classic gate VJP at :math:`(\\mu, h')`, :math:`dW_h \\mathrel{+}= dA_h^T h'`. A dense
     (K, B, H, H) Newton matrix and one LU solve (LAPACK, ``numpy.linalg.solve``) per row and update:

@@ -16,7 +16,7 @@ On one rank of time only: with several time ranks the serial sweep is not availa
 choice is the user's (``--solver deer`` or ``mgrit``).
 """
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class AutoConfig:
     """
     calibration_steps: int = 4096
     margin: float = 0.1
-    comm: object = None
+    comm: object = field(default=None, compare=False, repr=False, metadata={"option": False})
 
     def __post_init__(self):
         check_int("auto calibration_steps", self.calibration_steps, least=1)
@@ -67,7 +67,7 @@ def _scratch_grads(w):
     return g
 
 
-@register
+@register(config=AutoConfig)
 class AutoSolver(Solver):
     """The fastest of serial, DEER and quasi-DEER for each shape, by measurement (module docstring).
 

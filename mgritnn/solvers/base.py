@@ -5,7 +5,10 @@ adjoint of that trajectory with the parameter gradients (``adjoint``). Solvers d
 solve the time recurrence (serial sweep, MGRIT, DEER); all of them advance states through the cells'
 step API, so the model, the head and the training loop never depend on which solver ran.
 """
+import functools
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
@@ -28,7 +31,12 @@ class SolveStats:
     residual : float
         Final residual norm (0.0 for the serial sweep).
     step_evals : int
-        Step (or step-VJP) evaluations of this process, counted per time point and layer stack.
+        Step (or step-VJP) evaluations of this process. The unit differs between solvers (not
+        yet unified): the serial sweep and MGRIT count **stack steps**, one step of all L layers
+        at one time point; DEER and quasi-DEER count their Newton iterations in **layer steps**
+        (iterations x time points, summed over the layers: a stack step is L of them), while
+        their fallback sweep, the final linearization and the adjoint are counted in stack
+        steps. For L = 1 the units agree; compare solvers of deeper stacks with care.
     history : list of float
         Residual norm after each iteration.
     wait_time : float
@@ -158,22 +166,109 @@ class TimeParallelSolver(Solver):
         return self.tc.allreduce(grad), float(buf[0]), buf[1:].reshape(shape).astype(dtype)
 
 
+class Registered(NamedTuple):
+    """A solver in the registry (:data:`SOLVERS`).
+
+    Attributes
+    ----------
+    solver : type
+        The solver class.
+    config : type or None
+        Its config class (a frozen dataclass with ``make_solver()``); None for a solver without
+        options (the serial sweep).
+    fixed : mapping of str -> object
+        Fields of ``config`` that this name fixes (``quasi-deer``: ``quasi=True``); they are not
+        options of the name.
+    """
+    solver: type
+    config: type = None
+    fixed: Mapping = MappingProxyType({})
+
+
+#: The one registry of the solvers: name -> :class:`Registered`.
 SOLVERS = {}
 
 
-def register(cls):
-    """Class decorator: make a solver available by its ``name``."""
-    SOLVERS[cls.name] = cls
-    return cls
+def register(cls=None, *, config=None, fixed=None):
+    """Class decorator: make a solver available by its ``name``, with its config class.
+
+    ``@register`` for a solver without options, ``@register(config=MGRITConfig)`` for one with;
+    ``fixed`` names fields of ``config`` that the name fixes (e.g. ``{"quasi": True}``).
+    """
+    def add(cls):
+        SOLVERS[cls.name] = Registered(cls, config, MappingProxyType(dict(fixed or {})))
+        return cls
+    return add if cls is None else add(cls)
 
 
-def get_solver(spec):
-    """A solver instance from a name (``"serial"``, ...), a solver instance, or a solver config object
-    that has a ``make_solver()`` method."""
-    if isinstance(spec, Solver):
-        return spec
-    if hasattr(spec, "make_solver"):
-        return spec.make_solver()
-    if isinstance(spec, str) and spec in SOLVERS:
-        return SOLVERS[spec]()
-    raise ConfigError(f"unknown solver {spec!r}; choose one of {sorted(SOLVERS)}")
+def registered(name):
+    """The :class:`Registered` entry of the solver ``name``; a ConfigError lists the names."""
+    if not isinstance(name, str) or name not in SOLVERS:
+        raise ConfigError(f"unknown solver {name!r}; choose one of {', '.join(sorted(SOLVERS))}")
+    return SOLVERS[name]
+
+
+def make_config(name, options=None, comm=None):
+    """The config of the solver ``name`` from a mapping of its options (its config class's
+    fields, old names included, and ``"preset"`` for a named option set where the class has
+    them) and the time communicator ``comm``; None for a solver without options.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name, an unknown or bad option, or options for a solver that takes none.
+    """
+    entry = registered(name)
+    options = dict(options or {})
+    if entry.config is None:
+        if options:
+            raise ConfigError(f"solver {name!r} takes no options, got {sorted(options)}")
+        return None
+    make = entry.config
+    if "preset" in options:                 # a named option set, the other options override it
+        if not hasattr(make, "preset"):
+            raise ConfigError(f"solver {name!r} has no presets")
+        make = functools.partial(make.preset, options.pop("preset"))
+    try:
+        return make(**options, **entry.fixed, comm=comm)
+    except TypeError as e:
+        raise ConfigError(f"bad option for solver {name!r}: {e}") from None
+
+
+def get_solver(spec, options=None, comm=None):
+    """The one way to a solver: from a name, a config, or a solver.
+
+    Parameters
+    ----------
+    spec : str, config or Solver
+        A registered name (``"serial"``, ``"mgrit"``, ``"deer"``, ``"quasi-deer"``, ``"auto"``:
+        a new solver), a config object (``MGRITConfig(...)``: its ``make_solver()``), or a solver
+        instance (returned as it is).
+    options : mapping, optional
+        With a name: the options of its config class (:func:`make_config`).
+    comm : mpi4py communicator, optional
+        With a name: the ranks that share the time axis (a solver without options runs on one).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name (the message lists the registered ones), bad options, options given
+        with a config or solver, or a one-rank solver on several ranks.
+    """
+    if not isinstance(spec, str):
+        if options:
+            raise ConfigError(f"options {sorted(options)} go with a solver's name, not with "
+                              f"{spec!r}: put them in its config")
+        if isinstance(spec, Solver):
+            return spec
+        if hasattr(spec, "make_solver"):
+            return spec.make_solver()
+        registered(spec)                    # raises, naming the registered solvers
+    config = make_config(spec, options, comm)
+    if config is not None:
+        return config.make_solver()
+    if comm is not None and comm.Get_size() > 1:
+        raise ConfigError(f"solver {spec!r} runs on one rank of time, but {comm.Get_size()} ranks "
+                          "share the time axis: use --solver mgrit, deer or quasi-deer, or "
+                          "--data-parallel equal to the number of ranks")
+    return SOLVERS[spec].solver()

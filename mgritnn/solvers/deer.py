@@ -55,7 +55,7 @@ from numba import prange
 from ..cells import StepCache, project
 from ..config import DIVERGED, JIT_PAR, NONFINITE, NOT_CONVERGED, OK
 from ..errors import ConfigError
-from ..options import check_bool, check_choice, check_int, check_real
+from ..options import check_bool, check_choices, check_int, check_real
 from .base import SolveStats, TimeParallelSolver, register
 from .scan import linear_recurrence
 
@@ -96,17 +96,17 @@ class DEERConfig:
     comm : mpi4py communicator, optional
         The ranks that share the time axis (default: the world under MPI, else one process).
     """
-    quasi: bool = False
+    quasi: bool = field(default=False, metadata={"flag": False})   # (--solver quasi-deer)
     atol: float = None
     rtol: float = None
     max_iter: int = 50
     damping: float = 0.0
-    initial_guess: str = "zero"
+    initial_guess: str = field(default="zero", metadata={"flag": {"choices": _INITS}})
     fallback: bool = True
     divergence: float = 1e4
     chunks: int = None
     max_memory: float = 8e9
-    comm: object = field(default=None, compare=False, repr=False)
+    comm: object = field(default=None, compare=False, repr=False, metadata={"option": False})
 
     def __post_init__(self):
         name = "quasi-DEER" if self.quasi else "DEER"
@@ -118,7 +118,7 @@ class DEERConfig:
             raise ConfigError(f"{name} atol and rtol cannot both be 0 (nothing could converge): "
                               "give atol > 0")
         check_real(f"{name} damping", self.damping, low=0)
-        check_choice(f"{name} initial_guess", self.initial_guess, _INITS)
+        check_choices(name, self)
         check_bool(f"{name} fallback", self.fallback)
         check_real(f"{name} divergence", self.divergence, low=1, low_open=True)
         check_int(f"{name} chunks", self.chunks, least=1, none=True)
@@ -210,7 +210,7 @@ class _DEERState(NamedTuple):
 # The solver
 # ------------------------------------------------------------------------------------------------
 
-@register
+@register(config=DEERConfig)
 class DEERSolver(TimeParallelSolver):
     """DEER / quasi-DEER forward and adjoint over the ranks of ``config.comm`` (module docstring)."""
 
@@ -462,7 +462,7 @@ class DEERSolver(TimeParallelSolver):
         return cot[0][0], stats
 
 
-@register
+@register(config=DEERConfig, fixed={"quasi": True})
 class QuasiDEERSolver(DEERSolver):
     """quasi-DEER: DEER with the diagonal of each step's Jacobian (see :class:`DEERConfig`)."""
 

@@ -28,7 +28,7 @@ The coarse propagator is the implicit cell (stable for any step size; the fully 
 ``implicit-newton`` cell when that is the fine cell); the adjoint's coarse step is
 the VJP of the coarse implicit step linearized at the fine forward state at the start of its
 interval. With one level MGRIT is the serial sweep (bit for bit); with enough iterations or a tiny
-``tol`` it equals the serial sweep and BPTT to round-off.
+``atol`` it equals the serial sweep and BPTT to round-off.
 
 References
 ----------
@@ -48,12 +48,14 @@ from ..cells.base import tree_map
 from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from ..distributed import level_points, local_grid, rank_bounds
 from ..errors import ConfigError
-from ..options import check_bool, check_choice, check_int, check_real
+from ..options import (cell_names, check_bool, check_choice, check_choices, check_int, check_real,
+                       freeze, int_list, renamed, set_frozen, str_list, upgrade)
 from .base import SolveStats, TimeParallelSolver, register
 
 _RELAX = ("FCF", "F")
 
 
+@renamed("MGRIT", fwd_iters="max_iter", bwd_iters="adjoint_max_iter", tol="atol")
 @dataclass(frozen=True)
 class MGRITConfig:
     """Options of the MGRIT solver (validated; frozen).
@@ -61,22 +63,31 @@ class MGRITConfig:
     Attributes
     ----------
     levels : int or None
-        Number of levels (1 = the serial sweep); None chooses as many as keep at least
-        ``min_coarse`` intervals (and at least one per rank) on the coarsest level, up to ``max_levels``
-        (and up to ``len(cf) + 1`` with a list of ``cf``).
-    min_coarse, max_levels : int
+        Number of levels (1 = the serial sweep); None (on the command line: 0) chooses as many as
+        keep at least ``min_coarse`` intervals (and at least one per rank) on the coarsest level,
+        up to ``max_levels`` (and up to ``len(cf) + 1`` with a list of ``cf``).
+    min_coarse : int
+        With automatic levels: the coarsest level keeps at least this many intervals.
+    max_levels : int
+        With automatic levels: at most this many levels.
     cf : int or tuple of int
         Coarsening factor, or one per level transition.
     relax : str or tuple of str
         "FCF" or "F", for every level or one per level (the first entry is the fine level).
     cycle : {"V", "F"}
+        V-cycles, or F-cycles (each coarse level visited again on the way up).
     skip_first_down : bool
         Cycle 0 only injects the initial guess, solves the coarsest level and interpolates up.
-    fwd_iters, bwd_iters : int
-        Maximum number of cycles of the forward and the adjoint solve (the skipped cycle counts).
-    tol, rtol : float
-        Stop when the level-0 C-point residual norm is <= tol, or <= rtol times the first measured
-        (the adjoint: <= tol max |lambda_N|, relative to its terminal value's size).
+    max_iter : int
+        Maximum number of cycles of the forward solve (the skipped cycle counts). Old name:
+        ``fwd_iters``.
+    adjoint_max_iter : int
+        Maximum number of cycles of the adjoint solve. Old name: ``bwd_iters``.
+    atol : float
+        Stop when the level-0 C-point residual norm is <= atol (the adjoint: <= atol max
+        |lambda_N|, relative to its terminal value's size). Old name: ``tol``.
+    rtol : float
+        Stop when the residual norm is <= rtol times the first measured (0: off).
     initial_guess : {"zero", "warm"}
         "warm": start each sample from its own level-0 C-point states of the previous forward solve
         that saw it (keyed by the sample indices the caller passes as ``keys``; the trainer passes
@@ -96,41 +107,41 @@ class MGRITConfig:
     comm : mpi4py communicator or None
         Time communicator (None: MPI's world under an MPI launcher, else a single process).
     """
-    levels: int = 3
+    levels: int = field(default=3, metadata={"flag": {"none_as": 0}})
     min_coarse: int = 2
     max_levels: int = 12
-    cf: object = 4
-    relax: object = "FCF"
-    cycle: str = "V"
+    cf: object = field(default=4, metadata={"flag": {"type": int_list}})
+    relax: object = field(default="FCF", metadata={"flag": {"type": str_list}})
+    cycle: str = field(default="V", metadata={"flag": {"choices": ("V", "F")}})
     skip_first_down: bool = True
-    fwd_iters: int = 2
-    bwd_iters: int = 1
-    tol: float = 1e-9
+    max_iter: int = 2
+    adjoint_max_iter: int = 1
+    atol: float = 1e-9
     rtol: float = 0.0
-    initial_guess: str = "zero"
-    coarse_input: str = "sample"
-    coarse_cell: str = None
+    initial_guess: str = field(default="zero", metadata={"flag": {"choices": ("zero", "warm")}})
+    coarse_input: str = field(default="sample", metadata={"flag": {"choices": ("sample", "mean")}})
+    coarse_cell: str = field(default=None, metadata={"flag": {"choices": cell_names}})
     divergence: float = 1e4
-    comm: object = field(default=None, compare=False, repr=False)
+    comm: object = field(default=None, compare=False, repr=False, metadata={"option": False})
 
     def __post_init__(self):
+        for name in ("cf", "relax"):            # a list is kept as a tuple (hashable)
+            set_frozen(self, name, freeze(getattr(self, name)))
         check_int("MGRIT levels", self.levels, least=1, none=True)
         check_int("MGRIT min_coarse", self.min_coarse, least=1)
         check_int("MGRIT max_levels", self.max_levels, least=1)
-        check_int("MGRIT fwd_iters", self.fwd_iters, least=1)
-        check_int("MGRIT bwd_iters", self.bwd_iters, least=1)
+        check_int("MGRIT max_iter", self.max_iter, least=1)
+        check_int("MGRIT adjoint_max_iter", self.adjoint_max_iter, least=1)
         for c in (self.cf if isinstance(self.cf, (tuple, list)) else (self.cf,)):
             check_int("MGRIT cf", c, least=2)
         for r in (self.relax if isinstance(self.relax, (tuple, list)) else (self.relax,)):
             check_choice("MGRIT relax", r, _RELAX)
         self._check_list_lengths()
-        check_choice("MGRIT cycle", self.cycle, ("V", "F"))
-        check_choice("MGRIT initial_guess", self.initial_guess, ("zero", "warm"))
-        check_choice("MGRIT coarse_input", self.coarse_input, ("sample", "mean"))
+        check_choices("MGRIT", self)
         check_bool("MGRIT skip_first_down", self.skip_first_down)
         if self.coarse_cell is not None:
             get_cell(self.coarse_cell)
-        check_real("MGRIT tol", self.tol, low=0)
+        check_real("MGRIT atol", self.atol, low=0)
         check_real("MGRIT rtol", self.rtol, low=0)
         check_real("MGRIT divergence", self.divergence, low=1, low_open=True)
 
@@ -191,7 +202,7 @@ class MGRITConfig:
         """
         if name not in PRESETS:
             raise ConfigError(f"unknown MGRIT preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**dict(PRESETS[name], **overrides))
+        return cls(**dict(PRESETS[name], **upgrade("MGRIT", overrides, cls.RENAMED)))
 
     def make_solver(self):
         return MGRITSolver(self)
@@ -236,8 +247,9 @@ class MGRITConfig:
 
 #: Named option sets of :meth:`MGRITConfig.preset`.
 PRESETS = {
-    "paper": dict(levels=3, cf=4, relax="FCF", fwd_iters=2, bwd_iters=1, initial_guess="zero"),
-    "fast": dict(levels=2, cf=4, relax="F", fwd_iters=1, bwd_iters=1, initial_guess="warm"),
+    "paper": dict(levels=3, cf=4, relax="FCF", max_iter=2, adjoint_max_iter=1,
+                  initial_guess="zero"),
+    "fast": dict(levels=2, cf=4, relax="F", max_iter=1, adjoint_max_iter=1, initial_guess="warm"),
 }
 
 
@@ -265,7 +277,7 @@ class _FAS:
         The solve runs from the last rank to the first (the adjoint).
     scale : float
         The size of the solution (the forward's GRU states: 1; the adjoint: max |lambda_N|):
-        ``tol`` and the divergence test's all-ones reference are relative to it.
+        ``atol`` and the divergence test's all-ones reference are relative to it.
     """
 
     def __init__(self, grid, prop, tc, u0, cfg, kind, reverse=False, scale=1.0):
@@ -436,7 +448,7 @@ class _FAS:
         h = self.history
         if not np.isfinite(h[-1]):
             self.status, self.message = NONFINITE, "residual is NaN or inf"
-        elif h[-1] <= self.cfg.tol * self.scale or (self.cfg.rtol > 0
+        elif h[-1] <= self.cfg.atol * self.scale or (self.cfg.rtol > 0
                                                     and h[-1] <= self.cfg.rtol * h[0]):
             self.status, self.message = OK, "converged"
         elif h[-1] > self.cfg.divergence * max(min(h[0], self.ones_norm), 1e-300):
@@ -721,7 +733,7 @@ class _MGRITState(NamedTuple):
     prop: object
 
 
-@register
+@register(config=MGRITConfig)
 class MGRITSolver(TimeParallelSolver):
     """MGRIT forward and adjoint solves over the ranks of ``config.comm`` (see the module docstring)."""
 
@@ -764,7 +776,7 @@ class MGRITSolver(TimeParallelSolver):
                     warm = True
         t0 = time.perf_counter()
         fas.phases["setup"] = [t0 - t_setup, 1, 0]
-        stats = fas.solve(cfg.fwd_iters, warm=warm)
+        stats = fas.solve(cfg.max_iter, warm=warm)
         if remember:
             for b, key in enumerate(keys):
                 self._warm[key] = fas.u[0][cpts, :, b].copy()
@@ -793,7 +805,7 @@ class MGRITSolver(TimeParallelSolver):
         fas = _FAS(grid, prop, self.tc, lam0, cfg, "mgrit-adjoint", reverse=True, scale=scale)
         t0 = time.perf_counter()
         fas.phases["setup (coarse linearizations)"] = [t0 - t_setup, 1, prop.evals]
-        stats = fas.solve(cfg.bwd_iters)      # its final sweep keeps every step's cotangents
+        stats = fas.solve(cfg.adjoint_max_iter)      # its final sweep keeps every step's cotangents
         t1 = time.perf_counter()
         cot = prop.cotangents()
         cell.accumulate_grads(grads, state.prop.step_cache(u), cot)
