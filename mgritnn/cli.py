@@ -494,6 +494,7 @@ def main(argv=None):
     """
     args = build_parser().parse_args(argv)
     from .distributed.comm import under_mpi_launcher
+    from .runtime import blas_threads
     comm = None
     if under_mpi_launcher():
         from .distributed import get_comm
@@ -501,7 +502,7 @@ def main(argv=None):
         if comm.Get_size() == 1:
             comm = None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), blas_threads(1):
             warnings.showwarning = _show_warning(warnings.showwarning)
             for note in getattr(args, "deprecated_flags", []):
                 warnings.warn(note, MgritnnWarning)
