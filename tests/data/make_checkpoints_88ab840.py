@@ -11,7 +11,9 @@ It writes, for each case of :data:`CASES` (the TrainConfig fields of a tiny run)
 
 * ``checkpoint_88ab840_<case>.npz``: the checkpoint after epoch 1 of a 2-epoch run;
 * ``final_88ab840.npz``: ``<case>`` -> the flat parameters after the same run's 2 epochs,
-  uninterrupted (float32 or float64 as the case).
+  uninterrupted (float32 or float64 as the case), and ``<case>_grad0`` -> the flat gradient of
+  the initial model on the first 32 standardized training samples (:func:`fingerprint`: where a
+  platform computes it bit for bit, it computes these runs bit for bit too).
 """
 import os
 import sys
@@ -30,6 +32,17 @@ CASES = {
 }
 
 
+def fingerprint(kw):
+    """The flat gradient of the run's initial model on its first 32 standardized training
+    samples (public API only, so the test computes it with the code under test)."""
+    from mgritnn import GRUClassifier, datasets
+    ds = datasets.load("default", seq_len=kw["seq_len"], seed=kw["seed"])
+    X = datasets.Standardizer.fit(ds.X_train).transform(ds.X_train, np.dtype(kw["dtype"]))
+    model = GRUClassifier(X.shape[2], kw["hidden"], ds.num_classes, dtype=kw["dtype"],
+                          seed=kw["seed"])
+    return model.loss_and_grad_flat(X[:32], ds.y_train[:32])[1]
+
+
 def main():
     import mgritnn
     from mgritnn.train import TrainConfig, train
@@ -42,6 +55,7 @@ def main():
         train(TrainConfig(epochs=1, checkpoint=ck, **kw), out=lambda *a: None, progress=False)
         model, _ = train(TrainConfig(epochs=2, **kw), out=lambda *a: None, progress=False)
         final[name] = model.flat.copy()
+        final[f"{name}_grad0"] = fingerprint(kw)
     np.savez(os.path.join(HERE, "final_88ab840.npz"), **final)
 
 
