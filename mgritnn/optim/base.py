@@ -21,6 +21,13 @@ a tuple of the stateful members' states when there are several, and :class:`Empt
 there are none. The checkpoint form (:func:`state_to_arrays`) follows: the fields of one state
 are stored under their names (``step``, ``m``, ``v``), as mgritnn 0.1's ``Adam`` and ``SGD``
 stored theirs.
+
+Memory: an update allocates its outputs and nothing is modified in place, so an old state stays
+valid (e.g. for a checkpoint written while training goes on). Per step and per parameter-sized
+leaf, ``adam`` allocates the new ``m`` and ``v`` (with NumPy's temporaries of their formulas)
+and one buffer that becomes the updates (plus one array for ``add_decayed_weights`` with a nonzero decay, and
+one for ``clip_by_global_norm`` when it clips); ``sgd`` the new momentum buffer and the scaled
+updates. ``apply_updates(..., inplace=True)`` allocates nothing.
 """
 
 import math
