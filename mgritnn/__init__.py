@@ -8,11 +8,11 @@ from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, M
                      MgritnnWarning, OutputError, SolverError)
 from .model import GRUClassifier, load
 from .solvers import MGRIT_PRESETS, AutoConfig, DEERConfig, MGRITConfig, SolveStats
-from .train import TrainConfig, evaluate, train
+from .train import TrainConfig, Trainer, evaluate, train
 
 __version__ = "0.1.0"
 
 __all__ = ["GRUClassifier", "load", "MGRITConfig", "MGRIT_PRESETS", "DEERConfig", "AutoConfig",
-           "NewtonConfig", "NewtonGRUCell", "DahlquistCell", "SolveStats", "TrainConfig", "train",
+           "NewtonConfig", "NewtonGRUCell", "DahlquistCell", "SolveStats", "TrainConfig", "Trainer", "train",
            "evaluate", "MgritnnError", "DataError", "ConfigError", "CheckpointError", "OutputError",
            "SolverError", "DivergenceError", "MgritnnWarning", "__version__"]

@@ -12,17 +12,18 @@ killed during it) leaves the previous checkpoint as it was.
 """
 import dataclasses
 import json
+import contextlib
 import os
 import sys
 import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from . import datasets
-from .config import set_num_threads
 from .distributed import SelfComm, TimeComm, default_threads, get_comm, split_data_time
 from .errors import (CheckpointError, ConfigError, DivergenceError, MgritnnWarning, SolverError,
                      output_error)
@@ -33,8 +34,9 @@ from .cells import NewtonConfig
 from .options import (FrozenDict, cell_names, check_bool, check_choices, check_int, check_real,
                       set_frozen, solver_names, upgrade)
 from .model import GRUClassifier
-from .optim import make_optimizer, state_from_arrays, state_to_arrays
-from .optim.clip import clip_by_global_norm
+from .runtime import blas_threads, compile_rank0_first, entry_point, numba_threads
+from .optim import (apply_updates, chain, clip_by_global_norm, make_optimizer, state_from_arrays,
+                    state_to_arrays)
 from .solvers import SOLVERS, make_solver
 
 
@@ -244,6 +246,7 @@ def _renamed_options(solver):
             "newton_options": ("Newton", NewtonConfig.RENAMED)}
 
 
+@entry_point
 def evaluate(model, X, y, batch_size=100, solver="serial", comm=None):
     """Mean cross-entropy and accuracy of ``model`` on (X, y), in batches (exact serial forward by default).
 
@@ -383,7 +386,9 @@ def save_checkpoint(cfg, epoch, model, opt_state, standardizer, rng, history, ds
     epoch : int
         Epochs done.
     model : GRUClassifier
-    opt_state : optimizer state (AdamState or SGDState)
+    opt_state : optimizer state
+        The state of the run's gradient transformation (e.g. a ``ScaleByAdamState``); stored by
+        :func:`~mgritnn.optim.state_to_arrays` under ``optim/``.
     standardizer : datasets.Standardizer
     rng : numpy.random.Generator
         The shuffling generator (its state is saved).
@@ -405,7 +410,9 @@ def save_checkpoint(cfg, epoch, model, opt_state, standardizer, rng, history, ds
     """
     rec = history[-1] if history else {}
     losses = [rec.get("loss", 0.0), rec.get("test_loss", 0.0)]
-    if not _all_finite(model.flat, np.asarray(losses, np.float64), *opt_state[1:]):
+    arrays = _checkpoint_arrays(model, opt_state, standardizer)
+    state = [v for k, v in arrays.items() if k.startswith("optim/")]
+    if not _all_finite(model.flat, np.asarray(losses, np.float64), *state):
         raise DivergenceError(
             f"training diverged in epoch {epoch}: the parameters, optimizer state or loss are "
             f"NaN/inf, so this epoch is not saved: lower --lr or use --clip; "
@@ -413,7 +420,6 @@ def save_checkpoint(cfg, epoch, model, opt_state, standardizer, rng, history, ds
     meta = dict(kind="train", model=model.config, train=dataclasses.asdict(cfg), epoch=epoch,
                 rng=rng.bit_generator.state, history=history, num_classes=ds.num_classes,
                 class_names=list(ds.class_names), warm_ranks=int(ranks))
-    arrays = _checkpoint_arrays(model, opt_state, standardizer)
     arrays.update(warm or {})
     atomic_savez(cfg.checkpoint, arrays, meta, what="the checkpoint (--checkpoint)")
 
@@ -566,6 +572,505 @@ def _batch_diagnostics(info):
                 bwd_iters=a.iterations, bwd_res=a.residual, bwd_status=a.status)
 
 
+class Batch(NamedTuple):
+    """One training batch as :meth:`Trainer.batches` hands it out (this rank's share).
+
+    Attributes
+    ----------
+    epoch, index : int
+        0-based epoch and batch number.
+    idx : ndarray, shape (b,), int
+        The training-set rows of the whole batch (all data groups).
+    part : ndarray, shape (b_g,), int
+        The rows of this rank's data group (its share of ``idx``; the samples' keys for warm
+        starts).
+    X : ndarray, shape (b_g, T, I), the model's dtype
+        The standardized inputs of ``part``.
+    y : ndarray, shape (b_g,), int
+        Their labels.
+    """
+
+    epoch: int
+    index: int
+    idx: np.ndarray
+    part: np.ndarray
+    X: np.ndarray
+    y: np.ndarray
+
+
+class StepResult(NamedTuple):
+    """What :meth:`Trainer.step` did, reduced over the data groups (the same on every rank).
+
+    Attributes
+    ----------
+    loss : float
+        Mean cross-entropy over the whole batch (before the update).
+    correct : float
+        Samples of the whole batch classified correctly.
+    evals : ndarray, shape (2,), float64
+        Step evaluations of the forward and adjoint solves, the largest over the ranks.
+    info : dict
+        This rank's diagnostics of :meth:`GRUClassifier.loss_and_grad_flat`.
+    """
+
+    loss: float
+    correct: float
+    evals: np.ndarray
+    info: dict
+
+
+class Trainer:
+    """The training loop of :func:`train`, in named parts that a custom loop can call.
+
+    Constructing a trainer does everything before the first batch (:meth:`_setup_data`,
+    :meth:`_setup_model`, :meth:`resume`), so bad options, data, checkpoints and outputs fail in
+    seconds. Then :meth:`fit` runs the epochs; each is :meth:`batches` -> :meth:`step` (gradient,
+    :meth:`reduce`, :meth:`update`) -> :meth:`log_batch`, then :meth:`evaluate`, :meth:`report`,
+    :meth:`log` and :meth:`checkpoint`. ``train(cfg, out, progress, comm)`` is
+    ``Trainer(cfg, out, progress, comm).fit()``.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    out : callable
+        Receives the human-readable lines (on rank 0 only).
+    progress : bool
+        Show a progress line on stderr during long epochs (rank 0).
+    comm : mpi4py communicator, optional
+        The ranks of the run (see :func:`train`).
+    optimizer : GradientTransformation, optional
+        Replaces the optimizer of ``cfg`` (its ``optimizer``, ``lr``, ``momentum``,
+        ``weight_decay`` and ``clip``), e.g. ``chain(clip_by_global_norm(1.0),
+        add_decayed_weights(1e-4), adam(1e-3))``. A checkpoint then holds its state, and resuming
+        needs the same chain.
+
+    Attributes
+    ----------
+    model : GRUClassifier
+    opt : GradientTransformation
+    opt_state : its state
+    history : list of dict
+        The epoch records so far.
+    start_epoch : int
+        Epochs done before this run (from the checkpoint when resuming).
+    times : dict of str to float
+        Seconds of this epoch in data, forward, adjoint, wait and optimizer.
+
+    Use as a context manager (or call :meth:`close`) when driving it by hand: the log is open
+    from construction on.
+    """
+
+    def __init__(self, cfg, out=print, progress=True, comm=None, optimizer=None):
+        cfg.check_paths()
+        self.cfg = cfg
+        self.ranks = _Ranks(comm, cfg.data_parallel)
+        self.threads = (cfg.threads if cfg.threads is not None else
+                        (None if self.ranks.size == 1 else default_threads(self.ranks.world)))
+        with numba_threads(self.threads):        # a bad count fails here; it applies in running()
+            pass
+        self.solver = make_solver(cfg.solver, cfg.solver_options, self.ranks.time)
+        if not self.ranks.root:
+            out, progress = (lambda *a, **k: None), False
+        else:
+            _prepare_outputs(cfg, out)              # before any work: fail in seconds, not epochs
+        self.out = out
+        self.times = _zero_times()
+        self._setup_data()
+        self._setup_model(optimizer)
+        if cfg.resuming and os.path.exists(cfg.checkpoint):
+            self.resume()
+        self.n_batches = -(-len(self.X_train) // cfg.batch_size)
+        if cfg.max_batches:
+            self.n_batches = min(self.n_batches, cfg.max_batches)
+        self.bar = _Progress() if progress else None
+        with self.running():
+            compile_rank0_first(self.ranks.world, self._warm_up)
+        self.log_file = _Log(cfg.log) if (cfg.log and self.ranks.root) else None
+
+    def running(self):
+        """The thread settings of the run (OpenBLAS at one thread, ``threads`` numba threads),
+        applied by :meth:`fit`, :meth:`step` and :meth:`evaluate` and restored when they return.
+
+        Returns
+        -------
+        context manager
+        """
+        stack = contextlib.ExitStack()
+        stack.enter_context(blas_threads(1))
+        stack.enter_context(numba_threads(self.threads))
+        return stack
+
+    def _warm_up(self):
+        """Compile (or load from numba's cache) the kernels of this run: one gradient of a
+        throw-away model of the same kind on one group's share of the first samples, by the
+        run's solver on this rank alone, and the serial forward of the evaluation. Under MPI,
+        rank 0 runs it while the others wait (:func:`~mgritnn.runtime.compile_rank0_first`)."""
+        cfg = self.cfg
+        model = GRUClassifier(self.X_train.shape[2], cfg.hidden, self.ds.num_classes,
+                              num_layers=cfg.layers, cell=_make_cell(cfg), dtype=cfg.dtype,
+                              seed=cfg.seed, dt=cfg.dt)
+        rows = len(np.array_split(np.arange(min(cfg.batch_size, len(self.X_train))),
+                                  cfg.data_parallel)[0])
+        X, y = self.X_train[:rows], self.ds.y_train[:rows]
+        solver = make_solver(cfg.solver, cfg.solver_options, SelfComm())
+        model.loss_and_grad_flat(X, y, solver, strict=False)
+        model.forward(X, "serial", strict=False)
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _setup_data(self):
+        """Load the data set, check that every data group gets samples in every batch and that
+        the run fits in memory, and standardize the inputs (``ds``, ``standardizer``,
+        ``X_train``, ``X_test``)."""
+        cfg = self.cfg
+        ds = self.ds = datasets.load(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed,
+                                     num_classes=cfg.num_classes)
+        if cfg.batch_size < cfg.data_parallel:
+            raise ConfigError(f"batch size {cfg.batch_size} is smaller than --data-parallel "
+                              f"{cfg.data_parallel}: every data group needs samples")
+        _check_last_batch(len(ds.y_train), cfg)
+        check_training_memory(ds.num_channels, cfg.hidden, ds.num_classes, cfg.layers, cfg.dtype,
+                              -(-cfg.batch_size // cfg.data_parallel),
+                              -(-ds.seq_len // self.ranks.time.Get_size()), cfg.optimizer)
+        self.standardizer = datasets.Standardizer.fit(ds.X_train)
+        self.X_train = self.standardizer.transform(ds.X_train, np.dtype(cfg.dtype))
+        self.X_test = self.standardizer.transform(ds.X_test, np.dtype(cfg.dtype))
+
+    def _setup_model(self, optimizer):
+        """Build the model, the optimizer (``optimizer`` or the one of the config) and its state,
+        and the shuffling generator; check the hierarchy and the checkpoint's free space."""
+        cfg = self.cfg
+        self.model = GRUClassifier(self.X_train.shape[2], cfg.hidden, self.ds.num_classes,
+                                   num_layers=cfg.layers, cell=_make_cell(cfg), dtype=cfg.dtype,
+                                   seed=cfg.seed, dt=cfg.dt)
+        self.solver.local_steps(self.X_train.shape[1])    # a hierarchy that does not fit fails here
+        self.opt = optimizer if optimizer is not None else optimizer_from_config(cfg)
+        self.opt_name = cfg.optimizer if optimizer is None else "optimizer"
+        self.opt_state = self.opt.init(self.model.flat)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.history, self.start_epoch = [], 0
+        if cfg.checkpoint and self.ranks.root:
+            check_free_space(cfg.checkpoint, "--checkpoint",
+                             _checkpoint_bytes(self.model, self.opt_state, self.standardizer,
+                                               cfg.epochs))
+
+    def resume(self):
+        """Continue the checkpoint of the config: load its parameters, optimizer state, shuffling
+        state, history and (see :func:`_restore_warm_arrays`) the solver's warm-start states.
+
+        Settings that differ from the checkpoint's config (except :data:`_RESUME_FREE`) are
+        named in one :class:`MgritnnWarning` (on rank 0). With another optimizer, its state starts
+        fresh (also in the warning): the run then cannot equal an uninterrupted one. Checkpoints
+        of mgritnn 0.1 (the optimizer state under ``optim/step``, ``optim/m``, ...) load as they
+        are: the format is the same.
+
+        Raises
+        ------
+        CheckpointError
+            If the file is not a training checkpoint, was made for another model shape, or holds
+            the state of another optimizer chain under the same name.
+        """
+        cfg, model = self.cfg, self.model
+        arrays, meta = read_npz(cfg.checkpoint)
+        if not meta or meta.get("kind") != "train":
+            raise CheckpointError(f"{cfg.checkpoint!r} is not an mgritnn training checkpoint: "
+                                  "name the checkpoint written by 'mgritnn train --checkpoint'")
+        if meta["model"] != model.config:
+            raise CheckpointError(
+                f"checkpoint {cfg.checkpoint!r} was made for the model {meta['model']}, this run "
+                f"builds {model.config}: use the same data, cell, hidden, layers, dtype and dt, "
+                "or start a new checkpoint")
+        saved = TrainConfig.upgrade_settings(meta.get("train") or {})
+        diff = _settings_diff(cfg, saved)
+        model.set_params(arrays)
+        old_opt = saved.get("optimizer", cfg.optimizer)
+        if old_opt == cfg.optimizer:
+            state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+            self.opt_state = state_from_arrays(self.opt, state, model.flat)
+        else:
+            diff = [d + (f" (the {old_opt} state is dropped and {cfg.optimizer} starts afresh, so "
+                         "the run cannot equal an uninterrupted one bit for bit)")
+                    if d.startswith("optimizer ") else d for d in diff]
+        if diff and self.ranks.root:
+            warnings.warn("resuming with settings that differ from the checkpoint: "
+                          + ", ".join(diff) + " (resume with the checkpoint's settings to continue "
+                          "its run exactly)", MgritnnWarning, stacklevel=4)
+        self.rng.bit_generator.state = meta["rng"]
+        _restore_warm_arrays(self.solver, arrays, meta, self.ranks, cfg.checkpoint)
+        self.start_epoch, self.history = int(meta["epoch"]), list(meta.get("history", []))
+        self.out(f"resumed from {cfg.checkpoint} after epoch {self.start_epoch}")
+        if self.start_epoch >= cfg.epochs:
+            self.out(f"nothing to train: the checkpoint has {self.start_epoch} epochs, --epochs is "
+                     f"{cfg.epochs}; raise --epochs to train more")
+
+    # -- one batch --------------------------------------------------------------------------------
+    def batches(self, epoch):
+        """The batches of ``epoch`` (0-based), shuffled by the run's generator.
+
+        Yields
+        ------
+        Batch
+            ``n_batches`` of them; the permutation is drawn when the first is asked for.
+        """
+        B, N = self.cfg.batch_size, len(self.X_train)
+        perm = self.rng.permutation(N)
+        for b in range(self.n_batches):
+            t0 = time.perf_counter()
+            idx = perm[b * B:(b + 1) * B]
+            part = np.array_split(idx, self.cfg.data_parallel)[self.ranks.group]
+            batch = Batch(epoch, b, idx, part, self.X_train[part], self.ds.y_train[part])
+            self.times["data"] += time.perf_counter() - t0
+            yield batch
+
+    def step(self, batch):
+        """One optimizer step on ``batch``: loss and gradient by the solver, :meth:`reduce`
+        over the data groups, :meth:`update`.
+
+        Returns
+        -------
+        StepResult
+
+        Raises
+        ------
+        SolverError
+            If a solve failed (no update is made), naming the epoch and batch.
+        DivergenceError
+            If the loss or gradient is NaN/inf (no update is made), or the update made the
+            parameters NaN/inf.
+        """
+        epoch, b = batch.epoch, batch.index
+        try:
+            with self.running():
+                loss, grad, info = self.model.loss_and_grad_flat(batch.X, batch.y, self.solver,
+                                                                 keys=batch.part)
+        except SolverError as e:         # never a diverged gradient into the optimizer
+            raise SolverError(f"epoch {epoch + 1}, batch {b + 1}: {e}; "
+                              f"{_last_good(self.cfg, epoch)}", e.stats) from None
+        grad, loss, n_correct, evals = self.reduce(batch, loss, grad, info)
+        if not np.isfinite(loss) or not np.all(np.isfinite(grad)):
+            raise DivergenceError(
+                f"the loss or gradient became NaN/inf at epoch {epoch + 1}, batch {b + 1}: "
+                f"lower --lr or use --clip; {_last_good(self.cfg, epoch)}")
+        self.update(grad, batch)
+        return StepResult(float(loss), float(n_correct), evals, info)
+
+    def reduce(self, batch, loss, grad, info):
+        """Sum this data group's share of the loss, gradient and correct count over the groups
+        (each weighted by its share of the batch), and take the largest step counts over the
+        ranks; add the times of ``info`` to :attr:`times`.
+
+        Parameters
+        ----------
+        batch : Batch
+        loss : float
+            This group's mean loss.
+        grad : ndarray, shape (P,), the model's dtype
+            This group's flat gradient of its mean loss.
+        info : dict
+            The diagnostics of ``loss_and_grad_flat``.
+
+        Returns
+        -------
+        grad : ndarray, shape (P,)
+            The gradient of the whole batch's mean loss.
+        loss, n_correct : numpy scalars of the model's dtype
+        evals : ndarray, shape (2,), float64
+            Forward and adjoint step evaluations, the most of any rank.
+        """
+        weight = len(batch.part) / len(batch.idx)
+        t0 = time.perf_counter()
+        stats = self.ranks.sum_over_data(np.concatenate(
+            [grad * grad.dtype.type(weight),
+             np.array([loss * weight, np.sum(np.argmax(info["logits"], 1) == batch.y)],
+                      grad.dtype)]))
+        grad, (loss, n_correct) = stats[:-2], stats[-2:]
+        self.times["wait"] += (time.perf_counter() - t0 + info["time_reduce"]
+                               + info["forward"].wait_time + info["adjoint"].wait_time)
+        self.times["forward"] += info["time_forward"]
+        self.times["adjoint"] += info["time_adjoint"]
+        evals = self.ranks.max_over_world([info["forward"].step_evals, info["adjoint"].step_evals])
+        return grad, loss, n_correct, evals
+
+    def update(self, grad, batch):
+        """Apply the optimizer to the model's flat parameters (in place) with the finite,
+        reduced gradient ``grad`` of ``batch``.
+
+        Raises
+        ------
+        DivergenceError
+            If the parameters became NaN/inf.
+        """
+        t0 = time.perf_counter()
+        with np.errstate(over="ignore", invalid="ignore"):     # checked just below
+            updates, self.opt_state = self.opt.update(grad, self.opt_state, self.model.flat)
+            apply_updates(self.model.flat, updates, inplace=True)
+        if not _all_finite(self.model.flat):
+            raise DivergenceError(
+                f"the parameters became NaN/inf in the {self.opt_name} update of epoch "
+                f"{batch.epoch + 1}, batch {batch.index + 1} (the loss and gradient were finite): "
+                f"lower --lr or use --clip; {_last_good(self.cfg, batch.epoch)}")
+        self.times["optimizer"] += time.perf_counter() - t0
+
+    # -- one epoch --------------------------------------------------------------------------------
+    def fit(self):
+        """Train the epochs from :attr:`start_epoch` to ``cfg.epochs``; close the log.
+
+        Returns
+        -------
+        model : GRUClassifier
+        history : list of dict
+        """
+        try:
+            with self.running():
+                for epoch in range(self.start_epoch, self.cfg.epochs):
+                    self.train_epoch(epoch)
+        except BaseException:
+            self.close(quiet=True)                  # the error in flight is the one to report
+            raise
+        self.close()
+        return self.model, self.history
+
+    def train_epoch(self, epoch):
+        """Train epoch ``epoch`` (0-based), evaluate, report, log and checkpoint it.
+
+        Returns
+        -------
+        dict
+            The epoch's record (also appended to :attr:`history`).
+        """
+        t_epoch = time.perf_counter()
+        self.times = _zero_times()
+        if getattr(self.model.cell, "stats", None) is not None:
+            self.model.cell.stats.reset()
+        loss_sum = correct = seen = 0.0
+        steps = np.zeros(2)
+        for batch in self.batches(epoch):
+            r = self.step(batch)
+            steps += r.evals
+            loss_sum += r.loss * len(batch.idx)
+            correct += r.correct
+            seen += len(batch.idx)
+            self.log_batch(batch, r)
+            if self.bar:
+                self.bar.update(f"epoch {epoch + 1}/{self.cfg.epochs}: batch {batch.index + 1}/"
+                                f"{self.n_batches}, loss {loss_sum / seen:.4f}")
+        if self.bar:
+            self.bar.done()
+        test, t_eval = self.evaluate()
+        rec = dict(type="epoch", epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen,
+                   test_loss=test["loss"], test_acc=test["accuracy"],
+                   seconds=time.perf_counter() - t_epoch, eval_seconds=t_eval, time=self.times,
+                   step_evals_per_rank=dict(forward=steps[0] / self.n_batches,
+                                            adjoint=steps[1] / self.n_batches),
+                   batches=self.n_batches, solver=self.solver.name, ranks=self.ranks.size,
+                   data_parallel=self.cfg.data_parallel)
+        newton = _newton_record(self.model.cell, self.ranks)
+        if newton is not None:
+            rec["newton"] = newton
+        self.history.append(rec)
+        self.report(rec)
+        self.log(rec, flush=True)
+        self.checkpoint(epoch + 1)
+        return rec
+
+    def evaluate(self):
+        """Loss and accuracy on the test set (collective: the ranks share the batches).
+
+        Returns
+        -------
+        result : dict
+            See :func:`evaluate`.
+        seconds : float
+        """
+        t0 = time.perf_counter()
+        with self.running():
+            test = evaluate(self.model, self.X_test, self.ds.y_test, comm=self.ranks.world)
+        return test, time.perf_counter() - t0
+
+    def report(self, rec):
+        """The epoch's line for ``out``, and a warning line when Newton row solves of an
+        implicit-newton cell did not converge."""
+        self.out(f"epoch {rec['epoch']:3d}  loss {rec['loss']:.4f}  train acc "
+                 f"{100 * rec['train_acc']:6.2f}%  test acc {100 * rec['test_acc']:6.2f}%  "
+                 f"{rec['seconds']:7.2f} s")
+        newton = rec.get("newton")
+        if newton is not None and newton["unconverged"]:
+            self.out(f"  warning: {newton['unconverged']} of {newton['solves']} implicit-newton "
+                     f"row solves did not reach the tolerance (worst |G| "
+                     f"{newton['max_residual']:.2e}): smaller --dt or weights, or a larger "
+                     "max_iter")
+
+    def log(self, rec, flush=False):
+        """Write ``rec`` to the JSON-lines log (rank 0, with ``cfg.log``)."""
+        if self.log_file:
+            self.log_file.write(rec, flush=flush)
+
+    def log_batch(self, batch, result):
+        """Log the solvers' diagnostics of one batch (not for the serial solver)."""
+        if self.log_file and self.solver.name != "serial":
+            self.log(dict(type="batch", epoch=batch.epoch + 1, batch=batch.index + 1,
+                          loss=result.loss, step_evals_max_rank=result.evals.tolist(),
+                          **_batch_diagnostics(result.info)))
+
+    def checkpoint(self, epoch):
+        """Write the checkpoint after ``epoch`` epochs (with ``cfg.checkpoint``; collective: the
+        warm-start states of every rank are gathered, rank 0 writes). See
+        :func:`save_checkpoint`."""
+        if not self.cfg.checkpoint:
+            return
+        warm = gather_warm_arrays(self.solver, self.ranks)
+        if self.ranks.root:
+            save_checkpoint(self.cfg, epoch, self.model, self.opt_state, self.standardizer,
+                            self.rng, self.history, self.ds, warm, self.ranks.size)
+
+    def close(self, quiet=False):
+        """Close the log (``quiet``: ignore an error while closing it)."""
+        if self.log_file:
+            self.log_file.close(quiet=quiet)
+            self.log_file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(quiet=exc_type is not None)
+        return False
+
+
+def _zero_times():
+    return dict(data=0.0, forward=0.0, adjoint=0.0, wait=0.0, optimizer=0.0)
+
+
+def _check_last_batch(n_train, cfg):
+    """Every batch is split into ``cfg.data_parallel`` parts: raise ConfigError (with a batch size
+    that works) when the last, short batch of an epoch has fewer rows than parts."""
+    B, D = cfg.batch_size, cfg.data_parallel
+    batches = -(-n_train // B)
+    last = n_train - (batches - 1) * B
+    if last < D and (cfg.max_batches is None or cfg.max_batches >= batches):
+        if n_train < D:
+            raise ConfigError(f"the training set has {n_train} samples, fewer than --data-parallel "
+                              f"{D}: every data group needs a sample; use a --data-parallel of at "
+                              f"most {n_train}")
+        good = min((b for b in range(D, n_train + 1) if n_train % b == 0 or n_train % b >= D),
+                   key=lambda b: (abs(b - B), b))
+        raise ConfigError(f"the last batch of every epoch would have {last} sample(s) ({n_train} "
+                          f"training samples, --batch-size {B}), fewer than --data-parallel {D}: "
+                          f"every data group needs a sample; use --batch-size {good} (any size "
+                          f"that leaves 0 or at least {D} samples for the last batch)")
+
+
+def optimizer_from_config(cfg):
+    """The optimizer of ``cfg``: ``make_optimizer(cfg.optimizer, ...)``, after
+    ``clip_by_global_norm(cfg.clip)`` when ``cfg.clip`` is set.
+
+    Returns
+    -------
+    GradientTransformation
+    """
+    opt = make_optimizer(cfg.optimizer, **cfg.optimizer_kwargs())
+    return opt if cfg.clip is None else chain(clip_by_global_norm(cfg.clip), opt)
+
+
 def train(cfg, out=print, progress=True, comm=None):
     """Train a :class:`GRUClassifier` as ``cfg`` says (on every rank of ``comm`` under MPI).
 
@@ -602,202 +1107,7 @@ def train(cfg, out=print, progress=True, comm=None):
     MgritnnWarning
         On resume with settings that differ from the checkpoint's (rank 0).
     """
-    cfg.check_paths()
-    ranks = _Ranks(comm, cfg.data_parallel)
-    set_num_threads(cfg.threads if cfg.threads is not None else
-                    (None if ranks.size == 1 else default_threads(ranks.world)))
-    solver = make_solver(cfg.solver, cfg.solver_options, ranks.time)
-    if not ranks.root:
-        out, progress = (lambda *a, **k: None), False
-    else:
-        _prepare_outputs(cfg, out)                  # before any work: fail in seconds, not epochs
-    ds = datasets.load(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed, num_classes=cfg.num_classes)
-    if cfg.batch_size < cfg.data_parallel:
-        raise ConfigError(f"batch size {cfg.batch_size} is smaller than --data-parallel "
-                          f"{cfg.data_parallel}: every data group needs samples")
-    # Every batch is split into data_parallel parts: the last (short) one needs a row per part.
-    n_train, B, D = len(ds.y_train), cfg.batch_size, cfg.data_parallel
-    batches = -(-n_train // B)
-    last = n_train - (batches - 1) * B
-    if last < D and (cfg.max_batches is None or cfg.max_batches >= batches):
-        if n_train < D:
-            raise ConfigError(f"the training set has {n_train} samples, fewer than --data-parallel "
-                              f"{D}: every data group needs a sample; use a --data-parallel of at "
-                              f"most {n_train}")
-        good = min((b for b in range(D, n_train + 1) if n_train % b == 0 or n_train % b >= D),
-                   key=lambda b: (abs(b - B), b))
-        raise ConfigError(f"the last batch of every epoch would have {last} sample(s) ({n_train} "
-                          f"training samples, --batch-size {B}), fewer than --data-parallel {D}: "
-                          f"every data group needs a sample; use --batch-size {good} (any size "
-                          f"that leaves 0 or at least {D} samples for the last batch)")
-    check_training_memory(ds.num_channels, cfg.hidden, ds.num_classes, cfg.layers, cfg.dtype,
-                          -(-B // D), -(-ds.seq_len // ranks.time.Get_size()), cfg.optimizer)
-    standardizer = datasets.Standardizer.fit(ds.X_train)
-    X_train = standardizer.transform(ds.X_train, np.dtype(cfg.dtype))
-    X_test = standardizer.transform(ds.X_test, np.dtype(cfg.dtype))
-    model = GRUClassifier(X_train.shape[2], cfg.hidden, ds.num_classes, num_layers=cfg.layers,
-                          cell=_make_cell(cfg), dtype=cfg.dtype, seed=cfg.seed, dt=cfg.dt)
-    solver.local_steps(X_train.shape[1])            # a hierarchy that does not fit fails here, early
-    opt = make_optimizer(cfg.optimizer, **cfg.optimizer_kwargs())
-    opt_state = opt.init(model.flat)
-    rng = np.random.default_rng(cfg.seed)
-    history, start_epoch = [], 0
-    if cfg.checkpoint and ranks.root:
-        check_free_space(cfg.checkpoint, "--checkpoint",
-                         _checkpoint_bytes(model, opt_state, standardizer, cfg.epochs))
-
-    if cfg.resuming and os.path.exists(cfg.checkpoint):
-        opt_state, start_epoch, history = _resume(cfg, model, opt, opt_state, rng, ranks, solver)
-        out(f"resumed from {cfg.checkpoint} after epoch {start_epoch}")
-        if start_epoch >= cfg.epochs:
-            out(f"nothing to train: the checkpoint has {start_epoch} epochs, --epochs is "
-                f"{cfg.epochs}; raise --epochs to train more")
-
-    N = len(X_train)
-    n_batches = -(-N // cfg.batch_size)
-    if cfg.max_batches:
-        n_batches = min(n_batches, cfg.max_batches)
-    bar = _Progress() if progress else None
-    log = _Log(cfg.log) if (cfg.log and ranks.root) else None
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            t_epoch = time.perf_counter()
-            times = dict(data=0.0, forward=0.0, adjoint=0.0, wait=0.0, optimizer=0.0)
-            perm = rng.permutation(N)
-            if getattr(model.cell, "stats", None) is not None:
-                model.cell.stats.reset()
-            loss_sum = correct = seen = 0.0
-            steps = np.zeros(2)
-            for b in range(n_batches):
-                t0 = time.perf_counter()
-                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                part = np.array_split(idx, cfg.data_parallel)[ranks.group]
-                Xb, yb = X_train[part], ds.y_train[part]
-                times["data"] += time.perf_counter() - t0
-                try:
-                    loss, grad, info = model.loss_and_grad_flat(Xb, yb, solver, keys=part)
-                except SolverError as e:     # never a diverged gradient into the optimizer
-                    raise SolverError(f"epoch {epoch + 1}, batch {b + 1}: {e}; "
-                                      f"{_last_good(cfg, epoch)}", e.stats) from None
-                weight = len(part) / len(idx)
-                t0 = time.perf_counter()
-                stats = ranks.sum_over_data(np.concatenate(
-                    [grad * grad.dtype.type(weight),
-                     np.array([loss * weight, np.sum(np.argmax(info["logits"], 1) == yb)], grad.dtype)]))
-                grad, (loss, n_correct) = stats[:-2], stats[-2:]
-                times["wait"] += (time.perf_counter() - t0 + info["time_reduce"]
-                                  + info["forward"].wait_time + info["adjoint"].wait_time)
-                times["forward"] += info["time_forward"]
-                times["adjoint"] += info["time_adjoint"]
-                evals = ranks.max_over_world([info["forward"].step_evals, info["adjoint"].step_evals])
-                steps += evals
-                if not np.isfinite(loss) or not np.all(np.isfinite(grad)):
-                    raise DivergenceError(
-                        f"the loss or gradient became NaN/inf at epoch {epoch + 1}, batch {b + 1}: "
-                        f"lower --lr or use --clip; {_last_good(cfg, epoch)}")
-                t0 = time.perf_counter()
-                if cfg.clip is not None:
-                    clip_by_global_norm(grad, cfg.clip)
-                with np.errstate(over="ignore", invalid="ignore"):   # checked just below
-                    opt_state = opt.update(grad, opt_state, model.flat)
-                if not _all_finite(model.flat):
-                    raise DivergenceError(
-                        f"the parameters became NaN/inf in the {cfg.optimizer} update of epoch "
-                        f"{epoch + 1}, batch {b + 1} (the loss and gradient were finite): lower "
-                        f"--lr or use --clip; {_last_good(cfg, epoch)}")
-                times["optimizer"] += time.perf_counter() - t0
-                loss_sum += float(loss) * len(idx)
-                correct += float(n_correct)
-                seen += len(idx)
-                if log and solver.name != "serial":
-                    rec = dict(type="batch", epoch=epoch + 1, batch=b + 1, loss=float(loss),
-                               step_evals_max_rank=evals.tolist(), **_batch_diagnostics(info))
-                    log.write(rec)
-                if bar:
-                    bar.update(f"epoch {epoch + 1}/{cfg.epochs}: batch {b + 1}/{n_batches}, "
-                               f"loss {loss_sum / seen:.4f}")
-            if bar:
-                bar.done()
-            t0 = time.perf_counter()
-            test = evaluate(model, X_test, ds.y_test, comm=ranks.world)
-            t_eval = time.perf_counter() - t0
-            rec = dict(type="epoch", epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen,
-                       test_loss=test["loss"], test_acc=test["accuracy"],
-                       seconds=time.perf_counter() - t_epoch, eval_seconds=t_eval, time=times,
-                       step_evals_per_rank=dict(forward=steps[0] / n_batches,
-                                                adjoint=steps[1] / n_batches),
-                       batches=n_batches, solver=solver.name, ranks=ranks.size,
-                       data_parallel=cfg.data_parallel)
-            newton = _newton_record(model.cell, ranks)
-            if newton is not None:
-                rec["newton"] = newton
-            history.append(rec)
-            out(f"epoch {rec['epoch']:3d}  loss {rec['loss']:.4f}  train acc {100 * rec['train_acc']:6.2f}%  "
-                f"test acc {100 * rec['test_acc']:6.2f}%  {rec['seconds']:7.2f} s")
-            if newton is not None and newton["unconverged"]:
-                out(f"  warning: {newton['unconverged']} of {newton['solves']} implicit-newton row "
-                    f"solves did not reach the tolerance (worst |G| {newton['max_residual']:.2e}): "
-                    "smaller --dt or weights, or a larger max_iter")
-            if log:
-                log.write(rec, flush=True)
-            warm = gather_warm_arrays(solver, ranks) if cfg.checkpoint else None
-            if cfg.checkpoint and ranks.root:
-                save_checkpoint(cfg, epoch + 1, model, opt_state, standardizer, rng, history, ds,
-                                warm, ranks.size)
-    except BaseException:
-        if log:
-            log.close(quiet=True)                   # the error in flight is the one to report
-        raise
-    if log:
-        log.close()
-    return model, history
-
-
-def _resume(cfg, model, opt, opt_state, rng, ranks, solver):
-    """Load the checkpoint of ``cfg`` into ``model``, ``rng`` and (its warm-start states, see
-    :func:`_restore_warm_arrays`) ``solver``.
-
-    Settings that differ from the checkpoint's config (except :data:`_RESUME_FREE`) are named in
-    one :class:`MgritnnWarning` (on rank 0). With another optimizer, its state starts
-    fresh (also in the warning): the run then cannot equal an uninterrupted one.
-
-    Returns
-    -------
-    opt_state, start_epoch, history
-
-    Raises
-    ------
-    CheckpointError
-        If the file is not a training checkpoint, or was made for another model shape.
-    """
-    arrays, meta = read_npz(cfg.checkpoint)
-    if not meta or meta.get("kind") != "train":
-        raise CheckpointError(f"{cfg.checkpoint!r} is not an mgritnn training checkpoint: name "
-                              "the checkpoint written by 'mgritnn train --checkpoint'")
-    if meta["model"] != model.config:
-        raise CheckpointError(
-            f"checkpoint {cfg.checkpoint!r} was made for the model {meta['model']}, this run "
-            f"builds {model.config}: use the same data, cell, hidden, layers, dtype and dt, "
-            "or start a new checkpoint")
-    saved = TrainConfig.upgrade_settings(meta.get("train") or {})
-    diff = _settings_diff(cfg, saved)
-    model.set_params(arrays)
-    old_opt = saved.get("optimizer", cfg.optimizer)
-    if old_opt == cfg.optimizer:
-        opt_state = state_from_arrays(
-            opt, {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
-            model.flat)
-    else:
-        diff = [d + (f" (the {old_opt} state is dropped and {cfg.optimizer} starts afresh, so the "
-                     "run cannot equal an uninterrupted one bit for bit)")
-                if d.startswith("optimizer ") else d for d in diff]
-    if diff and ranks.root:
-        warnings.warn("resuming with settings that differ from the checkpoint: " + ", ".join(diff)
-                      + " (resume with the checkpoint's settings to continue its run exactly)",
-                      MgritnnWarning, stacklevel=3)
-    rng.bit_generator.state = meta["rng"]
-    _restore_warm_arrays(solver, arrays, meta, ranks, cfg.checkpoint)
-    return opt_state, int(meta["epoch"]), list(meta.get("history", []))
+    return Trainer(cfg, out=out, progress=progress, comm=comm).fit()
 
 
 def load_checkpoint(path):

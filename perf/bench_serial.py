@@ -3,7 +3,7 @@
 For every shape and dtype this measures, side by side in one process (calls interleaved round by
 round, see :func:`harness.timeit_many`):
 
-* mgritnn training step: ``GRUClassifier.loss_and_grad_flat(X, y)`` then ``Adam.update``;
+* mgritnn training step: ``GRUClassifier.loss_and_grad_flat(X, y)`` then the ``adam`` update (``apply_updates``);
 * mgritnn forward: ``GRUClassifier.forward(X)`` (logits);
 * PyTorch training step: ``zero_grad``, ``nn.GRU(batch_first=True)`` + ``nn.Linear`` on the last
   step's top state, ``cross_entropy``, ``backward``, ``torch.optim.Adam.step`` (same weights, dtype
@@ -45,7 +45,7 @@ import sys
 import numpy as np
 
 import mgritnn
-from mgritnn.optim import Adam
+from mgritnn.optim import adam, apply_updates
 
 try:  # run as ``python perf/bench_serial.py`` (perf/ on sys.path) or as ``python -m perf.bench_serial``
     import harness
@@ -105,12 +105,13 @@ def mgritnn_fns(model, X, y, lr=1e-3):
     step, fwd : callable
         ``step()`` appends the loss of the batch (before the update) to ``step.losses``.
     """
-    opt = Adam(lr=lr)
+    opt = adam(lr=lr)
     state = [opt.init(model.flat)]
 
     def step():
         loss, g, _ = model.loss_and_grad_flat(X, y)
-        state[0] = opt.update(g, state[0], model.flat)
+        updates, state[0] = opt.update(g, state[0], model.flat)
+        apply_updates(model.flat, updates, inplace=True)
         step.losses.append(loss)
 
     step.losses = []

@@ -47,14 +47,14 @@ def training_step(m, X, y, solver, lr=1e-3):
     restores the parameters, so that every call times the same problem; returns ``(loss, grad,
     info)`` of the step. ``solver`` is passed as given to every call (a config object is made
     into a solver once by the model)."""
-    from mgritnn.optim import Adam
-    opt = Adam(lr=lr)
+    from mgritnn.optim import adam, apply_updates
+    opt = adam(lr=lr)
     params0 = m.flat.copy()
 
     def step():
         st = opt.init(m.flat)
         loss, g, info = m.loss_and_grad_flat(X, y, solver)
-        opt.update(g, st, m.flat)
+        apply_updates(m.flat, opt.update(g, st, m.flat)[0], inplace=True)
         m.flat[:] = params0
         return loss, g, info
     return step

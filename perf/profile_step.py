@@ -1,6 +1,6 @@
 """Where one mgritnn training step spends its time, piece by piece, against each piece's GEMM bound.
 
-The real step (``GRUClassifier.loss_and_grad_flat`` + ``Adam.update``, serial solver) runs with
+The real step (``GRUClassifier.loss_and_grad_flat`` + the ``adam`` update, serial solver) runs with
 timing wrappers around the functions the Python drivers call, so the profile follows whatever the
 kernels currently are; everything not wrapped (checks, allocations, head and loss, bias sums,
 Python glue) is ``other``. Wrapped, with the name each call gets in the serial step's call order:
@@ -14,7 +14,7 @@ Python glue) is ``other``. Wrapped, with the name each call gets in the serial s
 ``wgrad_hh_l{k}``    ``dW_hh += dah^T h`` (``accumulate_outer``)
 ``wgrad_ih_l{k}``    ``dW_ih += dax^T x`` (``accumulate_outer``; layer 0's is done by the model)
 ``dx_l{k}``          cotangent sent to the layer below, ``dax W_x`` (``gru._affine``), k > 0
-``adam``             ``Adam.update`` on the flat buffer
+``adam``             ``adam`` update and ``apply_updates`` on the flat buffer
 
 Each piece's GEMM FLOPs divided by the large-GEMM rate (:func:`harness.gemm_rate`) is its lower
 bound. Two micro-benchmarks separate what the sweeps are made of: the fork/join cost of a numba
@@ -33,7 +33,7 @@ import mgritnn
 import mgritnn.model
 from mgritnn.cells import gru as G
 from mgritnn.config import row_blocks
-from mgritnn.optim import Adam
+from mgritnn.optim import adam, apply_updates
 
 try:
     import harness
@@ -197,7 +197,7 @@ def profile(name="uci_har", dtype="float32", threads=2, repeats=21):
     rate = harness.gemm_rate(dtype, threads=threads)
     X, y = make_data(B, T, I, dtype)
     model = mgritnn.GRUClassifier(I, H, NUM_CLASSES, num_layers=L, dtype=dtype, seed=0)
-    opt = Adam(1e-3)
+    opt = adam(1e-3)
     state = [opt.init(model.flat)]
     per_step = []
     prof = Profiler()
@@ -207,7 +207,8 @@ def profile(name="uci_har", dtype="float32", threads=2, repeats=21):
         t0 = time.perf_counter()
         _, gflat, _ = model.loss_and_grad_flat(X, y)
         t1 = time.perf_counter()
-        state[0] = opt.update(gflat, state[0], model.flat)
+        updates, state[0] = opt.update(gflat, state[0], model.flat)
+        apply_updates(model.flat, updates, inplace=True)
         t2 = time.perf_counter()
         d = label_calls(list(prof.calls), L)
         d["adam"] = t2 - t1
@@ -216,7 +217,8 @@ def profile(name="uci_har", dtype="float32", threads=2, repeats=21):
 
     def plain():
         _, gflat, _ = model.loss_and_grad_flat(X, y)
-        state[0] = opt.update(gflat, state[0], model.flat)
+        updates, state[0] = opt.update(gflat, state[0], model.flat)
+        apply_updates(model.flat, updates, inplace=True)
 
     t_plain = harness.timeit(plain, repeats=3, warmup=1)  # compile before wrapping
     with prof:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mgritnn
-from mgritnn.optim import make_optimizer
+from mgritnn.optim import apply_updates, make_optimizer
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "torch_golden.npz"
 
@@ -68,5 +68,6 @@ def test_optimizer_trajectory_equals_torch_optim(k):
     opt = make_optimizer(name, **kw)
     state = opt.init(params)
     for g, want in zip(ARRAYS[f"opt{k}/grads"], ARRAYS[f"opt{k}/trajectory"]):
-        state = opt.update(g, state, params)
+        updates, state = opt.update(g, state, params)
+        params = apply_updates(params, updates)
         np.testing.assert_allclose(params, want, rtol=1e-13, atol=1e-15)

@@ -1,17 +1,44 @@
-"""Optimizers (Adam, SGD) and gradient clipping on one flat parameter buffer."""
+"""Optimizers as composable gradient transformations (the shape of optax).
 
-from mgritnn.optim.adam import Adam, AdamState, state_from_arrays, state_to_arrays
-from mgritnn.optim.clip import clip_by_global_norm
-from mgritnn.optim.sgd import OPTIMIZERS, SGD, SGDState, make_optimizer
+``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``; the updates
+are added to the parameters by :func:`apply_updates`. :func:`adam` and :func:`sgd` are chains of
+the building blocks, :func:`make_optimizer` builds them by name. See :mod:`mgritnn.optim.base`.
+
+Examples
+--------
+>>> opt = chain(clip_by_global_norm(1.0), add_decayed_weights(1e-4), adam(1e-3))
+>>> state = opt.init(params)
+>>> updates, state = opt.update(grads, state, params)
+>>> params = apply_updates(params, updates)
+"""
+
+from mgritnn.optim.adam import ScaleByAdamState, adam, scale_by_adam
+from mgritnn.optim.base import (EmptyState, GradientTransformation, add_decayed_weights,
+                                apply_updates, chain, scale, scale_by_learning_rate,
+                                state_from_arrays, state_to_arrays, tree_leaves, tree_map)
+from mgritnn.optim.clip import clip_by_global_norm, global_norm
+from mgritnn.optim.sgd import OPTIMIZERS, TraceState, make_optimizer, sgd, trace
 
 __all__ = [
-    "Adam",
-    "AdamState",
-    "SGD",
-    "SGDState",
+    "GradientTransformation",
+    "EmptyState",
+    "ScaleByAdamState",
+    "TraceState",
+    "chain",
+    "apply_updates",
+    "adam",
+    "sgd",
+    "scale_by_adam",
+    "trace",
+    "scale",
+    "scale_by_learning_rate",
+    "add_decayed_weights",
+    "clip_by_global_norm",
+    "global_norm",
     "OPTIMIZERS",
     "make_optimizer",
-    "clip_by_global_norm",
     "state_to_arrays",
     "state_from_arrays",
+    "tree_map",
+    "tree_leaves",
 ]

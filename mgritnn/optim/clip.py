@@ -1,41 +1,65 @@
-"""Gradient clipping by global L2 norm, in place on the flat gradient buffer."""
+"""Gradient clipping by global L2 norm, as a gradient transformation."""
 
 import math
 
 import numpy as np
 
 from mgritnn.errors import ConfigError
+from mgritnn.optim.base import _stateless, tree_leaves, tree_map
 
 
-def clip_by_global_norm(grads, max_norm):
-    """Scale ``grads`` in place so that their L2 norm is at most ``max_norm``.
+def global_norm(tree):
+    """The L2 norm of all leaves of ``tree`` together, accumulated in float64.
 
     Parameters
     ----------
-    grads : ndarray, float32 or float64
-        The flat gradient buffer, shape ``(n,)``; modified in place.
+    tree : tree of ndarray, float32 or float64
+
+    Returns
+    -------
+    float
+        :math:`\\sqrt{\\sum_\\text{leaves} x \\cdot x}` with each dot product of the float64
+        leaf (no overflow for large float32 values); for one array, ``np.linalg.norm`` of it bit
+        for bit. May be ``inf`` or ``nan``.
+
+    Raises
+    ------
+    TypeError
+        For a leaf that is not a float32/float64 array.
+    """
+    sq = 0.0
+    for g in tree_leaves(tree):
+        if g.dtype not in (np.float32, np.float64):
+            raise TypeError(f"grads must be float32 or float64 numpy arrays, got dtype {g.dtype}")
+        x = g.astype(np.float64, copy=False).ravel()
+        sq += x.dot(x)
+    return float(np.sqrt(sq))
+
+
+def clip_by_global_norm(max_norm):
+    """Scale the updates so that their global L2 norm is at most ``max_norm`` (stateless).
+
+    Parameters
+    ----------
     max_norm : float
         Largest allowed norm, ``> 0`` (``inf`` never clips).
 
     Returns
     -------
-    float
-        The L2 norm of ``grads`` before clipping (may be ``inf`` or ``nan``).
+    GradientTransformation
 
     Raises
     ------
     ConfigError
         If ``max_norm`` is not ``> 0``.
-    TypeError
-        If ``grads`` is not a float32/float64 array.
 
     Notes
     -----
-    As ``torch.nn.utils.clip_grad_norm_``: with :math:`\\nu = \\lVert g \\rVert_2`, if
-    :math:`\\nu > c` then :math:`g \\leftarrow g \\cdot c / (\\nu + 10^{-6})`. The norm is
-    accumulated in float64 (no overflow for large float32 gradients); the scaling is done in the
-    dtype of ``grads``. A non-finite norm leaves ``grads`` unchanged: the caller decides what to do
-    (e.g. skip the step).
+    As ``torch.nn.utils.clip_grad_norm_``: with :math:`\\nu` = :func:`global_norm` of the
+    updates :math:`g`, if :math:`\\nu > c` then :math:`g \\leftarrow g \\cdot c / (\\nu +
+    10^{-6})`, the factor a Python float (the leaves keep their dtype; new arrays, the input is
+    not modified). A non-finite norm passes the updates through unchanged: the caller decides
+    what to do (the trainer stops on a non-finite gradient before it gets here).
     """
     try:
         c = float(max_norm)
@@ -43,12 +67,12 @@ def clip_by_global_norm(grads, max_norm):
         raise ConfigError(f"max_norm must be a number > 0, got {max_norm!r}") from None
     if not c > 0:
         raise ConfigError(f"max_norm must be a number > 0, got {max_norm!r}")
-    if not isinstance(grads, np.ndarray) or grads.dtype not in (np.float32, np.float64):
-        raise TypeError(
-            "grads must be a float32 or float64 numpy array, got "
-            f"{type(grads).__name__} with dtype {getattr(grads, 'dtype', None)}"
-        )
-    norm = float(np.linalg.norm(grads.astype(np.float64, copy=False).ravel()))
-    if math.isfinite(norm) and norm > c:
-        grads *= c / (norm + 1e-6)
-    return norm
+
+    def update(updates, state, params=None):
+        norm = global_norm(updates)
+        if math.isfinite(norm) and norm > c:
+            f = c / (norm + 1e-6)
+            updates = tree_map(lambda u: u * f, updates)
+        return updates, state
+
+    return _stateless(update)
