@@ -59,6 +59,17 @@ def test_registered_and_exported():
     assert m.config["cell"] == "implicit-newton"
 
 
+def test_composes_theta_cells():
+    """The Newton cell is a GRU stack that holds a classic and a linearly implicit cell (residual,
+    gates, Jacobian and gate VJP at the iterate; the initial guess), not a theta cell itself;
+    every instance has its own."""
+    from mgritnn.cells import GRUCell, GRUStack
+    c, d = NewtonGRUCell(), NewtonGRUCell()
+    assert isinstance(c, GRUStack) and not isinstance(c, GRUCell) and not hasattr(c, "theta")
+    assert (c.explicit.theta, c.linear.theta) == (0.0, 1.0)
+    assert c.explicit is not d.explicit and c.stats is not d.stats
+
+
 def test_model_round_trip(tmp_path):
     m = mgritnn.GRUClassifier(3, 4, 2, cell="implicit-newton", dtype="float64", dt=2.0, seed=1)
     m.save(tmp_path / "m.npz")
