@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .cells import GRUWeights, accumulate_outer, get_cell, project
+from .cells import GRUGrads, GRUWeights, get_cell
 from .config import resolve_dtype
 from .errors import CheckpointError, ConfigError, DataError, SolverError
 from .io import atomic_savez, read_npz
@@ -177,19 +177,16 @@ class GRUClassifier:
         check_memory(dict(e, model=more, initialization=0, total=more + e["batch"]))
 
     def _hidden(self, Xt, solver, keep, keys=None):
-        """Solve for the hidden states; the layer-0 projection covers this rank's steps only."""
+        """Solve for the hidden states from this rank's steps of the inputs (the solver projects
+        them)."""
         w = self.weights()
         T = Xt.shape[0]
         lo, hi = solver.local_steps(T)
         self._check_batch_memory(Xt.shape[1], hi - lo, keep)
-        ws = getattr(solver, "ws", None)
-        out = None if ws is None else ws.empty("ax0", (hi - lo, Xt.shape[1], w.Wx[0].shape[0]),
-                                               self.dtype)
-        ax0 = project(Xt[lo:hi], w.Wx[0], w.bx[0], out)
         h0 = np.zeros((self.num_layers, Xt.shape[1], self.hidden_size), self.dtype)
-        h_last, state, stats = solver.forward(self.cell, w, ax0, h0, self.dt, keep=keep, T=T,
-                                              keys=keys)
-        return w, h_last, state, stats, (lo, hi)
+        h_last, state, stats = solver.forward(self.cell, w, Xt[lo:hi], h0, self.dt, keep=keep,
+                                              T=T, keys=keys)
+        return w, h_last, state, stats
 
     def _head(self, h_last):
         return h_last[-1] @ self.params["head.weight"].T + self.params["head.bias"]
@@ -212,7 +209,7 @@ class GRUClassifier:
         """
         Xt = self._time_major(X)
         solver = self._solver(solver)
-        _, h_last, _, stats, _ = self._hidden(Xt, solver, keep=False)
+        _, h_last, _, stats = self._hidden(Xt, solver, keep=False)
         _check_solve(stats, solver, "forward", strict)
         logits = self._head(h_last) if solver.is_last else None
         return solver.reduce(np.zeros(0, self.dtype), 0.0, logits,
@@ -243,7 +240,7 @@ class GRUClassifier:
         y = self._check_labels(y, Xt.shape[1])
         solver = self._solver(solver)
         t0 = time.perf_counter()
-        w, h_last, state, fstats, (lo, hi) = self._hidden(Xt, solver, keep=True, keys=keys)
+        w, h_last, state, fstats = self._hidden(Xt, solver, keep=True, keys=keys)
         _check_solve(fstats, solver, "forward", strict)
         t1 = time.perf_counter()
         grad = np.zeros_like(self.flat)
@@ -263,10 +260,9 @@ class GRUClassifier:
             g["head.bias"][...] = dlogits.sum(axis=0)
             lam_last = np.zeros_like(h_last)
             lam_last[-1] = dlogits @ self.params["head.weight"]
-        dax0, astats = solver.adjoint(self.cell, w, state, lam_last, g)
+        _, astats = solver.adjoint(self.cell, w, state, lam_last,
+                                   GRUGrads.from_params(g, self.num_layers))
         _check_solve(astats, solver, "adjoint", strict)
-        accumulate_outer(dax0, Xt[lo:hi], g["weight_ih_l0"])
-        g["bias_ih_l0"] += dax0.reshape(-1, dax0.shape[-1]).sum(axis=0)
         t2 = time.perf_counter()
         grad, loss, logits = solver.reduce(grad, loss, logits, (Xt.shape[1], self.num_classes))
         return loss, grad, dict(logits=logits, forward=fstats, adjoint=astats, time_forward=t1 - t0,

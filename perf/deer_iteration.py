@@ -44,13 +44,13 @@ def measure(shape, threads, repeats, dense):
     w = m.weights()
     ax = project(X, w.Wx[0], w.bx[0])
     h0 = np.zeros((L, B, H), np.float32)
-    fns = {"serial": lambda s=SerialSolver(): s.forward(m.cell, w, ax, h0, keep=False)}
+    fns = {"serial": lambda s=SerialSolver(): s.forward(m.cell, w, X, h0, keep=False)}
     for k in (1, 2):
         q = DEERConfig(quasi=True, max_iter=k, fallback=False).make_solver()
-        fns[f"quasi-deer {k}"] = lambda q=q: q.forward(m.cell, w, ax, h0, keep=False)
+        fns[f"quasi-deer {k}"] = lambda q=q: q.forward(m.cell, w, X, h0, keep=False)
         if dense:
             d = DEERConfig(max_iter=k, fallback=False).make_solver()
-            fns[f"deer {k}"] = lambda d=d: d.forward(m.cell, w, ax, h0, keep=False)
+            fns[f"deer {k}"] = lambda d=d: d.forward(m.cell, w, X, h0, keep=False)
     if L == 1:                                   # the parts of one quasi-DEER iteration
         h = np.random.default_rng(2).uniform(-0.5, 0.5, (T, B, H)).astype(np.float32)
         dt = np.ones(T, np.float32)

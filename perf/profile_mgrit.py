@@ -3,14 +3,15 @@
 One training step (``loss_and_grad_flat``, float32, ``cell="implicit"``) with an MGRIT preset on
 P ranks x t threads, taken apart per rank:
 
-* the model's parts: layer-0 input projection and solver set-up (``forward`` minus the solve),
-  the forward solve, the adjoint solve, the head and the layer-0 input-weight gradient, and the
-  reduction over ranks (gradient allreduce, loss and logits broadcast);
+* the model's parts: set-up (``forward`` minus the solve), the forward solve (with the layer-0
+  input projection), the adjoint solve (with every parameter gradient, the layer-0 input weights'
+  included), the head, and the reduction over ranks (gradient allreduce, loss and logits
+  broadcast);
 * inside each solve, every phase per level (``SolveStats.phases``): F- and C-relaxation, residual,
   restriction, coarsest sweep, coarse-grid correction, the final sweep, the waits for the left
   neighbour, the adjoint's coarse linearizations and the parameter-gradient pass: seconds, calls,
   step evaluations and microseconds per evaluation;
-* the kernel alone: the same cell's compiled stack kernel (:meth:`GRUCell.advance`) sweeping the
+* the kernel alone: the same cell's compiled stack kernel (:meth:`Cell.advance`) sweeping the
   rank's fine steps as one chain, and the serial solver's forward sweep and BPTT per step, timed
   in the same process. A phase's time minus its evaluations at the kernel's rate is what the
   phase spends outside the kernel (Python, allocation, copies, gathers).
@@ -60,11 +61,11 @@ def worker(a):
     med = lambda xs: statistics.median(xs)  # noqa: E731
     parts = {
         "step": med([t for t, _ in runs]),
-        "projection + forward set-up": med([i["time_forward"] - i["forward"].seconds for _, i in runs]),
-        "forward solve": med([i["forward"].seconds for _, i in runs]),
-        "adjoint solve (with its set-up and the parameter gradients)":
+        "model set-up before the forward solve": med([i["time_forward"] - i["forward"].seconds for _, i in runs]),
+        "forward solve (with the layer-0 input projection)": med([i["forward"].seconds for _, i in runs]),
+        "adjoint solve (with its set-up and all parameter gradients)":
             med([i["adjoint"].seconds for _, i in runs]),
-        "head, layer-0 input-weight gradient":
+        "head":
             med([i["time_adjoint"] - i["adjoint"].seconds for _, i in runs]),
         "reduce (allreduce gradient, bcast loss)": med([i["time_reduce"] for _, i in runs]),
     }
@@ -89,12 +90,11 @@ def worker(a):
     kern = med([_timed(chain) for _ in range(a.repeats)]) / n
     ser = SerialSolver()
     h0 = np.zeros((L, B, H), np.float32)
-    Xall = project(Xt, w.Wx[0], w.bx[0])
-    ser_fwd = lambda: ser.forward(m.cell, w, Xall, h0)  # noqa: E731
+    ser_fwd = lambda: ser.forward(m.cell, w, Xt, h0)  # noqa: E731
     ser_fwd()
     s_fwd = med([_timed(ser_fwd) for _ in range(a.repeats)]) / T
-    _, state, _ = ser.forward(m.cell, w, Xall, h0)
-    grads = {k: np.zeros_like(v) for k, v in m.params.items()}
+    _, state, _ = ser.forward(m.cell, w, Xt, h0)
+    grads = m.cell.zero_grads(w)
     lam = np.ones((L, B, H), np.float32)
     ser_adj = lambda: ser.adjoint(m.cell, w, state, lam, grads)  # noqa: E731
     ser_adj()

@@ -12,7 +12,7 @@ Python glue) is ``other``. Wrapped, with the name each call gets in the serial s
 ``bptt_l{k}``        backpropagation through time of layer k (``gru._layer_sequence_vjp``: per time
                      step the gate cotangents plus the GEMM ``dah W_h`` on row blocks)
 ``wgrad_hh_l{k}``    ``dW_hh += dah^T h`` (``accumulate_outer``)
-``wgrad_ih_l{k}``    ``dW_ih += dax^T x`` (``accumulate_outer``; layer 0's is done by the model)
+``wgrad_ih_l{k}``    ``dW_ih += dax^T x`` (``accumulate_outer``; layer 0's by the serial solver, ``project_inputs_vjp``)
 ``dx_l{k}``          cotangent sent to the layer below, ``dax W_x`` (``gru._affine``), k > 0
 ``adam``             ``adam`` update and ``apply_updates`` on the flat buffer
 
@@ -30,7 +30,6 @@ import numpy as np
 from numba import prange
 
 import mgritnn
-import mgritnn.model
 from mgritnn.cells import gru as G
 from mgritnn.config import row_blocks
 from mgritnn.optim import adam, apply_updates
@@ -45,7 +44,7 @@ except ImportError:  # pragma: no cover
 #: (module, attribute) pairs wrapped by :class:`Profiler`; the same function reached through two
 #: modules is wrapped in both (no double counting: neither calls the other).
 WRAPPED = [(G, "_affine"), (G, "_layer_sequence_forward"), (G, "_layer_sequence_vjp"),
-           (G, "accumulate_outer"), (mgritnn.model, "accumulate_outer")]
+           (G, "accumulate_outer")]
 
 
 class Profiler:

@@ -1,6 +1,6 @@
 """The step protocol (``mgritnn.cells.base``) with a cell that is not a GRU: the scalar test
-equation u' = λu + x by backward Euler (``DahlquistCell``). The serial sweep and MGRIT, forward and
-adjoint, run on it unchanged: closed forms, finite differences, the exactness front, and the
+equation u' = λu + x by backward Euler (``DahlquistCell``). The serial sweep, MGRIT (forward and
+adjoint) and DEER run on it unchanged: closed forms, finite differences, the exactness front, and the
 two-level convergence bound of Dobrev et al. (2017)."""
 import numpy as np
 import pytest
@@ -8,8 +8,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mgritnn.cells import DahlquistCell, DahlquistWeights
-from mgritnn.config import NOT_CONVERGED
-from mgritnn.solvers import MGRITConfig, SerialSolver
+from mgritnn.config import NOT_CONVERGED, OK
+from mgritnn.solvers import DEERConfig, MGRITConfig, SerialSolver
 from helpers import assume_hierarchy_fits
 
 CELL = DahlquistCell()
@@ -24,9 +24,9 @@ def problem(T=48, B=3, lam=-2.0, seed=0, forcing=True):
 def solve(solver, w, x, u0, dt):
     """(trajectory or last state, forward stats, dx, dλ, adjoint stats) for the loss sum(u_T)."""
     h_last, state, fs = solver.forward(CELL, w, x, u0, dt, T=x.shape[0])
-    grads = {"lam": np.zeros(())}
+    grads = CELL.zero_grads(w)
     dx, bs = solver.adjoint(CELL, w, state, np.ones_like(u0), grads)
-    return h_last, state, fs, dx, float(grads["lam"]), bs
+    return h_last, state, fs, dx, float(grads.lam), bs
 
 
 @given(K=st.integers(1, 4), B=st.integers(1, 3), lam=st.floats(-20, 0.5), dt=st.floats(0, 1),
@@ -36,7 +36,7 @@ def test_step_vjp_equals_finite_differences(K, B, lam, dt, seed):
     rng = np.random.default_rng(seed)
     u, x, lam_next = rng.normal(size=(3, K, B))
     w = DahlquistWeights(np.array(lam))
-    grads = {"lam": np.zeros(())}
+    grads = CELL.zero_grads(w)
     lam_old, dx = CELL.step_vjp(w, x, u, dt, lam_next, grads=grads)
     eps = 1e-6
 
@@ -50,7 +50,7 @@ def test_step_vjp_equals_finite_differences(K, B, lam, dt, seed):
                - f(DahlquistWeights(np.array(lam - eps)), x, u)) / (2 * eps)
     np.testing.assert_allclose(lam_old, num_u, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(dx, num_x, rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(grads["lam"], num_lam, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grads.lam, num_lam, rtol=1e-6, atol=1e-8)
 
 
 def test_serial_sweep_matches_the_closed_form():
@@ -132,3 +132,40 @@ def test_two_level_convergence_within_the_bound(lam_dt, cf, nc, relax):
         errs.append(np.linalg.norm(u[cpts] - serial[cpts]))
     for before, after in zip(errs, errs[1:]):
         assert after <= bound * before * (1 + 1e-9) + 1e-14, (errs, bound)
+
+
+@pytest.mark.parametrize("quasi", [False, True], ids=["deer", "quasi-deer"])
+def test_deer_equals_serial(quasi):
+    """DEER through the protocol's layer-wise operations (one layer whose rows have one unknown,
+    Jacobian the factor a): the recurrence is linear, so Newton is exact after one update and the
+    next one confirms it; trajectory end, input cotangent and dλ equal the serial sweep's."""
+    w, x, u0 = problem(T=30)
+    ser = solve(SerialSolver(), w, x, u0, 0.1)
+    cfg = DEERConfig(quasi=quasi, atol=1e-13, rtol=0.0, max_iter=5, fallback=False)
+    de = solve(cfg.make_solver(), w, x, u0, 0.1)
+    assert de[2].status == OK and de[2].iterations == 2 and not de[2].fallback, de[2]
+    np.testing.assert_allclose(de[0], ser[0], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(de[3], ser[3], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(de[4], ser[4], rtol=1e-13)
+
+
+def test_solvers_use_only_the_protocol():
+    """No module of ``mgritnn.cells`` or ``mgritnn.solvers`` imports an underscore-private name of
+    another module, and the solvers take from the cells only the protocol (``cells.base``) and the
+    registry lookup ``get_cell`` (for MGRIT's ``coarse_cell`` option): nothing GRU-specific."""
+    import ast
+    import pathlib
+
+    import mgritnn
+    root = pathlib.Path(mgritnn.__file__).parent
+    for sub in ("cells", "solvers"):
+        for f in sorted((root / sub).glob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text())):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                names = {a.name for a in node.names}
+                assert not {n for n in names if n.startswith("_")}, (f.name, node.module, names)
+                module = "." * node.level + (node.module or "")
+                if sub == "solvers" and module.lstrip(".").split(".")[0] == "cells" \
+                        and node.level == 2:
+                    assert module == "..cells.base" or names <= {"get_cell"}, (f.name, names)

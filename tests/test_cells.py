@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import reference as ref
-from mgritnn.cells import GRUWeights, get_cell, project
+from mgritnn.cells import GRUGrads, GRUWeights, get_cell, project
 from mgritnn.model import param_shapes
 from strategies import problems
 
@@ -64,7 +64,8 @@ def test_step_vjp_equals_twin(p, K, dtype):
     dts = np.full(K, p["dt"])
     ax0 = project(x, params["weight_ih_l0"], params["bias_ih_l0"])
     grads = {k: np.zeros_like(v) for k, v in params.items()}
-    lam, dax0 = get_cell(cell).step_vjp(w, ax0, h, dts, lam_next, grads=grads)
+    lam, dax0 = get_cell(cell).step_vjp(w, ax0, h, dts, lam_next,
+                                        grads=GRUGrads.from_params(grads, L))
     want_g = {k: np.zeros_like(v, dtype=np.float64) for k, v in params.items()}
     for k in range(K):
         _, caches = ref.stack_step(cell, params, L, x[k], h[k], p["dt"])

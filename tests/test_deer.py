@@ -21,7 +21,7 @@ def trajectory(m, X, cfg):
     w = m.weights()
     ax0 = project(Xt, w.Wx[0], w.bx[0])
     h0 = np.zeros((m.num_layers, X.shape[0], m.hidden_size), m.dtype)
-    _, state, stats = DEERSolver(cfg).forward(m.cell, w, ax0, h0, m.dt)
+    _, state, stats = DEERSolver(cfg).forward(m.cell, w, Xt, h0, m.dt)
     exact = m.cell.sequence_forward(w, ax0, h0, m.dt, keep=False)
     return np.stack(state.hs, axis=1), np.stack(exact.hs, axis=1), stats
 
@@ -91,7 +91,7 @@ def test_divergence_is_detected_and_the_fallback_is_serial():
     assert l1 == l0
     np.testing.assert_allclose(g1, g0, rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="did not keep"):
-        DEERSolver().adjoint(m.cell, m.weights(), None, None, {})
+        DEERSolver().adjoint(m.cell, m.weights(), None, None, m.cell.zero_grads(m.weights()))
 
 
 def test_without_fallback_the_divergence_is_reported():

@@ -32,7 +32,7 @@ def trajectory(m, X, solver, dt=1.0):
     if solver == "serial":
         seq = m.cell.sequence_forward(w, ax0, h0, dt)
         return np.stack(seq.hs, axis=1), None
-    _, state, stats = MGRITSolver(solver).forward(m.cell, w, ax0, h0, dt, T=Xt.shape[0])
+    _, state, stats = MGRITSolver(solver).forward(m.cell, w, Xt, h0, dt, T=Xt.shape[0])
     return state.u, stats
 
 
@@ -378,14 +378,13 @@ def test_adjoint_tolerance_and_divergence_test_scale_with_the_adjoint(factor):
     m, X, _ = model_and_data("classic", 2, T=64, B=2)
     Xt = np.ascontiguousarray(np.swapaxes(X, 0, 1))
     w = m.weights()
-    ax0 = project(Xt, w.Wx[0], w.bx[0])
     h0 = np.zeros((2, X.shape[0], m.hidden_size))
     solver = MGRITSolver(MGRITConfig(levels=3, cf=2, max_iter=30, adjoint_max_iter=30, atol=1e-9))
-    h_last, state, _ = solver.forward(m.cell, w, ax0, h0, 1.0, T=64)
+    h_last, state, _ = solver.forward(m.cell, w, Xt, h0, 1.0, T=64)
     lam = np.random.default_rng(5).normal(size=h_last.shape) * 0.1
     runs = []
     for f in (1.0, factor):
-        grads = {k: np.zeros_like(v) for k, v in m.params.items()}
+        grads = m.cell.zero_grads(w)
         dax, stats = solver.adjoint(m.cell, w, state, lam * f, grads)
         runs.append((dax, stats))
     (d1, s1), (d2, s2) = runs

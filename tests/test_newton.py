@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import mgritnn
 import reference as ref
-from mgritnn.cells import GRUWeights, NewtonConfig, NewtonGRUCell, get_cell, project
+from mgritnn.cells import GRUGrads, GRUWeights, NewtonConfig, NewtonGRUCell, get_cell, project
 from mgritnn.config import NOT_CONVERGED, OK
 from mgritnn.errors import ConfigError
 from mgritnn.model import param_shapes
@@ -57,6 +57,17 @@ def test_registered_and_exported():
     m = mgritnn.GRUClassifier(3, 4, 2, cell="implicit-newton")
     assert isinstance(m.cell, NewtonGRUCell) and m.cell.config == c.config
     assert m.config["cell"] == "implicit-newton"
+
+
+def test_composes_theta_cells():
+    """The Newton cell is a GRU stack that holds a classic and a linearly implicit cell (residual,
+    gates, Jacobian and gate VJP at the iterate; the initial guess), not a theta cell itself;
+    every instance has its own."""
+    from mgritnn.cells import GRUCell, GRUStack
+    c, d = NewtonGRUCell(), NewtonGRUCell()
+    assert isinstance(c, GRUStack) and not isinstance(c, GRUCell) and not hasattr(c, "theta")
+    assert (c.explicit.theta, c.linear.theta) == (0.0, 1.0)
+    assert c.explicit is not d.explicit and c.stats is not d.stats
 
 
 def test_model_round_trip(tmp_path):
@@ -263,7 +274,7 @@ def test_step_vjp_equals_twin(p, K, data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         lam, dax0 = get_cell("implicit-newton").step_vjp(w, ax0, h, np.full(K, dt), lam_next,
-                                                         grads=grads)
+                                                         grads=GRUGrads.from_params(grads, L))
     want_g = {k: np.zeros_like(v) for k, v in params.items()}
     for k in range(K):
         _, caches = ref.newton_stack_step(params, L, x[k], h[k], dt, 1e-10)
@@ -305,9 +316,9 @@ def test_layer_jacobian_dense_and_diag(dt):
     assert d.shape == (K, B, H)
     np.testing.assert_array_equal(d, np.diagonal(s.J, 0, 2, 3))
     lam = np.random.default_rng(0).normal(size=(K, B, H))
-    lam_old, dax, dah = c.layer_step_vjp(w, 0, lam, s.h_gate, dtv, s.G, s.N)
+    lam_old, (dax, dah) = c.layer_step_vjp(w, 0, lam, s, dtv)
     assert_close(lam_old, np.einsum("kbij,kbi->kbj", s.J, lam), 1e-10)
-    none, dax2, dah2 = c.layer_step_vjp(w, 0, lam, s.h_gate, dtv, s.G, s.N, need_lam=False)
+    none, (dax2, dah2) = c.layer_step_vjp(w, 0, lam, s, dtv, need_lam=False)
     assert none is None and np.array_equal(dax, dax2) and np.array_equal(dah, dah2)
     assert c.stats.unconverged == 0
 
@@ -319,8 +330,8 @@ def test_dtype_is_kept(dtype):
     dt = np.full(2, 2.0, dtype)
     s = c.layer_step(w, 0, ax, h, dt, jacobian="dense")
     assert all(a.dtype == dtype for a in (s.h_new, s.h_gate, s.G, s.N, s.J))
-    out = c.layer_step_vjp(w, 0, np.ones_like(h), s.h_gate, dt, s.G, s.N)
-    assert all(a.dtype == dtype and a.flags.c_contiguous for a in out)
+    lam_old, cot = c.layer_step_vjp(w, 0, np.ones_like(h), s, dt)
+    assert all(a.dtype == dtype and a.flags.c_contiguous for a in (lam_old, *cot))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

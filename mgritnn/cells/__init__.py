@@ -1,11 +1,12 @@
 """Cells (one-step propagators of the step protocol, :mod:`.base`): the GRU cells with their forward
 and VJP kernels side by side, the registry of cells by name, and the scalar test equation."""
-from .base import Cell, tree_map
+from .base import Cell, LayerStep, Workspace, tree_map, work_array
 from .dahlquist import DahlquistCell, DahlquistWeights
-from .gru import (CELLS, GRUCell, GRUWeights, LayerStep, StackCache, StackedWeights, StepCache,
-                  Workspace, accumulate_outer, get_cell, project)
+from .gru import (CELLS, GRUCell, GRUGrads, GRUStack, GRUWeights, StackCache, StackedWeights,
+                  StepCache, accumulate_outer, get_cell, project)
 from .newton import NewtonConfig, NewtonGRUCell, NewtonStats    # registers "implicit-newton"
 
-__all__ = ["CELLS", "Cell", "DahlquistCell", "DahlquistWeights", "GRUCell", "GRUWeights", "LayerStep", "NewtonConfig", "NewtonGRUCell",
-           "NewtonStats", "StackCache", "StackedWeights", "StepCache", "Workspace", "accumulate_outer",
-           "get_cell", "project", "tree_map"]
+__all__ = ["CELLS", "Cell", "DahlquistCell", "DahlquistWeights", "GRUCell", "GRUGrads", "GRUStack",
+           "GRUWeights", "LayerStep", "NewtonConfig", "NewtonGRUCell", "NewtonStats", "StackCache",
+           "StackedWeights", "StepCache", "Workspace", "accumulate_outer", "get_cell", "project",
+           "tree_map", "work_array"]

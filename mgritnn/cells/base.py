@@ -2,15 +2,88 @@
 
 A cell advances K independent states by one step each, every state with its own input row and its
 own step size, and gives the vector-Jacobian product (VJP) of that step. The serial sweep, MGRIT
-(forward and adjoint) and DEER need nothing else, so any time-stepper that implements this class
-runs on every solver: the GRU cells (:mod:`mgritnn.cells.gru`), the fully implicit GRU
-(:mod:`mgritnn.cells.newton`) and the scalar test equation (:mod:`mgritnn.cells.dahlquist`).
+(forward and adjoint), DEER and the auto solver use nothing else, so any time-stepper that
+implements this class runs on them: the GRU cells (:mod:`mgritnn.cells.gru`), the fully implicit
+GRU (:mod:`mgritnn.cells.newton`) and the scalar test equation (:mod:`mgritnn.cells.dahlquist`).
 
 Shapes: a state of one time point has any shape S (the GRU stack: (L, B, H)); K states are
-(K, *S). A step's input rows x are (K, *X); its step sizes dt (K,). Caches and cotangents are
-tuples or lists whose arrays all have K as their first axis, so that solvers can gather, scatter
-and store them for many steps without knowing what they hold.
+(K, *S). A sequence's raw inputs are x (T, *X0); the cell's input projection
+(:meth:`Cell.project_inputs`, one BLAS call over all steps before any recurrence) turns them into
+the step inputs (T, *X) that :meth:`Cell.step` takes, one row per step. Step sizes dt are (K,).
+Caches and cotangents are tuples or lists whose arrays all have K as their first axis, so that
+solvers can gather, scatter and store them for many steps without knowing what they hold.
+Parameter gradients are a NamedTuple shaped like the weights (:meth:`Cell.zero_grads`), its arrays
+accumulated in place (a model passes views into its flat gradient buffer).
+
+The operations, and who needs them:
+
+=====================================  ===================================================
+every solver                           :meth:`~Cell.project_inputs`, :meth:`~Cell.project_inputs_vjp`,
+                                       :meth:`~Cell.zero_grads`
+serial (stepwise), MGRIT               :meth:`~Cell.step`, :meth:`~Cell.step_vjp`,
+                                       :meth:`~Cell.accumulate_grads`, :meth:`~Cell.coarse_cell`
+serial, optional (``fused_sequence``)  :meth:`~Cell.sequence_forward`, :meth:`~Cell.sequence_vjp`
+MGRIT, optional (``fused_stack``)      :meth:`~Cell.chain_weights`, :meth:`~Cell.chain_cache`,
+                                       :meth:`~Cell.chain_cotangents`, :meth:`~Cell.advance`,
+                                       :meth:`~Cell.advance_vjp`, :meth:`~Cell.chain_step_cache`,
+                                       :meth:`~Cell.chain_step_cotangents`
+DEER (layer by layer)                  :meth:`~Cell.num_layers`, :meth:`~Cell.layer_states`,
+                                       :meth:`~Cell.join_layers`, :meth:`~Cell.layer_inputs`,
+                                       :meth:`~Cell.layer_step`, :meth:`~Cell.layer_step_vjp`,
+                                       :meth:`~Cell.layer_input_vjp`, :meth:`~Cell.layers_cache`;
+                                       optional (``fused_stack``) :meth:`~Cell.layer_newton_diag`
+=====================================  ===================================================
 """
+from typing import NamedTuple
+
+import numpy as np
+
+
+class LayerStep(NamedTuple):
+    """One step of one layer for K states (see :meth:`Cell.layer_step`): the new states and the
+    step's linearization.
+
+    Attributes
+    ----------
+    h_new : ndarray, shape (K, *S_l)
+        The new states of the layer.
+    h_gate : ndarray, shape (K, *S_l)
+        The states the step was evaluated at (the old states; the new ones for a fully implicit
+        step such as ``implicit-newton``).
+    G, N : ndarray or None
+        The cell's intermediates of the step (the GRU's gates: (K, B, 3H) and (K, B, H)).
+    J : ndarray or None
+        The Jacobian :math:`\\partial h' / \\partial h`, (K, B, H, H) per state and row, or its
+        diagonal (K, B, H), if asked for.
+    """
+    h_new: np.ndarray
+    h_gate: np.ndarray
+    G: object
+    N: object
+    J: object
+
+
+class Workspace:
+    """Arrays kept between calls, by name: a solver that sweeps batches of one shape again and again
+    reuses its trajectory, gate and cotangent arrays instead of allocating (and page-faulting)
+    about 100 MB anew every training step (measured: 77 -> 70 ms per UCI-HAR-shape step).
+    Whatever a call returns from a workspace is overwritten by the next call with the same names."""
+
+    def __init__(self):
+        self._arrays = {}
+
+    def empty(self, name, shape, dtype):
+        """The workspace's array called ``name`` (hashable), made anew when its shape or dtype
+        differs: an uninitialized ndarray of ``shape`` and ``dtype``."""
+        a = self._arrays.get(name)
+        if a is None or a.shape != tuple(shape) or a.dtype != dtype:
+            a = self._arrays[name] = np.empty(shape, dtype)
+        return a
+
+
+def work_array(ws, name, shape, dtype):
+    """``np.empty(shape, dtype)``, or with a :class:`Workspace` ``ws`` its array ``name``."""
+    return np.empty(shape, dtype) if ws is None else ws.empty(name, shape, dtype)
 
 
 class Cell:
@@ -20,13 +93,60 @@ class Cell:
     ----------
     name : str
         The cell's registered name.
+    fused_sequence : bool
+        The cell implements the whole-sequence sweeps :meth:`sequence_forward` and
+        :meth:`sequence_vjp` (the serial solver then uses them instead of stepping through
+        :meth:`step` one time point at a time).
     fused_stack : bool
-        The cell also implements the compiled in-place chains ``advance`` / ``advance_vjp`` of the
-        GRU stack kernels (MGRIT then uses them instead of :meth:`step` / :meth:`step_vjp`).
+        The cell implements the compiled in-place chains (:meth:`advance`, :meth:`advance_vjp` and
+        their storage, :meth:`chain_weights` ...; MGRIT then uses them instead of :meth:`step` /
+        :meth:`step_vjp`) and quasi-DEER's one-pass linearization :meth:`layer_newton_diag`.
     """
 
     name = "cell"
+    fused_sequence = False
     fused_stack = False
+
+    # -- inputs and parameter gradients (every solver) -----------------------------------------
+
+    def project_inputs(self, w, x, ws=None):
+        """The step inputs of a sequence's raw inputs, for all its steps at once (one BLAS call
+        before the recurrence; the default: the identity, ``x`` itself).
+
+        Parameters
+        ----------
+        w : the cell's weights
+        x : ndarray, shape (T, *X0)
+            Raw inputs of T steps.
+        ws : Workspace, optional
+            Take the result's array from it (overwritten by the next call).
+
+        Returns
+        -------
+        ndarray, shape (T, *X)
+            What :meth:`step` takes as the input rows of those steps.
+        """
+        return x
+
+    def project_inputs_vjp(self, w, x, dxp, grads):
+        """Add the parameter gradients of :meth:`project_inputs` (for the GRU: the layer-0 input
+        weights, one GEMM over all steps) to ``grads`` (default: no parameters, nothing to do).
+
+        Parameters
+        ----------
+        w : the cell's weights
+        x : ndarray, shape (T, *X0)
+            The raw inputs.
+        dxp : ndarray, shape (T, *X)
+            Cotangent of the projected inputs (what :meth:`step_vjp` returns as ``dx``).
+        grads : the gradient NamedTuple (:meth:`zero_grads`), accumulated in place
+        """
+
+    def zero_grads(self, w):  # pragma: no cover - interface
+        """Zero parameter gradients: a NamedTuple shaped like the weights ``w`` (fresh arrays)."""
+        raise NotImplementedError
+
+    # -- one step of K states (serial stepwise, MGRIT) -----------------------------------------
 
     def step(self, w, x, u, dt, out=None, cache=False):  # pragma: no cover - interface
         """Advance K states by one step: ``u_new[k] = Phi(u[k]; x[k], dt[k])``.
@@ -35,7 +155,7 @@ class Cell:
         ----------
         w : the cell's weights (a NamedTuple of arrays with a ``dtype`` property)
         x : ndarray, shape (K, *X)
-            Each state's input row.
+            Each state's input row (projected, :meth:`project_inputs`).
         u : ndarray, shape (K, *S)
             Old states.
         dt : float or ndarray, shape (K,)
@@ -61,8 +181,9 @@ class Cell:
         w, x, u, dt : as in :meth:`step`
         lam_next : ndarray, shape (K, *S)
             Adjoint at the new states.
-        grads : dict, optional
-            Parameter gradients to add the K steps' contributions to.
+        grads : gradient NamedTuple (:meth:`zero_grads`), optional
+            Parameter gradients to add the K steps' contributions to (those of
+            :meth:`project_inputs` excepted: :meth:`project_inputs_vjp` adds them).
         cache : optional
             From ``step(..., cache=True)``; recomputed when not given.
         cotangents : list, optional
@@ -80,8 +201,9 @@ class Cell:
         raise NotImplementedError
 
     def accumulate_grads(self, grads, cache, cotangents):  # pragma: no cover - interface
-        """Add the parameter gradients of many steps to ``grads`` from their caches and the
-        cotangents :meth:`step_vjp` recorded (both stacked over the steps, in time order)."""
+        """Add the parameter gradients of many steps to ``grads`` (a gradient NamedTuple, in place)
+        from their caches and the cotangents :meth:`step_vjp` recorded (both stacked over the
+        steps, in time order)."""
         raise NotImplementedError
 
     def instance(self):
@@ -93,6 +215,141 @@ class Cell:
         """The cell MGRIT's coarse levels use with this one as the fine cell (default: itself,
         with the coarse step size)."""
         return self
+
+    # -- whole sequences (serial solver; optional, ``fused_sequence``) -------------------------
+
+    def sequence_forward(self, w, x, u0, dt=1.0, keep=True, ws=None):  # pragma: no cover
+        """Serial sweep over a whole sequence of T steps from the projected inputs ``x`` (T, *X)
+        and the initial state ``u0`` (*S). Returns a cache whose ``hs`` lists the trajectory
+        (per layer for a layered cell) and, with ``keep``, what :meth:`sequence_vjp` needs."""
+        raise NotImplementedError
+
+    def sequence_vjp(self, w, seq, lam_last, grads, ws=None):  # pragma: no cover - interface
+        """Backpropagation through time after ``sequence_forward(keep=True)``: adds the parameter
+        gradients to ``grads`` (those of :meth:`project_inputs` excepted) and returns
+        ``(lam0 (*S), dx (T, *X))``, the adjoint at the initial state and the cotangent of the
+        projected inputs."""
+        raise NotImplementedError
+
+    # -- compiled chains (MGRIT; optional, ``fused_stack``) ------------------------------------
+
+    def chain_weights(self, w):  # pragma: no cover - interface
+        """The weights as :meth:`advance` and :meth:`advance_vjp` take them (made once per solve;
+        every fused cell of an MGRIT hierarchy takes those of the fine cell)."""
+        raise NotImplementedError
+
+    def chain_cache(self, w, x, n):  # pragma: no cover - interface
+        """Storage for the linearizations of n steps with input rows like ``x`` (n', *X): what
+        :meth:`advance` fills with ``keep`` and :meth:`advance_vjp` reads as ``lin``."""
+        raise NotImplementedError
+
+    def chain_cotangents(self, w, x, n):  # pragma: no cover - interface
+        """Zeroed storage for the cotangents of n steps with input rows like ``x``: what
+        :meth:`advance_vjp` fills with ``keep``."""
+        raise NotImplementedError
+
+    def advance(self, cw, x, dt, X, rd, Y, wr, starts, lens, g=None, keep=None,
+                res=None):  # pragma: no cover - interface
+        """Chains of steps in place, one compiled call: ``Y[wr[c] + i] = Phi_s(X[rd[c] + i])
+        (+ g[s + 1])`` for ``i < lens[c]``, step ``s = starts[c] + i`` with input row ``x[s]`` and
+        step size ``dt[s]``; ``keep`` (:meth:`chain_cache`) receives the linearization of step s at
+        index s; residual mode (``res`` (C, *S)): the last step of chain c is compared instead of
+        stored, ``res[c] = Phi_s(..) (+ g[s + 1]) - Y[wr[c] + lens[c] - 1]``. Bitwise what
+        :meth:`step` computes for each state."""
+        raise NotImplementedError
+
+    def advance_vjp(self, cw, dt, X, rd, Y, wr, starts, lens, ulin, lin, fidx, g=None, keep=None,
+                    res=None):  # pragma: no cover - interface
+        """Chains of step VJPs in place: ``Y[wr[c] + i] = (dPhi_s/du)^T X[rd[c] + i] (+ g[s + 1])``,
+        step s linearized at the state ``ulin[fidx[s]]`` with the linearization ``lin`` (from
+        :meth:`advance` with ``keep``) at index ``fidx[s]``; ``keep`` (:meth:`chain_cotangents`)
+        receives the cotangents of step s at index ``fidx[s]``; ``res`` as in :meth:`advance`."""
+        raise NotImplementedError
+
+    def chain_step_cache(self, cache, u):  # pragma: no cover - interface
+        """The cache of n steps (as ``step(cache=True)`` gives it, stacked over the steps) from
+        the :meth:`chain_cache` that :meth:`advance` filled and the trajectory ``u`` (n + 1, *S)."""
+        raise NotImplementedError
+
+    def chain_step_cotangents(self, cot):  # pragma: no cover - interface
+        """The cotangents of n steps (as :meth:`step_vjp` records them, stacked over the steps)
+        from the :meth:`chain_cotangents` that :meth:`advance_vjp` filled."""
+        raise NotImplementedError
+
+    # -- layer by layer (DEER) -----------------------------------------------------------------
+    #
+    # A state is a stack of L layers; layer l > 0 takes the new state of layer l - 1 of the same
+    # step as its input. DEER solves layer after layer, each with a Newton iteration over the whole
+    # sequence, so it needs one layer's step with its Jacobian and the VJP of that step.
+
+    def num_layers(self, w):
+        """L, the number of layers of a state (default 1)."""
+        return 1
+
+    def layer_states(self, u):
+        """The L layers of states ``u`` (K, *S) as views, each (K, B, H): a batch of B rows of H
+        unknowns, whose Jacobian :meth:`layer_step` gives per row. Default (one layer): the state's
+        elements as rows of one unknown, (K, prod(S), 1)."""
+        return [u.reshape(u.shape[0], -1, 1)]
+
+    def join_layers(self, layers):
+        """The inverse of :meth:`layer_states` for one time point: states (*S) from the L layer
+        states (B, H) (default: the one layer's B x 1 values as a state of shape (B,))."""
+        return layers[0].reshape(-1)
+
+    def layer_inputs(self, w, l, x_l, out=None):  # pragma: no cover - interface
+        """Input rows of layer l > 0 from the new states ``x_l`` (T, B, H) of layer l - 1 (for
+        the GRU: the affine map ``W_x x + b_x``, one BLAS call)."""
+        raise NotImplementedError
+
+    def layer_step(self, w, l, x, h, dt, jacobian=None, fused=False):  # pragma: no cover
+        """One step of layer l for K states, and optionally its Jacobian (the linearization DEER
+        iterates with).
+
+        Parameters
+        ----------
+        w : the cell's weights
+        l : int
+        x : ndarray, shape (K, *X_l)
+            The layer's input rows (layer 0: the projected inputs; above: :meth:`layer_inputs`).
+        h : ndarray, shape (K, B, H), C-contiguous
+            Old states of the layer.
+        dt : ndarray, shape (K,)
+        jacobian : {None, "dense", "diag"}
+            Also give :math:`\\partial h' / \\partial h` per state and row: (K, B, H, H), or its
+            diagonal (K, B, H).
+        fused : bool
+            Evaluate many states in one product (faster; rounding may depend on K).
+
+        Returns
+        -------
+        LayerStep
+        """
+        raise NotImplementedError
+
+    def layer_step_vjp(self, w, l, lam, lin, dt, need_lam=True):  # pragma: no cover
+        """VJP of :meth:`layer_step` at its linearization ``lin`` (a :class:`LayerStep`) for the
+        adjoint ``lam`` (K, B, H) of the new states. Returns ``(lam_old, cot)``: the adjoint of the
+        old states (K, B, H) (None without ``need_lam``) and the layer's entry of
+        :meth:`step_vjp`'s cotangents (``cot[0]`` the cotangent of the layer's input rows)."""
+        raise NotImplementedError
+
+    def layer_input_vjp(self, w, l, cot, out=None):  # pragma: no cover - interface
+        """VJP of :meth:`layer_inputs`: the cotangent (T, B, H) of the new states of layer l - 1
+        from the cotangents ``cot`` of layer l (from :meth:`layer_step_vjp`)."""
+        raise NotImplementedError
+
+    def layers_cache(self, xin, lins):  # pragma: no cover - interface
+        """The cache of T steps (as ``step(cache=True)`` gives it, stacked) from their layers'
+        inputs ``xin`` (list of L; None for layer 0) and linearizations ``lins`` (list of L
+        :class:`LayerStep`), for :meth:`accumulate_grads`."""
+        raise NotImplementedError
+
+    def layer_newton_diag(self, w, l, x, h, dt, scale, J, b):  # pragma: no cover - interface
+        """quasi-DEER's linearization in one pass (optional, ``fused_stack``): ``J = scale
+        diag(dh'/dh)`` and ``b = step(h) - J h``, both (K, B, H), bitwise what :meth:`layer_step`
+        with ``jacobian="diag", fused=True`` gives."""
+        raise NotImplementedError
 
 
 def tree_map(fn, tree, *others):

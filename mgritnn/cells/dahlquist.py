@@ -22,11 +22,12 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import ConfigError
-from .base import Cell
+from .base import Cell, LayerStep
 
 
 class DahlquistWeights(NamedTuple):
-    """The parameter of :class:`DahlquistCell`: ``lam``, a 0-d float array (the rate λ)."""
+    """The parameter of :class:`DahlquistCell`: ``lam``, a 0-d float array (the rate λ); also the
+    shape of its gradient (:meth:`DahlquistCell.zero_grads`)."""
     lam: np.ndarray
 
     @property
@@ -61,17 +62,52 @@ class DahlquistCell(Cell):
 
     def step_vjp(self, w, x, u, dt, lam_next, grads=None, cache=None, cotangents=None):
         """λ_old = a λ', dx = a dt λ', and dλ = Σ λ' dt a u_new (see :meth:`Cell.step_vjp`);
-        ``cotangents`` gets ``[(dx, per-element dλ)]``; ``grads["lam"]`` is added to."""
+        ``cotangents`` gets ``[(dx, per-element dλ)]``; ``grads.lam`` (a
+        :class:`DahlquistWeights` of gradients) is added to."""
         a, dtv = self._factor(w, u, dt)
         new = cache[0] if cache is not None else self.step(w, x, u, dt)
         dx = a * dtv * lam_next
         dlam = lam_next * dtv * a * new
         if grads is not None:
-            grads["lam"] += dlam.sum()
+            np.add(grads.lam, dlam.sum(), out=grads.lam)
         if cotangents is not None:
             cotangents[:] = [(dx, dlam)]
         return a * lam_next, dx
 
     def accumulate_grads(self, grads, cache, cotangents):
-        """``grads["lam"]`` += the sum of the steps' dλ."""
-        grads["lam"] += cotangents[0][1].sum()
+        """``grads.lam`` += the sum of the steps' dλ."""
+        np.add(grads.lam, cotangents[0][1].sum(), out=grads.lam)
+
+    def zero_grads(self, w):
+        """A zero gradient of λ, as a :class:`DahlquistWeights`."""
+        return DahlquistWeights(np.zeros_like(w.lam))
+
+    # -- one layer (DEER): the state's elements are rows of one unknown -------------------------
+
+    def layer_step(self, w, l, x, h, dt, jacobian=None, fused=False):
+        """One step of K states seen as one layer of rows of one unknown (see
+        :meth:`Cell.layer_states`): ``h`` (K, n, 1), ``x`` (K, *X) with n elements per state; the
+        Jacobian is the factor a, (K, n, 1, 1) dense or (K, n, 1) diagonal. The :class:`LayerStep`
+        keeps ``x`` in ``G``."""
+        if jacobian not in (None, "dense", "diag"):
+            raise ConfigError(f"jacobian must be None, 'dense' or 'diag', got {jacobian!r}")
+        new = self.step(w, x.reshape(h.shape), h, dt)
+        J = None
+        if jacobian is not None:
+            a, _ = self._factor(w, h, dt)
+            J = np.ascontiguousarray(np.broadcast_to(a, h.shape))
+            J = J[..., None] if jacobian == "dense" else J
+        return LayerStep(new, h, x, None, J)
+
+    def layer_step_vjp(self, w, l, lam, lin, dt, need_lam=True):
+        """VJP of :meth:`layer_step` at ``lin``: ``(a lam or None, (dx, dλ per element))`` with dx
+        shaped like the step's inputs."""
+        x, cot = lin.G, []
+        lam_old, _ = self.step_vjp(w, x.reshape(lam.shape), lin.h_gate, dt, lam,
+                                   cache=(lin.h_new,), cotangents=cot)
+        dx, dlam = cot[0]
+        return (lam_old if need_lam else None), (dx.reshape(x.shape), dlam)
+
+    def layers_cache(self, xin, lins):
+        """The steps' cache ``(u_new,)`` from the one layer's :class:`LayerStep`."""
+        return (lins[0].h_new,)

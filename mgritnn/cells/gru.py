@@ -37,7 +37,7 @@ from numba import prange
 from ..config import JIT, JIT_PAR, resolve_dtype, row_blocks
 from ..errors import ConfigError
 from .activations import flush_subnormal, sigmoid, tanh
-from .base import Cell
+from .base import Cell, LayerStep, Workspace, work_array
 
 
 # ----------------------------------------------------------------------------------------------
@@ -695,27 +695,6 @@ FUSED_ROWS = 2048
 _MIN_CHUNK_ROWS = 256
 
 
-class Workspace:
-    """Arrays kept between calls, by name: a solver that sweeps batches of one shape again and again
-    reuses its trajectory, gate and cotangent arrays instead of allocating (and page-faulting)
-    about 100 MB anew every training step (measured: 77 -> 70 ms per UCI-HAR-shape step).
-    Whatever a call returns from a workspace is overwritten by the next call with the same names."""
-
-    def __init__(self):
-        self._arrays = {}
-
-    def empty(self, name, shape, dtype):
-        a = self._arrays.get(name)
-        if a is None or a.shape != tuple(shape) or a.dtype != dtype:
-            a = self._arrays[name] = np.empty(shape, dtype)
-        return a
-
-
-def _empty(ws, name, shape, dtype):
-    """``np.empty`` or, with a workspace, its array of that name."""
-    return np.empty(shape, dtype) if ws is None else ws.empty(name, shape, dtype)
-
-
 def accumulate_outer(dA, X, out):
     """``out += dA^T X`` summed over all leading axes, in a fixed order.
 
@@ -812,6 +791,35 @@ class GRUWeights(NamedTuple):
         return self.Wh[0].dtype
 
 
+class GRUGrads(NamedTuple):
+    """Parameter gradients of an L-layer GRU stack, shaped like the weights (:class:`GRUWeights`),
+    accumulated in place by the cells (a model passes views into its flat gradient buffer).
+
+    Attributes
+    ----------
+    Wx : tuple of L ndarrays, shapes (3H, I_l); I_0 = I, I_l = H above
+        Gradients of the input weights (layer 0's from :meth:`GRUStack.project_inputs_vjp`).
+    Wh : tuple of L ndarrays, shape (3H, H)
+    bx, bh : tuple of L ndarrays, shape (3H,)
+    """
+    Wx: tuple
+    Wh: tuple
+    bx: tuple
+    bh: tuple
+
+    @classmethod
+    def from_params(cls, params, num_layers):
+        """The named arrays of a dict with PyTorch names (``weight_ih_l{k}``, ``weight_hh_l{k}``,
+        ``bias_ih_l{k}``, ``bias_hh_l{k}``; e.g. views into a model's flat gradient), not copied."""
+        get = lambda kind: tuple(params[f"{kind}_l{k}"] for k in range(num_layers))  # noqa: E731
+        return cls(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"))
+
+    @classmethod
+    def zeros_like(cls, w):
+        """Zero gradients for the weights ``w`` (a :class:`GRUWeights` or :class:`GRUGrads`)."""
+        return cls(*(tuple(np.zeros_like(a) for a in f) for f in (w.Wx, w.Wh, w.bx, w.bh)))
+
+
 class StackedWeights(NamedTuple):
     """Weights of an L-layer stack with a leading layer axis (:meth:`GRUWeights.stacked`): WhT
     (L, H, 3H), bh (L, 3H), and for layers 1 .. L-1 WxT (L-1, H, 3H), bx (L-1, 3H); Wh (L, 3H, H),
@@ -849,8 +857,24 @@ def _chunks(C):
     return max(1, min(int(C), 8 * numba.get_num_threads()))
 
 
-def _as_dt(dt, K, dtype):
-    """Step sizes as a (K,) array of ``dtype`` (a scalar is broadcast); must be finite and >= 0."""
+def as_dt(dt, K, dtype):
+    """Step sizes as a C-contiguous array of ``dtype`` (a scalar is broadcast), checked.
+
+    Parameters
+    ----------
+    dt : float or array_like, shape (K,)
+    K : int
+    dtype : numpy dtype
+
+    Returns
+    -------
+    ndarray, shape (K,), ``dtype``
+
+    Raises
+    ------
+    ConfigError
+        A step size is not finite or negative.
+    """
     d = np.broadcast_to(np.asarray(dt, dtype=dtype), (K,))
     if not np.all(np.isfinite(d)) or np.any(d < 0):
         raise ConfigError("step sizes dt must be finite and >= 0")
@@ -870,46 +894,153 @@ class StepCache(NamedTuple):
     N: list
 
 
-class LayerStep(NamedTuple):
-    """One step of one layer for K states (see :meth:`GRUCell.layer_step`).
-
-    h_new (K, B, H) the new states; h_gate (K, B, H) the states the gates were evaluated at (the
-    old states; the new ones for ``implicit-newton``); G (K, B, 3H) = [r, z, W_h^n h + b_h^n];
-    N (K, B, H) = n; J the Jacobian dh'/dh, (K, B, H, H) or its diagonal (K, B, H), or None.
-    """
-    h_new: np.ndarray
-    h_gate: np.ndarray
-    G: np.ndarray
-    N: np.ndarray
-    J: object
+def _affine_grads(dA, X, gW, gb):
+    """Gradients of an affine map ``A = X W^T + b`` from its cotangent: ``gW += dA^T X`` and
+    ``gb += sum dA`` over all leading axes (dA (..., M), X (..., I), gW (M, I), gb (M,)), in place."""
+    accumulate_outer(dA, X, gW)
+    np.add(gb, dA.reshape(-1, dA.shape[-1]).sum(axis=0), out=gb)
 
 
-class GRUCell(Cell):
-    """A GRU cell of the :math:`\\theta`-family (see the module docstring): ``classic`` or ``implicit``.
+class GRUStack(Cell):
+    """What the GRU cells share: an L-layer stack of one-layer steps, its input projections and
+    its parameter gradients (:class:`GRUGrads`), on the step protocol (:mod:`mgritnn.cells.base`).
 
-    The solver-facing step API advances K independent states by one step each, every state with its
-    own input and its own step size; every solver (serial, MGRIT, DEER) uses it. The serial solver
-    additionally uses the fused whole-sequence kernels :meth:`sequence_forward` and :meth:`sequence_vjp`.
-
-    Parameters
-    ----------
-    name : str
-    theta : float
-        0 for forward Euler in the decay term (classic), 1 for linearly implicit (implicit).
+    A subclass gives the step of one layer, :meth:`layer_step` and :meth:`layer_step_vjp` (the
+    theta family :class:`GRUCell`; the fully implicit :class:`~mgritnn.cells.newton.NewtonGRUCell`);
+    this class stacks them: layer l > 0 takes the new state of layer l - 1 of the same step as its
+    input, through the affine map :meth:`layer_inputs`. A state is (L, B, H); the step input of a
+    time point is layer 0's projection ``W_x x + b_x`` (B, 3H) (:meth:`project_inputs`).
     """
 
-    def __init__(self, name, theta):
-        self.name = name
-        self.theta = float(theta)
+    fused_sequence = True
 
-    def __repr__(self):
-        return f"GRUCell({self.name!r}, theta={self.theta})"
+    # -- inputs and parameter gradients ---------------------------------------------------------
 
-    def coarse_cell(self):
-        """MGRIT's coarse cell: the linearly implicit GRU, stable for any step size (Moon & Cyr)."""
-        return CELLS["implicit"]
+    def project_inputs(self, w, x, ws=None):
+        """Layer 0's input projection of every step, ``A_x = x W_x^T + b_x`` (one GEMM per step
+        in one compiled call, before any recurrence; the step inputs of :meth:`step`).
 
-    # -- step API ------------------------------------------------------------------------------
+        Parameters
+        ----------
+        w : GRUWeights
+        x : ndarray, shape (T, B, I), the weights' dtype
+        ws : Workspace, optional
+
+        Returns
+        -------
+        ndarray, shape (T, B, 3H), C-contiguous
+        """
+        if x.ndim != 3 or x.shape[2] != w.Wx[0].shape[1]:
+            raise ValueError(f"inputs must have shape (T, B, {w.Wx[0].shape[1]}), got {x.shape}")
+        if x.dtype != w.dtype:
+            raise TypeError(f"inputs are {x.dtype}, the weights {w.dtype}: cast one of them")
+        T, B = x.shape[:2]
+        return self.layer_inputs(w, 0, x, work_array(ws, ("ax", 0), (T, B, 3 * w.hidden_size),
+                                                     w.dtype))
+
+    def project_inputs_vjp(self, w, x, dxp, grads):
+        """Layer 0's input-weight gradients, ``dW_x += dA_x^T x`` (one GEMM over all steps) and
+        ``db_x += sum dA_x``, into ``grads`` (:class:`GRUGrads`); x (T, B, I), dxp (T, B, 3H)."""
+        _affine_grads(dxp, x, grads.Wx[0], grads.bx[0])
+
+    def zero_grads(self, w):
+        """Zero gradients of the stack's weights, a :class:`GRUGrads`."""
+        return GRUGrads.zeros_like(w)
+
+    @staticmethod
+    def accumulate_layer_grads(grads, l, dax, dah, xin, h):
+        """Add the parameter gradients of layer l from its pre-activation cotangents.
+
+        Parameters
+        ----------
+        grads : GRUGrads
+        l : int
+        dax, dah : ndarray, shape (..., 3H)
+            Cotangents of ``W_x x + b_x`` and ``W_h h + b_h``.
+        xin : ndarray, shape (..., H), or None
+            The layer's inputs (None for layer 0: its input weights are :meth:`project_inputs_vjp`'s).
+        h : ndarray, shape (..., H)
+            The states the gates were evaluated at.
+        """
+        _affine_grads(dah, h, grads.Wh[l], grads.bh[l])
+        if l > 0:
+            _affine_grads(dax, xin, grads.Wx[l], grads.bx[l])
+
+    @staticmethod
+    def accumulate_grads(grads, cache, cotangents):
+        """Accumulate parameter gradients from the cotangents of many steps, in their order.
+
+        Parameters
+        ----------
+        grads : GRUGrads
+            Gradients to add to; layer 0's input weights are :meth:`project_inputs_vjp`'s.
+        cache : StepCache
+            The steps' forward intermediates (layer inputs ``xin`` and gate states ``h``).
+        cotangents : list of (dax, dah)
+            Per layer, the steps' pre-activation cotangents (K, B, 3H), as from :meth:`step_vjp`.
+
+        Notes
+        -----
+        With the steps of a whole sequence in time order this sums exactly as :meth:`sequence_vjp`
+        does (bit for bit).
+        """
+        for l, (dax, dah) in enumerate(cotangents):
+            GRUStack.accumulate_layer_grads(grads, l, dax, dah, cache.xin[l], cache.h[l])
+
+    # -- layers ----------------------------------------------------------------------------------
+
+    def num_layers(self, w):
+        """L (``w.num_layers``)."""
+        return w.num_layers
+
+    def layer_states(self, u):
+        """Views ``u[:, l]`` (K, B, H) of states u (K, L, B, H)."""
+        return [u[:, l] for l in range(u.shape[1])]
+
+    def join_layers(self, layers):
+        """A state (L, B, H) from its L layers (B, H) (a new array)."""
+        return np.stack(layers)
+
+    def layer_inputs(self, w, l, x_l, out=None):
+        """The input projection of layer l, ``x_l W_x^T + b_x`` (one GEMM per step).
+
+        Parameters
+        ----------
+        w : GRUWeights
+        l : int
+        x_l : ndarray, shape (T, B, I_l)
+            The layer's inputs (the new states of layer l - 1; layer 0: the raw inputs).
+        out : ndarray, shape (T, B, 3H), optional
+
+        Returns
+        -------
+        ndarray, shape (T, B, 3H), C-contiguous
+        """
+        return _affine(x_l, w.WxT[l], w.bx[l], out)
+
+    def layer_input_vjp(self, w, l, cot, out=None):
+        """Cotangent of layer l's inputs from its cotangents ``cot = (dax, dah)``: ``dax W_x``.
+
+        Parameters
+        ----------
+        w : GRUWeights
+        l : int
+        cot : tuple (dax, dah) of ndarray, shape (T, B, 3H)
+        out : ndarray, shape (T, B, I_l), optional
+
+        Returns
+        -------
+        ndarray, shape (T, B, I_l)
+        """
+        return _affine(cot[0], w.Wx[l], None, out)
+
+    def layers_cache(self, xin, lins):
+        """The :class:`StepCache` of steps from their layers' inputs ``xin`` (list of L, None for
+        layer 0) and :class:`LayerStep` s ``lins`` (list of L)."""
+        return StepCache(list(xin), [s.h_gate for s in lins], [s.G for s in lins],
+                         [s.N for s in lins])
+
+    # -- step API --------------------------------------------------------------------------------
 
     def step(self, w, ax0, h, dt, out=None, cache=False):
         """Advance K independent states of the stack by one step each.
@@ -918,7 +1049,7 @@ class GRUCell(Cell):
         ----------
         w : GRUWeights
         ax0 : ndarray, shape (K, B, 3H)
-            Layer-0 input projection ``W_x x + b_x`` of each state's input (see :func:`project`).
+            Layer-0 input projection ``W_x x + b_x`` of each state's input (:meth:`project_inputs`).
         h : ndarray, shape (K, L, B, H), float32 or float64 (the weights' dtype)
             Old states.
         dt : float or ndarray, shape (K,)
@@ -934,13 +1065,13 @@ class GRUCell(Cell):
         cache : StepCache, only if ``cache`` is true
         """
         K, L, B, H = self._check(w, ax0, h)
-        dtv = _as_dt(dt, K, h.dtype)
+        dtv = as_dt(dt, K, h.dtype)
         if out is None:
             out = np.empty_like(h)
         c = StepCache([], [], [], [])
         x_l = None
         for l in range(L):
-            ax = np.ascontiguousarray(ax0) if l == 0 else _affine(x_l, w.WxT[l], w.bx[l])
+            ax = np.ascontiguousarray(ax0) if l == 0 else self.layer_inputs(w, l, x_l)
             s = self.layer_step(w, l, ax, np.ascontiguousarray(h[:, l]), dtv)
             out[:, l] = s.h_new
             for lst, v in zip(c, (x_l, s.h_gate, s.G, s.N)):
@@ -956,10 +1087,10 @@ class GRUCell(Cell):
         w, ax0, h, dt : as in :meth:`step`
         lam_next : ndarray, shape (K, L, B, H)
             Adjoint at the new states.
-        grads : dict, optional
-            Parameter gradients (PyTorch names, as :meth:`GRUWeights.from_params`) to accumulate the
-            step's contribution into, summed over the K states; layer 0's input weights are not
-            touched (their gradient is ``dax0^T x``, one GEMM the caller does over the whole sequence).
+        grads : GRUGrads, optional
+            Parameter gradients to accumulate the step's contribution into, summed over the K
+            states; layer 0's input weights are not touched (their gradient is
+            :meth:`project_inputs_vjp`'s, one GEMM over the whole sequence).
         cache : StepCache, optional
             The forward intermediates from ``step(..., cache=True)``; recomputed when not given.
         cotangents : list, optional
@@ -976,7 +1107,7 @@ class GRUCell(Cell):
         K, L, B, H = self._check(w, ax0, h)
         if lam_next.shape != h.shape or lam_next.dtype != h.dtype:
             raise ValueError(f"lam_next must have shape {h.shape} and dtype {h.dtype}")
-        dtv = _as_dt(dt, K, h.dtype)
+        dtv = as_dt(dt, K, h.dtype)
         if cache is None:
             _, cache = self.step(w, ax0, h, dtv, cache=True)
         lam = np.empty_like(h)
@@ -985,22 +1116,89 @@ class GRUCell(Cell):
             cotangents[:] = [None] * L
         for l in range(L - 1, -1, -1):
             lam_l = lam_next[:, l] + dxin if dxin is not None else np.ascontiguousarray(lam_next[:, l])
-            lam[:, l], dax, dah = self.layer_step_vjp(w, l, lam_l, cache.h[l], dtv, cache.G[l],
-                                                      cache.N[l])
+            lin = LayerStep(None, cache.h[l], cache.G[l], cache.N[l], None)
+            lam[:, l], cot = self.layer_step_vjp(w, l, lam_l, lin, dtv)
             if grads is not None:
-                _accumulate_layer_grads(grads, l, dax, dah, cache.xin[l], cache.h[l])
+                self.accumulate_layer_grads(grads, l, cot[0], cot[1], cache.xin[l], cache.h[l])
             if cotangents is not None:
-                cotangents[l] = (dax, dah)
+                cotangents[l] = cot
             if l > 0:
-                dxin = _affine(dax, w.Wx[l])
-        return lam, dax
+                dxin = self.layer_input_vjp(w, l, cot)
+        return lam, cot[0]
+
+    def _check(self, w, ax0, h):
+        if h.ndim != 4:
+            raise ValueError(f"states must have shape (K, L, B, H), got {h.shape}")
+        K, L, B, H = h.shape
+        if (L, H) != (w.num_layers, w.hidden_size) or h.dtype != w.dtype:
+            raise ValueError(f"states {h.shape} {h.dtype} do not fit weights of {w.num_layers} layers, "
+                             f"hidden {w.hidden_size}, {w.dtype}")
+        if ax0.shape != (K, B, 3 * H) or ax0.dtype != h.dtype:
+            raise ValueError(f"ax0 must have shape {(K, B, 3 * H)} and dtype {h.dtype}, got "
+                             f"{ax0.shape} {ax0.dtype}")
+        return K, L, B, H
+
+
+class GRUCell(GRUStack):
+    """A GRU cell of the :math:`\\theta`-family (see the module docstring): ``classic`` or ``implicit``.
+
+    The step protocol (:class:`GRUStack`) with this module's compiled kernels: one layer's step and
+    VJP (:meth:`layer_step`, :meth:`layer_step_vjp`, also the building blocks of the fully implicit
+    cell), MGRIT's in-place chains of whole-stack steps (:meth:`advance`, :meth:`advance_vjp`),
+    quasi-DEER's one-pass linearization (:meth:`layer_newton_diag`), and the serial solver's fused
+    whole-sequence sweeps (:meth:`sequence_forward`, :meth:`sequence_vjp`).
+
+    Parameters
+    ----------
+    name : str
+    theta : float
+        0 for forward Euler in the decay term (classic), 1 for linearly implicit (implicit).
+    """
+
+    #: The compiled stack kernels implement this cell's step (:meth:`advance`).
+    fused_stack = True
+
+    def __init__(self, name, theta):
+        self.name = name
+        self.theta = float(theta)
+
+    def __repr__(self):
+        return f"GRUCell({self.name!r}, theta={self.theta})"
+
+    def coarse_cell(self):
+        """MGRIT's coarse cell: the linearly implicit GRU, stable for any step size (Moon & Cyr)."""
+        return CELLS["implicit"]
 
     # -- chains of whole-stack steps in place (MGRIT's propagators) ------------------------------
 
-    #: The compiled stack kernels implement this cell's step (:meth:`advance`); a cell whose step
-    #: is not the theta-family step (``implicit-newton``) sets it False and is advanced by
-    #: :meth:`step` / :meth:`step_vjp` instead.
-    fused_stack = True
+    def chain_weights(self, w):
+        """The :class:`StackedWeights` of ``w`` (:meth:`GRUWeights.stacked`)."""
+        return w.stacked()
+
+    def chain_cache(self, w, ax, n):
+        """An uninitialized :class:`StackCache` for n steps of the stack with input rows like
+        ``ax`` (*, B, 3H)."""
+        B, H3 = ax.shape[1:]
+        return StackCache.empty(w.num_layers, n, B, H3 // 3, ax.dtype)
+
+    def chain_cotangents(self, w, ax, n):
+        """Zeroed pre-activation cotangents ``(DAX, DAH)`` of n steps, each (L, n, B, 3H)."""
+        shape = (w.num_layers, n) + ax.shape[1:]
+        return np.zeros(shape, ax.dtype), np.zeros(shape, ax.dtype)
+
+    @staticmethod
+    def chain_step_cache(cache, u):
+        """The :class:`StepCache` of n steps from their :class:`StackCache` and the trajectory
+        ``u`` (n + 1, L, B, H) (views, no copies)."""
+        L = u.shape[1]
+        G, N, Y = cache
+        return StepCache([None] + [Y[l] for l in range(L - 1)], [u[:-1, l] for l in range(L)],
+                         list(G), list(N))
+
+    @staticmethod
+    def chain_step_cotangents(cot):
+        """Per layer ``(dax, dah)`` (n, B, 3H) from the ``(DAX, DAH)`` of :meth:`chain_cotangents`."""
+        return [(cot[0][l], cot[1][l]) for l in range(len(cot[0]))]
 
     def advance(self, sw, ax, dt, X, rd, Y, wr, starts, lens, g=None, keep=None, res=None):
         """Chains of steps of the stack, in place: ``Y[wr[c] + i] = Phi_s(X[rd[c] + i]) (+ g[s + 1])``
@@ -1097,7 +1295,7 @@ class GRUCell(Cell):
         h : ndarray, shape (K, B, H), C-contiguous, the weights' dtype
             Old states.
         dt : ndarray, shape (K,), the weights' dtype
-            Step sizes (finite, >= 0; see ``_as_dt``).
+            Step sizes (finite, >= 0; see :func:`as_dt`).
         jacobian : {None, "dense", "diag"}
             Also return :math:`\\partial h' / \\partial h` per state and row: (K, B, H, H) dense,
             or its diagonal (K, B, H).
@@ -1109,7 +1307,10 @@ class GRUCell(Cell):
         Returns
         -------
         LayerStep
+            ``G`` (K, B, 3H) = [r, z, W_h^n h + b_h^n], ``N`` (K, B, H) = n, ``h_gate`` = ``h``.
         """
+        if jacobian not in (None, "dense", "diag"):
+            raise ConfigError(f"jacobian must be None, 'dense' or 'diag', got {jacobian!r}")
         K, B, H = h.shape
         dtype = h.dtype
         hnew = np.empty_like(h)
@@ -1122,16 +1323,35 @@ class GRUCell(Cell):
         else:
             _layer_step_forward(ax, h, w.WhT[l], w.bh[l], dt, theta, hnew, G, N,
                                 row_blocks(B, w.Wh[l].nbytes))
-        J = None
-        if jacobian == "dense":
-            J = np.empty((K, B, H, H), dtype)
-            _layer_jacobian_dense(h, dt, theta, G, N, w.Wh[l], J)
-        elif jacobian == "diag":
-            J = np.empty((K, B, H), dtype)
-            _layer_jacobian_diag(h, dt, theta, G, N, w.Wh[l], J)
-        elif jacobian is not None:
-            raise ConfigError(f"jacobian must be None, 'dense' or 'diag', got {jacobian!r}")
+        J = None if jacobian is None else self.layer_jacobian(w, l, h, dt, G, N, jacobian)
         return LayerStep(hnew, h, G, N, J)
+
+    def layer_jacobian(self, w, l, h, dt, G, N, kind="dense"):
+        """:math:`\\partial h' / \\partial h` of this cell's step of layer l for K states and rows,
+        at the gates ``G``, ``N`` of the states ``h`` (from :meth:`layer_step`).
+
+        Parameters
+        ----------
+        w : GRUWeights
+        l : int
+        h : ndarray, shape (K, B, H)
+        dt : ndarray, shape (K,)
+        G, N : ndarray, shapes (K, B, 3H), (K, B, H)
+        kind : {"dense", "diag"}
+
+        Returns
+        -------
+        ndarray, shape (K, B, H, H) (dense) or (K, B, H) (its diagonal)
+        """
+        K, B, H = h.shape
+        theta = h.dtype.type(self.theta)
+        if kind == "dense":
+            J = np.empty((K, B, H, H), h.dtype)
+            _layer_jacobian_dense(h, dt, theta, G, N, w.Wh[l], J)
+        else:
+            J = np.empty((K, B, H), h.dtype)
+            _layer_jacobian_diag(h, dt, theta, G, N, w.Wh[l], J)
+        return J
 
     def layer_newton_diag(self, w, l, ax, h, dt, scale, J, b):
         """quasi-DEER's linearization of layer ``l`` at K states, in one pass: ``J = scale
@@ -1153,7 +1373,31 @@ class GRUCell(Cell):
         _layer_newton_diag(ax, h, w.WhT[l], w.Wh[l], w.bh[l], dt, dtype.type(self.theta),
                            dtype.type(scale), J, b, max(1, FUSED_ROWS // B))
 
-    def layer_step_vjp(self, w, l, lam, h_gate, dt, G, N, need_lam=True):
+    def layer_gate_vjp(self, lam, h, dt, G, N):
+        """The pre-activation cotangents of K steps of one layer for the adjoint ``lam`` of the new
+        states (no GEMM: the adjoint of the old states is not formed).
+
+        Parameters
+        ----------
+        lam : ndarray, shape (K, B, H), C-contiguous
+        h, G, N : ndarray, shapes (K, B, H), (K, B, 3H), (K, B, H)
+            The states the gates were evaluated at, and the gates (from :meth:`layer_step`).
+        dt : ndarray, shape (K,)
+
+        Returns
+        -------
+        dax, dah : ndarray, shape (K, B, 3H)
+            Cotangents of ``W_x x + b_x`` and ``W_h h + b_h``.
+        """
+        K, B, H = h.shape
+        dtype = h.dtype
+        dax = np.empty((K, B, 3 * H), dtype)
+        dah = np.empty((K, B, 3 * H), dtype)
+        _layer_gate_vjp(lam, h, dt, dtype.type(self.theta), G, N, dax, dah,
+                        np.empty((K, B, H), dtype))
+        return dax, dah
+
+    def layer_step_vjp(self, w, l, lam, lin, dt, need_lam=True):
         """VJP of :meth:`layer_step` for K states at its intermediates.
 
         Parameters
@@ -1162,8 +1406,8 @@ class GRUCell(Cell):
         l : int
         lam : ndarray, shape (K, B, H), C-contiguous
             Adjoint of the new states.
-        h_gate, G, N : ndarray, shapes (K, B, H), (K, B, 3H), (K, B, H)
-            From the :class:`LayerStep` of the forward step.
+        lin : LayerStep
+            The forward step (``h_gate``, ``G``, ``N`` are read).
         dt : ndarray, shape (K,)
         need_lam : bool
             Compute the adjoint of the old states (one GEMM); without it only the pre-activation
@@ -1173,43 +1417,19 @@ class GRUCell(Cell):
         -------
         lam_old : ndarray, shape (K, B, H), or None
             :math:`(\\partial h' / \\partial h)^T \\lambda`.
-        dax, dah : ndarray, shape (K, B, 3H)
+        cot : tuple (dax, dah) of ndarray, shape (K, B, 3H)
             Cotangents of the pre-activations ``W_x x + b_x`` and ``W_h h + b_h``.
         """
-        K, B, H = h_gate.shape
-        dtype = h_gate.dtype
-        theta = dtype.type(self.theta)
+        if not need_lam:
+            return None, self.layer_gate_vjp(lam, lin.h_gate, dt, lin.G, lin.N)
+        K, B, H = lin.h_gate.shape
+        dtype = lin.h_gate.dtype
         dax = np.empty((K, B, 3 * H), dtype)
         dah = np.empty((K, B, 3 * H), dtype)
-        work = np.empty((K, B, H), dtype)
-        if not need_lam:
-            _layer_gate_vjp(lam, h_gate, dt, theta, G, N, dax, dah, work)
-            return None, dax, dah
         lam_out = np.empty((K, B, H), dtype)
-        _layer_step_vjp(lam, h_gate, dt, theta, G, N, w.Wh[l], dax, dah, lam_out, work,
-                        row_blocks(B, w.Wh[l].nbytes))
-        return lam_out, dax, dah
-
-    @staticmethod
-    def accumulate_grads(grads, cache, cotangents):
-        """Accumulate parameter gradients from the cotangents of many steps, in their order.
-
-        Parameters
-        ----------
-        grads : dict
-            Gradients (PyTorch names) to add to; layer 0's input weights are left to the caller.
-        cache : StepCache
-            The steps' forward intermediates (layer inputs ``xin`` and old states ``h``).
-        cotangents : list of (dax, dah)
-            Per layer, the steps' pre-activation cotangents (K, B, 3H), as from :meth:`step_vjp`.
-
-        Notes
-        -----
-        With the steps of a whole sequence in time order this sums exactly as :meth:`sequence_vjp`
-        does (bit for bit).
-        """
-        for l, (dax, dah) in enumerate(cotangents):
-            _accumulate_layer_grads(grads, l, dax, dah, cache.xin[l], cache.h[l])
+        _layer_step_vjp(lam, lin.h_gate, dt, dtype.type(self.theta), lin.G, lin.N, w.Wh[l], dax,
+                        dah, lam_out, np.empty((K, B, H), dtype), row_blocks(B, w.Wh[l].nbytes))
+        return lam_out, (dax, dah)
 
     # -- fused whole-sequence kernels (serial solver) --------------------------------------------
 
@@ -1237,17 +1457,17 @@ class GRUCell(Cell):
         T, B = ax0.shape[0], ax0.shape[1]
         L, H = w.num_layers, w.hidden_size
         dtype = w.dtype
-        dtv = _as_dt(dt, T, dtype)
+        dtv = as_dt(dt, T, dtype)
         nblk = row_blocks(B, w.Wh[0].nbytes)
         res = SequenceCache([], [], [], dtv)
         x_l = None
         for l in range(L):
-            ax = ax0 if l == 0 else _affine(x_l, w.WxT[l], w.bx[l],
-                                            _empty(ws, ("ax", l), (T, B, 3 * H), dtype))
-            hs = _empty(ws, ("hs", l), (T + 1, B, H), dtype)
+            ax = ax0 if l == 0 else self.layer_inputs(w, l, x_l, work_array(ws, ("ax", l),
+                                                                             (T, B, 3 * H), dtype))
+            hs = work_array(ws, ("hs", l), (T + 1, B, H), dtype)
             hs[0] = h0[l]
-            G = _empty(ws, ("G", l, keep), (T if keep else 1, B, 3 * H), dtype)
-            N = _empty(ws, ("N", l, keep), (T if keep else 1, B, H), dtype)
+            G = work_array(ws, ("G", l, keep), (T if keep else 1, B, 3 * H), dtype)
+            N = work_array(ws, ("N", l, keep), (T if keep else 1, B, H), dtype)
             _layer_sequence_forward(ax, hs, w.WhT[l], w.bh[l], dtv, dtype.type(self.theta), G, N,
                                     nblk)
             res.hs.append(hs)
@@ -1266,9 +1486,9 @@ class GRUCell(Cell):
         seq : SequenceCache
         lam_last : ndarray, shape (L, B, H)
             Adjoint at the last point (from the head: nonzero in the top layer only).
-        grads : dict
-            Parameter gradients to accumulate into (layer 0's input weights excepted: the caller
-            forms ``dax0^T x``).
+        grads : GRUGrads
+            Parameter gradients to accumulate into (layer 0's input weights excepted: they are
+            :meth:`project_inputs_vjp`'s).
         ws : Workspace, optional
             Take the arrays from this workspace (overwriting what an earlier call returned).
 
@@ -1289,29 +1509,18 @@ class GRUCell(Cell):
         work = np.empty((B, H), dtype)
         dxin = np.empty((0, B, H), dtype)
         for l in range(L - 1, -1, -1):
-            dax = _empty(ws, ("dax", l), (T, B, 3 * H), dtype)
-            dah = _empty(ws, ("dah", l), (T, B, 3 * H), dtype)
+            dax = work_array(ws, ("dax", l), (T, B, 3 * H), dtype)
+            dah = work_array(ws, ("dah", l), (T, B, 3 * H), dtype)
             _layer_sequence_vjp(np.ascontiguousarray(lam_last[l]), dxin, seq.hs[l], seq.dt,
                                 dtype.type(self.theta), seq.G[l], seq.N[l], w.Wh[l], dax, dah,
                                 lam, work, nblk)
             lam0[l] = lam[T % 2]
             xin = seq.hs[l - 1][1:] if l > 0 else None
-            _accumulate_layer_grads(grads, l, dax, dah, xin, seq.hs[l][:-1])
+            self.accumulate_layer_grads(grads, l, dax, dah, xin, seq.hs[l][:-1])
             if l > 0:
-                dxin = _affine(dax, w.Wx[l], None, _empty(ws, ("dxin", l), (T, B, H), dtype))
+                dxin = self.layer_input_vjp(w, l, (dax, dah),
+                                            work_array(ws, ("dxin", l), (T, B, H), dtype))
         return lam0, dax
-
-    def _check(self, w, ax0, h):
-        if h.ndim != 4:
-            raise ValueError(f"states must have shape (K, L, B, H), got {h.shape}")
-        K, L, B, H = h.shape
-        if (L, H) != (w.num_layers, w.hidden_size) or h.dtype != w.dtype:
-            raise ValueError(f"states {h.shape} {h.dtype} do not fit weights of {w.num_layers} layers, "
-                             f"hidden {w.hidden_size}, {w.dtype}")
-        if ax0.shape != (K, B, 3 * H) or ax0.dtype != h.dtype:
-            raise ValueError(f"ax0 must have shape {(K, B, 3 * H)} and dtype {h.dtype}, got "
-                             f"{ax0.shape} {ax0.dtype}")
-        return K, L, B, H
 
 
 class SequenceCache(NamedTuple):
@@ -1323,15 +1532,6 @@ class SequenceCache(NamedTuple):
     dt: np.ndarray
 
 
-def _accumulate_layer_grads(grads, l, dax, dah, xin, h):
-    """grads of layer l += contributions of pre-activation cotangents dax, dah (..., 3H)."""
-    accumulate_outer(dah, h, grads[f"weight_hh_l{l}"])
-    grads[f"bias_hh_l{l}"] += dah.reshape(-1, dah.shape[-1]).sum(axis=0)
-    if l > 0:
-        accumulate_outer(dax, xin, grads[f"weight_ih_l{l}"])
-        grads[f"bias_ih_l{l}"] += dax.reshape(-1, dax.shape[-1]).sum(axis=0)
-
-
 CELLS = {
     "classic": GRUCell("classic", 0.0),
     "implicit": GRUCell("implicit", 1.0),
@@ -1341,10 +1541,10 @@ CELLS = {
 def get_cell(name):
     """The cell registered under ``name`` ('classic', 'implicit', or 'implicit-newton', which
     :mod:`mgritnn.cells.newton` registers on import), or ``name`` itself if it is a
-    :class:`GRUCell` (e.g. ``NewtonGRUCell(NewtonConfig(max_iter=30))``); otherwise a ConfigError.
-    A cell with state of its own (the Newton cell's counters) is a new instance on every call,
-    so that no two models share it (:meth:`Cell.instance`)."""
-    if isinstance(name, GRUCell):
+    :class:`~mgritnn.cells.base.Cell` (e.g. ``NewtonGRUCell(NewtonConfig(max_iter=30))``);
+    otherwise a ConfigError. A cell with state of its own (the Newton cell's counters) is a new
+    instance on every call, so that no two models share it (:meth:`Cell.instance`)."""
+    if isinstance(name, Cell):
         return name
     try:
         return CELLS[name].instance()
@@ -1352,5 +1552,6 @@ def get_cell(name):
         raise ConfigError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}") from None
 
 
-__all__ = ["GRUCell", "GRUWeights", "LayerStep", "StackCache", "StackedWeights", "StepCache", "CELLS", "Workspace", "get_cell", "project",
-           "accumulate_outer", "resolve_dtype"]
+__all__ = ["CELLS", "GRUCell", "GRUGrads", "GRUStack", "GRUWeights", "LayerStep", "SequenceCache",
+           "StackCache", "StackedWeights", "StepCache", "Workspace", "accumulate_outer", "as_dt",
+           "get_cell", "project", "resolve_dtype"]

@@ -46,14 +46,11 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..options import check_int, check_real, renamed
-from .gru import (CELLS, GRUCell, LayerStep, SequenceCache, _accumulate_layer_grads, _affine,
-                  _as_dt, _empty, _layer_gate_vjp, _layer_jacobian_dense)
+from .base import LayerStep, work_array
+from .gru import CELLS, GRUCell, GRUStack, SequenceCache, as_dt
 
 #: Default Newton tolerance on the max-norm of G per batch row, by dtype.
 DEFAULT_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
-
-_EXPLICIT = GRUCell("classic", 0.0)       # Phi_c: residual, gates and Jacobian at the iterate
-_LINEAR = GRUCell("implicit", 1.0)        # the initial guess
 
 
 @renamed("Newton", tol="atol")
@@ -148,25 +145,16 @@ def _solve(A, b):
     return (x[..., 0] if vec else x), ok
 
 
-def _newton_matrices(y, dt, G, N, Wh):
-    """J_G = 2 I - J_c of each row at the gates G, N of y: y, N (n, B, H), G (n, B, 3H), dt (n,);
-    returns (n, B, H, H)."""
-    n, B, H = y.shape
-    J = np.empty((n, B, H, H), y.dtype)
-    _layer_jacobian_dense(y, dt, y.dtype.type(0.0), G, N, Wh, J)
-    J *= -1
-    idx = np.arange(H)
-    J[:, :, idx, idx] += 2
-    return J
-
-
-class NewtonGRUCell(GRUCell):
+class NewtonGRUCell(GRUStack):
     """The fully implicit (backward Euler) GRU cell, solved by Newton per batch row.
 
-    Same interface as :class:`~mgritnn.cells.gru.GRUCell` (the step API, :meth:`accumulate_grads`
-    and the whole-sequence methods), so every solver uses it unchanged; the states the gates were
-    evaluated at (``LayerStep.h_gate``, ``StepCache.h``) are the **new** states. See the module
-    docstring for the equations.
+    A GRU stack (:class:`~mgritnn.cells.gru.GRUStack`: the step protocol, the input projections and
+    the gradients) whose layer step is solved by Newton with two theta-family cells it holds: the
+    classic cell :attr:`explicit` (the residual, the gates and the Jacobian at the iterate, and the
+    gate VJP of the adjoint) and the linearly implicit cell :attr:`linear` (the initial guess).
+    Every solver uses it as any other cell; the states the gates were evaluated at
+    (``LayerStep.h_gate``, ``StepCache.h``) are the **new** states. See the module docstring for
+    the equations.
 
     Parameters
     ----------
@@ -182,8 +170,8 @@ class NewtonGRUCell(GRUCell):
         ``get_cell("implicit-newton")`` hands out a new instance every time, so every model has
         its own; MGRIT's coarse levels use the model's cell (:meth:`coarse_cell`), so its counters
         include them.
-    theta : float
-        NaN: this cell is not a member of the theta family (no inherited theta kernel may run).
+    explicit, linear : GRUCell
+        The classic and the linearly implicit cells the Newton solve is made of.
 
     Notes
     -----
@@ -204,8 +192,11 @@ class NewtonGRUCell(GRUCell):
     #: Not the theta-family step: MGRIT advances it through :meth:`step` / :meth:`step_vjp`.
     fused_stack = False
 
+    name = "implicit-newton"
+
     def __init__(self, config=None):
-        super().__init__("implicit-newton", float("nan"))
+        self.explicit = GRUCell("classic", 0.0)     # Phi_c: residual, gates, Jacobian at the iterate
+        self.linear = GRUCell("implicit", 1.0)      # the initial guess
         self.config = NewtonConfig() if config is None else config
         if not isinstance(self.config, NewtonConfig):
             raise ConfigError(f"config must be a NewtonConfig, got {type(config).__name__}")
@@ -221,6 +212,16 @@ class NewtonGRUCell(GRUCell):
     def instance(self):
         """A new cell with this one's config and its own counters."""
         return NewtonGRUCell(self.config)
+
+    def _newton_matrices(self, w, l, y, dt, G, N):
+        """J_G = 2 I - J_c of each row at the gates G, N of y: y, N (n, B, H), G (n, B, 3H),
+        dt (n,); returns (n, B, H, H)."""
+        H = y.shape[2]
+        J = self.explicit.layer_jacobian(w, l, y, dt, G, N, "dense")
+        J *= -1
+        idx = np.arange(H)
+        J[:, :, idx, idx] += 2
+        return J
 
     # -- one layer, K states ---------------------------------------------------------------------
 
@@ -251,20 +252,19 @@ class NewtonGRUCell(GRUCell):
         cfg = self.config
         tol = cfg.tolerance(dtype)
         scale = dtype.type(1.0 / (1.0 + cfg.damping))
-        Wh = w.Wh[l]
-        y = _LINEAR.layer_step(w, l, ax, h, dt, fused=fused).h_new
+        y = self.linear.layer_step(w, l, ax, h, dt, fused=fused).h_new
         live = np.ones((K, B), bool)          # rows still iterating
         iters = 0
         for k in range(cfg.max_iter + 1):
-            s = _EXPLICIT.layer_step(w, l, ax, y, dt, fused=fused)
+            s = self.explicit.layer_step(w, l, ax, y, dt, fused=fused)
             res = 2 * y - s.h_new - h         # G(y)
             rnorm = np.max(np.abs(res), axis=2)
             live &= rnorm > tol               # NaN: stops (and counts as not converged)
             if k == cfg.max_iter or not live.any():
                 break
             ks, bs = np.nonzero(live)
-            JG = _newton_matrices(y[ks, bs][:, None], dt[ks], s.G[ks, bs][:, None],
-                                  s.N[ks, bs][:, None], Wh)[:, 0]
+            JG = self._newton_matrices(w, l, y[ks, bs][:, None], dt[ks], s.G[ks, bs][:, None],
+                                       s.N[ks, bs][:, None])[:, 0]
             delta, ok = _solve(JG, res[ks, bs])
             y[ks[ok], bs[ok]] -= scale * delta[ok]
             live[ks[~ok], bs[~ok]] = False    # singular Newton matrix: stop the row
@@ -273,7 +273,7 @@ class NewtonGRUCell(GRUCell):
         self._count(K * B, iters, rnorm, bad, tol)
         J = None
         if jacobian is not None:
-            inv, _ = _solve(_newton_matrices(y, dt, s.G, s.N, Wh).reshape(-1, H, H),
+            inv, _ = _solve(self._newton_matrices(w, l, y, dt, s.G, s.N).reshape(-1, H, H),
                             np.broadcast_to(np.eye(H, dtype=dtype), (K * B, H, H)))
             inv = inv.reshape(K, B, H, H)
             J = inv if jacobian == "dense" else np.ascontiguousarray(np.diagonal(inv, 0, 2, 3))
@@ -294,7 +294,7 @@ class NewtonGRUCell(GRUCell):
                           "stats.unconverged); raise max_iter or damping, or use a smaller dt",
                           RuntimeWarning, stacklevel=3)
 
-    def layer_step_vjp(self, w, l, lam, h_gate, dt, G, N, need_lam=True):
+    def layer_step_vjp(self, w, l, lam, lin, dt, need_lam=True):
         """VJP of :meth:`layer_step` for K states, by the implicit function theorem.
 
         Parameters
@@ -303,8 +303,9 @@ class NewtonGRUCell(GRUCell):
         l : int
         lam : ndarray, shape (K, B, H), C-contiguous
             Adjoint of the new states.
-        h_gate, G, N : ndarray, shapes (K, B, H), (K, B, 3H), (K, B, H)
-            From the :class:`LayerStep` of the forward step: the new states and the gates there.
+        lin : LayerStep
+            The forward step: ``h_gate`` (K, B, H) the new states, ``G`` (K, B, 3H) and ``N``
+            (K, B, H) the gates there.
         dt : ndarray, shape (K,)
         need_lam : bool
             Return the adjoint of the old states (the transposed solve is needed either way).
@@ -314,20 +315,16 @@ class NewtonGRUCell(GRUCell):
         lam_old : ndarray, shape (K, B, H), or None
             :math:`\\mu` with :math:`J_G(h')^T \\mu = \\lambda`, which is
             :math:`(\\partial h'/\\partial h)^T \\lambda`.
-        dax, dah : ndarray, shape (K, B, 3H)
+        cot : tuple (dax, dah) of ndarray, shape (K, B, 3H)
             Cotangents of the pre-activations ``W_x x + b_x`` and ``W_h h' + b_h``: the classic
             gate VJP at :math:`(\\mu, h')`.
         """
-        K, B, H = h_gate.shape
-        dtype = h_gate.dtype
-        JG = _newton_matrices(h_gate, dt, G, N, w.Wh[l])
+        K, B, H = lin.h_gate.shape
+        JG = self._newton_matrices(w, l, lin.h_gate, dt, lin.G, lin.N)
         mu, _ = _solve(JG.reshape(-1, H, H).transpose(0, 2, 1), lam.reshape(-1, H))
-        mu = np.ascontiguousarray(mu.reshape(K, B, H), dtype=dtype)
-        dax = np.empty((K, B, 3 * H), dtype)
-        dah = np.empty((K, B, 3 * H), dtype)
-        work = np.empty((K, B, H), dtype)
-        _layer_gate_vjp(mu, h_gate, dt, dtype.type(0.0), G, N, dax, dah, work)
-        return (mu if need_lam else None), dax, dah
+        mu = np.ascontiguousarray(mu.reshape(K, B, H), dtype=lin.h_gate.dtype)
+        cot = self.explicit.layer_gate_vjp(mu, lin.h_gate, dt, lin.G, lin.N)
+        return (mu if need_lam else None), cot
 
     # -- whole sequence (serial solver): a loop over the step API --------------------------------
 
@@ -340,17 +337,17 @@ class NewtonGRUCell(GRUCell):
         T, B = ax0.shape[0], ax0.shape[1]
         L, H = w.num_layers, w.hidden_size
         dtype = w.dtype
-        dtv = _as_dt(dt, T, dtype)
+        dtv = as_dt(dt, T, dtype)
         res = SequenceCache([], [], [], dtv)
         x_l = None
         for l in range(L):
             ax = (np.ascontiguousarray(ax0) if l == 0 else
-                  _affine(x_l, w.WxT[l], w.bx[l], _empty(ws, ("ax", l), (T, B, 3 * H), dtype)))
-            hs = _empty(ws, ("hs", l), (T + 1, B, H), dtype)
+                  self.layer_inputs(w, l, x_l, work_array(ws, ("ax", l), (T, B, 3 * H), dtype)))
+            hs = work_array(ws, ("hs", l), (T + 1, B, H), dtype)
             hs[0] = h0[l]
             if keep:
-                G = _empty(ws, ("G", l, True), (T, B, 3 * H), dtype)
-                N = _empty(ws, ("N", l, True), (T, B, H), dtype)
+                G = work_array(ws, ("G", l, True), (T, B, 3 * H), dtype)
+                N = work_array(ws, ("N", l, True), (T, B, H), dtype)
             for t in range(T):
                 s = self.layer_step(w, l, ax[t:t + 1], hs[t:t + 1], dtv[t:t + 1])
                 hs[t + 1] = s.h_new[0]
@@ -377,23 +374,23 @@ class NewtonGRUCell(GRUCell):
         lam0 = np.empty((L, B, H), dtype)
         dxin = None
         for l in range(L - 1, -1, -1):
-            dax = _empty(ws, ("dax", l), (T, B, 3 * H), dtype)
-            dah = _empty(ws, ("dah", l), (T, B, 3 * H), dtype)
+            dax = work_array(ws, ("dax", l), (T, B, 3 * H), dtype)
+            dah = work_array(ws, ("dah", l), (T, B, 3 * H), dtype)
             hs = seq.hs[l]
             lam = np.array(lam_last[l], dtype=dtype)
             for t in range(T - 1, -1, -1):
                 if dxin is not None:
                     lam += dxin[t]
-                lam_old, da, dh = self.layer_step_vjp(w, l, lam[None], hs[t + 1:t + 2],
-                                                      seq.dt[t:t + 1], seq.G[l][t:t + 1],
-                                                      seq.N[l][t:t + 1])
+                lin = LayerStep(None, hs[t + 1:t + 2], seq.G[l][t:t + 1], seq.N[l][t:t + 1], None)
+                lam_old, (da, dh) = self.layer_step_vjp(w, l, lam[None], lin, seq.dt[t:t + 1])
                 dax[t], dah[t] = da[0], dh[0]
                 lam = lam_old[0]
             lam0[l] = lam
             xin = seq.hs[l - 1][1:] if l > 0 else None
-            _accumulate_layer_grads(grads, l, dax, dah, xin, hs[1:])
+            self.accumulate_layer_grads(grads, l, dax, dah, xin, hs[1:])
             if l > 0:
-                dxin = _affine(dax, w.Wx[l], None, _empty(ws, ("dxin", l), (T, B, H), dtype))
+                dxin = self.layer_input_vjp(w, l, (dax, dah),
+                                            work_array(ws, ("dxin", l), (T, B, H), dtype))
         return lam0, dax
 
 

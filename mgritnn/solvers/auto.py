@@ -2,7 +2,8 @@
 
 The candidates are the serial sweep, DEER and quasi-DEER (each converged to its default
 tolerance; MGRIT is left out because with the paper's fixed iteration counts it does not give the
-serial answer). For every problem shape (T, B, L, H, dtype, cell) the first call runs every
+serial answer). For every problem shape (the inputs' (T, B, I) and the state's (L, B, H), dtype,
+cell) the first call runs every
 candidate once on two steps, untimed (compilation or loading numba's cache happens there), then
 times one forward + adjoint of it on a prefix of at most ``calibration_steps`` steps of the batch
 (a quick measurement: every route's cost grows about linearly in T), then keeps the fastest; a
@@ -56,17 +57,6 @@ class AutoConfig:
         return AutoSolver(self)
 
 
-def _scratch_grads(w):
-    """Zero gradients of the GRU stack's parameters (PyTorch names), for timing an adjoint."""
-    g = {}
-    for l in range(w.num_layers):
-        g[f"weight_hh_l{l}"] = np.zeros_like(w.Wh[l])
-        g[f"bias_hh_l{l}"] = np.zeros_like(w.bh[l])
-        g[f"weight_ih_l{l}"] = np.zeros_like(w.Wx[l])
-        g[f"bias_ih_l{l}"] = np.zeros_like(w.bx[l])
-    return g
-
-
 @register(config=AutoConfig)
 class AutoSolver(Solver):
     """The fastest of serial, DEER and quasi-DEER for each shape, by measurement (module docstring).
@@ -89,16 +79,16 @@ class AutoSolver(Solver):
         self.choices, self.timings, self._slow = {}, {}, {}
         self._last = None
 
-    def _calibrate(self, key, cell, w, ax0, h0, dt):
-        n = min(ax0.shape[0], self.config.calibration_steps)
-        ax = np.ascontiguousarray(ax0[:n])
-        dtn = np.broadcast_to(np.asarray(dt, w.dtype), (ax0.shape[0],))[:n]
+    def _calibrate(self, key, cell, w, x, h0, dt):
+        n = min(x.shape[0], self.config.calibration_steps)
+        xn = np.ascontiguousarray(x[:n])
+        dtn = np.broadcast_to(np.asarray(dt, w.dtype), (x.shape[0],))[:n]
         per_step = {}
         for name, solver in self.routes.items():
             for steps in (min(n, 2), n):          # first a tiny untimed run: compilation, caches
                 t0 = time.perf_counter()
-                h_last, state, stats = solver.forward(cell, w, ax[:steps], h0, dtn[:steps], keep=True)
-                solver.adjoint(cell, w, state, np.ones_like(h_last), _scratch_grads(w))
+                h_last, state, stats = solver.forward(cell, w, xn[:steps], h0, dtn[:steps], keep=True)
+                solver.adjoint(cell, w, state, np.ones_like(h_last), cell.zero_grads(w))
             per_step[name] = (time.perf_counter() - t0) / n
             if stats.fallback:                      # not a usable route for this shape
                 per_step[name] = np.inf
@@ -118,17 +108,18 @@ class AutoSolver(Solver):
             route.load_warm_arrays({k[len(name) + 1:]: v for k, v in arrays.items()
                                     if k.startswith(name + "/")})
 
-    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):
-        """Forward solve by the route chosen for this shape (measured on the first call).
-        Returns what that route returns; the statistics' message names the route."""
-        key = (ax0.shape[0], ax0.shape[1], w.num_layers, w.hidden_size, w.dtype.str, cell.name)
+    def forward(self, cell, w, x, h0, dt=1.0, keep=True, T=None, keys=None):
+        """Forward solve of the raw inputs ``x`` (T, *X0) by the route chosen for this shape
+        (measured on the first call). Returns what that route returns; the statistics' message
+        names the route."""
+        key = (x.shape, h0.shape, w.dtype.str, cell.name)
         if key not in self.choices:
-            self._calibrate(key, cell, w, ax0, h0, dt)
+            self._calibrate(key, cell, w, x, h0, dt)
         name = self.choices[key]
         t0 = time.perf_counter()
-        h_last, state, stats = self.routes[name].forward(cell, w, ax0, h0, dt, keep=keep, T=T,
+        h_last, state, stats = self.routes[name].forward(cell, w, x, h0, dt, keep=keep, T=T,
                                                          keys=keys)
-        self._last = (key, name, time.perf_counter() - t0, ax0.shape[0])
+        self._last = (key, name, time.perf_counter() - t0, x.shape[0])
         stats.message = f"auto: {name}; {stats.message}"
         return h_last, state, stats
 
@@ -136,7 +127,7 @@ class AutoSolver(Solver):
         """Adjoint by the route of the last forward solve; then the check against serial speed."""
         key, name, t_fwd, n = self._last
         t0 = time.perf_counter()
-        dax0, stats = self.routes[name].adjoint(cell, w, state, lam_last, grads)
+        dxp, stats = self.routes[name].adjoint(cell, w, state, lam_last, grads)
         if name != "serial":
             spent = t_fwd + time.perf_counter() - t0
             too_slow = spent > (1 + self.config.margin) * self.timings[key]["serial"] * n
@@ -144,7 +135,7 @@ class AutoSolver(Solver):
             if self._slow[key] >= 2:
                 self.choices[key] = "serial"
         stats.message = f"auto: {name}; {stats.message}"
-        return dax0, stats
+        return dxp, stats
 
 
 __all__ = ["AutoConfig", "AutoSolver"]

@@ -1,9 +1,11 @@
 """What every solver shares: the forward/adjoint interface, the result's statistics, the registry.
 
-A solver computes the hidden-state trajectory of a GRU stack over a sequence (``forward``) and the
-adjoint of that trajectory with the parameter gradients (``adjoint``). Solvers differ in how they
-solve the time recurrence (serial sweep, MGRIT, DEER); all of them advance states through the cells'
-step API, so the model, the head and the training loop never depend on which solver ran.
+A solver computes the trajectory of a cell's recurrence over a sequence (``forward``; the GRU
+stack's hidden states) and the adjoint of that trajectory with the parameter gradients
+(``adjoint``). Solvers differ in how they solve the time recurrence (serial sweep, MGRIT, DEER);
+all of them use only the cells' step protocol (:mod:`mgritnn.cells.base`), input projection and its
+gradient included, so the model, the head and the training loop never depend on which solver ran,
+and any cell of the protocol runs on them.
 """
 import functools
 from dataclasses import dataclass, field
@@ -74,7 +76,7 @@ class SolveStats:
 class Solver:
     """Interface of a time solver (see :class:`mgritnn.solvers.serial.SerialSolver`).
 
-    A distributed solver splits the time axis over ranks: each rank projects the inputs of its own
+    A distributed solver splits the time axis over ranks: each rank is given the inputs of its own
     steps only (``local_steps``), the rank owning the last point evaluates the head (``is_last``),
     and ``reduce`` sums the gradient over the ranks and shares the loss and logits.
     """
@@ -106,14 +108,20 @@ class Solver:
         if arrays:
             raise ConfigError(f"solver {self.name!r} keeps no warm-start states, got {sorted(arrays)}")
 
-    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):  # pragma: no cover
-        """Trajectory of the stack from the layer-0 projection ``ax0`` of this rank's steps
-        (``T`` steps in all; ``keys`` name the samples, for solvers that remember them). Returns ``(h_last (L, B, H) or None, state, SolveStats)``; ``h_last``
-        on the rank owning the last point; ``state`` is what :meth:`adjoint` needs (if ``keep``)."""
+    def forward(self, cell, w, x, h0, dt=1.0, keep=True, T=None, keys=None):  # pragma: no cover
+        """Trajectory of ``cell`` from the raw inputs ``x`` (n_local, *X0) of this rank's steps
+        (the GRU: (n_local, B, I); the solver projects them with :meth:`Cell.project_inputs`), the
+        initial state ``h0`` (*S) (the GRU: (L, B, H)) and the step size ``dt`` (``T`` steps in
+        all; ``keys`` name the samples, for solvers that remember them). Returns
+        ``(h_last (*S) or None, state, SolveStats)``; ``h_last`` on the rank owning the last point;
+        ``state`` is what :meth:`adjoint` needs (if ``keep``)."""
         raise NotImplementedError
 
     def adjoint(self, cell, w, state, lam_last, grads):  # pragma: no cover - interface
-        """Adjoint solve and parameter gradients. Returns ``(dax0 (T, B, 3H), SolveStats)``."""
+        """Adjoint solve; adds this rank's parameter gradients, those of the input projection
+        included (:meth:`Cell.project_inputs_vjp`), to ``grads`` (the cell's gradient NamedTuple,
+        in place). Returns ``(dxp (n_local, *X), SolveStats)``, ``dxp`` the cotangent of the
+        projected inputs (the GRU: layer 0's pre-activations, (n_local, B, 3H))."""
         raise NotImplementedError
 
 

@@ -10,8 +10,10 @@ h^(k) and solves the linear recurrence
     \\qquad b_t = \\Phi(h^{(k)}_t) - J_t h^{(k)}_t,
 
 by a parallel scan (:func:`mgritnn.solvers.scan.linear_recurrence`: chunks on threads, blocks on MPI
-ranks). Evaluating Phi and J at all T points is one batched call (:meth:`GRUCell.layer_step` with
-``fused=True``): the sequential dependence is only in the scan. quasi-DEER keeps only diag(J_t),
+ranks). Evaluating Phi and J at all T points is one batched call (:meth:`Cell.layer_step` with
+``fused=True``): the sequential dependence is only in the scan. The solver uses only the layer-wise
+operations of the step protocol (:mod:`mgritnn.cells.base`), so it runs on any cell that has them
+(the GRU cells; the scalar test equation as one layer of rows of one unknown). quasi-DEER keeps only diag(J_t),
 so a scan costs O(T B H) instead of O(T B H^3) (Gonzalez et al. 2024).
 
 Choices of this implementation (``../shared/design/algorithms.md`` §5):
@@ -52,12 +54,12 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..cells import StepCache, project
 from ..config import DIVERGED, JIT_PAR, NONFINITE, NOT_CONVERGED, OK
 from ..errors import ConfigError
 from ..options import check_bool, check_choices, check_int, check_real
 from .base import SolveStats, TimeParallelSolver, register
 from .scan import linear_recurrence
+from .serial import step_through
 
 #: Default tolerances (atol, rtol) per dtype.
 DEFAULT_TOLERANCES = {np.dtype(np.float64): (1e-6, 1e-4), np.dtype(np.float32): (1e-4, 1e-3)}
@@ -199,11 +201,13 @@ def _update(new, old, atol, rtol, err, change):
 
 class _DEERState(NamedTuple):
     """What the adjoint needs: per layer the trajectory hs (T_loc + 1, B, H) (point lo first), its
-    linearization (LayerStep with the dense Jacobian), the layer inputs; the step sizes."""
+    linearization (LayerStep with the dense Jacobian), the layer inputs; the step sizes; the raw
+    inputs x (T_loc, *X0) of this rank's steps."""
     hs: list
     lin: list
     xin: list
     dt: np.ndarray
+    x: np.ndarray
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,16 +237,18 @@ class DEERSolver(TimeParallelSolver):
 
     # -- forward -------------------------------------------------------------------------------
 
-    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):
+    def forward(self, cell, w, x, h0, dt=1.0, keep=True, T=None, keys=None):
         """DEER forward solve of this rank's steps.
 
         Parameters
         ----------
-        cell : GRUCell
-        w : GRUWeights
-        ax0 : ndarray, shape (T_loc, B, 3H)
-            Layer-0 input projection of this rank's steps ``local_steps(T)``.
-        h0 : ndarray, shape (L, B, H)
+        cell : Cell
+            Any cell with the layer-wise operations of the step protocol.
+        w : the cell's weights (GRUWeights for the GRU cells)
+        x : ndarray, shape (T_loc, *X0)
+            Raw inputs of this rank's steps ``local_steps(T)`` (the GRU: (T_loc, B, I)), projected
+            here once (:meth:`Cell.project_inputs`).
+        h0 : ndarray, shape S (the GRU: (L, B, H))
             Initial state (read on rank 0).
         dt : float or ndarray, shape (T,)
         keep : bool
@@ -254,7 +260,7 @@ class DEERSolver(TimeParallelSolver):
 
         Returns
         -------
-        h_last : ndarray (L, B, H) on the last rank, else None
+        h_last : ndarray, shape S, on the last rank, else None
         state : _DEERState or None
         stats : SolveStats
             ``iterations`` summed over the layers, ``history`` the scaled update norm of every
@@ -266,14 +272,16 @@ class DEERSolver(TimeParallelSolver):
         cfg = self.config
         t0 = time.perf_counter()
         wait0 = self.tc.wait_time
-        T = ax0.shape[0] if T is None else int(T)
+        T = x.shape[0] if T is None else int(T)
         lo, hi = self.local_steps(T)
         if T < self.size:
             raise ConfigError(f"DEER needs at least one step per rank: {T} steps on {self.size} ranks")
-        if ax0.shape[0] != hi - lo:
-            raise ValueError(f"ax0 holds {ax0.shape[0]} steps, but this rank owns steps [{lo}, {hi})")
-        L, H, dtype = w.num_layers, w.hidden_size, w.dtype
-        B = ax0.shape[1]
+        if x.shape[0] != hi - lo:
+            raise ValueError(f"x holds {x.shape[0]} steps, but this rank owns steps [{lo}, {hi})")
+        ax0 = cell.project_inputs(w, x)
+        L, dtype = cell.num_layers(w), w.dtype
+        h0s = [a[0] for a in cell.layer_states(h0[None])]      # per layer (B, H)
+        B, H = max((a.shape for a in h0s), key=lambda s: s[1])
         dense_bytes = (hi - lo) * B * H * H * dtype.itemsize
         if (keep or not cfg.quasi) and dense_bytes > cfg.max_memory:
             raise ConfigError(
@@ -290,14 +298,14 @@ class DEERSolver(TimeParallelSolver):
         stats = SolveStats(message="converged")
         hs_all, xin, axs, x_l = [], [], [], None
         for l in range(L):
-            ax = ax0 if l == 0 else project(x_l, w.Wx[l], w.bx[l])
+            ax = ax0 if l == 0 else cell.layer_inputs(w, l, x_l)
             guess = None
             if warm:
-                guess = np.zeros((hi - lo, B, H), dtype)
+                guess = np.zeros((hi - lo,) + h0s[l].shape, dtype)
                 for b, key in enumerate(wkeys):
                     if key in self._warm:
                         guess[:, b] = self._warm[key][l]
-            hs, status, iters, hist, resid = self._solve_layer(cell, w, l, ax, h0[l], dtv, atol,
+            hs, status, iters, hist, resid = self._solve_layer(cell, w, l, ax, h0s[l], dtv, atol,
                                                                 rtol, guess)
             stats.iterations += iters
             stats.history += hist
@@ -320,7 +328,7 @@ class DEERSolver(TimeParallelSolver):
             hs_all = self._serial_sweep(cell, w, ax0, h0, dtv)
             stats.step_evals += hi - lo
             xin = [None] + [hs[1:] for hs in hs_all[:-1]]
-            axs = [ax0] + [project(x, w.Wx[l], w.bx[l]) for l, x in enumerate(xin) if l > 0]
+            axs = [ax0] + [cell.layer_inputs(w, l, xl) for l, xl in enumerate(xin) if l > 0]
         if warm and (stats.status == OK or stats.fallback):
             for b, key in enumerate(wkeys):
                 self._warm[key] = np.stack([hs[1:, b] for hs in hs_all])
@@ -331,10 +339,10 @@ class DEERSolver(TimeParallelSolver):
                 lin.append(cell.layer_step(w, l, axs[l], np.ascontiguousarray(hs_all[l][:-1]), dtv,
                                            jacobian="dense", fused=True))
             stats.step_evals += hi - lo
-            state = _DEERState(hs_all, lin, xin, dtv)
+            state = _DEERState(hs_all, lin, xin, dtv, x)
         h_last = None
         if self.is_last:
-            h_last = np.stack([hs[-1] for hs in hs_all])
+            h_last = cell.join_layers([hs[-1] for hs in hs_all])
         stats.wait_time = self.tc.wait_time - wait0
         stats.seconds = time.perf_counter() - t0
         return h_last, state, stats
@@ -343,8 +351,8 @@ class DEERSolver(TimeParallelSolver):
         """Newton iterations of one layer. Returns (hs (T_loc + 1, B, H), status, iterations,
         history, last largest absolute update)."""
         cfg = self.config
-        n, B = ax.shape[0], ax.shape[1]
-        H = w.hidden_size
+        n = ax.shape[0]
+        B, H = h0.shape
         dtype = w.dtype
         hs = np.zeros((n + 1, B, H), dtype)
         if self.rank == 0:
@@ -401,13 +409,16 @@ class DEERSolver(TimeParallelSolver):
         return hs, status, k, history, resid
 
     def _serial_sweep(self, cell, w, ax0, h0, dtv):
-        """The serial sweep of the whole stack, pipelined over the ranks (the fallback)."""
-        L, B, H = h0.shape
+        """The serial sweep of the whole stack, pipelined over the ranks (the fallback): the
+        cell's fused sweep, or step by step."""
         start = h0.copy()
         self.tc.recv_prev(start, "deer-sweep")
-        seq = cell.sequence_forward(w, ax0, start, dtv, keep=False)
-        hs_all = [np.ascontiguousarray(hs) for hs in seq.hs]
-        self.tc.send_next(np.stack([hs[-1] for hs in hs_all]), "deer-sweep")
+        if cell.fused_sequence:
+            hs_all = cell.sequence_forward(w, ax0, start, dtv, keep=False).hs
+        else:
+            hs_all = cell.layer_states(step_through(cell, w, ax0, start, dtv)[0])
+        hs_all = [np.ascontiguousarray(hs) for hs in hs_all]
+        self.tc.send_next(cell.join_layers([hs[-1] for hs in hs_all]), "deer-sweep")
         return hs_all
 
     # -- adjoint -------------------------------------------------------------------------------
@@ -416,20 +427,23 @@ class DEERSolver(TimeParallelSolver):
         """Adjoint by one reverse scan per layer with the full transposed Jacobian at the converged
         trajectory, then one batched pass for the parameter gradients of this rank's steps.
 
-        ``lam_last`` (L, B, H) is needed on the last rank only. Returns (dax0 (T_loc, B, 3H), stats).
+        ``lam_last`` (*S) is needed on the last rank only. The parameter gradients of this rank's
+        steps, the input projection's included, are added to ``grads``. Returns (dxp (T_loc, *X),
+        stats): the cotangent of the projected inputs (the GRU: dax0 (T_loc, B, 3H)).
         """
         if state is None:
             raise ValueError("the forward solve did not keep its state (keep=False, or it failed "
                              "without fallback): nothing to differentiate")
         t0 = time.perf_counter()
         wait0 = self.tc.wait_time
-        L = w.num_layers
-        n, B, H = state.lin[0].h_new.shape
+        L = cell.num_layers(w)
         dtype = w.dtype
-        terminal = np.zeros((B, H), dtype)
+        lam_l = None if lam_last is None else [a[0] for a in cell.layer_states(lam_last[None])]
         dxin = None                                   # cotangent at points lo+1 .. hi from above
         cot = [None] * L
         for l in range(L - 1, -1, -1):
+            n, B, H = state.lin[l].h_new.shape
+            terminal = np.zeros((B, H), dtype)
             # mu at points lo .. hi-1: mu_t = J_t^T mu_{t+1} + d_t, d_t the cotangent at point t
             d = np.zeros((n, B, H), dtype)
             if dxin is not None and n:
@@ -439,7 +453,7 @@ class DEERSolver(TimeParallelSolver):
                 if self.rank > 0:
                     d[0] = recv
             if self.is_last:
-                terminal[...] = lam_last[l] if lam_last is not None else 0
+                terminal[...] = lam_l[l] if lam_l is not None else 0
                 if dxin is not None and n:
                     terminal += dxin[-1]
             mu = np.empty((n, B, H), dtype)
@@ -449,14 +463,11 @@ class DEERSolver(TimeParallelSolver):
             nu[:-1] = mu[1:]
             if n:
                 nu[-1] = after
-            s = state.lin[l]
-            _, dax, dah = cell.layer_step_vjp(w, l, nu, s.h_gate, state.dt, s.G, s.N, need_lam=False)
-            cot[l] = (dax, dah)
+            _, cot[l] = cell.layer_step_vjp(w, l, nu, state.lin[l], state.dt, need_lam=False)
             if l > 0:
-                dxin = project(dax, np.ascontiguousarray(w.Wx[l].T))
-        cache = StepCache(state.xin, [s.h_gate for s in state.lin], [s.G for s in state.lin],
-                          [s.N for s in state.lin])
-        cell.accumulate_grads(grads, cache, cot)
+                dxin = cell.layer_input_vjp(w, l, cot[l])
+        cell.accumulate_grads(grads, cell.layers_cache(state.xin, state.lin), cot)
+        cell.project_inputs_vjp(w, state.x, cot[0][0], grads)
         stats = SolveStats(step_evals=n, wait_time=self.tc.wait_time - wait0,
                            seconds=time.perf_counter() - t0)
         return cot[0][0], stats

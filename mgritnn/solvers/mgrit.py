@@ -1,19 +1,21 @@
 """MGRIT: multigrid reduction in time, forward and adjoint, distributed over MPI ranks.
 
-The forward solve finds the trajectory u_0 .. u_N of u_{n+1} = Phi(u_n; x_n) (all GRU layers in one
-state); the adjoint solve finds lambda_n = (dPhi/du at u_n)^T lambda_{n+1} backward in time. Both
-use one generic FAS engine (:class:`_FAS`) with XBraid's semantics, over a *propagator* that
-advances K states of one level by one step each through the cells' step API:
+The forward solve finds the trajectory u_0 .. u_N of u_{n+1} = Phi(u_n; x_n) (for the GRU all
+layers in one state); the adjoint solve finds lambda_n = (dPhi/du at u_n)^T lambda_{n+1} backward in
+time. Both use one generic FAS engine (:class:`_FAS`) with XBraid's semantics, over a *propagator*
+that advances K states of one level by one step each through the step protocol
+(:mod:`mgritnn.cells.base`; nothing here knows which cell it advances):
 
 * levels: level l holds the multiples of m_l = cf_1 ... cf_l and N (``distributed.partition``);
   a level-l step spans m_l fine steps (the last one possibly fewer) with step size m_l dt;
-* F-relaxation steps through the F-points of all local intervals at once: for the GRU cells one
-  compiled call (:meth:`GRUCell.advance`) sweeps every interval in place, intervals in parallel on
-  the threads and, for states of one or two rows, four intervals in lockstep so that their rows
-  share each load of the weights; C-relaxation steps all local C-points at once from the values
-  before the sweep; FCF = F, C, F. The coarsest sweep, the residuals and the final sweep are one
-  such call each. A cell without the compiled stack kernels (``implicit-newton``) is advanced
-  position by position through its step API, with the same results;
+* F-relaxation steps through the F-points of all local intervals at once: for a cell with compiled
+  chains (``Cell.fused_stack``: the GRU cells) one call (:meth:`Cell.advance`) sweeps every
+  interval in place, intervals in parallel on the threads (for the GRU's states of one or two rows,
+  four intervals in lockstep so that their rows share each load of the weights); C-relaxation
+  steps all local C-points at once from the values before the sweep; FCF = F, C, F. The coarsest
+  sweep, the residuals and the final sweep are one such call each. A cell without compiled chains
+  (``implicit-newton``, the test equation) is advanced position by position through
+  :meth:`Cell.step` / :meth:`Cell.step_vjp`, with the same results;
 * FAS: residual at the C-points r_c = Phi_l(u_{c-1}) + g_c - u_c, injection v = u(C-points),
   coarse right-hand side g_k = r_{c_k} + v_k - Phi_{l+1}(v_{k-1}), correction u(c_k) += w_k - v_k
   after F-relaxing level l+1 (XBraid's interpolation);
@@ -43,7 +45,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cells import StackCache, StepCache, get_cell
+from ..cells import get_cell
 from ..cells.base import tree_map
 from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from ..distributed import level_points, local_grid, rank_bounds
@@ -264,7 +266,7 @@ class _FAS:
     ----------
     grid : LocalGrid
     prop : propagator with ``step(l, j, u) -> Phi_l(u)`` for local step indices j (int array) of
-        level l and states u (K, L, B, H), and a counter ``evals``
+        level l and states u (K, *S), and a counter ``evals``
     tc : TimeComm
         The time-communication service of the ranks.
     u0 : ndarray, shape S (the GRU stack: (L, B, H))
@@ -520,14 +522,14 @@ def _level_inputs(grid, ax0_local, lo_fwd, coarse_input, reverse):
 
 class _Prop:
     """What the FAS engine asks of a propagator: ``apply(l, j, u)`` = Phi_l(u) for local steps j
-    of level l and states u (K, L, B, H); ``chains(l, u, g, starts, lens)`` advances the level's
+    of level l and states u (K, *S); ``chains(l, u, g, starts, lens)`` advances the level's
     points in place, u[s + 1] = Phi_l(u[s]) + g[s + 1] for s = starts[c] .. starts[c] + lens[c] - 1
     of every chain c; ``evals`` counts the states advanced. ``final`` marks the last visit of the
     level-0 steps, whose intermediates the next phase needs.
 
     This generic version advances the chains position by position through ``apply`` (one batched
     cell call per position); :class:`_FusedForward` and :class:`_FusedAdjoint` run them as one
-    compiled call.
+    call of the cell's compiled chains.
     """
 
     evals = 0
@@ -547,8 +549,8 @@ class _Prop:
 
 
 class _ForwardProp(_Prop):
-    """Forward steps of every level through the cells' step API; the final level-0 steps keep
-    their gates (``cache``, a StepCache)."""
+    """Forward steps of every level through :meth:`Cell.step`; the final level-0 steps keep their
+    caches (``cache``, stacked over the level's steps)."""
 
     def __init__(self, fine, coarse, w, levels, dt):
         self.cells = [fine] + [coarse] * (len(levels) - 1)
@@ -619,12 +621,12 @@ def _chain_args(starts, lens, contiguous):
 
 class _FusedForward(_ForwardProp):
     """:class:`_ForwardProp` with every relaxation, residual and sweep as one call of the cells'
-    compiled stack kernels (:meth:`GRUCell.advance`), in place, without per-position copies;
-    the final level-0 steps keep their gates in one :class:`StackCache`."""
+    compiled chains (:meth:`Cell.advance`), in place, without per-position copies; the final
+    level-0 steps keep their linearizations in one :meth:`Cell.chain_cache`."""
 
     def __init__(self, fine, coarse, w, levels, dt):
         super().__init__(fine, coarse, w, levels, dt)
-        self.sw = w.stacked()
+        self.sw = fine.chain_weights(w)
         dtype = levels[0][2].dtype
         self.dts = [np.ascontiguousarray(span * dt, dtype=dtype) for _, span, _ in levels]
         self.gates = None
@@ -633,8 +635,8 @@ class _FusedForward(_ForwardProp):
         if not final:
             return None
         if self.gates is None:
-            n, B, H3 = self.levels[0][2].shape
-            self.gates = StackCache.empty(self.w.num_layers, n, B, H3 // 3, self.levels[0][2].dtype)
+            x = self.levels[0][2]
+            self.gates = self.cells[0].chain_cache(self.w, x, len(x))
         return self.gates
 
     def _run(self, l, X, Y, args, g, keep, res=None):
@@ -655,24 +657,20 @@ class _FusedForward(_ForwardProp):
         return out
 
     def step_cache(self, u):
-        L = self.w.num_layers
-        G, N, Y = self.gates
-        return StepCache([None] + [Y[l] for l in range(L - 1)], [u[:-1, l] for l in range(L)],
-                         list(G), list(N))
+        return self.cells[0].chain_step_cache(self.gates, u)
 
 
 class _FusedAdjoint(_Prop):
-    """The adjoint propagator on the compiled stack kernels (:meth:`GRUCell.advance_vjp`): each
+    """The adjoint propagator on the cells' compiled chains (:meth:`Cell.advance_vjp`): each
     level's steps are linearized once, at the fine forward states at their starts (level 0: the
-    forward's final gates); the final level-0 VJPs keep their cotangents ``cot``."""
+    forward's final linearizations); the final level-0 VJPs keep their cotangents ``cot``."""
 
     def __init__(self, fine, coarse, w, levels, dt, u_fwd, fwd):
         self.cells = [fine] + [coarse] * (len(levels) - 1)
         self.sw = fwd.sw
         self.dts = fwd_dts = []
         dtype = u_fwd.dtype
-        L, B, H = u_fwd.shape[1:]
-        self.lin = []                      # per level: (states, gates, index of step s in them)
+        self.lin = []                # per level: (states, linearizations, index of step s in them)
         self.evals = 0
         for l, (local, span, ax) in enumerate(levels):
             fwd_dts.append(np.ascontiguousarray(span * dt, dtype=dtype))
@@ -680,14 +678,13 @@ class _FusedAdjoint(_Prop):
                 self.lin.append((u_fwd, fwd.gates, np.ascontiguousarray(local, dtype=np.int64)))
                 continue
             h = np.ascontiguousarray(u_fwd[local])
-            keep = StackCache.empty(L, len(local), B, H, dtype)
+            keep = self.cells[l].chain_cache(w, ax, len(local))
             k, _, _, ones = _chain_args(np.arange(len(h)), np.ones(len(h)), False)
             self.cells[l].advance(self.sw, ax, fwd_dts[l], h, k, np.empty_like(h), k, k, ones,
                                   keep=keep)
             self.evals += len(local)
             self.lin.append((h, keep, np.arange(len(local), dtype=np.int64)))
-        n = len(levels[0][0])
-        self.cot = (np.zeros((L, n, B, 3 * H), dtype), np.zeros((L, n, B, 3 * H), dtype))
+        self.cot = fine.chain_cotangents(w, levels[0][2], len(levels[0][0]))
 
     def _run(self, l, X, Y, args, g, final, res=None):
         h, lin, fidx = self.lin[l]
@@ -707,8 +704,9 @@ class _FusedAdjoint(_Prop):
         return out
 
     def cotangents(self):
-        """Per layer (dax, dah), each (n, B, 3H) in forward order, of the final level-0 VJPs."""
-        return [(self.cot[0][l], self.cot[1][l]) for l in range(len(self.cot[0]))]
+        """The cotangents of the final level-0 VJPs in forward order, as :meth:`Cell.step_vjp`
+        records them (stacked over the steps)."""
+        return self.cells[0].chain_step_cotangents(self.cot)
 
 
 def _take(cache, idx):
@@ -722,12 +720,13 @@ def _take(cache, idx):
 
 class _MGRITState(NamedTuple):
     """What the adjoint needs from the forward solve on this rank: the number of steps T, the
-    coarsening factors, the local trajectory u (points lo .. hi), the layer-0 projection of the
-    local steps, the step size, and the forward propagator (which kept the gates of every local
-    step in the final sweep)."""
+    coarsening factors, the local trajectory u (points lo .. hi), the raw inputs x and their
+    projection ax0 of the local steps, the step size, and the forward propagator (which kept the
+    linearization of every local step in the final sweep)."""
     T: int
     cfs: list
     u: np.ndarray
+    x: np.ndarray
     ax0: np.ndarray
     dt: float
     prop: object
@@ -749,13 +748,16 @@ class MGRITSolver(TimeParallelSolver):
         b = rank_bounds(T, self.config.cfs(T, self.size), self.size)
         return int(b[self.rank]), int(b[self.rank + 1])
 
-    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):
-        """MGRIT forward solve. ``ax0`` (n_local, B, 3H) holds this rank's time slice [lo, hi) of the
-        layer-0 projection (``local_steps``); ``T`` the total number of steps (default: n_local on
-        one rank); ``keys`` (B,) ints naming the samples (for ``initial_guess="warm"``).
-        Returns (h_last or None, state, SolveStats); h_last only on the last rank."""
+    def forward(self, cell, w, x, h0, dt=1.0, keep=True, T=None, keys=None):
+        """MGRIT forward solve. ``x`` (n_local, *X0) holds this rank's time slice [lo, hi) of the
+        raw inputs (``local_steps``; the GRU: (n_local, B, I)), projected here once
+        (:meth:`Cell.project_inputs`); ``h0`` (*S) the initial state; ``T`` the total number of
+        steps (default: n_local on one rank); ``keys`` (B,) ints naming the samples (for
+        ``initial_guess="warm"``). Returns (h_last or None, state, SolveStats); h_last only on the
+        last rank."""
         cfg = self.config
         t_setup = time.perf_counter()
+        ax0 = cell.project_inputs(w, x)
         T = ax0.shape[0] if T is None else T
         cfs = cfg.cfs(T, self.size)
         grid = local_grid(T, cfs, self.size, self.rank)
@@ -783,12 +785,14 @@ class MGRITSolver(TimeParallelSolver):
         stats.wait_time = fas.wait_time
         stats.seconds = time.perf_counter() - t_setup
         u = fas.u[0]                                    # forward points lo .. hi
-        state = _MGRITState(T, cfs, u, ax0, dt, prop) if keep else None
+        state = _MGRITState(T, cfs, u, x, ax0, dt, prop) if keep else None
         return (u[-1].copy() if self.is_last else None), state, stats
 
     def adjoint(self, cell, w, state, lam_last, grads):
-        """MGRIT adjoint solve, then one batched pass for the parameter gradients of this rank's steps.
-        ``lam_last`` (L, B, H) is needed on the last rank only. Returns (dax0 (n_local, B, 3H), stats)."""
+        """MGRIT adjoint solve, then one batched pass for the parameter gradients of this rank's
+        steps (added to ``grads``, the input projection's included). ``lam_last`` (*S) is needed on
+        the last rank only. Returns (dxp (n_local, *X), stats): the cotangent of the projected
+        inputs (the GRU: dax0 (n_local, B, 3H))."""
         cfg = self.config
         t_setup = time.perf_counter()
         T, u = state.T, state.u
@@ -809,6 +813,7 @@ class MGRITSolver(TimeParallelSolver):
         t1 = time.perf_counter()
         cot = prop.cotangents()
         cell.accumulate_grads(grads, state.prop.step_cache(u), cot)
+        cell.project_inputs_vjp(w, state.x, cot[0][0], grads)
         fas.phases["parameter gradients"] = [time.perf_counter() - t1, 1, 0]
         stats.wait_time = fas.wait_time
         stats.seconds = time.perf_counter() - t_setup

@@ -10,18 +10,59 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cells import Workspace
-from ..cells.base import tree_map
+from ..cells.base import Workspace, tree_map
 from .base import SolveStats, Solver, register
 
 
-class _Steps(NamedTuple):
-    """What the stepwise adjoint needs: inputs x (T, *X), step sizes (T,), trajectory u
-    (T + 1, *S) and the steps' caches (stacked over the T steps)."""
+class _Sweep(NamedTuple):
+    """What the adjoint of a fused sweep needs: the raw inputs x (T, *X0) and the cell's
+    whole-sequence cache."""
     x: np.ndarray
+    seq: object
+
+
+class _Steps(NamedTuple):
+    """What the stepwise adjoint needs: raw inputs x (T, *X0), projected inputs xp (T, *X), step
+    sizes (T,), trajectory u (T + 1, *S) and the steps' caches (stacked over the T steps)."""
+    x: np.ndarray
+    xp: np.ndarray
     dt: np.ndarray
     u: np.ndarray
     cache: object
+
+
+def step_through(cell, w, xp, u0, dt, cache=False):
+    """The trajectory of a cell stepped one time point at a time (:meth:`Cell.step`).
+
+    Parameters
+    ----------
+    cell : Cell
+    w : the cell's weights
+    xp : ndarray, shape (T, *X)
+        Projected inputs (:meth:`Cell.project_inputs`).
+    u0 : ndarray, shape S
+    dt : ndarray, shape (T,)
+    cache : bool
+        Also keep the steps' caches.
+
+    Returns
+    -------
+    u : ndarray, shape (T + 1, *S)
+    caches : the steps' caches stacked over the T steps, or None (without ``cache``, or T = 0)
+    """
+    T = xp.shape[0]
+    u = np.empty((T + 1,) + u0.shape, u0.dtype)
+    u[0] = u0
+    caches = []
+    for t in range(T):
+        out = cell.step(w, xp[t:t + 1], u[t:t + 1], dt[t:t + 1], cache=cache)
+        if cache:
+            out, c = out
+            caches.append(c)
+        u[t + 1] = out[0]
+    if not cache:
+        return u, None
+    return u, (_stack(caches) if T else None)
 
 
 def _stack(parts):
@@ -33,7 +74,7 @@ def _stack(parts):
 class SerialSolver(Solver):
     """Sequential sweep over time; exact (no iteration).
 
-    An instance reuses its work arrays between calls (:class:`~mgritnn.cells.gru.Workspace`): the
+    An instance reuses its work arrays between calls (:class:`~mgritnn.cells.Workspace`): the
     ``state`` of a forward solve is valid until the next forward solve of the same instance.
     """
 
@@ -42,68 +83,66 @@ class SerialSolver(Solver):
     def __init__(self):
         self.ws = Workspace()
 
-    def forward(self, cell, w, ax0, h0, dt=1.0, keep=True, T=None, keys=None):
+    def forward(self, cell, w, x, h0, dt=1.0, keep=True, T=None, keys=None):
         """Serial sweep.
 
         Parameters
         ----------
-        cell : GRUCell
-        w : GRUWeights
-        ax0 : ndarray, shape (T, B, 3H)
-            Layer-0 input projection.
-        h0 : ndarray, shape (L, B, H)
+        cell : Cell
+        w : the cell's weights (GRUWeights for the GRU cells)
+        x : ndarray, shape (T, *X0)
+            Raw inputs (the GRU: (T, B, I)); the cell projects them (:meth:`Cell.project_inputs`).
+        h0 : ndarray, shape S (the GRU: (L, B, H))
         dt : float or ndarray, shape (T,)
         keep : bool
             Keep what the adjoint needs.
 
         Returns
         -------
-        h_last : ndarray, shape (L, B, H)
-        state : SequenceCache or None
+        h_last : ndarray, shape S
+        state : what :meth:`adjoint` needs, or None
         stats : SolveStats
         """
-        if not hasattr(cell, "sequence_forward"):
-            return self._step_forward(cell, w, ax0, h0, dt, keep)
-        seq = cell.sequence_forward(w, ax0, h0, dt, keep=keep, ws=self.ws)
-        h_last = h0.copy()
-        for l, hs in enumerate(seq.hs):
-            h_last[l] = hs[-1]
-        return h_last, (seq if keep else None), SolveStats(step_evals=ax0.shape[0])
+        xp = cell.project_inputs(w, x, ws=self.ws)
+        if not cell.fused_sequence:
+            return self._step_forward(cell, w, x, xp, h0, dt, keep)
+        seq = cell.sequence_forward(w, xp, h0, dt, keep=keep, ws=self.ws)
+        h_last = cell.join_layers([hs[-1] for hs in seq.hs])
+        return h_last, (_Sweep(x, seq) if keep else None), SolveStats(step_evals=xp.shape[0])
 
     def adjoint(self, cell, w, state, lam_last, grads):
-        """Backpropagation through time; accumulates into ``grads`` and returns ``(dax0, stats)``."""
+        """Backpropagation through time; accumulates into ``grads`` (the cell's gradient
+        NamedTuple) and returns ``(dxp, stats)``, ``dxp`` (T, *X) the cotangent of the projected
+        inputs."""
         if isinstance(state, _Steps):
-            return self._step_adjoint(cell, w, state, lam_last, grads)
-        _, dax0 = cell.sequence_vjp(w, state, lam_last, grads, ws=self.ws)
-        return dax0, SolveStats(step_evals=dax0.shape[0])
+            dxp, stats = self._step_adjoint(cell, w, state, lam_last, grads)
+        else:
+            _, dxp = cell.sequence_vjp(w, state.seq, lam_last, grads, ws=self.ws)
+            stats = SolveStats(step_evals=dxp.shape[0])
+        cell.project_inputs_vjp(w, state.x, dxp, grads)
+        return dxp, stats
 
     # -- any cell of the step protocol ---------------------------------------------------------
 
     @staticmethod
-    def _step_forward(cell, w, x, u0, dt, keep):
-        T = x.shape[0]
+    def _step_forward(cell, w, x, xp, u0, dt, keep):
+        T = xp.shape[0]
         dtv = np.ascontiguousarray(np.broadcast_to(np.asarray(dt, u0.dtype), (T,)))
-        u = np.empty((T + 1,) + u0.shape, u0.dtype)
-        u[0] = u0
-        caches = []
-        for t in range(T):
-            out, c = cell.step(w, x[t:t + 1], u[t:t + 1], dtv[t:t + 1], cache=True)
-            u[t + 1] = out[0]
-            caches.append(c)
-        state = _Steps(x, dtv, u, _stack(caches) if T else None) if keep else None
+        u, caches = step_through(cell, w, xp, u0, dtv, cache=keep)
+        state = _Steps(x, xp, dtv, u, caches) if keep else None
         return u[-1].copy(), state, SolveStats(step_evals=T)
 
     @staticmethod
     def _step_adjoint(cell, w, state, lam_last, grads):
         """BPTT one step at a time; the parameter gradients from all steps' cotangents at once, in
         time order (as MGRIT's final sweep does)."""
-        x, dtv, u, cache = state
-        T = x.shape[0]
+        _, xp, dtv, u, cache = state
+        T = xp.shape[0]
         lam = lam_last[None]
-        dx, cots = np.empty_like(x), [None] * T
+        dx, cots = np.empty_like(xp), [None] * T
         for t in range(T - 1, -1, -1):
             cots[t] = []
-            lam, dx[t:t + 1] = cell.step_vjp(w, x[t:t + 1], u[t:t + 1], dtv[t:t + 1], lam,
+            lam, dx[t:t + 1] = cell.step_vjp(w, xp[t:t + 1], u[t:t + 1], dtv[t:t + 1], lam,
                                              cache=tree_map(lambda a: a[t:t + 1], cache),
                                              cotangents=cots[t])
         if T:
