@@ -14,6 +14,7 @@ from .errors import CheckpointError, ConfigError, DataError, SolverError
 from .io import atomic_savez, read_npz
 from .memory import check_memory, memory_estimate
 from .options import check_int, check_real
+from .runtime import entry_point
 from .solvers import get_solver
 
 
@@ -191,6 +192,7 @@ class GRUClassifier:
     def _head(self, h_last):
         return h_last[-1] @ self.params["head.weight"].T + self.params["head.bias"]
 
+    @entry_point
     def forward(self, X, solver="serial", strict=True):
         """Logits of a batch.
 
@@ -219,6 +221,7 @@ class GRUClassifier:
         """Predicted classes, ndarray of shape (B,), int64."""
         return np.argmax(self.forward(X, solver), axis=1)
 
+    @entry_point
     def loss_and_grad_flat(self, X, y, solver="serial", keys=None, strict=True):
         """Mean softmax cross-entropy and its gradient as a flat vector laid out like :attr:`flat`.
 
