@@ -253,7 +253,9 @@ def _data_for_checkpoint(a, meta, model):
     """The data set that ``eval``/``predict`` run ``model`` on.
 
     ``--data`` (default: the checkpoint's training data) at ``--seq-len`` (default: the
-    checkpoint's), labelled with the model's classes: a label the model has no output for, or
+    checkpoint's), with the checkpoint's length policy (its ``lengths`` and ``pad``; the defaults
+    for a checkpoint without them), labelled with the model's classes: a label the model has no
+    output for, or
     class_names with more classes than the model, is a DataError naming both class counts. An
     explicit ``--seq-len`` below 1 or an empty ``--data`` is a ConfigError (never silently replaced
     by the checkpoint's value).
@@ -273,11 +275,14 @@ def _data_for_checkpoint(a, meta, model):
     generated = source == "default" and train_cfg.get("data", "default") == "default"
     return datasets.load(source, seq_len=seq_len, seed=train_cfg.get("seed", 0),
                          num_classes=train_cfg.get("num_classes") if generated else None,
-                         model_classes=model.num_classes)
+                         model_classes=model.num_classes,
+                         lengths=train_cfg.get("lengths", datasets.LENGTHS_POLICIES[0]),
+                         pad=train_cfg.get("pad", datasets.PAD_POLICIES[0]))
 
 
-def _transform(std, X, model):
-    """``X`` standardized as in training (``std``; None: as it is), in the model's dtype."""
+def _transform(std, X, model, lengths=None, pad="end"):
+    """``X`` standardized as in training (``std``; None: as it is), in the model's dtype; with
+    the true ``lengths`` (N,), the padding steps (where ``pad`` says) stay 0 as in training."""
     from .errors import DataError
     if X.shape[2] != model.input_size:
         raise DataError(f"the data has {X.shape[2]} channels but the checkpoint's model takes "
@@ -285,7 +290,7 @@ def _transform(std, X, model):
                         f"channels the model was trained on (--data)")
     if std is None:
         return np.asarray(X, dtype=model.dtype)
-    return std.transform(X, model.dtype)
+    return std.transform(X, model.dtype, lengths, pad)
 
 
 def cmd_eval(a):
@@ -294,7 +299,7 @@ def cmd_eval(a):
     ds = _data_for_checkpoint(a, meta, model)
     for split in ("train", "test") if a.train else ("test",):
         X, y = getattr(ds, f"X_{split}"), getattr(ds, f"y_{split}")
-        r = evaluate(model, _transform(std, X, model), y)
+        r = evaluate(model, _transform(std, X, model, getattr(ds, f"len_{split}"), ds.pad), y)
         print(f"{split}: loss {r['loss']:.4f}  accuracy {100 * r['accuracy']:.2f}%  ({len(y)} samples)")
     return 0
 
@@ -312,7 +317,8 @@ def cmd_predict(a):
     model, std, meta = load_checkpoint(a.checkpoint)
     ds = _data_for_checkpoint(a, meta, model)
     X, y = getattr(ds, f"X_{a.split}"), getattr(ds, f"y_{a.split}")
-    logits = evaluate(model, _transform(std, X, model), y)["logits"]
+    X = _transform(std, X, model, getattr(ds, f"len_{a.split}"), ds.pad)
+    logits = evaluate(model, X, y)["logits"]
     atomic_savez(a.out, dict(logits=logits, predictions=np.argmax(logits, 1), labels=y),
                  meta=dict(kind="predictions", split=a.split, checkpoint=os.path.abspath(a.checkpoint)))
     print(f"wrote logits {logits.shape} of the {a.split} split to {a.out}")

@@ -13,6 +13,15 @@ user-caused data problem into a :class:`~mgritnn.errors.DataError` that names th
 fix. The class set comes from the data's ``class_names``, else from ``num_classes``
 (``--num-classes``), else from the labels (:func:`resolve_classes`, which also says what is an
 error and what is a :class:`DataWarning`: gaps, 1-based labels, classes without training samples).
+
+Variable-length sequences: an ``.npz`` archive may carry the true lengths ``len_train`` (N,) and
+``len_test`` (M,) of sequences that are zero-padded at the end to a common ``T`` (both or neither).
+:func:`validate` checks them (integers in ``1 .. T``, every step beyond a length all zeros);
+:func:`load` applies a policy: ``lengths="use"`` (default) keeps them, ``"ignore"`` drops them with
+a :class:`DataWarning`; ``pad="end"`` (default) keeps the file's layout, ``"front"`` right-aligns
+every sequence (:func:`pad_front`). :class:`Standardizer` fits on the real steps only and keeps the
+padding at exactly 0. The generated default set and UCI HAR have no lengths (``None``): every
+sequence is ``T`` steps long. The solvers do not use the lengths yet.
 """
 
 import os
@@ -24,6 +33,7 @@ import numpy as np
 
 from mgritnn.errors import ConfigError, DataError, MgritnnWarning
 from mgritnn.io import open_npz, read_member
+from mgritnn.options import check_choice
 
 __all__ = [
     "DataWarning",
@@ -34,9 +44,13 @@ __all__ = [
     "fix_length",
     "load",
     "load_npz",
+    "LENGTHS_POLICIES",
+    "PAD_POLICIES",
     "load_uci_har_dir",
     "make_oscillations",
     "oscillation_frequencies",
+    "pad_front",
+    "real_steps",
     "resolve_classes",
     "validate",
 ]
@@ -53,6 +67,13 @@ UCI_HAR_CLASS_NAMES = (
 )
 _UCI_HAR_DIRNAME = "UCI HAR Dataset"
 _NPZ_KEYS = ("X_train", "y_train", "X_test", "y_test")
+_LENGTH_KEYS = ("len_train", "len_test")
+#: The choices of :func:`load`'s ``lengths`` (``--lengths``): keep the true lengths of the data,
+#: or drop them (the padding then counts as data). The first is the default.
+LENGTHS_POLICIES = ("use", "ignore")
+#: The choices of :func:`load`'s ``pad`` (``--pad``): where the zero padding of a shorter sequence
+#: lies, after its real steps (the layout of the files) or before them. The first is the default.
+PAD_POLICIES = ("end", "front")
 
 
 class Dataset(NamedTuple):
@@ -74,6 +95,15 @@ class Dataset(NamedTuple):
         Short human-readable name of the source (``"oscillations"``, a file name, ...).
     class_names : tuple of str, length num_classes
         ``class_names[k]`` names class ``k``.
+    len_train : np.ndarray, shape (N,), int64, or None
+        True length of each training sequence, in ``1 .. T``; the other ``T - len_train[i]``
+        steps of sequence ``i`` are zero padding (where: see ``pad``). None: every sequence has
+        all ``T`` steps.
+    len_test : np.ndarray, shape (M,), int64, or None
+        The same for the test sequences; None exactly when ``len_train`` is None.
+    pad : {"end", "front"}
+        Where the padding lies: after the real steps (``"end"``: steps ``len .. T - 1``) or
+        before them (``"front"``: steps ``0 .. T - len - 1``). Irrelevant without lengths.
     """
 
     X_train: np.ndarray
@@ -83,6 +113,9 @@ class Dataset(NamedTuple):
     num_classes: int
     name: str
     class_names: tuple
+    len_train: np.ndarray = None
+    len_test: np.ndarray = None
+    pad: str = "end"
 
     @property
     def seq_len(self) -> int:
@@ -452,9 +485,10 @@ def load_npz(path, num_classes=None, model_classes=None) -> Dataset:
     """Load a sequence data set from a NumPy ``.npz`` archive.
 
     The archive holds ``X_train`` (N, T, C), ``y_train`` (N,), ``X_test`` (M, T, C), ``y_test``
-    (M,) with 0-based integer labels, and optionally ``class_names`` (a 1-D string array); other
-    keys (``len_train``, ``subject_train``, ...) are ignored. This is the layout of the files in
-    ``shared/data`` (e.g. ``uci_har.npz``, ``japanese_vowels.npz``). Opened without pickle: a
+    (M,) with 0-based integer labels, and optionally ``class_names`` (a 1-D string array) and the
+    true lengths ``len_train`` (N,) and ``len_test`` (M,) of sequences zero-padded at the end (both
+    or neither); other keys (``subject_train``, ...) are ignored. This is the layout of the files
+    in ``shared/data`` (e.g. ``uci_har.npz``, ``japanese_vowels.npz``). Opened without pickle: a
     file that is not a zip archive, a damaged archive and object arrays are refused with a
     :class:`~mgritnn.errors.DataError` (never by advising to allow pickle, which can run code).
 
@@ -475,14 +509,16 @@ def load_npz(path, num_classes=None, model_classes=None) -> Dataset:
         resolved by :func:`resolve_classes`: ``class_names`` of the archive, else
         ``num_classes``, else ``model_classes``, else ``max(y_train, y_test) + 1`` from the
         labels (class names are then ``"0"``, ``"1"``, ...). ``name`` is the file name without
-        extension.
+        extension. ``len_train``/``len_test`` are int64 (N,)/(M,), or None when the file has
+        none; ``pad`` is ``"end"``.
 
     Raises
     ------
     DataError
         If the file is missing, not an .npz archive or damaged, lacks a required key, or holds
-        unusable data (e.g. 2-D ``X`` of shape (N, C), which is not a sequence data set, or labels
-        that do not fit the class set).
+        unusable data (e.g. 2-D ``X`` of shape (N, C), which is not a sequence data set, labels
+        that do not fit the class set, only one of ``len_train``/``len_test``, or lengths that
+        contradict the padding; see :func:`validate`).
     ConfigError
         If ``num_classes`` is not an integer >= 2 or contradicts the stored ``class_names``.
 
@@ -501,7 +537,8 @@ def load_npz(path, num_classes=None, model_classes=None) -> Dataset:
             raise DataError(f"{str(path)!r} lacks {', '.join(missing)}; a sequence data set needs "
                             f"the arrays {', '.join(_NPZ_KEYS)} (found: "
                             f"{', '.join(archive.files) or 'none'})")
-        arrays = {k: _read_member(archive, k, path) for k in _NPZ_KEYS}
+        arrays = {k: _read_member(archive, k, path)
+                  for k in _NPZ_KEYS + _LENGTH_KEYS if k in archive.files}
         names = (_read_member(archive, "class_names", path) if "class_names" in archive.files
                  else None)
     if names is not None:
@@ -511,15 +548,17 @@ def load_npz(path, num_classes=None, model_classes=None) -> Dataset:
                             f"dtype {names.dtype} shape {names.shape}")
         names = tuple(names.astype(str).tolist())
     raw = Dataset(arrays["X_train"], arrays["y_train"], arrays["X_test"], arrays["y_test"],
-                  0, path.stem, ())
+                  0, path.stem, (), arrays.get("len_train"), arrays.get("len_test"))
     return _with_classes(raw, names, num_classes, model_classes, repr(str(path)))
 
 
 def _with_classes(raw, class_names, num_classes, model_classes, name):
     """Check the arrays of ``raw``, resolve its class set (:func:`resolve_classes`), validate."""
-    X_train, y_train, X_test, y_test = _checked_arrays(raw)
+    X_train, y_train, X_test, y_test, len_train, len_test = _checked_arrays(raw, name)
     C, names = resolve_classes(y_train, y_test, class_names, num_classes, model_classes, name)
-    return validate(Dataset(X_train, y_train, X_test, y_test, C, raw.name, names))
+    return validate(raw._replace(X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test,
+                                 num_classes=C, class_names=names, len_train=len_train,
+                                 len_test=len_test))
 
 
 def _uci_har_files(split):
@@ -601,7 +640,8 @@ def load_uci_har_dir(path, num_classes=None, model_classes=None) -> Dataset:
     return _with_classes(raw, UCI_HAR_CLASS_NAMES, num_classes, model_classes, repr(str(root)))
 
 
-def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes=None) -> Dataset:
+def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes=None,
+         lengths="use", pad="end") -> Dataset:
     """Load a data set by source name.
 
     Parameters
@@ -612,6 +652,7 @@ def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes
     seq_len : int or None
         Sequence length. For ``"default"`` the generated length (None: 128); for a file source,
         truncate or zero-pad both splits at the end to this length (None: keep the file's).
+        Truncation clips the lengths to ``min(length, seq_len)``; padding leaves them.
     seed : int
         Seed of the generated default data set (ignored for files).
     num_classes : int or None
@@ -623,25 +664,42 @@ def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes
         The number of classes of the model the data is evaluated with (``mgritnn eval`` and
         ``predict``): labels must lie below it and the data may not have more classes; no warning
         about classes without samples (see :func:`resolve_classes`).
+    lengths : {"use", "ignore"}
+        What to do with the true lengths of a file that has them (``len_train``/``len_test``):
+        ``"use"`` (default) keeps them (the standardization then counts the real steps only);
+        ``"ignore"`` drops them (``None``) with a :class:`DataWarning` (none when every length is
+        ``T``, as after a truncation to the shortest): the padding then counts as data. Data
+        without lengths is the same under both.
+    pad : {"end", "front"}
+        ``"end"`` (default): the file's layout, padding after the real steps. ``"front"``:
+        every sequence right-aligned (:func:`pad_front`, after the ``seq_len`` truncation), its
+        real steps last, so the last state follows the last real step even where the lengths
+        are not used. Data without lengths (every sequence ``T`` steps) is the same under both.
 
     Returns
     -------
     Dataset
-        Validated: X float32 C-contiguous (N, T, C), y int64 (N,).
+        Validated: X float32 C-contiguous (N, T, C), y int64 (N,), ``len_train``/``len_test``
+        int64 (N,)/(M,) or None, ``pad`` as given.
 
     Raises
     ------
     DataError
         For an unknown source or any problem with the data (including labels that do not fit the
-        class set, and a class set with gaps; see :func:`resolve_classes`).
+        class set, a class set with gaps, see :func:`resolve_classes`, and lengths that do not fit
+        the data, see :func:`validate`).
     ConfigError
-        For a ``num_classes`` that is not an integer >= 2 or contradicts the data's class names.
+        For a ``num_classes`` that is not an integer >= 2 or contradicts the data's class names,
+        or a ``lengths`` or ``pad`` that is not one of its choices.
 
     Warns
     -----
     DataWarning
-        If a declared class has no training samples.
+        If a declared class has no training samples, or ``lengths`` is ``"ignore"`` and the data
+        has padding (a length below ``T``).
     """
+    check_choice("lengths", lengths, LENGTHS_POLICIES)
+    check_choice("pad", pad, PAD_POLICIES)
     if isinstance(source, str) and source == "default":
         classes = 4 if num_classes is None else _positive_count(num_classes, "--num-classes", 2)
         ds = make_oscillations(seq_len=128 if seq_len is None else seq_len, seed=seed,
@@ -664,7 +722,27 @@ def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes
         if seq_len is not None:
             ds = ds._replace(X_train=fix_length(ds.X_train, seq_len),
                              X_test=fix_length(ds.X_test, seq_len))
-    return validate(ds)
+            if ds.len_train is not None:
+                ds = ds._replace(len_train=np.minimum(ds.len_train, seq_len),
+                                 len_test=np.minimum(ds.len_test, seq_len))
+    if ds.len_train is not None:
+        if pad == "front":
+            ds = ds._replace(X_train=pad_front(ds.X_train, ds.len_train),
+                             X_test=pad_front(ds.X_test, ds.len_test))
+        if lengths == "ignore":
+            padded = ds.seq_len - min(int(ds.len_train.min()), int(ds.len_test.min()))
+            if padded:
+                _warn(f"{str(source)!r} has sequence lengths (len_train, len_test), which are "
+                      f"ignored (--lengths ignore): the zero padding (up to {padded} step(s)) "
+                      + ("at the end of the shorter sequences counts as data, in the "
+                         "standardization too, and the classifier reads the state after the "
+                         "padding (--pad front puts the padding before the real steps)"
+                         if pad == "end" else
+                         "before the real steps of the shorter sequences (--pad front) counts as "
+                         "data, in the standardization too, and the recurrence runs through it "
+                         "first"))
+            ds = ds._replace(len_train=None, len_test=None)
+    return validate(ds._replace(pad=pad))
 
 
 # --------------------------------------------------------------------------------------------
@@ -697,7 +775,9 @@ def fix_length(X, seq_len) -> np.ndarray:
     Returns
     -------
     np.ndarray, shape (N, seq_len, C), dtype of X, C-contiguous
-        ``X[:, :seq_len]`` if ``T >= seq_len``, else ``X`` followed by zeros.
+        ``X[:, :seq_len]`` if ``T >= seq_len``, else ``X`` followed by zeros. Lengths of
+        sequences padded at the end stay consistent as ``min(length, seq_len)`` (:func:`load`
+        clips them so).
 
     Raises
     ------
@@ -714,6 +794,90 @@ def fix_length(X, seq_len) -> np.ndarray:
     out = np.zeros((n, seq_len, c), dtype=X.dtype)
     out[:, :t] = X
     return out
+
+
+def real_steps(lengths, seq_len, pad="end") -> np.ndarray:
+    """Which time steps of padded sequences are real (not padding).
+
+    Parameters
+    ----------
+    lengths : array_like, shape (N,), integer
+        True lengths, in ``0 .. seq_len``.
+    seq_len : int
+        Time steps ``T`` of the padded sequences.
+    pad : {"end", "front"}
+        Where the padding lies (see :attr:`Dataset.pad`).
+
+    Returns
+    -------
+    np.ndarray, shape (N, seq_len), bool
+        Row ``i`` is True at steps ``0 .. lengths[i] - 1`` (``"end"``) or
+        ``seq_len - lengths[i] .. seq_len - 1`` (``"front"``).
+    """
+    check_choice("pad", pad, PAD_POLICIES)
+    t = np.arange(int(seq_len))
+    L = np.asarray(lengths, dtype=np.int64)[:, None]
+    return t < L if pad == "end" else t >= int(seq_len) - L
+
+
+def pad_front(X, lengths) -> np.ndarray:
+    """Right-align sequences padded at the end: the real steps last, the zero padding before.
+
+    Parameters
+    ----------
+    X : np.ndarray, shape (N, T, C)
+        Sequences, each zero-padded after its ``lengths[i]`` real steps.
+    lengths : array_like, shape (N,), integer
+        True lengths, in ``1 .. T`` (as :func:`validate` checks them).
+
+    Returns
+    -------
+    np.ndarray, shape (N, T, C), dtype of X, C-contiguous
+        ``out[i, T - lengths[i]:] = X[i, :lengths[i]]`` and zeros before; the steps of ``X``
+        beyond a length (padding) are not copied. The lengths stay the same.
+    """
+    X = np.asarray(X)
+    out = np.zeros(X.shape, dtype=X.dtype)
+    out[real_steps(lengths, X.shape[1], "front")] = X[real_steps(lengths, X.shape[1], "end")]
+    return out
+
+
+def _check_lengths(lengths, n, t, what, x_what):
+    """Check one length vector (``what``) of the ``n`` sequences of ``t`` steps of ``x_what``:
+    integers of shape (n,) in ``1 .. t``; returns it as int64 (n,)."""
+    L = np.asarray(lengths)
+    if L.ndim != 1 or L.shape[0] != n:
+        raise DataError(f"{what} has shape {L.shape} but {x_what} has {n} sequences; give one "
+                        f"length per sequence, shape ({n},)")
+    integral = L.dtype.kind in "iu" or (
+        L.dtype.kind == "f" and bool(np.all(np.isfinite(L))) and bool(np.all(L == np.round(L))))
+    if not integral:
+        values = " with non-integer values" if L.dtype.kind == "f" else ""
+        raise DataError(f"{what} has dtype {L.dtype}{values}; each length must be an integer "
+                        f"number of time steps 1 .. {t}")
+    bad = np.flatnonzero((L < 1) | (L > t))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"{what}[{i}] is {int(L[i])}, but a length must lie in 1 .. {t} (the time "
+                        f"steps of {x_what}; {bad.size} length(s) do not): store each sequence's "
+                        f"true number of steps")
+    return L.astype(np.int64)
+
+
+def _check_padding(X, lengths, pad, what, x_what):
+    """Raise DataError unless every step of ``X`` (N, T, C) outside the real steps of ``lengths``
+    (``what``) is zero, naming the first offending sample and step and how many samples break it."""
+    bad = ~real_steps(lengths, X.shape[1], pad) & np.any(X != 0, axis=2)
+    rows = np.flatnonzero(bad.any(axis=1))
+    if rows.size:
+        i = int(rows[0])
+        step, L, T = int(np.argmax(bad[i])), int(lengths[i]), X.shape[1]
+        where = (f"steps {L} .. {T - 1}" if pad == "end" else f"steps 0 .. {T - L - 1}, pad "
+                 f"'front'")
+        raise DataError(f"{x_what} sample {i} has a nonzero value at step {step}, but its "
+                        f"{what} is {L}, so that step is padding ({where}), which must be all "
+                        f"zeros ({rows.size} sample(s) break this): fix {what}, or remove "
+                        f"len_train and len_test to use the sequences as stored")
 
 
 def _check_labels(y, n, what):
@@ -758,9 +922,18 @@ def _check_finite(X, what):
                         f"np.nan_to_num) before training")
 
 
-def _checked_arrays(ds):
+def _checked_arrays(ds, name=None):
     """Every check of :func:`validate` except those of the class set; returns the canonical
-    ``(X_train, y_train, X_test, y_test)``: X C-contiguous float32 (N, T, C), y int64 (N,)."""
+    ``(X_train, y_train, X_test, y_test, len_train, len_test)``: X C-contiguous float32 (N, T, C),
+    y int64 (N,), lengths int64 (N,) or None. ``name``: the data set in messages (default: its
+    name, quoted)."""
+    if (ds.len_train is None) != (ds.len_test is None):
+        have, lack = ("len_train", "len_test") if ds.len_test is None else ("len_test", "len_train")
+        raise DataError(f"{name or repr(ds.name)} has {have} but no {lack}: give the true lengths "
+                        f"of both splits ({lack} with one length per sequence), or neither")
+    if ds.pad not in PAD_POLICIES:
+        raise DataError(f"data set {ds.name!r} has pad {ds.pad!r}; the padding lies at one of "
+                        f"{', '.join(map(repr, PAD_POLICIES))}")
     out = {}
     for split, X, y in (("train", ds.X_train, ds.y_train), ("test", ds.X_test, ds.y_test)):
         X = _check_sequences(X, f"X_{split}")
@@ -774,8 +947,12 @@ def _checked_arrays(ds):
         with np.errstate(over="ignore", invalid="ignore"):
             X = np.ascontiguousarray(X, dtype=np.float32)
         _check_finite(X, f"X_{split}")
-        out[split] = X, y
-    (X_train, y_train), (X_test, y_test) = out["train"], out["test"]
+        L = getattr(ds, f"len_{split}")
+        if L is not None:
+            L = _check_lengths(L, X.shape[0], X.shape[1], f"len_{split}", f"X_{split}")
+            _check_padding(X, L, ds.pad, f"len_{split}", f"X_{split}")
+        out[split] = X, y, L
+    (X_train, y_train, len_train), (X_test, y_test, len_test) = out["train"], out["test"]
     if X_train.shape[2] != X_test.shape[2]:
         raise DataError(f"X_train has {X_train.shape[2]} channels but X_test has "
                         f"{X_test.shape[2]}; both splits need the same channels")
@@ -783,7 +960,7 @@ def _checked_arrays(ds):
         raise DataError(f"X_train has {X_train.shape[1]} time steps but X_test has "
                         f"{X_test.shape[1]} (length mismatch); use --seq-len to truncate/pad "
                         f"both to one length")
-    return X_train, y_train, X_test, y_test
+    return X_train, y_train, X_test, y_test, len_train, len_test
 
 
 def validate(ds: Dataset) -> Dataset:
@@ -797,13 +974,15 @@ def validate(ds: Dataset) -> Dataset:
     ----------
     ds : Dataset
         Any array-likes: X of shape (N, T, C) with real values, y of shape (N,) with integer
-        (or integral float) labels.
+        (or integral float) labels, lengths of shape (N,) with integer (or integral float)
+        values, or None.
 
     Returns
     -------
     Dataset
         The same data with ``X_*`` as C-contiguous float32 (N, T, C), ``y_*`` as int64 (N,),
-        ``num_classes`` as int and ``class_names`` as a tuple of str.
+        ``len_*`` as int64 (N,) or None, ``num_classes`` as int and ``class_names`` as a tuple of
+        str.
 
     Raises
     ------
@@ -811,17 +990,21 @@ def validate(ds: Dataset) -> Dataset:
         If X is not 3-D; a split is empty or has 0 time steps; y is not 1-D or its length differs
         from X's; labels are not integers or not in ``0 .. num_classes - 1``; X holds NaN/inf;
         train and test differ in channel count or length; ``class_names`` does not have
-        ``num_classes`` entries. The message names the problem and the fix.
+        ``num_classes`` entries; one split has lengths and the other not; lengths are not
+        integers of shape (N,) in ``1 .. T``; a step beyond a sequence's length (where ``pad``
+        says) is not all zeros; ``pad`` is not one of :data:`PAD_POLICIES`. The message names the
+        problem and the fix (for the padding: the first offending sample and step).
     """
     num_classes = int(ds.num_classes)
-    X_train, y_train, X_test, y_test = _checked_arrays(ds)
+    X_train, y_train, X_test, y_test, len_train, len_test = _checked_arrays(ds)
     _check_label_range(y_train, num_classes, "y_train")
     _check_label_range(y_test, num_classes, "y_test")
     class_names = tuple(str(s) for s in ds.class_names)
     if len(class_names) != num_classes:
         raise DataError(f"data set {ds.name!r} has {len(class_names)} class_names but "
                         f"num_classes {num_classes}; give one name per class")
-    return Dataset(X_train, y_train, X_test, y_test, num_classes, str(ds.name), class_names)
+    return Dataset(X_train, y_train, X_test, y_test, num_classes, str(ds.name), class_names,
+                   len_train, len_test, ds.pad)
 
 
 class Standardizer(NamedTuple):
@@ -830,22 +1013,30 @@ class Standardizer(NamedTuple):
     Attributes
     ----------
     mean : np.ndarray, shape (C,), float64
-        Per-channel mean over samples and time.
+        Per-channel mean over samples and time (the real steps only, when fitted with lengths).
     std : np.ndarray, shape (C,), float64
-        Per-channel standard deviation over samples and time; 1.0 for a constant channel.
+        Per-channel standard deviation over samples and time (likewise); 1.0 for a constant
+        channel.
     """
 
     mean: np.ndarray
     std: np.ndarray
 
     @classmethod
-    def fit(cls, X) -> "Standardizer":
+    def fit(cls, X, lengths=None, pad="end") -> "Standardizer":
         """Fit per-channel mean and standard deviation.
 
         Parameters
         ----------
-        X : np.ndarray, shape (N, T, C) (any shape with channels last)
+        X : np.ndarray, shape (N, T, C) (any shape with channels last without ``lengths``)
             Training sequences.
+        lengths : array_like, shape (N,), integer, or None
+            True lengths (``1 .. T``) of sequences padded as ``pad`` says: the statistics are
+            those of the real steps alone (the ``sum(lengths)`` rows ``X[i, t]`` that are not
+            padding), so padding zeros do not count. None: every value of ``X`` counts (the
+            statistics are bitwise those of a fit without the argument).
+        pad : {"end", "front"}
+            Where the padding lies (see :attr:`Dataset.pad`).
 
         Returns
         -------
@@ -856,41 +1047,67 @@ class Standardizer(NamedTuple):
         Raises
         ------
         DataError
-            If ``X`` has fewer than 2 dimensions or no values.
+            If ``X`` has fewer than 2 dimensions or no values; with ``lengths``, if ``X`` is not
+            3-D or the lengths are not integers of shape (N,) in ``1 .. T``.
+        ConfigError
+            If ``pad`` is not one of :data:`PAD_POLICIES`.
         """
         X = np.asarray(X)
         if X.ndim < 2 or X.size == 0:
             raise DataError(f"cannot fit a standardizer on X of shape {X.shape}; it needs "
                             f"sequences (N, T, C) with at least one value per channel")
-        flat = X.reshape(-1, X.shape[-1])
+        if lengths is None:
+            flat = X.reshape(-1, X.shape[-1])
+        else:
+            flat = X[_real_steps_of(X, lengths, pad)]          # (sum(lengths), C)
         mean = flat.mean(axis=0, dtype=np.float64)
         std = flat.std(axis=0, dtype=np.float64)
         std[std <= 1e-10 * np.abs(mean)] = 1.0
         return cls(mean, std)
 
-    def transform(self, X, dtype=np.float32) -> np.ndarray:
+    def transform(self, X, dtype=np.float32, lengths=None, pad="end") -> np.ndarray:
         """Standardise ``X`` with the fitted statistics.
 
         Parameters
         ----------
-        X : np.ndarray, shape (..., C)
+        X : np.ndarray, shape (..., C) ((N, T, C) with ``lengths``)
             Sequences with the fitted number of channels last.
         dtype : numpy dtype
             Output dtype (default float32).
+        lengths : array_like, shape (N,), integer, or None
+            True lengths (``1 .. T``): the padding steps (where ``pad`` says) are exactly 0 in
+            the result. None: every step is standardised (bitwise as without the argument).
+        pad : {"end", "front"}
+            Where the padding lies (see :attr:`Dataset.pad`).
 
         Returns
         -------
         np.ndarray, shape of X, given dtype, C-contiguous
-            ``(X - mean) / std``.
+            ``(X - mean) / std``, with 0 at the padding steps.
 
         Raises
         ------
         DataError
-            If the channel count of ``X`` differs from the fitted one.
+            If the channel count of ``X`` differs from the fitted one; with ``lengths``, if ``X``
+            is not 3-D or the lengths are not integers of shape (N,) in ``1 .. T``.
+        ConfigError
+            If ``pad`` is not one of :data:`PAD_POLICIES`.
         """
         X = np.asarray(X)
         if X.ndim == 0 or X.shape[-1] != self.mean.shape[0]:
             raise DataError(f"X has {X.shape[-1] if X.ndim else 0} channels (shape {X.shape}) "
                             f"but the standardizer was fitted on {self.mean.shape[0]} channels; "
                             f"fit it on data with the same channels")
-        return np.ascontiguousarray((X - self.mean) / self.std, dtype=dtype)
+        real = None if lengths is None else _real_steps_of(X, lengths, pad)
+        Z = np.ascontiguousarray((X - self.mean) / self.std, dtype=dtype)   # a new array
+        if real is not None:
+            Z[~real] = 0
+        return Z
+
+
+def _real_steps_of(X, lengths, pad):
+    """:func:`real_steps` of the sequences ``X`` (N, T, C) with the checked ``lengths``."""
+    if X.ndim != 3:
+        raise DataError(f"X has shape {X.shape}; with lengths it must be sequences (N, T, C)")
+    return real_steps(_check_lengths(lengths, X.shape[0], X.shape[1], "lengths", "X"),
+                      X.shape[1], pad)

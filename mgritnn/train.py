@@ -61,6 +61,16 @@ class TrainConfig:
         must leave no class without samples); must agree with stored class_names; the default set
         generates this many (None: 4); a class without training samples is a warning. See
         :func:`mgritnn.datasets.resolve_classes`.
+    lengths : {"use", "ignore"}
+        The true sequence lengths of a .npz file that has them (len_train, len_test): use = read,
+        check (steps beyond a length must be zero padding) and standardize on the real steps
+        only; ignore = drop them (a warning): the padding counts as data. The solvers do not use
+        the lengths yet (the classifier reads the state after the padding). Data without lengths
+        is the same under both.
+    pad : {"end", "front"}
+        Where the zero padding of shorter sequences lies: end = after the real steps (as stored);
+        front = before them (every sequence right-aligned, after --seq-len truncation), so that
+        the last state follows the last real step. Data without lengths is the same under both.
     cell : str
         classic = torch.nn.GRU; implicit = Moon & Cyr's implicit GRU; implicit-newton = fully
         implicit (backward Euler, Newton per step).
@@ -123,6 +133,10 @@ class TrainConfig:
     data: str = "default"
     seq_len: int = None
     num_classes: int = None
+    lengths: str = field(default=datasets.LENGTHS_POLICIES[0],
+                         metadata={"flag": {"choices": datasets.LENGTHS_POLICIES}})
+    pad: str = field(default=datasets.PAD_POLICIES[0],
+                     metadata={"flag": {"choices": datasets.PAD_POLICIES}})
     cell: str = field(default="classic", metadata={"flag": {"choices": cell_names}})
     newton_options: Mapping = field(default_factory=FrozenDict,
                                     metadata={"flag": {"config": "newton"}})
@@ -588,6 +602,9 @@ class Batch(NamedTuple):
         The standardized inputs of ``part``.
     y : ndarray, shape (b_g,), int
         Their labels.
+    lengths : ndarray, shape (b_g,), int64, or None
+        Their true lengths (``1 .. T``; the padding lies where ``TrainConfig.pad`` says), or None
+        when the data has no lengths (every sequence has all ``T`` steps).
     """
 
     epoch: int
@@ -596,6 +613,7 @@ class Batch(NamedTuple):
     part: np.ndarray
     X: np.ndarray
     y: np.ndarray
+    lengths: np.ndarray = None
 
 
 class StepResult(NamedTuple):
@@ -655,6 +673,9 @@ class Trainer:
         Epochs done before this run (from the checkpoint when resuming).
     times : dict of str to float
         Seconds of this epoch in data, forward, adjoint, wait and optimizer.
+    len_train, len_test : ndarray, shape (N,) and (M,), int64, or None
+        The true lengths of the training and test sequences (None: the data has none, or
+        ``lengths="ignore"``); :meth:`batches` hands out each batch's share.
 
     Use as a context manager (or call :meth:`close`) when driving it by hand: the log is open
     from construction on.
@@ -718,12 +739,15 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------------------
     def _setup_data(self):
-        """Load the data set, check that every data group gets samples in every batch and that
-        the run fits in memory, and standardize the inputs (``ds``, ``standardizer``,
-        ``X_train``, ``X_test``)."""
+        """Load the data set with the length policy of the config (``lengths``, ``pad``), check
+        that every data group gets samples in every batch and that the run fits in memory, and
+        standardize the inputs on their real steps (``ds``, ``standardizer``, ``X_train``,
+        ``X_test``, and the true lengths ``len_train``, ``len_test``: int64 (N,) or None)."""
         cfg = self.cfg
         ds = self.ds = datasets.load(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed,
-                                     num_classes=cfg.num_classes)
+                                     num_classes=cfg.num_classes, lengths=cfg.lengths,
+                                     pad=cfg.pad)
+        self.len_train, self.len_test = ds.len_train, ds.len_test
         if cfg.batch_size < cfg.data_parallel:
             raise ConfigError(f"batch size {cfg.batch_size} is smaller than --data-parallel "
                               f"{cfg.data_parallel}: every data group needs samples")
@@ -731,9 +755,11 @@ class Trainer:
         check_training_memory(ds.num_channels, cfg.hidden, ds.num_classes, cfg.layers, cfg.dtype,
                               -(-cfg.batch_size // cfg.data_parallel),
                               -(-ds.seq_len // self.ranks.time.Get_size()), cfg.optimizer)
-        self.standardizer = datasets.Standardizer.fit(ds.X_train)
-        self.X_train = self.standardizer.transform(ds.X_train, np.dtype(cfg.dtype))
-        self.X_test = self.standardizer.transform(ds.X_test, np.dtype(cfg.dtype))
+        self.standardizer = datasets.Standardizer.fit(ds.X_train, ds.len_train, ds.pad)
+        self.X_train = self.standardizer.transform(ds.X_train, np.dtype(cfg.dtype), ds.len_train,
+                                                   ds.pad)
+        self.X_test = self.standardizer.transform(ds.X_test, np.dtype(cfg.dtype), ds.len_test,
+                                                  ds.pad)
 
     def _setup_model(self, optimizer):
         """Build the model, the optimizer (``optimizer`` or the one of the config) and its state,
@@ -817,7 +843,8 @@ class Trainer:
             t0 = time.perf_counter()
             idx = perm[b * B:(b + 1) * B]
             part = np.array_split(idx, self.cfg.data_parallel)[self.ranks.group]
-            batch = Batch(epoch, b, idx, part, self.X_train[part], self.ds.y_train[part])
+            lengths = None if self.len_train is None else self.len_train[part]
+            batch = Batch(epoch, b, idx, part, self.X_train[part], self.ds.y_train[part], lengths)
             self.times["data"] += time.perf_counter() - t0
             yield batch
 

@@ -196,3 +196,47 @@ def test_bad_values_exit_2_without_a_traceback(args, match):
     r = run(*args)
     assert r.returncode == 2 and "mgritnn: error:" in r.stderr and match in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def write_padded(path, N=20, T=12, C=3, classes=3, seed=0):
+    """A .npz with true lengths (len_train, len_test): each sequence zero-padded at the end."""
+    rng = np.random.default_rng(seed)
+    d = {}
+    for split, n in (("train", N), ("test", N // 2)):
+        L = rng.integers(2, T + 1, n)
+        X = rng.normal(size=(n, T, C)) * (np.arange(T)[:, None] < L[:, None, None])
+        d.update({f"X_{split}": X.astype(np.float32), f"y_{split}": np.arange(n) % classes,
+                  f"len_{split}": L})
+    np.savez(path, **d)
+    return str(path)
+
+
+def test_length_flags_reach_training_and_eval_predict_use_the_checkpoints_policy(tmp_path,
+                                                                                 capsys):
+    from mgritnn import datasets
+    from mgritnn.io import read_npz
+    from mgritnn.train import evaluate, load_checkpoint
+    r = run("train", "--help")
+    assert "--lengths {use,ignore}" in r.stdout and "--pad {end,front}" in r.stdout
+    data, ck, pred = write_padded(tmp_path / "var.npz"), tmp_path / "ck.npz", tmp_path / "p.npz"
+    quick = ["--epochs", "1", "--hidden", "4", "--batch-size", "8", "--quiet"]
+    assert main(["train", "--data", data, "--pad", "front", "--checkpoint", str(ck), *quick]) == 0
+    assert read_npz(ck)[1]["train"]["pad"] == "front"
+    assert read_npz(ck)[1]["train"]["lengths"] == "use"
+    assert main(["predict", "--checkpoint", str(ck), "--out", str(pred)]) == 0
+    model, std, _ = load_checkpoint(ck)
+    ds = datasets.load(data, pad="front")
+    expected = evaluate(model, std.transform(ds.X_test, model.dtype, ds.len_test, "front"),
+                        ds.y_test)["logits"]
+    with np.load(pred) as z:
+        assert z["logits"].tobytes() == expected.tobytes()
+    capsys.readouterr()
+    ck2 = tmp_path / "ck2.npz"
+    assert main(["train", "--data", data, "--lengths", "ignore", "--checkpoint", str(ck2),
+                 *quick]) == 0
+    assert "mgritnn: warning: " in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(ck2)]) == 0         # the checkpoint's policy: ignore
+    err = capsys.readouterr().err
+    assert "mgritnn: warning: " in err and "ignored (--lengths ignore)" in err
+    r = run("train", "--data", data, "--pad", "middle")
+    assert r.returncode == 2 and "invalid choice: 'middle'" in r.stderr

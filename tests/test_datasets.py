@@ -1,4 +1,5 @@
-"""Tests of mgritnn.datasets: the default task, the loaders, validation and standardisation."""
+"""Tests of mgritnn.datasets: the default task, the loaders, validation, sequence lengths and
+standardisation."""
 
 from pathlib import Path
 
@@ -8,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mgritnn import datasets
-from mgritnn.datasets import Dataset, Standardizer, fix_length, load, load_npz, load_uci_har_dir
-from mgritnn.datasets import make_oscillations, validate
-from mgritnn.errors import DataError
+from mgritnn.datasets import DataWarning, Dataset, Standardizer, fix_length, load, load_npz
+from mgritnn.datasets import load_uci_har_dir, make_oscillations, pad_front, real_steps, validate
+from mgritnn.errors import ConfigError, DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -135,8 +136,9 @@ def save_npz(path, ds, **extra):
 def test_load_npz_small(tmp_path):
     raw = small_dataset()
     path = save_npz(tmp_path / "toy.npz", raw, class_names=np.array(["a", "b", "c"]),
-                    len_train=np.full(6, 5))
+                    subject_train=np.arange(6))
     ds = load_npz(path)
+    assert ds.len_train is None and ds.len_test is None and ds.pad == "end"
     assert ds.X_train.dtype == np.float32 and ds.y_train.dtype == np.int64
     assert ds.X_train.shape == (6, 5, 2) and ds.X_test.shape == (4, 5, 2)
     np.testing.assert_array_equal(ds.X_train, raw.X_train.astype(np.float32))
@@ -446,3 +448,336 @@ def test_validate_reports_first_bad_sample(n, t, c, bad, data):
     first = min(i[0] for i in idx)
     with pytest.raises(DataError, match=rf"contains {len(idx)} NaN.*sample {first};"):
         validate(ds)
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence lengths: reading, validation, the padding policy, standardisation on real steps
+# --------------------------------------------------------------------------------------------
+
+def padded_dataset(n=6, m=4, t=7, c=2, k=3, seed=0, len_train=None, len_test=None):
+    """A raw Dataset whose sequences are zero-padded at the end after their true lengths."""
+    rng = np.random.default_rng(seed)
+    len_train = rng.integers(1, t + 1, n) if len_train is None else np.asarray(len_train)
+    len_test = rng.integers(1, t + 1, m) if len_test is None else np.asarray(len_test)
+    X_train = rng.standard_normal((n, t, c)) * ~real_steps(t - len_train, t, "front")[..., None]
+    X_test = rng.standard_normal((m, t, c)) * ~real_steps(t - len_test, t, "front")[..., None]
+    return Dataset(X_train, np.arange(n) % k, X_test, np.arange(m) % k, k, "padded",
+                   tuple(f"c{i}" for i in range(k)), len_train, len_test)
+
+
+def save_padded(path, ds, **extra):
+    return save_npz(path, ds, len_train=ds.len_train, len_test=ds.len_test, **extra)
+
+
+def test_padded_dataset_helper_pads_at_the_end():
+    ds = padded_dataset(len_train=[7, 3, 1, 7, 2, 5])
+    assert not ds.X_train[1, 3:].any() and ds.X_train[1, :3].all()
+    assert not ds.X_train[2, 1:].any() and ds.X_train[0].all()
+
+
+def test_real_steps():
+    np.testing.assert_array_equal(real_steps([2, 4, 1], 4), [[1, 1, 0, 0], [1, 1, 1, 1],
+                                                             [1, 0, 0, 0]])
+    np.testing.assert_array_equal(real_steps([2, 4, 1], 4, "front"), [[0, 0, 1, 1], [1, 1, 1, 1],
+                                                                      [0, 0, 0, 1]])
+    with pytest.raises(ConfigError, match="pad must be one of 'end', 'front', got 'middle'"):
+        real_steps([1], 2, "middle")
+
+
+def test_load_npz_reads_lengths(tmp_path):
+    raw = padded_dataset()
+    ds = load_npz(save_padded(tmp_path / "var.npz", raw))
+    assert ds.len_train.dtype == np.int64 and ds.len_test.dtype == np.int64
+    np.testing.assert_array_equal(ds.len_train, raw.len_train)
+    np.testing.assert_array_equal(ds.len_test, raw.len_test)
+    np.testing.assert_array_equal(ds.X_train, raw.X_train.astype(np.float32))
+    assert ds.pad == "end" and load(tmp_path / "var.npz").len_train.tolist() == \
+        raw.len_train.tolist()
+    floats = save_npz(tmp_path / "f.npz", raw, len_train=raw.len_train.astype(np.float64),
+                      len_test=raw.len_test.astype(np.float32))      # integral floats are fine
+    assert load_npz(floats).len_test.dtype == np.int64
+
+
+@pytest.mark.parametrize("key, other", [("len_train", "len_test"), ("len_test", "len_train")])
+def test_load_npz_one_length_alone_is_an_error(tmp_path, key, other):
+    raw = padded_dataset()
+    path = save_npz(tmp_path / "half.npz", raw, **{key: getattr(raw, key)})
+    with pytest.raises(DataError, match=rf"half.npz' has {key} but no {other}: give the true "
+                                        rf"lengths of both splits \({other} with one length per "
+                                        rf"sequence\), or neither"):
+        load_npz(path)
+    with pytest.raises(DataError, match=rf"'padded' has {key} but no {other}"):
+        validate(raw._replace(**{other: None}))
+
+
+L6 = padded_dataset().len_train
+
+
+@pytest.mark.parametrize("changes, pattern", [
+    (dict(len_train=L6[:5]), r"len_train has shape \(5,\) but X_train has 6 sequences; give one "
+                             r"length per sequence, shape \(6,\)"),
+    (dict(len_test=np.full((4, 1), 7)), r"len_test has shape \(4, 1\) but X_test has 4 "
+                                        r"sequences"),
+    (dict(len_train=L6 + 0.5), r"len_train has dtype float64 with non-integer values; each "
+                               r"length must be an integer number of time steps 1 \.\. 7"),
+    (dict(len_train=np.where(L6 == L6[2], np.nan, L6)), "non-integer values"),
+    (dict(len_train=L6 > 0), r"len_train has dtype bool; each length must be an integer"),
+    (dict(len_test=np.array(["7"] * 4)), r"len_test has dtype <U1; each length must be"),
+    (dict(len_train=np.r_[L6[:3], 0, L6[4:]]), r"len_train\[3\] is 0, but a length must lie in "
+                                               r"1 \.\. 7 \(the time steps of X_train; 1 "
+                                               r"length\(s\) do not\): store each sequence's true "
+                                               r"number of steps"),
+    (dict(len_test=np.array([7, 8, -1, 9])), r"len_test\[1\] is 8, but a length must lie in "
+                                             r"1 \.\. 7 .*3 length\(s\) do not"),
+    (dict(len_test=np.array([7, 1e300, 7, 7])), r"len_test\[1\] is 10000000000000000525047"),
+    (dict(pad="middle"), r"data set 'padded' has pad 'middle'; the padding lies at one of "
+                         r"'end', 'front'"),
+])
+def test_validate_rejects_bad_lengths(changes, pattern):
+    with pytest.raises(DataError, match=pattern):
+        validate(padded_dataset()._replace(**changes))
+
+
+def test_validate_names_the_first_step_that_breaks_the_padding():
+    raw = padded_dataset(len_train=[7, 3, 1, 7, 2, 5], len_test=[7, 7, 4, 2])
+    X = raw.X_train.copy()
+    X[4, 6, 1] = 0.25             # sample 4 (length 2): step 6 is padding
+    X[4, 3, 0] = -1e-3            # ... and so is step 3, the first
+    X[2, 5, 0] = 1.0              # sample 2 (length 1): the first sample that breaks it
+    with pytest.raises(DataError, match=r"X_train sample 2 has a nonzero value at step 5, but "
+                                        r"its len_train is 1, so that step is padding \(steps "
+                                        r"1 \.\. 6\), which must be all zeros \(2 sample\(s\) "
+                                        r"break this\): fix len_train, or remove len_train and "
+                                        r"len_test to use the sequences as stored"):
+        validate(raw._replace(X_train=X))
+    X[2, 5, 0] = 0.0
+    with pytest.raises(DataError, match=r"sample 4 has a nonzero value at step 3, but its "
+                                        r"len_train is 2.*\(1 sample"):
+        validate(raw._replace(X_train=X))
+    Xt = raw.X_test.copy()
+    Xt[3, 2] = np.float32(1e-30)  # tiny is not zero
+    with pytest.raises(DataError, match=r"X_test sample 3 has a nonzero value at step 2, but its "
+                                        r"len_test is 2"):
+        validate(raw._replace(X_test=Xt))
+    Xt[3, 2] = -0.0               # negative zero is padding
+    validate(raw._replace(X_test=Xt))
+    # front padding: the padding lies before the real steps
+    front = raw._replace(X_train=pad_front(raw.X_train, raw.len_train),
+                         X_test=pad_front(raw.X_test, raw.len_test), pad="front")
+    validate(front)
+    with pytest.raises(DataError, match=r"sample 1 has a nonzero value at step 4"):
+        validate(front._replace(pad="end"))
+    X = front.X_train.copy()
+    X[5, 1, 0] = 2.0              # length 5 of 7: steps 0 .. 1 are padding
+    with pytest.raises(DataError, match=r"sample 5 has a nonzero value at step 1, but its "
+                                        r"len_train is 5, so that step is padding \(steps 0 \.\. "
+                                        r"1, pad 'front'\)"):
+        validate(front._replace(X_train=X))
+
+
+def test_load_npz_checks_the_padding_of_the_file(tmp_path):
+    raw = padded_dataset(len_train=[7, 3, 1, 7, 2, 5])
+    X = raw.X_train.copy()
+    X[1, 4] = 1.0
+    with pytest.raises(DataError, match=r"X_train sample 1 has a nonzero value at step 4"):
+        load(save_padded(tmp_path / "bad.npz", raw._replace(X_train=X)))
+
+
+@settings(deadline=None, max_examples=30)
+@given(n=st.integers(1, 6), t=st.integers(1, 9), c=st.integers(1, 3), data=st.data())
+def test_validate_finds_any_padding_violation(n, t, c, data):
+    lengths = np.array(data.draw(st.lists(st.integers(1, t), min_size=n, max_size=n)))
+    X = np.ones((n, t, c)) * real_steps(lengths, t)[..., None]
+    pads = [(i, s) for i in range(n) for s in range(lengths[i], t)]
+    bad = data.draw(st.lists(st.sampled_from(pads), unique=True, max_size=4)) if pads else []
+    for i, s in bad:
+        X[i, s, data.draw(st.integers(0, c - 1))] = -3.0
+    ds = Dataset(X, np.zeros(n, int), X[:1], np.zeros(1, int), 1, "h", ("only",), lengths,
+                 lengths[:1])
+    if not bad:
+        assert validate(ds).len_train.tolist() == lengths.tolist()
+        return
+    i, s = min(bad)
+    with pytest.raises(DataError, match=rf"sample {i} has a nonzero value at step {s}, but its "
+                                        rf"len_train is {lengths[i]}.*"
+                                        rf"\({len({j for j, _ in bad})} sample"):
+        validate(ds)
+
+
+def test_pad_front_moves_exactly_the_real_steps():
+    raw = padded_dataset(n=9, t=11, c=3, seed=5)
+    X = raw.X_train.astype(np.float32)
+    out = pad_front(X, raw.len_train)
+    assert out.shape == X.shape and out.dtype == np.float32 and out.flags.c_contiguous
+    T = X.shape[1]
+    for i, L in enumerate(raw.len_train):       # the slow twin, sample by sample
+        np.testing.assert_array_equal(out[i, T - L:], X[i, :L])
+        assert not out[i, :T - L].any()
+    np.testing.assert_array_equal(pad_front(X, np.full(9, T)), X)     # full length: unchanged
+    padded = X.copy()
+    padded[0, -1] = 9.0                                                # not padding: not copied
+    if raw.len_train[0] < T:
+        np.testing.assert_array_equal(pad_front(padded, raw.len_train), out)
+
+
+def test_load_pad_front(tmp_path):
+    raw = padded_dataset(seed=2)
+    path = save_padded(tmp_path / "var.npz", raw)
+    end, front = load(path), load(path, pad="front")
+    assert front.pad == "front" and end.pad == "end"
+    np.testing.assert_array_equal(front.len_train, end.len_train)
+    np.testing.assert_array_equal(front.X_train, pad_front(end.X_train, end.len_train))
+    np.testing.assert_array_equal(front.X_test, pad_front(end.X_test, end.len_test))
+    # data without lengths is the same under every policy
+    plain = save_npz(tmp_path / "plain.npz", small_dataset())
+    for kw in (dict(pad="front"), dict(lengths="ignore"), dict(lengths="ignore", pad="front")):
+        ds = load(plain, **kw)
+        assert ds.len_train is None
+        np.testing.assert_array_equal(ds.X_train, load(plain).X_train)
+    with pytest.raises(ConfigError, match="pad must be one of 'end', 'front', got 'start'"):
+        load(path, pad="start")
+    with pytest.raises(ConfigError, match="lengths must be one of 'use', 'ignore', got True"):
+        load(path, lengths=True)
+
+
+def test_seq_len_keeps_the_lengths_consistent(tmp_path):
+    raw = padded_dataset(len_train=[7, 3, 1, 7, 2, 5], len_test=[7, 6, 4, 2])
+    path = save_padded(tmp_path / "var.npz", raw)
+    short = load(path, seq_len=4)                          # truncation clips the lengths
+    assert short.len_train.tolist() == [4, 3, 1, 4, 2, 4]
+    assert short.len_test.tolist() == [4, 4, 4, 2]
+    np.testing.assert_array_equal(short.X_train, raw.X_train[:, :4].astype(np.float32))
+    long = load(path, seq_len=10)                          # zero padding leaves them
+    assert long.len_train.tolist() == [7, 3, 1, 7, 2, 5] and long.X_train.shape == (6, 10, 2)
+    # front padding happens after the truncation: each sequence's first seq_len steps, right-aligned
+    front = load(path, seq_len=4, pad="front")
+    np.testing.assert_array_equal(front.X_train, pad_front(short.X_train, short.len_train))
+    assert front.X_train[1, 0].tolist() == [0, 0] and front.X_train[0, 0].any()
+    front_long = load(path, seq_len=10, pad="front")
+    np.testing.assert_array_equal(front_long.X_train[:, 3:], load(path, pad="front").X_train)
+
+
+def test_ignored_lengths_warn_once(tmp_path):
+    raw = padded_dataset(len_train=[7, 3, 1, 7, 2, 5], len_test=[7, 6, 4, 2])
+    path = save_padded(tmp_path / "var.npz", raw)
+    with pytest.warns(DataWarning) as got:
+        ds = load(path, lengths="ignore")
+    assert len(got) == 1 and got[0].filename == __file__
+    msg = str(got[0].message)
+    assert msg == (f"{str(path)!r} has sequence lengths (len_train, len_test), which are ignored "
+                   "(--lengths ignore): the zero padding (up to 6 step(s)) at the end of the "
+                   "shorter sequences counts as data, in the standardization too, and the "
+                   "classifier reads the state after the padding (--pad front puts the padding "
+                   "before the real steps)")
+    assert ds.len_train is None and ds.len_test is None
+    np.testing.assert_array_equal(ds.X_train, load(path).X_train)
+    with pytest.warns(DataWarning, match=r"up to 6 step\(s\)\) before the real steps"):
+        front = load(path, lengths="ignore", pad="front")
+    np.testing.assert_array_equal(front.X_train, load(path, pad="front").X_train)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load(path)                                          # use: no warning
+        load(path, lengths="ignore", seq_len=1)             # every length is T: nothing ignored
+        load(save_padded(tmp_path / "full.npz", padded_dataset(len_train=np.full(6, 7),
+                                                               len_test=np.full(4, 7))),
+             lengths="ignore")
+
+
+@pytest.mark.filterwarnings("ignore::mgritnn.datasets.DataWarning")   # har_dir lacks 3 classes
+def test_generated_and_uci_har_data_have_no_lengths(har_dir):
+    assert load("default", seq_len=8).len_train is None
+    assert load("default", seq_len=8, pad="front").len_test is None
+    ds = load_uci_har_dir(har_dir[0])
+    assert ds.len_train is None and ds.len_test is None
+
+
+def concatenated_real_steps(X, lengths, pad="end"):
+    """The slow twin: every sequence's real steps, one after the other, (sum(lengths), C)."""
+    T = X.shape[1]
+    return np.concatenate([X[i, :L] if pad == "end" else X[i, T - L:]
+                           for i, L in enumerate(lengths)])
+
+
+@pytest.mark.parametrize("pad", ["end", "front"])
+def test_standardizer_ignores_the_padding(pad):
+    raw = padded_dataset(n=30, t=20, c=3, seed=7)
+    X = (raw.X_train * [2.0, 0.5, 10.0] + [1.0, -3.0, 40.0]).astype(np.float32)
+    X *= real_steps(raw.len_train, 20)[..., None]                   # zero padding again
+    L = raw.len_train
+    if pad == "front":
+        X = pad_front(X, L)
+    real = concatenated_real_steps(X, L, pad)
+    s = Standardizer.fit(X, L, pad)
+    np.testing.assert_allclose(s.mean, real.astype(np.float64).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(s.std, real.astype(np.float64).std(axis=0), rtol=1e-12)
+    assert not np.allclose(s.mean, Standardizer.fit(X).mean, rtol=1e-3)   # padding would count
+    Z = s.transform(X, np.float64, L, pad)
+    mask = real_steps(L, 20, pad)
+    assert np.all(Z[~mask] == 0.0)                                 # padding stays exactly 0
+    np.testing.assert_array_equal(Z[mask], s.transform(X, np.float64)[mask])
+    np.testing.assert_allclose(concatenated_real_steps(Z, L, pad).mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(concatenated_real_steps(Z, L, pad).std(axis=0), 1.0, rtol=1e-12)
+    assert s.transform(X, lengths=L, pad=pad).dtype == np.float32
+
+
+def test_standardizer_without_lengths_is_bitwise_unchanged():
+    """lengths=None is the computation of the standardizer before lengths existed."""
+    rng = np.random.default_rng(11)
+    X = rng.normal([1.0, -50.0, 3.0], [2.0, 0.01, 7.0], size=(23, 17, 3)).astype(np.float32)
+    flat = X.reshape(-1, 3)
+    mean, std = flat.mean(axis=0, dtype=np.float64), flat.std(axis=0, dtype=np.float64)
+    for s in (Standardizer.fit(X), Standardizer.fit(X, None), Standardizer.fit(X, lengths=None)):
+        assert s.mean.tobytes() == mean.tobytes() and s.std.tobytes() == std.tobytes()
+        for dtype in (np.float32, np.float64):
+            expected = np.ascontiguousarray((X - mean) / std, dtype=dtype)
+            assert s.transform(X, dtype).tobytes() == expected.tobytes()
+            assert s.transform(X, dtype, None).tobytes() == expected.tobytes()
+    # full lengths give the same statistics (the same values, in the same order)
+    full = Standardizer.fit(X, np.full(23, 17))
+    assert full.mean.tobytes() == mean.tobytes() and full.std.tobytes() == std.tobytes()
+
+
+def test_standardizer_errors_with_lengths():
+    X = np.ones((4, 5, 2))
+    with pytest.raises(DataError, match=r"lengths has shape \(3,\) but X has 4 sequences"):
+        Standardizer.fit(X, [1, 2, 3])
+    with pytest.raises(DataError, match=r"lengths\[2\] is 6, but a length must lie in 1 \.\. 5"):
+        Standardizer.fit(X, [1, 2, 6, 1])
+    s = Standardizer.fit(X)
+    with pytest.raises(DataError, match=r"lengths\[0\] is 0"):
+        s.transform(X, lengths=[0, 1, 1, 1])
+    with pytest.raises(DataError, match=r"with lengths it must be sequences \(N, T, C\)"):
+        s.transform(X[0], lengths=[1] * 5)
+    with pytest.raises(ConfigError, match="pad must be one of"):
+        s.transform(X, lengths=[1] * 4, pad="both")
+
+
+@pytest.mark.parametrize("name, shapes, span", [
+    ("japanese_vowels.npz", ((270, 29, 12), (370, 29, 12)), (7, 29)),
+    ("watch_exercise.npz", ((98, 2618, 6), (42, 2618, 6)), (947, 2618)),
+])
+def test_real_variable_length_files_load_with_both_policies(shared_data, name, shapes, span):
+    path = shared_data / name
+    with np.load(path) as f:
+        stored = f["len_train"], f["len_test"]
+    used = load(path)
+    assert (used.X_train.shape, used.X_test.shape) == shapes
+    np.testing.assert_array_equal(used.len_train, stored[0])
+    np.testing.assert_array_equal(used.len_test, stored[1])
+    lo = min(used.len_train.min(), used.len_test.min())
+    hi = max(used.len_train.max(), used.len_test.max())
+    assert (lo, hi) == span
+    front = load(path, pad="front")
+    np.testing.assert_array_equal(front.X_train, pad_front(used.X_train, used.len_train))
+    with pytest.warns(DataWarning, match="ignored"):
+        ignored = load(path, lengths="ignore")
+    assert ignored.len_train is None and ignored.len_test is None
+    np.testing.assert_array_equal(ignored.X_test, used.X_test)
+    s = Standardizer.fit(used.X_train, used.len_train)
+    real = concatenated_real_steps(used.X_train, used.len_train)
+    np.testing.assert_allclose(s.mean, real.mean(axis=0, dtype=np.float64), rtol=1e-9, atol=1e-12)
+    Z = s.transform(used.X_test, lengths=used.len_test)
+    assert not Z[~real_steps(used.len_test, used.seq_len)].any()
+    short = load(path, seq_len=int(lo))                  # truncated to the shortest: no padding
+    assert np.all(short.len_train == lo) and np.all(short.len_test == lo)

@@ -89,6 +89,8 @@ def test_nonfinite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(hidden=0), "hidden"), (dict(lr=-1.0), "lr"), (dict(resume=True), "checkpoint"),
     (dict(clip=0.0), "clip"), (dict(seq_len=0), "seq_len"),
+    (dict(lengths="drop"), "lengths must be one of 'use', 'ignore', got 'drop'"),
+    (dict(pad=None), "pad must be one of 'end', 'front', got None"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -263,3 +265,67 @@ def test_a_diverged_solve_stops_training_before_the_optimizer():
                                                           max_iter=6, atol=0.0))
     with pytest.raises(SolverError, match="epoch 1, batch 1: the mgrit forward solve failed"):
         train(cfg, out=quiet, progress=False)
+
+
+def write_padded_npz(path, N=12, M=6, T=9, C=2, classes=3, seed=0):
+    """A .npz of sequences zero-padded at the end after random true lengths 1..T; returns
+    (path, the arrays)."""
+    rng = np.random.default_rng(seed)
+    d = {}
+    for split, n in (("train", N), ("test", M)):
+        L = rng.integers(1, T + 1, n)
+        L[0] = T
+        X = rng.normal(3.0, 2.0, size=(n, T, C)) * (np.arange(T)[:, None] < L[:, None, None])
+        d.update({f"X_{split}": X.astype(np.float32), f"y_{split}": np.arange(n) % classes,
+                  f"len_{split}": L})
+    np.savez(path, **d)
+    return str(path), d
+
+
+def test_the_trainer_keeps_the_lengths_and_standardizes_on_the_real_steps(tmp_path):
+    """lengths="use" (default): the standardizer is fitted on the real steps, the padding stays 0,
+    every batch carries its rows' lengths; pad="front" right-aligns before standardizing;
+    lengths="ignore" warns and drops them (the padding then counts, as before lengths existed)."""
+    import warnings
+
+    from mgritnn import datasets
+    from mgritnn.train import Trainer
+    path, d = write_padded_npz(tmp_path / "var.npz")
+    common = dict(data=path, epochs=1, hidden=4, batch_size=5, max_batches=2)
+    for pad in ("end", "front"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", MgritnnWarning)
+            t = Trainer(TrainConfig(pad=pad, **common), out=quiet, progress=False)
+        with t:
+            X = d["X_train"] if pad == "end" else datasets.pad_front(d["X_train"], d["len_train"])
+            std = datasets.Standardizer.fit(X, d["len_train"], pad)
+            np.testing.assert_array_equal(t.len_train, d["len_train"])
+            np.testing.assert_array_equal(t.len_test, d["len_test"])
+            assert t.standardizer.mean.tobytes() == std.mean.tobytes()
+            assert t.X_train.tobytes() == std.transform(X, np.float32, d["len_train"],
+                                                        pad).tobytes()
+            assert not t.X_test[~datasets.real_steps(d["len_test"], 9, pad)].any()
+            for batch in t.batches(0):
+                np.testing.assert_array_equal(batch.lengths, d["len_train"][batch.part])
+                assert batch.lengths.dtype == np.int64
+            t.fit()
+    with pytest.warns(datasets.DataWarning, match="ignored"):
+        t = Trainer(TrainConfig(lengths="ignore", **common), out=quiet, progress=False)
+    with t:
+        assert t.len_train is None and t.len_test is None
+        std = datasets.Standardizer.fit(d["X_train"])
+        assert t.standardizer.mean.tobytes() == std.mean.tobytes()
+        assert all(batch.lengths is None for batch in t.batches(0))
+
+
+def test_data_without_lengths_trains_as_before(tmp_path):
+    """Data without lengths: no lengths anywhere, the standardizer of all steps."""
+    from mgritnn import datasets
+    from mgritnn.train import Trainer
+    cfg = TrainConfig(epochs=1, hidden=4, seq_len=8, max_batches=1, pad="front")
+    with Trainer(cfg, out=quiet, progress=False) as t:
+        assert t.len_train is None and t.len_test is None
+        assert next(t.batches(0)).lengths is None
+        ds = datasets.load("default", seq_len=8)
+        assert t.X_train.tobytes() == datasets.Standardizer.fit(ds.X_train).transform(
+            ds.X_train).tobytes()
