@@ -253,8 +253,9 @@ def _data_for_checkpoint(a, meta, model):
     """The data set that ``eval``/``predict`` run ``model`` on.
 
     ``--data`` (default: the checkpoint's training data) at ``--seq-len`` (default: the
-    checkpoint's), with the checkpoint's length policy (its ``lengths`` and ``pad``; the defaults
-    for a checkpoint without them), labelled with the model's classes: a label the model has no
+    checkpoint's), with the checkpoint's length policy (its ``lengths`` and ``pad``; a training
+    checkpoint from before the policy existed: ``ignore``, as it was trained; a model file: the
+    defaults), labelled with the model's classes: a label the model has no
     output for, or
     class_names with more classes than the model, is a DataError naming both class counts. An
     explicit ``--seq-len`` below 1 or an empty ``--data`` is a ConfigError (never silently replaced
@@ -273,10 +274,14 @@ def _data_for_checkpoint(a, meta, model):
     source = a.data if a.data is not None else train_cfg.get("data", "default")
     seq_len = a.seq_len if a.seq_len is not None else train_cfg.get("seq_len")
     generated = source == "default" and train_cfg.get("data", "default") == "default"
+    # A training checkpoint from before the length policy (no "lengths" in its settings) was
+    # trained on the padded sequences as data, standardized padding included: "ignore" gives it
+    # exactly the inputs it was trained on.
+    old = bool(train_cfg) and "lengths" not in train_cfg
     return datasets.load(source, seq_len=seq_len, seed=train_cfg.get("seed", 0),
                          num_classes=train_cfg.get("num_classes") if generated else None,
                          model_classes=model.num_classes,
-                         lengths=train_cfg.get("lengths", datasets.LENGTHS_POLICIES[0]),
+                         lengths=train_cfg.get("lengths", "ignore" if old else "use"),
                          pad=train_cfg.get("pad", datasets.PAD_POLICIES[0]))
 
 

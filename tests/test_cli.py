@@ -214,7 +214,7 @@ def write_padded(path, N=20, T=12, C=3, classes=3, seed=0):
 def test_length_flags_reach_training_and_eval_predict_use_the_checkpoints_policy(tmp_path,
                                                                                  capsys):
     from mgritnn import datasets
-    from mgritnn.io import read_npz
+    from mgritnn.io import atomic_savez, read_npz
     from mgritnn.train import evaluate, load_checkpoint
     r = run("train", "--help")
     assert "--lengths {use,ignore}" in r.stdout and "--pad {end,front}" in r.stdout
@@ -238,5 +238,14 @@ def test_length_flags_reach_training_and_eval_predict_use_the_checkpoints_policy
     assert main(["eval", "--checkpoint", str(ck2)]) == 0         # the checkpoint's policy: ignore
     err = capsys.readouterr().err
     assert "mgritnn: warning: " in err and "ignored (--lengths ignore)" in err
+    arrays, meta = read_npz(ck2)        # a checkpoint from before the length policy is evaluated
+    for key in ("lengths", "pad"):      # as it was trained: "ignore"
+        del meta["train"][key]
+    atomic_savez(tmp_path / "old.npz", arrays, meta=meta)
+    for name in ("ck2", "old"):
+        assert main(["predict", "--checkpoint", str(tmp_path / f"{name}.npz"),
+                     "--out", str(tmp_path / f"{name}-p.npz")]) == 0
+    with np.load(tmp_path / "ck2-p.npz") as a, np.load(tmp_path / "old-p.npz") as b:
+        assert a["logits"].tobytes() == b["logits"].tobytes()
     r = run("train", "--data", data, "--pad", "middle")
     assert r.returncode == 2 and "invalid choice: 'middle'" in r.stderr
