@@ -24,6 +24,7 @@ _SETTERS = [(f"{pre}openblas_set_num_threads{suf}", f"{pre}openblas_get_num_thre
             for pre in ("", "scipy_") for suf in ("", "64_")]
 _lock = threading.RLock()
 _libs = {}            # path -> (setter, getter) of each OpenBLAS found so far
+_scanned_at = -1      # len(sys.modules) at the last scan: libraries arrive with imports
 _depth = 0            # nesting of blas_threads on this process (the outermost one restores)
 
 
@@ -47,7 +48,14 @@ def _candidate_paths():
 
 
 def _blas_libs():
-    """(setter, getter) pairs of every OpenBLAS in the process, found once per library."""
+    """(setter, getter) pairs of every OpenBLAS in the process, found once per library.
+
+    The process's libraries are scanned again only after new modules were imported (a scan reads
+    ``/proc/self/maps``: about 2 ms here, more than an entry point of a small batch may take)."""
+    global _scanned_at
+    if len(sys.modules) == _scanned_at:
+        return [v for v in _libs.values() if v is not None]
+    _scanned_at = len(sys.modules)
     for path in _candidate_paths() - set(_libs):
         try:
             lib = ctypes.CDLL(path)
