@@ -221,8 +221,7 @@ class GRUClassifier:
                             "or pad the batch to its longest sequence")
         if np.all(lengths == T):
             return self.dt
-        return np.where(real_steps(lengths, T, pad).T, self.dtype.type(self.dt),
-                        self.dtype.type(0)).astype(self.dtype)
+        return np.where(real_steps(lengths, T, pad).T, self.dt, 0.0).astype(self.dtype)
 
     def _hidden(self, Xt, solver, keep, keys=None, dt=None):
         """Solve for the hidden states from this rank's steps of the inputs (the solver projects
