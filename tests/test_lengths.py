@@ -340,3 +340,28 @@ def test_padded_steps_carry_the_state_in_mgrit():
                                rtol=0, atol=1e-13)
     for c in range(13, T + 1, 2):           # an F-point after the end is its C-point's copy
         assert np.array_equal(u[c, :, 1], u[c - 1, :, 1]), c
+
+
+# ------------------------------------------------------------------------------------------------
+# The trainer passes the lengths
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pad", ["end", "front"])
+def test_trainer_steps_and_evaluates_with_the_lengths(tmp_path, pad):
+    """Trainer.step computes the loss with each batch's lengths, Trainer.evaluate the logits with
+    the test set's: bitwise the model's calls with lengths (and not those without)."""
+    from mgritnn.train import TrainConfig, Trainer
+    from test_train import quiet, write_padded_npz
+    path, d = write_padded_npz(tmp_path / "var.npz")
+    cfg = TrainConfig(data=path, epochs=1, hidden=4, batch_size=5, max_batches=2, pad=pad,
+                      dtype="float64")
+    with Trainer(cfg, out=quiet, progress=False) as t:
+        batch = next(t.batches(0))
+        m = t.model
+        want, _, _ = m.loss_and_grad_flat(batch.X, batch.y, lengths=batch.lengths, pad=pad)
+        plain, _, _ = m.loss_and_grad_flat(batch.X, batch.y)
+        test, _ = t.evaluate()
+        np.testing.assert_array_equal(test["logits"], m.forward(t.X_test, lengths=t.len_test,
+                                                                pad=pad))
+        assert not np.array_equal(test["logits"], m.forward(t.X_test))
+        assert t.step(batch).loss == want != plain

@@ -918,10 +918,21 @@ def as_dt(dt, K, dtype, B=None):
     return np.ascontiguousarray(d)
 
 
-def _dt_rows(dt, K, B, dtype):
-    """Step sizes (K,) or (K, B) as the kernels take them, (K, B) C-contiguous of ``dtype``,
-    without a copy when they already are (the hot paths: DEER's and MGRIT's prepared arrays);
-    not checked (the drivers and solvers check once, :func:`as_dt`)."""
+def dt_rows(dt, K, B, dtype):
+    """Step sizes as the kernels take them, without a copy when they already are in that form
+    (the hot paths: MGRIT's prepared arrays); not checked (the drivers and solvers check once,
+    :func:`as_dt`, :func:`~mgritnn.solvers.base.step_sizes`).
+
+    Parameters
+    ----------
+    dt : float or ndarray, shape (K,) or (K, B)
+    K, B : int
+    dtype : numpy dtype
+
+    Returns
+    -------
+    ndarray, shape (K, B), ``dtype``, C-contiguous
+    """
     d = np.asarray(dt, dtype=dtype)
     if d.shape == (K, B) and d.flags.c_contiguous:
         return d
@@ -1282,7 +1293,7 @@ class GRUCell(GRUStack):
         """
         L, B, H = X.shape[1:]
         dtype = X.dtype
-        dt = _dt_rows(dt, len(dt), B, dtype)
+        dt = dt_rows(dt, len(dt), B, dtype)
         if keep is None:
             keep, kept = StackCache.empty(L, 0, B, H, dtype), False
         else:
@@ -1316,7 +1327,7 @@ class GRUCell(GRUStack):
         """
         L, B, H = X.shape[1:]
         dtype = X.dtype
-        dt = _dt_rows(dt, len(dt), B, dtype)
+        dt = dt_rows(dt, len(dt), B, dtype)
         if keep is None:
             keep, kept = (np.empty((L, 0, B, 3 * H), dtype),) * 2, False
         else:
@@ -1366,7 +1377,7 @@ class GRUCell(GRUStack):
             raise ConfigError(f"jacobian must be None, 'dense' or 'diag', got {jacobian!r}")
         K, B, H = h.shape
         dtype = h.dtype
-        dt = _dt_rows(dt, K, B, dtype)
+        dt = dt_rows(dt, K, B, dtype)
         hnew = np.empty_like(h)
         G = np.empty((K, B, 3 * H), dtype)
         N = np.empty((K, B, H), dtype)
@@ -1399,7 +1410,7 @@ class GRUCell(GRUStack):
         """
         K, B, H = h.shape
         theta = h.dtype.type(self.theta)
-        dt = _dt_rows(dt, K, B, h.dtype)
+        dt = dt_rows(dt, K, B, h.dtype)
         if kind == "dense":
             J = np.empty((K, B, H, H), h.dtype)
             _layer_jacobian_dense(h, dt, theta, G, N, w.Wh[l], J)
@@ -1425,7 +1436,7 @@ class GRUCell(GRUStack):
         """
         K, B, H = h.shape
         dtype = h.dtype
-        dt = _dt_rows(dt, K, B, dtype)
+        dt = dt_rows(dt, K, B, dtype)
         _layer_newton_diag(ax, h, w.WhT[l], w.Wh[l], w.bh[l], dt, dtype.type(self.theta),
                            dtype.type(scale), J, b, max(1, FUSED_ROWS // B))
 
@@ -1447,7 +1458,7 @@ class GRUCell(GRUStack):
         """
         K, B, H = h.shape
         dtype = h.dtype
-        dt = _dt_rows(dt, K, B, dtype)
+        dt = dt_rows(dt, K, B, dtype)
         dax = np.empty((K, B, 3 * H), dtype)
         dah = np.empty((K, B, 3 * H), dtype)
         _layer_gate_vjp(lam, h, dt, dtype.type(self.theta), G, N, dax, dah,
@@ -1481,7 +1492,7 @@ class GRUCell(GRUStack):
             return None, self.layer_gate_vjp(lam, lin.h_gate, dt, lin.G, lin.N)
         K, B, H = lin.h_gate.shape
         dtype = lin.h_gate.dtype
-        dt = _dt_rows(dt, K, B, dtype)
+        dt = dt_rows(dt, K, B, dtype)
         dax = np.empty((K, B, 3 * H), dtype)
         dah = np.empty((K, B, 3 * H), dtype)
         lam_out = np.empty((K, B, H), dtype)
@@ -1613,4 +1624,4 @@ def get_cell(name):
 
 __all__ = ["CELLS", "GRUCell", "GRUGrads", "GRUStack", "GRUWeights", "LayerStep", "SequenceCache",
            "StackCache", "StackedWeights", "StepCache", "Workspace", "accumulate_outer", "as_dt",
-           "get_cell", "project", "resolve_dtype"]
+           "dt_rows", "get_cell", "project", "resolve_dtype"]

@@ -47,7 +47,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..options import check_int, check_real, renamed
 from .base import LayerStep, work_array
-from .gru import CELLS, GRUCell, GRUStack, SequenceCache, _dt_rows, as_dt
+from .gru import CELLS, GRUCell, GRUStack, SequenceCache, dt_rows, as_dt
 
 #: Default Newton tolerance on the max-norm of G per batch row, by dtype.
 DEFAULT_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
@@ -249,7 +249,7 @@ class NewtonGRUCell(GRUStack):
             raise ConfigError(f"jacobian must be None, 'dense' or 'diag', got {jacobian!r}")
         K, B, H = h.shape
         dtype = h.dtype
-        dt = _dt_rows(dt, K, B, dtype)
+        dt = dt_rows(dt, K, B, dtype)
         cfg = self.config
         tol = cfg.tolerance(dtype)
         scale = dtype.type(1.0 / (1.0 + cfg.damping))
@@ -322,7 +322,7 @@ class NewtonGRUCell(GRUStack):
             gate VJP at :math:`(\\mu, h')`.
         """
         K, B, H = lin.h_gate.shape
-        dt = _dt_rows(dt, K, B, lin.h_gate.dtype)
+        dt = dt_rows(dt, K, B, lin.h_gate.dtype)
         JG = self._newton_matrices(w, l, lin.h_gate, dt, lin.G, lin.N)
         mu, _ = _solve(JG.reshape(-1, H, H).transpose(0, 2, 1), lam.reshape(-1, H))
         mu = np.ascontiguousarray(mu.reshape(K, B, H), dtype=lin.h_gate.dtype)
