@@ -304,7 +304,9 @@ def cmd_eval(a):
     ds = _data_for_checkpoint(a, meta, model)
     for split in ("train", "test") if a.train else ("test",):
         X, y = getattr(ds, f"X_{split}"), getattr(ds, f"y_{split}")
-        r = evaluate(model, _transform(std, X, model, getattr(ds, f"len_{split}"), ds.pad), y)
+        lengths = getattr(ds, f"len_{split}")
+        r = evaluate(model, _transform(std, X, model, lengths, ds.pad), y, lengths=lengths,
+                     pad=ds.pad)
         print(f"{split}: loss {r['loss']:.4f}  accuracy {100 * r['accuracy']:.2f}%  ({len(y)} samples)")
     return 0
 
@@ -322,8 +324,9 @@ def cmd_predict(a):
     model, std, meta = load_checkpoint(a.checkpoint)
     ds = _data_for_checkpoint(a, meta, model)
     X, y = getattr(ds, f"X_{a.split}"), getattr(ds, f"y_{a.split}")
-    X = _transform(std, X, model, getattr(ds, f"len_{a.split}"), ds.pad)
-    logits = evaluate(model, X, y)["logits"]
+    lengths = getattr(ds, f"len_{a.split}")
+    X = _transform(std, X, model, lengths, ds.pad)
+    logits = evaluate(model, X, y, lengths=lengths, pad=ds.pad)["logits"]
     atomic_savez(a.out, dict(logits=logits, predictions=np.argmax(logits, 1), labels=y),
                  meta=dict(kind="predictions", split=a.split, checkpoint=os.path.abspath(a.checkpoint)))
     print(f"wrote logits {logits.shape} of the {a.split} split to {a.out}")

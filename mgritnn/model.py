@@ -10,10 +10,11 @@ import numpy as np
 
 from .cells import GRUGrads, GRUWeights, get_cell
 from .config import resolve_dtype
+from .datasets import PAD_POLICIES, real_steps
 from .errors import CheckpointError, ConfigError, DataError, SolverError
 from .io import atomic_savez, read_npz
 from .memory import check_memory, memory_estimate
-from .options import check_int, check_real
+from .options import check_choice, check_int, check_real
 from .runtime import entry_point
 from .solvers import get_solver
 
@@ -38,6 +39,19 @@ def _check_solve(stats, solver, what, strict):
             "model's: give it more iterations, damping or an implicit coarse cell, lower the "
             "learning rate (the weights may have grown too large), or use another solver "
             "(strict=False returns the result anyway, with its statistics)", stats)
+
+
+def _batch_integers(a, batch, name, message):
+    """``a`` as int64 (batch,): integers, or floats with integer values; otherwise a DataError
+    (``message`` for the values, one naming ``name`` for the shape)."""
+    a = np.asarray(a)
+    if a.shape != (batch,):
+        raise DataError(f"{name} must have shape ({batch},), one per sequence, got {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        if not (np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a))
+                and np.all(a == np.round(a))):
+            raise DataError(message)
+    return a.astype(np.int64)
 
 
 class GRUClassifier:
@@ -157,17 +171,11 @@ class GRUClassifier:
         return np.ascontiguousarray(np.swapaxes(X, 0, 1), dtype=self.dtype)
 
     def _check_labels(self, y, batch):
-        y = np.asarray(y)
-        if y.shape != (batch,):
-            raise DataError(f"y must have shape ({batch},), got {y.shape}")
-        if not np.issubdtype(y.dtype, np.integer):
-            if not (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y))
-                    and np.all(y == np.round(y))):
-                raise DataError("labels y must be integers 0..C-1")
+        y = _batch_integers(y, batch, "y", "labels y must be integers 0..C-1")
         if y.size and (y.min() < 0 or y.max() >= self.num_classes):
             raise DataError(f"labels must lie in 0..{self.num_classes - 1}, found "
                             f"{int(y.min())}..{int(y.max())}: relabel, or build the model with more classes")
-        return y.astype(np.int64)
+        return y
 
     def _check_batch_memory(self, batch, steps, keep):
         """Refuse a batch of ``batch`` rows and ``steps`` local time steps (and, with ``keep``,
@@ -177,23 +185,62 @@ class GRUClassifier:
         more = e["weights"] + (self.flat.nbytes if keep else 0)    # the parameters exist already
         check_memory(dict(e, model=more, initialization=0, total=more + e["batch"]))
 
-    def _hidden(self, Xt, solver, keep, keys=None):
+    def step_sizes(self, lengths, T, B, pad="end"):
+        """The step sizes of a batch of sequences with true lengths ``lengths``: ``dt`` at the
+        real steps and 0 at the padded ones, where a step is the identity (h' = h exactly), so
+        the last state h_T of every row is its state at its true end.
+
+        Parameters
+        ----------
+        lengths : array_like of int, shape (B,), or None
+            True lengths, 1 .. T; None: every sequence has all T steps.
+        T, B : int
+            Steps and rows of the padded batch.
+        pad : {"end", "front"}
+            Where the padding lies: after the real steps, or before them.
+
+        Returns
+        -------
+        float or ndarray, shape (T, B), the model's dtype
+            :attr:`dt` itself when no row is padded (the computation is then bit for bit the
+            one without lengths), else the per-step, per-row step sizes.
+
+        Raises
+        ------
+        DataError
+            ``lengths`` is not (B,) integers in 1 .. T.
+        """
+        check_choice("pad", pad, PAD_POLICIES)
+        if lengths is None:
+            return self.dt
+        lengths = _batch_integers(lengths, B, "lengths", "lengths must be integers 1..T (the "
+                                  "number of real steps of each sequence)")
+        if B and (lengths.min() < 1 or lengths.max() > T):
+            raise DataError(f"lengths must lie in 1..{T} (the padded length T), found "
+                            f"{int(lengths.min())}..{int(lengths.max())}: drop empty sequences, "
+                            "or pad the batch to its longest sequence")
+        if np.all(lengths == T):
+            return self.dt
+        return np.where(real_steps(lengths, T, pad).T, self.dt, 0.0).astype(self.dtype)
+
+    def _hidden(self, Xt, solver, keep, keys=None, dt=None):
         """Solve for the hidden states from this rank's steps of the inputs (the solver projects
-        them)."""
+        them); ``dt`` the step sizes of the whole batch (default :attr:`dt`)."""
         w = self.weights()
         T = Xt.shape[0]
         lo, hi = solver.local_steps(T)
         self._check_batch_memory(Xt.shape[1], hi - lo, keep)
         h0 = np.zeros((self.num_layers, Xt.shape[1], self.hidden_size), self.dtype)
-        h_last, state, stats = solver.forward(self.cell, w, Xt[lo:hi], h0, self.dt, keep=keep,
-                                              T=T, keys=keys)
+        h_last, state, stats = solver.forward(self.cell, w, Xt[lo:hi], h0,
+                                              self.dt if dt is None else dt, keep=keep, T=T,
+                                              keys=keys)
         return w, h_last, state, stats
 
     def _head(self, h_last):
         return h_last[-1] @ self.params["head.weight"].T + self.params["head.bias"]
 
     @entry_point
-    def forward(self, X, solver="serial", strict=True):
+    def forward(self, X, solver="serial", strict=True, lengths=None, pad="end"):
         """Logits of a batch.
 
         Parameters
@@ -204,29 +251,40 @@ class GRUClassifier:
         strict : bool
             Raise :class:`~mgritnn.errors.SolverError` when the solve diverged or gave NaN/inf
             (False: return its result anyway).
+        lengths : array_like of int, shape (B,), optional
+            True lengths of variable-length sequences (1 .. T): the padded steps are identity
+            steps (step size 0, :meth:`step_sizes`), so the head reads each row's state at its
+            true end. What the padded steps hold does not matter. None: all T steps are real.
+        pad : {"end", "front"}
+            Where the padding of a shorter sequence lies (after or before its real steps).
 
         Returns
         -------
         ndarray, shape (B, C), the model's dtype
         """
         Xt = self._time_major(X)
+        dt = self.step_sizes(lengths, Xt.shape[0], Xt.shape[1], pad)
         solver = self._solver(solver)
-        _, h_last, _, stats = self._hidden(Xt, solver, keep=False)
+        _, h_last, _, stats = self._hidden(Xt, solver, keep=False, dt=dt)
         _check_solve(stats, solver, "forward", strict)
         logits = self._head(h_last) if solver.is_last else None
         return solver.reduce(np.zeros(0, self.dtype), 0.0, logits,
                              (Xt.shape[1], self.num_classes))[2]
 
-    def predict(self, X, solver="serial"):
-        """Predicted classes, ndarray of shape (B,), int64."""
-        return np.argmax(self.forward(X, solver), axis=1)
+    def predict(self, X, solver="serial", lengths=None, pad="end"):
+        """Predicted classes, ndarray of shape (B,), int64 (``lengths``, ``pad`` as in
+        :meth:`forward`)."""
+        return np.argmax(self.forward(X, solver, lengths=lengths, pad=pad), axis=1)
 
     @entry_point
-    def loss_and_grad_flat(self, X, y, solver="serial", keys=None, strict=True):
+    def loss_and_grad_flat(self, X, y, solver="serial", keys=None, strict=True, lengths=None,
+                           pad="end"):
         """Mean softmax cross-entropy and its gradient as a flat vector laid out like :attr:`flat`.
 
         ``keys`` (B,) ints name the samples (their indices in the data set) for solvers that
-        remember them between calls (MGRIT's warm start). With ``strict`` (the default) a forward
+        remember them between calls (MGRIT's warm start). ``lengths`` (B,) ints 1 .. T and
+        ``pad`` as in :meth:`forward`: the padded steps are identity steps, so the loss and its
+        gradient are those of each sequence at its own length. With ``strict`` (the default) a forward
         or adjoint solve that diverged or gave NaN/inf raises :class:`~mgritnn.errors.SolverError`
         (its ``stats`` say how); NOT_CONVERGED (a fixed cycle count) is only reported in ``info``.
 
@@ -241,9 +299,10 @@ class GRUClassifier:
         """
         Xt = self._time_major(X)
         y = self._check_labels(y, Xt.shape[1])
+        dt = self.step_sizes(lengths, Xt.shape[0], Xt.shape[1], pad)
         solver = self._solver(solver)
         t0 = time.perf_counter()
-        w, h_last, state, fstats = self._hidden(Xt, solver, keep=True, keys=keys)
+        w, h_last, state, fstats = self._hidden(Xt, solver, keep=True, keys=keys, dt=dt)
         _check_solve(fstats, solver, "forward", strict)
         t1 = time.perf_counter()
         grad = np.zeros_like(self.flat)
@@ -271,7 +330,8 @@ class GRUClassifier:
         return loss, grad, dict(logits=logits, forward=fstats, adjoint=astats, time_forward=t1 - t0,
                                 time_adjoint=t2 - t1, time_reduce=time.perf_counter() - t2)
 
-    def loss_and_grad(self, X, y, solver="serial", keys=None, strict=True, info=False):
+    def loss_and_grad(self, X, y, solver="serial", keys=None, strict=True, info=False,
+                      lengths=None, pad="end"):
         """Mean softmax cross-entropy of a batch and its gradient.
 
         Parameters
@@ -288,6 +348,11 @@ class GRUClassifier:
             Raise :class:`~mgritnn.errors.SolverError` for a diverged or non-finite solve.
         info : bool
             Also return the solves' statistics.
+        lengths : array_like of int, shape (B,), optional
+            True lengths (1 .. T) of variable-length sequences; the padded steps are identity
+            steps (see :meth:`forward`).
+        pad : {"end", "front"}
+            Where the padding lies.
 
         Returns
         -------
@@ -297,7 +362,8 @@ class GRUClassifier:
             As from :meth:`loss_and_grad_flat`: ``forward`` and ``adjoint``
             :class:`~mgritnn.solvers.base.SolveStats`, ``logits``, times.
         """
-        loss, grad, stats = self.loss_and_grad_flat(X, y, solver, keys=keys, strict=strict)
+        loss, grad, stats = self.loss_and_grad_flat(X, y, solver, keys=keys, strict=strict,
+                                                    lengths=lengths, pad=pad)
         return (loss, self.unflatten(grad), stats) if info else (loss, self.unflatten(grad))
 
     # -- files ---------------------------------------------------------------------------------

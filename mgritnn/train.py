@@ -64,13 +64,15 @@ class TrainConfig:
     lengths : {"use", "ignore"}
         The true sequence lengths of a .npz file that has them (len_train, len_test): use = read,
         check (steps beyond a length must be zero padding) and standardize on the real steps
-        only; ignore = drop them (a warning): the padding counts as data. The solvers do not use
-        the lengths yet (the classifier reads the state after the padding). Data without lengths
-        is the same under both.
+        only, and every solver runs the padded steps as identity steps (step size 0), so the
+        classifier reads each sequence's state at its true end; ignore = drop them (a warning):
+        the padding counts as data. Data without lengths is the same under both.
     pad : {"end", "front"}
         Where the zero padding of shorter sequences lies: end = after the real steps (as stored);
-        front = before them (every sequence right-aligned, after --seq-len truncation), so that
-        the last state follows the last real step. Data without lengths is the same under both.
+        front = before them (every sequence right-aligned, after --seq-len truncation). With
+        lengths used the two give the same model up to rounding (padded steps are the identity);
+        with lengths ignored, front makes the last state follow the last real step. Data
+        without lengths is the same under both.
     cell : str
         classic = torch.nn.GRU; implicit = Moon & Cyr's implicit GRU; implicit-newton = fully
         implicit (backward Euler, Newton per step).
@@ -261,7 +263,7 @@ def _renamed_options(solver):
 
 
 @entry_point
-def evaluate(model, X, y, batch_size=100, solver="serial", comm=None):
+def evaluate(model, X, y, batch_size=100, solver="serial", comm=None, lengths=None, pad="end"):
     """Mean cross-entropy and accuracy of ``model`` on (X, y), in batches (exact serial forward by default).
 
     Parameters
@@ -275,17 +277,26 @@ def evaluate(model, X, y, batch_size=100, solver="serial", comm=None):
         With the serial solver, the ranks of ``comm`` share the batches (batch k on rank
         k mod P) and gather the logits: every rank returns the same result, which does not depend
         on the number of ranks (the batches are the same).
+    lengths : ndarray, shape (N,), int, optional
+        True lengths of variable-length sequences (1 .. T; see :meth:`GRUClassifier.forward`).
+    pad : {"end", "front"}
+        Where their padding lies.
 
     Returns
     -------
     dict with ``loss`` (float), ``accuracy`` (float in [0, 1]) and ``logits`` (N, C)
     """
     starts = range(0, len(X), batch_size)
+
+    def fwd(i):
+        part = None if lengths is None else lengths[i:i + batch_size]
+        return model.forward(X[i:i + batch_size], solver, lengths=part, pad=pad)
+
     if comm is None or comm.Get_size() == 1 or solver != "serial":
-        logits = np.concatenate([model.forward(X[i:i + batch_size], solver) for i in starts])
+        logits = np.concatenate([fwd(i) for i in starts])
     else:
         rank, size = comm.Get_rank(), comm.Get_size()
-        mine = {i: model.forward(X[i:i + batch_size], solver) for i in starts[rank::size]}
+        mine = {i: fwd(i) for i in starts[rank::size]}
         parts = {}
         for d in comm.allgather(mine):
             parts.update(d)
@@ -868,7 +879,9 @@ class Trainer:
         try:
             with self.running():
                 loss, grad, info = self.model.loss_and_grad_flat(batch.X, batch.y, self.solver,
-                                                                 keys=batch.part)
+                                                                 keys=batch.part,
+                                                                 lengths=batch.lengths,
+                                                                 pad=self.ds.pad)
         except SolverError as e:         # never a diverged gradient into the optimizer
             raise SolverError(f"epoch {epoch + 1}, batch {b + 1}: {e}; "
                               f"{_last_good(self.cfg, epoch)}", e.stats) from None
@@ -1010,7 +1023,8 @@ class Trainer:
         """
         t0 = time.perf_counter()
         with self.running():
-            test = evaluate(self.model, self.X_test, self.ds.y_test, comm=self.ranks.world)
+            test = evaluate(self.model, self.X_test, self.ds.y_test, comm=self.ranks.world,
+                            lengths=self.len_test, pad=self.ds.pad)
         return test, time.perf_counter() - t0
 
     def report(self, rec):

@@ -230,6 +230,7 @@ class Case(NamedTuple):
     seed: int = 0
     solver: str = "mgrit"       # or "deer", "quasi-deer"
     scale: float = 1.0          # the model's parameters are multiplied by this
+    lengths: str = "none"       # "end" / "front": mixed true lengths (:meth:`seq_lengths`), padded there
 
     def to_arg(self):
         """Command-line form, e.g. ``cell=classic,layers=1,T=37,...`` (floats as exact ``repr``)."""
@@ -254,10 +255,25 @@ class Case(NamedTuple):
         iters = "tight" if self.tol < 1e-12 else f"it{self.fwd}-{self.bwd}"
         extra = "" if (self.cycle, self.relax, self.coarse_input) == ("V", "FCF", "sample") else \
             f"-{self.cycle}{self.relax}-{self.coarse_input}"
+        lens = "" if self.lengths == "none" else f"-len{self.lengths}"
         if self.solver != "mgrit":
             scale = "" if self.scale == 1.0 else f"-x{self.scale:g}"
-            return f"{self.solver}-{self.cell}-L{self.layers}-T{self.T}-it{self.fwd}{scale}"
-        return f"{self.cell}-L{self.layers}-T{self.T}-lv{self.levels}cf{self.cf}-{iters}{extra}"
+            return f"{self.solver}-{self.cell}-L{self.layers}-T{self.T}-it{self.fwd}{scale}{lens}"
+        return (f"{self.cell}-L{self.layers}-T{self.T}-lv{self.levels}cf{self.cf}-{iters}{extra}"
+                f"{lens}")
+
+    def seq_lengths(self):
+        """The batch's true lengths (B,) int64 (row 0 the full T, the others shorter, spread over
+        1 .. T), or None for ``lengths="none"``."""
+        if self.lengths == "none":
+            return None
+        ls = 1 + (np.arange(self.batch) * 11 + 3 * self.seed) % self.T
+        ls[0] = self.T
+        return ls.astype(np.int64)
+
+    def length_kwargs(self):
+        """``lengths`` and ``pad`` for the model's calls (empty without lengths)."""
+        return {} if self.lengths == "none" else dict(lengths=self.seq_lengths(), pad=self.lengths)
 
     def config(self, comm=None):
         """The solver config of the case (``comm=None``: MPI's world under mpiexec, else one process)."""
@@ -296,8 +312,9 @@ def solve(case, solver=None):
     """
     model, X, y = case.problem()
     solver = case.config() if solver is None else solver
-    loss, grad, info = model.loss_and_grad_flat(X, y, solver)
-    logits_fwd = model.forward(X, solver)
+    kw = case.length_kwargs()
+    loss, grad, info = model.loss_and_grad_flat(X, y, solver, **kw)
+    logits_fwd = model.forward(X, solver, **kw)
     f, a = info["forward"], info["adjoint"]
     return dict(loss=np.float64(loss), grad=grad, logits=info["logits"], logits_fwd=logits_fwd,
                 fwd_hist=np.array(f.history, np.float64), adj_hist=np.array(a.history, np.float64),

@@ -227,7 +227,7 @@ def test_length_flags_reach_training_and_eval_predict_use_the_checkpoints_policy
     model, std, _ = load_checkpoint(ck)
     ds = datasets.load(data, pad="front")
     expected = evaluate(model, std.transform(ds.X_test, model.dtype, ds.len_test, "front"),
-                        ds.y_test)["logits"]
+                        ds.y_test, lengths=ds.len_test, pad="front")["logits"]
     with np.load(pred) as z:
         assert z["logits"].tobytes() == expected.tobytes()
     capsys.readouterr()

@@ -49,8 +49,15 @@ _EXTRA = [Case(cell="classic", layers=1, T=37, levels=2, cf=3, fwd=3, bwd=2),
           Case(cell="implicit", layers=2, T=50, levels=3, cf=4, fwd=3, bwd=2, cycle="F", relax="F"),
           Case(cell="classic", layers=2, T=37, levels=3, cf=2, fwd=3, bwd=2, coarse_input="mean"),
           Case(cell="implicit", layers=2, T=50, levels=3, cf=4, fwd=1, bwd=1, relax="F", batch=1)]
+#: Variable-length batches (issue 14): mixed true lengths, padded at the end or the front, so
+#: that coarse steps cross the ends of sequences (their step sizes sum only the real fine steps);
+#: the second with two rows, whose chains advance in lockstep (the compiled small products).
+_LENGTHS = [Case(cell="classic", layers=2, T=37, levels=3, cf=2, fwd=2, bwd=1, batch=4,
+                 lengths="end"),
+            Case(cell="implicit", layers=1, T=50, levels=3, cf=4, fwd=3, bwd=2, batch=2,
+                 lengths="front")]
 #: Paper-like iterations (fwd 2 / bwd 1 and the like) and tight ones, for every case.
-CASES = [c for base in _BASE + _EXTRA for c in (base, tight(base))]
+CASES = [c for base in _BASE + _EXTRA + _LENGTHS for c in (base, tight(base))]
 CASE_IDS = [c.name for c in CASES]
 
 BITWISE_CASES = [pytest.param(c, id=c.name) for c in CASES]

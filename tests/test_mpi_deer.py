@@ -28,6 +28,9 @@ NPROCS = (2, 3, 4)
 
 CASES = [Case(solver=s, cell=cell, layers=layers, T=37, fwd=60, tol=1e-12)
          for s in ("deer", "quasi-deer") for cell in ("classic", "implicit") for layers in (1, 2)]
+#: Variable-length batches (issue 14): padded steps are identity steps, their Jacobian I.
+CASES += [Case(solver=s, cell="classic", layers=2, T=37, fwd=60, tol=1e-12, batch=4,
+               lengths=pad) for s, pad in (("deer", "end"), ("quasi-deer", "front"))]
 #: Weights 16x: Newton diverges (checked on one process too); reported, and the serial sweep runs
 #: instead (pipelined over the ranks).
 DIVERGENT = Case(solver="deer", cell="classic", layers=1, T=100, fwd=100, tol=1e-6, scale=16.0)

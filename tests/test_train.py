@@ -76,8 +76,8 @@ def test_nonfinite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     real = GRUClassifier.loss_and_grad_flat
     calls = []
 
-    def poisoned(self, X, y, solver="serial", keys=None):
-        loss, g, info = real(self, X, y, solver, keys)
+    def poisoned(self, X, y, solver="serial", keys=None, **kw):     # kw: lengths, pad
+        loss, g, info = real(self, X, y, solver, keys, **kw)
         calls.append(1)
         return (float("nan") if len(calls) == 2 else loss), g, info
     monkeypatch.setattr(GRUClassifier, "loss_and_grad_flat", poisoned)

@@ -9,7 +9,12 @@ GRU (:mod:`mgritnn.cells.newton`) and the scalar test equation (:mod:`mgritnn.ce
 Shapes: a state of one time point has any shape S (the GRU stack: (L, B, H)); K states are
 (K, *S). A sequence's raw inputs are x (T, *X0); the cell's input projection
 (:meth:`Cell.project_inputs`, one BLAS call over all steps before any recurrence) turns them into
-the step inputs (T, *X) that :meth:`Cell.step` takes, one row per step. Step sizes dt are (K,).
+the step inputs (T, *X) that :meth:`Cell.step` takes, one row per step. Step sizes dt are (K,),
+one per state, or (K, B), one per state and batch row (the GRU cells; the older (K,) form and a
+scalar are broadcast). A step of size 0 is exactly the identity, forward (h' = h bit for bit) and
+backward (the adjoint passes unchanged, zero input and parameter cotangents), and its Jacobian is
+the identity: the padded steps of a variable-length batch, so that every solver handles sequences
+of different lengths without special cases.
 Caches and cotangents are tuples or lists whose arrays all have K as their first axis, so that
 solvers can gather, scatter and store them for many steps without knowing what they hold.
 Parameter gradients are a NamedTuple shaped like the weights (:meth:`Cell.zero_grads`), its arrays
@@ -158,7 +163,8 @@ class Cell:
             Each state's input row (projected, :meth:`project_inputs`).
         u : ndarray, shape (K, *S)
             Old states.
-        dt : float or ndarray, shape (K,)
+        dt : float or ndarray, shape (K,) or (K, B)
+            Step sizes (0: the identity step).
         out : ndarray, shape (K, *S), optional
             Where to write the new states (may not alias ``u``).
         cache : bool
@@ -314,7 +320,7 @@ class Cell:
             The layer's input rows (layer 0: the projected inputs; above: :meth:`layer_inputs`).
         h : ndarray, shape (K, B, H), C-contiguous
             Old states of the layer.
-        dt : ndarray, shape (K,)
+        dt : ndarray, shape (K,) or (K, B)
         jacobian : {None, "dense", "diag"}
             Also give :math:`\\partial h' / \\partial h` per state and row: (K, B, H, H), or its
             diagonal (K, B, H).

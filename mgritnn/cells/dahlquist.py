@@ -41,9 +41,12 @@ class DahlquistCell(Cell):
     name = "dahlquist"
 
     def _factor(self, w, u, dt):
-        """a = 1 / (1 - λ dt) per state, shaped to broadcast against u (K, *S); dt likewise."""
-        dtv = np.broadcast_to(np.asarray(dt, u.dtype), (u.shape[0],))
-        dtv = dtv.reshape((-1,) + (1,) * (u.ndim - 1))
+        """a = 1 / (1 - λ dt) per state, shaped to broadcast against u (K, *S); dt likewise
+        (a scalar, (K,), or (K, S_0) per state and leading state entry, e.g. a batch row)."""
+        dtv = np.asarray(dt, u.dtype)
+        if dtv.ndim < 2:
+            dtv = np.broadcast_to(dtv, (u.shape[0],))
+        dtv = dtv.reshape(dtv.shape + (1,) * (u.ndim - dtv.ndim))
         denom = 1 - w.lam * dtv
         if np.any(denom == 0):
             raise ConfigError("1 - lam dt is 0 for a step: backward Euler is singular there; "

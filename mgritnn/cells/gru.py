@@ -130,7 +130,8 @@ def _block_forward(ax, h, WhT, bh, dt, theta, hnew, G, N, lo, hi):
 
 @numba.njit(**JIT)
 def _block_gates(ax, h, bh, dt, theta, hnew, G, N, lo, hi):
-    """Rows lo:hi after the GEMM G = h W_h^T: gates (in place in G, and N) and the new state."""
+    """Rows lo:hi after the GEMM G = h W_h^T: gates (in place in G, and N) and the new state.
+    dt (B,): the step size of each row; a row with dt 0 keeps its state bit for bit."""
     H = h.shape[1]
     one = h.dtype.type(1.0)
     for b in range(lo, hi):
@@ -140,8 +141,13 @@ def _block_gates(ax, h, bh, dt, theta, hnew, G, N, lo, hi):
             G[b, j] += bh[j]
         for j in range(H):
             N[b, j] = tanh(ax[b, 2 * H + j] + G[b, j] * G[b, 2 * H + j])
+        d = dt[b]
+        if d == 0:              # a padded step: exactly the identity (no rounding of h + 0 (n - h))
+            for j in range(H):
+                hnew[b, j] = h[b, j]
+            continue
         for j in range(H):
-            a = dt * (one - G[b, H + j])
+            a = d * (one - G[b, H + j])
             c = a / (one + theta * a)
             hnew[b, j] = h[b, j] + c * (N[b, j] - h[b, j])
 
@@ -154,8 +160,12 @@ def _block_vjp(lam, h, dt, theta, G, N, Wh, dax, dah, lam_out, work, lo, hi):
     _block_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work, lo, hi)
     _mm(dah, Wh, lam_out, lo, hi)
     for b in range(lo, hi):
-        for j in range(H):
-            lam_out[b, j] = flush_subnormal(lam_out[b, j] + work[b, j])
+        if dt[b] == 0:          # a padded step: the adjoint passes unchanged
+            for j in range(H):
+                lam_out[b, j] = lam[b, j]
+        else:
+            for j in range(H):
+                lam_out[b, j] = flush_subnormal(lam_out[b, j] + work[b, j])
 
 
 @numba.njit(**JIT)
@@ -170,15 +180,24 @@ def _block_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work, lo, hi):
     resolution."""
     H = h.shape[1]
     one = h.dtype.type(1.0)
+    zero = h.dtype.type(0.0)
     for b in range(lo, hi):
+        d = dt[b]
+        if d == 0:              # a padded step: no cotangents, the adjoint passes unchanged
+            for j in range(3 * H):
+                dax[b, j] = zero
+                dah[b, j] = zero
+            for j in range(H):
+                work[b, j] = lam[b, j]
+            continue
         for j in range(H):      # n gate: dp_n = lam c (1 - n^2)
-            a = dt * (one - G[b, H + j])
+            a = d * (one - G[b, H + j])
             c = a / (one + theta * a)
             dax[b, 2 * H + j] = lam[b, j] * c * (one - N[b, j] * N[b, j])
         for j in range(H):      # z gate: dp_z = -dt lam (n - h) / (1 + theta a)^2 z (1 - z)
             z = G[b, H + j]
-            den = one + theta * dt * (one - z)
-            dax[b, H + j] = -dt * lam[b, j] * (N[b, j] - h[b, j]) / (den * den) * z * (one - z)
+            den = one + theta * d * (one - z)
+            dax[b, H + j] = -d * lam[b, j] * (N[b, j] - h[b, j]) / (den * den) * z * (one - z)
         for j in range(H):      # r gate: dp_r = dp_n A_h^n r (1 - r)
             r = G[b, j]
             dax[b, j] = dax[b, 2 * H + j] * G[b, 2 * H + j] * r * (one - r)
@@ -189,7 +208,7 @@ def _block_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work, lo, hi):
         for j in range(H):
             dah[b, 2 * H + j] = flush_subnormal(dax[b, 2 * H + j] * G[b, j])
         for j in range(H):      # direct term of dh'/dh
-            a = dt * (one - G[b, H + j])
+            a = d * (one - G[b, H + j])
             work[b, j] = lam[b, j] * (one - a / (one + theta * a))
 
 
@@ -200,12 +219,13 @@ def _row_jacobian_coeffs(h, dt, theta, G, N, b, j):
     H = h.shape[1]
     one = h.dtype.type(1.0)
     r, z, n = G[b, j], G[b, H + j], N[b, j]
-    a = dt * (one - z)
+    d = dt[b]
+    a = d * (one - z)
     den = one + theta * a
     c = a / den
     dpn = c * (one - n * n)
     return (one - c, dpn * G[b, 2 * H + j] * r * (one - r),
-            -dt * (n - h[b, j]) / (den * den) * z * (one - z), dpn * r)
+            -d * (n - h[b, j]) / (den * den) * z * (one - z), dpn * r)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,7 +257,7 @@ def _affine_rows(x, WT, b, has_bias, out):
 def _layer_sequence_forward(ax, hs, WhT, bh, dt, theta, G, N, nblk):
     """Serial sweep of one layer: hs[t+1] = step(hs[t], ax[t]) for t = 0..T-1.
 
-    ax (T, B, 3H); hs (T+1, B, H) with hs[0] the initial state; dt (T,); gates G (T, B, 3H) and
+    ax (T, B, 3H); hs (T+1, B, H) with hs[0] the initial state; dt (T, B); gates G (T, B, 3H) and
     N (T, B, H) to keep them for the adjoint, or (1, B, .) as work space.
 
     Batch rows are independent over the whole sweep, so each thread takes a row block through all
@@ -284,7 +304,7 @@ def _layer_sequence_vjp(lam_last, dxin, hs, dt, theta, G, N, Wh, dax, dah, lam, 
 
 @numba.njit(**JIT_PAR)
 def _layer_step_forward(ax, h, WhT, bh, dt, theta, hnew, G, N, nblk):
-    """One step of K independent states of one layer: all arrays (K, B, .), dt (K,)."""
+    """One step of K independent states of one layer: all arrays (K, B, .), dt (K, B)."""
     K, B = h.shape[0], h.shape[1]
     for q in prange(K * nblk):
         k = q // nblk
@@ -296,7 +316,7 @@ def _layer_step_forward(ax, h, WhT, bh, dt, theta, hnew, G, N, nblk):
 
 @numba.njit(**JIT_PAR)
 def _layer_step_vjp(lam, h, dt, theta, G, N, Wh, dax, dah, lam_out, work, nblk):
-    """VJP of one step of K independent states of one layer: all arrays (K, B, .), dt (K,)."""
+    """VJP of one step of K independent states of one layer: all arrays (K, B, .), dt (K, B)."""
     K, B = h.shape[0], h.shape[1]
     for q in prange(K * nblk):
         k = q // nblk
@@ -619,9 +639,14 @@ def _stack_chains_vjp_lockstep(dt, X, rd, Y, wr, starts, lens, g, res, hlin, fid
                             j = cc - c
                             last = i == lens[cc] - 1 and res.shape[0] > 0
                             y = Y[wr[cc] + i] if direct and not last else tmp[j]
+                            dts = dt[starts[cc] + i]
                             for b in range(B):
-                                for m in range(H):
-                                    y[l, b, m] = flush_subnormal(P[R + b, m] + work[j, b, m])
+                                if dts[b] == 0:         # a padded step (as _block_vjp)
+                                    for m in range(H):
+                                        y[l, b, m] = lam_l[j, b, m]
+                                else:
+                                    for m in range(H):
+                                        y[l, b, m] = flush_subnormal(P[R + b, m] + work[j, b, m])
                             R += B
                     if l > 0:
                         R = 0
@@ -857,28 +882,63 @@ def _chunks(C):
     return max(1, min(int(C), 8 * numba.get_num_threads()))
 
 
-def as_dt(dt, K, dtype):
-    """Step sizes as a C-contiguous array of ``dtype`` (a scalar is broadcast), checked.
+def as_dt(dt, K, dtype, B=None):
+    """Step sizes as a C-contiguous array of ``dtype``, checked: one per state (K,), or with ``B``
+    one per state and batch row (K, B) (a scalar or a (K,) array is broadcast over the rows).
 
     Parameters
     ----------
-    dt : float or array_like, shape (K,)
+    dt : float or array_like, shape (K,) or (K, B)
+        A step size 0 is a padded step: the identity (variable-length sequences).
     K : int
     dtype : numpy dtype
+    B : int, optional
+        Batch rows per state.
 
     Returns
     -------
-    ndarray, shape (K,), ``dtype``
+    ndarray, shape (K,) (without ``B``) or (K, B), ``dtype``
 
     Raises
     ------
     ConfigError
-        A step size is not finite or negative.
+        A step size is not finite or negative, or ``dt`` has neither shape.
     """
-    d = np.broadcast_to(np.asarray(dt, dtype=dtype), (K,))
+    d = np.asarray(dt, dtype=dtype)
+    shape = (K,) if B is None else (K, B)
+    if B is not None and d.ndim == 1:
+        d = d[:, None]
+    try:
+        d = np.broadcast_to(d, shape)
+    except ValueError:
+        raise ConfigError(f"step sizes dt must be a scalar or have shape (K,) or (K, B) = "
+                          f"{(K,) if B is None else (K, B)}, got {np.shape(dt)}") from None
     if not np.all(np.isfinite(d)) or np.any(d < 0):
         raise ConfigError("step sizes dt must be finite and >= 0")
     return np.ascontiguousarray(d)
+
+
+def dt_rows(dt, K, B, dtype):
+    """Step sizes as the kernels take them, without a copy when they already are in that form
+    (the hot paths: MGRIT's prepared arrays); not checked (the drivers and solvers check once,
+    :func:`as_dt`, :func:`~mgritnn.solvers.base.step_sizes`).
+
+    Parameters
+    ----------
+    dt : float or ndarray, shape (K,) or (K, B)
+    K, B : int
+    dtype : numpy dtype
+
+    Returns
+    -------
+    ndarray, shape (K, B), ``dtype``, C-contiguous
+    """
+    d = np.asarray(dt, dtype=dtype)
+    if d.shape == (K, B) and d.flags.c_contiguous:
+        return d
+    if d.ndim == 1:
+        d = d[:, None]
+    return np.ascontiguousarray(np.broadcast_to(d, (K, B)))
 
 
 class StepCache(NamedTuple):
@@ -1052,8 +1112,9 @@ class GRUStack(Cell):
             Layer-0 input projection ``W_x x + b_x`` of each state's input (:meth:`project_inputs`).
         h : ndarray, shape (K, L, B, H), float32 or float64 (the weights' dtype)
             Old states.
-        dt : float or ndarray, shape (K,)
-            Step size of each state.
+        dt : float or ndarray, shape (K,) or (K, B)
+            Step size of each state, or of each state and batch row (0: a padded step, the
+            identity).
         out : ndarray, shape (K, L, B, H), optional
             Where to write the new states (may not alias ``h``).
         cache : bool
@@ -1065,7 +1126,7 @@ class GRUStack(Cell):
         cache : StepCache, only if ``cache`` is true
         """
         K, L, B, H = self._check(w, ax0, h)
-        dtv = as_dt(dt, K, h.dtype)
+        dtv = as_dt(dt, K, h.dtype, B)
         if out is None:
             out = np.empty_like(h)
         c = StepCache([], [], [], [])
@@ -1107,7 +1168,7 @@ class GRUStack(Cell):
         K, L, B, H = self._check(w, ax0, h)
         if lam_next.shape != h.shape or lam_next.dtype != h.dtype:
             raise ValueError(f"lam_next must have shape {h.shape} and dtype {h.dtype}")
-        dtv = as_dt(dt, K, h.dtype)
+        dtv = as_dt(dt, K, h.dtype, B)
         if cache is None:
             _, cache = self.step(w, ax0, h, dtv, cache=True)
         lam = np.empty_like(h)
@@ -1209,8 +1270,8 @@ class GRUCell(GRUStack):
         sw : StackedWeights
         ax : ndarray, shape (n, B, 3H)
             Layer-0 input projection of every step s.
-        dt : ndarray, shape (n,)
-            Step size of every step s.
+        dt : ndarray, shape (n,) or (n, B)
+            Step size of every step s (and batch row; 0: the identity).
         X, Y : ndarray, shape (*, L, B, H), C-contiguous
             States read and written (the same array for chains of consecutive points: ``wr = rd + 1``).
         rd, wr, starts, lens : ndarray, shape (C,), int64
@@ -1232,6 +1293,7 @@ class GRUCell(GRUStack):
         """
         L, B, H = X.shape[1:]
         dtype = X.dtype
+        dt = dt_rows(dt, len(dt), B, dtype)
         if keep is None:
             keep, kept = StackCache.empty(L, 0, B, H, dtype), False
         else:
@@ -1265,6 +1327,7 @@ class GRUCell(GRUStack):
         """
         L, B, H = X.shape[1:]
         dtype = X.dtype
+        dt = dt_rows(dt, len(dt), B, dtype)
         if keep is None:
             keep, kept = (np.empty((L, 0, B, 3 * H), dtype),) * 2, False
         else:
@@ -1294,8 +1357,9 @@ class GRUCell(GRUStack):
             The layer's input projection ``W_x x + b_x`` of each state's input.
         h : ndarray, shape (K, B, H), C-contiguous, the weights' dtype
             Old states.
-        dt : ndarray, shape (K,), the weights' dtype
-            Step sizes (finite, >= 0; see :func:`as_dt`).
+        dt : ndarray, shape (K,) or (K, B), the weights' dtype
+            Step sizes per state, or per state and row (finite, >= 0; see :func:`as_dt`); a row
+            with step size 0 keeps its state exactly, with the identity as its Jacobian.
         jacobian : {None, "dense", "diag"}
             Also return :math:`\\partial h' / \\partial h` per state and row: (K, B, H, H) dense,
             or its diagonal (K, B, H).
@@ -1313,6 +1377,7 @@ class GRUCell(GRUStack):
             raise ConfigError(f"jacobian must be None, 'dense' or 'diag', got {jacobian!r}")
         K, B, H = h.shape
         dtype = h.dtype
+        dt = dt_rows(dt, K, B, dtype)
         hnew = np.empty_like(h)
         G = np.empty((K, B, 3 * H), dtype)
         N = np.empty((K, B, H), dtype)
@@ -1335,7 +1400,7 @@ class GRUCell(GRUStack):
         w : GRUWeights
         l : int
         h : ndarray, shape (K, B, H)
-        dt : ndarray, shape (K,)
+        dt : ndarray, shape (K,) or (K, B)
         G, N : ndarray, shapes (K, B, 3H), (K, B, H)
         kind : {"dense", "diag"}
 
@@ -1345,6 +1410,7 @@ class GRUCell(GRUStack):
         """
         K, B, H = h.shape
         theta = h.dtype.type(self.theta)
+        dt = dt_rows(dt, K, B, h.dtype)
         if kind == "dense":
             J = np.empty((K, B, H, H), h.dtype)
             _layer_jacobian_dense(h, dt, theta, G, N, w.Wh[l], J)
@@ -1370,6 +1436,7 @@ class GRUCell(GRUStack):
         """
         K, B, H = h.shape
         dtype = h.dtype
+        dt = dt_rows(dt, K, B, dtype)
         _layer_newton_diag(ax, h, w.WhT[l], w.Wh[l], w.bh[l], dt, dtype.type(self.theta),
                            dtype.type(scale), J, b, max(1, FUSED_ROWS // B))
 
@@ -1382,7 +1449,7 @@ class GRUCell(GRUStack):
         lam : ndarray, shape (K, B, H), C-contiguous
         h, G, N : ndarray, shapes (K, B, H), (K, B, 3H), (K, B, H)
             The states the gates were evaluated at, and the gates (from :meth:`layer_step`).
-        dt : ndarray, shape (K,)
+        dt : ndarray, shape (K,) or (K, B)
 
         Returns
         -------
@@ -1391,6 +1458,7 @@ class GRUCell(GRUStack):
         """
         K, B, H = h.shape
         dtype = h.dtype
+        dt = dt_rows(dt, K, B, dtype)
         dax = np.empty((K, B, 3 * H), dtype)
         dah = np.empty((K, B, 3 * H), dtype)
         _layer_gate_vjp(lam, h, dt, dtype.type(self.theta), G, N, dax, dah,
@@ -1408,7 +1476,7 @@ class GRUCell(GRUStack):
             Adjoint of the new states.
         lin : LayerStep
             The forward step (``h_gate``, ``G``, ``N`` are read).
-        dt : ndarray, shape (K,)
+        dt : ndarray, shape (K,) or (K, B)
         need_lam : bool
             Compute the adjoint of the old states (one GEMM); without it only the pre-activation
             cotangents are formed (what a parameter pass after a DEER adjoint needs).
@@ -1424,6 +1492,7 @@ class GRUCell(GRUStack):
             return None, self.layer_gate_vjp(lam, lin.h_gate, dt, lin.G, lin.N)
         K, B, H = lin.h_gate.shape
         dtype = lin.h_gate.dtype
+        dt = dt_rows(dt, K, B, dtype)
         dax = np.empty((K, B, 3 * H), dtype)
         dah = np.empty((K, B, 3 * H), dtype)
         lam_out = np.empty((K, B, H), dtype)
@@ -1443,7 +1512,8 @@ class GRUCell(GRUStack):
             Layer-0 input projection of every time step.
         h0 : ndarray, shape (L, B, H)
             Initial state.
-        dt : float or ndarray, shape (T,)
+        dt : float or ndarray, shape (T,) or (T, B)
+            Step sizes per step, or per step and batch row (0: a padded step, the identity).
         keep : bool
             Keep the gates for :meth:`sequence_vjp` (training); otherwise only the states.
         ws : Workspace, optional
@@ -1457,7 +1527,7 @@ class GRUCell(GRUStack):
         T, B = ax0.shape[0], ax0.shape[1]
         L, H = w.num_layers, w.hidden_size
         dtype = w.dtype
-        dtv = as_dt(dt, T, dtype)
+        dtv = as_dt(dt, T, dtype, B)
         nblk = row_blocks(B, w.Wh[0].nbytes)
         res = SequenceCache([], [], [], dtv)
         x_l = None
@@ -1525,7 +1595,7 @@ class GRUCell(GRUStack):
 
 class SequenceCache(NamedTuple):
     """Trajectory (and gates) of a serial sweep, lists over layers: ``hs`` (T+1, B, H),
-    ``G`` (T, B, 3H) = [r, z, W_h^n h + b_h^n], ``N`` (T, B, H); ``dt`` (T,) the step sizes."""
+    ``G`` (T, B, 3H) = [r, z, W_h^n h + b_h^n], ``N`` (T, B, H); ``dt`` (T, B) the step sizes."""
     hs: list
     G: list
     N: list
@@ -1554,4 +1624,4 @@ def get_cell(name):
 
 __all__ = ["CELLS", "GRUCell", "GRUGrads", "GRUStack", "GRUWeights", "LayerStep", "SequenceCache",
            "StackCache", "StackedWeights", "StepCache", "Workspace", "accumulate_outer", "as_dt",
-           "get_cell", "project", "resolve_dtype"]
+           "dt_rows", "get_cell", "project", "resolve_dtype"]

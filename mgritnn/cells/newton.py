@@ -47,7 +47,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..options import check_int, check_real, renamed
 from .base import LayerStep, work_array
-from .gru import CELLS, GRUCell, GRUStack, SequenceCache, as_dt
+from .gru import CELLS, GRUCell, GRUStack, SequenceCache, dt_rows, as_dt
 
 #: Default Newton tolerance on the max-norm of G per batch row, by dtype.
 DEFAULT_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
@@ -215,7 +215,7 @@ class NewtonGRUCell(GRUStack):
 
     def _newton_matrices(self, w, l, y, dt, G, N):
         """J_G = 2 I - J_c of each row at the gates G, N of y: y, N (n, B, H), G (n, B, 3H),
-        dt (n,); returns (n, B, H, H)."""
+        dt (n,) or (n, B); returns (n, B, H, H) (the identity for a row with dt 0)."""
         H = y.shape[2]
         J = self.explicit.layer_jacobian(w, l, y, dt, G, N, "dense")
         J *= -1
@@ -229,7 +229,7 @@ class NewtonGRUCell(GRUStack):
         """One backward-Euler step of layer ``l`` for K independent states, and optionally its Jacobian.
 
         Parameters as :meth:`GRUCell.layer_step` (``h`` the old states (K, B, H), ``ax`` the layer's
-        input projection (K, B, 3H), ``dt`` (K,)); ``jacobian`` returns
+        input projection (K, B, 3H), ``dt`` (K,) or (K, B)); ``jacobian`` returns
         :math:`\\partial h'/\\partial h = J_G(h')^{-1}` per state and row, (K, B, H, H) dense or its
         diagonal (K, B, H); ``fused`` is passed to the classic and linearly implicit evaluations.
 
@@ -249,6 +249,7 @@ class NewtonGRUCell(GRUStack):
             raise ConfigError(f"jacobian must be None, 'dense' or 'diag', got {jacobian!r}")
         K, B, H = h.shape
         dtype = h.dtype
+        dt = dt_rows(dt, K, B, dtype)
         cfg = self.config
         tol = cfg.tolerance(dtype)
         scale = dtype.type(1.0 / (1.0 + cfg.damping))
@@ -263,7 +264,8 @@ class NewtonGRUCell(GRUStack):
             if k == cfg.max_iter or not live.any():
                 break
             ks, bs = np.nonzero(live)
-            JG = self._newton_matrices(w, l, y[ks, bs][:, None], dt[ks], s.G[ks, bs][:, None],
+            JG = self._newton_matrices(w, l, y[ks, bs][:, None], dt[ks, bs][:, None],
+                                       s.G[ks, bs][:, None],
                                        s.N[ks, bs][:, None])[:, 0]
             delta, ok = _solve(JG, res[ks, bs])
             y[ks[ok], bs[ok]] -= scale * delta[ok]
@@ -306,7 +308,7 @@ class NewtonGRUCell(GRUStack):
         lin : LayerStep
             The forward step: ``h_gate`` (K, B, H) the new states, ``G`` (K, B, 3H) and ``N``
             (K, B, H) the gates there.
-        dt : ndarray, shape (K,)
+        dt : ndarray, shape (K,) or (K, B)
         need_lam : bool
             Return the adjoint of the old states (the transposed solve is needed either way).
 
@@ -320,9 +322,13 @@ class NewtonGRUCell(GRUStack):
             gate VJP at :math:`(\\mu, h')`.
         """
         K, B, H = lin.h_gate.shape
+        dt = dt_rows(dt, K, B, lin.h_gate.dtype)
         JG = self._newton_matrices(w, l, lin.h_gate, dt, lin.G, lin.N)
         mu, _ = _solve(JG.reshape(-1, H, H).transpose(0, 2, 1), lam.reshape(-1, H))
         mu = np.ascontiguousarray(mu.reshape(K, B, H), dtype=lin.h_gate.dtype)
+        pad = dt == 0
+        if pad.any():              # padded steps: J_G = I, the adjoint passes unchanged (exactly)
+            mu[pad] = lam[pad]
         cot = self.explicit.layer_gate_vjp(mu, lin.h_gate, dt, lin.G, lin.N)
         return (mu if need_lam else None), cot
 
@@ -337,7 +343,7 @@ class NewtonGRUCell(GRUStack):
         T, B = ax0.shape[0], ax0.shape[1]
         L, H = w.num_layers, w.hidden_size
         dtype = w.dtype
-        dtv = as_dt(dt, T, dtype)
+        dtv = as_dt(dt, T, dtype, B)
         res = SequenceCache([], [], [], dtv)
         x_l = None
         for l in range(L):

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..options import check_int, check_real
-from .base import Solver, register
+from .base import Solver, register, step_sizes
 from .deer import DEERConfig
 from .serial import SerialSolver
 
@@ -82,7 +82,7 @@ class AutoSolver(Solver):
     def _calibrate(self, key, cell, w, x, h0, dt):
         n = min(x.shape[0], self.config.calibration_steps)
         xn = np.ascontiguousarray(x[:n])
-        dtn = np.broadcast_to(np.asarray(dt, w.dtype), (x.shape[0],))[:n]
+        dtn = step_sizes(dt, x.shape[0], w.dtype)[:n]
         per_step = {}
         for name, solver in self.routes.items():
             for steps in (min(n, 2), n):          # first a tiny untimed run: compilation, caches

@@ -73,6 +73,43 @@ class SolveStats:
         return self.status in (DIVERGED, NONFINITE) and not self.fallback
 
 
+def step_sizes(dt, T, dtype, lo=0, hi=None):
+    """The step sizes of the steps [lo, hi) of a sequence of T steps, checked.
+
+    Every solver takes ``dt`` for the whole sequence (also on a rank that owns only some steps):
+    a scalar, one per step (T,), or one per step and batch row (T, B), where a step size 0 makes
+    the step the identity (the padded steps of a variable-length batch).
+
+    Parameters
+    ----------
+    dt : float or array_like, shape (T,) or (T, B)
+    T : int
+    dtype : numpy dtype
+    lo, hi : int
+        The steps wanted (default: all).
+
+    Returns
+    -------
+    ndarray, shape (hi - lo,) or (hi - lo, B), ``dtype``, C-contiguous
+
+    Raises
+    ------
+    ConfigError
+        A step size is negative or not finite, or ``dt`` has another shape.
+    """
+    hi = T if hi is None else hi
+    d = np.asarray(dt, dtype)
+    if d.ndim == 0:
+        d = np.broadcast_to(d, (T,))
+    if d.ndim > 2 or d.shape[0] != T:
+        raise ConfigError(f"step sizes dt must be a scalar or have shape (T,) or (T, B) with "
+                          f"T = {T}, got shape {d.shape}")
+    d = np.ascontiguousarray(d[lo:hi])
+    if not (np.all(np.isfinite(d)) and np.all(d >= 0)):
+        raise ConfigError("step sizes dt must be finite and >= 0")
+    return d
+
+
 class Solver:
     """Interface of a time solver (see :class:`mgritnn.solvers.serial.SerialSolver`).
 

@@ -57,7 +57,7 @@ from numba import prange
 from ..config import DIVERGED, JIT_PAR, NONFINITE, NOT_CONVERGED, OK
 from ..errors import ConfigError
 from ..options import check_bool, check_choices, check_int, check_real
-from .base import SolveStats, TimeParallelSolver, register
+from .base import SolveStats, TimeParallelSolver, register, step_sizes
 from .scan import linear_recurrence
 from .serial import step_through
 
@@ -250,7 +250,9 @@ class DEERSolver(TimeParallelSolver):
             here once (:meth:`Cell.project_inputs`).
         h0 : ndarray, shape S (the GRU: (L, B, H))
             Initial state (read on rank 0).
-        dt : float or ndarray, shape (T,)
+        dt : float or ndarray, shape (T,) or (T, B)
+            Step sizes of the whole sequence (:func:`~mgritnn.solvers.base.step_sizes`; 0: a
+            padded step, whose Jacobian is the identity).
         keep : bool
             Linearize at the converged trajectory for :meth:`adjoint`.
         T : int, optional
@@ -288,9 +290,7 @@ class DEERSolver(TimeParallelSolver):
                 f"DEER needs {dense_bytes / 1e9:.1f} GB per rank for the dense Jacobians of {hi - lo} "
                 f"steps x batch {B} x hidden {H}^2, over max_memory {cfg.max_memory / 1e9:.1f} GB: "
                 "use more ranks, a smaller batch, quasi-deer for inference, or raise max_memory")
-        dtv = np.ascontiguousarray(np.broadcast_to(np.asarray(dt, dtype), (T,))[lo:hi])
-        if not (np.all(np.isfinite(dtv)) and np.all(dtv >= 0)):
-            raise ConfigError("step sizes dt must be finite and >= 0")
+        dtv = step_sizes(dt, T, dtype, lo, hi)
         atol, rtol = cfg.tolerances(dtype)
         warm = cfg.initial_guess == "warm" and keys is not None
         wkeys = [(T, int(k)) for k in keys] if warm else None

@@ -7,7 +7,9 @@ that advances K states of one level by one step each through the step protocol
 (:mod:`mgritnn.cells.base`; nothing here knows which cell it advances):
 
 * levels: level l holds the multiples of m_l = cf_1 ... cf_l and N (``distributed.partition``);
-  a level-l step spans m_l fine steps (the last one possibly fewer) with step size m_l dt;
+  a level-l step spans m_l fine steps (the last one possibly fewer) with step size m_l dt, or
+  with per-step (T,) or per-step-and-row (T, B) step sizes the sum of those it spans, per batch
+  row (a padded step has size 0, so a coarse step across a sequence's end covers its real part);
 * F-relaxation steps through the F-points of all local intervals at once: for a cell with compiled
   chains (``Cell.fused_stack``: the GRU cells) one call (:meth:`Cell.advance`) sweeps every
   interval in place, intervals in parallel on the threads (for the GRU's states of one or two rows,
@@ -52,7 +54,7 @@ from ..distributed import level_points, local_grid, rank_bounds
 from ..errors import ConfigError
 from ..options import (cell_names, check_bool, check_choice, check_choices, check_int, check_real,
                        freeze, int_list, renamed, set_frozen, str_list, upgrade)
-from .base import SolveStats, TimeParallelSolver, register
+from .base import SolveStats, TimeParallelSolver, register, step_sizes
 
 _RELAX = ("FCF", "F")
 
@@ -520,6 +522,56 @@ def _level_inputs(grid, ax0_local, lo_fwd, coarse_input, reverse):
     return out
 
 
+def _level_dts(levels, dt, T, lo_fwd, dtype):
+    """Per level: the step sizes of its local steps (``levels`` from :func:`_level_inputs`).
+
+    A level step's size is the sum of the sizes of the fine steps it spans, per batch row: a
+    coarse step across the end of a sequence (padded steps have size 0) covers only its real
+    part. A scalar ``dt`` gives ``span * dt`` per step, (n_l,); an array (T,) or (T, B) for the
+    whole sequence gives (n_l,) or (n_l, B), each step summing its own fine sizes in float64 (so
+    the rounding does not depend on how the steps are split between ranks).
+
+    Parameters
+    ----------
+    levels : list of (local, span, ax)
+    dt : float or ndarray, shape (T,) or (T, B)
+    T : int
+    lo_fwd : int
+        Forward fine index of this rank's first fine step (``local`` is relative to it).
+    dtype : numpy dtype
+
+    Returns
+    -------
+    list of ndarray, shapes (n_l,) or (n_l, B), ``dtype``, C-contiguous
+    """
+    if np.ndim(dt) == 0:
+        return [np.ascontiguousarray(span * dt, dtype=dtype) for _, span, _ in levels]
+    fine = step_sizes(dt, T, dtype)
+    out = []
+    for local, span, _ in levels:
+        start = np.asarray(local, np.int64) + lo_fwd
+        if len(start) == 0:
+            out.append(np.empty((0,) + fine.shape[1:], dtype))
+        elif np.all(span == 1):
+            out.append(np.ascontiguousarray(fine[start]))
+        else:                  # the steps tile [a, b): one reduction per step, in forward order
+            order = np.argsort(start, kind="stable")
+            a = int(start[order[0]])
+            b = int(start[order[-1]] + span[order[-1]])
+            sums = np.add.reduceat(fine[a:b].astype(np.float64), start[order] - a, axis=0)
+            d = np.empty((len(start),) + fine.shape[1:], dtype)
+            d[order] = sums
+            out.append(d)
+    return out
+
+
+def _per_row(dts, B):
+    """Each level's step sizes (n_l,) or (n_l, B) as (n_l, B), C-contiguous: the compiled chains'
+    form, made once per solve instead of once per call."""
+    return [np.ascontiguousarray(np.broadcast_to(d[:, None] if d.ndim == 1 else d, (len(d), B)))
+            for d in dts]
+
+
 class _Prop:
     """What the FAS engine asks of a propagator: ``apply(l, j, u)`` = Phi_l(u) for local steps j
     of level l and states u (K, *S); ``chains(l, u, g, starts, lens)`` advances the level's
@@ -552,9 +604,9 @@ class _ForwardProp(_Prop):
     """Forward steps of every level through :meth:`Cell.step`; the final level-0 steps keep their
     caches (``cache``, stacked over the level's steps)."""
 
-    def __init__(self, fine, coarse, w, levels, dt):
+    def __init__(self, fine, coarse, w, levels, dts):
         self.cells = [fine] + [coarse] * (len(levels) - 1)
-        self.w, self.levels, self.dt = w, levels, dt
+        self.w, self.levels, self.dts = w, levels, dts
         self.evals = 0
         self.cache = None
 
@@ -562,8 +614,8 @@ class _ForwardProp(_Prop):
         _, span, ax = self.levels[l]
         self.evals += len(j)
         if not final:
-            return self.cells[l].step(self.w, ax[j], u, span[j] * self.dt)
-        out, c = self.cells[l].step(self.w, ax[j], u, span[j] * self.dt, cache=True)
+            return self.cells[l].step(self.w, ax[j], u, self.dts[l][j])
+        out, c = self.cells[l].step(self.w, ax[j], u, self.dts[l][j], cache=True)
         if self.cache is None:
             self.cache = tree_map(lambda a: np.empty((len(span),) + a.shape[1:], a.dtype), c)
         tree_map(lambda dst, src: dst.__setitem__(j, src), self.cache, c)
@@ -579,16 +631,16 @@ class _AdjointProp(_Prop):
     The final level-0 steps keep their pre-activation cotangents ``cot`` (per layer (dax, dah),
     forward order), from which the parameter gradients are accumulated once, in time order."""
 
-    def __init__(self, fine, coarse, w, levels, dt, u_fwd, fwd):
+    def __init__(self, fine, coarse, w, levels, dts, u_fwd, fwd):
         self.cells = [fine] + [coarse] * (len(levels) - 1)
-        self.w, self.levels, self.dt = w, levels, dt
+        self.w, self.levels, self.dts = w, levels, dts
         self.h, self.caches = [], []       # per level: forward states at the steps' starts, linearizations
         for l, (local, span, ax) in enumerate(levels):
             self.h.append(u_fwd[local])
             if l == 0:                     # the fine steps were linearized once for the whole slice
                 self.caches.append(_take(fwd.step_cache(u_fwd), local))
             else:
-                self.caches.append(self.cells[l].step(w, ax, self.h[l], span * dt, cache=True)[1])
+                self.caches.append(self.cells[l].step(w, ax, self.h[l], dts[l], cache=True)[1])
         self.evals = sum(len(lv[1]) for lv in levels[1:])     # the coarse linearizations
         self.cot = None            # the final level-0 steps' cotangents, stacked in forward order
 
@@ -596,7 +648,7 @@ class _AdjointProp(_Prop):
         local, span, ax = self.levels[l]
         self.evals += len(j)
         cot = [] if final else None
-        lam_start, _ = self.cells[l].step_vjp(self.w, ax[j], self.h[l][j], span[j] * self.dt, lam,
+        lam_start, _ = self.cells[l].step_vjp(self.w, ax[j], self.h[l][j], self.dts[l][j], lam,
                                               cache=_take(self.caches[l], j), cotangents=cot)
         if final:
             if self.cot is None:
@@ -624,11 +676,9 @@ class _FusedForward(_ForwardProp):
     compiled chains (:meth:`Cell.advance`), in place, without per-position copies; the final
     level-0 steps keep their linearizations in one :meth:`Cell.chain_cache`."""
 
-    def __init__(self, fine, coarse, w, levels, dt):
-        super().__init__(fine, coarse, w, levels, dt)
+    def __init__(self, fine, coarse, w, levels, dts):
+        super().__init__(fine, coarse, w, levels, _per_row(dts, levels[0][2].shape[1]))
         self.sw = fine.chain_weights(w)
-        dtype = levels[0][2].dtype
-        self.dts = [np.ascontiguousarray(span * dt, dtype=dtype) for _, span, _ in levels]
         self.gates = None
 
     def _keep(self, final):
@@ -665,22 +715,20 @@ class _FusedAdjoint(_Prop):
     level's steps are linearized once, at the fine forward states at their starts (level 0: the
     forward's final linearizations); the final level-0 VJPs keep their cotangents ``cot``."""
 
-    def __init__(self, fine, coarse, w, levels, dt, u_fwd, fwd):
+    def __init__(self, fine, coarse, w, levels, dts, u_fwd, fwd):
         self.cells = [fine] + [coarse] * (len(levels) - 1)
         self.sw = fwd.sw
-        self.dts = fwd_dts = []
-        dtype = u_fwd.dtype
+        self.dts = dts = _per_row(dts, levels[0][2].shape[1])
         self.lin = []                # per level: (states, linearizations, index of step s in them)
         self.evals = 0
         for l, (local, span, ax) in enumerate(levels):
-            fwd_dts.append(np.ascontiguousarray(span * dt, dtype=dtype))
             if l == 0:
                 self.lin.append((u_fwd, fwd.gates, np.ascontiguousarray(local, dtype=np.int64)))
                 continue
             h = np.ascontiguousarray(u_fwd[local])
             keep = self.cells[l].chain_cache(w, ax, len(local))
             k, _, _, ones = _chain_args(np.arange(len(h)), np.ones(len(h)), False)
-            self.cells[l].advance(self.sw, ax, fwd_dts[l], h, k, np.empty_like(h), k, k, ones,
+            self.cells[l].advance(self.sw, ax, dts[l], h, k, np.empty_like(h), k, k, ones,
                                   keep=keep)
             self.evals += len(local)
             self.lin.append((h, keep, np.arange(len(local), dtype=np.int64)))
@@ -728,7 +776,7 @@ class _MGRITState(NamedTuple):
     u: np.ndarray
     x: np.ndarray
     ax0: np.ndarray
-    dt: float
+    dt: object
     prop: object
 
 
@@ -751,8 +799,10 @@ class MGRITSolver(TimeParallelSolver):
     def forward(self, cell, w, x, h0, dt=1.0, keep=True, T=None, keys=None):
         """MGRIT forward solve. ``x`` (n_local, *X0) holds this rank's time slice [lo, hi) of the
         raw inputs (``local_steps``; the GRU: (n_local, B, I)), projected here once
-        (:meth:`Cell.project_inputs`); ``h0`` (*S) the initial state; ``T`` the total number of
-        steps (default: n_local on one rank); ``keys`` (B,) ints naming the samples (for
+        (:meth:`Cell.project_inputs`); ``h0`` (*S) the initial state; ``dt`` the step size, a
+        float or an array (T,) or (T, B) for the whole sequence (every rank passes all of it;
+        :func:`~mgritnn.solvers.base.step_sizes`); ``T`` the total number of steps (default:
+        n_local on one rank); ``keys`` (B,) ints naming the samples (for
         ``initial_guess="warm"``). Returns (h_last or None, state, SolveStats); h_last only on the
         last rank."""
         cfg = self.config
@@ -763,9 +813,10 @@ class MGRITSolver(TimeParallelSolver):
         grid = local_grid(T, cfs, self.size, self.rank)
         lo = grid.lo
         levels = _level_inputs(grid, ax0, lo, cfg.coarse_input, reverse=False)
+        dts = _level_dts(levels, dt, T, lo, ax0.dtype)
         fused = cell.fused_stack and cfg.coarse_cell_for(cell).fused_stack
         prop = (_FusedForward if fused else _ForwardProp)(cell, cfg.coarse_cell_for(cell), w,
-                                                          levels, dt)
+                                                          levels, dts)
         fas = _FAS(grid, prop, self.tc, h0, cfg, "mgrit-forward")
         remember = cfg.initial_guess == "warm" and keys is not None and len(grid.points) > 1
         cpts = grid.c_index[0][1:] if remember else None
@@ -801,7 +852,8 @@ class MGRITSolver(TimeParallelSolver):
         levels = _level_inputs(grid, state.ax0, lo_fwd, cfg.coarse_input, reverse=True)
         # the forward's final sweep kept the gates of every local step (forward order)
         adjoint = _FusedAdjoint if isinstance(state.prop, _FusedForward) else _AdjointProp
-        prop = adjoint(cell, cfg.coarse_cell_for(cell), w, levels, state.dt, u, state.prop)
+        dts = _level_dts(levels, state.dt, T, lo_fwd, u.dtype)
+        prop = adjoint(cell, cfg.coarse_cell_for(cell), w, levels, dts, u, state.prop)
         lam0 = lam_last if lam_last is not None else np.zeros_like(u[0])
         # the adjoint's size is its terminal value's (the loss's scale), not the states' 1
         scale = self.tc.allreduce(np.array([np.max(np.abs(lam0), initial=0.0)], np.float64),

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..cells.base import Workspace, tree_map
-from .base import SolveStats, Solver, register
+from .base import SolveStats, Solver, register, step_sizes
 
 
 class _Sweep(NamedTuple):
@@ -23,7 +23,7 @@ class _Sweep(NamedTuple):
 
 class _Steps(NamedTuple):
     """What the stepwise adjoint needs: raw inputs x (T, *X0), projected inputs xp (T, *X), step
-    sizes (T,), trajectory u (T + 1, *S) and the steps' caches (stacked over the T steps)."""
+    sizes (T,) or (T, B), trajectory u (T + 1, *S) and the steps' caches (stacked over the T steps)."""
     x: np.ndarray
     xp: np.ndarray
     dt: np.ndarray
@@ -41,7 +41,7 @@ def step_through(cell, w, xp, u0, dt, cache=False):
     xp : ndarray, shape (T, *X)
         Projected inputs (:meth:`Cell.project_inputs`).
     u0 : ndarray, shape S
-    dt : ndarray, shape (T,)
+    dt : ndarray, shape (T,) or (T, B)
     cache : bool
         Also keep the steps' caches.
 
@@ -93,7 +93,8 @@ class SerialSolver(Solver):
         x : ndarray, shape (T, *X0)
             Raw inputs (the GRU: (T, B, I)); the cell projects them (:meth:`Cell.project_inputs`).
         h0 : ndarray, shape S (the GRU: (L, B, H))
-        dt : float or ndarray, shape (T,)
+        dt : float or ndarray, shape (T,) or (T, B)
+            Step sizes (:func:`~mgritnn.solvers.base.step_sizes`; 0: a padded step, the identity).
         keep : bool
             Keep what the adjoint needs.
 
@@ -127,7 +128,7 @@ class SerialSolver(Solver):
     @staticmethod
     def _step_forward(cell, w, x, xp, u0, dt, keep):
         T = xp.shape[0]
-        dtv = np.ascontiguousarray(np.broadcast_to(np.asarray(dt, u0.dtype), (T,)))
+        dtv = step_sizes(dt, T, u0.dtype)
         u, caches = step_through(cell, w, xp, u0, dtv, cache=keep)
         state = _Steps(x, xp, dtv, u, caches) if keep else None
         return u[-1].copy(), state, SolveStats(step_evals=T)
