@@ -593,8 +593,8 @@ def _json_line(rec):
 def _batch_diagnostics(info):
     f, a = info["forward"], info["adjoint"]
     return dict(fwd_iters=f.iterations, fwd_res=f.residual, fwd_status=f.status,
-                fwd_fallback=f.fallback, fwd_message=f.message,
-                bwd_iters=a.iterations, bwd_res=a.residual, bwd_status=a.status)
+                fwd_fallback=f.fallback, fwd_message=f.message, fwd_grew=f.grew,
+                bwd_iters=a.iterations, bwd_res=a.residual, bwd_status=a.status, bwd_grew=a.grew)
 
 
 class Batch(NamedTuple):
@@ -982,10 +982,11 @@ class Trainer:
         if getattr(self.model.cell, "stats", None) is not None:
             self.model.cell.stats.reset()
         loss_sum = correct = seen = 0.0
-        steps = np.zeros(2)
+        steps, grew = np.zeros(2), np.zeros(2)
         for batch in self.batches(epoch):
             r = self.step(batch)
             steps += r.evals
+            grew += [r.info["forward"].grew, r.info["adjoint"].grew]
             loss_sum += r.loss * len(batch.idx)
             correct += r.correct
             seen += len(batch.idx)
@@ -1003,6 +1004,9 @@ class Trainer:
                                             adjoint=steps[1] / self.n_batches),
                    batches=self.n_batches, solver=self.solver.name, ranks=self.ranks.size,
                    data_parallel=self.cfg.data_parallel)
+        if self.solver.name != "serial":
+            grew = self.ranks.sum_over_data(grew)       # the same on the ranks of a data group
+            rec["grew"] = dict(forward=int(grew[0]), adjoint=int(grew[1]))
         newton = _newton_record(self.model.cell, self.ranks)
         if newton is not None:
             rec["newton"] = newton
@@ -1028,11 +1032,20 @@ class Trainer:
         return test, time.perf_counter() - t0
 
     def report(self, rec):
-        """The epoch's line for ``out``, and a warning line when Newton row solves of an
+        """The epoch's line for ``out``, and warning lines when the solver's iteration stopped
+        contracting in some batches (``SolveStats.grew``) or Newton row solves of an
         implicit-newton cell did not converge."""
         self.out(f"epoch {rec['epoch']:3d}  loss {rec['loss']:.4f}  train acc "
                  f"{100 * rec['train_acc']:6.2f}%  test acc {100 * rec['test_acc']:6.2f}%  "
                  f"{rec['seconds']:7.2f} s")
+        grew = rec.get("grew")
+        if grew and (grew["forward"] or grew["adjoint"]):
+            self.out(f"  warning: the {rec['solver']} residual grew over the cycles (not "
+                     f"contracting) in {grew['forward']} forward and {grew['adjoint']} adjoint "
+                     f"solves of {rec['batches']} batches, so their gradients are not the "
+                     "serial sweep's: the coarse levels do not follow this model's dynamics; "
+                     "use --cell implicit (then every level has the same cell), more --max-iter "
+                     "does not help; or --solver serial or deer")
         newton = rec.get("newton")
         if newton is not None and newton["unconverged"]:
             self.out(f"  warning: {newton['unconverged']} of {newton['solves']} implicit-newton "

@@ -10,7 +10,7 @@ from mgritnn.cells import get_cell, project
 from mgritnn.config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from mgritnn.distributed import level_points, local_grid, rank_bounds
 from mgritnn.errors import ConfigError, SolverError
-from mgritnn.solvers import DEERConfig, MGRITConfig, MGRITSolver
+from mgritnn.solvers import DEERConfig, MGRITConfig, MGRITSolver, residual_grew
 from helpers import assume_hierarchy_fits
 from strategies import problems
 
@@ -391,3 +391,43 @@ def test_adjoint_tolerance_and_divergence_test_scale_with_the_adjoint(factor):
     assert s1.status == s2.status == OK and s1.iterations == s2.iterations > 1
     np.testing.assert_allclose(np.array(s2.history), factor * np.array(s1.history), rtol=1e-6)
     np.testing.assert_allclose(d2, factor * d1, rtol=1e-6, atol=1e-12 * factor)
+
+
+def test_residual_grew_tells_growth_from_round_off():
+    """A history that rises from its best by more than 10 % is growth; a converging one, a
+    float32 residual wobbling at round-off, a single value and a NaN history are not."""
+    assert residual_grew([10.0, 3.0, 2.0, 2.5], np.float64)
+    assert residual_grew([10.0, 12.0], np.float64)
+    assert not residual_grew([10.0, 3.0, 2.0, 2.1], np.float64)           # within 10 %
+    assert not residual_grew([10.0, 1e-1, 1e-3], np.float64)
+    assert not residual_grew([10.0, 5.3e-6, 9e-6], np.float32)             # below sqrt(eps) * 10
+    assert residual_grew([10.0, 5.3e-6, 9e-6], np.float64)
+    assert not residual_grew([10.0], np.float64) and not residual_grew([], np.float64)
+    assert not residual_grew([10.0, np.nan, 20.0], np.float64)
+
+
+def _rotating_model(gain):
+    """A classic GRU whose candidate n = tanh(gain Q h + ...) (Q orthogonal) drives an
+    undamped, mixing recurrence for a large gain, which the implicit coarse levels do not follow."""
+    H = 8
+    m = mgritnn.GRUClassifier(3, H, 3, dtype="float64", seed=0)
+    rng = np.random.default_rng(1)
+    Q, _ = np.linalg.qr(rng.normal(size=(H, H)))
+    m.params["weight_hh_l0"][2 * H:] = gain * Q          # gate order r, z, n
+    return m, rng.normal(size=(2, 512, 3)), np.array([0, 1])
+
+
+@pytest.mark.parametrize("gain, grows", [(0.5, False), (3.0, True)])
+def test_a_solve_that_stops_contracting_says_so(gain, grows):
+    """MGRIT (classic fine cell, implicit coarse levels) on a strongly mixing recurrence: the
+    residual stalls and rises over 20 cycles, short of the divergence test. The solve says so
+    (``grew``, in the message) instead of returning a NOT_CONVERGED that looks like slow
+    convergence; on a damped recurrence it converges and does not."""
+    m, X, y = _rotating_model(gain)
+    cfg = MGRITConfig(levels=3, cf=4, max_iter=20, adjoint_max_iter=20, atol=0.0)
+    _, _, info = m.loss_and_grad_flat(X, y, cfg, strict=False)
+    f = info["forward"]
+    assert f.status == NOT_CONVERGED and f.grew == grows, f
+    assert ("not contracting" in f.message) == grows
+    cycles = f.history[:-1]
+    assert (cycles[-1] > 1.1 * min(cycles[:-1])) == grows

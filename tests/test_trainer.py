@@ -160,3 +160,24 @@ def test_the_trainer_restores_the_hosts_thread_settings():
             assert numba.get_num_threads() == 1 and set(blas_thread_counts()) <= {1}
         t.fit()
     assert numba.get_num_threads() == old and blas_thread_counts() == blas
+
+
+def test_an_epoch_whose_mgrit_solves_stop_contracting_warns():
+    """A model whose recurrence the implicit coarse levels do not follow (an undamped rotation
+    of gain 3): MGRIT's residual rises over the cycles. The epoch record counts those solves and
+    the epoch report warns, naming the fix; the serial run of the same model has no such record."""
+    lines = []
+    cfg = TrainConfig(epochs=1, hidden=8, seq_len=512, batch_size=4, max_batches=1, seed=0,
+                      dtype="float64", solver="mgrit",
+                      solver_options=dict(max_iter=12, adjoint_max_iter=12, atol=0.0))
+    with Trainer(cfg, out=lines.append, progress=False) as t:
+        H = 8
+        Q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(H, H)))
+        t.model.params["weight_hh_l0"][2 * H:] = 3.0 * Q
+        rec = t.train_epoch(0)
+    assert rec["grew"]["forward"] == 1, rec["grew"]
+    warning = [line for line in lines if "warning" in line]
+    assert len(warning) == 1 and "not contracting" in warning[0] and "--cell implicit" in warning[0]
+    with Trainer(TrainConfig(**{**cfg.__dict__, "solver": "serial", "solver_options": {}}),
+                 out=quiet, progress=False) as t:
+        assert "grew" not in t.train_epoch(0)

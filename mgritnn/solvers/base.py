@@ -49,6 +49,10 @@ class SolveStats:
         The iteration failed and the solver ran the serial sweep instead (the result is exact).
     phases : dict
         Where the time went (MGRIT): ``"phase[level]"`` -> [seconds, calls, step evaluations].
+    grew : bool
+        The iteration stopped contracting: the residual after its last cycle is more than 10 %
+        above the smallest one it reached, and above round-off (:func:`residual_grew`). More
+        cycles will not help; the result is further from the solution than an earlier iterate.
     """
     status: int = 0
     message: str = "exact"
@@ -60,6 +64,7 @@ class SolveStats:
     seconds: float = 0.0
     fallback: bool = False
     phases: dict = field(default_factory=dict)
+    grew: bool = False
 
     @property
     def success(self):
@@ -71,6 +76,33 @@ class SolveStats:
         """The result is unusable: diverged or NaN/inf, without the serial sweep's fallback
         (NOT_CONVERGED is not a failure: the paper's fixed cycle counts end there by design)."""
         return self.status in (DIVERGED, NONFINITE) and not self.fallback
+
+
+def residual_grew(history, dtype, factor=1.1):
+    """Whether the residuals of an iteration show that it stopped contracting.
+
+    Parameters
+    ----------
+    history : sequence of float
+        The residual norm after each iteration, in order (measured the same way each time).
+    dtype : numpy dtype
+        The floating-point type of the iteration (sets the round-off level).
+    factor : float
+        How far above its best the last residual must lie.
+
+    Returns
+    -------
+    bool
+        True when the last residual exceeds ``factor`` times the smallest earlier one and
+        ``sqrt(eps)`` times the first: the iteration has moved away from the solution, and more
+        iterations will not bring it back. Round-off noise near convergence (a float32 residual
+        wobbling at 1e-6) lies below the floor.
+    """
+    h = np.asarray(history, np.float64)
+    if h.size < 2 or not np.all(np.isfinite(h)):
+        return False
+    floor = np.sqrt(np.finfo(dtype).eps) * h[0]
+    return bool(h[-1] > factor * h[:-1].min() and h[-1] > floor)
 
 
 def step_sizes(dt, T, dtype, lo=0, hi=None):

@@ -54,7 +54,7 @@ from ..distributed import level_points, local_grid, rank_bounds
 from ..errors import ConfigError
 from ..options import (cell_names, check_bool, check_choice, check_choices, check_int, check_real,
                        freeze, int_list, renamed, set_frozen, str_list, upgrade)
-from .base import SolveStats, TimeParallelSolver, register, step_sizes
+from .base import SolveStats, TimeParallelSolver, register, residual_grew, step_sizes
 
 _RELAX = ("FCF", "F")
 
@@ -486,8 +486,14 @@ class _FAS:
             self.history.append(res)
             if not stopped:
                 self._stop()
+        cycles = self.history[:-1]          # the final sweep's residual is measured differently
+        grew = self.status == NOT_CONVERGED and residual_grew(cycles, self.u[0].dtype)
+        if grew:
+            self.message += (f"; the residual grew to {cycles[-1]:.3e} after reaching "
+                             f"{min(cycles[:-1]):.3e}: the iteration is not contracting")
         return SolveStats(status=self.status, message=self.message, iterations=iters, residual=res,
-                          step_evals=self.prop.evals, history=list(self.history), phases=self.phases)
+                          step_evals=self.prop.evals, history=list(self.history), phases=self.phases,
+                          grew=grew)
 
 
 # ------------------------------------------------------------------------------------------------
