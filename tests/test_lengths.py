@@ -303,6 +303,52 @@ def test_mgrit_coarse_step_sizes_sum_the_real_fine_steps():
     assert sorted(map(tuple, r1)) == sorted(map(tuple, d1))
 
 
+def test_mean_coarse_input_averages_the_real_steps_only():
+    """coarse_input="mean": a coarse step's input is the mean over its row's real fine steps
+    (a NumPy twin), in both orientations; a row with no real step there gets 0 (its coarse step
+    has size 0: the identity); without padding it is the plain mean, as before."""
+    from mgritnn.distributed import local_grid
+    from mgritnn.solvers.mgrit import _level_inputs
+    T, cf = 10, 4
+    ax = np.random.default_rng(3).normal(size=(T, 2, 3))
+    dt = np.ones((T, 2))
+    dt[6:, 1] = 0                                   # row 1 has length 6
+    twin = np.zeros((3, 2, 3))
+    for j, (a, n) in enumerate([(0, 4), (4, 4), (8, 2)]):
+        for b in range(2):
+            real = [t for t in range(a, a + n) if dt[t, b] != 0]
+            if real:
+                twin[j, b] = ax[real, b].mean(axis=0)
+    for reverse in (False, True):
+        grid = local_grid(T, [cf], 1, 0, reverse=reverse)
+        lv = _level_inputs(grid, ax, 0, "mean", reverse=reverse, fine_dt=dt)
+        got = lv[1][2] if not reverse else lv[1][2][::-1]
+        np.testing.assert_allclose(got, twin, rtol=1e-15)
+        assert np.all(got[2, 1] == 0)
+        plain = _level_inputs(grid, ax, 0, "mean", reverse=reverse)
+        same = _level_inputs(grid, ax, 0, "mean", reverse=reverse, fine_dt=np.ones((T, 2)))
+        assert np.array_equal(plain[1][2], same[1][2])
+        assert np.array_equal(plain[1][2][:, 0], lv[1][2][:, 0])       # row 0 is not padded
+
+
+def test_mgrit_mean_coarse_input_with_lengths_equals_alone():
+    """The coarse inputs change the convergence, never the fixed point: MGRIT with
+    coarse_input="mean" at a tight tolerance gives each sequence's loss and gradient alone."""
+    m = weights("implicit", 2, 2, 4, seed=4, scale=0.8)
+    rng = np.random.default_rng(8)
+    T, lengths = 29, np.array([29, 5, 17])
+    X, y = rng.normal(size=(3, T, 2)), np.array([1, 0, 2])
+    cfg = MGRITConfig(levels=3, cf=3, coarse_input="mean", max_iter=40, adjoint_max_iter=40,
+                      atol=1e-14)
+    for pad in ("end", "front"):
+        l1, g1, info = m.loss_and_grad_flat(X, y, cfg, lengths=lengths, pad=pad)
+        assert info["forward"].status == OK and info["adjoint"].status == OK
+        alone = _alone(m, X, y, lengths, pad)
+        np.testing.assert_allclose(l1, np.mean([a[0] for a in alone]), rtol=1e-9)
+        gm = np.mean([a[1] for a in alone], axis=0)
+        np.testing.assert_allclose(g1, gm, rtol=1e-9, atol=1e-9 * np.abs(gm).max())
+
+
 @pytest.mark.parametrize("relax, per_cycle", [("FCF", 2), ("F", 1)])
 def test_exactness_front_with_mixed_lengths(relax, per_cycle):
     """Two levels on a padded batch of mixed lengths: after k cycles C-points 0 .. per_cycle * k

@@ -100,7 +100,8 @@ class MGRITConfig:
         first down-leg skipped if ``skip_first_down``). Memory: N/cf states per sample on each
         rank's slice.
     coarse_input : {"sample", "mean"}
-        Input of a coarse step: x at its first fine step, or the mean over its fine steps.
+        Input of a coarse step: x at its first fine step, or the mean over its fine steps (over
+        each batch row's real steps only, when padded steps of step size 0 are among them).
     coarse_cell : str or None
         Cell of the coarse levels. None (default): the implicit GRU (stable for any step size), or
         the fine cell itself when it is ``implicit-newton`` (algorithms.md §2).
@@ -500,13 +501,20 @@ class _FAS:
 # Propagators: forward steps and adjoint (VJP) steps of every level
 # ------------------------------------------------------------------------------------------------
 
-def _level_inputs(grid, ax0_local, lo_fwd, coarse_input, reverse):
+def _level_inputs(grid, ax0_local, lo_fwd, coarse_input, reverse, fine_dt=None):
     """Per level: forward fine index of each local step's start, its span, and its input projection.
 
     ``ax0_local`` (n_local, B, 3H) holds the layer-0 projection of this rank's fine steps, starting
     at forward fine index ``lo_fwd``. In reversed orientation, the local step j from reversed point
-    q_j to q_{j+1} is the forward interval [N - q_{j+1}, N - q_j).
+    q_j to q_{j+1} is the forward interval [N - q_{j+1}, N - q_j). ``fine_dt`` (n_local,) or
+    (n_local, B): the step sizes of those fine steps (forward order); with ``coarse_input="mean"``
+    a coarse step averages the inputs of its steps of nonzero size only, per batch row (padded
+    steps are not part of a sequence); None or all nonzero: every fine step counts.
     """
+    real = None
+    if fine_dt is not None and np.ndim(fine_dt) > 0 and not np.all(fine_dt != 0):
+        real = np.asarray(fine_dt != 0, np.float64)
+        real = real.reshape(real.shape + (1,) * (ax0_local.ndim - real.ndim))
     out = []
     for l, q in enumerate(grid.points):
         if reverse:
@@ -522,10 +530,25 @@ def _level_inputs(grid, ax0_local, lo_fwd, coarse_input, reverse):
         elif l == 0 or coarse_input == "sample":
             ax = ax0_local[local]
         else:       # each step sums its own fine inputs: rounding independent of the rank split
-            ax = np.stack([ax0_local[a:a + n].sum(axis=0, dtype=np.float64) / n
+            ax = np.stack([_mean_input(ax0_local, a, n, real)
                            for a, n in zip(local, span)]).astype(ax0_local.dtype)
         out.append((local, span, ax if reverse and l == 0 else np.ascontiguousarray(ax)))
     return out
+
+
+def _mean_input(ax, a, n, real):
+    """The mean of ``ax[a:a + n]`` in float64, over the steps ``real`` marks (per row; a row
+    without any keeps 0: its coarse step has size 0, the identity), or over all n."""
+    if real is None:
+        return ax[a:a + n].sum(axis=0, dtype=np.float64) / n
+    w = real[a:a + n]
+    return (ax[a:a + n] * w).sum(axis=0, dtype=np.float64) / np.maximum(w.sum(axis=0), 1.0)
+
+
+def _fine_dt(dt, T, lo, ax0):
+    """The step sizes of the local fine steps [lo, lo + n_local), forward order (None for a
+    scalar: no step is padded)."""
+    return None if np.ndim(dt) == 0 else step_sizes(dt, T, ax0.dtype, lo, lo + ax0.shape[0])
 
 
 def _level_dts(levels, dt, T, lo_fwd, dtype):
@@ -818,7 +841,8 @@ class MGRITSolver(TimeParallelSolver):
         cfs = cfg.cfs(T, self.size)
         grid = local_grid(T, cfs, self.size, self.rank)
         lo = grid.lo
-        levels = _level_inputs(grid, ax0, lo, cfg.coarse_input, reverse=False)
+        levels = _level_inputs(grid, ax0, lo, cfg.coarse_input, reverse=False,
+                               fine_dt=_fine_dt(dt, T, lo, ax0))
         dts = _level_dts(levels, dt, T, lo, ax0.dtype)
         fused = cell.fused_stack and cfg.coarse_cell_for(cell).fused_stack
         prop = (_FusedForward if fused else _ForwardProp)(cell, cfg.coarse_cell_for(cell), w,
@@ -855,7 +879,8 @@ class MGRITSolver(TimeParallelSolver):
         T, u = state.T, state.u
         grid = local_grid(T, state.cfs, self.size, self.rank, reverse=True)
         lo_fwd = T - grid.hi
-        levels = _level_inputs(grid, state.ax0, lo_fwd, cfg.coarse_input, reverse=True)
+        levels = _level_inputs(grid, state.ax0, lo_fwd, cfg.coarse_input, reverse=True,
+                               fine_dt=_fine_dt(state.dt, T, lo_fwd, state.ax0))
         # the forward's final sweep kept the gates of every local step (forward order)
         adjoint = _FusedAdjoint if isinstance(state.prop, _FusedForward) else _AdjointProp
         dts = _level_dts(levels, state.dt, T, lo_fwd, u.dtype)
