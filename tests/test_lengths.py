@@ -175,6 +175,14 @@ def _alone(m, X, y, lengths, pad="end", solver="serial"):
     return out
 
 
+def _assert_alone(m, X, y, lengths, pad, loss, grad):
+    """``loss`` and ``grad`` of the padded batch are the mean of each sequence's alone, to 1e-9."""
+    alone = _alone(m, X, y, lengths, pad)
+    np.testing.assert_allclose(loss, np.mean([a[0] for a in alone]), rtol=1e-9)
+    gm = np.mean([a[1] for a in alone], axis=0)
+    np.testing.assert_allclose(grad, gm, rtol=1e-9, atol=1e-9 * np.abs(gm).max())
+
+
 @settings(max_examples=10)
 @given(cell=st.sampled_from(CELLS3), L=st.integers(1, 2), T=st.integers(1, 40),
        pad=st.sampled_from(["end", "front"]), seed=st.integers(0, 2 ** 31 - 1), data=st.data())
@@ -254,10 +262,7 @@ def test_mgrit_tight_with_lengths_equals_alone(cell, L, T, B, levels, cf, pad, s
     X, y = rng.normal(size=(B, T, 2)), rng.integers(0, 3, B)
     l1, g1, info = m.loss_and_grad_flat(X, y, cfg, lengths=lengths, pad=pad)
     assert info["forward"].status == OK and info["adjoint"].status == OK
-    alone = _alone(m, X, y, lengths, pad)
-    np.testing.assert_allclose(l1, np.mean([a[0] for a in alone]), rtol=1e-9)
-    gm = np.mean([a[1] for a in alone], axis=0)
-    np.testing.assert_allclose(g1, gm, rtol=1e-9, atol=1e-9 * np.abs(gm).max())
+    _assert_alone(m, X, y, lengths, pad, l1, g1)
 
 
 @pytest.mark.parametrize("solver", ["deer", "quasi-deer"])
@@ -274,10 +279,7 @@ def test_deer_with_lengths_equals_alone(solver, cell):
     for pad in ("end", "front"):
         l1, g1, info = m.loss_and_grad_flat(X, y, cfg, lengths=lengths, pad=pad)
         assert info["forward"].status == OK and not info["forward"].fallback
-        alone = _alone(m, X, y, lengths, pad)
-        np.testing.assert_allclose(l1, np.mean([a[0] for a in alone]), rtol=1e-9)
-        gm = np.mean([a[1] for a in alone], axis=0)
-        np.testing.assert_allclose(g1, gm, rtol=1e-9, atol=1e-9 * np.abs(gm).max())
+        _assert_alone(m, X, y, lengths, pad, l1, g1)
 
 
 def test_mgrit_coarse_step_sizes_sum_the_real_fine_steps():
@@ -343,10 +345,7 @@ def test_mgrit_mean_coarse_input_with_lengths_equals_alone():
     for pad in ("end", "front"):
         l1, g1, info = m.loss_and_grad_flat(X, y, cfg, lengths=lengths, pad=pad)
         assert info["forward"].status == OK and info["adjoint"].status == OK
-        alone = _alone(m, X, y, lengths, pad)
-        np.testing.assert_allclose(l1, np.mean([a[0] for a in alone]), rtol=1e-9)
-        gm = np.mean([a[1] for a in alone], axis=0)
-        np.testing.assert_allclose(g1, gm, rtol=1e-9, atol=1e-9 * np.abs(gm).max())
+        _assert_alone(m, X, y, lengths, pad, l1, g1)
 
 
 @pytest.mark.parametrize("relax, per_cycle", [("FCF", 2), ("F", 1)])
