@@ -1042,10 +1042,11 @@ class Trainer:
         if grew and (grew["forward"] or grew["adjoint"]):
             self.out(f"  warning: the {rec['solver']} residual grew over the cycles (not "
                      f"contracting) in {grew['forward']} forward and {grew['adjoint']} adjoint "
-                     f"solves of {rec['batches']} batches, so their gradients are not the "
-                     "serial sweep's: the coarse levels do not follow this model's dynamics; "
-                     "use --cell implicit (then every level has the same cell), more --max-iter "
-                     "does not help; or --solver serial or deer")
+                     f"solves of {rec['batches']} batches: their gradients are not the serial "
+                     "sweep's, and more cycles make them worse. The coarse levels' long steps do "
+                     "not follow this model's dynamics: use fewer --levels (2: the coarse level "
+                     "is solved exactly) or a smaller --cf, with the classic cell also --cell "
+                     "implicit; or --solver serial or deer")
         newton = rec.get("newton")
         if newton is not None and newton["unconverged"]:
             self.out(f"  warning: {newton['unconverged']} of {newton['solves']} implicit-newton "

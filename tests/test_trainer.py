@@ -177,7 +177,7 @@ def test_an_epoch_whose_mgrit_solves_stop_contracting_warns():
         rec = t.train_epoch(0)
     assert rec["grew"]["forward"] == 1, rec["grew"]
     warning = [line for line in lines if "warning" in line]
-    assert len(warning) == 1 and "not contracting" in warning[0] and "--cell implicit" in warning[0]
+    assert len(warning) == 1 and "not contracting" in warning[0] and "--levels" in warning[0]
     with Trainer(TrainConfig(**{**cfg.__dict__, "solver": "serial", "solver_options": {}}),
                  out=quiet, progress=False) as t:
         assert "grew" not in t.train_epoch(0)
