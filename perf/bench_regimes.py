@@ -198,7 +198,8 @@ def run_rounds(groups, rounds, timeout, out, kind, script=__file__):
     round number), ``where`` (fields after it), ``fail`` (fields of a failed launch's line). One
     ``kind`` line per launch (with ``launch_s``, ``cpu_busy_before`` and the load averages before
     and after); a job that fails is not launched again. Returns ``(results, failed)``: key -> the
-    worker records, key -> (round, reason)."""
+    lines of its launches that succeeded (each the worker's record with those fields), key ->
+    (round, reason)."""
     results, failed = {}, {}
     for group in groups:
         for rnd in range(rounds):
@@ -216,8 +217,9 @@ def run_rounds(groups, rounds, timeout, out, kind, script=__file__):
                     failed[key] = (rnd, reason)
                     harness.emit(dict(head, **job["fail"], status="failed", reason=reason), out)
                 else:
-                    results.setdefault(key, []).append(rec)
-                    harness.emit(dict(head, status="ok", **rec), out)
+                    line = dict(head, status="ok", **rec)
+                    results.setdefault(key, []).append(line)
+                    harness.emit(line, out)
     return results, failed
 
 
@@ -279,10 +281,11 @@ def _summaries(a, results, failed):
     return rows
 
 
-def print_command(command, detail):
-    """Print the command of a run and the code it measured (HEAD and uncommitted files), then
-    ``detail``, above its tables."""
-    info = harness.git_state()
+def print_command(command, detail, info=None):
+    """Print the command of a run and the code it measured (HEAD and uncommitted files: ``info``,
+    a :func:`harness.git_state` record, default the working tree's now), then ``detail``, above
+    its tables."""
+    info = info or harness.git_state()
     print(f"\ncommand: {command}")
     print(f"code: {info['git']}" + (f" + uncommitted changes to {', '.join(info['git_dirty'])}"
                                     if info["git_dirty"] else "")

@@ -13,6 +13,8 @@ Commands (from the repository root)::
     PYTHONPATH=. python perf/bench_scaling.py --quick
     # what would be launched, without launching anything
     PYTHONPATH=. python perf/bench_scaling.py --dry-run --max-ranks 8
+    # the tables of a results file
+    PYTHONPATH=. python perf/bench_scaling.py --table perf/results/scaling-2026-12-03.jsonl
 
 What is measured: one training step (``loss_and_grad_flat`` + Adam, float32, ``cell="implicit"``,
 6 classes, random seeded data; :func:`harness.training_step`) per route, on P = 1, 2, 4, ... MPI
@@ -58,7 +60,9 @@ of the forward and adjoint solves, per rank the median over the repeats, the mos
 phases (rank 0's ``SolveStats.phases`` of the forward and adjoint solves: name -> [seconds (median
 over the repeats), calls, step evaluations]), first_call (the slowest rank's first call), oversubscribed,
 repeats (timed steps per launch); then a Markdown table per (shape, scaling): route, P x t, T,
-step time, speedup vs serial 1 x 1 at the same T, evals/rank, wait.
+step time (marked * when other processes kept the CPUs more than 20 % busy in the half second
+before the launch, the median over rounds), speedup vs serial 1 x 1 at the same T, evals/rank
+(forward + adjoint, the most of any rank), wait.
 
 The ``worker`` subcommand is what the driver runs under mpiexec; it prints one JSON line (rank 0).
 """
@@ -190,8 +194,10 @@ def plan(a):
 
 
 def _key(pt):
+    """The identity of a point (planned, ``point`` line or ``launch`` line)."""
+    dims = pt.get("dims") or pt["shape"]
     return (pt["shape_name"], pt["scaling"], pt["route"], pt["ranks"], pt["threads"],
-            pt["data_parallel"], pt["dims"][1])
+            pt["data_parallel"], dims[1])
 
 
 def _job(pt, a):
@@ -207,7 +213,7 @@ def _job(pt, a):
 
 
 def _point(pt, recs, a):
-    """The ``kind: "point"`` record of ``pt`` from its launches' records (medians over rounds)."""
+    """The ``kind: "point"`` record of ``pt`` from its launches' lines (medians over rounds)."""
     over = pt["oversubscribed"]
     last = recs[-1] if recs else None
 
@@ -221,30 +227,66 @@ def _point(pt, recs, a):
                 oversubscribed=over, repeats=0 if over else a.repeats)
 
 
-def _table(points, failed):
-    """Markdown table of one (shape, scaling)."""
+BUSY = 0.2     #: cpu_busy_before above which a timing is marked (other processes held the CPUs)
+
+
+def _table(points, launches):
+    """Markdown table of the points of one (shape, scaling); ``launches``: key -> launch lines."""
     ref = {p["shape"][1]: p["seconds"] for p in points
            if p["route"] == "serial" and p["ranks"] == 1 and p["threads"] == 1}
     p0 = points[0]
     B, _, I, H, L = p0["shape"]
-    print(f"\n{p0['shape_name']} (B, I, H, L) = ({B}, {I}, {H}, {L}), {p0['scaling']} scaling"
-          " (— : oversubscribed, counting only)\n")
+    print(f"\n{p0['shape_name']} (B, I, H, L) = ({B}, {I}, {H}, {L}), {p0['scaling']} scaling "
+          f"(—: oversubscribed, counting only; *: other processes kept the CPUs more than "
+          f"{BUSY:.0%} busy just before the launch)\n")
     print("| route | P x t | T | step time | speedup vs serial 1x1 | evals/rank (fwd + adj) | wait |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for p in points:
         pt = f"{p['ranks']} x {p['threads']}" + (f" ({p['data_parallel']} data x "
                                                  f"{p['ranks'] // p['data_parallel']} time)"
                                                  if p["data_parallel"] > 1 else "")
-        T, s = p["shape"][1], p["seconds"]
+        T, s, lines = p["shape"][1], p["seconds"], launches.get(_key(p), [])
         if p["step_evals"] is None:
-            print(f"| {p['route']} | {pt} | {T} | failed: {failed[p['key']][1]} | | | |")
+            reason = next((ln["reason"] for ln in lines if ln["status"] == "failed"), "no result")
+            print(f"| {p['route']} | {pt} | {T} | failed: {reason.replace('|', '/')} | | | |")
             continue
+        ok = [ln["cpu_busy_before"] for ln in lines if ln["status"] == "ok"]
+        mark = "*" if ok and statistics.median(ok) > BUSY else ""
         evals = max(f + b for f, b in p["step_evals"])
         sp = ref.get(T) / s if s and ref.get(T) else None
         dash = "—" if p["oversubscribed"] else "-"
-        print(f"| {p['route']} | {pt} | {T} | {dash if s is None else bench_regimes._secs(s)} | "
+        print(f"| {p['route']} | {pt} | {T} | {dash if s is None else bench_regimes._secs(s) + mark} | "
               f"{dash if sp is None else f'{sp:.2f}x'} | {evals} | "
               f"{dash if p['wait'] is None else bench_regimes._secs(p['wait'])} |")
+
+
+def _tables(points, launches):
+    """One table per (shape, scaling), in the order of ``points``."""
+    groups = {}
+    for p in points:
+        groups.setdefault((p["shape_name"], p["scaling"]), []).append(p)
+    for rows in groups.values():
+        _table(rows, launches)
+
+
+def tables_of(path):
+    """Print the command and tables of every run in the JSON-lines file ``path``."""
+    runs = []
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["kind"] == "run":
+                runs.append((rec, [], {}))
+            elif rec["kind"] == "point":
+                runs[-1][1].append(rec)
+            elif rec["kind"] == "launch":
+                runs[-1][2].setdefault(_key(rec), []).append(rec)
+    for run, points, launches in runs:
+        m, args = run["machine"], run["args"]
+        bench_regimes.print_command(run["command"], f"{args['rounds']} round(s) x {args['repeats']} "
+                                    f"repeat(s); {m['cores_usable']} cores; load average at the "
+                                    f"start {m['loadavg'][0]:.1f}; medians over rounds", m)
+        _tables(points, launches)
 
 
 def bench(a):
@@ -257,18 +299,16 @@ def bench(a):
     command = bench_regimes.run_line(a)
     results, failed = bench_regimes.run_rounds([[_job(pt, a) for pt in points] for points in groups],
                                                a.rounds, a.timeout, a.out, "launch", __file__)
-    tables = []
-    for points in groups:
-        rows = []
-        for pt in points:
-            row = _point(pt, results.get(_key(pt), []), a)
-            harness.emit(row, a.out)
-            rows.append(dict(row, key=_key(pt)))
-        tables.append(rows)
+    points, launches = [], dict(results)
+    for pt in (pt for group in groups for pt in group):
+        row = _point(pt, results.get(_key(pt), []), a)
+        harness.emit(row, a.out)
+        points.append(row)
+        if _key(pt) in failed:
+            launches.setdefault(_key(pt), []).append(dict(status="failed", reason=failed[_key(pt)][1]))
     bench_regimes.print_command(command, f"{a.rounds} round(s) x {a.repeats} repeat(s); "
                                 f"{cores()} cores; medians over rounds")
-    for rows in tables:
-        _table(rows, failed)
+    _tables(points, launches)
 
 
 def main():
@@ -304,9 +344,13 @@ def main():
     p.add_argument("--quick", action="store_true",
                    help=f"end-to-end check: R2, T {QUICK_T} (weak: T0 128), 1 repeat, P up to 4")
     p.add_argument("--dry-run", action="store_true", help="print the planned launches only")
+    p.add_argument("--table", metavar="FILE.jsonl", help="only print the tables of a results file")
     a = p.parse_args()
     if a.cmd == "worker":
         worker(a)
+        return
+    if a.table:
+        tables_of(a.table)
         return
     if a.quick:
         a.shapes, a.T0, a.repeats, a.max_ranks = ["R2"], 128, 1, 4
