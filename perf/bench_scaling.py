@@ -4,6 +4,9 @@ Commands (from the repository root)::
 
     # full run: every shape and route, P = 1, 2, 4, ... up to the cores of this machine
     PYTHONPATH=. python perf/bench_scaling.py --repeats 3 --out perf/results/scaling-$(date +%F).jsonl
+    # (dense DEER at hmdb holds a T B H^2 Jacobian, about 4 GB per layer in float32, and its scan
+    # is O(T B H^3) per Newton iteration: for hmdb add
+    # --routes serial,mgrit-paper,mgrit-fast,data-time,quasi-deer)
     # the run of results/scaling-2026-12-03.jsonl (2 cores: P = 4 only counts step evaluations)
     PYTHONPATH=. python perf/bench_scaling.py --shapes uci_har,R2 --scaling strong --max-ranks 4 \\
         --repeats 3 --out perf/results/scaling-2026-12-03.jsonl
@@ -70,7 +73,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 
 try:  # run as ``python perf/bench_scaling.py`` (perf/ on sys.path) or as ``python -m perf.bench_scaling``
     import bench_regimes
