@@ -81,27 +81,46 @@ ROUTES = {"serial1": ("serial", 1, 1), "serial2": ("serial", 1, 2),
 STATUS = {0: "ok", 1: "not converged", 2: "diverged", 3: "non-finite"}
 
 
-def worker(a):
-    import resource
-
-    import numpy as np
-
+def make_solver(name, comm=None):
+    """The solver of route kind ``name`` (``"serial"`` or a config on the time communicator
+    ``comm``; None: MPI's world), to be made once and passed to every call."""
     from mgritnn.solvers import DEERConfig, MGRITConfig
 
-    comm, m, X, y, (B, T, I, H, L) = harness.mpi_problem(SHAPES[a.shape], a.threads, T=a.T)
-    rank, size = comm.Get_rank(), comm.Get_size()
-    solver = {"serial": lambda: "serial",          # made once: the same object in every call
-              "mgrit-paper": lambda: MGRITConfig.preset("paper"),
-              "mgrit-fast": lambda: MGRITConfig.preset("fast"),
-              "deer": lambda: DEERConfig(), "quasi-deer": lambda: DEERConfig(quasi=True)}[a.solver]()
-    step = harness.training_step(m, X, y, solver)    # every call solves the same problem
+    return {"serial": lambda: "serial",
+            "mgrit-paper": lambda: MGRITConfig.preset("paper", comm=comm),
+            "mgrit-fast": lambda: MGRITConfig.preset("fast", comm=comm),
+            "deer": lambda: DEERConfig(comm=comm),
+            "quasi-deer": lambda: DEERConfig(quasi=True, comm=comm)}[name]()
 
-    first, times, (loss, g, info) = harness.time_ranks(comm, step, a.repeats)
+
+def measure(comm, step, repeats, extra=dict):
+    """Time the training step ``step`` on every rank of ``comm`` (:func:`harness.time_ranks`)
+    and gather each rank's figures on rank 0: ``step_s`` (median; the first call without
+    repeats), ``first_call_s``, ``evals`` (forward and adjoint ``step_evals`` of the last call),
+    ``peak_mb`` (``ru_maxrss``) and what ``extra()`` returns (called after the timing). Returns
+    ``(per_rank (None off rank 0), this rank's times, (loss, grad, info) of the last call)``."""
+    import resource
+
+    first, times, (loss, g, info) = harness.time_ranks(comm, step, repeats)
     med = statistics.median(times) if times else first
     fs, ad = info["forward"], info["adjoint"]
     per_rank = comm.gather(dict(step_s=med, first_call_s=first, evals=(fs.step_evals, ad.step_evals),
-                                peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                                peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                                **extra()),
                            root=0)
+    return per_rank, times, (loss, g, info)
+
+
+def worker(a):
+    import numpy as np
+
+    comm, m, X, y, (B, T, I, H, L) = harness.mpi_problem(SHAPES[a.shape], a.threads, T=a.T)
+    rank, size = comm.Get_rank(), comm.Get_size()
+    solver = make_solver(a.solver)                   # made once: the same object in every call
+    step = harness.training_step(m, X, y, solver)    # every call solves the same problem
+
+    per_rank, times, (loss, g, info) = measure(comm, step, a.repeats)
+    fs, ad = info["forward"], info["adjoint"]
     if rank != 0:
         return
     evals = [r["evals"] for r in per_rank]
@@ -172,31 +191,60 @@ def _secs(t):
     return f"{t:.2f} s" if t >= 1 else f"{1e3 * t:.1f} ms" if t >= 0.01 else f"{1e3 * t:.2f} ms"
 
 
-def bench(a):
-    command = "PYTHONPATH=. " + shlex.join(["python", *sys.argv])
-    harness.emit(dict(kind="run", command=command, args={k: v for k, v in vars(a).items() if k != "cmd"},
-                      machine=harness.machine_info()), a.out)
-    results, failed = {}, {}                     # (shape, route) -> records, -> (round, reason)
-    for shape in a.shapes:
-        for rnd in range(a.rounds):
-            for route in a.routes:
-                if (shape, route) in failed:
+def run_rounds(groups, rounds, timeout, out, kind, script=__file__):
+    """Launch the workers of ``script``: per group of jobs, ``rounds`` interleaved rounds (every
+    job of the group once per round), each job one :func:`_launch`. A job is a dict: ``key``
+    (where its records go), ``ranks``, ``args`` (the worker's), ``label`` (fields put before the
+    round number), ``where`` (fields after it), ``fail`` (fields of a failed launch's line). One
+    ``kind`` line per launch (with ``launch_s``, ``cpu_busy_before`` and the load averages before
+    and after); a job that fails is not launched again. Returns ``(results, failed)``: key -> the
+    lines of its launches that succeeded (each the worker's record with those fields), key ->
+    (round, reason)."""
+    results, failed = {}, {}
+    for group in groups:
+        for rnd in range(rounds):
+            for job in group:
+                key = job["key"]
+                if key in failed:
                     continue
-                solver, P, threads = ROUTES[route]
                 busy, load = harness.cpu_busy(0.5), os.getloadavg()
-                args = ["--shape", shape, "--solver", solver, "--threads", str(threads),
-                        "--repeats", str(a.repeats)] + (["--T", str(a.T)] if a.T else [])
                 t0 = time.perf_counter()
-                rec, reason = _launch(P, args, a.timeout)
-                head = dict(kind="regime", route=route, round=rnd, ranks=P, threads=threads,
+                rec, reason = _launch(job["ranks"], job["args"], timeout, script)
+                head = dict(kind=kind, **job["label"], round=rnd, **job["where"],
                             launch_s=time.perf_counter() - t0, cpu_busy_before=busy,
                             loadavg_before=load, loadavg_after=os.getloadavg())
                 if rec is None:
-                    failed[(shape, route)] = (rnd, reason)
-                    harness.emit(dict(head, shape=shape, status="failed", reason=reason), a.out)
+                    failed[key] = (rnd, reason)
+                    harness.emit(dict(head, **job["fail"], status="failed", reason=reason), out)
                 else:
-                    results.setdefault((shape, route), []).append(rec)
-                    harness.emit(dict(head, status="ok", **rec), a.out)
+                    line = dict(head, status="ok", **rec)
+                    results.setdefault(key, []).append(line)
+                    harness.emit(line, out)
+    return results, failed
+
+
+def run_line(a):
+    """The ``kind: "run"`` line of a run (command, options, machine and git state); returns the
+    command as a copyable line."""
+    command = "PYTHONPATH=. " + shlex.join(["python", *sys.argv])
+    harness.emit(dict(kind="run", command=command, args={k: v for k, v in vars(a).items() if k != "cmd"},
+                      machine=harness.machine_info()), a.out)
+    return command
+
+
+def bench(a):
+    command = run_line(a)
+    groups = []
+    for shape in a.shapes:
+        jobs = []
+        for route in a.routes:
+            solver, P, threads = ROUTES[route]
+            args = ["--shape", shape, "--solver", solver, "--threads", str(threads),
+                    "--repeats", str(a.repeats)] + (["--T", str(a.T)] if a.T else [])
+            jobs.append(dict(key=(shape, route), ranks=P, args=args, label=dict(route=route),
+                             where=dict(ranks=P, threads=threads), fail=dict(shape=shape)))
+        groups.append(jobs)
+    results, failed = run_rounds(groups, a.rounds, a.timeout, a.out, "regime")
     rows = _summaries(a, results, failed)
     _table(a, command, rows)
 
@@ -233,12 +281,19 @@ def _summaries(a, results, failed):
     return rows
 
 
-def _table(a, command, rows):
-    info = harness.git_state()
+def print_command(command, detail, info=None):
+    """Print the command of a run and the code it measured (HEAD and uncommitted files: ``info``,
+    a :func:`harness.git_state` record, default the working tree's now), then ``detail``, above
+    its tables."""
+    info = info or harness.git_state()
     print(f"\ncommand: {command}")
     print(f"code: {info['git']}" + (f" + uncommitted changes to {', '.join(info['git_dirty'])}"
                                     if info["git_dirty"] else "")
-          + f"; {a.rounds} round(s) x {a.repeats} repeat(s); medians over rounds\n")
+          + f"; {detail}\n")
+
+
+def _table(a, command, rows):
+    print_command(command, f"{a.rounds} round(s) x {a.repeats} repeat(s); medians over rounds")
     print("| shape (B, T, I, H, L) | route | ranks x threads | step (median) | vs serial best "
           "| evals/rank | µs per eval | loss err | grad cos | peak MB | first call |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
