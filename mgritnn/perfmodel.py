@@ -68,9 +68,10 @@ ASSUMED_LATENCY_S = 5e-6
 ASSUMED_BANDWIDTH = 5e9
 
 #: Calibration sizes: largest rows (K x B) of a one-step call, the longest time of one call before
-#: K stops growing, the steps of the two serial/DEER measurements, and repeats.
-SIZES = {"default": dict(max_rows=4096, max_call_s=0.2, n=(16, 128), repeats=5),
-         "tiny": dict(max_rows=8, max_call_s=0.05, n=(2, 6), repeats=1)}
+#: K stops growing, the steps of the first and at most of the second serial/gradient/DEER
+#: measurement (the second: what takes about ``linear_s`` seconds), and repeats (rounds).
+SIZES = {"default": dict(max_rows=4096, max_call_s=0.2, n=(16, 4096), linear_s=0.05, repeats=5),
+         "tiny": dict(max_rows=8, max_call_s=0.05, n=(2, 6), linear_s=0.0, repeats=1)}
 
 CACHE_VERSION = 1
 
@@ -176,25 +177,28 @@ class _FASOps:
     """The operations of one rank's FAS solve, in the order of ``_FAS`` (mgrit.py): built on the
     rank's :class:`~mgritnn.distributed.partition.LocalGrid`."""
 
-    def __init__(self, grid, cfg, solve, kind, state_bytes):
+    def __init__(self, grid, cfg, solve, kind, state_bytes, state_values):
         self.grid, self.cfg, self.solve, self.kind = grid, cfg, solve, kind
-        self.state_bytes = state_bytes
+        self.state_bytes, self.sv = state_bytes, state_values
         self.nlev = len(grid.points)
         self.ops = []
 
     def add(self, phase, l, mode="local", calls=(), evals=0, nbytes=0):
         self.ops.append(Op(self.solve, phase, l, mode, tuple(calls), int(evals), int(nbytes)))
 
-    def chains(self, phase, l, lens, residual=False, mode="local", nbytes=0):
+    def chains(self, phase, l, lens, residual=False, mode="local", nbytes=0, final=False):
         lens = np.asarray(lens, np.int64)
         if not residual:
             lens = lens[lens > 0]
         n = int(lens.sum())
-        calls = ((self.kind, len(lens), n),) if len(lens) else ()
+        kind = self.kind + ("_keep" if final else "")
+        calls = ((kind, len(lens), n),) if len(lens) else ()
         self.add(phase, l, mode, calls, n, nbytes)
 
-    def apply(self, phase, l, K):
-        self.add(phase, l, calls=((self.kind, K, K),) if K else (), evals=K)
+    def apply(self, phase, l, K, array=0):
+        calls = ((self.kind, K, K),) if K else ()
+        self.add(phase, l, calls=calls + ((("array", array * self.sv, 0),) if array else ()),
+                 evals=K)
 
     def exchange(self, l):
         self.add("wait", l, "message", nbytes=self.state_bytes)
@@ -210,43 +214,46 @@ class _FASOps:
             self.apply("C-relax", l, len(self.grid.c_index[l]) - 1)
             self.f_relax(l)
 
-    def coarsest(self, l):
+    def coarsest(self, l, final=False):
         self.add("wait", l, "none")
         self.chains("coarsest", l, [len(self.grid.points[l]) - 1], mode="pipeline",
-                    nbytes=self.state_bytes)
+                    nbytes=self.state_bytes, final=final)
 
     def cycle(self, l, kind, first):
         if l == self.nlev - 1:
             self.coarsest(l)
             return
-        if not (first and self.cfg.skip_first_down):
+        K = len(self.grid.c_index[l]) - 1
+        if first and self.cfg.skip_first_down:
+            self.ops.append(Op(self.solve, "inject", l + 1, "local",
+                               (("array", 2 * (K + 1) * self.sv, 0),), record=False))
+        else:
             self.relax(l)
-            K = len(self.grid.c_index[l]) - 1
             self.chains("residual", l, np.ones(K, np.int64), residual=True)
             if l == 0:
                 self.add("norm allreduce", 0, "allreduce", nbytes=16)
-            self.apply("restrict", l + 1, K)
+            self.apply("restrict", l + 1, K, array=3 * (K + 1))
         self.cycle(l + 1, kind, first)
         if kind == "F" and l + 1 < self.nlev - 1:
             self.cycle(l + 1, "V", False)
         if l + 1 < self.nlev - 1:
             self.f_relax(l + 1)
-        self.add("correct", l)
+        self.add("correct", l, calls=(("array", 2 * K * self.sv, 0),))
 
     def run(self, max_iter, warm=False):
         """The solve without an early stop: ``max_iter`` cycles and the final sweep."""
         if self.nlev == 1:
-            self.coarsest(0)
+            self.coarsest(0, final=True)
             return self.ops
         for k in range(max_iter):
             self.cycle(0, self.cfg.cycle, first=(k == 0 and not warm))
         self.exchange(0)
-        self.chains("final", 0, np.diff(self.grid.c_index[0]), residual=True)
+        self.chains("final", 0, np.diff(self.grid.c_index[0]), residual=True, final=True)
         self.add("norm allreduce", 0, "allreduce", nbytes=16)
         return self.ops
 
 
-def mgrit_solve_ops(T, cfg, size, rank, solve="forward", warm=False, state_bytes=0):
+def mgrit_solve_ops(T, cfg, size, rank, solve="forward", warm=False, state=None, itemsize=4):
     """The operations of one rank's MGRIT forward or adjoint solve (its phases, in order).
 
     Parameters
@@ -260,8 +267,11 @@ def mgrit_solve_ops(T, cfg, size, rank, solve="forward", warm=False, state_bytes
     warm : bool
         The forward starts from remembered states (``initial_guess="warm"`` after the first
         epoch): its first cycle does the down-leg.
-    state_bytes : int
-        Bytes of one state (L B H values), the size of a ghost or pipeline message.
+    state : (L, B, H), optional
+        The state's shape: sets the size of a ghost or pipeline message and the array work of
+        the set-up, the injection, the restriction and the correction (None: counts only).
+    itemsize : int
+        Bytes per value.
 
     Returns
     -------
@@ -273,15 +283,20 @@ def mgrit_solve_ops(T, cfg, size, rank, solve="forward", warm=False, state_bytes
     cfs = cfg.cfs(T, size)
     adjoint = solve == "adjoint"
     grid = local_grid(T, cfs, size, rank, reverse=adjoint)
-    fas = _FASOps(grid, cfg, solve, "vjp" if adjoint else "fwd", state_bytes)
+    L, B, H = state or (0, 0, 0)
+    sv = L * B * H
+    fas = _FASOps(grid, cfg, solve, "vjp" if adjoint else "fwd", sv * itemsize, sv)
+    # set-up: zeroed states and right-hand sides of every level, gathered coarse inputs
+    npts = [len(p) for p in grid.points]
+    setup = (("array", 2 * sv * sum(npts) + 3 * B * H * sum(n - 1 for n in npts[1:]), 0),)
     if adjoint:
-        coarse = [len(p) - 1 for p in grid.points[1:]]
+        coarse = [n - 1 for n in npts[1:]]
         fas.add("setup (coarse linearizations)", -1,
-                calls=tuple(("fwd", n, n) for n in coarse if n), evals=sum(coarse))
+                calls=tuple(("fwd_keep", n, n) for n in coarse if n) + setup, evals=sum(coarse))
         fas.run(cfg.adjoint_max_iter)
         fas.add("parameter gradients", -1)
     else:
-        fas.add("setup", -1)
+        fas.add("setup", -1, calls=setup)
         fas.run(cfg.max_iter, warm=warm)
     return fas.ops
 
@@ -372,12 +387,13 @@ def step_ops(shape, route, ranks=1, options=None, itemsize=4):
                     Op("adjoint", "BPTT", -1, "local", (("serial_adj", T, 0),
                                                          ("flops", proj * T, 0)), T)]
         elif kind == "mgrit":
-            fwd = mgrit_solve_ops(T, cfg, P, r, "forward", options.get("warm", False), state)
-            adj = mgrit_solve_ops(T, cfg, P, r, "adjoint", False, state)
+            fwd = mgrit_solve_ops(T, cfg, P, r, "forward", options.get("warm", False),
+                                  (L, Bg, H), itemsize)
+            adj = mgrit_solve_ops(T, cfg, P, r, "adjoint", False, (L, Bg, H), itemsize)
             from .distributed.partition import rank_bounds
             b = rank_bounds(T, cfg.cfs(T, P), P)
             n = int(b[r + 1] - b[r])
-            fwd[0] = fwd[0]._replace(calls=(("flops", proj * n, 0),))
+            fwd[0] = fwd[0]._replace(calls=fwd[0].calls + (("flops", proj * n, 0),))
             adj[-1] = adj[-1]._replace(calls=(("grad", n, 0), ("flops", proj * n, 0)))
             ops += fwd
             ops.append(Op("adjoint", "scale allreduce", -1, "allreduce", nbytes=8, record=False))
@@ -440,6 +456,12 @@ class Costs:
         Time of one position of a call that advances K states of (L, B, H) by one step (forward,
         VJP), overhead excluded, increasing K. Between entries log-log interpolation, beyond the
         last the time per state is held.
+    fwd_keep, vjp_keep : list of [K, seconds] or None
+        The same for the calls that keep the linearization (forward) or the cotangents (VJP):
+        the final sweeps and the coarse linearizations (None: as ``fwd``, ``vjp``).
+    array_s : float
+        Seconds per value of the solver's array work outside the kernels (set-up, injection,
+        restriction, correction).
     overhead_vjp : float or None
         The same for a VJP call (None: ``overhead``).
     linear : dict of str -> [c0, c1]
@@ -469,6 +491,9 @@ class Costs:
     flops_per_s: float
     adam_s: float
     overhead_vjp: float = None
+    fwd_keep: list = None
+    vjp_keep: list = None
+    array_s: float = 0.0
     latency_s: float = ASSUMED_LATENCY_S
     bandwidth: float = ASSUMED_BANDWIDTH
     comm_assumed: bool = True
@@ -499,12 +524,15 @@ def position_time(table, K):
 def call_time(call, costs):
     """Seconds of one kernel call (kind, a, b) of an :class:`Op`."""
     kind, a, b = call
-    if kind in ("fwd", "vjp"):
-        table, c0 = costs.fwd, costs.overhead
-        if kind == "vjp":
-            table = costs.vjp
-            c0 = c0 if costs.overhead_vjp is None else costs.overhead_vjp
+    if kind in ("fwd", "vjp", "fwd_keep", "vjp_keep"):
+        plain = kind[:3]
+        table = getattr(costs, kind) or getattr(costs, plain)
+        c0 = costs.overhead
+        if plain == "vjp" and costs.overhead_vjp is not None:
+            c0 = costs.overhead_vjp
         return c0 + (b / a) * position_time(table, a) if a else 0.0
+    if kind == "array":
+        return a * costs.array_s
     if kind == "flops":
         return a / costs.flops_per_s
     if kind == "adam":
@@ -871,7 +899,7 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
         return (0.5 * rng.standard_normal((K, L, B, H))).astype(dtype)
 
     def one_step(K, length=1):
-        """(forward call, VJP call) of K chains of ``length`` steps."""
+        """The calls fwd, vjp, fwd_keep, vjp_keep on K chains of ``length`` steps."""
         n = K * length
         ax = (0.5 * rng.standard_normal((n, B, 3 * H))).astype(dtype)
         dt = np.ones((n, B), dtype)
@@ -879,6 +907,7 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
         k = np.arange(K, dtype=np.int64)
         lens = np.full(K, length, np.int64)
         keep = fine.chain_cache(w, ax, n)
+        cot = fine.chain_cotangents(w, ax, n)
         if length > 1:                    # one chain along consecutive points
             starts = k * length
             args = (X, starts, X, starts + 1, starts, lens)
@@ -887,50 +916,57 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
         fine.advance(sw, ax, dt, *args, keep=keep)
         fidx = np.arange(n, dtype=np.int64)
         lam = states(len(X))
-        vargs = (lam, args[1], lam if length > 1 else np.empty_like(lam), args[3], args[4], lens)
-
-        def fwd():
-            fine.advance(sw, ax, dt, *args)
-
-        def vjp():
-            fine.advance_vjp(sw, dt, *vargs, X, keep, fidx)
-        return fwd, vjp
+        vargs = (lam, args[1], lam if length > 1 else np.empty_like(lam), args[3], args[4], lens,
+                 X, keep, fidx)
+        return (lambda: fine.advance(sw, ax, dt, *args),
+                lambda: fine.advance_vjp(sw, dt, *vargs),
+                lambda: fine.advance(sw, ax, dt, *args, keep=keep),
+                lambda: fine.advance_vjp(sw, dt, *vargs, keep=cot))
 
     # one chain of 1 .. 16 steps: the intercept is the call's overhead, the slope one position
     lengths = (1, 2, 4, 8, 16)
     chains = [one_step(1, n) for n in lengths]
-    fit = [np.polyfit(lengths, [_best(c[i], rep) for c in chains], 1) for i in (0, 1)]
-    overhead, overhead_vjp = (max(0.0, float(f[1])) for f in fit)
+    fit = [np.polyfit(lengths, [_best(c[i], rep) for c in chains], 1) for i in range(4)]
+    overhead, overhead_vjp = (max(0.0, float(f[1])) for f in fit[:2])
+    c0s = (overhead, overhead_vjp) * 2
     tables = [[[1, max(float(f[0]), 1e-9)]] for f in fit]
     K = 2
     while K * B <= sz["max_rows"]:
         ts = [_best(fn, rep) for fn in one_step(K)]
-        for table, t, c0 in zip(tables, ts, (overhead, overhead_vjp)):
+        for table, t, c0 in zip(tables, ts, c0s):
             table.append([K, max(t - c0, table[-1][1])])      # never cheaper than fewer states
         if max(ts) > sz["max_call_s"]:
             break
         K *= 2
-    fwd_table, vjp_table = tables
 
-    # serial sweep and BPTT, parameter gradients, DEER: two sizes n
-    linear = {}
-    ns = sz["n"]
+    # array work outside the kernels: u[c] += a - b on every 4th state (2 values per value)
+    m = max(1, (1 << 18) // (L * B * H))
+    u = states(4 * m)
+    a, b = states(m), states(m)
+    c = np.arange(0, 4 * m, 4)
+
+    def correct():
+        u[c] += a - b
+    array_s = _best(correct, rep) / (2 * a.size)
+
+    # serial sweep and BPTT, parameter gradients, DEER: two sizes n (the second one from a
+    # time budget, so that large states do not take minutes)
+    n1 = sz["n"][0]
+    lam = np.ones((L, B, H), dtype)
+    grads = fine.zero_grads(w)
     ser = SerialSolver()
     h0 = np.zeros((L, B, H), dtype)
-    meas = {k: [] for k in ("serial_fwd", "serial_adj", "grad", "deer_base", "deer_iter",
-                            "deer_adj", "qdeer_base", "qdeer_iter")}
-    dense_ok = max(ns) * B * H * H * dtype.itemsize <= 2e8
-    for n in ns:
+
+    def serial(n):
         x = rng.standard_normal((n, B, 1)).astype(dtype)
-        lam = np.ones((L, B, H), dtype)
-        grads = fine.zero_grads(w)
-        state = {}
+        st = {}
 
         def sf():
-            state["s"] = ser.forward(fine, w, x, h0)[1]
-        meas["serial_fwd"].append(_best(sf, rep))
-        meas["serial_adj"].append(_best(lambda: ser.adjoint(fine, w, state["s"], lam, grads), rep))
-        ax = fine.project_inputs(w, x)
+            st["s"] = ser.forward(fine, w, x, h0)[1]
+        return _best(sf, rep), _best(lambda: ser.adjoint(fine, w, st["s"], lam, grads), rep)
+
+    def grad(n):
+        ax = fine.project_inputs(w, rng.standard_normal((n, B, 1)).astype(dtype))
         keep = fine.chain_cache(w, ax, n)
         u = states(n + 1)
         k0 = np.zeros(1, np.int64)
@@ -938,32 +974,46 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
                      np.array([n], np.int64), keep=keep)
         cot = fine.chain_step_cotangents(fine.chain_cotangents(w, ax, n))
         scache = fine.chain_step_cache(keep, u)
-        meas["grad"].append(_best(lambda: fine.accumulate_grads(grads, scache, cot), rep))
-        for pre, quasi in (("deer", False), ("qdeer", True)):
-            if not dense_ok:
-                continue
+        return (_best(lambda: fine.accumulate_grads(grads, scache, cot), rep),)
+
+    def deer(n):
+        """(base, per layer-iteration, adjoint) of DEER, then quasi-DEER's base and iteration."""
+        x = rng.standard_normal((n, B, 1)).astype(dtype)
+        out = []
+        for quasi in (False, True):
             base = dict(atol=1e-30, rtol=0.0, fallback=False, divergence=1e300, quasi=quasi)
             runs = []
             for it in (1, 3):
                 solver = DEERConfig(max_iter=it, **base).make_solver()
-                out = {}
+                res = {}
 
                 def run():
-                    out["r"] = solver.forward(fine, w, x, h0)
+                    res["r"] = solver.forward(fine, w, x, h0)
                 t = _best(run, rep)
-                runs.append((out["r"][2].iterations, t, solver, out["r"][1]))
+                runs.append((res["r"][2].iterations, t, solver, res["r"][1]))
             (i1, t1, _, _), (i3, t3, solver, st) = runs
             per = max(0.0, (t3 - t1) / (i3 - i1)) if i3 > i1 else t1 / max(i1, 1)
-            meas[f"{pre}_iter"].append(per)
-            meas[f"{pre}_base"].append(max(0.0, t1 - i1 * per))
+            out += [max(0.0, t1 - i1 * per), per]
             if not quasi:
-                meas["deer_adj"].append(_best(lambda: solver.adjoint(fine, w, st, lam, grads), rep))
-    for k, t in meas.items():
-        if len(t) == len(ns):
-            linear[k] = _fit(ns, t)
-    if not dense_ok:                     # dense Jacobians too large to measure: no DEER costs
-        for k in ("deer_base", "deer_iter", "deer_adj", "qdeer_base", "qdeer_iter"):
-            linear[k] = [float("inf"), float("inf")]
+                out.append(_best(lambda: solver.adjoint(fine, w, st, lam, grads), rep))
+        return tuple(out)
+
+    def budget(t1, cap):
+        """The second size: what takes about ``linear_s``, within [4 n1, cap] (at least n1 + 1)."""
+        return int(max(n1 + 1, min(cap, max(4 * n1, sz["linear_s"] * n1 / max(t1, 1e-9)))))
+
+    linear = {}
+    for names, fn, cap in ((("serial_fwd", "serial_adj"), serial, sz["n"][1]),
+                           (("grad",), grad, sz["n"][1]),
+                           (("deer_base", "deer_iter", "deer_adj", "qdeer_base", "qdeer_iter"),
+                            deer, min(sz["n"][1], int(2e8 // (B * H * H * dtype.itemsize))))):
+        if cap <= n1:                    # dense Jacobians too large to measure: no DEER costs
+            linear.update({k: [float("inf"), float("inf")] for k in names})
+            continue
+        t1 = fn(n1)
+        n2 = budget(sum(t1), cap)
+        for k, a1, a2 in zip(names, t1, fn(n2)):
+            linear[k] = _fit((n1, n2), (a1, a2))
 
     # GEMM rate (the input projection) and Adam per parameter
     from .cells.gru import project
@@ -984,7 +1034,8 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
     if comm is not None and comm.Get_size() >= 2:
         lat, bw = _ping_pong(comm, dtype)
         assumed = False
-    return Costs(overhead=overhead, overhead_vjp=overhead_vjp, fwd=fwd_table, vjp=vjp_table, linear=linear,
+    return Costs(overhead=overhead, overhead_vjp=overhead_vjp, fwd=tables[0], vjp=tables[1],
+                 fwd_keep=tables[2], vjp_keep=tables[3], array_s=array_s, linear=linear,
                  flops_per_s=flops, adam_s=ta / p.size, latency_s=lat, bandwidth=bw,
                  comm_assumed=assumed, cores=os.cpu_count() or 1,
                  key=dict(cell=cell, H=int(H), L=int(L), dtype=dtype.name, threads=int(threads),
