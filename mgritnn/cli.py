@@ -430,8 +430,12 @@ def _plan_shape(a):
 
 
 def cmd_plan(a):
+    from .config import set_num_threads
     from .perfmodel import format_plan, load_or_calibrate, plan
     shape = _plan_shape(a)
+    if a.threads < 1:
+        raise ConfigError(f"--threads {a.threads}: give a positive number of threads per rank")
+    set_num_threads(a.threads)          # a thread count this machine cannot run is an error now
     seen = {}
 
     def costs(batch):
