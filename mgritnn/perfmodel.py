@@ -70,10 +70,14 @@ ASSUMED_BANDWIDTH = 5e9
 #: Calibration sizes: largest rows (K x B) of a one-step call, the longest time of one call before
 #: K stops growing, the steps of the first and at most of the second serial/gradient/DEER
 #: measurement (the second: what takes about ``linear_s`` seconds), and repeats (rounds).
-SIZES = {"default": dict(max_rows=4096, max_call_s=0.2, n=(16, 4096), linear_s=0.05, repeats=5),
+SIZES = {"default": dict(max_rows=16384, max_call_s=0.2, n=(16, 4096), linear_s=0.05, repeats=5),
          "tiny": dict(max_rows=8, max_call_s=0.05, n=(2, 6), linear_s=0.0, repeats=1)}
 
-CACHE_VERSION = 1
+#: Steps of each chain when the per-position time of K states is measured (MGRIT's default cf):
+#: chains through a level's points, as the relaxations and final sweeps walk them.
+CHAIN = 4
+
+CACHE_VERSION = 2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -843,6 +847,14 @@ def _best(fn, repeats, target_s=0.005):
     return min(ts)
 
 
+def _filled(arrays, rng):
+    """The arrays (a tuple) filled with random values: a zeroed array that is only read would
+    be read from the operating system's shared zero page, faster than any real data."""
+    for a in arrays:
+        a[...] = rng.standard_normal(a.shape)
+    return arrays
+
+
 def _fit(n, t):
     """[c0, c1] of the line through (n[0], t[0]), (n[1], t[1]) (c0, c1 >= 0)."""
     c1 = max(0.0, (t[1] - t[0]) / (n[1] - n[0]))
@@ -876,9 +888,11 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
     Notes
     -----
     The states' rows are random, the inputs have one channel (the input projection is costed by
-    the measured GEMM rate with the real I). The one-step call of K states is timed for K = 1,
-    2, 4, ... until K B exceeds ``max_rows`` or a call takes ``max_call_s``; the overhead is the
-    intercept of a one-state chain of 1 and 8 steps. Linear costs come from two sizes n.
+    the measured GEMM rate with the real I). The overhead of a call and the time of one position
+    of one state are the intercept and slope of a one-state chain of 1 .. 16 steps; the time of
+    one position of K states comes from K chains of :data:`CHAIN` steps, K = 2, 4, ... until
+    K B exceeds ``max_rows`` or a call takes ``max_call_s``. Linear costs come from two sizes n.
+    Each figure is the fastest of several rounds (:func:`_best`).
     """
     from . import config
     from .cells import get_cell
@@ -899,25 +913,21 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
         return (0.5 * rng.standard_normal((K, L, B, H))).astype(dtype)
 
     def one_step(K, length=1):
-        """The calls fwd, vjp, fwd_keep, vjp_keep on K chains of ``length`` steps."""
-        n = K * length
+        """The calls fwd, vjp, fwd_keep, vjp_keep on K chains of ``length`` steps along the
+        points of one array, as a relaxation walks a level (a free point between chains, so
+        that no chain reads what another writes)."""
+        n = K * (length + 1)
         ax = (0.5 * rng.standard_normal((n, B, 3 * H))).astype(dtype)
         dt = np.ones((n, B), dtype)
-        X = states(n + 1) if length > 1 else states(K)
-        k = np.arange(K, dtype=np.int64)
+        X = states(n + 1)
+        starts = np.arange(K, dtype=np.int64) * (length + 1)
         lens = np.full(K, length, np.int64)
         keep = fine.chain_cache(w, ax, n)
-        cot = fine.chain_cotangents(w, ax, n)
-        if length > 1:                    # one chain along consecutive points
-            starts = k * length
-            args = (X, starts, X, starts + 1, starts, lens)
-        else:
-            args = (X, k, np.empty_like(X), k, k, lens)
+        cot = _filled(fine.chain_cotangents(w, ax, n), rng)
+        args = (X, starts, X, starts + 1, starts, lens)
         fine.advance(sw, ax, dt, *args, keep=keep)
-        fidx = np.arange(n, dtype=np.int64)
-        lam = states(len(X))
-        vargs = (lam, args[1], lam if length > 1 else np.empty_like(lam), args[3], args[4], lens,
-                 X, keep, fidx)
+        lam = states(n + 1)
+        vargs = (lam, starts, lam, starts + 1, starts, lens, X, keep, np.arange(n, dtype=np.int64))
         return (lambda: fine.advance(sw, ax, dt, *args),
                 lambda: fine.advance_vjp(sw, dt, *vargs),
                 lambda: fine.advance(sw, ax, dt, *args, keep=keep),
@@ -932,9 +942,9 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
     tables = [[[1, max(float(f[0]), 1e-9)]] for f in fit]
     K = 2
     while K * B <= sz["max_rows"]:
-        ts = [_best(fn, rep) for fn in one_step(K)]
-        for table, t, c0 in zip(tables, ts, c0s):
-            table.append([K, max(t - c0, table[-1][1])])      # never cheaper than fewer states
+        ts = [_best(fn, rep) for fn in one_step(K, CHAIN)]
+        for table, t, c0 in zip(tables, ts, c0s):       # never cheaper than fewer states
+            table.append([K, max((t - c0) / CHAIN, table[-1][1])])
         if max(ts) > sz["max_call_s"]:
             break
         K *= 2
@@ -972,7 +982,7 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
         k0 = np.zeros(1, np.int64)
         fine.advance(sw, ax, np.ones((n, B), dtype), u, k0, u, k0 + 1, k0,
                      np.array([n], np.int64), keep=keep)
-        cot = fine.chain_step_cotangents(fine.chain_cotangents(w, ax, n))
+        cot = fine.chain_step_cotangents(_filled(fine.chain_cotangents(w, ax, n), rng))
         scache = fine.chain_step_cache(keep, u)
         return (_best(lambda: fine.accumulate_grads(grads, scache, cot), rep),)
 
