@@ -69,9 +69,11 @@ ASSUMED_BANDWIDTH = 5e9
 
 #: Calibration sizes: largest rows (K x B) of a one-step call, the longest time of one call before
 #: K stops growing, the steps of the first and at most of the second serial/gradient/DEER
-#: measurement (the second: what takes about ``linear_s`` seconds), and repeats (rounds).
-SIZES = {"default": dict(max_rows=16384, max_call_s=0.2, n=(16, 4096), linear_s=0.05, repeats=5),
-         "tiny": dict(max_rows=8, max_call_s=0.05, n=(2, 6), linear_s=0.0, repeats=1)}
+#: measurement (the second: what takes about ``linear_s`` seconds; DEER's first: ``deer_n1``),
+#: and repeats (rounds).
+SIZES = {"default": dict(max_rows=16384, max_call_s=0.2, n=(16, 4096), deer_n1=64, linear_s=0.05,
+                         repeats=5),
+         "tiny": dict(max_rows=8, max_call_s=0.05, n=(2, 6), deer_n1=2, linear_s=0.0, repeats=1)}
 
 #: Steps of each chain when the per-position time of K states is measured (MGRIT's default cf):
 #: chains through a level's points, as the relaxations and final sweeps walk them.
@@ -993,7 +995,7 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
         for quasi in (False, True):
             base = dict(atol=1e-30, rtol=0.0, fallback=False, divergence=1e300, quasi=quasi)
             runs = []
-            for it in (1, 3):
+            for it in (1, 5):              # a difference of 4 iterations: less noise
                 solver = DEERConfig(max_iter=it, **base).make_solver()
                 res = {}
 
@@ -1001,29 +1003,31 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
                     res["r"] = solver.forward(fine, w, x, h0)
                 t = _best(run, rep)
                 runs.append((res["r"][2].iterations, t, solver, res["r"][1]))
-            (i1, t1, _, _), (i3, t3, solver, st) = runs
-            per = max(0.0, (t3 - t1) / (i3 - i1)) if i3 > i1 else t1 / max(i1, 1)
+            (i1, t1, _, _), (i5, t5, solver, st) = runs
+            per = max(0.0, (t5 - t1) / (i5 - i1)) if i5 > i1 else t1 / max(i1, 1)
             out += [max(0.0, t1 - i1 * per), per]
             if not quasi:
                 out.append(_best(lambda: solver.adjoint(fine, w, st, lam, grads), rep))
         return tuple(out)
 
-    def budget(t1, cap):
-        """The second size: what takes about ``linear_s``, within [4 n1, cap] (at least n1 + 1)."""
-        return int(max(n1 + 1, min(cap, max(4 * n1, sz["linear_s"] * n1 / max(t1, 1e-9)))))
+    def budget(n1, t1, cap):
+        """The second size: what takes about ``linear_s``, within [8 n1, cap] (at least n1 + 1)."""
+        return int(max(n1 + 1, min(cap, max(8 * n1, sz["linear_s"] * n1 / max(t1, 1e-9)))))
 
     linear = {}
-    for names, fn, cap in ((("serial_fwd", "serial_adj"), serial, sz["n"][1]),
-                           (("grad",), grad, sz["n"][1]),
-                           (("deer_base", "deer_iter", "deer_adj", "qdeer_base", "qdeer_iter"),
-                            deer, min(sz["n"][1], int(2e8 // (B * H * H * dtype.itemsize))))):
-        if cap <= n1:                    # dense Jacobians too large to measure: no DEER costs
+    dense_cap = int(2e8 // (B * H * H * dtype.itemsize))
+    for names, fn, first, cap in (
+            (("serial_fwd", "serial_adj"), serial, n1, sz["n"][1]),
+            (("grad",), grad, n1, sz["n"][1]),
+            (("deer_base", "deer_iter", "deer_adj", "qdeer_base", "qdeer_iter"), deer,
+             min(sz["deer_n1"], dense_cap), min(sz["n"][1], dense_cap))):
+        if cap <= first or first < 1:    # dense Jacobians too large to measure: no DEER costs
             linear.update({k: [float("inf"), float("inf")] for k in names})
             continue
-        t1 = fn(n1)
-        n2 = budget(sum(t1), cap)
+        t1 = fn(first)
+        n2 = budget(first, sum(t1), cap)
         for k, a1, a2 in zip(names, t1, fn(n2)):
-            linear[k] = _fit((n1, n2), (a1, a2))
+            linear[k] = _fit((first, n2), (a1, a2))
 
     # GEMM rate (the input projection) and Adam per parameter
     from .cells.gru import project
