@@ -71,7 +71,7 @@ ASSUMED_BANDWIDTH = 5e9
 #: K stops growing, the steps of the first and at most of the second serial/gradient/DEER
 #: measurement (the second: what takes about ``linear_s`` seconds; DEER's first: ``deer_n1``),
 #: and repeats (rounds).
-SIZES = {"default": dict(max_rows=16384, max_call_s=0.2, n=(16, 4096), deer_n1=64, linear_s=0.05,
+SIZES = {"default": dict(max_rows=16384, max_call_s=0.05, n=(16, 4096), deer_n1=64, linear_s=0.05,
                          repeats=5),
          "tiny": dict(max_rows=8, max_call_s=0.05, n=(2, 6), deer_n1=2, linear_s=0.0, repeats=1)}
 
@@ -741,7 +741,8 @@ def validate(records, calibration=None):
     -------
     list of dict
         Per point: the record's ``shape``, ``route``, ``ranks``, ``threads``, ``data_parallel``,
-        ``predicted`` and ``measured`` seconds, ``rel_error`` (predicted / measured - 1),
+        ``predicted`` and ``measured`` seconds, ``rel_error`` (predicted / measured - 1; None
+        for a point without a measured time, e.g. a failed launch),
         ``predicted_step_evals`` and ``measured_step_evals``, ``oversubscribed``, ``notes``.
     """
     out = []
@@ -752,10 +753,10 @@ def validate(records, calibration=None):
         options.setdefault("data_parallel", int(rec.get("data_parallel", 1)))
         p = predict(rec["shape"], rec["route"], int(rec["ranks"]), int(rec.get("threads", 1)),
                     options, calibration)
-        measured = float(rec["seconds"])
+        measured = None if rec.get("seconds") is None else float(rec["seconds"])
         out.append(dict(shape=list(p.shape), route=rec["route"], ranks=p.ranks, threads=p.threads,
                         data_parallel=p.data_parallel, predicted=p.seconds, measured=measured,
-                        rel_error=p.seconds / measured - 1 if measured > 0 else float("nan"),
+                        rel_error=p.seconds / measured - 1 if measured else None,
                         predicted_step_evals=p.step_evals,
                         measured_step_evals=rec.get("step_evals"),
                         oversubscribed=rec.get("oversubscribed"), notes=p.notes))
@@ -831,17 +832,19 @@ def load_or_calibrate(cell, H, L, dtype, threads, batch, size="default", cache=N
     return costs
 
 
-def _best(fn, repeats, target_s=0.005):
+def _best(fn, repeats, target_s=0.005, slow_s=0.2):
     """Seconds per call of ``fn``: the fastest of ``repeats`` rounds (after one untimed call), each
     round as many calls as fill about ``target_s`` (so that microsecond calls are timed over a
-    loop, not one by one). The fastest round, not the median: the development machines are
-    shared, and the fastest round is the figure least disturbed by other processes."""
+    loop, not one by one); a slow call gets only as many rounds (at least 2) as fill ``slow_s``.
+    The fastest round, not the median: the development machines are shared, and the fastest
+    round is the figure least disturbed by other processes."""
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
     number = int(min(1000, max(1, target_s / max(first, 1e-9))))
+    rounds = min(repeats, max(2, int(slow_s / max(first, 1e-9))))
     ts = []
-    for _ in range(max(1, repeats)):
+    for _ in range(max(1, rounds)):
         t0 = time.perf_counter()
         for _ in range(number):
             fn()
@@ -945,8 +948,8 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
     K = 2
     while K * B <= sz["max_rows"]:
         ts = [_best(fn, rep) for fn in one_step(K, CHAIN)]
-        for table, t, c0 in zip(tables, ts, c0s):       # never cheaper than fewer states
-            table.append([K, max((t - c0) / CHAIN, table[-1][1])])
+        for table, t, c0 in zip(tables, ts, c0s):
+            table.append([K, max((t - c0) / CHAIN, 1e-9)])
         if max(ts) > sz["max_call_s"]:
             break
         K *= 2
@@ -1020,7 +1023,7 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
             (("serial_fwd", "serial_adj"), serial, n1, sz["n"][1]),
             (("grad",), grad, n1, sz["n"][1]),
             (("deer_base", "deer_iter", "deer_adj", "qdeer_base", "qdeer_iter"), deer,
-             min(sz["deer_n1"], dense_cap), min(sz["n"][1], dense_cap))):
+             min(sz["deer_n1"], dense_cap // 8), min(sz["n"][1], dense_cap))):
         if cap <= first or first < 1:    # dense Jacobians too large to measure: no DEER costs
             linear.update({k: [float("inf"), float("inf")] for k in names})
             continue

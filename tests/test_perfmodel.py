@@ -329,3 +329,34 @@ def test_plan_takes_steps_and_inputs_from_a_data_file(tmp_path):
     assert "(B, T, I, H, L) = (3, 40, 5, 8, 1)" in r.stdout
     both = _plan("--data", str(path), "--shape", "3,40,5,8,1", cache=tmp_path)
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+#: Per-rank step evaluations [forward, adjoint] of real MPI launches (perf/bench_scaling.py,
+#: 2026-12-03, ``loss_and_grad_flat`` without keys: MGRIT fast starts cold), on (B, T, I, H, L):
+#: (route, ranks, data groups) -> the evaluations of every rank.
+MPI_EVALS = {
+    ((100, 128, 9, 100, 2), "mgrit-paper", 2, 1): [[276, 100]] * 2,
+    ((100, 128, 9, 100, 2), "mgrit-paper", 4, 1): [[138, 50]] * 4,
+    ((100, 128, 9, 100, 2), "mgrit-fast", 4, 1): [[40, 48]] * 4,
+    ((100, 128, 9, 100, 2), "mgrit-fast", 4, 2): [[80, 96]] * 4,
+    ((100, 128, 9, 100, 2), "serial", 4, 4): [[128, 128]] * 4,
+    ((4, 16384, 6, 32, 1), "mgrit-paper", 2, 1): [[35328, 12800]] * 2,
+    ((4, 16384, 6, 32, 1), "mgrit-paper", 4, 1): [[17664, 6400]] * 4,
+    ((4, 16384, 6, 32, 1), "mgrit-fast", 4, 1): [[5120, 6144]] * 4,
+}
+
+
+@pytest.mark.parametrize("key", sorted(MPI_EVALS))
+def test_step_evals_per_rank_equal_those_of_mpi_runs(key):
+    shape, route, ranks, groups = key
+    ops = pm.step_ops(shape, route, ranks, dict(data_parallel=groups))
+    got = [list(pm.step_evals(o)) for o in ops]
+    assert got * groups == MPI_EVALS[key]
+
+
+def test_validate_keeps_a_point_without_a_time():
+    costs = _costs(linear=dict(serial_fwd=[0.0, 1.0], serial_adj=[0.0, 1.0]))
+    out = pm.validate([dict(kind="point", shape=[1, 4, 1, 1, 1], route="serial", ranks=1,
+                            threads=1, data_parallel=1, seconds=None)], costs)
+    assert out[0]["measured"] is None and out[0]["rel_error"] is None
+    assert out[0]["predicted"] == 8.0
