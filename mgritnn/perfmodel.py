@@ -22,17 +22,25 @@ Three separate parts:
 3. **Costs** (:class:`Costs`, from :func:`calibrate`, cached per machine by
    :func:`load_or_calibrate`): the time of one compiled call that advances K states of
    (B, H, L) by one step, tabulated over K, split into a per-call overhead and a per-position
-   time; the same for the VJP; the serial solver's sweep and BPTT per step; the parameter-gradient
-   pass per step; DEER's work per point and iteration; a GEMM rate (input projections); Adam per
-   parameter; message latency, bandwidth and allreduce (measured by ping-pong only under MPI with
-   two or more ranks, otherwise documented shared-memory defaults, marked as assumed).
+   time; the same for the VJP and for the calls that keep linearizations or cotangents (final
+   sweeps); the solver's array work per value; the serial solver's sweep and BPTT per step; the
+   parameter-gradient pass per step; DEER's work per point and iteration; a GEMM rate (input
+   projections); Adam per parameter; message latency and bandwidth (measured by ping-pong only
+   under MPI with two or more ranks, otherwise the shared-memory defaults
+   :data:`ASSUMED_LATENCY_S` and :data:`ASSUMED_BANDWIDTH`, marked as assumed).
 
 :func:`predict` puts them together; :func:`validate` compares predictions with measured points
-(the JSON lines of ``perf/bench_scaling.py``).
+(the JSON lines of ``perf/bench_scaling.py``); :func:`plan` and :func:`format_plan` are
+``mgritnn plan``.
 
-Modelled as negligible: the head and loss, the restriction's and correction's array arithmetic,
-Python between kernel calls beyond the measured per-call overhead. Ranks times threads beyond the
-machine's cores (oversubscription) stretch every computation by (ranks x threads) / cores.
+Modelled as negligible: the head and loss, Python between kernel calls beyond the measured
+per-call overhead, memory effects of arrays larger than those calibrated. Ranks times threads
+beyond the machine's cores (oversubscription) stretch every computation by
+(ranks x threads) / cores; other processes on the machine are not modelled.
+
+The MGRIT forward is predicted cold (the first cycle skips its down-leg, as in a call without
+``keys``) unless ``options["warm"]``; ``mgritnn plan`` predicts the fast preset warm, as it
+trains after the first epoch.
 
 References
 ----------
@@ -79,7 +87,7 @@ SIZES = {"default": dict(max_rows=16384, max_call_s=0.05, n=(16, 4096), deer_n1=
 #: chains through a level's points, as the relaxations and final sweeps walk them.
 CHAIN = 4
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 # ------------------------------------------------------------------------------------------------
