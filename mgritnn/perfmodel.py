@@ -751,7 +751,9 @@ def validate(records, calibration=None):
         Per point: the record's ``shape``, ``route``, ``ranks``, ``threads``, ``data_parallel``,
         ``predicted`` and ``measured`` seconds, ``rel_error`` (predicted / measured - 1; None
         for a point without a measured time, e.g. a failed launch),
-        ``predicted_step_evals`` and ``measured_step_evals``, ``oversubscribed``, ``notes``.
+        ``predicted_step_evals`` (per process in world order, group-major as
+        :func:`~mgritnn.distributed.comm.split_data_time` numbers them: [forward, adjoint]) and
+        ``measured_step_evals``, ``oversubscribed``, ``notes``.
     """
     out = []
     for rec in records:
@@ -765,7 +767,7 @@ def validate(records, calibration=None):
         out.append(dict(shape=list(p.shape), route=rec["route"], ranks=p.ranks, threads=p.threads,
                         data_parallel=p.data_parallel, predicted=p.seconds, measured=measured,
                         rel_error=p.seconds / measured - 1 if measured else None,
-                        predicted_step_evals=p.step_evals,
+                        predicted_step_evals=p.step_evals * p.data_parallel,
                         measured_step_evals=rec.get("step_evals"),
                         oversubscribed=rec.get("oversubscribed"), notes=p.notes))
     return out

@@ -217,7 +217,7 @@ def test_validate_reads_bench_scaling_points():
     # serial on 2 data groups: 4 + 4 steps, one allreduce of the gradient (1 s): 9 s
     assert out[0]["predicted"] == 9.0 and out[0]["measured"] == 4.0
     assert out[0]["rel_error"] == pytest.approx(9.0 / 4.0 - 1)
-    assert out[0]["predicted_step_evals"] == [[4, 4]]
+    assert out[0]["predicted_step_evals"] == recs[1]["step_evals"]
     assert out[1]["predicted_step_evals"] == pm.predict(
         (1, 8, 1, 1, 1), "mgrit-fast", 2, 1, {}, costs).step_evals
 
