@@ -78,10 +78,12 @@ ASSUMED_BANDWIDTH = 5e9
 #: Calibration sizes: largest rows (K x B) of a one-step call, the longest time of one call before
 #: K stops growing, the steps of the first and at most of the second serial/gradient/DEER
 #: measurement (the second: what takes about ``linear_s`` seconds; DEER's first: ``deer_n1``),
-#: and repeats (rounds).
+#: the steps of the real MGRIT solves that measure the time outside the kernels (about
+#: ``mgrit_s`` seconds of serial sweeps, within ``mgrit_n``), and repeats (rounds).
 SIZES = {"default": dict(max_rows=16384, max_call_s=0.05, n=(16, 4096), deer_n1=64, linear_s=0.05,
-                         repeats=5),
-         "tiny": dict(max_rows=8, max_call_s=0.05, n=(2, 6), deer_n1=2, linear_s=0.0, repeats=1)}
+                         mgrit_n=(64, 2048), mgrit_s=0.1, repeats=5),
+         "tiny": dict(max_rows=8, max_call_s=0.05, n=(2, 6), deer_n1=2, linear_s=0.0,
+                      mgrit_n=(32, 32), mgrit_s=0.0, repeats=1)}
 
 #: Steps of each chain when the per-position time of K states is measured (MGRIT's default cf):
 #: chains through a level's points, as the relaxations and final sweeps walk them.
@@ -408,6 +410,8 @@ def step_ops(shape, route, ranks=1, options=None, itemsize=4):
             b = rank_bounds(T, cfg.cfs(T, P), P)
             n = int(b[r + 1] - b[r])
             fwd[0] = fwd[0]._replace(calls=fwd[0].calls + (("flops", proj * n, 0),))
+            ops.append(Op("forward", "outside the kernels", -1, "local",
+                          (("mgrit_extra", n, 0),), record=False))
             adj[-1] = adj[-1]._replace(calls=(("grad", n, 0), ("flops", proj * n, 0)))
             ops += fwd
             ops.append(Op("adjoint", "scale allreduce", -1, "allreduce", nbytes=8, record=False))
@@ -480,7 +484,9 @@ class Costs:
         The same for a VJP call (None: ``overhead``).
     linear : dict of str -> [c0, c1]
         Costs c0 + c1 n of work n: "serial_fwd", "serial_adj" (the serial sweep and BPTT of n
-        steps, without the input projection), "grad" (parameter gradients of n steps), DEER's
+        steps, without the input projection), "grad" (parameter gradients of n steps),
+        "mgrit_extra" (what an MGRIT solve of n local steps spends beyond its modelled kernels
+        and array work; optional, 0 if absent), DEER's
         "deer_base", "deer_iter" (per layer and iteration), "deer_adj", quasi-DEER's
         "qdeer_base", "qdeer_iter" (n points per rank).
     flops_per_s : float
@@ -551,8 +557,12 @@ def call_time(call, costs):
         return a / costs.flops_per_s
     if kind == "adam":
         return a * costs.adam_s
-    c0, c1 = costs.linear[kind]
+    c0, c1 = costs.linear.get(kind, (0.0, 0.0)) if kind in _OPTIONAL else costs.linear[kind]
     return c0 + c1 * a
+
+
+#: Linear costs that a table may lack (then 0): the MGRIT solve's time outside the kernels.
+_OPTIONAL = ("mgrit_extra",)
 
 
 def _log2(P):
@@ -965,10 +975,10 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
         K *= 2
 
     # array work outside the kernels: u[c] += a - b on every 4th state (2 values per value)
-    m = max(1, (1 << 18) // (L * B * H))
-    u = states(4 * m)
-    a, b = states(m), states(m)
-    c = np.arange(0, 4 * m, 4)
+    k = max(1, (1 << 18) // (L * B * H))
+    u = states(4 * k)
+    a, b = states(k), states(k)
+    c = np.arange(0, 4 * k, 4)
 
     def correct():
         u[c] += a - b
@@ -1061,13 +1071,45 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
     if comm is not None and comm.Get_size() >= 2:
         lat, bw = _ping_pong(comm, dtype)
         assumed = False
-    return Costs(overhead=overhead, overhead_vjp=overhead_vjp, fwd=tables[0], vjp=tables[1],
-                 fwd_keep=tables[2], vjp_keep=tables[3], array_s=array_s, linear=linear,
-                 flops_per_s=flops, adam_s=ta / p.size, latency_s=lat, bandwidth=bw,
-                 comm_assumed=assumed, cores=os.cpu_count() or 1,
-                 key=dict(cell=cell, H=int(H), L=int(L), dtype=dtype.name, threads=int(threads),
-                          batch=B, size=size),
-                 seconds=time.perf_counter() - t_start)
+    costs = Costs(overhead=overhead, overhead_vjp=overhead_vjp, fwd=tables[0], vjp=tables[1],
+                  fwd_keep=tables[2], vjp_keep=tables[3], array_s=array_s, linear=linear,
+                  flops_per_s=flops, adam_s=ta / p.size, latency_s=lat, bandwidth=bw,
+                  comm_assumed=assumed, cores=os.cpu_count() or 1,
+                  key=dict(cell=cell, H=int(H), L=int(L), dtype=dtype.name,
+                           threads=int(threads), batch=B, size=size))
+    costs.linear["mgrit_extra"] = _mgrit_extra(costs, m, B, dtype, sz, rng)
+    costs.seconds = time.perf_counter() - t_start
+    return costs
+
+
+def _mgrit_extra(costs, m, B, dtype, sz, rng):
+    """[0, c1]: seconds per local fine step that a real MGRIT solve spends beyond the modelled
+    kernels and array work (Python, allocation, first touch of fresh arrays), from one-process
+    forward and adjoint solves of the paper and the fast preset (their mean; never negative).
+
+    The number of steps: about ``sz["mgrit_s"]`` seconds of serial sweeps, within
+    ``sz["mgrit_n"]``."""
+    from .solvers import MGRITConfig
+    L, H = m.num_layers, m.hidden_size
+    per_step = sum(call_time((k, 1, 0), costs) - call_time((k, 0, 0), costs)
+                   for k in ("serial_fwd", "serial_adj"))
+    lo, hi = sz["mgrit_n"]
+    n = int(min(hi, max(lo, sz["mgrit_s"] / max(per_step, 1e-9))))
+    X = rng.standard_normal((B, n, 1)).astype(dtype)
+    y = np.zeros(B, np.int64)
+    extra = []
+    for preset in ("paper", "fast"):
+        cfg = MGRITConfig.preset(preset)
+        times = []
+        for _ in range(max(2, sz["repeats"] // 2) + 1):
+            _, _, info = m.loss_and_grad_flat(X, y, cfg, strict=False)
+            times.append(info["forward"].seconds + info["adjoint"].seconds)
+        fwd = mgrit_solve_ops(n, cfg, 1, 0, "forward", False, (L, B, H), dtype.itemsize)
+        adj = mgrit_solve_ops(n, cfg, 1, 0, "adjoint", False, (L, B, H), dtype.itemsize)
+        adj[-1] = adj[-1]._replace(calls=(("grad", n, 0),))
+        predicted, _ = critical_path([fwd + adj], costs)
+        extra.append(max(0.0, (min(times[1:]) - predicted) / n))
+    return [0.0, float(np.mean(extra))]
 
 
 def _ping_pong(comm, dtype, repeats=50):
