@@ -872,6 +872,14 @@ def _best(fn, repeats, target_s=0.005, slow_s=0.2):
     return min(ts)
 
 
+def _plausible(t, K, prev):
+    """A position of K states: at least the time of the previous (fewer) states ``prev`` = [K',
+    t'], at most 1.25 x their time per state (more states per call only share the call): a
+    round disturbed by another process throughout cannot make one entry absurd."""
+    k0, t0 = prev
+    return float(min(max(t, t0), 1.25 * t0 * K / k0))
+
+
 def _filled(arrays, rng):
     """The arrays (a tuple) filled with random values: a zeroed array that is only read would
     be read from the operating system's shared zero page, faster than any real data."""
@@ -969,7 +977,7 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
     while K * B <= sz["max_rows"]:
         ts = [_best(fn, rep) for fn in one_step(K, CHAIN)]
         for table, t, c0 in zip(tables, ts, c0s):
-            table.append([K, max((t - c0) / CHAIN, 1e-9)])
+            table.append([K, _plausible((t - c0) / CHAIN, K, table[-1])])
         if max(ts) > sz["max_call_s"]:
             break
         K *= 2
