@@ -821,7 +821,7 @@ def write_cache(path, entries):
 
 
 def load_or_calibrate(cell, H, L, dtype, threads, batch, size="default", cache=None,
-                      report=None, recalibrate=False):
+                      report=None, recalibrate=False, comm=None):
     """The :class:`Costs` of a key from the machine's cache, or calibrated now and cached.
 
     Parameters
@@ -835,6 +835,9 @@ def load_or_calibrate(cell, H, L, dtype, threads, batch, size="default", cache=N
         Called with a line when a calibration runs and when it is done (its time).
     recalibrate : bool
         Measure again even if cached.
+    comm : mpi4py communicator, optional
+        Passed to :func:`calibrate` (two or more ranks: the message costs are measured). Every
+        rank calibrates; give each rank its own ``cache`` or let one rank write.
     """
     path = cache or cache_path()
     key = cache_key(cell, H, L, dtype, threads, batch, size)
@@ -843,7 +846,7 @@ def load_or_calibrate(cell, H, L, dtype, threads, batch, size="default", cache=N
         return Costs.from_dict(entries[key])
     if report:
         report(f"calibrating {key} (first use on this machine; cached in {path}) ...")
-    costs = calibrate(cell, H, L, dtype, threads, batch, size)
+    costs = calibrate(cell, H, L, dtype, threads, batch, size, comm=comm)
     if report:
         report(f"calibrated {key} in {costs.seconds:.1f} s")
     entries = read_cache(path)             # another process may have added entries meanwhile
