@@ -1,4 +1,4 @@
-"""Command line: ``mgritnn <train|eval|predict|gradcheck|info>`` (``--help`` on each).
+"""Command line: ``mgritnn <train|eval|predict|plan|gradcheck|info>`` (``--help`` on each).
 
 Errors a user can fix (bad data, options or checkpoints, outputs that cannot be written, the
 operating system's errors) print one line ``mgritnn: error: ...`` on stderr and exit with status 2,
@@ -414,6 +414,64 @@ def cmd_info(a):
     return 0
 
 
+def _plan_shape(a):
+    """(B, T, I, H, L) of ``mgritnn plan``: ``--shape``, or T and I from ``--data`` with
+    ``--batch-size``, ``--hidden`` and ``--layers``."""
+    from .perfmodel import parse_shape
+    if (a.shape is None) == (a.data is None):
+        raise ConfigError("give either --shape B,T,I,H,L or --data FILE (with --batch-size, "
+                          "--hidden, --layers), not both or neither")
+    if a.shape is not None:
+        return parse_shape(a.shape)
+    from . import datasets
+    ds = datasets.load(a.data)
+    _, T, I = ds.X_train.shape
+    return parse_shape((a.batch_size, T, I, a.hidden, a.layers))
+
+
+def cmd_plan(a):
+    from .config import set_num_threads
+    from .perfmodel import format_plan, load_or_calibrate, plan
+    shape = _plan_shape(a)
+    if a.threads < 1:
+        raise ConfigError(f"--threads {a.threads}: give a positive number of threads per rank")
+    set_num_threads(a.threads)          # a thread count this machine cannot run is an error now
+    seen = {}
+
+    def costs(batch):
+        if batch not in seen:
+            seen[batch] = load_or_calibrate(
+                a.cell, shape.H, shape.L, a.dtype, a.threads, batch, size=a.calibration_size,
+                recalibrate=a.recalibrate,
+                report=lambda line: print(f"mgritnn plan: {line}", file=sys.stderr, flush=True))
+        return seen[batch]
+    rows = plan(shape, a.ranks, a.threads, a.cell, a.dtype, costs, a.deer_iters, a.classes)
+    print(format_plan(shape, rows, a.threads))
+    return 0
+
+
+def _add_plan_args(p, cells):
+    p.add_argument("--shape", default=None, help="B,T,I,H,L: batch, steps, inputs, hidden, layers")
+    p.add_argument("--data", default=None,
+                   help="take T and I from this data source (.npz or UCI HAR directory) instead")
+    p.add_argument("--batch-size", type=int, default=100, help="B with --data (default: 100)")
+    p.add_argument("--hidden", type=int, default=32, help="H with --data (default: 32)")
+    p.add_argument("--layers", type=int, default=1, help="L with --data (default: 1)")
+    p.add_argument("--ranks", type=int, default=1, help="processes available (default: 1)")
+    p.add_argument("--threads", type=int, default=1, help="numba threads per rank (default: 1)")
+    p.add_argument("--cell", choices=sorted(cells), default="implicit")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--classes", type=int, default=6, help="classes of the head (default: 6)")
+    p.add_argument("--deer-iters", type=int, default=None,
+                   help="Newton iterations per layer of DEER / quasi-DEER (default: 3 / 8, "
+                        "typical measured values)")
+    p.add_argument("--calibration-size", choices=("default", "tiny"), default="default",
+                   help="how thoroughly to calibrate on first use (tiny: seconds, rough)")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="measure again even if this machine's cache has the figures")
+    p.set_defaults(func=cmd_plan)
+
+
 def _out_of_memory_message(e):
     """The one line for a ``MemoryError`` that escaped a command (an allocation the up-front
     estimates of :func:`mgritnn.memory.check_memory` did not foresee): NumPy's size of the failed
@@ -450,6 +508,13 @@ def build_parser():
             p.add_argument("--out", required=True,
                            help=".npz file to write: logits (N, C), predictions (N,), labels (N,)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("plan", help="predicted time per training step of every route",
+                       description="Predicted time per training step of serial, MGRIT (paper, "
+                                   "fast), DEER and quasi-DEER on the given ranks, from a "
+                                   "performance model calibrated on this machine (on first use; "
+                                   "cached, see MGRITNN_CACHE).")
+    _add_plan_args(p, CELLS)
 
     p = sub.add_parser("gradcheck", help="check gradients against finite differences",
                        description="Worst relative error per parameter of the analytic gradient "

@@ -92,24 +92,44 @@ def atomic_savez(path, arrays, meta=None, what=None):
         If the file cannot be written (permission denied, no space left, read-only file system,
         file too large, ...), or ``path`` exists and is not a regular file.
     """
-    path = _resolve(path)
     what = what or _WHAT.get((meta or {}).get("kind"), "the file")
-    if os.path.exists(path) and not os.path.isfile(path):
-        raise OutputError(f"cannot write {what} {path!r}: it exists and is not a regular file "
-                          "(a directory, device, pipe or socket): name a file", errno.EEXIST, path)
     payload = dict(arrays)
     if meta is not None:
         payload[META_KEY] = np.array(json.dumps(meta, sort_keys=True))
+    _atomic_write(path, lambda f: np.savez(f, **payload), ".npz", what)
+
+
+def atomic_write_text(path, text, what="the file"):
+    """Write the string ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_savez` writes
+    an archive: a temporary file ``.<name>.tmp-XXXXXXXX.txt`` beside the target, fsynced and
+    renamed over it.
+
+    Raises
+    ------
+    OutputError
+        As :func:`atomic_savez`.
+    """
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")), ".txt", what)
+
+
+def _atomic_write(path, write, suffix, what):
+    """The atomic write of :func:`atomic_savez` and :func:`atomic_write_text`: ``write(f)`` fills
+    the binary file object ``f`` of a temporary file (name ending in ``suffix``) that then
+    replaces ``path``."""
+    path = _resolve(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise OutputError(f"cannot write {what} {path!r}: it exists and is not a regular file "
+                          "(a directory, device, pipe or socket): name a file", errno.EEXIST, path)
     directory = os.path.dirname(os.path.abspath(path))
     _make_dirs(directory, f"cannot write {what} {path!r}")
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else 0o666 & ~_umask()
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".npz", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=directory)
     except OSError as e:
         raise output_error(e, f"cannot write {what}", path) from e
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            write(f)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
