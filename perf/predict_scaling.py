@@ -4,8 +4,9 @@ For the shapes of ``perf/bench_scaling.py`` this asks :func:`mgritnn.perfmodel.p
 of one training step of every route on P = 1, 2, 4, ..., ``--max-ranks`` ranks (one thread each,
 the time axis split over all P ranks; MGRIT also as data x time where the batch allows), and prints:
 
-* per shape, the predicted speedup over the serial sweep on one core for each route and P, and the
-  **crossover**: the smallest P at which the route first beats serial;
+* per shape, the predicted speedup over the serial sweep on one core for each route and P (blank
+  where the route does not fit: fewer steps than a rank needs), and the **crossover**: the
+  smallest P at which the route first beats serial;
 * speedup against the sequence length T at a fixed P (``--fixed-ranks``, default 32): the paper's
   claim is that MGRIT's speedup grows with T;
 * PNG plots of both when matplotlib is installed (``pip install matplotlib``), written to
@@ -27,12 +28,13 @@ import argparse
 import json
 import os
 
+from mgritnn.errors import ConfigError
 from mgritnn.perfmodel import predict
 
 try:  # run as ``python perf/predict_scaling.py`` (perf/ on sys.path) or as a module
-    from bench_scaling import SHAPES
+    from bench_scaling import shapes as scaling_shapes
 except ImportError:  # pragma: no cover
-    from perf.bench_scaling import SHAPES
+    from perf.bench_scaling import shapes as scaling_shapes
 
 ROUTES = ("mgrit-paper", "mgrit-fast", "deer", "quasi-deer")
 
@@ -45,10 +47,7 @@ def _powers(limit):
 
 
 def _shape(name, hmdb_batch):
-    s = list(SHAPES[name])
-    if name == "hmdb":
-        s[0] = hmdb_batch
-    return tuple(s)
+    return tuple(scaling_shapes(hmdb_batch)[name])
 
 
 def speedups(shape, ranks, routes, data_parallel=1):
@@ -64,10 +63,15 @@ def speedups(shape, ranks, routes, data_parallel=1):
     rows = []
     for route in routes:
         for P in ranks:
-            opts = {"data_parallel": data_parallel} if data_parallel > 1 else {}
+            opts = {"cores": P}          # a cluster: one core per rank, never oversubscribed
+            if data_parallel > 1:
+                opts["data_parallel"] = data_parallel
             if data_parallel > 1 and (P % data_parallel or route != "mgrit-fast"):
                 continue
-            p = predict(shape, route, ranks=P, options=opts)
+            try:
+                p = predict(shape, route, ranks=P, options=opts)
+            except ConfigError:         # the route does not fit (too few steps per rank)
+                continue
             rows.append(dict(route=route if data_parallel == 1 else f"{route} ({data_parallel} data)",
                              ranks=P, seconds=p.seconds, speedup=serial / p.seconds,
                              exact=p.exact, notes=p.notes))
@@ -153,15 +157,19 @@ def main(argv=None):
             sT = (shape[0], T) + shape[2:]
             ser = predict(sT, "serial").seconds
             for route in routes:
-                sec = predict(sT, route, ranks=a.fixed_ranks).seconds
+                try:
+                    sec = predict(sT, route, ranks=a.fixed_ranks,
+                                  options={"cores": a.fixed_ranks}).seconds
+                except ConfigError:
+                    continue
                 T_rows.append(dict(route=route, T=T, speedup=ser / sec))
         print(f"\nspeedup against T at P = {a.fixed_ranks}:\n")
         print("| T | " + " | ".join(routes) + " |")
         print("|---:|" + "---:|" * len(routes))
         for T in map(int, a.T_values.split(",")):
-            print(f"| {T} | " + " | ".join(
-                f"{r['speedup']:.2f}x" for route in routes for r in T_rows
-                if r["route"] == route and r["T"] == T) + " |")
+            got = {r["route"]: r["speedup"] for r in T_rows if r["T"] == T}
+            print(f"| {T} | " + " | ".join(f"{got[route]:.2f}x" if route in got else "—"
+                                           for route in routes) + " |")
         if out:
             for r in rows:
                 out.write(json.dumps(dict(kind="predicted", shape_name=name, shape=list(shape),
