@@ -445,7 +445,8 @@ def cmd_plan(a):
                 recalibrate=a.recalibrate,
                 report=lambda line: print(f"mgritnn plan: {line}", file=sys.stderr, flush=True))
         return seen[batch]
-    rows = plan(shape, a.ranks, a.threads, a.cell, a.dtype, costs, a.deer_iters, a.classes)
+    rows = plan(shape, a.ranks, a.threads, a.cell, a.dtype, costs, a.deer_iters, a.classes,
+                a.cores)
     print(format_plan(shape, rows, a.threads))
     return 0
 
@@ -459,6 +460,9 @@ def _add_plan_args(p, cells):
     p.add_argument("--layers", type=int, default=1, help="L with --data (default: 1)")
     p.add_argument("--ranks", type=int, default=1, help="processes available (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="numba threads per rank (default: 1)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="cores the ranks run on (default: ranks x threads, one each, as on a "
+                        "cluster; this machine's count to plan for oversubscribing it)")
     p.add_argument("--cell", choices=sorted(cells), default="implicit")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--classes", type=int, default=6, help="classes of the head (default: 6)")

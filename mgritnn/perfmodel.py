@@ -1179,7 +1179,7 @@ def _accuracy(route, p):
 
 
 def plan(shape, ranks, threads=1, cell="implicit", dtype="float32", calibration=None,
-         deer_iters=None, classes=6):
+         deer_iters=None, classes=6, cores=None):
     """Predicted training steps of every route on ``ranks`` processes.
 
     Rows: serial on one rank; with P > 1 serial data-parallel on P ranks (P data groups, if the
@@ -1196,6 +1196,9 @@ def plan(shape, ranks, threads=1, cell="implicit", dtype="float32", calibration=
     deer_iters : int, optional
         Newton iterations per layer (default :data:`DEFAULT_DEER_ITERS`).
     classes : int
+    cores : int, optional
+        Cores the processes run on (default ``ranks * threads``: one core each, as on a
+        cluster); fewer stretch the computation (oversubscription).
 
     Returns
     -------
@@ -1204,7 +1207,9 @@ def plan(shape, ranks, threads=1, cell="implicit", dtype="float32", calibration=
     shape = parse_shape(shape)
     if not isinstance(ranks, (int, np.integer)) or ranks < 1:
         raise ConfigError(f"--ranks {ranks!r}: give a positive number of processes")
-    base = dict(cell=cell, dtype=dtype, classes=classes)
+    if cores is not None and (not isinstance(cores, (int, np.integer)) or cores < 1):
+        raise ConfigError(f"--cores {cores!r}: give a positive number of cores")
+    base = dict(cell=cell, dtype=dtype, classes=classes, cores=cores or ranks * threads)
     if deer_iters is not None:
         if deer_iters < 1:
             raise ConfigError(f"--deer-iters {deer_iters}: give a positive number of iterations")

@@ -310,6 +310,7 @@ def test_plan_runs_end_to_end_and_calibrates_once(tmp_path):
     (["--shape", "4,64,3,8,1", "--ranks", "0"], "--ranks 0"),
     ([], "give either --shape"),
     (["--shape", "4,64,3,8,1", "--threads", "100000"], "threads=100000"),
+    (["--shape", "4,64,3,8,1", "--cores", "0"], "--cores 0"),
 ])
 def test_plan_bad_input_is_a_clear_error(tmp_path, args, message):
     r = _plan(*args, "--calibration-size", "tiny", cache=tmp_path)
@@ -360,3 +361,21 @@ def test_validate_keeps_a_point_without_a_time():
                             threads=1, data_parallel=1, seconds=None)], costs)
     assert out[0]["measured"] is None and out[0]["rel_error"] is None
     assert out[0]["predicted"] == 8.0
+
+
+def test_plan_assumes_a_core_per_rank_unless_told_otherwise():
+    """By default every rank has its own core (a cluster): nothing is stretched. On fewer cores
+    (this machine, say) the same MGRIT row is stretched by ranks x threads / cores, and says so."""
+    shape = (4, 256, 3, 8, 1)
+    costs = _costs(fwd=[[1, 1.0]], vjp=[[1, 1.0]],
+                   linear={k: [0.0, 1.0] for k in ("serial_fwd", "serial_adj", "grad", "deer_base",
+                                                   "deer_iter", "deer_adj", "qdeer_base",
+                                                   "qdeer_iter")})
+    own = {r.label: r for r in pm.plan(shape, 4, calibration=costs)}
+    two = {r.label: r for r in pm.plan(shape, 4, calibration=costs, cores=2)}
+    a, b = own["MGRIT paper"].prediction, two["MGRIT paper"].prediction
+    assert not any("oversubscribed" in n for n in a.notes)
+    assert any("oversubscribed" in n for n in b.notes)
+    assert b.seconds > a.seconds
+    with pytest.raises(mgritnn.errors.ConfigError, match="--cores 0"):
+        pm.plan(shape, 4, calibration=costs, cores=0)
