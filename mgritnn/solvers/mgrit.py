@@ -545,10 +545,13 @@ def _mean_input(ax, a, n, real):
     return (ax[a:a + n] * w).sum(axis=0, dtype=np.float64) / np.maximum(w.sum(axis=0), 1.0)
 
 
-def _fine_dt(dt, T, lo, ax0):
-    """The step sizes of the local fine steps [lo, lo + n_local), forward order (None for a
-    scalar: no step is padded)."""
-    return None if np.ndim(dt) == 0 else step_sizes(dt, T, ax0.dtype, lo, lo + ax0.shape[0])
+def _fine_dt(dt, T, lo, ax0, coarse_input):
+    """The step sizes of the local fine steps [lo, lo + n_local), forward order, for the mean
+    coarse input (None for a scalar, where no step is padded, or when the coarse inputs are
+    samples, which do not read them)."""
+    if coarse_input != "mean" or np.ndim(dt) == 0:
+        return None
+    return step_sizes(dt, T, ax0.dtype, lo, lo + ax0.shape[0])
 
 
 def _level_dts(levels, dt, T, lo_fwd, dtype):
@@ -842,7 +845,7 @@ class MGRITSolver(TimeParallelSolver):
         grid = local_grid(T, cfs, self.size, self.rank)
         lo = grid.lo
         levels = _level_inputs(grid, ax0, lo, cfg.coarse_input, reverse=False,
-                               fine_dt=_fine_dt(dt, T, lo, ax0))
+                               fine_dt=_fine_dt(dt, T, lo, ax0, cfg.coarse_input))
         dts = _level_dts(levels, dt, T, lo, ax0.dtype)
         fused = cell.fused_stack and cfg.coarse_cell_for(cell).fused_stack
         prop = (_FusedForward if fused else _ForwardProp)(cell, cfg.coarse_cell_for(cell), w,
@@ -880,7 +883,8 @@ class MGRITSolver(TimeParallelSolver):
         grid = local_grid(T, state.cfs, self.size, self.rank, reverse=True)
         lo_fwd = T - grid.hi
         levels = _level_inputs(grid, state.ax0, lo_fwd, cfg.coarse_input, reverse=True,
-                               fine_dt=_fine_dt(state.dt, T, lo_fwd, state.ax0))
+                               fine_dt=_fine_dt(state.dt, T, lo_fwd, state.ax0,
+                                                cfg.coarse_input))
         # the forward's final sweep kept the gates of every local step (forward order)
         adjoint = _FusedAdjoint if isinstance(state.prop, _FusedForward) else _AdjointProp
         dts = _level_dts(levels, state.dt, T, lo_fwd, u.dtype)
