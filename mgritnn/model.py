@@ -54,7 +54,106 @@ def _batch_integers(a, batch, name, message):
     return a.astype(np.int64)
 
 
-class GRUClassifier:
+def check_labels(y, batch, num_classes):
+    """Class labels ``y`` as int64 (batch,), checked to lie in 0 .. num_classes - 1 (DataError
+    otherwise, naming the fix)."""
+    y = _batch_integers(y, batch, "y", "labels y must be integers 0..C-1")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(f"labels must lie in 0..{num_classes - 1}, found "
+                        f"{int(y.min())}..{int(y.max())}: relabel, or build the model with more classes")
+    return y
+
+
+def linear_head(features, weight, bias):
+    """Logits of the affine classifier: ``features @ weight.T + bias``, (B, C)."""
+    return features @ weight.T + bias
+
+
+def softmax_cross_entropy_head(features, weight, bias, y, gweight, gbias):
+    """The classifier head of every model: affine map, softmax, cross-entropy averaged over the
+    batch, and its gradients.
+
+    Parameters
+    ----------
+    features : ndarray, shape (B, H)
+        What the head reads (the GRU's top state at the last step; the ODENet's last layer).
+    weight : ndarray, shape (C, H)
+    bias : ndarray, shape (C,)
+    y : ndarray of int, shape (B,)
+        Labels in 0 .. C-1 (checked by :func:`check_labels`).
+    gweight, gbias : ndarray, shapes (C, H) and (C,)
+        Receive the gradients of the mean loss (overwritten).
+
+    Returns
+    -------
+    loss : float
+        :math:`\frac1B \sum_b (\log \sum_c e^{z_{bc}} - z_{b y_b})`, computed with the max
+        subtracted.
+    logits : ndarray, shape (B, C)
+    dfeatures : ndarray, shape (B, H)
+        The gradient of the mean loss with respect to ``features``.
+    """
+    B = features.shape[0]
+    logits = linear_head(features, weight, bias)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logsumexp = np.log(np.exp(shifted).sum(axis=1))
+    loss = float(np.mean(logsumexp - shifted[np.arange(B), y]))
+    dlogits = np.exp(shifted - logsumexp[:, None])
+    dlogits[np.arange(B), y] -= 1
+    dlogits /= B
+    gweight[...] = dlogits.T @ features
+    gbias[...] = dlogits.sum(axis=0)
+    return loss, logits, dlogits @ weight
+
+
+class FlatParamModel:
+    """What every model shares: parameters in one flat buffer ``flat`` with named views
+    ``params`` (laid out by ``self._shapes``, a list of (name, shape)), and its solvers, made
+    once and kept."""
+
+    def unflatten(self, vec):
+        """Named views of a flat vector laid out like :attr:`flat`: dict name -> ndarray view."""
+        out, i = {}, 0
+        for name, shape in self._shapes:
+            size = int(np.prod(shape))
+            out[name] = vec[i:i + size].reshape(shape)
+            i += size
+        return out
+
+    def set_params(self, params):
+        """Copy parameters from a dict (e.g. a PyTorch ``state_dict`` converted to NumPy).
+
+        Every name of :attr:`params` must be present with the same shape; extra keys are ignored.
+        """
+        for name, view in self.params.items():
+            if name not in params:
+                raise CheckpointError(f"parameter {name!r} is missing")
+            v = np.asarray(params[name])
+            if v.shape != view.shape:
+                raise CheckpointError(
+                    f"parameter {name!r} has shape {v.shape}, this model needs {view.shape}: "
+                    "build the model with the checkpoint's sizes")
+            view[...] = v
+
+    def _solver(self, spec):
+        """The solver of ``spec``. A solver named by a string, or made from a config object, is
+        made once per model and kept, so its work arrays, MGRIT's warm-start memory and auto's
+        calibration carry over between calls. A config is kept by its value (configs are frozen
+        and hashable): equal configs share one solver, unless their communicators differ. A
+        solver instance is used as it is."""
+        if isinstance(spec, str):
+            key = spec
+        elif hasattr(spec, "make_solver"):
+            # comm is not in a config's eq/hash; the key keeps spec, so the comm's id stays unique
+            key = ("config", spec, id(getattr(spec, "comm", None)))
+        else:
+            return get_solver(spec)
+        if key not in self._solvers:
+            self._solvers[key] = get_solver(spec)
+        return self._solvers[key]
+
+
+class GRUClassifier(FlatParamModel):
     """Sequence classifier: an L-layer GRU over time, a linear head on the top layer's last state.
 
     Parameters
@@ -109,47 +208,6 @@ class GRUClassifier:
                     num_classes=self.num_classes, num_layers=self.num_layers, cell=self.cell.name,
                     dtype=np.dtype(self.dtype).name, dt=self.dt)
 
-    def unflatten(self, vec):
-        """Named views of a flat vector laid out like :attr:`flat`: dict name -> ndarray view."""
-        out, i = {}, 0
-        for name, shape in self._shapes:
-            size = int(np.prod(shape))
-            out[name] = vec[i:i + size].reshape(shape)
-            i += size
-        return out
-
-    def set_params(self, params):
-        """Copy parameters from a dict (e.g. a PyTorch ``state_dict`` converted to NumPy).
-
-        Every name of :attr:`params` must be present with the same shape; extra keys are ignored.
-        """
-        for name, view in self.params.items():
-            if name not in params:
-                raise CheckpointError(f"parameter {name!r} is missing")
-            v = np.asarray(params[name])
-            if v.shape != view.shape:
-                raise CheckpointError(
-                    f"parameter {name!r} has shape {v.shape}, this model needs {view.shape}: "
-                    "build the model with the checkpoint's sizes")
-            view[...] = v
-
-    def _solver(self, spec):
-        """The solver of ``spec``. A solver named by a string, or made from a config object, is
-        made once per model and kept, so its work arrays, MGRIT's warm-start memory and auto's
-        calibration carry over between calls. A config is kept by its value (configs are frozen
-        and hashable): equal configs share one solver, unless their communicators differ. A
-        solver instance is used as it is."""
-        if isinstance(spec, str):
-            key = spec
-        elif hasattr(spec, "make_solver"):
-            # comm is not in a config's eq/hash; the key keeps spec, so the comm's id stays unique
-            key = ("config", spec, id(getattr(spec, "comm", None)))
-        else:
-            return get_solver(spec)
-        if key not in self._solvers:
-            self._solvers[key] = get_solver(spec)
-        return self._solvers[key]
-
     def weights(self):
         """The GRU stack's weights as the kernels use them (:class:`GRUWeights`)."""
         return GRUWeights.from_params(self.params, self.num_layers)
@@ -171,11 +229,7 @@ class GRUClassifier:
         return np.ascontiguousarray(np.swapaxes(X, 0, 1), dtype=self.dtype)
 
     def _check_labels(self, y, batch):
-        y = _batch_integers(y, batch, "y", "labels y must be integers 0..C-1")
-        if y.size and (y.min() < 0 or y.max() >= self.num_classes):
-            raise DataError(f"labels must lie in 0..{self.num_classes - 1}, found "
-                            f"{int(y.min())}..{int(y.max())}: relabel, or build the model with more classes")
-        return y
+        return check_labels(y, batch, self.num_classes)
 
     def _check_batch_memory(self, batch, steps, keep):
         """Refuse a batch of ``batch`` rows and ``steps`` local time steps (and, with ``keep``,
@@ -237,7 +291,7 @@ class GRUClassifier:
         return w, h_last, state, stats
 
     def _head(self, h_last):
-        return h_last[-1] @ self.params["head.weight"].T + self.params["head.bias"]
+        return linear_head(h_last[-1], self.params["head.weight"], self.params["head.bias"])
 
     @entry_point
     def forward(self, X, solver="serial", strict=True, lengths=None, pad="end"):
@@ -309,19 +363,10 @@ class GRUClassifier:
         g = self.unflatten(grad)
         loss, logits, lam_last = 0.0, None, None
         if solver.is_last:                       # the head lives on the rank owning point N
-            B = Xt.shape[1]
-            top = h_last[-1]
-            logits = self._head(h_last)
-            shifted = logits - logits.max(axis=1, keepdims=True)
-            logsumexp = np.log(np.exp(shifted).sum(axis=1))
-            loss = float(np.mean(logsumexp - shifted[np.arange(B), y]))
-            dlogits = np.exp(shifted - logsumexp[:, None])
-            dlogits[np.arange(B), y] -= 1
-            dlogits /= B
-            g["head.weight"][...] = dlogits.T @ top
-            g["head.bias"][...] = dlogits.sum(axis=0)
             lam_last = np.zeros_like(h_last)
-            lam_last[-1] = dlogits @ self.params["head.weight"]
+            loss, logits, lam_last[-1] = softmax_cross_entropy_head(
+                h_last[-1], self.params["head.weight"], self.params["head.bias"], y,
+                g["head.weight"], g["head.bias"])
         _, astats = solver.adjoint(self.cell, w, state, lam_last,
                                    GRUGrads.from_params(g, self.num_layers))
         _check_solve(astats, solver, "adjoint", strict)
@@ -374,9 +419,17 @@ class GRUClassifier:
 
 
 def model_from_meta(meta, path="checkpoint"):
-    """Build an (uninitialized) :class:`GRUClassifier` from checkpoint metadata."""
+    """Build an (uninitialized) model from checkpoint metadata: a :class:`GRUClassifier`, or an
+    :class:`~mgritnn.odenet.ODENet` where ``meta["model_type"] == "odenet"``."""
     if not meta or "model" not in meta:
         raise CheckpointError(f"{path!r} has no mgritnn model metadata; was it written by mgritnn?")
+    kind = meta.get("model_type", "gru")
+    if kind == "odenet":
+        from .odenet import ODENet
+        return ODENet(**meta["model"])
+    if kind != "gru":
+        raise CheckpointError(f"{path!r} holds a model of unknown type {kind!r}: it was written "
+                              "by a newer mgritnn, or is not an mgritnn file")
     return GRUClassifier(**meta["model"])
 
 

@@ -123,11 +123,12 @@ class AutoSolver(Solver):
         stats.message = f"auto: {name}; {stats.message}"
         return h_last, state, stats
 
-    def adjoint(self, cell, w, state, lam_last, grads):
+    def adjoint(self, cell, w, state, lam_last, grads, lam_first=None):
         """Adjoint by the route of the last forward solve; then the check against serial speed."""
         key, name, t_fwd, n = self._last
         t0 = time.perf_counter()
-        dxp, stats = self.routes[name].adjoint(cell, w, state, lam_last, grads)
+        extra = {} if lam_first is None else dict(lam_first=lam_first)
+        dxp, stats = self.routes[name].adjoint(cell, w, state, lam_last, grads, **extra)
         if name != "serial":
             spent = t_fwd + time.perf_counter() - t0
             too_slow = spent > (1 + self.config.margin) * self.timings[key]["serial"] * n

@@ -152,6 +152,7 @@ class Solver:
 
     name = "base"
     is_last = True
+    is_first = True
 
     def local_steps(self, T):
         """The fine steps [lo, hi) of a sequence of T steps whose inputs this rank needs."""
@@ -186,11 +187,17 @@ class Solver:
         ``state`` is what :meth:`adjoint` needs (if ``keep``)."""
         raise NotImplementedError
 
-    def adjoint(self, cell, w, state, lam_last, grads):  # pragma: no cover - interface
+    def adjoint(self, cell, w, state, lam_last, grads,
+                lam_first=None):  # pragma: no cover - interface
         """Adjoint solve; adds this rank's parameter gradients, those of the input projection
         included (:meth:`Cell.project_inputs_vjp`), to ``grads`` (the cell's gradient NamedTuple,
         in place). Returns ``(dxp (n_local, *X), SolveStats)``, ``dxp`` the cotangent of the
-        projected inputs (the GRU: layer 0's pre-activations, (n_local, B, 3H))."""
+        projected inputs (the GRU: layer 0's pre-activations, (n_local, B, 3H)).
+
+        ``lam_first`` (*S), optional: an array that receives the adjoint at the first point,
+        :math:`\lambda_0 = \partial \mathrm{loss} / \partial h_0`, on the rank owning point 0
+        (``is_first``); it is left alone on the other ranks. A model whose initial state depends
+        on parameters (the ODENet's opening layer) needs it; the GRU (h0 = 0) does not."""
         raise NotImplementedError
 
 
@@ -207,6 +214,11 @@ class TimeParallelSolver(Solver):
     @property
     def is_last(self):
         return self.rank == self.size - 1
+
+    @property
+    def is_first(self):
+        """This rank owns point 0 (the initial state; the adjoint's ``lam_first`` lands here)."""
+        return self.rank == 0
 
     def warm_arrays(self):
         """This rank's warm-start states (``self._warm``: key (T, sample) -> state array):

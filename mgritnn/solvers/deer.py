@@ -423,14 +423,19 @@ class DEERSolver(TimeParallelSolver):
 
     # -- adjoint -------------------------------------------------------------------------------
 
-    def adjoint(self, cell, w, state, lam_last, grads):
+    def adjoint(self, cell, w, state, lam_last, grads, lam_first=None):
         """Adjoint by one reverse scan per layer with the full transposed Jacobian at the converged
         trajectory, then one batched pass for the parameter gradients of this rank's steps.
 
         ``lam_last`` (*S) is needed on the last rank only. The parameter gradients of this rank's
         steps, the input projection's included, are added to ``grads``. Returns (dxp (T_loc, *X),
         stats): the cotangent of the projected inputs (the GRU: dax0 (T_loc, B, 3H)).
+        ``lam_first`` (the adjoint at point 0) is not supported yet: a ConfigError.
         """
+        if lam_first is not None:
+            raise ConfigError(f"solver {self.name!r} does not give the adjoint at the first point "
+                              "(lam_first), which a model with a learned initial state needs: "
+                              "use the serial or the mgrit solver")
         if state is None:
             raise ValueError("the forward solve did not keep its state (keep=False, or it failed "
                              "without fallback): nothing to differentiate")

@@ -872,11 +872,15 @@ class MGRITSolver(TimeParallelSolver):
         state = _MGRITState(T, cfs, u, x, ax0, dt, prop) if keep else None
         return (u[-1].copy() if self.is_last else None), state, stats
 
-    def adjoint(self, cell, w, state, lam_last, grads):
+    def adjoint(self, cell, w, state, lam_last, grads, lam_first=None):
         """MGRIT adjoint solve, then one batched pass for the parameter gradients of this rank's
         steps (added to ``grads``, the input projection's included). ``lam_last`` (*S) is needed on
         the last rank only. Returns (dxp (n_local, *X), stats): the cotangent of the projected
-        inputs (the GRU: dax0 (n_local, B, 3H))."""
+        inputs (the GRU: dax0 (n_local, B, 3H)).
+
+        ``lam_first`` (*S), optional, receives the adjoint at forward point 0 on the first rank
+        (``is_first``; the last point of the reversed solve): the value the solve holds there, a
+        C-point, as the forward's ``h_last`` is (exact with one level or when converged)."""
         cfg = self.config
         t_setup = time.perf_counter()
         T, u = state.T, state.u
@@ -897,6 +901,8 @@ class MGRITSolver(TimeParallelSolver):
         t0 = time.perf_counter()
         fas.phases["setup (coarse linearizations)"] = [t0 - t_setup, 1, prop.evals]
         stats = fas.solve(cfg.adjoint_max_iter)      # its final sweep keeps every step's cotangents
+        if lam_first is not None and lo_fwd == 0:
+            lam_first[...] = fas.u[0][-1]            # reversed point T: forward point 0
         t1 = time.perf_counter()
         cot = prop.cotangents()
         cell.accumulate_grads(grads, state.prop.step_cache(u), cot)

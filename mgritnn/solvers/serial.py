@@ -111,15 +111,17 @@ class SerialSolver(Solver):
         h_last = cell.join_layers([hs[-1] for hs in seq.hs])
         return h_last, (_Sweep(x, seq) if keep else None), SolveStats(step_evals=xp.shape[0])
 
-    def adjoint(self, cell, w, state, lam_last, grads):
+    def adjoint(self, cell, w, state, lam_last, grads, lam_first=None):
         """Backpropagation through time; accumulates into ``grads`` (the cell's gradient
         NamedTuple) and returns ``(dxp, stats)``, ``dxp`` (T, *X) the cotangent of the projected
-        inputs."""
+        inputs; ``lam_first`` (*S), if given, receives the adjoint at point 0."""
         if isinstance(state, _Steps):
-            dxp, stats = self._step_adjoint(cell, w, state, lam_last, grads)
+            lam0, dxp, stats = self._step_adjoint(cell, w, state, lam_last, grads)
         else:
-            _, dxp = cell.sequence_vjp(w, state.seq, lam_last, grads, ws=self.ws)
+            lam0, dxp = cell.sequence_vjp(w, state.seq, lam_last, grads, ws=self.ws)
             stats = SolveStats(step_evals=dxp.shape[0])
+        if lam_first is not None:
+            lam_first[...] = lam0
         cell.project_inputs_vjp(w, state.x, dxp, grads)
         return dxp, stats
 
@@ -148,4 +150,4 @@ class SerialSolver(Solver):
                                              cotangents=cots[t])
         if T:
             cell.accumulate_grads(grads, cache, _stack(cots))
-        return dx, SolveStats(step_evals=T)
+        return lam[0], dx, SolveStats(step_evals=T)

@@ -1,0 +1,358 @@
+"""ODENet: a deep residual network whose layers are the time steps of the solvers (layer-parallel).
+
+The network (Günther et al. 2020) for features y (B, F) and classes C:
+
+* opening: :math:`u_0 = \\sigma(W_0 y + b_0)`, features to width w (``opening="dense"``), or
+  ``"copy"``: the features copied into the first F of w entries, the rest 0 (w >= F);
+* N residual layers :math:`u_{k+1} = u_k + \\Delta t\\, \\sigma(W_k u_k + b_k)`,
+  :math:`\\Delta t = T/N` (T = ``final_time``), one forward-Euler step of
+  :math:`u' = \\sigma(W(t) u + b(t))` each; every layer has its own W_k (w, w) and its own
+  **vector** bias b_k (w,) (the authors used one scalar bias per layer; a vector costs w - 1 more
+  parameters per layer and is what a dense layer usually has);
+* classifier: logits :math:`z = W_c u_N + b_c` (C, w), softmax cross-entropy averaged over the
+  batch (the head shared with :class:`~mgritnn.model.GRUClassifier`,
+  :func:`~mgritnn.model.softmax_cross_entropy_head`);
+* regularization: Tikhonov :math:`\\frac{\\gamma}{2} \\|\\theta\\|^2` over **all** parameters
+  (opening, layers and classifier), plus the smoothness of the layers in t,
+  :math:`\\frac{\\gamma_{ddt}}{2} \\sum_{k=1}^{N-1} \\|(\\theta_k - \\theta_{k-1})/\\Delta t\\|^2`
+  (θ_k = [W_k | b_k]). Both are sums over the layers as written, not integrals: they grow with
+  the depth N (Tikhonov like N, the smoothness term like N² for a fixed jump), so the loss of
+  networks of different depths is comparable only without them.
+
+The residual layers run on the solvers' step protocol through :class:`~mgritnn.cells.odenet.ODENetCell`:
+the layer weights are the cell's step inputs (N, w, w + 1), the state is (B, w). The serial solver
+is ordinary backpropagation; MGRIT (``MGRITConfig``) trains the layers in parallel: each rank gets
+the weights of its own layers (``solver.local_steps(N)``) as its step inputs, and their gradients
+come back from the adjoint as the input cotangents on that rank. The opening runs on every rank
+(only the first rank's result enters the solve); its gradient comes from the adjoint at point 0
+(``lam_first``) on the first rank; the classifier and the regularization are evaluated on the last
+rank; ``solver.reduce`` sums the flat gradient (the rows other ranks do not own are zero there).
+
+Known limitation of this first version: **the weights are replicated on every rank** (the flat
+buffer holds all N layers everywhere), so memory does not yet shrink with the number of ranks;
+only the work does.
+
+References
+----------
+S. Günther, L. Ruthotto, J. B. Schroder, E. C. Cyr, N. R. Gauger, "Layer-parallel training of deep
+residual neural networks", SIAM J. Math. Data Sci. 2(1), 2020.
+"""
+import time
+
+import numpy as np
+
+from .cells.odenet import ACTIVATIONS, ODENetCell
+from .config import resolve_dtype
+from .errors import ConfigError, DataError
+from .io import atomic_savez
+from .model import FlatParamModel, _check_solve, check_labels, linear_head, \
+    softmax_cross_entropy_head
+from .options import check_choice, check_int, check_real
+from .runtime import entry_point
+
+OPENINGS = ("dense", "copy")
+INTERPOLATIONS = ("constant", "linear")
+
+
+def odenet_shapes(num_features, width, num_classes, depth, opening="dense"):
+    """Names and shapes of the parameters, in the flat buffer's order: ``opening.weight`` (w, F)
+    and ``opening.bias`` (w,) (``"dense"`` only), ``layers`` (N, w, w + 1) (row k: [W_k | b_k]),
+    ``classifier.weight`` (C, w), ``classifier.bias`` (C,)."""
+    w = width
+    shapes = [("opening.weight", (w, num_features)), ("opening.bias", (w,))] \
+        if opening == "dense" else []
+    return shapes + [("layers", (depth, w, w + 1)), ("classifier.weight", (num_classes, w)),
+                     ("classifier.bias", (num_classes,))]
+
+
+def _check_layers(layers, what):
+    a = np.asarray(layers)
+    if a.ndim != 3 or a.shape[2] != a.shape[1] + 1 or a.shape[0] < 1:
+        raise ConfigError(f"{what} must have shape (N, w, w + 1) with N >= 1 (layer k: "
+                          f"[W_k | b_k]), got {a.shape}")
+    return a
+
+
+def interpolate_layers(coarse, cf, kind="constant"):
+    """The layers of a network cf times deeper from those of a coarse one (nested iteration).
+
+    Fine layer i sits at t = i Δt_f, coarse layer j at t = j cf Δt_f.
+
+    Parameters
+    ----------
+    coarse : ndarray, shape (Nc, w, w + 1)
+    cf : int >= 1
+    kind : {"constant", "linear"}
+        ``"constant"``: fine layer i takes coarse layer ⌊i/cf⌋ (the papers' choice).
+        ``"linear"``: for i = j cf + r, :math:`(1 - r/cf)\\,\\theta_j + (r/cf)\\,\\theta_{j+1}`;
+        in the last coarse interval (j = Nc - 1) there is no θ_{Nc} to go to, so the last
+        coarse layer is held constant there (no extrapolation).
+
+    Returns
+    -------
+    ndarray, shape (Nc cf, w, w + 1), coarse's dtype
+        Every cf-th layer is the coarse one exactly: ``inject_layers(result, cf) == coarse``.
+    """
+    coarse = _check_layers(coarse, "coarse layers")
+    cf = check_int("cf", cf, least=1)
+    check_choice("interpolation kind", kind, INTERPOLATIONS)
+    Nc = coarse.shape[0]
+    fine = np.repeat(coarse, cf, axis=0)
+    if kind == "linear" and Nc > 1:
+        r = (np.arange(1, cf, dtype=np.float64) / cf)[:, None, None]
+        for j in range(Nc - 1):
+            fine[j * cf + 1:(j + 1) * cf] = (1 - r) * coarse[j] + r * coarse[j + 1]
+    fine[::cf] = coarse
+    return fine
+
+
+def inject_layers(fine, cf):
+    """Every cf-th layer, ``fine[::cf]``: the coarse network's layers (Nc, w, w + 1) of a fine one."""
+    fine = _check_layers(fine, "fine layers")
+    return fine[::check_int("cf", cf, least=1)].copy()
+
+
+class ODENet(FlatParamModel):
+    """A residual network u_{k+1} = u_k + Δt σ(W_k u_k + b_k) with an opening layer and a softmax
+    classifier, trained layer-parallel by the time solvers (module docstring).
+
+    Parameters
+    ----------
+    num_features, width, num_classes, depth : int
+        F, w, C and N (the number of residual layers).
+    activation : {"tanh", "relu", "smoothrelu"}
+        σ of the opening and the layers (SmoothReLU: C¹, quadratic on |x| < 0.1).
+    final_time : float
+        T > 0; the layers' step size is Δt = T / N.
+    opening : {"dense", "copy"}
+    tikhonov, ddt_penalty : float
+        γ and γ_ddt of the regularization (defaults: the authors' for Peaks).
+    dtype : {"float64", "float32"}
+    seed : int
+        Initialization as PyTorch's ``Linear``: every weight and bias uniform in
+        :math:`\\pm 1/\\sqrt{\\text{fan-in}}`, fan-in F for the opening, w for the layers and
+        the classifier.
+
+    Attributes
+    ----------
+    flat : ndarray, shape (P,)
+        All parameters; ``params`` holds named views into it (:func:`odenet_shapes`).
+    params : dict of str -> ndarray
+    dt : float
+        Δt = T / N.
+    cell : ODENetCell
+    """
+
+    def __init__(self, num_features, width, num_classes, depth, activation="tanh", final_time=1.0,
+                 opening="dense", tikhonov=1e-7, ddt_penalty=1e-5, dtype="float64", seed=0):
+        self.num_features = check_int("num_features", num_features, least=1)
+        self.width = check_int("width", width, least=1)
+        self.num_classes = check_int("num_classes", num_classes, least=1)
+        self.depth = check_int("depth", depth, least=1)
+        check_choice("activation", activation, tuple(sorted(ACTIVATIONS)))
+        self.activation = activation
+        self.final_time = check_real("final_time", final_time, low=0, low_open=True)
+        check_choice("opening", opening, OPENINGS)
+        if opening == "copy" and self.width < self.num_features:
+            raise ConfigError(f"opening 'copy' puts the {self.num_features} features into the "
+                              f"state, but the width is {self.width}: use width >= "
+                              f"{self.num_features}, or opening='dense'")
+        self.opening = opening
+        self.tikhonov = check_real("tikhonov", tikhonov, low=0)
+        self.ddt_penalty = check_real("ddt_penalty", ddt_penalty, low=0)
+        self.dtype = resolve_dtype(dtype)
+        seed = check_int("seed", seed, least=0)
+        self.dt = self.final_time / self.depth
+        self.cell = ODENetCell(activation)
+        self._act = self.cell._act
+        self._shapes = odenet_shapes(self.num_features, self.width, self.num_classes, self.depth,
+                                     opening)
+        self.flat = np.empty(sum(int(np.prod(s)) for _, s in self._shapes), self.dtype)
+        self.params = self.unflatten(self.flat)
+        self._solvers = {}
+        rng = np.random.default_rng(seed)
+        for name, view in self.params.items():
+            fan_in = self.num_features if name.startswith("opening") else self.width
+            bound = 1.0 / np.sqrt(fan_in)
+            view[...] = rng.uniform(-bound, bound, view.shape)
+
+    @property
+    def config(self):
+        """The constructor arguments that fix the parameter shapes and the computation (JSON-able)."""
+        return dict(num_features=self.num_features, width=self.width,
+                    num_classes=self.num_classes, depth=self.depth, activation=self.activation,
+                    final_time=self.final_time, opening=self.opening, tikhonov=self.tikhonov,
+                    ddt_penalty=self.ddt_penalty, dtype=np.dtype(self.dtype).name)
+
+    # -- nested iteration ----------------------------------------------------------------------
+
+    def refined(self, cf=2, kind="constant"):
+        """A network ``cf`` times deeper with the same final time: its layers interpolated from
+        these (:func:`interpolate_layers`), opening and classifier copied, other options equal."""
+        fine = ODENet(**dict(self.config, depth=self.depth * check_int("cf", cf, least=1)))
+        for name, view in self.params.items():
+            if name != "layers":
+                fine.params[name][...] = view
+        fine.params["layers"][...] = interpolate_layers(self.params["layers"], cf, kind)
+        return fine
+
+    # -- computation ---------------------------------------------------------------------------
+
+    def _features(self, X):
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise DataError(f"X must have shape (batch, features), got an array of shape {X.shape}")
+        if X.shape[1] != self.num_features:
+            raise DataError(f"X has {X.shape[1]} features, the model expects {self.num_features}: "
+                            f"use data with {self.num_features} features or build the model with "
+                            f"num_features={X.shape[1]}")
+        if X.shape[0] == 0:
+            raise DataError("X is empty (no samples): need at least one")
+        if not np.all(np.isfinite(X)):
+            raise DataError("X contains NaN or inf: clean or impute the data first")
+        return np.ascontiguousarray(X, dtype=self.dtype)
+
+    def open(self, Y):
+        """The opening layer: u_0 (B, w) and σ'(a_0) (B, w) (None for ``"copy"``)."""
+        if self.opening == "copy":
+            u0 = np.zeros((Y.shape[0], self.width), self.dtype)
+            u0[:, :self.num_features] = Y
+            return u0, None
+        return self._act(linear_head(Y, self.params["opening.weight"],
+                                     self.params["opening.bias"]))
+
+    def _solve(self, Y, solver, keep):
+        """The residual layers from u_0 on this rank's layers; (u_0, σ'(a_0), u_N or None, state,
+        stats, (lo, hi))."""
+        conf = getattr(solver, "config", None)
+        if getattr(conf, "initial_guess", None) == "warm":
+            raise ConfigError("MGRIT's warm start (initial_guess='warm') is not supported for "
+                              "the ODENet yet: use initial_guess='zero'")
+        u0, d0 = self.open(Y)
+        lo, hi = solver.local_steps(self.depth)
+        h_last, state, stats = solver.forward(self.cell, self.cell.weights(self.dtype),
+                                              self.params["layers"][lo:hi], u0, self.dt,
+                                              keep=keep, T=self.depth)
+        return u0, d0, h_last, state, stats, (lo, hi)
+
+    @entry_point
+    def forward(self, X, solver="serial", strict=True):
+        """Logits of a batch.
+
+        Parameters
+        ----------
+        X : array_like, shape (B, F)
+        solver : str, solver config or solver
+            ``"serial"`` (backpropagation) or MGRIT (``"mgrit"``, ``MGRITConfig(...)``).
+        strict : bool
+            Raise :class:`~mgritnn.errors.SolverError` for a diverged or non-finite solve.
+
+        Returns
+        -------
+        ndarray, shape (B, C), the model's dtype (on every rank)
+        """
+        Y = self._features(X)
+        solver = self._solver(solver)
+        *_, h_last, _, stats, _ = self._solve(Y, solver, keep=False)
+        _check_solve(stats, solver, "forward", strict)
+        logits = None
+        if solver.is_last:
+            logits = linear_head(h_last, self.params["classifier.weight"],
+                                 self.params["classifier.bias"])
+        return solver.reduce(np.zeros(0, self.dtype), 0.0, logits,
+                             (Y.shape[0], self.num_classes))[2]
+
+    def predict(self, X, solver="serial"):
+        """Predicted classes, ndarray of shape (B,), int64."""
+        return np.argmax(self.forward(X, solver), axis=1)
+
+    def regularization(self, grad=None):
+        """The regularization's value (module docstring), and its gradient added to ``grad``
+        (a flat vector laid out like :attr:`flat`) if given."""
+        g2 = self.tikhonov / 2 * float(np.dot(self.flat, self.flat))
+        L = self.params["layers"]
+        diff = (L[1:] - L[:-1]) / self.dt
+        d2 = self.ddt_penalty / 2 * float(np.sum(diff * diff))
+        if grad is not None:
+            grad += self.tikhonov * self.flat
+            gl = self.unflatten(grad)["layers"]
+            D = (self.ddt_penalty / self.dt) * diff
+            gl[1:] += D
+            gl[:-1] -= D
+        return g2 + d2
+
+    @entry_point
+    def loss_and_grad_flat(self, X, y, solver="serial", keys=None, strict=True):
+        """Loss (mean softmax cross-entropy plus the regularization) and its gradient as a flat
+        vector laid out like :attr:`flat`.
+
+        Parameters
+        ----------
+        X : array_like, shape (B, F)
+        y : array_like of int, shape (B,), labels in 0 .. C-1
+        solver : str, solver config or solver
+        keys : ignored
+            Accepted for the trainer's sake (the GRU's MGRIT warm start); the ODENet does not
+            use a warm start yet.
+        strict : bool
+            Raise :class:`~mgritnn.errors.SolverError` for a diverged or non-finite solve.
+
+        Returns
+        -------
+        loss : float
+        grad : ndarray, shape (P,), the model's dtype
+        info : dict
+            ``logits`` (B, C); ``data_loss`` and ``regularization`` (floats, loss = their sum);
+            ``forward`` / ``adjoint`` :class:`~mgritnn.solvers.base.SolveStats`;
+            ``time_forward``, ``time_adjoint``, ``time_reduce`` (seconds).
+        """
+        Y = self._features(X)
+        B = Y.shape[0]
+        y = check_labels(y, B, self.num_classes)
+        solver = self._solver(solver)
+        t0 = time.perf_counter()
+        u0, d0, h_last, state, fstats, (lo, hi) = self._solve(Y, solver, keep=True)
+        _check_solve(fstats, solver, "forward", strict)
+        t1 = time.perf_counter()
+        grad = np.zeros_like(self.flat)
+        g = self.unflatten(grad)
+        reg = self.regularization()              # the weights are on every rank: cheap to know
+        loss, logits, lam_last = 0.0, None, None
+        if solver.is_last:                       # the head and the regularization's gradient
+            lam_last = np.empty_like(h_last)
+            data, logits, lam_last[...] = softmax_cross_entropy_head(
+                h_last, self.params["classifier.weight"], self.params["classifier.bias"], y,
+                g["classifier.weight"], g["classifier.bias"])
+            loss = data + self.regularization(grad)
+        lam_first = np.zeros_like(u0) if d0 is not None and solver.is_first else None
+        w = self.cell.weights(self.dtype)
+        dxp, astats = solver.adjoint(self.cell, w, state, lam_last, self.cell.zero_grads(w),
+                                     lam_first=lam_first)
+        _check_solve(astats, solver, "adjoint", strict)
+        g["layers"][lo:hi] += dxp
+        if lam_first is not None:                # the opening, from the adjoint at point 0
+            da0 = lam_first * d0
+            g["opening.weight"][...] += da0.T @ Y
+            g["opening.bias"][...] += da0.sum(axis=0)
+        t2 = time.perf_counter()
+        grad, loss, logits = solver.reduce(grad, loss, logits, (B, self.num_classes))
+        return loss, grad, dict(logits=logits, data_loss=loss - reg, regularization=reg,
+                                forward=fstats, adjoint=astats, time_forward=t1 - t0,
+                                time_adjoint=t2 - t1, time_reduce=time.perf_counter() - t2)
+
+    def loss_and_grad(self, X, y, solver="serial", keys=None, strict=True, info=False):
+        """:meth:`loss_and_grad_flat` with the gradient as a dict of named arrays (the keys and
+        shapes of :attr:`params`); ``info``: also return its info dict."""
+        loss, grad, stats = self.loss_and_grad_flat(X, y, solver, keys=keys, strict=strict)
+        return (loss, self.unflatten(grad), stats) if info else (loss, self.unflatten(grad))
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def save(self, path):
+        """Write the parameters and the configuration to ``path`` (.npz), atomically; read it
+        back with :func:`mgritnn.load` (``meta["model_type"] == "odenet"``)."""
+        atomic_savez(path, self.params, meta=dict(kind="model", model_type="odenet",
+                                                  model=self.config))
+
+
+__all__ = ["ODENet", "interpolate_layers", "inject_layers", "odenet_shapes"]
