@@ -87,7 +87,7 @@ def softmax_cross_entropy_head(features, weight, bias, y, gweight, gbias):
     Returns
     -------
     loss : float
-        :math:`\frac1B \sum_b (\log \sum_c e^{z_{bc}} - z_{b y_b})`, computed with the max
+        :math:`\\frac1B \\sum_b (\\log \\sum_c e^{z_{bc}} - z_{b y_b})`, computed with the max
         subtracted.
     logits : ndarray, shape (B, C)
     dfeatures : ndarray, shape (B, H)

@@ -290,3 +290,53 @@ def newton_loss_and_grad(p, L, X, y, dt=1.0, tol=1e-10):
         for k, v in g.items():
             grads[k] += v
     return lval, grads, logits
+
+
+# ------------------------------------------------------------------------------------------------
+# ODENet residual layer: u' = u + dt sigma(W u + b), one layer, one sample, one unit at a time
+# ------------------------------------------------------------------------------------------------
+
+def odenet_sigma(name, a):
+    """sigma(a) and sigma'(a) of one scalar, from the definitions (SmoothReLU: eta = 0.1)."""
+    import math
+    if name == "tanh":
+        t = math.tanh(a)
+        return t, 1.0 - t * t
+    if name == "relu":
+        return max(a, 0.0), (1.0 if a > 0 else 0.0)
+    eta = 0.1
+    if abs(a) < eta:
+        return a * a / (4 * eta) + a / 2 + eta / 4, a / (2 * eta) + 0.5
+    return max(a, 0.0), (1.0 if a >= eta else 0.0)
+
+
+def odenet_step(name, x, u, dt):
+    """K states through their layers with plain loops. x (K, w, w + 1) = [W | b], u (K, B, w),
+    dt (K,) or (K, B). Returns u_new (K, B, w)."""
+    K, B, w = u.shape
+    dt = np.broadcast_to(np.asarray(dt, float).reshape(K, -1), (K, B))
+    new = np.array(u, dtype=float)
+    for k in range(K):
+        for b in range(B):
+            for i in range(w):
+                a = x[k, i, w] + sum(x[k, i, j] * u[k, b, j] for j in range(w))
+                new[k, b, i] = u[k, b, i] + dt[k, b] * odenet_sigma(name, a)[0]
+    return new
+
+
+def odenet_step_vjp(name, x, u, dt, lam_next):
+    """VJP of :func:`odenet_step` with plain loops: (lam (K, B, w), dx (K, w, w + 1))."""
+    K, B, w = u.shape
+    dt = np.broadcast_to(np.asarray(dt, float).reshape(K, -1), (K, B))
+    lam = np.array(lam_next, dtype=float)
+    dx = np.zeros(x.shape)
+    for k in range(K):
+        for b in range(B):
+            for i in range(w):
+                a = x[k, i, w] + sum(x[k, i, j] * u[k, b, j] for j in range(w))
+                s = dt[k, b] * odenet_sigma(name, a)[1] * lam_next[k, b, i]
+                for j in range(w):
+                    lam[k, b, j] += x[k, i, j] * s
+                    dx[k, i, j] += s * u[k, b, j]
+                dx[k, i, w] += s
+    return lam, dx

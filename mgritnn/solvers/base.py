@@ -195,7 +195,7 @@ class Solver:
         projected inputs (the GRU: layer 0's pre-activations, (n_local, B, 3H)).
 
         ``lam_first`` (*S), optional: an array that receives the adjoint at the first point,
-        :math:`\lambda_0 = \partial \mathrm{loss} / \partial h_0`, on the rank owning point 0
+        :math:`\\lambda_0 = \\partial \\mathrm{loss} / \\partial h_0`, on the rank owning point 0
         (``is_first``); it is left alone on the other ranks. A model whose initial state depends
         on parameters (the ODENet's opening layer) needs it; the GRU (h0 = 0) does not."""
         raise NotImplementedError
