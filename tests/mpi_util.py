@@ -312,7 +312,7 @@ def solve(case, solver=None):
     """
     model, X, y = case.problem()
     solver = case.config() if solver is None else solver
-    kw = case.length_kwargs()
+    kw = case.length_kwargs() if isinstance(case, Case) else {}
     loss, grad, info = model.loss_and_grad_flat(X, y, solver, **kw)
     logits_fwd = model.forward(X, solver, **kw)
     f, a = info["forward"], info["adjoint"]
@@ -322,6 +322,62 @@ def solve(case, solver=None):
                 fwd_status=np.int64(f.status), adj_status=np.int64(a.status),
                 fwd_fallback=np.int64(f.fallback),
                 step_evals=np.array([f.step_evals, a.step_evals], np.int64))
+
+
+class ODECase(NamedTuple):
+    """One deterministic ODENet problem (issue 12) and its MGRIT configuration over the layers;
+    on the command line ``odenet:`` and then the fields as in :meth:`Case.to_arg`."""
+    act: str = "tanh"
+    opening: str = "dense"
+    N: int = 37                 # depth: the number of residual layers (time steps)
+    levels: int = 3
+    cf: int = 2
+    fwd: int = 2
+    bwd: int = 1
+    tol: float = 1e-9
+    relax: str = "FCF"
+    cycle: str = "V"
+    batch: int = 5
+    features: int = 3
+    width: int = 4
+    classes: int = 3
+    final_time: float = 2.0
+    seed: int = 0
+
+    def to_arg(self):
+        return "odenet:" + Case.to_arg(self)
+
+    @classmethod
+    def from_arg(cls, s):
+        return Case.from_arg.__func__(cls, s[len("odenet:"):])
+
+    @property
+    def name(self):
+        iters = "tight" if self.tol < 1e-12 else f"it{self.fwd}-{self.bwd}"
+        return (f"odenet-{self.act}-{self.opening}-N{self.N}-lv{self.levels}cf{self.cf}-"
+                f"{self.cycle}{self.relax}-{iters}")
+
+    def config(self, comm=None):
+        from mgritnn.solvers import MGRITConfig
+        return MGRITConfig(levels=self.levels, cf=self.cf, max_iter=self.fwd,
+                           adjoint_max_iter=self.bwd, atol=self.tol, cycle=self.cycle,
+                           relax=self.relax, comm=comm)
+
+    def problem(self):
+        """``(model, X, y)``: a float64 ODENet and a batch, fixed by the case's fields (the
+        regularization 100x the default, so that its gradient matters)."""
+        from mgritnn.odenet import ODENet
+        model = ODENet(self.features, self.width, self.classes, self.N, activation=self.act,
+                       opening=self.opening, final_time=self.final_time, tikhonov=1e-5,
+                       ddt_penalty=1e-3, seed=self.seed)
+        rng = np.random.default_rng([self.seed, self.N])
+        return (model, rng.standard_normal((self.batch, self.features)),
+                rng.integers(0, self.classes, self.batch))
+
+
+def parse_case(s):
+    """A :class:`Case` or (prefix ``odenet:``) an :class:`ODECase` from its command-line form."""
+    return ODECase.from_arg(s) if s.startswith("odenet:") else Case.from_arg(s)
 
 
 def warm_numba_cache():

@@ -4,7 +4,8 @@ Usage (under mpiexec; see ``tests/mpi_util.run_mpi``)::
 
     mpiexec -n P python -m mpi4py tests/mpi/mgrit_case.py OUT.npz CASE [CASE ...]
 
-Every CASE is a :class:`mpi_util.Case` in its command-line form (``cell=classic,layers=2,T=37,...``).
+Every CASE is a :class:`mpi_util.Case` in its command-line form (``cell=classic,layers=2,T=37,...``),
+or an ODENet's :class:`mpi_util.ODECase` (``odenet:act=tanh,N=37,...``).
 For each case every rank builds the same deterministic problem, runs ``loss_and_grad_flat`` and
 ``forward`` with the case's solver config (``comm=None``: the world), and checks its own
 invariants against rank 0's results (bitwise: loss, gradient, logits, residual histories,
@@ -26,7 +27,7 @@ import numpy as np
 from mpi4py import MPI
 
 import mgritnn
-from mpi_util import Case, finish_ranks, solve
+from mpi_util import finish_ranks, parse_case, solve
 
 AGREE_SECONDS = 20.0
 
@@ -83,7 +84,7 @@ def main(argv):
         if rank == 0:
             print(__doc__, file=sys.stderr)
         return 2
-    out, cases = argv[0], [Case.from_arg(a) for a in argv[1:]]
+    out, cases = argv[0], [parse_case(a) for a in argv[1:]]
     arrays, failures = {}, []
     for i, case in enumerate(cases):
         try:
