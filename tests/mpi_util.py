@@ -343,6 +343,10 @@ class ODECase(NamedTuple):
     classes: int = 3
     final_time: float = 2.0
     seed: int = 0
+    coarse_input: str = "sample"
+    solver: str = "mgrit"
+
+    config = Case.config
 
     def to_arg(self):
         return "odenet:" + Case.to_arg(self)
@@ -357,12 +361,6 @@ class ODECase(NamedTuple):
         return (f"odenet-{self.act}-{self.opening}-N{self.N}-lv{self.levels}cf{self.cf}-"
                 f"{self.cycle}{self.relax}-{iters}")
 
-    def config(self, comm=None):
-        from mgritnn.solvers import MGRITConfig
-        return MGRITConfig(levels=self.levels, cf=self.cf, max_iter=self.fwd,
-                           adjoint_max_iter=self.bwd, atol=self.tol, cycle=self.cycle,
-                           relax=self.relax, comm=comm)
-
     def problem(self):
         """``(model, X, y)``: a float64 ODENet and a batch, fixed by the case's fields (the
         regularization 100x the default, so that its gradient matters)."""
@@ -373,6 +371,19 @@ class ODECase(NamedTuple):
         rng = np.random.default_rng([self.seed, self.N])
         return (model, rng.standard_normal((self.batch, self.features)),
                 rng.integers(0, self.classes, self.batch))
+
+
+def launch_cases(P, cases, out, timeout=DEFAULT_TIMEOUT):
+    """Solve ``cases`` on P ranks in one launch of ``tests/mpi/mgrit_case.py`` (results to the
+    file ``out``); returns ``{case.name: dict of arrays}`` as :func:`solve` makes them, with
+    ``step_evals`` (P, 2)."""
+    res = run_mpi(P, "mgrit_case.py", out, *[c.to_arg() for c in cases], timeout=timeout,
+                  check=True)
+    assert Path(out).is_file(), "mgrit_case.py exited 0 but wrote no results\n" + res.describe()
+    with np.load(out) as z:
+        data = {k: z[k] for k in z.files}
+    return {c.name: {k[len(f"c{i}_"):]: v for k, v in data.items() if k.startswith(f"c{i}_")}
+            for i, c in enumerate(cases)}
 
 
 def parse_case(s):

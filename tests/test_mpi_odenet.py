@@ -16,7 +16,7 @@ tight solves equal serial backpropagation (1e-9).
 import numpy as np
 import pytest
 
-from mpi_util import ODECase, find_mpiexec, run_mpi, solve, tight
+from mpi_util import ODECase, find_mpiexec, launch_cases, solve, tight
 
 pytestmark = pytest.mark.skipif(
     find_mpiexec() is None, reason="no mpiexec next to sys.executable nor on PATH: install the "
@@ -42,13 +42,7 @@ def reference():
 def mpi_results(request, tmp_path_factory):
     P = request.param
     out = tmp_path_factory.mktemp(f"odenet{P}") / "results.npz"
-    res = run_mpi(P, "mgrit_case.py", out, *[c.to_arg() for c in CASES], timeout=TIMEOUT,
-                  check=True)
-    assert out.is_file(), "mgrit_case.py exited 0 but wrote no results\n" + res.describe()
-    with np.load(out) as z:
-        data = {k: z[k] for k in z.files}
-    return P, {c.name: {k[len(f"c{i}_"):]: v for k, v in data.items() if k.startswith(f"c{i}_")}
-               for i, c in enumerate(CASES)}
+    return P, launch_cases(P, CASES, out, timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
