@@ -45,3 +45,24 @@ def assert_directional_derivatives(m, X, y, g, seed, directions=2, eps=1e-5, rto
             assert abs(fd - g @ d) <= rtol * abs(fd) + 1e-9, (fd, g @ d)
     finally:
         m.flat[:] = theta
+
+
+def assert_exactness_front(exact, solve, cf, relax, per_cycle, skip, cycles=5):
+    """MGRIT's exactness front on two levels (algorithms.md; Falgout et al. 2014): after k cycles
+    the first ``per_cycle * (k - skip)`` C-points are exact to 1e-13 (FCF: two per cycle, F: one;
+    a skipped first down-leg none), the next one is not (> 1e-9), and neither are the F-points of
+    the exact intervals. ``exact`` (N + 1, *S) is the serial trajectory; ``solve(cfg)`` returns
+    ``(u (N + 1, *S), stats)`` of an MGRIT forward solve with the config ``cfg``."""
+    from mgritnn.config import NOT_CONVERGED
+    from mgritnn.solvers import MGRITConfig
+    cpts = np.arange(0, len(exact), cf)
+    for k in range(1, cycles + 1):
+        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol=0.0, skip_first_down=skip)
+        u, stats = solve(cfg)
+        assert stats.iterations == k and stats.status == NOT_CONVERGED
+        err = np.abs(u[cpts] - exact[cpts]).reshape(len(cpts), -1).max(axis=1)
+        front = per_cycle * (k - skip)
+        assert np.all(err[:front + 1] < 1e-13), (k, err)
+        assert err[front + 1] > 1e-9, (k, err)
+        # the F-points of the exact intervals are exact too (final F-relaxation)
+        assert np.abs(u[:front * cf + 1] - exact[:front * cf + 1]).max() < 1e-13

@@ -11,7 +11,7 @@ from mgritnn.config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from mgritnn.distributed import level_points, local_grid, rank_bounds
 from mgritnn.errors import ConfigError, SolverError
 from mgritnn.solvers import DEERConfig, MGRITConfig, MGRITSolver, residual_grew
-from helpers import assume_hierarchy_fits
+from helpers import assert_exactness_front, assume_hierarchy_fits
 from strategies import problems
 
 
@@ -57,17 +57,7 @@ def test_exactness_front_two_levels(skip, relax, per_cycle):
     cf, T = 4, 4 * 14
     m, X, _ = model_and_data("classic", L=2, T=T, H=6, seed=3)
     exact, _ = trajectory(m, X, "serial")
-    cpts = np.arange(0, T + 1, cf)
-    for k in range(1, 6):
-        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol=0.0, skip_first_down=skip)
-        u, stats = trajectory(m, X, cfg)
-        assert stats.iterations == k and stats.status == NOT_CONVERGED
-        err = np.abs(u[cpts] - exact[cpts]).reshape(len(cpts), -1).max(axis=1)
-        front = per_cycle * (k - skip)
-        assert np.all(err[:front + 1] < 1e-13), (k, err)
-        assert err[front + 1] > 1e-9, (k, err)
-        # the F-points of the exact intervals are exact too (final F-relaxation)
-        assert np.abs(u[:front * cf + 1] - exact[:front * cf + 1]).max() < 1e-13
+    assert_exactness_front(exact, lambda cfg: trajectory(m, X, cfg), cf, relax, per_cycle, skip)
 
 
 @settings(max_examples=8)
