@@ -52,6 +52,7 @@ from .runtime import entry_point
 
 OPENINGS = ("dense", "copy")
 INTERPOLATIONS = ("constant", "linear")
+LAYER_INITS = ("constant", "independent")
 
 
 def odenet_shapes(num_features, width, num_classes, depth, opening="dense"):
@@ -132,6 +133,11 @@ class ODENet(FlatParamModel):
         Initialization as PyTorch's ``Linear``: every weight and bias uniform in
         :math:`\\pm 1/\\sqrt{\\text{fan-in}}`, fan-in F for the opening, w for the layers and
         the classifier.
+    layer_init : {"constant", "independent"}
+        ``"constant"`` (default): one draw [W | b] for all layers, θ(t) constant in t, so the
+        smoothness penalty starts at 0 and networks of any depth discretize the same ODE;
+        ``"independent"``: a draw per layer (PyTorch's habit; the smoothness penalty then
+        starts near :math:`\\gamma_{ddt} N^3 (w + 1) / (3 T^2)` and dominates deep networks).
 
     Attributes
     ----------
@@ -144,7 +150,8 @@ class ODENet(FlatParamModel):
     """
 
     def __init__(self, num_features, width, num_classes, depth, activation="tanh", final_time=1.0,
-                 opening="dense", tikhonov=1e-7, ddt_penalty=1e-5, dtype="float64", seed=0):
+                 opening="dense", tikhonov=1e-7, ddt_penalty=1e-5, dtype="float64", seed=0,
+                 layer_init="constant"):
         self.num_features = check_int("num_features", num_features, least=1)
         self.width = check_int("width", width, least=1)
         self.num_classes = check_int("num_classes", num_classes, least=1)
@@ -162,6 +169,8 @@ class ODENet(FlatParamModel):
         self.ddt_penalty = check_real("ddt_penalty", ddt_penalty, low=0)
         self.dtype = resolve_dtype(dtype)
         seed = check_int("seed", seed, least=0)
+        check_choice("layer_init", layer_init, LAYER_INITS)
+        self.layer_init = layer_init
         self.dt = self.final_time / self.depth
         self.cell = ODENetCell(activation)
         self._act = self.cell._act
@@ -174,7 +183,8 @@ class ODENet(FlatParamModel):
         for name, view in self.params.items():
             fan_in = self.num_features if name.startswith("opening") else self.width
             bound = 1.0 / np.sqrt(fan_in)
-            view[...] = rng.uniform(-bound, bound, view.shape)
+            shape = view.shape[1:] if name == "layers" and layer_init == "constant" else view.shape
+            view[...] = rng.uniform(-bound, bound, shape)
 
     @property
     def config(self):
@@ -182,7 +192,8 @@ class ODENet(FlatParamModel):
         return dict(num_features=self.num_features, width=self.width,
                     num_classes=self.num_classes, depth=self.depth, activation=self.activation,
                     final_time=self.final_time, opening=self.opening, tikhonov=self.tikhonov,
-                    ddt_penalty=self.ddt_penalty, dtype=np.dtype(self.dtype).name)
+                    ddt_penalty=self.ddt_penalty, dtype=np.dtype(self.dtype).name,
+                    layer_init=self.layer_init)
 
     # -- nested iteration ----------------------------------------------------------------------
 

@@ -367,7 +367,7 @@ class ODECase(NamedTuple):
         from mgritnn.odenet import ODENet
         model = ODENet(self.features, self.width, self.classes, self.N, activation=self.act,
                        opening=self.opening, final_time=self.final_time, tikhonov=1e-5,
-                       ddt_penalty=1e-3, seed=self.seed)
+                       ddt_penalty=1e-3, seed=self.seed, layer_init="independent")
         rng = np.random.default_rng([self.seed, self.N])
         return (model, rng.standard_normal((self.batch, self.features)),
                 rng.integers(0, self.classes, self.batch))

@@ -20,6 +20,8 @@ ACTS = ("tanh", "relu", "smoothrelu")
 
 
 def problem(act="tanh", F=3, w=5, C=4, N=12, B=6, seed=0, opening="dense", **kw):
+    """A seeded network (layers drawn independently, so that they differ) and a batch."""
+    kw.setdefault("layer_init", "independent")
     m = ODENet(F, w, C, N, activation=act, opening=opening, seed=seed, **kw)
     rng = np.random.default_rng(seed + 1)
     return m, rng.normal(size=(B, F)), rng.integers(0, C, size=B)
@@ -314,6 +316,17 @@ def test_float32_runs_in_float32():
     loss, grad, info = m.loss_and_grad_flat(X, y)
     assert grad.dtype == np.float32 and info["logits"].dtype == np.float32
     assert m.predict(X).shape == (X.shape[0],)
+
+
+def test_constant_layer_init_is_one_ode():
+    """The default initialization gives every layer the same weights: no smoothness penalty, and
+    refining the network changes only the discretization."""
+    m = ODENet(3, 5, 4, 6, ddt_penalty=1.0, tikhonov=0.0)
+    L = m.params["layers"]
+    assert np.array_equal(L, np.broadcast_to(L[0], L.shape)) and m.regularization() == 0.0
+    assert np.array_equal(m.refined(3).params["layers"][:1], L[:1])
+    other = ODENet(3, 5, 4, 6, layer_init="independent")
+    assert not np.array_equal(other.params["layers"][0], other.params["layers"][1])
 
 
 def test_parameter_layout():
