@@ -246,8 +246,14 @@ class ODENet(FlatParamModel):
                                               keep=keep, T=self.depth)
         return u0, d0, h_last, state, stats, (lo, hi)
 
+    @staticmethod
+    def _no_lengths(lengths):
+        if lengths is not None:
+            raise DataError("an ODENet takes one feature vector per sample, not sequences: "
+                            "lengths must be None (drop --lengths)")
+
     @entry_point
-    def forward(self, X, solver="serial", strict=True):
+    def forward(self, X, solver="serial", strict=True, lengths=None, pad="end"):
         """Logits of a batch.
 
         Parameters
@@ -257,11 +263,14 @@ class ODENet(FlatParamModel):
             ``"serial"`` (backpropagation) or MGRIT (``"mgrit"``, ``MGRITConfig(...)``).
         strict : bool
             Raise :class:`~mgritnn.errors.SolverError` for a diverged or non-finite solve.
+        lengths, pad : must be None / ignored
+            Accepted so that the trainer can call every model alike (a DataError otherwise).
 
         Returns
         -------
         ndarray, shape (B, C), the model's dtype (on every rank)
         """
+        self._no_lengths(lengths)
         Y = self._features(X)
         solver = self._solver(solver)
         *_, h_last, _, stats, _ = self._solve(Y, solver, keep=False)
@@ -273,9 +282,9 @@ class ODENet(FlatParamModel):
         return solver.reduce(np.zeros(0, self.dtype), 0.0, logits,
                              (Y.shape[0], self.num_classes))[2]
 
-    def predict(self, X, solver="serial"):
+    def predict(self, X, solver="serial", lengths=None, pad="end"):
         """Predicted classes, ndarray of shape (B,), int64."""
-        return np.argmax(self.forward(X, solver), axis=1)
+        return np.argmax(self.forward(X, solver, lengths=lengths, pad=pad), axis=1)
 
     def regularization(self, grad=None):
         """The regularization's value (module docstring), and its gradient added to ``grad``
@@ -293,7 +302,8 @@ class ODENet(FlatParamModel):
         return g2 + d2
 
     @entry_point
-    def loss_and_grad_flat(self, X, y, solver="serial", keys=None, strict=True):
+    def loss_and_grad_flat(self, X, y, solver="serial", keys=None, strict=True, lengths=None,
+                           pad="end"):
         """Loss (mean softmax cross-entropy plus the regularization) and its gradient as a flat
         vector laid out like :attr:`flat`.
 
@@ -307,6 +317,7 @@ class ODENet(FlatParamModel):
             use a warm start yet.
         strict : bool
             Raise :class:`~mgritnn.errors.SolverError` for a diverged or non-finite solve.
+        lengths, pad : must be None / ignored (as in :meth:`forward`)
 
         Returns
         -------
@@ -317,6 +328,7 @@ class ODENet(FlatParamModel):
             ``forward`` / ``adjoint`` :class:`~mgritnn.solvers.base.SolveStats`;
             ``time_forward``, ``time_adjoint``, ``time_reduce`` (seconds).
         """
+        self._no_lengths(lengths)
         Y = self._features(X)
         B = Y.shape[0]
         y = check_labels(y, B, self.num_classes)

@@ -364,5 +364,7 @@ def test_bad_data():
         m.forward(bad)
     with pytest.raises(DataError, match="labels"):
         m.loss_and_grad(X, y + 10)
+    with pytest.raises(DataError, match="lengths"):
+        m.forward(X, lengths=np.ones(len(X), int))
     with pytest.raises(ConfigError, match="warm"):
         m.loss_and_grad(X, y, MGRITConfig(initial_guess="warm"))

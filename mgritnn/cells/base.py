@@ -4,7 +4,9 @@ A cell advances K independent states by one step each, every state with its own 
 own step size, and gives the vector-Jacobian product (VJP) of that step. The serial sweep, MGRIT
 (forward and adjoint), DEER and the auto solver use nothing else, so any time-stepper that
 implements this class runs on them: the GRU cells (:mod:`mgritnn.cells.gru`), the fully implicit
-GRU (:mod:`mgritnn.cells.newton`) and the scalar test equation (:mod:`mgritnn.cells.dahlquist`).
+GRU (:mod:`mgritnn.cells.newton`), the scalar test equation (:mod:`mgritnn.cells.dahlquist`) and
+the residual layer of an ODENet (:mod:`mgritnn.cells.odenet`, whose step inputs are the layers'
+weights).
 
 Shapes: a state of one time point has any shape S (the GRU stack: (L, B, H)); K states are
 (K, *S). A sequence's raw inputs are x (T, *X0); the cell's input projection
