@@ -53,6 +53,7 @@ __all__ = [
     "MODEL_DATA_KINDS",
     "check_data_kind",
     "DataWarning",
+    "GENERATED_SOURCES",
     "Dataset",
     "Standardizer",
     "UCI_HAR_CHANNELS",
@@ -161,8 +162,7 @@ class Dataset(NamedTuple):
             For static data, which has no time steps (the message says to use an ODENet).
         """
         if not self.is_sequence:
-            raise DataError(_kind_message(self, "a model of sequences (it asked for the sequence "
-                                                "length)", "sequence"))
+            raise DataError(_kind_message(self, "a sequence model (the GRU)", "sequence"))
         return self.X_train.shape[1]
 
     @property
@@ -919,6 +919,9 @@ def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes
 
 #: The data sets :func:`load` generates by name: name -> (default class count, generator).
 _GENERATED = {"default": (4, make_oscillations), "peaks": (PEAKS_LEVELS, peaks_dataset)}
+#: The names :func:`load` generates in memory instead of reading a file (``--data default``,
+#: ``--data peaks``).
+GENERATED_SOURCES = tuple(_GENERATED)
 
 
 def _no_seq_len(seq_len, what):

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import save_npz
 from mgritnn import datasets
 from mgritnn.datasets import DataWarning, Dataset, Standardizer, fix_length, load, load_npz
 from mgritnn.datasets import load_uci_har_dir, make_oscillations, pad_front, real_steps, validate
@@ -126,12 +127,6 @@ def test_oscillations_labels_carry_signal(osc):
 # --------------------------------------------------------------------------------------------
 # load_npz
 # --------------------------------------------------------------------------------------------
-
-def save_npz(path, ds, **extra):
-    np.savez(path, X_train=ds.X_train, y_train=ds.y_train, X_test=ds.X_test, y_test=ds.y_test,
-             **extra)
-    return path
-
 
 def test_load_npz_small(tmp_path):
     raw = small_dataset()

@@ -5,9 +5,10 @@ check of the models, and the shared peaks.npz and indian_pines.npz."""
 import numpy as np
 import pytest
 
+from helpers import save_npz
 from mgritnn import datasets
-from mgritnn.datasets import (Dataset, Standardizer, check_data_kind, load, load_npz,
-                              peaks_dataset, validate)
+from mgritnn.datasets import (Dataset, Standardizer, check_data_kind, load, peaks_dataset,
+                              validate)
 from mgritnn.errors import ConfigError, DataError
 from mgritnn.peaks import level_set_labels, peaks, peaks_grid
 
@@ -19,6 +20,12 @@ def shared_file(shared_data, name):
     return path
 
 
+def grid_rows(X):
+    """The rows of :func:`peaks_grid`'s 256 x 256 grid nearest the points ``X`` (N, 2)."""
+    ij = np.rint((np.asarray(X, dtype=np.float64) + 3.0) * (255.0 / 6.0)).astype(np.int64)
+    return ij[:, 1] * 256 + ij[:, 0]                    # columns (x, y) = (j, i)
+
+
 def static_dataset(n=8, m=5, f=3, k=3, seed=0):
     """A valid raw static Dataset (float64 X (n, f), int labels) to corrupt."""
     rng = np.random.default_rng(seed)
@@ -26,12 +33,6 @@ def static_dataset(n=8, m=5, f=3, k=3, seed=0):
     return Dataset(5.0 + scale * rng.standard_normal((n, f)), np.arange(n) % k,
                    5.0 + scale * rng.standard_normal((m, f)), np.arange(m) % k, k, "toy",
                    tuple(f"c{i}" for i in range(k)))
-
-
-def save_npz(path, ds, **extra):
-    np.savez(path, X_train=ds.X_train, y_train=ds.y_train, X_test=ds.X_test, y_test=ds.y_test,
-             **extra)
-    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,11 +78,9 @@ def test_peaks_generator_reproduces_shared_file(shared_data):
         files = {k: f[k] for k in f.files}
     coords, values = peaks_grid()
     labels = level_set_labels(values)
-    step = 6.0 / 255.0
     for split in ("train", "test"):
         X64, X32, y = files[f"X_{split}_float64"], files[f"X_{split}"], files[f"y_{split}"]
-        ij = np.rint((X64 + 3.0) / step).astype(np.int64)               # (N, 2) = (j, i)
-        row = ij[:, 1] * 256 + ij[:, 0]
+        row = grid_rows(X64)
         np.testing.assert_allclose(coords[row], X64, rtol=0, atol=1e-12)
         np.testing.assert_array_equal(coords[row].astype(np.float32), X32)  # float32 exact
         np.testing.assert_array_equal(labels[row], y)
@@ -108,12 +107,14 @@ def test_peaks_dataset_shapes_and_split(generated_peaks):
     assert np.bincount(ds.y_train).tolist() == [1000] * 5
     assert np.bincount(ds.y_test).tolist() == [40] * 5
     assert ds.len_train is None and ds.num_channels == 2
-    # labels are the level sets at the points; train and test are disjoint grid points
-    np.testing.assert_array_equal(
-        level_set_labels(peaks(ds.X_train[:, 0], ds.X_train[:, 1]), bounds=(
-            peaks_grid()[1].min(), peaks_grid()[1].max())), ds.y_train)
-    train = {tuple(p) for p in ds.X_train.tolist()}
-    assert len(train) == 5000 and not train & {tuple(p) for p in ds.X_test.tolist()}
+    # grid points with their level sets; train and test disjoint
+    coords, values = peaks_grid()
+    labels = level_set_labels(values)
+    for X, y in ((ds.X_train, ds.y_train), (ds.X_test, ds.y_test)):
+        np.testing.assert_array_equal(coords[grid_rows(X)].astype(np.float32), X)
+        np.testing.assert_array_equal(labels[grid_rows(X)], y)
+    train = set(grid_rows(ds.X_train).tolist())
+    assert len(train) == 5000 and not train & set(grid_rows(ds.X_test).tolist())
     validate(ds)
 
 
