@@ -426,7 +426,7 @@ def _plan_shape(a):
         return parse_shape(a.shape)
     from . import datasets
     ds = datasets.load(a.data)
-    _, T, I = ds.X_train.shape
+    T, I = ds.seq_len, ds.num_channels          # static data: a DataError naming the fix
     return parse_shape((a.batch_size, T, I, a.hidden, a.layers))
 
 

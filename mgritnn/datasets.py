@@ -961,6 +961,7 @@ def _check_inputs(X, what):
 
 
 def _check_real(X, what):
+    """Raise DataError unless the array ``X`` (named ``what``) holds real numbers; returns it."""
     if X.dtype.kind not in "biuf":
         raise DataError(f"{what} has dtype {X.dtype}; the inputs must be real numbers")
     return X

@@ -233,3 +233,16 @@ def test_load_shared_indian_pines(shared_data):
     assert np.all(np.isfinite(Z)) and np.all(np.isfinite(Zt))
     np.testing.assert_allclose(Z.mean(axis=0), 0.0, atol=1e-4)
     np.testing.assert_allclose(Z.std(axis=0, dtype=np.float64), 1.0, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# The GRU's command line refuses static data with the fix
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [["train", "--data", "peaks", "--epochs", "1"],
+                                  ["plan", "--data", "peaks"]])
+def test_gru_commands_refuse_static_data(argv, capsys):
+    from mgritnn.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'peaks' is static" in err and "--model odenet" in err
