@@ -46,7 +46,8 @@ import numpy as np
 from mgritnn.errors import ConfigError, DataError, MgritnnWarning
 from mgritnn.io import open_npz, read_member
 from mgritnn.options import check_choice
-from mgritnn.peaks import PEAKS_GRID, PEAKS_LEVELS, PEAKS_LIM, level_set_labels, peaks_grid
+from mgritnn.peaks import (PEAKS_GRID, PEAKS_LEVELS, PEAKS_LIM, level_set_labels, matlab_draw,
+                           peaks_grid)
 
 __all__ = [
     "DATA_KINDS",
@@ -54,6 +55,7 @@ __all__ = [
     "check_data_kind",
     "DataWarning",
     "GENERATED_SOURCES",
+    "PEAKS_SAMPLING",
     "Dataset",
     "Standardizer",
     "UCI_HAR_CHANNELS",
@@ -97,6 +99,8 @@ PAD_POLICIES = ("end", "front")
 DATA_KINDS = ("sequence", "static")
 #: The kind of data each model trains on (:func:`check_data_kind`).
 MODEL_DATA_KINDS = {"gru": "sequence", "odenet": "static"}
+#: The choices of :func:`peaks_dataset`'s ``sampling``: the paper's points, or disjoint seeded ones.
+PEAKS_SAMPLING = ("paper", "disjoint")
 
 
 class Dataset(NamedTuple):
@@ -324,34 +328,39 @@ def make_oscillations(n_train=2000, n_test=500, seq_len=128, num_classes=4, chan
 
 
 def peaks_dataset(n_train_per_class=1000, n_test_per_class=40, num_classes=PEAKS_LEVELS,
-                  grid=PEAKS_GRID, seed=0) -> Dataset:
+                  grid=PEAKS_GRID, sampling="paper", seed=0) -> Dataset:
     """Generate the static Peaks problem: classify grid points of [-3, 3]^2 by level set.
 
     The points are those of :func:`mgritnn.peaks.peaks_grid` (``grid x grid`` points, spacing
     ``6 / (grid - 1)``); a point's class is its level set of MATLAB's ``peaks`` among
     ``num_classes`` equal-width bins between the grid's minimum and maximum
-    (:func:`mgritnn.peaks.level_set_labels`; the maximum is in the top class). With the defaults,
-    grid and labels are exactly those of the layer-parallel paper's data (``shared/data/peaks.npz``:
-    5000 training points, 1000 per class, and 200 validation points, 40 per class).
+    (:func:`mgritnn.peaks.level_set_labels`). Which points form the splits (:data:`PEAKS_SAMPLING`):
 
-    Which grid points form the splits is drawn here, per class, from ``seed``: the paper's files
-    were drawn with MATLAB's random generator (``setupPeaks`` of Meganet, per class), which this
-    does not reproduce, so the points differ from the file's while the rule (balanced classes,
-    same counts) is the same. Unlike the paper's file (72 of its 200 validation points are also
-    training points), the test points here are disjoint from the training points. Both splits
-    are sorted by class, like the file (shuffle before use; the trainer does).
+    * ``"paper"`` (default): the layer-parallel paper's rule (:func:`mgritnn.peaks.matlab_draw`):
+      per class, uniform draws *with replacement* by MATLAB's default generator, restarted for
+      each split. With the defaults this is exactly ``shared/data/peaks.npz``: the same 5000
+      training and 200 validation points, in the file's order, with its labels. It inherits the
+      paper's flaws: 639 training points are repeats, and all 40 validation points of class 0
+      are the first 40 training points of class 0 (72 of the 200 are training points). ``seed``
+      is not used.
+    * ``"disjoint"``: per class, drawn from ``seed`` without replacement, the test points
+      disjoint from the training points (an honest validation set; not the paper's points).
+
+    Both splits are sorted by class, like the file (shuffle before use; the trainer does).
 
     Parameters
     ----------
     n_train_per_class, n_test_per_class : int
-        Training / test points per class, >= 1; their sum may not exceed the grid points of the
-        smallest class (1798 for the defaults).
+        Training / test points per class, >= 1; with ``"disjoint"`` their sum may not exceed the
+        grid points of the smallest class (1798 for the defaults).
     num_classes : int
         Number of level sets, >= 2.
     grid : int
         Grid points per axis, >= 2.
+    sampling : {"paper", "disjoint"}
+        The rule that picks the points, see above.
     seed : int
-        Seed of ``np.random.default_rng`` for the choice of points.
+        Seed of ``np.random.default_rng`` for ``"disjoint"``.
 
     Returns
     -------
@@ -364,31 +373,41 @@ def peaks_dataset(n_train_per_class=1000, n_test_per_class=40, num_classes=PEAKS
     Raises
     ------
     DataError
-        If a size is out of range or a class has too few grid points for the requested counts.
+        If a size is out of range, a class has no grid points, or (``"disjoint"``) a class has
+        too few grid points for the requested counts.
+    ConfigError
+        If ``sampling`` is not one of :data:`PEAKS_SAMPLING`.
     """
+    check_choice("sampling", sampling, PEAKS_SAMPLING)
     for what, value, low in (("n_train_per_class", n_train_per_class, 1),
                              ("n_test_per_class", n_test_per_class, 1),
                              ("num_classes", num_classes, 2), ("grid", grid, 2)):
         if isinstance(value, (bool, np.bool_)) or int(value) != value or value < low:
             raise DataError(f"peaks_dataset: {what} must be an integer >= {low}, got {value!r}")
-    coords, values = peaks_grid(int(grid), PEAKS_LIM)
-    labels = level_set_labels(values, int(num_classes))
-    rng = np.random.default_rng(seed)
-    need = int(n_train_per_class) + int(n_test_per_class)
-    train, test = [], []
-    for k in range(int(num_classes)):
-        members = np.flatnonzero(labels == k)
-        if members.size < need:
-            raise DataError(f"peaks_dataset: level set {k} has {members.size} of the {grid}x{grid} "
-                            f"grid points but {n_train_per_class} + {n_test_per_class} = {need} "
-                            f"are asked for: ask for fewer per class, or a finer grid")
-        chosen = rng.permutation(members)[:need]
-        train.append(chosen[:n_train_per_class])
-        test.append(chosen[n_train_per_class:])
-    train, test = np.concatenate(train), np.concatenate(test)
-    class_names = tuple(f"level_set_{k + 1}" for k in range(int(num_classes)))
+    n_train, n_test, C, grid = int(n_train_per_class), int(n_test_per_class), int(num_classes), \
+        int(grid)
+    coords, values = peaks_grid(grid, PEAKS_LIM)
+    labels = level_set_labels(values, C)
+    counts = np.bincount(labels, minlength=C)
+    need = n_train + n_test if sampling == "disjoint" else 1
+    if counts.min() < need:
+        k = int(np.argmin(counts))
+        raise DataError(f"peaks_dataset: level set {k} has {counts[k]} of the {grid}x{grid} grid "
+                        f"points but {need} are needed ({n_train} + {n_test} per class without "
+                        f"repeats): ask for fewer per class, or a finer grid"
+                        if sampling == "disjoint" else
+                        f"peaks_dataset: level set {k} has no points on the {grid}x{grid} grid: "
+                        f"use a finer grid or fewer classes")
+    if sampling == "paper":
+        train, test = matlab_draw(labels, n_train, C, grid), matlab_draw(labels, n_test, C, grid)
+    else:
+        rng = np.random.default_rng(seed)
+        chosen = [rng.permutation(np.flatnonzero(labels == k))[:need] for k in range(C)]
+        train = np.concatenate([c[:n_train] for c in chosen])
+        test = np.concatenate([c[n_train:] for c in chosen])
+    class_names = tuple(f"level_set_{k + 1}" for k in range(C))
     return Dataset(coords[train].astype(np.float32), labels[train], coords[test].astype(np.float32),
-                   labels[test], int(num_classes), "peaks", class_names)
+                   labels[test], C, "peaks", class_names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -816,8 +835,8 @@ def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes
         Truncation clips the lengths to ``min(length, seq_len)``; padding leaves them. Must be
         None for static data (a :class:`~mgritnn.errors.DataError` otherwise).
     seed : int
-        Seed of the generated data sets: the data of ``"default"``, the choice of grid points of
-        ``"peaks"`` (ignored for files).
+        Seed of the generated default data set (ignored for ``"peaks"``, which is the paper's
+        data, exactly ``shared/data/peaks.npz`` with 5 classes, and for files).
     num_classes : int or None
         The number of classes (``--num-classes``, >= 2). For ``"default"`` the number of
         generated classes (None: 4), for ``"peaks"`` the number of level sets (None: 5); for a
@@ -871,7 +890,7 @@ def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes
                    else _positive_count(num_classes, "--num-classes", 2))
         if source == "peaks":
             _no_seq_len(seq_len, "the peaks data set")
-            ds = make(num_classes=classes, seed=seed)
+            ds = make(num_classes=classes)
         else:
             ds = make(seq_len=128 if seq_len is None else seq_len, seed=seed, num_classes=classes)
         if model_classes is not None and ds.num_classes > model_classes:

@@ -10,7 +10,8 @@ from mgritnn import datasets
 from mgritnn.datasets import (Dataset, Standardizer, check_data_kind, load, peaks_dataset,
                               validate)
 from mgritnn.errors import ConfigError, DataError
-from mgritnn.peaks import level_set_labels, peaks, peaks_grid
+from mgritnn.peaks import (MATLAB_DEFAULT_SEED, column_major, level_set_labels, matlab_draw,
+                           peaks, peaks_grid)
 
 
 def shared_file(shared_data, name):
@@ -62,79 +63,116 @@ def test_peaks_grid_layout():
 
 
 def test_level_set_labels_edges_and_maximum():
-    v = np.array([0.0, 0.19, 0.2, 0.5, 0.99, 1.0])
-    np.testing.assert_array_equal(level_set_labels(v, 5), [0, 0, 1, 2, 4, 4])
+    v = np.array([0.0, 0.19, 0.2, 0.5, 0.99, 1.0])       # edges 0.2, 0.4, 0.6, 0.8; (e_k, e_k+1]
+    np.testing.assert_array_equal(level_set_labels(v, 5), [0, 0, 0, 2, 4, 4])
     assert level_set_labels(v, 5).dtype == np.int64
     np.testing.assert_array_equal(level_set_labels([-1.0, 3.0], 2, bounds=(0.0, 1.0)), [0, 1])
+
+
+def test_peaks_grid_is_matlab_linspace():
+    coords, _ = peaks_grid()
+    g = coords[:256, 0]
+    assert g[0] == -3.0 and g[-1] == 3.0
+    np.testing.assert_array_equal(g, -3.0 + np.arange(256) * 6.0 / 255.0)
+    np.testing.assert_allclose(g, np.linspace(-3.0, 3.0, 256), rtol=0, atol=1e-14)
+
+
+def test_column_major_order():
+    order = column_major(3)
+    coords, _ = peaks_grid(3)
+    # MATLAB's xx(:), yy(:): y varies fastest
+    np.testing.assert_array_equal(coords[order, 1], np.tile([-3.0, 0.0, 3.0], 3))
+    np.testing.assert_array_equal(coords[order, 0], np.repeat([-3.0, 0.0, 3.0], 3))
+
+
+def test_matlab_default_generator():
+    # MATLAB: rng('default'); rand(1, 3) -> 0.8147 0.9058 0.1270
+    np.testing.assert_allclose(np.random.RandomState(MATLAB_DEFAULT_SEED).random_sample(3),
+                               [0.8147, 0.9058, 0.1270], atol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------
 # The shared peaks.npz is reproduced exactly
 # --------------------------------------------------------------------------------------------
 
-def test_peaks_generator_reproduces_shared_file(shared_data):
-    """Every point of peaks.npz is a point of the 256 x 256 grid, with the generator's label."""
+def fifteen_digits(X):
+    """``X`` as the paper's text files wrote it: 15 significant digits."""
+    return np.array([float(f"{x:.15g}") for x in np.ravel(X)]).reshape(np.shape(X))
+
+
+@pytest.fixture(scope="module")
+def paper_peaks():
+    return peaks_dataset()
+
+
+def test_peaks_generator_reproduces_shared_file(shared_data, paper_peaks):
+    """peaks_dataset() is peaks.npz: the same points in the same order, the same labels."""
     with np.load(shared_file(shared_data, "peaks.npz")) as f:
         files = {k: f[k] for k in f.files}
     coords, values = peaks_grid()
     labels = level_set_labels(values)
+    rows = {"train": matlab_draw(labels, 1000), "test": matlab_draw(labels, 40)}
     for split in ("train", "test"):
         X64, X32, y = files[f"X_{split}_float64"], files[f"X_{split}"], files[f"y_{split}"]
-        row = grid_rows(X64)
-        np.testing.assert_allclose(coords[row], X64, rtol=0, atol=1e-12)
-        np.testing.assert_array_equal(coords[row].astype(np.float32), X32)  # float32 exact
-        np.testing.assert_array_equal(labels[row], y)
-    assert np.bincount(files["y_train"]).tolist() == [1000] * 5
-    assert np.bincount(files["y_test"]).tolist() == [40] * 5
-    ds = peaks_dataset()
-    assert ds.class_names == tuple(files["class_names"].tolist())
+        np.testing.assert_array_equal(fifteen_digits(coords[rows[split]]), X64)   # bitwise
+        np.testing.assert_array_equal(getattr(paper_peaks, f"X_{split}"), X32)    # bitwise
+        np.testing.assert_array_equal(getattr(paper_peaks, f"y_{split}"), y)
+        # and every point has the generator's label at its grid point (independent of the draw)
+        np.testing.assert_array_equal(labels[grid_rows(X64)], y)
+    assert paper_peaks.class_names == tuple(files["class_names"].tolist())
 
 
 # --------------------------------------------------------------------------------------------
 # peaks_dataset and load("peaks")
 # --------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def generated_peaks():
-    return peaks_dataset()
-
-
-def test_peaks_dataset_shapes_and_split(generated_peaks):
-    ds = generated_peaks
+def test_peaks_dataset_paper_sampling(paper_peaks):
+    ds = paper_peaks
     assert ds.kind == "static" and not ds.is_sequence and ds.name == "peaks"
     assert ds.X_train.shape == (5000, 2) and ds.X_train.dtype == np.float32
     assert ds.X_test.shape == (200, 2) and ds.y_test.dtype == np.int64
     assert np.bincount(ds.y_train).tolist() == [1000] * 5
     assert np.bincount(ds.y_test).tolist() == [40] * 5
     assert ds.len_train is None and ds.num_channels == 2
-    # grid points with their level sets; train and test disjoint
+    # the paper's flaws, documented: repeats, and validation class 0 = the first training points
+    assert len(np.unique(ds.X_train, axis=0)) == 4361
+    np.testing.assert_array_equal(ds.X_test[:40], ds.X_train[:40])
+    train = set(grid_rows(ds.X_train).tolist())
+    assert sum(r in train for r in grid_rows(ds.X_test).tolist()) == 72
+    validate(ds)
+
+
+def test_peaks_dataset_disjoint_sampling():
+    ds = peaks_dataset(sampling="disjoint", seed=3)
     coords, values = peaks_grid()
     labels = level_set_labels(values)
     for X, y in ((ds.X_train, ds.y_train), (ds.X_test, ds.y_test)):
         np.testing.assert_array_equal(coords[grid_rows(X)].astype(np.float32), X)
         np.testing.assert_array_equal(labels[grid_rows(X)], y)
+    assert np.bincount(ds.y_train).tolist() == [1000] * 5
     train = set(grid_rows(ds.X_train).tolist())
     assert len(train) == 5000 and not train & set(grid_rows(ds.X_test).tolist())
-    validate(ds)
+    again = peaks_dataset(20, 4, sampling="disjoint", seed=1)
+    np.testing.assert_array_equal(again.X_train,
+                                  peaks_dataset(20, 4, sampling="disjoint", seed=1).X_train)
+    assert not np.array_equal(again.X_train,
+                              peaks_dataset(20, 4, sampling="disjoint", seed=2).X_train)
 
 
-def test_peaks_dataset_seeded():
-    a, b = peaks_dataset(20, 4, seed=1), peaks_dataset(20, 4, seed=1)
-    np.testing.assert_array_equal(a.X_train, b.X_train)
-    assert not np.array_equal(a.X_train, peaks_dataset(20, 4, seed=2).X_train)
-
-
-def test_peaks_dataset_bad_sizes():
-    with pytest.raises(DataError, match="level set 0 has 1829 .* ask for fewer"):
-        peaks_dataset(1800, 40)
+def test_peaks_dataset_bad_arguments():
+    with pytest.raises(DataError, match="level set 4 has 1798 .* ask for fewer"):
+        peaks_dataset(1800, 40, sampling="disjoint")
+    peaks_dataset(1800, 40)                                  # with replacement: fine
     with pytest.raises(DataError, match="num_classes must be an integer >= 2"):
         peaks_dataset(num_classes=1)
+    with pytest.raises(ConfigError, match="sampling must be one of 'paper', 'disjoint'"):
+        peaks_dataset(sampling="random")
 
 
-def test_load_peaks_by_name(generated_peaks):
-    ds = load("peaks")
+def test_load_peaks_by_name(paper_peaks):
+    ds = load("peaks", seed=7)                               # the paper's data whatever the seed
     assert ds.kind == "static"
-    np.testing.assert_array_equal(ds.X_train, generated_peaks.X_train)
+    np.testing.assert_array_equal(ds.X_train, paper_peaks.X_train)
     assert load("peaks", num_classes=3).num_classes == 3
     with pytest.raises(DataError, match="static.*drop --seq-len"):
         load("peaks", seq_len=10)
@@ -205,12 +243,12 @@ def test_static_lengths_rejected(tmp_path):
 # check_data_kind
 # --------------------------------------------------------------------------------------------
 
-def test_check_data_kind(generated_peaks):
+def test_check_data_kind(paper_peaks):
     seq = datasets.make_oscillations(n_train=4, n_test=4, seq_len=8)
-    assert check_data_kind(generated_peaks, "odenet") is generated_peaks
+    assert check_data_kind(paper_peaks, "odenet") is paper_peaks
     assert check_data_kind(seq, "gru") is seq
     with pytest.raises(DataError, match=r"'peaks' is static.*shape \(5000, 2\).*--model odenet"):
-        check_data_kind(generated_peaks, "gru")
+        check_data_kind(paper_peaks, "gru")
     with pytest.raises(DataError, match=r"holds sequences.*--model gru"):
         check_data_kind(seq, "odenet")
     with pytest.raises(ConfigError, match="model must be one of 'gru', 'odenet'"):
