@@ -13,9 +13,11 @@ Pure functions (no data set objects; :func:`mgritnn.datasets.peaks_dataset` buil
 With the defaults (256 x 256 grid over [-3, 3]^2, 5 levels) these reproduce the layer-parallel
 paper's Peaks files (``shared/data/peaks.npz``, from GitHub ``steffi7574/LayerParallelLearning``,
 ``examples/peaks``) exactly: the same 5000 training and 200 validation points in the same order,
-with the same labels (checked in ``tests/test_static_data.py``). The files were made by Meganet's
-``setupPeaks(np, nc)`` (Haber & Ruthotto), called once for each split after MATLAB's
-``rng('default')``; the points were written with 15 significant digits.
+with the same labels (checked in ``tests/test_static_data.py``). How the files were made is not
+documented; it was deduced from them: the rule of Meganet's ``setupPeaks(np, nc)`` (Haber &
+Ruthotto; MATLAB) with the generator in its default state (``rng('default')`` or a fresh session)
+for each split reproduces all 5200 points, and the text files hold them with 15 significant
+digits.
 
 References
 ----------
