@@ -45,3 +45,10 @@ def assert_directional_derivatives(m, X, y, g, seed, directions=2, eps=1e-5, rto
             assert abs(fd - g @ d) <= rtol * abs(fd) + 1e-9, (fd, g @ d)
     finally:
         m.flat[:] = theta
+
+
+def save_npz(path, ds, **extra):
+    """Write the four arrays of the Dataset ``ds`` (and ``extra`` ones) to ``path``; returns it."""
+    np.savez(path, X_train=ds.X_train, y_train=ds.y_train, X_test=ds.X_test, y_test=ds.y_test,
+             **extra)
+    return path
