@@ -268,12 +268,13 @@ def _data_for_checkpoint(a, meta, model):
                           "positive number of time steps, or leave --seq-len out to use the "
                           "checkpoint's")
     if a.data is not None and not a.data.strip():
-        raise ConfigError("--data is empty: name a data source ('default', a .npz file or a UCI "
-                          "HAR directory), or leave --data out to use the checkpoint's training "
-                          "data")
+        raise ConfigError("--data is empty: name a data source ('default', 'peaks', a .npz file or "
+                          "a UCI HAR directory), or leave --data out to use the checkpoint's "
+                          "training data")
     source = a.data if a.data is not None else train_cfg.get("data", "default")
     seq_len = a.seq_len if a.seq_len is not None else train_cfg.get("seq_len")
-    generated = source == "default" and train_cfg.get("data", "default") == "default"
+    generated = (source in datasets.GENERATED_SOURCES
+                 and train_cfg.get("data", "default") == source)
     # A training checkpoint from before the length policy (no "lengths" in its settings) was
     # trained on the padded sequences as data, standardized padding included: "ignore" gives it
     # exactly the inputs it was trained on.
@@ -425,7 +426,7 @@ def _plan_shape(a):
         return parse_shape(a.shape)
     from . import datasets
     ds = datasets.load(a.data)
-    _, T, I = ds.X_train.shape
+    T, I = ds.seq_len, ds.num_channels          # static data: a DataError naming the fix
     return parse_shape((a.batch_size, T, I, a.hidden, a.layers))
 
 

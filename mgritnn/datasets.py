@@ -1,11 +1,21 @@
-"""Sequence-classification data sets: the embedded default task, file loaders, validation, scaling.
+"""Classification data sets: the generated tasks, file loaders, validation, scaling.
 
-Every data set is a :class:`Dataset` of ``float32`` sequences ``(N, T, C)`` (samples, time steps,
-channels) with ``int64`` 0-based labels. Sources:
+Every data set is a :class:`Dataset` with ``int64`` 0-based labels and ``float32`` inputs of one of
+two kinds (:data:`DATA_KINDS`, :attr:`Dataset.kind`):
 
-* ``"default"``: :func:`make_oscillations`, a seeded synthetic task generated in memory (the project
-  ships no data files);
-* a ``.npz`` archive with ``X_train``, ``y_train``, ``X_test``, ``y_test`` (:func:`load_npz`);
+* ``"sequence"``: ``X`` of shape ``(N, T, C)`` (samples, time steps, channels), for the recurrent
+  models (GRU);
+* ``"static"``: ``X`` of shape ``(N, F)`` (samples, features), no time axis, for the layer-parallel
+  residual networks (ODENet). :func:`check_data_kind` tells a model the data is not for it.
+
+Sources:
+
+* ``"default"``: :func:`make_oscillations`, a seeded synthetic sequence task generated in memory
+  (the project ships no data files);
+* ``"peaks"``: :func:`peaks_dataset`, the static Peaks problem (level sets of MATLAB's ``peaks``,
+  :mod:`mgritnn.peaks`) generated in memory;
+* a ``.npz`` archive with ``X_train``, ``y_train``, ``X_test``, ``y_test`` (:func:`load_npz`), 3-D
+  (sequence) or 2-D (static, e.g. ``indian_pines.npz``);
 * a directory in the standard UCI HAR layout (:func:`load_uci_har_dir`).
 
 :func:`load` dispatches on the source and always ends with :func:`validate`, which turns every
@@ -21,7 +31,9 @@ Variable-length sequences: an ``.npz`` archive may carry the true lengths ``len_
 a :class:`DataWarning`; ``pad="end"`` (default) keeps the file's layout, ``"front"`` right-aligns
 every sequence (:func:`pad_front`). :class:`Standardizer` fits on the real steps only and keeps the
 padding at exactly 0. The generated default set and UCI HAR have no lengths (``None``): every
-sequence is ``T`` steps long. The solvers do not use the lengths yet.
+sequence is ``T`` steps long. The solvers do not use the lengths yet. Static data has no time
+steps, so it has no lengths (a :class:`~mgritnn.errors.DataError` if a file or ``seq_len`` gives
+them); :class:`Standardizer` standardises it per feature.
 """
 
 import os
@@ -34,9 +46,16 @@ import numpy as np
 from mgritnn.errors import ConfigError, DataError, MgritnnWarning
 from mgritnn.io import open_npz, read_member
 from mgritnn.options import check_choice
+from mgritnn.peaks import (PEAKS_GRID, PEAKS_LEVELS, PEAKS_LIM, level_set_labels, matlab_draw,
+                           peaks_grid)
 
 __all__ = [
+    "DATA_KINDS",
+    "MODEL_DATA_KINDS",
+    "check_data_kind",
     "DataWarning",
+    "GENERATED_SOURCES",
+    "PEAKS_SAMPLING",
     "Dataset",
     "Standardizer",
     "UCI_HAR_CHANNELS",
@@ -50,6 +69,7 @@ __all__ = [
     "make_oscillations",
     "oscillation_frequencies",
     "pad_front",
+    "peaks_dataset",
     "real_steps",
     "resolve_classes",
     "validate",
@@ -74,19 +94,27 @@ LENGTHS_POLICIES = ("use", "ignore")
 #: The choices of :func:`load`'s ``pad`` (``--pad``): where the zero padding of a shorter sequence
 #: lies, after its real steps (the layout of the files) or before them. The first is the default.
 PAD_POLICIES = ("end", "front")
+#: The kinds of data set (:attr:`Dataset.kind`): sequences ``(N, T, C)`` or static features
+#: ``(N, F)``.
+DATA_KINDS = ("sequence", "static")
+#: The kind of data each model trains on (:func:`check_data_kind`).
+MODEL_DATA_KINDS = {"gru": "sequence", "odenet": "static"}
+#: The choices of :func:`peaks_dataset`'s ``sampling``: the paper's points, or disjoint seeded ones.
+PEAKS_SAMPLING = ("paper", "disjoint")
 
 
 class Dataset(NamedTuple):
-    """A sequence-classification data set with a train and a test split.
+    """A classification data set with a train and a test split, of sequences or static features.
 
     Attributes
     ----------
-    X_train : np.ndarray, shape (N, T, C), float32
-        Training sequences (samples, time steps, channels).
+    X_train : np.ndarray, shape (N, T, C) or (N, F), float32
+        Training sequences (samples, time steps, channels), or static feature vectors (samples,
+        features); :attr:`kind` tells which.
     y_train : np.ndarray, shape (N,), int64
         0-based training labels in ``0 .. num_classes - 1``.
-    X_test : np.ndarray, shape (M, T, C), float32
-        Test sequences, same ``T`` and ``C`` as the training set.
+    X_test : np.ndarray, shape (M, T, C) or (M, F), float32
+        Test data of the same kind and the same ``T`` and ``C`` (or ``F``) as the training set.
     y_test : np.ndarray, shape (M,), int64
         0-based test labels.
     num_classes : int
@@ -100,7 +128,8 @@ class Dataset(NamedTuple):
         steps of sequence ``i`` are zero padding (where: see ``pad``). None: every sequence has
         all ``T`` steps.
     len_test : np.ndarray, shape (M,), int64, or None
-        The same for the test sequences; None exactly when ``len_train`` is None.
+        The same for the test sequences; None exactly when ``len_train`` is None. Always None
+        for static data.
     pad : {"end", "front"}
         Where the padding lies: after the real steps (``"end"``: steps ``len .. T - 1``) or
         before them (``"front"``: steps ``0 .. T - len - 1``). Irrelevant without lengths.
@@ -118,14 +147,76 @@ class Dataset(NamedTuple):
     pad: str = "end"
 
     @property
+    def kind(self) -> str:
+        """``"sequence"`` for 3-D ``X_train`` (N, T, C), ``"static"`` for 2-D (N, F)."""
+        return DATA_KINDS[1] if np.ndim(self.X_train) == 2 else DATA_KINDS[0]
+
+    @property
+    def is_sequence(self) -> bool:
+        """True for sequence data (N, T, C), False for static data (N, F)."""
+        return self.kind == DATA_KINDS[0]
+
+    @property
     def seq_len(self) -> int:
-        """Number of time steps ``T`` (``X_train.shape[1]``)."""
+        """Number of time steps ``T`` (``X_train.shape[1]``) of sequence data.
+
+        Raises
+        ------
+        DataError
+            For static data, which has no time steps (the message says to use an ODENet).
+        """
+        if not self.is_sequence:
+            raise DataError(_kind_message(self, "a sequence model (the GRU)", "sequence"))
         return self.X_train.shape[1]
 
     @property
     def num_channels(self) -> int:
-        """Number of input channels ``C`` (``X_train.shape[2]``)."""
-        return self.X_train.shape[2]
+        """Number of inputs per step ``C`` of sequence data, or of features ``F`` of static data
+        (``X_train.shape[-1]``)."""
+        return self.X_train.shape[-1]
+
+
+def _kind_message(ds, model, wanted):
+    """The DataError message for data ``ds`` of the wrong kind for ``model`` (which wants
+    ``wanted`` data): the problem and the fix."""
+    shape = np.shape(ds.X_train)
+    if wanted == "sequence":
+        return (f"data set {ds.name!r} is static (X_train has shape {shape} = (samples, "
+                f"features), no time axis), but {model} needs sequences (N, T, C): train it with "
+                f"--model odenet, or give sequence data (--data)")
+    return (f"data set {ds.name!r} holds sequences (X_train has shape {shape} = (samples, time "
+            f"steps, channels)), but {model} needs static feature vectors (N, F): train it with "
+            f"--model gru, or give static data (--data peaks, or a .npz with 2-D X_train/X_test)")
+
+
+def check_data_kind(ds, model):
+    """Check that a model can train on a data set's kind, before any work.
+
+    Parameters
+    ----------
+    ds : Dataset
+        The data (see :attr:`Dataset.kind`).
+    model : str
+        A key of :data:`MODEL_DATA_KINDS`: ``"gru"`` (sequences) or ``"odenet"`` (static).
+
+    Returns
+    -------
+    Dataset
+        ``ds`` unchanged.
+
+    Raises
+    ------
+    DataError
+        If the kinds differ: static data for a GRU (the message says ``--model odenet``), or
+        sequences for an ODENet (``--model gru``).
+    ConfigError
+        If ``model`` is not a key of :data:`MODEL_DATA_KINDS`.
+    """
+    check_choice("model", model, tuple(MODEL_DATA_KINDS))
+    wanted = MODEL_DATA_KINDS[model]
+    if ds.kind != wanted:
+        raise DataError(_kind_message(ds, f"--model {model}", wanted))
+    return ds
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,6 +325,89 @@ def make_oscillations(n_train=2000, n_test=500, seq_len=128, num_classes=4, chan
     X_test, y_test = _oscillation_split(rng, int(n_test), int(seq_len), freqs, mix, noise)
     class_names = tuple(f"f{k}={f:.3f}" for k, f in enumerate(freqs))
     return Dataset(X_train, y_train, X_test, y_test, int(num_classes), "oscillations", class_names)
+
+
+def peaks_dataset(n_train_per_class=1000, n_test_per_class=40, num_classes=PEAKS_LEVELS,
+                  grid=PEAKS_GRID, sampling="paper", seed=0) -> Dataset:
+    """Generate the static Peaks problem: classify grid points of [-3, 3]^2 by level set.
+
+    The points are those of :func:`mgritnn.peaks.peaks_grid` (``grid x grid`` points, spacing
+    ``6 / (grid - 1)``); a point's class is its level set of MATLAB's ``peaks`` among
+    ``num_classes`` equal-width bins between the grid's minimum and maximum
+    (:func:`mgritnn.peaks.level_set_labels`). Which points form the splits (:data:`PEAKS_SAMPLING`):
+
+    * ``"paper"`` (default): the layer-parallel paper's rule (:func:`mgritnn.peaks.matlab_draw`):
+      per class, uniform draws *with replacement* by MATLAB's default generator, restarted for
+      each split. With the defaults this is exactly ``shared/data/peaks.npz``: the same 5000
+      training and 200 validation points, in the file's order, with its labels. It inherits the
+      paper's flaws: 639 training points are repeats, and all 40 validation points of class 0
+      are the first 40 training points of class 0 (72 of the 200 are training points). ``seed``
+      is not used.
+    * ``"disjoint"``: per class, drawn from ``seed`` without replacement, the test points
+      disjoint from the training points (an honest validation set; not the paper's points).
+
+    Both splits are sorted by class, like the file (shuffle before use; the trainer does).
+
+    Parameters
+    ----------
+    n_train_per_class, n_test_per_class : int
+        Training / test points per class, >= 1; with ``"disjoint"`` their sum may not exceed the
+        grid points of the smallest class (1798 for the defaults).
+    num_classes : int
+        Number of level sets, >= 2.
+    grid : int
+        Grid points per axis, >= 2.
+    sampling : {"paper", "disjoint"}
+        The rule that picks the points, see above.
+    seed : int
+        Seed of ``np.random.default_rng`` for ``"disjoint"``.
+
+    Returns
+    -------
+    Dataset
+        Static (``kind == "static"``): ``X_train`` (num_classes * n_train_per_class, 2) float32
+        points (x, y), ``y_train`` int64, ``X_test`` (num_classes * n_test_per_class, 2) float32,
+        ``y_test`` int64, ``class_names`` ``level_set_1 ..`` (as in ``peaks.npz``), name
+        ``"peaks"``, no lengths.
+
+    Raises
+    ------
+    DataError
+        If a size is out of range, a class has no grid points, or (``"disjoint"``) a class has
+        too few grid points for the requested counts.
+    ConfigError
+        If ``sampling`` is not one of :data:`PEAKS_SAMPLING`.
+    """
+    check_choice("sampling", sampling, PEAKS_SAMPLING)
+    for what, value, low in (("n_train_per_class", n_train_per_class, 1),
+                             ("n_test_per_class", n_test_per_class, 1),
+                             ("num_classes", num_classes, 2), ("grid", grid, 2)):
+        if isinstance(value, (bool, np.bool_)) or int(value) != value or value < low:
+            raise DataError(f"peaks_dataset: {what} must be an integer >= {low}, got {value!r}")
+    n_train, n_test, C, grid = int(n_train_per_class), int(n_test_per_class), int(num_classes), \
+        int(grid)
+    coords, values = peaks_grid(grid, PEAKS_LIM)
+    labels = level_set_labels(values, C)
+    counts = np.bincount(labels, minlength=C)
+    need = n_train + n_test if sampling == "disjoint" else 1
+    if counts.min() < need:
+        k = int(np.argmin(counts))
+        raise DataError(f"peaks_dataset: level set {k} has {counts[k]} of the {grid}x{grid} grid "
+                        f"points but {need} are needed ({n_train} + {n_test} per class without "
+                        f"repeats): ask for fewer per class, or a finer grid"
+                        if sampling == "disjoint" else
+                        f"peaks_dataset: level set {k} has no points on the {grid}x{grid} grid: "
+                        f"use a finer grid or fewer classes")
+    if sampling == "paper":
+        train, test = matlab_draw(labels, n_train, C, grid), matlab_draw(labels, n_test, C, grid)
+    else:
+        rng = np.random.default_rng(seed)
+        chosen = [rng.permutation(np.flatnonzero(labels == k))[:need] for k in range(C)]
+        train = np.concatenate([c[:n_train] for c in chosen])
+        test = np.concatenate([c[n_train:] for c in chosen])
+    class_names = tuple(f"level_set_{k + 1}" for k in range(C))
+    return Dataset(coords[train].astype(np.float32), labels[train], coords[test].astype(np.float32),
+                   labels[test], C, "peaks", class_names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,13 +656,16 @@ def _read_member(archive, key, path):
 
 
 def load_npz(path, num_classes=None, model_classes=None) -> Dataset:
-    """Load a sequence data set from a NumPy ``.npz`` archive.
+    """Load a sequence or static data set from a NumPy ``.npz`` archive.
 
     The archive holds ``X_train`` (N, T, C), ``y_train`` (N,), ``X_test`` (M, T, C), ``y_test``
     (M,) with 0-based integer labels, and optionally ``class_names`` (a 1-D string array) and the
     true lengths ``len_train`` (N,) and ``len_test`` (M,) of sequences zero-padded at the end (both
-    or neither); other keys (``subject_train``, ...) are ignored. This is the layout of the files
-    in ``shared/data`` (e.g. ``uci_har.npz``, ``japanese_vowels.npz``). Opened without pickle: a
+    or neither); other keys (``subject_train``, ...) are ignored. With 2-D ``X_train`` (N, F) and
+    ``X_test`` (M, F) it is a static data set (:attr:`Dataset.kind` ``"static"``), which may not
+    have lengths. This is the layout of the files in ``shared/data`` (e.g. ``uci_har.npz``,
+    ``japanese_vowels.npz``; static: ``peaks.npz``, ``indian_pines.npz``, whose raw band counts
+    :class:`Standardizer` normalises per band). Opened without pickle: a
     file that is not a zip archive, a damaged archive and object arrays are refused with a
     :class:`~mgritnn.errors.DataError` (never by advising to allow pickle, which can run code).
 
@@ -505,7 +682,8 @@ def load_npz(path, num_classes=None, model_classes=None) -> Dataset:
     Returns
     -------
     Dataset
-        Validated (see :func:`validate`): X float32 (N, T, C), y int64 (N,). The class set is
+        Validated (see :func:`validate`): X float32 (N, T, C) or (N, F), y int64 (N,). The
+        class set is
         resolved by :func:`resolve_classes`: ``class_names`` of the archive, else
         ``num_classes``, else ``model_classes``, else ``max(y_train, y_test) + 1`` from the
         labels (class names are then ``"0"``, ``"1"``, ...). ``name`` is the file name without
@@ -516,9 +694,9 @@ def load_npz(path, num_classes=None, model_classes=None) -> Dataset:
     ------
     DataError
         If the file is missing, not an .npz archive or damaged, lacks a required key, or holds
-        unusable data (e.g. 2-D ``X`` of shape (N, C), which is not a sequence data set, labels
-        that do not fit the class set, only one of ``len_train``/``len_test``, or lengths that
-        contradict the padding; see :func:`validate`).
+        unusable data (e.g. ``X`` neither 3-D nor 2-D, a 3-D and a 2-D split, labels that do
+        not fit the class set, only one of ``len_train``/``len_test``, lengths with 2-D data, or
+        lengths that contradict the padding; see :func:`validate`).
     ConfigError
         If ``num_classes`` is not an integer >= 2 or contradicts the stored ``class_names``.
 
@@ -647,17 +825,22 @@ def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes
     Parameters
     ----------
     source : str or os.PathLike
-        ``"default"`` for :func:`make_oscillations`; a path ending in ``.npz`` for
-        :func:`load_npz`; a directory for :func:`load_uci_har_dir`.
+        ``"default"`` for :func:`make_oscillations`; ``"peaks"`` for :func:`peaks_dataset`
+        (static); a path ending in ``.npz`` for :func:`load_npz` (sequence or static); a
+        directory for :func:`load_uci_har_dir`. The two names win over files of the same name
+        (write ``./peaks`` for a file).
     seq_len : int or None
         Sequence length. For ``"default"`` the generated length (None: 128); for a file source,
         truncate or zero-pad both splits at the end to this length (None: keep the file's).
-        Truncation clips the lengths to ``min(length, seq_len)``; padding leaves them.
+        Truncation clips the lengths to ``min(length, seq_len)``; padding leaves them. Must be
+        None for static data (a :class:`~mgritnn.errors.DataError` otherwise).
     seed : int
-        Seed of the generated default data set (ignored for files).
+        Seed of the generated default data set (ignored for ``"peaks"``, which is the paper's
+        data, exactly ``shared/data/peaks.npz`` with 5 classes, and for files).
     num_classes : int or None
         The number of classes (``--num-classes``, >= 2). For ``"default"`` the number of
-        generated classes (None: 4); for a file, the class set when the file stores no
+        generated classes (None: 4), for ``"peaks"`` the number of level sets (None: 5); for a
+        file, the class set when the file stores no
         ``class_names`` (see :func:`resolve_classes`: it must agree with stored class_names,
         labels must lie below it, and a class without training samples is a warning).
     model_classes : int or None
@@ -679,15 +862,16 @@ def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes
     Returns
     -------
     Dataset
-        Validated: X float32 C-contiguous (N, T, C), y int64 (N,), ``len_train``/``len_test``
-        int64 (N,)/(M,) or None, ``pad`` as given.
+        Validated: X float32 C-contiguous (N, T, C) (``kind`` ``"sequence"``) or (N, F)
+        (``"static"``), y int64 (N,), ``len_train``/``len_test`` int64 (N,)/(M,) or None (always
+        None for static data), ``pad`` as given (irrelevant for static data).
 
     Raises
     ------
     DataError
         For an unknown source or any problem with the data (including labels that do not fit the
-        class set, a class set with gaps, see :func:`resolve_classes`, and lengths that do not fit
-        the data, see :func:`validate`).
+        class set, a class set with gaps, see :func:`resolve_classes`, lengths that do not fit
+        the data, see :func:`validate`, and a ``seq_len`` for static data).
     ConfigError
         For a ``num_classes`` that is not an integer >= 2 or contradicts the data's class names,
         or a ``lengths`` or ``pad`` that is not one of its choices.
@@ -700,12 +884,17 @@ def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes
     """
     check_choice("lengths", lengths, LENGTHS_POLICIES)
     check_choice("pad", pad, PAD_POLICIES)
-    if isinstance(source, str) and source == "default":
-        classes = 4 if num_classes is None else _positive_count(num_classes, "--num-classes", 2)
-        ds = make_oscillations(seq_len=128 if seq_len is None else seq_len, seed=seed,
-                               num_classes=classes)
+    if isinstance(source, str) and source in _GENERATED:
+        default_classes, make = _GENERATED[source]
+        classes = (default_classes if num_classes is None
+                   else _positive_count(num_classes, "--num-classes", 2))
+        if source == "peaks":
+            _no_seq_len(seq_len, "the peaks data set")
+            ds = make(num_classes=classes)
+        else:
+            ds = make(seq_len=128 if seq_len is None else seq_len, seed=seed, num_classes=classes)
         if model_classes is not None and ds.num_classes > model_classes:
-            raise DataError(f"the default data set has {ds.num_classes} classes but the model "
+            raise DataError(f"the {source} data set has {ds.num_classes} classes but the model "
                             f"has {model_classes}: evaluate on data of the model's "
                             f"{model_classes} classes (--data), or train a model on this data")
     else:
@@ -717,9 +906,11 @@ def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes
         else:
             what = ("is neither a .npz file nor a directory" if path.exists()
                     else "does not exist")
-            raise DataError(f"data source {str(source)!r} {what}; use 'default', a .npz archive "
-                            f"or a UCI HAR directory")
-        if seq_len is not None:
+            raise DataError(f"data source {str(source)!r} {what}; use 'default', 'peaks', a .npz "
+                            f"archive or a UCI HAR directory")
+        if not ds.is_sequence:
+            _no_seq_len(seq_len, repr(str(source)))
+        elif seq_len is not None:
             ds = ds._replace(X_train=fix_length(ds.X_train, seq_len),
                              X_test=fix_length(ds.X_test, seq_len))
             if ds.len_train is not None:
@@ -745,6 +936,21 @@ def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes
     return validate(ds._replace(pad=pad))
 
 
+#: The data sets :func:`load` generates by name: name -> (default class count, generator).
+_GENERATED = {"default": (4, make_oscillations), "peaks": (PEAKS_LEVELS, peaks_dataset)}
+#: The names :func:`load` generates in memory instead of reading a file (``--data default``,
+#: ``--data peaks``).
+GENERATED_SOURCES = tuple(_GENERATED)
+
+
+def _no_seq_len(seq_len, what):
+    """Raise DataError if a sequence length is asked of the static data set ``what``."""
+    if seq_len is not None:
+        raise DataError(f"{what} is static (samples x features, no time steps), so a sequence "
+                        f"length (--seq-len {seq_len}) makes no sense: drop --seq-len (and use "
+                        f"--model odenet)")
+
+
 # --------------------------------------------------------------------------------------------
 # Shape helpers, validation, scaling
 # --------------------------------------------------------------------------------------------
@@ -753,12 +959,30 @@ def _check_sequences(X, what):
     """Raise DataError unless ``X`` is a 3-D numeric (N, T, C) array; returns it as an ndarray."""
     X = np.asarray(X)
     if X.ndim != 3:
-        hint = (" (a 2-D array is (samples, features), not sequences; a series of scalars needs "
-                "X[:, :, None])" if X.ndim == 2 else "")
+        hint = (" (a 2-D array is (samples, features), static data without time steps; a "
+                "series of scalars needs X[:, :, None])" if X.ndim == 2 else "")
         raise DataError(f"{what} has shape {X.shape}: a sequence data set needs X of shape "
                         f"(N, T, C) = (samples, time steps, channels){hint}")
+    return _check_real(X, what)
+
+
+def _check_inputs(X, what):
+    """Raise DataError unless ``X`` is a numeric (N, T, C) (sequence) or (N, F) (static) array;
+    returns it as an ndarray."""
+    X = np.asarray(X)
+    if X.ndim not in (2, 3):
+        hint = (" (a 1-D array of scalars needs X[:, None] as one feature per sample)"
+                if X.ndim == 1 else "")
+        raise DataError(f"{what} has shape {X.shape}: a data set needs X of shape (N, T, C) = "
+                        f"(samples, time steps, channels) for sequences, or (N, F) = (samples, "
+                        f"features) for static data{hint}")
+    return _check_real(X, what)
+
+
+def _check_real(X, what):
+    """Raise DataError unless the array ``X`` (named ``what``) holds real numbers; returns it."""
     if X.dtype.kind not in "biuf":
-        raise DataError(f"{what} has dtype {X.dtype}; sequences must be real numbers")
+        raise DataError(f"{what} has dtype {X.dtype}; the inputs must be real numbers")
     return X
 
 
@@ -936,27 +1160,41 @@ def _checked_arrays(ds, name=None):
                         f"{', '.join(map(repr, PAD_POLICIES))}")
     out = {}
     for split, X, y in (("train", ds.X_train, ds.y_train), ("test", ds.X_test, ds.y_test)):
-        X = _check_sequences(X, f"X_{split}")
+        X = _check_inputs(X, f"X_{split}")
+        static = X.ndim == 2
         if X.shape[0] == 0:
             raise DataError(f"the {split} set is empty (X_{split} has shape {X.shape}); "
-                            f"need at least one {split} sequence")
+                            f"need at least one {split} sample")
         if X.shape[1] == 0:
-            raise DataError(f"X_{split} has seq_len 0 (shape {X.shape}); sequences need at least "
+            raise DataError(f"X_{split} has 0 features (shape {X.shape}); static data needs at "
+                            f"least one feature per sample" if static else
+                            f"X_{split} has seq_len 0 (shape {X.shape}); sequences need at least "
                             f"one time step (check --seq-len)")
         y = _check_labels(y, X.shape[0], f"y_{split}")
         with np.errstate(over="ignore", invalid="ignore"):
             X = np.ascontiguousarray(X, dtype=np.float32)
         _check_finite(X, f"X_{split}")
         L = getattr(ds, f"len_{split}")
+        if L is not None and static:
+            raise DataError(f"{name or repr(ds.name)} is static (X_{split} has shape {X.shape} = "
+                            f"(samples, features)) but has sequence lengths len_{split}; static "
+                            f"data has no time steps: remove len_train and len_test, or give "
+                            f"sequences (N, T, C)")
         if L is not None:
             L = _check_lengths(L, X.shape[0], X.shape[1], f"len_{split}", f"X_{split}")
             _check_padding(X, L, ds.pad, f"len_{split}", f"X_{split}")
         out[split] = X, y, L
     (X_train, y_train, len_train), (X_test, y_test, len_test) = out["train"], out["test"]
-    if X_train.shape[2] != X_test.shape[2]:
-        raise DataError(f"X_train has {X_train.shape[2]} channels but X_test has "
-                        f"{X_test.shape[2]}; both splits need the same channels")
-    if X_train.shape[1] != X_test.shape[1]:
+    if X_train.ndim != X_test.ndim:
+        kinds = {2: "static (N, F)", 3: "sequences (N, T, C)"}
+        raise DataError(f"X_train is {kinds[X_train.ndim]} (shape {X_train.shape}) but X_test is "
+                        f"{kinds[X_test.ndim]} (shape {X_test.shape}); both splits must be the "
+                        f"same kind")
+    if X_train.shape[-1] != X_test.shape[-1]:
+        what = "features" if X_train.ndim == 2 else "channels"
+        raise DataError(f"X_train has {X_train.shape[-1]} {what} but X_test has "
+                        f"{X_test.shape[-1]}; both splits need the same {what}")
+    if X_train.ndim == 3 and X_train.shape[1] != X_test.shape[1]:
         raise DataError(f"X_train has {X_train.shape[1]} time steps but X_test has "
                         f"{X_test.shape[1]} (length mismatch); use --seq-len to truncate/pad "
                         f"both to one length")
@@ -973,23 +1211,26 @@ def validate(ds: Dataset) -> Dataset:
     Parameters
     ----------
     ds : Dataset
-        Any array-likes: X of shape (N, T, C) with real values, y of shape (N,) with integer
-        (or integral float) labels, lengths of shape (N,) with integer (or integral float)
-        values, or None.
+        Any array-likes: X of shape (N, T, C) (sequences) or (N, F) (static; both splits the
+        same kind) with real values, y of shape (N,) with integer (or integral float) labels,
+        lengths of shape (N,) with integer (or integral float) values, or None (always None for
+        static data).
 
     Returns
     -------
     Dataset
-        The same data with ``X_*`` as C-contiguous float32 (N, T, C), ``y_*`` as int64 (N,),
+        The same data with ``X_*`` as C-contiguous float32 (N, T, C) or (N, F), ``y_*`` as int64
+        (N,),
         ``len_*`` as int64 (N,) or None, ``num_classes`` as int and ``class_names`` as a tuple of
         str.
 
     Raises
     ------
     DataError
-        If X is not 3-D; a split is empty or has 0 time steps; y is not 1-D or its length differs
-        from X's; labels are not integers or not in ``0 .. num_classes - 1``; X holds NaN/inf;
-        train and test differ in channel count or length; ``class_names`` does not have
+        If X is neither 3-D nor 2-D, or one split is 3-D and the other 2-D; a split is empty or
+        has 0 time steps (0 features); y is not 1-D or its length differs from X's; labels are
+        not integers or not in ``0 .. num_classes - 1``; X holds NaN/inf; train and test differ
+        in channel (feature) count or length; static data has lengths; ``class_names`` does not have
         ``num_classes`` entries; one split has lengths and the other not; lengths are not
         integers of shape (N,) in ``1 .. T``; a step beyond a sequence's length (where ``pad``
         says) is not all zeros; ``pad`` is not one of :data:`PAD_POLICIES`. The message names the
@@ -1010,6 +1251,9 @@ def validate(ds: Dataset) -> Dataset:
 class Standardizer(NamedTuple):
     """Per-channel standardisation ``(X - mean) / std``, fitted on training data.
 
+    For static data (N, F) the channels are the features: the statistics are per feature over the
+    samples (for ``indian_pines.npz``: per band).
+
     Attributes
     ----------
     mean : np.ndarray, shape (C,), float64
@@ -1028,8 +1272,9 @@ class Standardizer(NamedTuple):
 
         Parameters
         ----------
-        X : np.ndarray, shape (N, T, C) (any shape with channels last without ``lengths``)
-            Training sequences.
+        X : np.ndarray, shape (N, T, C) or (N, F) (any shape with channels last without
+            ``lengths``)
+            Training sequences, or static training features.
         lengths : array_like, shape (N,), integer, or None
             True lengths (``1 .. T``) of sequences padded as ``pad`` says: the statistics are
             those of the real steps alone (the ``sum(lengths)`` rows ``X[i, t]`` that are not
@@ -1055,7 +1300,8 @@ class Standardizer(NamedTuple):
         X = np.asarray(X)
         if X.ndim < 2 or X.size == 0:
             raise DataError(f"cannot fit a standardizer on X of shape {X.shape}; it needs "
-                            f"sequences (N, T, C) with at least one value per channel")
+                            f"sequences (N, T, C) or features (N, F) with at least one value "
+                            f"per channel")
         if lengths is None:
             flat = X.reshape(-1, X.shape[-1])
         else:

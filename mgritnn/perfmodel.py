@@ -54,7 +54,7 @@ import math
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -91,7 +91,7 @@ SIZES = {"default": dict(max_rows=16384, max_call_s=0.05, n=(16, 4096), deer_n1=
 #: chains through a level's points, as the relaxations and final sweeps walk them.
 CHAIN = 4
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -693,7 +693,9 @@ def predict(shape, route, ranks=1, threads=1, options=None, calibration=None):
         ``cores`` (default: the table's).
     calibration : Costs or callable, optional
         The cost table, or ``fn(batch) -> Costs`` for the batch of one data group; None: the
-        machine's cached tables (:func:`load_or_calibrate`, calibrating on first use).
+        machine's cached tables (:func:`load_or_calibrate`, calibrating on first use), and for
+        more threads than this machine has cores, those of 1 and 2 threads extrapolated
+        (:func:`extrapolate_threads`; a note says so).
 
     Returns
     -------
@@ -709,13 +711,21 @@ def predict(shape, route, ranks=1, threads=1, options=None, calibration=None):
     kind, cfg = _route_parts(route, options)
     D, P, Bg = _splits(shape, ranks, options)
     rank_ops = step_ops(shape, route, ranks, options, dtype.itemsize)
+    notes = []
     if isinstance(calibration, Costs):
         costs = calibration
     else:
-        fn = calibration or (lambda b: load_or_calibrate(options.get("cell", "implicit"),
-                                                         shape.H, shape.L, dtype.name, threads, b))
-        costs = fn(Bg)
-    notes = []
+        here = os.cpu_count() or 1
+        cell = options.get("cell", "implicit")
+
+        def table(t, b):
+            return load_or_calibrate(cell, shape.H, shape.L, dtype.name, t, b)
+        if calibration is None and threads > here >= 2:    # more threads than cores to measure on
+            costs = extrapolate_threads(table(1, Bg), table(2, Bg), threads)
+            notes.append(f"{threads} threads extrapolated from 1 and 2 measured here "
+                         "(Amdahl fit per cost; not measured)")
+        else:
+            costs = (calibration or (lambda b: table(threads, b)))(Bg)
     cores = int(options.get("cores") or costs.cores or os.cpu_count() or 1)
     stretch = max(1.0, ranks * threads / cores)
     if stretch > 1:
@@ -822,6 +832,57 @@ def write_cache(path, entries):
     atomic_write_text(path, text, what="the calibration cache")
 
 
+def _amdahl(v1, v2, t):
+    """A time at ``t`` threads from those at 1 and 2, ``v(t) = v1 (s + (1 - s) / t)`` with the
+    serial fraction ``s = 2 v2 / v1 - 1`` clamped to [0, 1] (no gain measured: ``v1`` held)."""
+    if not (v1 > 0 and np.isfinite(v1) and np.isfinite(v2)):
+        return v1
+    s = min(1.0, max(0.0, 2.0 * v2 / v1 - 1.0))
+    return v1 * (s + (1.0 - s) / t)
+
+
+def extrapolate_threads(c1, c2, threads):
+    """The :class:`Costs` of ``threads`` threads from the tables measured on 1 and 2 threads (for
+    a machine with more cores than the one calibrated on).
+
+    Every work-proportional cost (a position's time per K, the slopes of the linear costs, the
+    GEMM time per flop, Adam's time per parameter) follows Amdahl's law with the serial fraction
+    that its 1- and 2-thread values imply (:func:`_amdahl`); per-call costs (the call overheads,
+    the intercepts of the linear costs) take the larger of the two, since threads do not shorten
+    them; the array work outside the kernels is NumPy's, on one thread. Two points fix the fit and
+    nothing checks it beyond 2 threads here: a prediction, to be read as such.
+
+    Parameters
+    ----------
+    c1, c2 : Costs
+        Tables of one key measured with 1 and 2 threads.
+    threads : int
+
+    Returns
+    -------
+    Costs
+    """
+    def table(name):
+        t1, t2 = getattr(c1, name), getattr(c2, name)
+        if t1 is None or t2 is None:
+            return None
+        return [[k, _amdahl(v, position_time(t2, k), threads)] for k, v in t1]
+
+    linear = {}
+    for name, (a1, b1) in c1.linear.items():
+        a2, b2 = c2.linear.get(name, (a1, b1))
+        linear[name] = [max(a1, a2), _amdahl(b1, b2, threads)]
+    key = dict(c1.key, threads=int(threads), extrapolated_from=[1, 2])
+    return replace(c1, overhead=max(c1.overhead, c2.overhead),
+                   overhead_vjp=(None if c1.overhead_vjp is None else
+                                 max(c1.overhead_vjp, c2.overhead_vjp or c1.overhead_vjp)),
+                   fwd=table("fwd"), vjp=table("vjp"), fwd_keep=table("fwd_keep"),
+                   vjp_keep=table("vjp_keep"), linear=linear,
+                   flops_per_s=1.0 / _amdahl(1.0 / c1.flops_per_s, 1.0 / c2.flops_per_s, threads),
+                   adam_s=_amdahl(c1.adam_s, c2.adam_s, threads), key=key,
+                   cores=max(c1.cores, int(threads)))
+
+
 def load_or_calibrate(cell, H, L, dtype, threads, batch, size="default", cache=None,
                       report=None, recalibrate=False, comm=None):
     """The :class:`Costs` of a key from the machine's cache, or calibrated now and cached.
@@ -901,6 +962,20 @@ def _fit(n, t):
 
 def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, size="default",
               comm=None):
+    """Measure the cost table of one key on this machine (the docstring of :func:`_calibrate`),
+    with the BLAS on one thread and ``threads`` numba threads, as the solvers run in training
+    (:func:`~mgritnn.runtime.entry_point`); both settings are restored afterwards.
+
+    Regression: the calibration ran with SciPy's OpenBLAS (numba's ``np.dot``) on its default
+    threads, which made the serial BPTT of small states up to 10x slower than in training
+    (measured here: B = 2, H = 32, 17.6 us per step against 1.8 us); see
+    :func:`mgritnn.runtime._load_numbas_blas`."""
+    from .runtime import blas_threads, numba_threads
+    with blas_threads(1), numba_threads(threads):
+        return _calibrate(cell, H, L, dtype, threads, batch, size, comm)
+
+
+def _calibrate(cell, H, L, dtype, threads, batch, size, comm):
     """Measure the cost table of one key on this machine.
 
     Parameters
@@ -940,7 +1015,6 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
     sz = SIZES[size]
     t_start = time.perf_counter()
     dtype = np.dtype(config.resolve_dtype(dtype))
-    config.set_num_threads(threads)
     fine = get_cell(cell)
     B, rep = int(batch), sz["repeats"]
     m = GRUClassifier(1, H, 2, num_layers=L, cell=cell, dtype=dtype.name, seed=0)
@@ -1025,28 +1099,33 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
         scache = fine.chain_step_cache(keep, u)
         return (_best(lambda: fine.accumulate_grads(grads, scache, cot), rep),)
 
-    def deer(n):
-        """(base, per layer-iteration, adjoint) of DEER, then quasi-DEER's base and iteration."""
+    def deer_run(n, quasi):
+        """(base, per layer-iteration) of DEER (quasi: quasi-DEER) on n points, and the solver
+        and state of the longer run (for the adjoint)."""
         x = rng.standard_normal((n, B, 1)).astype(dtype)
-        out = []
-        for quasi in (False, True):
-            base = dict(atol=1e-30, rtol=0.0, fallback=False, divergence=1e300, quasi=quasi,
-                        comm=SelfComm())          # this process alone, also under MPI
-            runs = []
-            for it in (1, 5):              # a difference of 4 iterations: less noise
-                solver = DEERConfig(max_iter=it, **base).make_solver()
-                res = {}
+        base = dict(atol=1e-30, rtol=0.0, fallback=False, divergence=1e300, quasi=quasi,
+                    comm=SelfComm())          # this process alone, also under MPI
+        runs = []
+        for it in (1, 5):              # a difference of 4 iterations: less noise
+            solver = DEERConfig(max_iter=it, **base).make_solver()
+            res = {}
 
-                def run():
-                    res["r"] = solver.forward(fine, w, x, h0)
-                t = _best(run, rep)
-                runs.append((res["r"][2].iterations, t, solver, res["r"][1]))
-            (i1, t1, _, _), (i5, t5, solver, st) = runs
-            per = max(0.0, (t5 - t1) / (i5 - i1)) if i5 > i1 else t1 / max(i1, 1)
-            out += [max(0.0, t1 - i1 * per), per]
-            if not quasi:
-                out.append(_best(lambda: solver.adjoint(fine, w, st, lam, grads), rep))
-        return tuple(out)
+            def run():
+                res["r"] = solver.forward(fine, w, x, h0)
+            t = _best(run, rep)
+            runs.append((res["r"][2].iterations, t, solver, res["r"][1]))
+        (i1, t1, _, _), (i5, t5, solver, st) = runs
+        per = max(0.0, (t5 - t1) / (i5 - i1)) if i5 > i1 else t1 / max(i1, 1)
+        return max(0.0, t1 - i1 * per), per, solver, st
+
+    def deer(n):
+        """(base, per layer-iteration, adjoint) of DEER."""
+        b, per, solver, st = deer_run(n, False)
+        return b, per, _best(lambda: solver.adjoint(fine, w, st, lam, grads), rep)
+
+    def qdeer(n):
+        """(base, per layer-iteration) of quasi-DEER."""
+        return deer_run(n, True)[:2]
 
     def budget(n1, t1, cap):
         """The second size: what takes about ``linear_s``, within [8 n1, cap] (at least n1 + 1)."""
@@ -1057,8 +1136,12 @@ def calibrate(cell="implicit", H=32, L=1, dtype="float32", threads=1, batch=1, s
     for names, fn, first, cap in (
             (("serial_fwd", "serial_adj"), serial, n1, sz["n"][1]),
             (("grad",), grad, n1, sz["n"][1]),
-            (("deer_base", "deer_iter", "deer_adj", "qdeer_base", "qdeer_iter"), deer,
-             min(sz["deer_n1"], dense_cap // 8), min(sz["n"][1], dense_cap))):
+            (("deer_base", "deer_iter", "deer_adj"), deer,
+             min(sz["deer_n1"], dense_cap // 8), min(sz["n"][1], dense_cap)),
+            # quasi-DEER keeps diagonal Jacobians only: not bounded by the dense Jacobians'
+            # memory (bounded by them, it was measured on 6 .. 50 points at B H = 10^4, where
+            # per-call costs swamp the slope)
+            (("qdeer_base", "qdeer_iter"), qdeer, sz["deer_n1"], sz["n"][1])):
         if cap <= first or first < 1:    # dense Jacobians too large to measure: no DEER costs
             linear.update({k: [float("inf"), float("inf")] for k in names})
             continue
@@ -1279,5 +1362,5 @@ def format_plan(shape, rows, threads):
 
 
 __all__ = ["Costs", "Op", "PlanRow", "Prediction", "Shape", "ROUTES", "calibrate",
-           "critical_path", "format_plan", "load_or_calibrate", "mgrit_solve_ops", "parse_shape",
+           "critical_path", "extrapolate_threads", "format_plan", "load_or_calibrate", "mgrit_solve_ops", "parse_shape",
            "phase_counts", "plan", "predict", "step_evals", "step_ops", "validate"]

@@ -106,7 +106,8 @@ class TrainConfig:
     solver : str
         Time solver of training: the serial sweep, MGRIT, Newton over the whole sequence (DEER;
         quasi-DEER with diagonal Jacobians), or auto: the fastest of serial/deer/quasi-deer for
-        the shape, measured.
+        the shape, measured (several time ranks: DEER or quasi-DEER, as the performance model
+        predicts, then measured).
     solver_options : mapping
         Options of the solver: the fields of its config class (``MGRITConfig``, ``DEERConfig``,
         ``AutoConfig``; old names are renamed, with a warning), and ``preset`` for MGRIT; kept as

@@ -66,3 +66,10 @@ def assert_exactness_front(exact, solve, cf, relax, per_cycle, skip, cycles=5):
         assert err[front + 1] > 1e-9, (k, err)
         # the F-points of the exact intervals are exact too (final F-relaxation)
         assert np.abs(u[:front * cf + 1] - exact[:front * cf + 1]).max() < 1e-13
+
+
+def save_npz(path, ds, **extra):
+    """Write the four arrays of the Dataset ``ds`` (and ``extra`` ones) to ``path``; returns it."""
+    np.savez(path, X_train=ds.X_train, y_train=ds.y_train, X_test=ds.X_test, y_test=ds.y_test,
+             **extra)
+    return path

@@ -228,7 +228,7 @@ class Case(NamedTuple):
     hidden: int = 5
     classes: int = 3
     seed: int = 0
-    solver: str = "mgrit"       # or "deer", "quasi-deer"
+    solver: str = "mgrit"       # or "deer", "quasi-deer", "auto"
     scale: float = 1.0          # the model's parameters are multiplied by this
     lengths: str = "none"       # "end" / "front": mixed true lengths (:meth:`seq_lengths`), padded there
 
@@ -277,7 +277,9 @@ class Case(NamedTuple):
 
     def config(self, comm=None):
         """The solver config of the case (``comm=None``: MPI's world under mpiexec, else one process)."""
-        from mgritnn.solvers import DEERConfig, MGRITConfig
+        from mgritnn.solvers import AutoConfig, DEERConfig, MGRITConfig
+        if self.solver == "auto":           # the performance model's choice (tiny calibration)
+            return AutoConfig(calibration="tiny", comm=comm)
         if self.solver != "mgrit":
             return DEERConfig(quasi=self.solver == "quasi-deer", atol=self.tol, rtol=0.0,
                               max_iter=self.fwd, comm=comm)

@@ -80,4 +80,73 @@ def test_auto_options_are_checked():
         AutoConfig(calibration_steps=0)
     with pytest.raises(ConfigError, match="margin"):
         AutoConfig(margin=1.5)
+    with pytest.raises(ConfigError, match="calibration"):
+        AutoConfig(calibration="huge")
     assert make_solver("auto").name == "auto"
+
+
+def _time_ranks_auto(monkeypatch, predicted):
+    """An auto solver that takes the several-time-ranks path on this one process (its routes'
+    collectives are then the identity): ``predicted`` replaces the model's (DEER, quasi-DEER)
+    solve times."""
+    from mgritnn.solvers import AutoSolver
+    from mgritnn.solvers import auto as auto_mod
+    monkeypatch.setattr(auto_mod, "model_solve_times", lambda *a, **k: np.array(predicted, float))
+    auto = AutoSolver()
+    auto.size = 2
+    del auto.routes["serial"]
+    return auto
+
+
+def test_auto_on_time_ranks_takes_the_models_choice(monkeypatch):
+    m, X, y = model_and_data("classic", L=1, T=30)
+    l0, g0, _ = m.loss_and_grad_flat(X, y)
+    for predicted, want in (((1.0, 2.0), "deer"), ((2.0, 1.0), "quasi-deer")):
+        auto = _time_ranks_auto(monkeypatch, predicted)
+        l1, g1, info = m.loss_and_grad_flat(X, y, auto)
+        (key, choice), = auto.choices.items()
+        assert choice == want and info["forward"].message.startswith(f"auto: {want}")
+        assert auto.predictions[key] == {"deer": predicted[0] / 30, "quasi-deer": predicted[1] / 30}
+        assert set(auto.timings[key]) == {want}            # only the route that ran is measured
+        np.testing.assert_allclose(l1, l0, rtol=1e-5)
+        np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-4 * np.abs(g0).max())
+
+
+def test_auto_on_time_ranks_corrects_a_wrong_prediction(monkeypatch):
+    """The model predicts DEER at ~0 s and quasi-DEER at 1 ns per step: DEER is tried, measured
+    slower than quasi-DEER's prediction twice, and replaced; the routes are then compared by
+    their measurements."""
+    m, X, y = model_and_data("classic", L=1, T=30)
+    auto = _time_ranks_auto(monkeypatch, (0.0, 30e-9))
+    routes = []
+    for _ in range(4):
+        _, _, info = m.loss_and_grad_flat(X, y, auto)
+        routes.append(info["forward"].message.split(";")[0])
+    (key, choice), = auto.choices.items()
+    assert routes[:3] == ["auto: deer", "auto: deer", "auto: quasi-deer"], routes
+    assert set(auto.timings[key]) == {"deer", "quasi-deer"}
+
+
+def test_auto_on_time_ranks_tries_each_route_for_a_cell_without_a_model(monkeypatch):
+    """No prediction (NaN: a cell the model does not cover): each route runs once, then the
+    measured faster one is kept."""
+    m, X, y = model_and_data("classic", L=1, T=30)
+    auto = _time_ranks_auto(monkeypatch, (np.nan, np.nan))
+    routes = [m.loss_and_grad_flat(X, y, auto)[2]["forward"].message.split(";")[0]
+              for _ in range(2)]
+    (key, choice), = auto.choices.items()
+    assert routes == ["auto: deer", "auto: quasi-deer"]
+    assert set(auto.timings[key]) == {"deer", "quasi-deer"}
+
+
+def test_model_solve_times_covers_the_gru_cells_only(monkeypatch, tmp_path):
+    """The model's predictions for auto: finite positive seconds for a GRU cell (calibrated tiny
+    into a fresh cache), NaN for a cell it does not know."""
+    from mgritnn.cells import DahlquistCell, get_cell
+    from mgritnn.solvers.auto import model_solve_times
+    monkeypatch.setenv("MGRITNN_CACHE", str(tmp_path))
+    t = model_solve_times(get_cell("classic"), np.zeros((1, 3, 5)), np.zeros((20, 3, 2)), 40,
+                          np.float64, 2, "tiny")
+    assert t.shape == (2,) and np.all(np.isfinite(t)) and np.all(t > 0)
+    assert np.all(np.isnan(model_solve_times(DahlquistCell(), np.zeros(3), np.zeros((20, 3)), 40,
+                                             np.float64, 2, "tiny")))

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import save_npz
 from mgritnn import datasets
 from mgritnn.datasets import DataWarning, Dataset, Standardizer, fix_length, load, load_npz
 from mgritnn.datasets import load_uci_har_dir, make_oscillations, pad_front, real_steps, validate
@@ -127,12 +128,6 @@ def test_oscillations_labels_carry_signal(osc):
 # load_npz
 # --------------------------------------------------------------------------------------------
 
-def save_npz(path, ds, **extra):
-    np.savez(path, X_train=ds.X_train, y_train=ds.y_train, X_test=ds.X_test, y_test=ds.y_test,
-             **extra)
-    return path
-
-
 def test_load_npz_small(tmp_path):
     raw = small_dataset()
     path = save_npz(tmp_path / "toy.npz", raw, class_names=np.array(["a", "b", "c"]),
@@ -185,11 +180,15 @@ def test_load_npz_refuses_pickle(tmp_path):
         load_npz(path)
 
 
-def test_load_npz_two_dimensional_is_not_a_sequence(tmp_path):
+def test_load_npz_two_dimensional_is_static(tmp_path):
     raw = small_dataset()
     path = save_npz(tmp_path / "flat.npz", raw._replace(X_train=raw.X_train[:, 0],
                                                         X_test=raw.X_test[:, 0]))
-    with pytest.raises(DataError, match=r"sequence data set needs X of shape \(N, T, C\)"):
+    ds = load_npz(path)
+    assert ds.kind == "static" and not ds.is_sequence and ds.X_train.shape == (6, 2)
+    path = save_npz(tmp_path / "one.npz", raw._replace(X_train=raw.X_train[:, 0, 0],
+                                                       X_test=raw.X_test[:, 0, 0]))
+    with pytest.raises(DataError, match=r"\(N, T, C\).*\(N, F\).*X\[:, None\]"):
         load_npz(path)
 
 
@@ -220,9 +219,9 @@ def test_load_shared_japanese_vowels():
     assert load(shared_file("japanese_vowels.npz"), seq_len=20).X_test.shape == (370, 20, 12)
 
 
-def test_load_shared_peaks_is_not_a_sequence():
-    with pytest.raises(DataError, match=r"\(N, T, C\)"):
-        load_npz(shared_file("peaks.npz"))
+def test_load_shared_peaks_is_static():
+    ds = load_npz(shared_file("peaks.npz"))
+    assert ds.kind == "static" and ds.X_train.shape == (5000, 2) and ds.num_classes == 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,7 +408,9 @@ def with_nan(X, where):
 
 
 @pytest.mark.parametrize("ds, pattern", [
-    (corrupt(X_train=X6[:, :, 0]), r"X_train has shape \(6, 5\).*\(N, T, C\)"),
+    (corrupt(X_train=X6[:, :, 0]), r"X_train is static \(N, F\) \(shape \(6, 5\)\) but X_test is "
+                                   r"sequences \(N, T, C\)"),
+    (corrupt(X_train=X6[:, 0, 0]), r"X_train has shape \(6,\).*\(N, T, C\).*\(N, F\)"),
     (corrupt(X_test=np.zeros((4, 5, 2, 1))), r"X_test.*\(N, T, C\)"),
     (corrupt(X_train=X6.astype(str)), "real numbers"),
     (corrupt(y_train=np.zeros((6, 3))), "1-D"),

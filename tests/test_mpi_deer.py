@@ -35,6 +35,10 @@ CASES += [Case(solver=s, cell="classic", layers=2, T=37, fwd=60, tol=1e-12, batc
 #: instead (pipelined over the ranks).
 DIVERGENT = Case(solver="deer", cell="classic", layers=1, T=100, fwd=100, tol=1e-6, scale=16.0)
 ALL = CASES + [DIVERGENT]
+#: ``solver="auto"`` on several time ranks: the performance model picks DEER or quasi-DEER on
+#: rank 0 and every rank follows (issue 13).
+AUTO = [Case(solver="auto", cell=cell, layers=layers, T=37)
+        for cell, layers in (("classic", 1), ("implicit", 2))]
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +101,25 @@ def test_divergence_on_p_ranks_falls_back_to_serial(mpi_results, reference):
     assert got["loss"] == ser["loss"]
     np.testing.assert_array_equal(got["logits"], ser["logits"])
     np.testing.assert_allclose(got["grad"], ser["grad"], rtol=0, atol=1e-9 * np.abs(ser["grad"]).max())
+
+
+@pytest.mark.parametrize("P", NPROCS, ids=[f"P{p}" for p in NPROCS])
+def test_auto_on_p_ranks_follows_one_choice_and_gives_the_serial_result(numba_cache_warm, reference,
+                                                                        tmp_path, P):
+    """auto with the time axis split: rank 0's prediction decides for all ranks (the script checks
+    that every rank has bitwise the same loss, gradient, iteration counts), and the result is the
+    serial one to DEER's default float64 tolerance. The model calibrates (tiny) into a fresh cache."""
+    out = tmp_path / "auto.npz"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MGRITNN_CACHE", str(tmp_path / "cache"))
+        run_mpi(P, "mgrit_case.py", out, *[c.to_arg() for c in AUTO], timeout=TIMEOUT, check=True)
+    assert (tmp_path / "cache").is_dir(), "the model's calibration was not cached"
+    with np.load(out) as z:
+        for i, case in enumerate(AUTO):
+            got = {k[len(f"c{i}_"):]: z[k] for k in z.files if k.startswith(f"c{i}_")}
+            ser = solve(case, "serial")
+            assert got["step_evals"].shape == (P, 2) and np.all(got["step_evals"] > 0)
+            assert got["fwd_status"] == 0 and not got["fwd_fallback"]
+            np.testing.assert_allclose(got["loss"], ser["loss"], rtol=1e-7)
+            np.testing.assert_allclose(got["grad"], ser["grad"], rtol=0,
+                                       atol=1e-6 * np.abs(ser["grad"]).max())

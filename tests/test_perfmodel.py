@@ -379,3 +379,36 @@ def test_plan_assumes_a_core_per_rank_unless_told_otherwise():
     assert b.seconds > a.seconds
     with pytest.raises(mgritnn.errors.ConfigError, match="--cores 0"):
         pm.plan(shape, 4, calibration=costs, cores=0)
+
+
+def test_thread_extrapolation_by_hand():
+    """From 1 and 2 threads to 8 by Amdahl per cost: a position of 1 state 1.0 -> 0.6 s means a
+    serial fraction 0.2, so 0.2 + 0.8 / 8 = 0.3 s; of 4 states 3.0 -> 1.5 (none): 3 / 8; a
+    slower second measurement keeps the first (no gain); linear (1, 2) and (0.5, 1.2): the
+    larger intercept 1, the slope 2 (0.2 + 0.1) = 0.6; overheads: the larger."""
+    c1 = _costs(overhead=1e-6, fwd=[[1, 1.0], [4, 3.0]], vjp=[[1, 1.0]],
+                linear=dict(serial_fwd=[1.0, 2.0]), flops_per_s=1.0, adam_s=1.0)
+    c2 = _costs(overhead=3e-6, fwd=[[1, 0.6], [4, 1.5]], vjp=[[1, 1.5]],
+                linear=dict(serial_fwd=[0.5, 1.2]), flops_per_s=2.0, adam_s=0.6)
+    c8 = pm.extrapolate_threads(c1, c2, 8)
+    np.testing.assert_allclose(c8.fwd, [[1, 0.3], [4, 0.375]])
+    assert c8.vjp == [[1, 1.0]]
+    np.testing.assert_allclose(c8.linear["serial_fwd"], [1.0, 0.6])
+    assert c8.overhead == 3e-6 and c8.flops_per_s == 8.0
+    np.testing.assert_allclose(c8.adam_s, 0.3)
+    assert c8.key["threads"] == 8
+
+
+def test_more_threads_than_cores_are_extrapolated_and_say_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("MGRITNN_CACHE", str(tmp_path))
+    monkeypatch.setattr(pm.os, "cpu_count", lambda: 2)
+    seen = []
+    real = pm.load_or_calibrate
+
+    def spy(cell, H, L, dtype, threads, batch, *a, **k):
+        seen.append(threads)
+        return real(cell, H, L, dtype, threads, batch, size="tiny")
+    monkeypatch.setattr(pm, "load_or_calibrate", spy)
+    p = pm.predict((2, 64, 3, 8, 1), "serial", 1, 8, dict(cell="classic", cores=8))
+    assert sorted(set(seen)) == [1, 2]
+    assert any("extrapolated" in n for n in p.notes) and p.seconds > 0

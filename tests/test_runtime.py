@@ -55,6 +55,44 @@ def test_import_changes_nothing_and_entry_points_restore_the_blas():
     assert r["after"] == r["counts"] and r["after_call"] == r["counts"]
 
 
+_FIRST_CONTEXT = r"""
+import json
+import numpy as np                          # NumPy's BLAS only: numba's (SciPy's) is not loaded yet
+from mgritnn.runtime import blas_threads, _candidate_paths
+import ctypes
+def every_count():                          # every OpenBLAS mapped now, read directly
+    out = {}
+    for path in _candidate_paths():
+        lib = ctypes.CDLL(path)
+        for pre in ("", "scipy_"):
+            for suf in ("", "64_"):
+                get = getattr(lib, f"{pre}openblas_get_num_threads{suf}", None)
+                if get is not None:
+                    out[path] = get()
+    return out
+import mgritnn
+with blas_threads(1):                       # the outermost context, entered before any kernel
+    m = mgritnn.GRUClassifier(2, 3, 2, dtype="float64")
+    m.loss_and_grad_flat(np.ones((1, 4, 2)), np.zeros(1, int))   # numba's np.dot loads its BLAS
+    print(json.dumps(every_count()))
+"""
+
+
+def test_a_context_entered_before_numba_loads_its_blas_caps_that_blas_too():
+    """Regression (found through the performance model's calibration, one long context): SciPy's
+    OpenBLAS, which numba's ``np.dot`` calls, was loaded inside the outermost context and kept
+    its default threads for the whole body (serial BPTT of small states up to 10x slower)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["OPENBLAS_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", _FIRST_CONTEXT], env=env, capture_output=True,
+                         text=True, timeout=300, check=True)
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    if not counts:
+        pytest.skip("no OpenBLAS with a thread getter in this NumPy/SciPy build")
+    assert all(c == 1 for c in counts.values()), counts
+
+
 def test_entry_point_keeps_the_result_and_the_exception():
     @entry_point
     def f(x, fail=False):
