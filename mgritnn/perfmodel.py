@@ -36,7 +36,9 @@ Three separate parts:
 Modelled as negligible: the head and loss, Python between kernel calls beyond the measured
 per-call overhead, memory effects of arrays larger than those calibrated. Ranks times threads
 beyond the machine's cores (oversubscription) stretch every computation by
-(ranks x threads) / cores; other processes on the machine are not modelled.
+(ranks x threads) / cores; with two or more processes every computation is also stretched by
+the measured slowdown of a process while all cores are busy (:attr:`Costs.contention`: shared
+caches and memory bandwidth). Other processes on the machine are not modelled.
 
 The MGRIT forward is predicted cold (the first cycle skips its down-leg, as in a call without
 ``keys``) unless ``options["warm"]``; ``mgritnn plan`` predicts the fast preset warm, as it
@@ -91,7 +93,7 @@ SIZES = {"default": dict(max_rows=16384, max_call_s=0.05, n=(16, 4096), deer_n1=
 #: chains through a level's points, as the relaxations and final sweeps walk them.
 CHAIN = 4
 
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 
 # ------------------------------------------------------------------------------------------------
@@ -501,6 +503,12 @@ class Costs:
         The communication figures are the defaults, not measured.
     cores : int
         Cores of the machine (oversubscription beyond them stretches the computation).
+    contention : float
+        How much slower one process computes while every other core runs the same work (shared
+        caches and memory bandwidth): the serial step timed alone and beside ``cores - 1``
+        copies of itself (:func:`_contention`); 1.0 where not measured (tiny calibrations, a
+        table of several threads, one core). Applied to every computation of a prediction with
+        two or more processes.
     key : dict
         What the table was measured for.
     seconds : float
@@ -520,6 +528,7 @@ class Costs:
     bandwidth: float = ASSUMED_BANDWIDTH
     comm_assumed: bool = True
     cores: int = 0
+    contention: float = 1.0
     key: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -731,6 +740,10 @@ def predict(shape, route, ranks=1, threads=1, options=None, calibration=None):
     if stretch > 1:
         notes.append(f"oversubscribed: {ranks} ranks x {threads} threads on {cores} cores "
                      f"(computation stretched {stretch:.2g}x)")
+    if ranks > 1 and costs.contention != 1.0:
+        stretch *= costs.contention
+        notes.append(f"every core busy: computation {costs.contention:.2f}x slower (measured "
+                     "contention)")
     if costs.comm_assumed and ranks > 1:
         notes.append(f"communication assumed (latency {costs.latency_s * 1e6:.0f} us, "
                      f"{costs.bandwidth / 1e9:.0f} GB/s), not measured")
@@ -1047,7 +1060,8 @@ def _calibrate(cell, H, L, dtype, threads, batch, size, comm):
                 lambda: fine.advance_vjp(sw, dt, *vargs, keep=cot))
 
     # one chain of 1 .. 16 steps: the intercept is the call's overhead, the slope one position
-    lengths = (1, 2, 4, 8, 16)
+    # (1 .. 4 where one step takes more than 10 ms: large states, whose overhead is negligible)
+    lengths = (1, 2, 4, 8, 16) if _best(one_step(1, 1)[0], 1) < 0.01 else (1, 2, 4)
     chains = [one_step(1, n) for n in lengths]
     fit = [np.polyfit(lengths, [_best(c[i], rep) for c in chains], 1) for i in range(4)]
     overhead, overhead_vjp = (max(0.0, float(f[1])) for f in fit[:2])
@@ -1074,7 +1088,8 @@ def _calibrate(cell, H, L, dtype, threads, batch, size, comm):
 
     # serial sweep and BPTT, parameter gradients, DEER: two sizes n (the second one from a
     # time budget, so that large states do not take minutes)
-    n1 = sz["n"][0]
+    step_est = tables[0][0][1] + tables[1][0][1]          # one forward and one VJP position
+    n1 = int(max(2, min(sz["n"][0], sz["linear_s"] / (4 * step_est))))
     lam = np.ones((L, B, H), dtype)
     grads = fine.zero_grads(w)
     ser = SerialSolver()
@@ -1128,8 +1143,10 @@ def _calibrate(cell, H, L, dtype, threads, batch, size, comm):
         return deer_run(n, True)[:2]
 
     def budget(n1, t1, cap):
-        """The second size: what takes about ``linear_s``, within [8 n1, cap] (at least n1 + 1)."""
-        return int(max(n1 + 1, min(cap, max(8 * n1, sz["linear_s"] * n1 / max(t1, 1e-9)))))
+        """The second size: what takes about ``linear_s``, within [8 n1, cap] (at least n1 + 1;
+        2 n1 when n1 steps already take that long: per-call costs are then negligible)."""
+        least = 8 * n1 if t1 < sz["linear_s"] else 2 * n1
+        return int(max(n1 + 1, min(cap, max(least, sz["linear_s"] * n1 / max(t1, 1e-9)))))
 
     linear = {}
     dense_cap = int(2e8 // (B * H * H * dtype.itemsize))
@@ -1138,10 +1155,12 @@ def _calibrate(cell, H, L, dtype, threads, batch, size, comm):
             (("grad",), grad, n1, sz["n"][1]),
             (("deer_base", "deer_iter", "deer_adj"), deer,
              min(sz["deer_n1"], dense_cap // 8), min(sz["n"][1], dense_cap)),
-            # quasi-DEER keeps diagonal Jacobians only: not bounded by the dense Jacobians'
-            # memory (bounded by them, it was measured on 6 .. 50 points at B H = 10^4, where
-            # per-call costs swamp the slope)
-            (("qdeer_base", "qdeer_iter"), qdeer, sz["deer_n1"], sz["n"][1])):
+            # quasi-DEER iterates on diagonal Jacobians but keeps the dense ones for the exact
+            # adjoint in training: bounded by 2 GB of them, not by DEER's 0.2 GB (bounded by
+            # those, it was measured on 6 .. 50 points at B H = 10^4, where per-call costs
+            # swamp the slope)
+            (("qdeer_base", "qdeer_iter"), qdeer, min(sz["deer_n1"], 10 * dense_cap // 8),
+             min(sz["n"][1], 10 * dense_cap))):
         if cap <= first or first < 1:    # dense Jacobians too large to measure: no DEER costs
             linear.update({k: [float("inf"), float("inf")] for k in names})
             continue
@@ -1176,8 +1195,71 @@ def _calibrate(cell, H, L, dtype, threads, batch, size, comm):
                   key=dict(cell=cell, H=int(H), L=int(L), dtype=dtype.name,
                            threads=int(threads), batch=B, size=size))
     costs.linear["mgrit_extra"] = _mgrit_extra(costs, m, B, dtype, sz, rng)
+    if size != "tiny" and int(threads) == 1 and costs.cores >= 2:
+        costs.contention = _contention(m, B, dtype, rng, costs)
     costs.seconds = time.perf_counter() - t_start
     return costs
+
+
+#: The busy copies of :func:`_contention`: the same training step as the measured one, in a
+#: loop until their standard input closes (or ``limit`` seconds pass).
+_BUSY = r"""
+import sys, threading, time
+import numpy as np
+import mgritnn
+cell, H, L, dtype, B, n, limit = sys.argv[1:]
+H, L, B, n, limit = int(H), int(L), int(B), int(n), float(limit)
+m = mgritnn.GRUClassifier(1, H, 2, num_layers=L, cell=cell, dtype=dtype, seed=0)
+X = np.random.default_rng(1).standard_normal((B, n, 1)).astype(dtype)
+y = np.zeros(B, np.int64)
+m.loss_and_grad_flat(X, y)
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+print("ready", flush=True)
+end = time.monotonic() + limit
+while not done.is_set() and time.monotonic() < end:
+    m.loss_and_grad_flat(X, y)
+"""
+
+
+def _contention(m, B, dtype, rng, costs, limit_s=120.0):
+    """Slowdown (>= 1) of one process's training step (serial sweep, BPTT, gradients) of about
+    0.05 s while ``cores - 1`` other processes, one thread each, run the same step: the
+    fastest of several steps alone over the fastest beside them. Each side is timed twice,
+    interleaved (alone, busy, alone, busy), so that a disturbance of one phase shows."""
+    import subprocess
+    import sys
+    L, H = m.num_layers, m.hidden_size
+    per_step = sum(call_time((k, 1, 0), costs) - call_time((k, 0, 0), costs)
+                   for k in ("serial_fwd", "serial_adj"))
+    n = int(min(16384, max(4, 0.05 / max(per_step, 1e-9))))
+    X = rng.standard_normal((B, n, 1)).astype(dtype)
+    y = np.zeros(B, np.int64)
+
+    def step():
+        m.loss_and_grad_flat(X, y)
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    args = [sys.executable, "-c", _BUSY, m.cell.name, str(H), str(L), dtype.name, str(B),
+            str(n), str(limit_s)]
+    alone, busy = [], []
+    for _ in range(2):
+        alone.append(_best(step, 5, slow_s=0.5))
+        procs = [subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True) for _ in range(costs.cores - 1)]
+        try:
+            if all(p.stdout.readline().strip() == "ready" for p in procs):
+                busy.append(_best(step, 5, slow_s=0.5))
+        finally:
+            for p in procs:
+                p.stdin.close()
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:  # pragma: no cover - a stuck copy
+                    p.kill()
+    if not busy:                               # the copies could not start: not measured
+        return 1.0
+    return float(max(1.0, min(busy) / min(alone)))
 
 
 def _mgrit_extra(costs, m, B, dtype, sz, rng):
@@ -1193,6 +1275,8 @@ def _mgrit_extra(costs, m, B, dtype, sz, rng):
     per_step = sum(call_time((k, 1, 0), costs) - call_time((k, 0, 0), costs)
                    for k in ("serial_fwd", "serial_adj"))
     lo, hi = sz["mgrit_n"]
+    if per_step * lo > 1.0:                  # large states: 16 steps (3 levels of cf 4 still fit)
+        lo = min(lo, 16)
     n = int(min(hi, max(lo, sz["mgrit_s"] / max(per_step, 1e-9))))
     X = rng.standard_normal((B, n, 1)).astype(dtype)
     y = np.zeros(B, np.int64)
@@ -1203,6 +1287,8 @@ def _mgrit_extra(costs, m, B, dtype, sz, rng):
         for _ in range(max(2, sz["repeats"] // 2) + 1):
             _, _, info = m.loss_and_grad_flat(X, y, cfg, strict=False)
             times.append(info["forward"].seconds + info["adjoint"].seconds)
+            if len(times) == 2 and times[0] > 2.0:      # slow solves: one timed run is enough
+                break
         fwd = mgrit_solve_ops(n, cfg, 1, 0, "forward", False, (L, B, H), dtype.itemsize)
         adj = mgrit_solve_ops(n, cfg, 1, 0, "adjoint", False, (L, B, H), dtype.itemsize)
         adj[-1] = adj[-1]._replace(calls=(("grad", n, 0),))

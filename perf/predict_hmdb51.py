@@ -41,6 +41,9 @@ def main(argv=None):
             continue
         if route == "serial":
             base[t] = pr.seconds
+        if not pr.seconds < float("inf"):     # a route whose calibration could not run
+            print(f"{route} {P} x {t}: does not fit (its dense Jacobians exceed the memory)")
+            continue
         rows.append((route, P, t, pr))
     lines = [f"HMDB51 features {shape}, float32, implicit cell, predicted (one core per thread)",
              "", "| route | ranks x threads | cores | step | vs serial 1 core | vs serial 1 x 8 "

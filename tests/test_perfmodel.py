@@ -412,3 +412,25 @@ def test_more_threads_than_cores_are_extrapolated_and_say_so(monkeypatch, tmp_pa
     p = pm.predict((2, 64, 3, 8, 1), "serial", 1, 8, dict(cell="classic", cores=8))
     assert sorted(set(seen)) == [1, 2]
     assert any("extrapolated" in n for n in p.notes) and p.seconds > 0
+
+
+def test_contention_stretches_the_computation_of_several_processes_only():
+    """A measured contention of 2 doubles every computation of a 2-rank prediction (here the
+    serial sweep and BPTT of each data group, 5 + 5 s, to 20 s; the data groups' allreduce costs
+    its 1 s latency, unstretched) and leaves one process alone."""
+    costs = _costs(linear=dict(serial_fwd=[0.0, 1.0], serial_adj=[0.0, 1.0]), contention=2.0)
+    one = pm.predict((2, 5, 1, 1, 1), "serial", 1, 1, dict(classes=2), costs)
+    two = pm.predict((2, 5, 1, 1, 1), "serial", 2, 1, dict(classes=2, data_parallel=2), costs)
+    assert one.seconds == 10 and not any("contention" in n for n in one.notes)
+    assert two.seconds == 21 and any("contention" in n for n in two.notes)
+
+
+def test_contention_is_measured_beside_busy_copies():
+    """The measurement itself: a real step timed alone and beside a busy copy in another process
+    (one core each); a slowdown, never a speed-up."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: nothing to share")
+    m = mgritnn.GRUClassifier(1, 4, 2, cell="implicit", dtype="float32")
+    costs = _costs(linear=dict(serial_fwd=[0.0, 1e-5], serial_adj=[0.0, 1e-5]), cores=2)
+    c = pm._contention(m, 2, np.dtype("float32"), np.random.default_rng(0), costs, limit_s=30.0)
+    assert 1.0 <= c < 10.0
