@@ -418,8 +418,7 @@ class GRUClassifier(FlatParamModel):
 
     def save(self, path):
         """Write the parameters (PyTorch names) and the model's configuration to ``path`` (.npz), atomically."""
-        atomic_savez(path, self.params, meta=dict(kind="model", model_type=self.model_type,
-                                                  model=self.config))
+        atomic_savez(path, self.params, meta=dict(kind="model", model=self.config))
 
 
 def model_from_meta(meta, path="checkpoint"):

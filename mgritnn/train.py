@@ -599,10 +599,11 @@ def save_checkpoint(cfg, epoch, model, opt_state, standardizer, rng, history, ds
             f"training diverged in epoch {epoch}: the parameters, optimizer state or loss are "
             f"NaN/inf, so this epoch is not saved: lower --lr or use --clip; "
             f"{_last_good(cfg, epoch - 1)}")
-    meta = dict(kind="train", model_type=model.model_type, model=model.config,
-                train=dataclasses.asdict(cfg), epoch=epoch, rng=rng.bit_generator.state,
-                history=history, num_classes=ds.num_classes, class_names=list(ds.class_names),
-                warm_ranks=int(ranks), **(extra or {}))
+    meta = dict(kind="train", model=model.config, train=dataclasses.asdict(cfg), epoch=epoch,
+                rng=rng.bit_generator.state, history=history, num_classes=ds.num_classes,
+                class_names=list(ds.class_names), warm_ranks=int(ranks), **(extra or {}))
+    if model.model_type != "gru":          # a GRU's checkpoint keeps mgritnn 0.1's keys
+        meta["model_type"] = model.model_type
     arrays.update(warm or {})
     atomic_savez(cfg.checkpoint, arrays, meta, what="the checkpoint (--checkpoint)")
 
@@ -1406,7 +1407,8 @@ class Trainer:
         if self.ranks.root:
             save_checkpoint(self.cfg, epoch, self.model, self.opt_state, self.standardizer,
                             self.rng, self.history, self.ds, warm, self.ranks.size,
-                            extra=dict(nested_stage=self.stage, stage_start=self.stage_start))
+                            extra=dict(nested_stage=self.stage, stage_start=self.stage_start)
+                            if len(self.stages) > 1 else None)
 
     def close(self, quiet=False):
         """Close the log (``quiet``: ignore an error while closing it)."""
