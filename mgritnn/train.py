@@ -137,8 +137,7 @@ class TrainConfig:
     epochs : int
         Passes over the training set (L-BFGS: iterations, one full-batch gradient or more each).
     batch_size : int
-        Samples per batch (over all data groups); L-BFGS: samples per forward of the
-        evaluation only (it trains full batch).
+        Samples per batch (over all data groups); not used by L-BFGS (full batch).
     optimizer : {"adam", "sgd", "lbfgs"}
         The optimizer; lbfgs = full-batch L-BFGS-B of SciPy on the flat parameters (float64
         for SciPy, the model's dtype for the gradient; --lr, --momentum, --weight-decay,
