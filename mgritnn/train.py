@@ -39,7 +39,7 @@ from .cells.odenet import ACTIVATIONS
 from .runtime import blas_threads, compile_rank0_first, entry_point, numba_threads
 from .optim import (EmptyState, apply_updates, chain, clip_by_global_norm, make_optimizer, state_from_arrays,
                     state_to_arrays)
-from .solvers import SOLVERS, make_solver
+from .solvers import MGRIT_PRESETS, SOLVERS, make_solver
 
 
 #: The models of ``mgritnn train --model`` (the keys of :data:`datasets.MODEL_DATA_KINDS`).
@@ -290,8 +290,7 @@ class TrainConfig:
             guess = self.solver_options.get("initial_guess")
             preset = self.solver_options.get("preset")
             if guess is None and preset is not None:
-                from .solvers.mgrit import PRESETS
-                guess = PRESETS.get(preset, {}).get("initial_guess")
+                guess = MGRIT_PRESETS.get(preset, {}).get("initial_guess")
             if guess == "warm":
                 raise ConfigError("MGRIT's warm start (--initial-guess warm"
                                   + (f", in --preset {preset}" if preset else "")
@@ -847,7 +846,7 @@ class Trainer:
 
     Attributes
     ----------
-    model : GRUClassifier
+    model : GRUClassifier or ODENet
     opt : GradientTransformation
     opt_state : its state
     history : list of dict
@@ -933,7 +932,8 @@ class Trainer:
         if cfg.batch_size < cfg.data_parallel:
             raise ConfigError(f"batch size {cfg.batch_size} is smaller than --data-parallel "
                               f"{cfg.data_parallel}: every data group needs samples")
-        _check_last_batch(len(ds.y_train), cfg)
+        if cfg.optimizer != "lbfgs":            # L-BFGS: one full batch, no short last one
+            _check_last_batch(len(ds.y_train), cfg)
         if cfg.model == "gru":          # the ODENet's memory is its parameters and (B, w) states
             batch = len(ds.y_train) if cfg.optimizer == "lbfgs" else cfg.batch_size
             check_training_memory(ds.num_channels, cfg.hidden, ds.num_classes, cfg.layers,
@@ -1459,7 +1459,8 @@ def optimizer_from_config(cfg):
 
 
 def train(cfg, out=print, progress=True, comm=None):
-    """Train a :class:`GRUClassifier` as ``cfg`` says (on every rank of ``comm`` under MPI).
+    """Train a :class:`GRUClassifier` or an :class:`~mgritnn.odenet.ODENet` (``cfg.model``) as
+    ``cfg`` says (on every rank of ``comm`` under MPI).
 
     Parameters
     ----------
@@ -1475,7 +1476,7 @@ def train(cfg, out=print, progress=True, comm=None):
 
     Returns
     -------
-    model : GRUClassifier
+    model : GRUClassifier or ODENet
         The same on every rank.
     history : list of dict
         One record per epoch (what the JSON-lines log holds).
