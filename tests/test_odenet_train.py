@@ -11,7 +11,7 @@ from mgritnn.cli import main
 from mgritnn.errors import ConfigError
 from mgritnn.io import read_npz
 from mgritnn.odenet import inject_layers
-from mgritnn.train import TrainConfig, Trainer, train
+from mgritnn.train import _MODEL_FIELDS, TrainConfig, Trainer, train
 
 #: A tiny Peaks run: 4 layers of width 4, 2 batches of 250 per epoch.
 SMALL = dict(model="odenet", data="peaks", depth=4, width=4, activation="smoothrelu",
@@ -175,3 +175,19 @@ def test_data_of_the_wrong_kind_exits_2(tmp_path, capsys):
     assert main(["train", "--epochs", "2", "--hidden", "4", "--seq-len", "8", "--data", "peaks",
                  "--checkpoint", str(ode), "--resume"]) == 2
     assert "static" in capsys.readouterr().err
+
+
+#: A valid value other than the default of every field that belongs to one model.
+OTHER_VALUES = dict(seq_len=8, lengths="ignore", pad="front", cell="implicit",
+                    newton_options={"max_iter": 3}, hidden=4, layers=2, dt=0.5, depth=16,
+                    width=3, activation="relu", final_time=2.0, opening="copy", tikhonov=0.0,
+                    ddt_penalty=0.0, layer_init="independent", nested_levels=1, nested_cf=4,
+                    nested_interp="linear", nested_epochs=3, nested_target_acc=0.5)
+
+
+@pytest.mark.parametrize("model, name", [(m, n) for m, other in (("gru", "odenet"), ("odenet", "gru"))
+                                         for n in _MODEL_FIELDS[other]])
+def test_every_field_of_the_other_model_is_refused(model, name):
+    assert set(OTHER_VALUES) >= {name}
+    with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} is an option of --model"):
+        TrainConfig(model=model, **{name: OTHER_VALUES[name]})
