@@ -249,7 +249,9 @@ def cmd_train(a):
                  f"cell={cfg.cell} hidden={cfg.hidden} layers={cfg.layers}")
         print(f"mgritnn train: data={cfg.data} {model} "
               f"dtype={cfg.dtype} solver={cfg.solver}{opts} ranks={comm.Get_size()} "
-              f"optimizer={cfg.optimizer} lr={cfg.lr} batch={cfg.batch_size} epochs={cfg.epochs}",
+              + (f"optimizer=lbfgs (full batch) iterations={cfg.epochs}" if cfg.optimizer == "lbfgs"
+                 else f"optimizer={cfg.optimizer} lr={cfg.lr} batch={cfg.batch_size} "
+                      f"epochs={cfg.epochs}"),
               flush=True)
     train(cfg, out=lambda line: print(line, flush=True), progress=not a.quiet, comm=comm)
     return 0

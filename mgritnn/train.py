@@ -955,7 +955,13 @@ class Trainer:
                                  self.stages[0][0])
         for depth in ([d for d, _ in self.stages] if cfg.model == "odenet"
                       else [self.X_train.shape[1]]):
-            self.solver.local_steps(depth)      # a hierarchy that does not fit fails here
+            try:                                # a hierarchy that does not fit fails here
+                self.solver.local_steps(depth)
+            except ConfigError as e:
+                if depth == self.stages[-1][0]:
+                    raise
+                raise ConfigError(f"nested iteration's network of depth {depth}: {e} (or use "
+                                  "--levels 0, automatic levels, which fit every depth)") from None
         if cfg.optimizer == "lbfgs":
             if optimizer is not None:
                 raise ConfigError("an optimizer chain replaces --optimizer adam or sgd, not "

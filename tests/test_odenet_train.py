@@ -145,6 +145,8 @@ def test_layers_preset_trains():
     (["--optimizer", "lbfgs", "--clip", "1"], "--clip is an option of the minibatch optimizers"),
     (["--depth", "6", "--nested-levels", "2"], "must be divisible by 4"),
     (["--depth", "8", "--nested-levels", "2", "--nested-epochs", "1,2,3"], "one per coarse level"),
+    (["--depth", "8", "--nested-levels", "2", "--solver", "mgrit", "--levels", "3", "--cf", "4"],
+     "nested iteration's network of depth 2"),
 ])
 def test_bad_odenet_flags_exit_2(capsys, args, match):
     assert main(["train", "--model", "odenet", "--data", "peaks", *args]) == 2
