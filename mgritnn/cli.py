@@ -148,8 +148,9 @@ def _solver_options_table():
     merged["--preset"] = _Option("--preset", "solver_options.preset", "preset", presets, dict(
         default=None, choices=sorted(MGRIT_PRESETS),
         help="MGRIT: a named option set that the other MGRIT flags override: paper (Moon & Cyr: "
-             "3 levels, cf 4, FCF, 2/1 cycles) or fast (2 levels, F-relaxation, 1/1 cycles, "
-             "warm start)"))
+             "3 levels, cf 4, FCF, 2/1 cycles), fast (2 levels, F-relaxation, 1/1 cycles, "
+             "warm start; not for --model odenet) or layers (the ODENet papers': automatic "
+             "levels, cf 4, F on the fine level and FCF on coarse ones, 2/2 cycles, zero start)"))
     return list(merged.values())
 
 
@@ -241,9 +242,16 @@ def cmd_train(a):
     comm = get_comm()
     if comm.Get_rank() == 0:
         opts = "".join(f" {k}={v}" for k, v in cfg.solver_options.items())
-        print(f"mgritnn train: data={cfg.data} cell={cfg.cell} hidden={cfg.hidden} layers={cfg.layers} "
+        model = (f"model=odenet depth={cfg.depth} width={cfg.width} activation={cfg.activation} "
+                 f"final_time={cfg.final_time}"
+                 + (f" nested={cfg.nested_levels}x{cfg.nested_cf}" if cfg.nested_levels else "")
+                 if cfg.model == "odenet" else
+                 f"cell={cfg.cell} hidden={cfg.hidden} layers={cfg.layers}")
+        print(f"mgritnn train: data={cfg.data} {model} "
               f"dtype={cfg.dtype} solver={cfg.solver}{opts} ranks={comm.Get_size()} "
-              f"optimizer={cfg.optimizer} lr={cfg.lr} batch={cfg.batch_size} epochs={cfg.epochs}",
+              + (f"optimizer=lbfgs (full batch) iterations={cfg.epochs}" if cfg.optimizer == "lbfgs"
+                 else f"optimizer={cfg.optimizer} lr={cfg.lr} batch={cfg.batch_size} "
+                      f"epochs={cfg.epochs}"),
               flush=True)
     train(cfg, out=lambda line: print(line, flush=True), progress=not a.quiet, comm=comm)
     return 0
@@ -279,20 +287,22 @@ def _data_for_checkpoint(a, meta, model):
     # trained on the padded sequences as data, standardized padding included: "ignore" gives it
     # exactly the inputs it was trained on.
     old = bool(train_cfg) and "lengths" not in train_cfg
-    return datasets.load(source, seq_len=seq_len, seed=train_cfg.get("seed", 0),
-                         num_classes=train_cfg.get("num_classes") if generated else None,
-                         model_classes=model.num_classes,
-                         lengths=train_cfg.get("lengths", "ignore" if old else "use"),
-                         pad=train_cfg.get("pad", datasets.PAD_POLICIES[0]))
+    ds = datasets.load(source, seq_len=seq_len, seed=train_cfg.get("seed", 0),
+                       num_classes=train_cfg.get("num_classes") if generated else None,
+                       model_classes=model.num_classes,
+                       lengths=train_cfg.get("lengths", "ignore" if old else "use"),
+                       pad=train_cfg.get("pad", datasets.PAD_POLICIES[0]))
+    return datasets.check_data_kind(ds, model.model_type)
 
 
 def _transform(std, X, model, lengths=None, pad="end"):
     """``X`` standardized as in training (``std``; None: as it is), in the model's dtype; with
     the true ``lengths`` (N,), the padding steps (where ``pad`` says) stay 0 as in training."""
     from .errors import DataError
-    if X.shape[2] != model.input_size:
-        raise DataError(f"the data has {X.shape[2]} channels but the checkpoint's model takes "
-                        f"{model.input_size}: evaluate on data with the {model.input_size} "
+    inputs = getattr(model, "input_size", None) or model.num_features
+    if X.shape[-1] != inputs:
+        raise DataError(f"the data has {X.shape[-1]} channels but the checkpoint's model takes "
+                        f"{inputs}: evaluate on data with the {inputs} "
                         f"channels the model was trained on (--data)")
     if std is None:
         return np.asarray(X, dtype=model.dtype)
@@ -489,11 +499,14 @@ def _out_of_memory_message(e):
 def build_parser():
     from .cells import CELLS
     parser = argparse.ArgumentParser(
-        prog="mgritnn", description="Parallel-in-time training of GRU networks (MGRIT, DEER).")
+        prog="mgritnn", description="Parallel-in-time training of GRU networks (MGRIT, DEER) and layer-parallel "
+                    "training of residual networks (ODENets, MGRIT over layers).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a GRU classifier",
-                       description="Train a GRU classifier; one line per epoch.")
+    p = sub.add_parser("train", help="train a GRU classifier or an ODENet",
+                       description="Train a GRU sequence classifier (--model gru) or a residual "
+                                   "network on static features (--model odenet); one line per "
+                                   "epoch (L-BFGS: per iteration).")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 

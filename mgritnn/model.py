@@ -179,6 +179,9 @@ class GRUClassifier(FlatParamModel):
         ``bias_hh_l{k}`` (3H,), ``head.weight`` (C, H), ``head.bias`` (C,).
     """
 
+    #: The model's name in checkpoints (``meta["model_type"]``) and on the command line (--model).
+    model_type = "gru"
+
     def __init__(self, input_size, hidden_size, num_classes, num_layers=1, cell="classic",
                  dtype="float32", seed=0, dt=1.0):
         self.input_size = check_int("input_size", input_size, least=1)

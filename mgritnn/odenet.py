@@ -149,6 +149,9 @@ class ODENet(FlatParamModel):
     cell : ODENetCell
     """
 
+    #: The model's name in checkpoints (``meta["model_type"]``) and on the command line (--model).
+    model_type = "odenet"
+
     def __init__(self, num_features, width, num_classes, depth, activation="tanh", final_time=1.0,
                  opening="dense", tikhonov=1e-7, ddt_penalty=1e-5, dtype="float64", seed=0,
                  layer_init="constant"):
@@ -374,7 +377,7 @@ class ODENet(FlatParamModel):
     def save(self, path):
         """Write the parameters and the configuration to ``path`` (.npz), atomically; read it
         back with :func:`mgritnn.load` (``meta["model_type"] == "odenet"``)."""
-        atomic_savez(path, self.params, meta=dict(kind="model", model_type="odenet",
+        atomic_savez(path, self.params, meta=dict(kind="model", model_type=self.model_type,
                                                   model=self.config))
 
 

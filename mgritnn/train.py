@@ -32,12 +32,19 @@ from .io import (atomic_savez, check_free_space, prepare_output, read_npz, remov
 from .memory import check_training_memory
 from .cells import NewtonConfig
 from .options import (FrozenDict, cell_names, check_bool, check_choices, check_int, check_real,
-                      set_frozen, solver_names, upgrade)
+                      int_list, set_frozen, solver_names, upgrade)
 from .model import GRUClassifier
+from .odenet import INTERPOLATIONS, LAYER_INITS, ODENet, OPENINGS
+from .cells.odenet import ACTIVATIONS
 from .runtime import blas_threads, compile_rank0_first, entry_point, numba_threads
-from .optim import (apply_updates, chain, clip_by_global_norm, make_optimizer, state_from_arrays,
+from .optim import (EmptyState, apply_updates, chain, clip_by_global_norm, make_optimizer, state_from_arrays,
                     state_to_arrays)
-from .solvers import SOLVERS, make_solver
+from .solvers import MGRIT_PRESETS, SOLVERS, make_solver
+
+
+#: The models of ``mgritnn train --model`` (the keys of :data:`datasets.MODEL_DATA_KINDS`).
+MODELS = tuple(datasets.MODEL_DATA_KINDS)
+ODENET_ACTIVATIONS = tuple(sorted(ACTIVATIONS))
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,20 @@ class TrainConfig:
     descriptions below are its help), and the option dicts expand to the flags of the fields of
     their config classes (``--newton-atol``, ``--levels``, ...).
 
+    Two models: ``model="gru"`` (sequences; the GRU fields ``seq_len`` .. ``dt``) and
+    ``model="odenet"`` (static features; the ODENet fields ``depth`` .. ``nested_target_acc``).
+    A field of the other model that differs from its default is a ConfigError (it would be
+    ignored otherwise).
+
     Attributes
     ----------
+    model : {"gru", "odenet"}
+        The network: a GRU sequence classifier, or a residual network (ODENet) on static
+        features whose layers are the solvers' time steps (layer-parallel under MGRIT).
     data : str
-        'default' (the embedded oscillations set), a .npz file (X_train (N, T, C), y_train,
-        X_test, y_test) or a 'UCI HAR Dataset' directory.
+        'default' (the embedded oscillations set), 'peaks' (the static Peaks set, for
+        --model odenet), a .npz file (X_train (N, T, C) or (N, F), y_train, X_test, y_test) or a
+        'UCI HAR Dataset' directory.
     seq_len : int or None
         Truncate/zero-pad sequences to this length (the default set is generated at it; None: the
         data's own length, 128 for the default set).
@@ -87,12 +103,45 @@ class TrainConfig:
         Floating-point type of the parameters and the computation.
     dt : float
         Step size of the cell.
+    depth : int
+        ODENet: residual layers N (the solvers' steps; MGRIT splits them over the ranks).
+    width : int
+        ODENet: width w of the state.
+    activation : {"tanh", "relu", "smoothrelu"}
+        ODENet: activation of the opening and the layers.
+    final_time : float
+        ODENet: T of the layer ODE; the layers' step is T / depth.
+    opening : {"dense", "copy"}
+        ODENet: opening layer, sigma(W y + b) or the features copied (width >= features).
+    tikhonov : float
+        ODENet: gamma of the Tikhonov term (gamma/2)|theta|^2.
+    ddt_penalty : float
+        ODENet: gamma_ddt of the smoothness term over the layers.
+    layer_init : {"constant", "independent"}
+        ODENet: one initial draw for all layers, or one per layer.
+    nested_levels : int
+        ODENet nested iteration: train networks of depth/nested_cf^K, ..., depth/nested_cf
+        first (K = nested_levels; 0: off), each refined into the next (layers interpolated,
+        opening and classifier copied); the optimizer state starts fresh at each level. The
+        finest level always trains --epochs; epochs are numbered on across the levels.
+    nested_cf : int
+        Nested iteration: depth ratio m of consecutive levels (depth must be divisible by m^K).
+    nested_interp : {"constant", "linear"}
+        Nested iteration: interpolation of the layers to the finer network.
+    nested_epochs : int or list of int
+        Nested iteration: epochs (L-BFGS: iterations) of the coarse levels, coarsest first
+        (e_K,...,e_1; one number: every coarse level; default: --epochs each).
+    nested_target_acc : float or None
+        Nested iteration: end a coarse level early once an epoch's training accuracy reaches
+        this (0..1).
     epochs : int
-        Passes over the training set.
+        Passes over the training set (L-BFGS: iterations, one full-batch gradient or more each).
     batch_size : int
-        Samples per batch (over all data groups).
-    optimizer : {"adam", "sgd"}
-        The optimizer.
+        Samples per batch (over all data groups); not used by L-BFGS (full batch).
+    optimizer : {"adam", "sgd", "lbfgs"}
+        The optimizer; lbfgs = full-batch L-BFGS-B of SciPy on the flat parameters (float64
+        for SciPy, the model's dtype for the gradient; --lr, --momentum, --weight-decay,
+        --clip and --max-batches do not apply; a resumed run restarts its curvature memory).
     lr : float
         Learning rate.
     momentum : float
@@ -133,6 +182,7 @@ class TrainConfig:
     max_batches : int or None
         Stop every epoch after this many batches (quick runs).
     """
+    model: str = field(default="gru", metadata={"flag": {"choices": MODELS}})
     data: str = "default"
     seq_len: int = None
     num_classes: int = None
@@ -147,9 +197,23 @@ class TrainConfig:
     layers: int = 1
     dtype: str = field(default="float32", metadata={"flag": {"choices": ("float32", "float64")}})
     dt: float = 1.0
+    depth: int = 32
+    width: int = 8
+    activation: str = field(default="tanh", metadata={"flag": {"choices": ODENET_ACTIVATIONS}})
+    final_time: float = 1.0
+    opening: str = field(default="dense", metadata={"flag": {"choices": OPENINGS}})
+    tikhonov: float = 1e-7
+    ddt_penalty: float = 1e-5
+    layer_init: str = field(default="constant", metadata={"flag": {"choices": LAYER_INITS}})
+    nested_levels: int = 0
+    nested_cf: int = 2
+    nested_interp: str = field(default="constant", metadata={"flag": {"choices": INTERPOLATIONS}})
+    nested_epochs: object = field(default=None, metadata={"flag": {"type": int_list}})
+    nested_target_acc: float = None
     epochs: int = 15
     batch_size: int = 100
-    optimizer: str = field(default="adam", metadata={"flag": {"choices": ("adam", "sgd")}})
+    optimizer: str = field(default="adam",
+                           metadata={"flag": {"choices": ("adam", "sgd", "lbfgs")}})
     lr: float = 3e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -188,9 +252,72 @@ class TrainConfig:
         for name, (owner, old_to_new) in _renamed_options(self.solver).items():
             set_frozen(self, name, FrozenDict(upgrade(owner, getattr(self, name), old_to_new,
                                                       stacklevel=4)))   # at TrainConfig()'s caller
+        self._check_model_fields()
         if (self.resume or self.resume_or_start) and not self.checkpoint:
             flag = "resume" if self.resume else "resume-or-start"
             raise ConfigError(f"--{flag} needs a checkpoint path: add --checkpoint PATH")
+
+    def _check_model_fields(self):
+        """The fields of one model (and optimizer) given with another are errors; the ODENet's
+        solvers and nested-iteration budgets."""
+        for name in ("depth", "width", "nested_cf"):
+            check_int(name, getattr(self, name), least=1)
+        check_int("nested_levels", self.nested_levels, least=0)
+        for name in ("final_time",):
+            check_real(name, getattr(self, name), low=0, low_open=True)
+        for name in ("tikhonov", "ddt_penalty"):
+            check_real(name, getattr(self, name), low=0)
+        check_real("nested_target_acc", self.nested_target_acc, low=0, high=1, none=True)
+        if self.nested_epochs is not None:
+            budgets = self.nested_epochs if isinstance(self.nested_epochs, (tuple, list)) \
+                else (self.nested_epochs,)
+            for e in budgets:
+                check_int("nested_epochs", e, least=0)
+            if isinstance(self.nested_epochs, list):
+                set_frozen(self, "nested_epochs", tuple(self.nested_epochs))
+        other = "odenet" if self.model == "gru" else "gru"
+        _reject_changed(self, _MODEL_FIELDS[other], f"--model {other}", f"--model {self.model}")
+        if self.optimizer == "lbfgs":
+            _reject_changed(self, _MINIBATCH_FIELDS, "the minibatch optimizers (adam, sgd)",
+                            "--optimizer lbfgs (full-batch L-BFGS)")
+        if self.model != "odenet":
+            return
+        if self.solver not in ("serial", "mgrit"):
+            raise ConfigError(f"--solver {self.solver} does not apply to --model odenet: its "
+                              "layers are solved by --solver serial (backpropagation) or "
+                              "--solver mgrit (layer-parallel)")
+        if self.solver == "mgrit":
+            guess = self.solver_options.get("initial_guess")
+            preset = self.solver_options.get("preset")
+            if guess is None and preset is not None:
+                guess = MGRIT_PRESETS.get(preset, {}).get("initial_guess")
+            if guess == "warm":
+                raise ConfigError("MGRIT's warm start (--initial-guess warm"
+                                  + (f", in --preset {preset}" if preset else "")
+                                  + ") is not supported for --model odenet: use --initial-guess "
+                                  "zero, or --preset layers (the ODENet papers' settings)")
+        if self.nested_levels:
+            m, K = self.nested_cf, self.nested_levels
+            if self.depth % m ** K:
+                raise ConfigError(f"--nested-levels {K} with --nested-cf {m} trains depths "
+                                  f"{self.depth}/{m}^k: --depth {self.depth} must be divisible by "
+                                  f"{m ** K}")
+            if isinstance(self.nested_epochs, tuple) and len(self.nested_epochs) != K:
+                raise ConfigError(f"--nested-epochs has {len(self.nested_epochs)} entries for "
+                                  f"--nested-levels {K}: give one per coarse level, coarsest "
+                                  "first (or one number for all)")
+
+    def nested_stages(self):
+        """The levels of the run, coarsest first: a list of ``(depth, epochs)``; the last is the
+        finest network (``depth``, ``epochs``); one entry without nested iteration."""
+        K, m = self.nested_levels, self.nested_cf
+        budgets = self.nested_epochs
+        if budgets is None:
+            budgets = (self.epochs,) * K
+        elif not isinstance(budgets, tuple):
+            budgets = (budgets,) * K
+        return [(self.depth // m ** (K - i), int(budgets[i])) for i in range(K)] + \
+            [(self.depth, self.epochs)]
 
     @staticmethod
     def upgrade_settings(saved):
@@ -253,6 +380,30 @@ class TrainConfig:
         if self.optimizer == "sgd":
             kw["momentum"] = self.momentum
         return kw
+
+
+#: The fields that belong to one model: with the other, a value that differs from the default is a
+#: ConfigError (:meth:`TrainConfig._check_model_fields`).
+_MODEL_FIELDS = {
+    "gru": ("seq_len", "lengths", "pad", "cell", "newton_options", "hidden", "layers", "dt"),
+    "odenet": ("depth", "width", "activation", "final_time", "opening", "tikhonov", "ddt_penalty",
+               "layer_init", "nested_levels", "nested_cf", "nested_interp", "nested_epochs",
+               "nested_target_acc"),
+}
+#: The fields of the minibatch optimizers, not of L-BFGS.
+_MINIBATCH_FIELDS = ("lr", "momentum", "weight_decay", "clip", "max_batches")
+
+
+def _reject_changed(cfg, names, owner, here):
+    """ConfigError naming the fields among ``names`` that differ from their defaults (the flags
+    of ``owner`` that do not apply ``here``)."""
+    defaults = {f.name: (f.default_factory() if f.default is dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(cfg)}
+    changed = [n for n in names if getattr(cfg, n) != defaults[n]]
+    if changed:
+        flags = ", ".join("--" + n.replace("_", "-") for n in changed)
+        raise ConfigError(f"{flags} {'is an option' if len(changed) == 1 else 'are options'} of "
+                          f"{owner}, not of {here}: drop {'it' if len(changed) == 1 else 'them'}")
 
 
 def _renamed_options(solver):
@@ -398,7 +549,7 @@ def _restore_warm_arrays(solver, arrays, meta, ranks, path):
 
 
 def save_checkpoint(cfg, epoch, model, opt_state, standardizer, rng, history, ds, warm=None,
-                    ranks=1):
+                    ranks=1, extra=None):
     """Write the training checkpoint of ``cfg`` after ``epoch`` epochs (rank 0 only), atomically.
 
     The one place that writes a training checkpoint: everything a bit-for-bit resume needs
@@ -425,6 +576,9 @@ def save_checkpoint(cfg, epoch, model, opt_state, standardizer, rng, history, ds
         Warm-start states (:func:`gather_warm_arrays`).
     ranks : int
         Number of ranks of the run (the warm-start states fit a run of as many).
+    extra : dict, optional
+        More metadata (JSON-able): the trainer's level of nested iteration (``nested_stage``,
+        the index into :meth:`TrainConfig.nested_stages`, and ``stage_start``, its first epoch).
 
     Raises
     ------
@@ -445,7 +599,9 @@ def save_checkpoint(cfg, epoch, model, opt_state, standardizer, rng, history, ds
             f"{_last_good(cfg, epoch - 1)}")
     meta = dict(kind="train", model=model.config, train=dataclasses.asdict(cfg), epoch=epoch,
                 rng=rng.bit_generator.state, history=history, num_classes=ds.num_classes,
-                class_names=list(ds.class_names), warm_ranks=int(ranks))
+                class_names=list(ds.class_names), warm_ranks=int(ranks), **(extra or {}))
+    if model.model_type != "gru":          # a GRU's checkpoint keeps mgritnn 0.1's keys
+        meta["model_type"] = model.model_type
     arrays.update(warm or {})
     atomic_savez(cfg.checkpoint, arrays, meta, what="the checkpoint (--checkpoint)")
 
@@ -566,6 +722,20 @@ def _make_cell(cfg):
         raise ConfigError(f"bad Newton option: {e}") from None
 
 
+def build_model(cfg, num_features, num_classes, depth=None):
+    """The untrained model of ``cfg`` (the one factory of the trainer, its warm-up and resume):
+    a :class:`GRUClassifier` (``cfg.model == "gru"``) with ``num_features`` inputs per step, or
+    an :class:`~mgritnn.odenet.ODENet` of ``depth`` layers (default ``cfg.depth``; nested
+    iteration's coarse levels are shallower) on ``num_features`` features."""
+    if cfg.model == "odenet":
+        return ODENet(num_features, cfg.width, num_classes, depth or cfg.depth,
+                      activation=cfg.activation, final_time=cfg.final_time, opening=cfg.opening,
+                      tikhonov=cfg.tikhonov, ddt_penalty=cfg.ddt_penalty, dtype=cfg.dtype,
+                      seed=cfg.seed, layer_init=cfg.layer_init)
+    return GRUClassifier(num_features, cfg.hidden, num_classes, num_layers=cfg.layers,
+                         cell=_make_cell(cfg), dtype=cfg.dtype, seed=cfg.seed, dt=cfg.dt)
+
+
 def _newton_record(cell, ranks):
     """The Newton counters of an ``implicit-newton`` cell over all ranks (None for other cells)."""
     stats = getattr(cell, "stats", None)
@@ -676,7 +846,7 @@ class Trainer:
 
     Attributes
     ----------
-    model : GRUClassifier
+    model : GRUClassifier or ODENet
     opt : GradientTransformation
     opt_state : its state
     history : list of dict
@@ -739,9 +909,7 @@ class Trainer:
         run's solver on this rank alone, and the serial forward of the evaluation. Under MPI,
         rank 0 runs it while the others wait (:func:`~mgritnn.runtime.compile_rank0_first`)."""
         cfg = self.cfg
-        model = GRUClassifier(self.X_train.shape[2], cfg.hidden, self.ds.num_classes,
-                              num_layers=cfg.layers, cell=_make_cell(cfg), dtype=cfg.dtype,
-                              seed=cfg.seed, dt=cfg.dt)
+        model = build_model(cfg, self.X_train.shape[-1], self.ds.num_classes, self.stages[0][0])
         rows = len(np.array_split(np.arange(min(cfg.batch_size, len(self.X_train))),
                                   cfg.data_parallel)[0])
         X, y = self.X_train[:rows], self.ds.y_train[:rows]
@@ -759,14 +927,19 @@ class Trainer:
         ds = self.ds = datasets.load(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed,
                                      num_classes=cfg.num_classes, lengths=cfg.lengths,
                                      pad=cfg.pad)
+        datasets.check_data_kind(ds, cfg.model)
         self.len_train, self.len_test = ds.len_train, ds.len_test
         if cfg.batch_size < cfg.data_parallel:
             raise ConfigError(f"batch size {cfg.batch_size} is smaller than --data-parallel "
                               f"{cfg.data_parallel}: every data group needs samples")
-        _check_last_batch(len(ds.y_train), cfg)
-        check_training_memory(ds.num_channels, cfg.hidden, ds.num_classes, cfg.layers, cfg.dtype,
-                              -(-cfg.batch_size // cfg.data_parallel),
-                              -(-ds.seq_len // self.ranks.time.Get_size()), cfg.optimizer)
+        if cfg.optimizer != "lbfgs":            # L-BFGS: one full batch, no short last one
+            _check_last_batch(len(ds.y_train), cfg)
+        if cfg.model == "gru":          # the ODENet's memory is its parameters and (B, w) states
+            batch = len(ds.y_train) if cfg.optimizer == "lbfgs" else cfg.batch_size
+            check_training_memory(ds.num_channels, cfg.hidden, ds.num_classes, cfg.layers,
+                                  cfg.dtype, -(-batch // cfg.data_parallel),
+                                  -(-ds.seq_len // self.ranks.time.Get_size()),
+                                  "sgd" if cfg.optimizer == "lbfgs" else cfg.optimizer)
         self.standardizer = datasets.Standardizer.fit(ds.X_train, ds.len_train, ds.pad)
         self.X_train = self.standardizer.transform(ds.X_train, np.dtype(cfg.dtype), ds.len_train,
                                                    ds.pad)
@@ -777,19 +950,36 @@ class Trainer:
         """Build the model, the optimizer (``optimizer`` or the one of the config) and its state,
         and the shuffling generator; check the hierarchy and the checkpoint's free space."""
         cfg = self.cfg
-        self.model = GRUClassifier(self.X_train.shape[2], cfg.hidden, self.ds.num_classes,
-                                   num_layers=cfg.layers, cell=_make_cell(cfg), dtype=cfg.dtype,
-                                   seed=cfg.seed, dt=cfg.dt)
-        self.solver.local_steps(self.X_train.shape[1])    # a hierarchy that does not fit fails here
-        self.opt = optimizer if optimizer is not None else optimizer_from_config(cfg)
-        self.opt_name = cfg.optimizer if optimizer is None else "optimizer"
-        self.opt_state = self.opt.init(self.model.flat)
+        self.stages, self.stage, self.stage_start, self._stage_over = cfg.nested_stages(), 0, 0, False
+        self.model = build_model(cfg, self.X_train.shape[-1], self.ds.num_classes,
+                                 self.stages[0][0])
+        for depth in ([d for d, _ in self.stages] if cfg.model == "odenet"
+                      else [self.X_train.shape[1]]):
+            try:                                # a hierarchy that does not fit fails here
+                self.solver.local_steps(depth)
+            except ConfigError as e:
+                if depth == self.stages[-1][0]:
+                    raise
+                raise ConfigError(f"nested iteration's network of depth {depth}: {e} (or use "
+                                  "--levels 0, automatic levels, which fit every depth)") from None
+        if cfg.optimizer == "lbfgs":
+            if optimizer is not None:
+                raise ConfigError("an optimizer chain replaces --optimizer adam or sgd, not "
+                                  "lbfgs: drop optimizer= or use --optimizer adam/sgd")
+            self.opt, self.opt_name = None, "lbfgs"
+        else:
+            self.opt = optimizer if optimizer is not None else optimizer_from_config(cfg)
+            self.opt_name = cfg.optimizer if optimizer is None else "optimizer"
+        self._fresh_optimizer_state()
         self.rng = np.random.default_rng(cfg.seed)
         self.history, self.start_epoch = [], 0
         if cfg.checkpoint and self.ranks.root:
             check_free_space(cfg.checkpoint, "--checkpoint",
                              _checkpoint_bytes(self.model, self.opt_state, self.standardizer,
                                                cfg.epochs))
+
+    def _fresh_optimizer_state(self):
+        self.opt_state = EmptyState() if self.opt is None else self.opt.init(self.model.flat)
 
     def resume(self):
         """Continue the checkpoint of the config: load its parameters, optimizer state, shuffling
@@ -807,11 +997,24 @@ class Trainer:
             If the file is not a training checkpoint, was made for another model shape, or holds
             the state of another optimizer chain under the same name.
         """
-        cfg, model = self.cfg, self.model
+        cfg = self.cfg
         arrays, meta = read_npz(cfg.checkpoint)
         if not meta or meta.get("kind") != "train":
             raise CheckpointError(f"{cfg.checkpoint!r} is not an mgritnn training checkpoint: "
                                   "name the checkpoint written by 'mgritnn train --checkpoint'")
+        if meta.get("model_type", "gru") != cfg.model:
+            raise CheckpointError(f"checkpoint {cfg.checkpoint!r} holds a "
+                                  f"{meta.get('model_type', 'gru')} model, this run trains "
+                                  f"--model {cfg.model}: use the checkpoint's model, or start a "
+                                  "new checkpoint")
+        stage = int(meta.get("nested_stage", len(self.stages) - 1))
+        if stage != self.stage and stage < len(self.stages):    # a coarse level of nested iteration
+            self.stage = stage
+            self.model = build_model(cfg, self.X_train.shape[-1], self.ds.num_classes,
+                                     self.stages[stage][0])
+            self._fresh_optimizer_state()
+        self.stage_start = int(meta.get("stage_start", 0))
+        model = self.model
         if meta["model"] != model.config:
             raise CheckpointError(
                 f"checkpoint {cfg.checkpoint!r} was made for the model {meta['model']}, this run "
@@ -821,7 +1024,7 @@ class Trainer:
         diff = _settings_diff(cfg, saved)
         model.set_params(arrays)
         old_opt = saved.get("optimizer", cfg.optimizer)
-        if old_opt == cfg.optimizer:
+        if old_opt == cfg.optimizer and self.opt is not None:
             state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
             self.opt_state = state_from_arrays(self.opt, state, model.flat)
         else:
@@ -836,7 +1039,7 @@ class Trainer:
         _restore_warm_arrays(self.solver, arrays, meta, self.ranks, cfg.checkpoint)
         self.start_epoch, self.history = int(meta["epoch"]), list(meta.get("history", []))
         self.out(f"resumed from {cfg.checkpoint} after epoch {self.start_epoch}")
-        if self.start_epoch >= cfg.epochs:
+        if self.start_epoch >= cfg.epochs and len(self.stages) == 1:
             self.out(f"nothing to train: the checkpoint has {self.start_epoch} epochs, --epochs is "
                      f"{cfg.epochs}; raise --epochs to train more")
 
@@ -861,12 +1064,24 @@ class Trainer:
             yield batch
 
     def step(self, batch):
-        """One optimizer step on ``batch``: loss and gradient by the solver, :meth:`reduce`
-        over the data groups, :meth:`update`.
+        """One optimizer step on ``batch``: :meth:`gradient`, then :meth:`update`.
 
         Returns
         -------
         StepResult
+        """
+        grad, result = self.gradient(batch)
+        self.update(grad, batch)
+        return result
+
+    def gradient(self, batch):
+        """The loss and gradient of ``batch`` by the solver, :meth:`reduce` d over the data
+        groups and checked to be finite.
+
+        Returns
+        -------
+        grad : ndarray, shape (P,)
+        result : StepResult
 
         Raises
         ------
@@ -891,8 +1106,7 @@ class Trainer:
             raise DivergenceError(
                 f"the loss or gradient became NaN/inf at epoch {epoch + 1}, batch {b + 1}: "
                 f"lower --lr or use --clip; {_last_good(self.cfg, epoch)}")
-        self.update(grad, batch)
-        return StepResult(float(loss), float(n_correct), evals, info)
+        return grad, StepResult(float(loss), float(n_correct), evals, info)
 
     def reduce(self, batch, loss, grad, info):
         """Sum this data group's share of the loss, gradient and correct count over the groups
@@ -953,22 +1167,125 @@ class Trainer:
 
     # -- one epoch --------------------------------------------------------------------------------
     def fit(self):
-        """Train the epochs from :attr:`start_epoch` to ``cfg.epochs``; close the log.
+        """Train the epochs from :attr:`start_epoch` to ``cfg.epochs`` (with nested iteration:
+        each level's epochs, coarsest first, :meth:`refine` between them); close the log.
 
         Returns
         -------
-        model : GRUClassifier
+        model : GRUClassifier or ODENet
         history : list of dict
         """
         try:
             with self.running():
-                for epoch in range(self.start_epoch, self.cfg.epochs):
-                    self.train_epoch(epoch)
+                epoch = self.start_epoch
+                while True:
+                    if self.stage_finished(epoch):
+                        if self.stage == len(self.stages) - 1:
+                            break
+                        self.refine(epoch)
+                    elif self.opt is None:
+                        epoch = self.fit_lbfgs(epoch)
+                    else:
+                        self.train_epoch(epoch)
+                        epoch += 1
         except BaseException:
             self.close(quiet=True)                  # the error in flight is the one to report
             raise
         self.close()
         return self.model, self.history
+
+    def stage_finished(self, epoch):
+        """Whether the current level of nested iteration (the only one without) is done before
+        epoch ``epoch`` (0-based): its budget of epochs is spent, L-BFGS stopped, or (a coarse
+        level) the last epoch's training accuracy reached ``cfg.nested_target_acc``."""
+        depth, budget = self.stages[self.stage]
+        if self._stage_over or epoch - self.stage_start >= budget:
+            return True
+        target = self.cfg.nested_target_acc
+        return (self.stage < len(self.stages) - 1 and target is not None
+                and epoch > self.stage_start and bool(self.history)
+                and self.history[-1]["train_acc"] >= target)
+
+    def refine(self, epoch):
+        """Nested iteration: replace the model by its refinement (``cfg.nested_cf`` times
+        deeper, layers interpolated by ``cfg.nested_interp``), with a fresh optimizer state;
+        report and log (a ``"refine"`` record) the training loss (cross-entropy) before and
+        after."""
+        cfg, coarse = self.cfg, self.model
+        before = self.evaluate(coarse, train=True)[0]["loss"]
+        self.model = coarse.refined(cfg.nested_cf, cfg.nested_interp)
+        after = self.evaluate(train=True)[0]["loss"]
+        self.stage, self.stage_start, self._stage_over = self.stage + 1, epoch, False
+        self._fresh_optimizer_state()
+        self.out(f"nested iteration: depth {coarse.depth} -> {self.model.depth} "
+                 f"({cfg.nested_interp} interpolation), training loss {before:.4f} -> {after:.4f}")
+        self.log(dict(type="refine", after_epoch=epoch, depth_from=coarse.depth,
+                      depth_to=self.model.depth, train_loss_coarse=before,
+                      train_loss_fine=after), flush=True)
+
+    def _stage_fields(self):
+        """The level fields of an ODENet's epoch record: ``depth``, and ``level`` (0 = the
+        finest network, K = the coarsest of nested iteration)."""
+        if self.cfg.model != "odenet":
+            return {}
+        return dict(depth=self.model.depth, level=len(self.stages) - 1 - self.stage)
+
+    def fit_lbfgs(self, epoch):
+        """Full-batch L-BFGS (SciPy's L-BFGS-B) on the current level from epoch ``epoch`` for
+        the rest of its budget: one epoch record (evaluated, logged, checkpointed) per L-BFGS
+        iteration. Every evaluation is :meth:`gradient` of the whole training set (each data
+        group its share); the loss and gradient SciPy sees are rank 0's, broadcast, so every
+        rank runs the identical iterations.
+
+        Returns
+        -------
+        int
+            The next epoch (0-based).
+        """
+        from scipy.optimize import minimize
+        N = len(self.X_train)
+        idx = np.arange(N)
+        part = np.array_split(idx, self.cfg.data_parallel)[self.ranks.group]
+        full = Batch(epoch, 0, idx, part, self.X_train[part], self.ds.y_train[part],
+                     None if self.len_train is None else self.len_train[part])
+        run = dict(epoch=epoch, x=None, out=None, accepted=None)
+
+        def new_iteration():
+            self.times = _zero_times()
+            run.update(t0=time.perf_counter(), nfev=0, steps=np.zeros(2), grew=np.zeros(2))
+
+        def fun(x):
+            self.model.flat[:] = x
+            grad, r = self.gradient(full._replace(epoch=run["epoch"]))
+            out = np.concatenate([[r.loss, r.correct], grad]).astype(np.float64)
+            if self.ranks.size > 1:
+                out = self.ranks.world.bcast(out, root=0)     # nothing rank-local enters SciPy
+            run.update(x=np.array(x, copy=True), out=out, nfev=run["nfev"] + 1)
+            run["steps"] += r.evals
+            run["grew"] += [r.info["forward"].grew, r.info["adjoint"].grew]
+            return out[0], out[2:]
+
+        def callback(intermediate_result):
+            x = intermediate_result.x
+            if run["x"] is None or not np.array_equal(x, run["x"]):
+                fun(x)
+            self.model.flat[:] = x
+            run["accepted"] = np.array(x, copy=True)
+            self.finish_epoch(run["epoch"], run["out"][0], run["out"][1] / N, run["t0"],
+                              run["steps"], run["nfev"], run["grew"])
+            run["epoch"] += 1
+            new_iteration()
+            if self.stage_finished(run["epoch"]):
+                raise StopIteration
+
+        new_iteration()
+        left = self.stages[self.stage][1] - (epoch - self.stage_start)
+        x0 = self.model.flat.astype(np.float64)
+        minimize(fun, x0, jac=True, method="L-BFGS-B", callback=callback,
+                 options=dict(maxiter=left))
+        self.model.flat[:] = x0 if run["accepted"] is None else run["accepted"]
+        self._stage_over = True                 # converged, stopped, or its budget spent
+        return run["epoch"]
 
     def train_epoch(self, epoch):
         """Train epoch ``epoch`` (0-based), evaluate, report, log and checkpoint it.
@@ -997,14 +1314,28 @@ class Trainer:
                                 f"{self.n_batches}, loss {loss_sum / seen:.4f}")
         if self.bar:
             self.bar.done()
+        return self.finish_epoch(epoch, loss_sum / seen, correct / seen, t_epoch, steps,
+                                 self.n_batches, grew)
+
+    def finish_epoch(self, epoch, loss, train_acc, t_epoch, steps, batches, grew):
+        """Evaluate, report, log and checkpoint epoch ``epoch`` (0-based) that trained with mean
+        loss ``loss`` and accuracy ``train_acc`` in ``batches`` gradient evaluations (L-BFGS: one
+        iteration) since ``t_epoch`` (perf_counter), their step evaluations ``steps`` (forward,
+        adjoint; summed) and solves whose residual grew ``grew``.
+
+        Returns
+        -------
+        dict
+            The epoch's record (also appended to :attr:`history`).
+        """
         test, t_eval = self.evaluate()
-        rec = dict(type="epoch", epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen,
+        rec = dict(type="epoch", epoch=epoch + 1, loss=loss, train_acc=train_acc,
                    test_loss=test["loss"], test_acc=test["accuracy"],
                    seconds=time.perf_counter() - t_epoch, eval_seconds=t_eval, time=self.times,
-                   step_evals_per_rank=dict(forward=steps[0] / self.n_batches,
-                                            adjoint=steps[1] / self.n_batches),
-                   batches=self.n_batches, solver=self.solver.name, ranks=self.ranks.size,
-                   data_parallel=self.cfg.data_parallel)
+                   step_evals_per_rank=dict(forward=steps[0] / batches,
+                                            adjoint=steps[1] / batches),
+                   batches=batches, solver=self.solver.name, ranks=self.ranks.size,
+                   data_parallel=self.cfg.data_parallel, **self._stage_fields())
         if self.solver.name != "serial":
             grew = self.ranks.sum_over_data(grew)       # the same on the ranks of a data group
             rec["grew"] = dict(forward=int(grew[0]), adjoint=int(grew[1]))
@@ -1017,8 +1348,9 @@ class Trainer:
         self.checkpoint(epoch + 1)
         return rec
 
-    def evaluate(self):
-        """Loss and accuracy on the test set (collective: the ranks share the batches).
+    def evaluate(self, model=None, train=False):
+        """Loss and accuracy of ``model`` (default: the run's) on the test set (``train``: the
+        training set) (collective: the ranks share the batches).
 
         Returns
         -------
@@ -1028,15 +1360,18 @@ class Trainer:
         """
         t0 = time.perf_counter()
         with self.running():
-            test = evaluate(self.model, self.X_test, self.ds.y_test, comm=self.ranks.world,
-                            lengths=self.len_test, pad=self.ds.pad)
+            split = "train" if train else "test"
+            test = evaluate(self.model if model is None else model, getattr(self, f"X_{split}"),
+                            getattr(self.ds, f"y_{split}"), comm=self.ranks.world,
+                            lengths=getattr(self, f"len_{split}"), pad=self.ds.pad)
         return test, time.perf_counter() - t0
 
     def report(self, rec):
         """The epoch's line for ``out``, and warning lines when the solver's iteration stopped
         contracting in some batches (``SolveStats.grew``) or Newton row solves of an
         implicit-newton cell did not converge."""
-        self.out(f"epoch {rec['epoch']:3d}  loss {rec['loss']:.4f}  train acc "
+        depth = f"  depth {rec['depth']:3d}" if len(self.stages) > 1 else ""
+        self.out(f"epoch {rec['epoch']:3d}{depth}  loss {rec['loss']:.4f}  train acc "
                  f"{100 * rec['train_acc']:6.2f}%  test acc {100 * rec['test_acc']:6.2f}%  "
                  f"{rec['seconds']:7.2f} s")
         grew = rec.get("grew")
@@ -1076,7 +1411,9 @@ class Trainer:
         warm = gather_warm_arrays(self.solver, self.ranks)
         if self.ranks.root:
             save_checkpoint(self.cfg, epoch, self.model, self.opt_state, self.standardizer,
-                            self.rng, self.history, self.ds, warm, self.ranks.size)
+                            self.rng, self.history, self.ds, warm, self.ranks.size,
+                            extra=dict(nested_stage=self.stage, stage_start=self.stage_start)
+                            if len(self.stages) > 1 else None)
 
     def close(self, quiet=False):
         """Close the log (``quiet``: ignore an error while closing it)."""
@@ -1128,7 +1465,8 @@ def optimizer_from_config(cfg):
 
 
 def train(cfg, out=print, progress=True, comm=None):
-    """Train a :class:`GRUClassifier` as ``cfg`` says (on every rank of ``comm`` under MPI).
+    """Train a :class:`GRUClassifier` or an :class:`~mgritnn.odenet.ODENet` (``cfg.model``) as
+    ``cfg`` says (on every rank of ``comm`` under MPI).
 
     Parameters
     ----------
@@ -1144,7 +1482,7 @@ def train(cfg, out=print, progress=True, comm=None):
 
     Returns
     -------
-    model : GRUClassifier
+    model : GRUClassifier or ODENet
         The same on every rank.
     history : list of dict
         One record per epoch (what the JSON-lines log holds).

@@ -73,3 +73,15 @@ def save_npz(path, ds, **extra):
     np.savez(path, X_train=ds.X_train, y_train=ds.y_train, X_test=ds.X_test, y_test=ds.y_test,
              **extra)
     return path
+
+
+def eval_and_predict(ck, pred, capsys):
+    """``mgritnn eval --train`` and ``mgritnn predict`` of the checkpoint ``ck`` (the latter
+    writing ``pred``): both exit 0; returns eval's stdout and the predictions file's arrays."""
+    from mgritnn.cli import main
+    assert main(["eval", "--checkpoint", str(ck), "--train"]) == 0
+    out = capsys.readouterr().out
+    assert "train: loss" in out and "test: loss" in out
+    assert main(["predict", "--checkpoint", str(ck), "--out", str(pred)]) == 0
+    with np.load(pred) as z:
+        return out, dict(z)

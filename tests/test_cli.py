@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import eval_and_predict
 from mgritnn.cli import main
 
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -36,13 +37,8 @@ def test_train_eval_predict_round_trip(tmp_path, capsys):
                  "--checkpoint", str(ck), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert sum(line.startswith("epoch ") for line in out.splitlines()) == 2 and "test acc" in out
-    assert main(["eval", "--checkpoint", str(ck), "--train"]) == 0
-    out = capsys.readouterr().out
-    assert "train: loss" in out and "test: loss" in out
-    pred = tmp_path / "pred.npz"
-    assert main(["predict", "--checkpoint", str(ck), "--out", str(pred)]) == 0
-    with np.load(pred) as z:
-        assert z["logits"].shape == (500, 4) and z["predictions"].shape == (500,)
+    _, z = eval_and_predict(ck, tmp_path / "pred.npz", capsys)
+    assert z["logits"].shape == (500, 4) and z["predictions"].shape == (500,)
 
 
 def test_gradcheck_and_info(capsys):

@@ -202,7 +202,9 @@ class MGRITConfig:
         zero initial guess); ``"fast"`` spends few step evaluations (two levels, cf 4,
         F-relaxation, one forward and one adjoint cycle, warm start from each sample's previous
         C-point states): 128 per rank at P = 4, N = 128, and UCI HAR trains to the serial accuracy
-        with it. Its coarse level (N / 4 points) is solved sequentially, pipelined over the ranks,
+        with it. ``"layers"`` is the layer-parallel ODENet papers' setting (automatic levels,
+        cf 4, F-relaxation on the fine level and FCF on the coarse ones, 2 forward / 2 adjoint
+        cycles, first down-cycle skipped, zero initial guess). Its coarse level (N / 4 points) is solved sequentially, pipelined over the ranks,
         which limits it on many ranks (use ``levels=3`` there). See the README for what each costs.
         """
         if name not in PRESETS:
@@ -255,6 +257,11 @@ PRESETS = {
     "paper": dict(levels=3, cf=4, relax="FCF", max_iter=2, adjoint_max_iter=1,
                   initial_guess="zero"),
     "fast": dict(levels=2, cf=4, relax="F", max_iter=1, adjoint_max_iter=1, initial_guess="warm"),
+    # The layer-parallel ODENet papers' setting (Günther et al. 2020): F-relaxation on the fine
+    # level, FCF on the coarse ones, 2 cycles, the first down-cycle skipped, zero initial guess;
+    # automatic levels, so that it fits any depth and rank count (nested iteration's too).
+    "layers": dict(levels=None, cf=4, relax=("F", "FCF"), max_iter=2, adjoint_max_iter=2,
+                   initial_guess="zero", skip_first_down=True),
 }
 
 
