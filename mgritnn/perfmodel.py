@@ -142,6 +142,13 @@ def num_params(shape, classes=6):
     return n + classes * H + classes
 
 
+def covers(cell):
+    """Whether the model can cost the cell named ``cell``: the GRU cells of
+    :data:`mgritnn.cells.CELLS` (those :func:`calibrate` builds a :class:`GRUClassifier` with)."""
+    from .cells import CELLS
+    return cell in CELLS
+
+
 def mgrit_config(route, options=None):
     """The :class:`~mgritnn.solvers.MGRITConfig` of a route: ``"mgrit-paper"``,
     ``"mgrit-fast"``, or ``"mgrit"`` with ``options["config"]`` (a config or a preset name,
@@ -1447,6 +1454,6 @@ def format_plan(shape, rows, threads):
     return "\n".join(lines)
 
 
-__all__ = ["Costs", "Op", "PlanRow", "Prediction", "Shape", "ROUTES", "calibrate",
+__all__ = ["Costs", "Op", "PlanRow", "Prediction", "Shape", "ROUTES", "calibrate", "covers",
            "critical_path", "extrapolate_threads", "format_plan", "load_or_calibrate", "mgrit_solve_ops", "parse_shape",
            "phase_counts", "plan", "predict", "step_evals", "step_ops", "validate"]

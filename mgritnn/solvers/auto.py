@@ -231,8 +231,7 @@ def model_solve_times(cell, h0, x, T, dtype, ranks, calibration="default"):
     """
     import numba
     from .. import perfmodel
-    from ..cells import CELLS
-    if cell.name not in CELLS or h0.ndim != 3 or x.ndim != 3:
+    if not perfmodel.covers(cell.name) or h0.ndim != 3 or x.ndim != 3:
         return np.full(len(PARALLEL_ROUTES), np.nan)
     L, B, H = h0.shape
     threads = numba.get_num_threads()
