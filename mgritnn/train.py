@@ -851,6 +851,11 @@ class Trainer:
     opt_state : its state
     history : list of dict
         The epoch records so far.
+    owned : bool
+        The ranks own their layers' updates (an ODENet on several time ranks with the config's
+        Adam or SGD, no weight decay): each rank's gradient and update touch only its own
+        layers (and the shared opening and classifier); the other layer rows of :attr:`model`
+        are stale on it until :meth:`sync_layers`.
     start_epoch : int
         Epochs done before this run (from the checkpoint when resuming).
     times : dict of str to float
@@ -862,6 +867,10 @@ class Trainer:
     Use as a context manager (or call :meth:`close`) when driving it by hand: the log is open
     from construction on.
     """
+
+    #: Let the ranks own their layers' updates where they can (:attr:`owned`); False: the full
+    #: allreduce everywhere (kept for the tests that compare the two).
+    _own_layers = True
 
     def __init__(self, cfg, out=print, progress=True, comm=None, optimizer=None):
         cfg.check_paths()
@@ -970,6 +979,16 @@ class Trainer:
         else:
             self.opt = optimizer if optimizer is not None else optimizer_from_config(cfg)
             self.opt_name = cfg.optimizer if optimizer is None else "optimizer"
+        # The ranks own their layers' updates (ODENet over several time ranks): only the shared
+        # parameters' gradient is summed. Needs an optimizer known to be row-local: the
+        # config's Adam or SGD without weight decay (which would move the rows a rank does not
+        # own; the ODENet has --tikhonov instead); with --clip, the norm is summed over the
+        # ranks. L-BFGS and optimizer chains keep the full allreduce (every layer everywhere).
+        self.owned = (self._own_layers and cfg.model == "odenet" and optimizer is None and self.opt is not None
+                      and not cfg.weight_decay and ODENet._owns_layers(self.solver))
+        if self.owned and cfg.clip is not None:
+            self.opt = optimizer_from_config(
+                cfg, norm=lambda g: self.model.grad_norm(g, self.solver))
         self._fresh_optimizer_state()
         self.rng = np.random.default_rng(cfg.seed)
         self.history, self.start_epoch = [], 0
@@ -1097,7 +1116,9 @@ class Trainer:
                 loss, grad, info = self.model.loss_and_grad_flat(batch.X, batch.y, self.solver,
                                                                  keys=batch.part,
                                                                  lengths=batch.lengths,
-                                                                 pad=self.ds.pad)
+                                                                 pad=self.ds.pad,
+                                                                 **({"owned": True} if self.owned
+                                                                    else {}))
         except SolverError as e:         # never a diverged gradient into the optimizer
             raise SolverError(f"epoch {epoch + 1}, batch {b + 1}: {e}; "
                               f"{_last_good(self.cfg, epoch)}", e.stats) from None
@@ -1165,6 +1186,31 @@ class Trainer:
                 f"lower --lr or use --clip; {_last_good(self.cfg, batch.epoch)}")
         self.times["optimizer"] += time.perf_counter() - t0
 
+    def sync_layers(self, state=False):
+        """With owned layers (:attr:`owned`): make every layer's parameters (``state``: and the
+        optimizer's arrays laid out like them, Adam's moments, SGD's momentum) current on every
+        rank, from their owners: one ``Allgatherv`` per array (collective over the time ranks;
+        nothing otherwise). Called before anything that reads all layers on a rank: the
+        evaluation, the checkpoint, the end of :meth:`fit`; a custom loop of :meth:`step` calls
+        it before it reads :attr:`model`."""
+        if not self.owned:
+            return
+        arrays = [self.model.flat]
+
+        def walk(node):                 # the state's arrays laid out like the parameters
+            if isinstance(node, np.ndarray):
+                if node.shape == self.model.flat.shape:
+                    arrays.append(node)
+            elif isinstance(node, Mapping):
+                for v in node.values():
+                    walk(v)
+            elif isinstance(node, (tuple, list)):
+                for v in node:
+                    walk(v)
+        if state:
+            walk(self.opt_state)
+        self.model.sync_layers(self.solver, *arrays)
+
     # -- one epoch --------------------------------------------------------------------------------
     def fit(self):
         """Train the epochs from :attr:`start_epoch` to ``cfg.epochs`` (with nested iteration:
@@ -1188,6 +1234,7 @@ class Trainer:
                     else:
                         self.train_epoch(epoch)
                         epoch += 1
+            self.sync_layers(state=True)
         except BaseException:
             self.close(quiet=True)                  # the error in flight is the one to report
             raise
@@ -1359,6 +1406,8 @@ class Trainer:
         seconds : float
         """
         t0 = time.perf_counter()
+        if model is None or model is self.model:
+            self.sync_layers()
         with self.running():
             split = "train" if train else "test"
             test = evaluate(self.model if model is None else model, getattr(self, f"X_{split}"),
@@ -1408,6 +1457,7 @@ class Trainer:
         :func:`save_checkpoint`."""
         if not self.cfg.checkpoint:
             return
+        self.sync_layers(state=True)
         warm = gather_warm_arrays(self.solver, self.ranks)
         if self.ranks.root:
             save_checkpoint(self.cfg, epoch, self.model, self.opt_state, self.standardizer,
@@ -1452,16 +1502,17 @@ def _check_last_batch(n_train, cfg):
                           f"that leaves 0 or at least {D} samples for the last batch)")
 
 
-def optimizer_from_config(cfg):
+def optimizer_from_config(cfg, norm=None):
     """The optimizer of ``cfg``: ``make_optimizer(cfg.optimizer, ...)``, after
-    ``clip_by_global_norm(cfg.clip)`` when ``cfg.clip`` is set.
+    ``clip_by_global_norm(cfg.clip, norm)`` when ``cfg.clip`` is set (``norm``: the gradient's
+    norm function, default :func:`~mgritnn.optim.clip.global_norm`).
 
     Returns
     -------
     GradientTransformation
     """
     opt = make_optimizer(cfg.optimizer, **cfg.optimizer_kwargs())
-    return opt if cfg.clip is None else chain(clip_by_global_norm(cfg.clip), opt)
+    return opt if cfg.clip is None else chain(clip_by_global_norm(cfg.clip, norm), opt)
 
 
 def train(cfg, out=print, progress=True, comm=None):
