@@ -1046,6 +1046,7 @@ class Trainer:
         if old_opt == cfg.optimizer and self.opt is not None:
             state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
             self.opt_state = state_from_arrays(self.opt, state, model.flat)
+            self._own_state()
         else:
             diff = [d + (f" (the {old_opt} state is dropped and {cfg.optimizer} starts afresh, so "
                          "the run cannot equal an uninterrupted one bit for bit)")
@@ -1186,30 +1187,47 @@ class Trainer:
                 f"lower --lr or use --clip; {_last_good(self.cfg, batch.epoch)}")
         self.times["optimizer"] += time.perf_counter() - t0
 
-    def sync_layers(self, state=False):
-        """With owned layers (:attr:`owned`): make every layer's parameters (``state``: and the
-        optimizer's arrays laid out like them, Adam's moments, SGD's momentum) current on every
-        rank, from their owners: one ``Allgatherv`` per array (collective over the time ranks;
-        nothing otherwise). Called before anything that reads all layers on a rank: the
-        evaluation, the checkpoint, the end of :meth:`fit`; a custom loop of :meth:`step` calls
-        it before it reads :attr:`model`."""
-        if not self.owned:
-            return
-        arrays = [self.model.flat]
+    def _state_arrays(self, state):
+        """The arrays of an optimizer state laid out like the parameters (Adam's moments, SGD's
+        momentum buffer)."""
+        found = []
 
-        def walk(node):                 # the state's arrays laid out like the parameters
+        def walk(node):
             if isinstance(node, np.ndarray):
                 if node.shape == self.model.flat.shape:
-                    arrays.append(node)
+                    found.append(node)
             elif isinstance(node, Mapping):
                 for v in node.values():
                     walk(v)
             elif isinstance(node, (tuple, list)):
                 for v in node:
                     walk(v)
-        if state:
-            walk(self.opt_state)
-        self.model.sync_layers(self.solver, *arrays)
+        walk(state)
+        return found
+
+    def sync_layers(self, state=None):
+        """With owned layers (:attr:`owned`): make every layer's parameters (and the arrays of
+        the optimizer state ``state`` laid out like them) current on every rank, from their
+        owners, in place: one ``Allgatherv`` per array (collective over the time ranks; nothing
+        otherwise). Called before anything that reads all layers on a rank: the evaluation, the
+        checkpoint (with a copy of the optimizer state: the run's own keeps zero moments in the
+        rows a rank does not own, so that they never move), the end of :meth:`fit`; a custom
+        loop of :meth:`step` calls it before it reads :attr:`model`."""
+        if self.owned:
+            self.model.sync_layers(self.solver, self.model.flat,
+                                   *([] if state is None else self._state_arrays(state)))
+
+    def _own_state(self):
+        """With owned layers: zero the optimizer state's rows of the layers this rank does not
+        own (after loading a checkpoint's full state), so that their updates are zero."""
+        if not self.owned:
+            return
+        lo, hi = self.solver.local_steps(self.model.depth)
+        start, stop = self.model._layer_span
+        for a in self._state_arrays(self.opt_state):
+            rows = a[start:stop].reshape(self.model.params["layers"].shape)
+            rows[:lo] = 0
+            rows[hi:] = 0
 
     # -- one epoch --------------------------------------------------------------------------------
     def fit(self):
@@ -1234,7 +1252,7 @@ class Trainer:
                     else:
                         self.train_epoch(epoch)
                         epoch += 1
-            self.sync_layers(state=True)
+            self.sync_layers()
         except BaseException:
             self.close(quiet=True)                  # the error in flight is the one to report
             raise
@@ -1457,10 +1475,13 @@ class Trainer:
         :func:`save_checkpoint`."""
         if not self.cfg.checkpoint:
             return
-        self.sync_layers(state=True)
+        state = self.opt_state
+        if self.owned:                  # every layer's moments, from their owners, in a copy
+            state = _copy_state(state)
+            self.sync_layers(state)
         warm = gather_warm_arrays(self.solver, self.ranks)
         if self.ranks.root:
-            save_checkpoint(self.cfg, epoch, self.model, self.opt_state, self.standardizer,
+            save_checkpoint(self.cfg, epoch, self.model, state, self.standardizer,
                             self.rng, self.history, self.ds, warm, self.ranks.size,
                             extra=dict(nested_stage=self.stage, stage_start=self.stage_start)
                             if len(self.stages) > 1 else None)
@@ -1477,6 +1498,19 @@ class Trainer:
     def __exit__(self, exc_type, exc, tb):
         self.close(quiet=exc_type is not None)
         return False
+
+
+def _copy_state(node):
+    """A copy of an optimizer state whose arrays are copies (the structure rebuilt as it is)."""
+    if isinstance(node, np.ndarray):
+        return node.copy()
+    if isinstance(node, Mapping):
+        return {k: _copy_state(v) for k, v in node.items()}
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return type(node)(*(_copy_state(v) for v in node))
+    if isinstance(node, (tuple, list)):
+        return type(node)(_copy_state(v) for v in node)
+    return node
 
 
 def _zero_times():

@@ -88,6 +88,25 @@ for name, kw, exact in [("adam", {}, True), ("sgd", dict(optimizer="sgd", moment
         np.testing.assert_allclose(owned, full, rtol=1e-12, atol=1e-15)
     print(f"rank {rank}: ok {name}", flush=True)
 
+# -- the rows a rank does not own never move (Adam, SGD with momentum), until the sync ------------
+for opt in ("adam", "sgd"):
+    t = Trainer(TrainConfig(**dict(BASE, optimizer=opt)), out=lambda *a: None, progress=False,
+                comm=comm)
+    lo, hi = t.solver.local_steps(t.model.depth)
+    layers = t.model.params["layers"]
+    before = layers.copy()
+    for batch in t.batches(0):
+        t.step(batch)
+    others = np.ones(t.model.depth, bool)
+    others[lo:hi] = False
+    assert np.array_equal(layers[others], before[others]) and not np.array_equal(layers, before)
+    start, stop = t.model._layer_span
+    for a in t._state_arrays(t.opt_state):
+        assert not a[start:stop].reshape(layers.shape)[others].any()
+    t.sync_layers()
+    assert same_everywhere(t.model.flat) and not np.array_equal(layers[others], before[others])
+    print(f"rank {rank}: ok still {opt}", flush=True)
+
 # -- weight decay keeps the full allreduce -------------------------------------------------------
 t = Trainer(TrainConfig(**dict(BASE, weight_decay=1e-3)), out=lambda *a: None, progress=False,
             comm=comm)
@@ -98,6 +117,13 @@ for opt in ("adam", "sgd"):
     ck1, ck2 = tmp / f"straight-{opt}.npz", tmp / f"resumed-{opt}.npz"
     _, straight, _ = run(Trainer, optimizer=opt, epochs=2, checkpoint=str(ck1))
     run(Trainer, optimizer=opt, epochs=1, checkpoint=str(ck2))
-    _, resumed, _ = run(Trainer, optimizer=opt, epochs=2, checkpoint=str(ck2), resume=True)
+    t = Trainer(TrainConfig(**dict(BASE, optimizer=opt, epochs=2, checkpoint=str(ck2),
+                                   resume=True)), out=lambda *a: None, progress=False, comm=comm)
+    lo, hi = t.solver.local_steps(t.model.depth)
+    start, stop = t.model._layer_span
+    for a in t._state_arrays(t.opt_state):      # the loaded state: zero rows where not owned
+        rows = a[start:stop].reshape(t.model.params["layers"].shape)
+        assert not rows[:lo].any() and not rows[hi:].any() and rows[lo:hi].any()
+    resumed = t.fit()[0].flat
     assert np.array_equal(straight, resumed)
     print(f"rank {rank}: ok resume {opt}", flush=True)
