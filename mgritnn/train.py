@@ -984,8 +984,9 @@ class Trainer:
         # config's Adam or SGD without weight decay (which would move the rows a rank does not
         # own; the ODENet has --tikhonov instead); with --clip, the norm is summed over the
         # ranks. L-BFGS and optimizer chains keep the full allreduce (every layer everywhere).
-        self.owned = (self._own_layers and cfg.model == "odenet" and optimizer is None and self.opt is not None
-                      and not cfg.weight_decay and ODENet._owns_layers(self.solver))
+        self.owned = (self._own_layers and cfg.model == "odenet" and optimizer is None
+                      and self.opt is not None and not cfg.weight_decay
+                      and ODENet._owns_layers(self.solver))
         if self.owned and cfg.clip is not None:
             self.opt = optimizer_from_config(
                 cfg, norm=lambda g: self.model.grad_norm(g, self.solver))
