@@ -25,12 +25,28 @@ is ordinary backpropagation; MGRIT (``MGRITConfig``) trains the layers in parall
 the weights of its own layers (``solver.local_steps(N)``) as its step inputs, and their gradients
 come back from the adjoint as the input cotangents on that rank. The opening runs on every rank
 (only the first rank's result enters the solve); its gradient comes from the adjoint at point 0
-(``lam_first``) on the first rank; the classifier and the regularization are evaluated on the last
-rank; ``solver.reduce`` sums the flat gradient (the rows other ranks do not own are zero there).
+(``lam_first``) on the first rank; the classifier and the regularization of the shared
+parameters are evaluated on the last rank.
 
-Known limitation of this first version: **the weights are replicated on every rank** (the flat
-buffer holds all N layers everywhere), so memory does not yet shrink with the number of ranks;
-only the work does.
+Two ways to combine the ranks' gradients (``loss_and_grad_flat(..., owned=...)``):
+
+* ``owned=False`` (default): ``solver.reduce`` sums the whole flat gradient (the rows other ranks
+  do not own are zero there); every rank must hold all layers current (the regularization of
+  all layers is evaluated on the last rank).
+* ``owned=True`` (the trainer's with Adam/SGD): the ranks own their layers' updates. Each rank's
+  layer rows hold its own layers' gradient, zeros elsewhere (no allreduce for them); only the
+  opening's and classifier's gradient is summed (``solver.reduce(..., shared=...)``). Each rank
+  evaluates its layers' regularization: Tikhonov row by row, and the smoothness term with the
+  neighbouring ranks' boundary layers (one message each way through the solver's TimeComm); the
+  2N per-layer terms are summed over the ranks in one small allreduce, so every rank reports the
+  same value, the one-process bits. The owned rows, the shared parts, the loss and logits are
+  bitwise those of ``owned=False``. The rows a rank does not own may be stale on it:
+  :meth:`ODENet.sync_layers` (one ``Allgatherv`` of the owned blocks) makes them current before
+  anything reads all layers (the trainer: evaluation, checkpoints, the end of training).
+
+Known limitation: **the weights are still stored on every rank** (the flat buffer holds all N
+layers everywhere), so memory does not yet shrink with the number of ranks; the work and, with
+owned layers, the communication do.
 
 References
 ----------
@@ -289,24 +305,132 @@ class ODENet(FlatParamModel):
         """Predicted classes, ndarray of shape (B,), int64."""
         return np.argmax(self.forward(X, solver, lengths=lengths, pad=pad), axis=1)
 
+    # -- the layers' owners (ranks of a time-parallel solver) ---------------------------------
+
+    @property
+    def _layer_span(self):
+        """(start, stop) of the layers in :attr:`flat`."""
+        start = 0 if self.opening == "copy" else self.width * (self.num_features + 1)
+        return start, start + self.params["layers"].size
+
+    def shared_slices(self):
+        """The slices of :attr:`flat` that every rank shares: the opening and the classifier
+        (all but the layers)."""
+        start, stop = self._layer_span
+        return [slice(0, start), slice(stop, self.flat.size)]
+
+    @staticmethod
+    def _owns_layers(solver):
+        """Whether ``solver`` splits the layers over several ranks (then each owns a block)."""
+        tc = getattr(solver, "tc", None)
+        return tc is not None and tc.size > 1
+
+    def sync_layers(self, solver, *arrays):
+        """Make every layer row current on every rank, from its owner (``solver.local_steps``),
+        in place: one ``Allgatherv`` of the owned blocks per array (collective over the time
+        ranks; nothing with one rank).
+
+        Parameters
+        ----------
+        solver : solver
+        *arrays : ndarray, shape like :attr:`flat`
+            Default: :attr:`flat` (the parameters); also the optimizer's moment arrays (laid out
+            like :attr:`flat`) before a checkpoint.
+        """
+        if not self._owns_layers(solver):
+            return
+        lo, hi = solver.local_steps(self.depth)
+        start, stop = self._layer_span
+        for a in arrays or (self.flat,):
+            if a.shape != self.flat.shape:
+                raise ValueError(f"sync_layers: an array of shape {a.shape}, the parameters "
+                                 f"have {self.flat.shape}")
+            solver.tc.allgather_rows(a[start:stop].reshape(self.params["layers"].shape), lo, hi)
+
+    def grad_norm(self, grad, solver):
+        """The L2 norm of a gradient whose layer rows lie on their owners (each rank its own,
+        zero elsewhere) and whose shared parts are the same on every rank: the squares of the
+        layer rows summed over the ranks (one scalar allreduce) plus the shared ones once.
+        With one rank: ``global_norm(grad)`` up to the order of the sums."""
+        start, stop = self._layer_span
+        x = grad.astype(np.float64, copy=False)
+        own = x[start:stop]
+        sq = np.array([own.dot(own)])
+        if self._owns_layers(solver):
+            sq = solver.tc.allreduce(sq)
+        shared = sum(float(x[s].dot(x[s])) for s in self.shared_slices())
+        return float(np.sqrt(sq[0] + shared))
+
+    def _neighbour_layers(self, solver, lo, hi):
+        """The layers lo - 1 and hi (None at the ends) from the neighbouring owners: one message
+        each way through the solver's TimeComm."""
+        L = self.params["layers"]
+        prev = np.empty_like(L[0]) if lo > 0 else None
+        nxt = np.empty_like(L[0]) if hi < self.depth else None
+        tc = solver.tc
+        tc.shift(L[hi - 1], prev if prev is not None else np.empty_like(L[0]), "odenet-layers")
+        tc.shift(L[lo], nxt if nxt is not None else np.empty_like(L[0]), "odenet-layers",
+                 index=1, reverse=True)
+        return prev, nxt
+
+    def _reg_terms(self, grad=None, lo=0, hi=None, prev=None, nxt=None, shared=True):
+        """The regularization's parts of the layers [lo, hi): per layer k, ‖θ_k‖² (``sq``) and
+        ‖θ_{k+1} - θ_k‖² / Δt² (``dsq``, k < N - 1), float64 arrays (N,) zero outside [lo, hi);
+        and ``shared_sq`` (float) of the opening and classifier. ``prev``/``nxt``: the layers
+        lo - 1 and hi where this rank's rows of them are not current (None: take them from
+        :attr:`params`). With ``grad`` (laid out like :attr:`flat`), the gradient of the layers
+        [lo, hi) (and of the shared parameters with ``shared``) is added to it, in the order of
+        the one-process computation (the same bits)."""
+        N, t, dt = self.depth, self.tikhonov, self.dt
+        hi = N if hi is None else hi
+        L = self.params["layers"]
+        elo, ehi = max(lo - 1, 0), min(hi + 1, N)
+        E = L[elo:ehi]
+        if (lo > 0 and prev is not None) or (hi < N and nxt is not None):
+            E = E.copy()
+            if lo > 0 and prev is not None:
+                E[0] = prev
+            if hi < N and nxt is not None:
+                E[-1] = nxt
+        diff = (E[1:] - E[:-1]) / dt                 # diff[j]: (θ_{elo+j+1} - θ_{elo+j}) / Δt
+        rows = L[lo:hi].reshape(hi - lo, -1).astype(np.float64)
+        sq, dsq = np.zeros(N), np.zeros(N)
+        sq[lo:hi] = np.sum(rows * rows, axis=1)
+        dhi = min(hi, N - 1)
+        if dhi > lo:
+            d = diff[lo - elo:dhi - elo].reshape(dhi - lo, -1).astype(np.float64)
+            dsq[lo:dhi] = np.sum(d * d, axis=1)
+        shared_sq = 0.0
+        for s in self.shared_slices():
+            x = self.flat[s].astype(np.float64)
+            shared_sq += float(np.dot(x, x))
+        if grad is not None:
+            if shared:
+                for s in self.shared_slices():
+                    grad[s] += t * self.flat[s]
+            gl = self.unflatten(grad)["layers"]
+            gl[lo:hi] += t * L[lo:hi]
+            D = (self.ddt_penalty / dt) * diff
+            a = max(lo, 1)
+            gl[a:hi] += D[a - 1 - elo:hi - 1 - elo]
+            gl[lo:dhi] -= D[lo - elo:dhi - elo]
+        return sq, dsq, shared_sq
+
+    def _reg_value(self, sq, dsq, shared_sq):
+        """The regularization's value from all layers' parts (:meth:`_reg_terms`), summed in a
+        fixed order: the same bits on any number of ranks."""
+        return (self.tikhonov / 2 * (shared_sq + float(np.sum(sq)))
+                + self.ddt_penalty / 2 * float(np.sum(dsq)))
+
     def regularization(self, grad=None):
         """The regularization's value (module docstring), and its gradient added to ``grad``
-        (a flat vector laid out like :attr:`flat`) if given."""
-        g2 = self.tikhonov / 2 * float(np.dot(self.flat, self.flat))
-        L = self.params["layers"]
-        diff = (L[1:] - L[:-1]) / self.dt
-        d2 = self.ddt_penalty / 2 * float(np.sum(diff * diff))
-        if grad is not None:
-            grad += self.tikhonov * self.flat
-            gl = self.unflatten(grad)["layers"]
-            D = (self.ddt_penalty / self.dt) * diff
-            gl[1:] += D
-            gl[:-1] -= D
-        return g2 + d2
+        (a flat vector laid out like :attr:`flat`) if given (all layers: they must be current
+        on this rank)."""
+        return self._reg_value(*self._reg_terms(grad))
 
     @entry_point
     def loss_and_grad_flat(self, X, y, solver="serial", keys=None, strict=True, lengths=None,
-                           pad="end"):
+                           pad="end", owned=False):
         """Loss (mean softmax cross-entropy plus the regularization) and its gradient as a flat
         vector laid out like :attr:`flat`.
 
@@ -321,6 +445,15 @@ class ODENet(FlatParamModel):
         strict : bool
             Raise :class:`~mgritnn.errors.SolverError` for a diverged or non-finite solve.
         lengths, pad : must be None / ignored (as in :meth:`forward`)
+        owned : bool
+            With a solver that splits the layers over several ranks: each rank's layer rows of
+            the gradient hold its own layers' gradient (``solver.local_steps(N)``) and zeros
+            elsewhere (not summed over the ranks), the opening and classifier are summed (one
+            allreduce of those alone); the regularization of the layers is computed by their
+            owners (the smoothness term's neighbouring layers exchanged with the neighbours,
+            since the rows a rank does not own may be stale there). The owned rows, the shared
+            parts, the loss and the logits are the bits of ``owned=False``. Default False: the
+            whole gradient summed, every layer current on every rank expected.
 
         Returns
         -------
@@ -342,14 +475,25 @@ class ODENet(FlatParamModel):
         t1 = time.perf_counter()
         grad = np.zeros_like(self.flat)
         g = self.unflatten(grad)
-        reg = self.regularization()              # the weights are on every rank: cheap to know
+        owned = owned and self._owns_layers(solver)
         loss, logits, lam_last = 0.0, None, None
-        if solver.is_last:                       # the head and the regularization's gradient
+        if solver.is_last:                       # the head
             lam_last = np.empty_like(h_last)
             data, logits, lam_last[...] = softmax_cross_entropy_head(
                 h_last, self.params["classifier.weight"], self.params["classifier.bias"], y,
                 g["classifier.weight"], g["classifier.bias"])
-            loss = data + self.regularization(grad)
+        if owned:       # each rank its layers' regularization; the shared parameters' on the last
+            prev, nxt = self._neighbour_layers(solver, lo, hi)
+            sq, dsq, shared_sq = self._reg_terms(grad, lo, hi, prev, nxt, solver.is_last)
+            parts = solver.tc.allreduce(np.concatenate([sq, dsq]))
+            reg = self._reg_value(parts[:self.depth], parts[self.depth:], shared_sq)
+            if solver.is_last:
+                loss = data
+        else:           # every layer is current on every rank: the last rank has it all
+            terms = self._reg_terms(grad if solver.is_last else None)
+            reg = self._reg_value(*terms)
+            if solver.is_last:
+                loss = data + reg
         lam_first = np.zeros_like(u0) if d0 is not None and solver.is_first else None
         w = self.cell.weights(self.dtype)
         dxp, astats = solver.adjoint(self.cell, w, state, lam_last, self.cell.zero_grads(w),
@@ -361,7 +505,10 @@ class ODENet(FlatParamModel):
             g["opening.weight"][...] += da0.T @ Y
             g["opening.bias"][...] += da0.sum(axis=0)
         t2 = time.perf_counter()
-        grad, loss, logits = solver.reduce(grad, loss, logits, (B, self.num_classes))
+        grad, loss, logits = solver.reduce(grad, loss, logits, (B, self.num_classes),
+                                           shared=self.shared_slices() if owned else None)
+        if owned:
+            loss = loss + reg
         return loss, grad, dict(logits=logits, data_loss=loss - reg, regularization=reg,
                                 forward=fstats, adjoint=astats, time_forward=t1 - t0,
                                 time_adjoint=t2 - t1, time_reduce=time.perf_counter() - t2)

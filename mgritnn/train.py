@@ -851,6 +851,11 @@ class Trainer:
     opt_state : its state
     history : list of dict
         The epoch records so far.
+    owned : bool
+        The ranks own their layers' updates (an ODENet on several time ranks with the config's
+        Adam or SGD, no weight decay): each rank's gradient and update touch only its own
+        layers (and the shared opening and classifier); the other layer rows of :attr:`model`
+        are stale on it until :meth:`sync_layers`.
     start_epoch : int
         Epochs done before this run (from the checkpoint when resuming).
     times : dict of str to float
@@ -862,6 +867,10 @@ class Trainer:
     Use as a context manager (or call :meth:`close`) when driving it by hand: the log is open
     from construction on.
     """
+
+    #: Let the ranks own their layers' updates where they can (:attr:`owned`); False: the full
+    #: allreduce everywhere (kept for the tests that compare the two).
+    _own_layers = True
 
     def __init__(self, cfg, out=print, progress=True, comm=None, optimizer=None):
         cfg.check_paths()
@@ -970,6 +979,17 @@ class Trainer:
         else:
             self.opt = optimizer if optimizer is not None else optimizer_from_config(cfg)
             self.opt_name = cfg.optimizer if optimizer is None else "optimizer"
+        # The ranks own their layers' updates (ODENet over several time ranks): only the shared
+        # parameters' gradient is summed. Needs an optimizer known to be row-local: the
+        # config's Adam or SGD without weight decay (which would move the rows a rank does not
+        # own; the ODENet has --tikhonov instead); with --clip, the norm is summed over the
+        # ranks. L-BFGS and optimizer chains keep the full allreduce (every layer everywhere).
+        self.owned = (self._own_layers and cfg.model == "odenet" and optimizer is None
+                      and self.opt is not None and not cfg.weight_decay
+                      and ODENet._owns_layers(self.solver))
+        if self.owned and cfg.clip is not None:
+            self.opt = optimizer_from_config(
+                cfg, norm=lambda g: self.model.grad_norm(g, self.solver))
         self._fresh_optimizer_state()
         self.rng = np.random.default_rng(cfg.seed)
         self.history, self.start_epoch = [], 0
@@ -1027,6 +1047,7 @@ class Trainer:
         if old_opt == cfg.optimizer and self.opt is not None:
             state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
             self.opt_state = state_from_arrays(self.opt, state, model.flat)
+            self._own_state()
         else:
             diff = [d + (f" (the {old_opt} state is dropped and {cfg.optimizer} starts afresh, so "
                          "the run cannot equal an uninterrupted one bit for bit)")
@@ -1097,7 +1118,9 @@ class Trainer:
                 loss, grad, info = self.model.loss_and_grad_flat(batch.X, batch.y, self.solver,
                                                                  keys=batch.part,
                                                                  lengths=batch.lengths,
-                                                                 pad=self.ds.pad)
+                                                                 pad=self.ds.pad,
+                                                                 **({"owned": True} if self.owned
+                                                                    else {}))
         except SolverError as e:         # never a diverged gradient into the optimizer
             raise SolverError(f"epoch {epoch + 1}, batch {b + 1}: {e}; "
                               f"{_last_good(self.cfg, epoch)}", e.stats) from None
@@ -1165,6 +1188,48 @@ class Trainer:
                 f"lower --lr or use --clip; {_last_good(self.cfg, batch.epoch)}")
         self.times["optimizer"] += time.perf_counter() - t0
 
+    def _state_arrays(self, state):
+        """The arrays of an optimizer state laid out like the parameters (Adam's moments, SGD's
+        momentum buffer)."""
+        found = []
+
+        def walk(node):
+            if isinstance(node, np.ndarray):
+                if node.shape == self.model.flat.shape:
+                    found.append(node)
+            elif isinstance(node, Mapping):
+                for v in node.values():
+                    walk(v)
+            elif isinstance(node, (tuple, list)):
+                for v in node:
+                    walk(v)
+        walk(state)
+        return found
+
+    def sync_layers(self, state=None):
+        """With owned layers (:attr:`owned`): make every layer's parameters (and the arrays of
+        the optimizer state ``state`` laid out like them) current on every rank, from their
+        owners, in place: one ``Allgatherv`` per array (collective over the time ranks; nothing
+        otherwise). Called before anything that reads all layers on a rank: the evaluation, the
+        checkpoint (with a copy of the optimizer state: the run's own keeps zero moments in the
+        rows a rank does not own, so that they never move), the end of :meth:`fit`; a custom
+        loop of :meth:`step` calls it before it reads :attr:`model`."""
+        if self.owned:
+            self.model.sync_layers(self.solver, self.model.flat,
+                                   *([] if state is None else self._state_arrays(state)))
+
+    def _own_state(self):
+        """With owned layers: zero the optimizer state's rows of the layers this rank does not
+        own (after loading a checkpoint's full state), so that their updates are zero."""
+        if not self.owned:
+            return
+        lo, hi = self.solver.local_steps(self.model.depth)
+        start, stop = self.model._layer_span
+        for a in self._state_arrays(self.opt_state):
+            rows = a[start:stop].reshape(self.model.params["layers"].shape)
+            rows[:lo] = 0
+            rows[hi:] = 0
+
     # -- one epoch --------------------------------------------------------------------------------
     def fit(self):
         """Train the epochs from :attr:`start_epoch` to ``cfg.epochs`` (with nested iteration:
@@ -1188,6 +1253,7 @@ class Trainer:
                     else:
                         self.train_epoch(epoch)
                         epoch += 1
+            self.sync_layers()
         except BaseException:
             self.close(quiet=True)                  # the error in flight is the one to report
             raise
@@ -1359,6 +1425,8 @@ class Trainer:
         seconds : float
         """
         t0 = time.perf_counter()
+        if model is None or model is self.model:
+            self.sync_layers()
         with self.running():
             split = "train" if train else "test"
             test = evaluate(self.model if model is None else model, getattr(self, f"X_{split}"),
@@ -1408,9 +1476,13 @@ class Trainer:
         :func:`save_checkpoint`."""
         if not self.cfg.checkpoint:
             return
+        state = self.opt_state
+        if self.owned:                  # every layer's moments, from their owners, in a copy
+            state = _copy_state(state)
+            self.sync_layers(state)
         warm = gather_warm_arrays(self.solver, self.ranks)
         if self.ranks.root:
-            save_checkpoint(self.cfg, epoch, self.model, self.opt_state, self.standardizer,
+            save_checkpoint(self.cfg, epoch, self.model, state, self.standardizer,
                             self.rng, self.history, self.ds, warm, self.ranks.size,
                             extra=dict(nested_stage=self.stage, stage_start=self.stage_start)
                             if len(self.stages) > 1 else None)
@@ -1427,6 +1499,19 @@ class Trainer:
     def __exit__(self, exc_type, exc, tb):
         self.close(quiet=exc_type is not None)
         return False
+
+
+def _copy_state(node):
+    """A copy of an optimizer state whose arrays are copies (the structure rebuilt as it is)."""
+    if isinstance(node, np.ndarray):
+        return node.copy()
+    if isinstance(node, Mapping):
+        return {k: _copy_state(v) for k, v in node.items()}
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return type(node)(*(_copy_state(v) for v in node))
+    if isinstance(node, (tuple, list)):
+        return type(node)(_copy_state(v) for v in node)
+    return node
 
 
 def _zero_times():
@@ -1452,16 +1537,17 @@ def _check_last_batch(n_train, cfg):
                           f"that leaves 0 or at least {D} samples for the last batch)")
 
 
-def optimizer_from_config(cfg):
+def optimizer_from_config(cfg, norm=None):
     """The optimizer of ``cfg``: ``make_optimizer(cfg.optimizer, ...)``, after
-    ``clip_by_global_norm(cfg.clip)`` when ``cfg.clip`` is set.
+    ``clip_by_global_norm(cfg.clip, norm)`` when ``cfg.clip`` is set (``norm``: the gradient's
+    norm function, default :func:`~mgritnn.optim.clip.global_norm`).
 
     Returns
     -------
     GradientTransformation
     """
     opt = make_optimizer(cfg.optimizer, **cfg.optimizer_kwargs())
-    return opt if cfg.clip is None else chain(clip_by_global_norm(cfg.clip), opt)
+    return opt if cfg.clip is None else chain(clip_by_global_norm(cfg.clip, norm), opt)
 
 
 def train(cfg, out=print, progress=True, comm=None):

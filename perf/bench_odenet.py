@@ -5,7 +5,8 @@ One training step (``ODENet.loss_and_grad_flat`` + Adam, float32, tanh, random d
 seeded, the same on every rank) per configuration, on P = 1, 2, 4 MPI ranks: the serial sweep on
 one rank; MGRIT over the layers with the authors' settings (cf 4 (2 for shallow nets), 2 levels or
 3, F-relaxation, 2 forward / 1 adjoint cycles, first down-leg skipped: ``--levels --cf --relax``)
-on every P. Per launch: the slowest rank's median step time, every rank's forward and adjoint
+on every P (``--owned``: the ranks own their layers' gradient, only the opening's and the
+classifier's are allreduced; default: the whole gradient). Per launch: the slowest rank's median step time, every rank's forward and adjoint
 step evaluations (one layer applied to the whole batch counts one), the MGRIT cycles, and on
 rank 0 the error of the loss and the gradient's cosine against the serial step from the same
 parameters. Oversubscribed launches (P above this machine's cores) are marked and count only.
@@ -60,8 +61,12 @@ def worker(a):
     else:
         solver = MGRITConfig(levels=a.levels, cf=a.cf, relax=a.relax, max_iter=2,
                              adjoint_max_iter=1, skip_first_down=True)
-    step = harness.training_step(m, X, y, solver)
+    step = harness.training_step(m, X, y, solver, owned=a.owned)
     per_rank, times, (loss, g, info) = bench_regimes.measure(comm, step, a.repeats)
+    if a.owned:                 # each rank has its own layers' rows: sum them for the comparison
+        lo, hi = m._layer_span
+        g = g.copy()
+        g[lo:hi] = comm.allreduce(g[lo:hi])
     if comm.Get_rank() != 0:
         return
     fs, ad = info["forward"], info["adjoint"]
@@ -71,7 +76,7 @@ def worker(a):
                step_s_per_rank=[r["step_s"] for r in per_rank],
                first_call_s=max(r["first_call_s"] for r in per_rank), times_s_rank0=times,
                evals_per_rank=[list(r["evals"]) for r in per_rank], loss=float(loss),
-               fwd_iters=fs.iterations, adj_iters=ad.iterations)
+               fwd_iters=fs.iterations, adj_iters=ad.iterations, owned=a.owned)
     if a.solver != "serial":
         ls, gs, _ = m.loss_and_grad_flat(X, y, "serial")
         g64, gs64 = g.astype(np.float64), gs.astype(np.float64)
@@ -99,7 +104,8 @@ def bench(a):
             jobs.append(dict(key=(shape, "mgrit", P), ranks=P,
                              args=["--shape", shape, "--solver", "mgrit", "--levels", str(levels),
                                    "--cf", str(cf), "--relax", "F",
-                                   "--repeats", str(a.repeats if P <= cores else 0)],
+                                   "--repeats", str(a.repeats if P <= cores else 0)]
+                             + (["--owned"] if a.owned else []),
                              label=dict(shape=shape, solver="mgrit"),
                              where=dict(ranks=P, oversubscribed=P > cores), fail={}))
         groups.append(jobs)
@@ -142,12 +148,16 @@ def main():
     w.add_argument("--cf", type=int, default=4)
     w.add_argument("--relax", default="F")
     w.add_argument("--repeats", type=int, default=5)
+    w.add_argument("--owned", action="store_true")
     p.add_argument("--shapes", type=bench_regimes._list(tuple(SHAPES)), default=list(SHAPES))
     p.add_argument("--ranks", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out", help="append the JSON lines here")
+    p.add_argument("--owned", action="store_true",
+                   help="the ranks own their layers: allreduce only the shared parameters' "
+                        "gradient (loss_and_grad_flat(owned=True)); default: the full allreduce")
     a = p.parse_args()
     if a.cmd == "worker":
         worker(a)

@@ -42,19 +42,21 @@ def mpi_problem(shape, threads, cell="implicit", dtype="float32", classes=6, T=N
     return comm, m, X, y, (B, T, I, H, L)
 
 
-def training_step(m, X, y, solver, lr=1e-3, reduce=None):
+def training_step(m, X, y, solver, lr=1e-3, reduce=None, owned=False):
     """A function that runs one training step (``loss_and_grad_flat`` + an Adam update) and then
     restores the parameters, so that every call times the same problem; returns ``(loss, grad,
     info)`` of the step. ``solver`` is passed as given to every call (a config object is made
     into a solver once by the model). ``reduce``, if given, maps the gradient to the one the
-    update uses (data parallelism: the sum over the data groups), inside the step."""
+    update uses (data parallelism: the sum over the data groups), inside the step. ``owned``: an
+    ODENet's ranks own their layers (``loss_and_grad_flat(..., owned=True)``: only the shared
+    parameters' gradient is allreduced)."""
     from mgritnn.optim import adam, apply_updates
     opt = adam(lr=lr)
     params0 = m.flat.copy()
 
     def step():
         st = opt.init(m.flat)
-        loss, g, info = m.loss_and_grad_flat(X, y, solver)
+        loss, g, info = m.loss_and_grad_flat(X, y, solver, **({"owned": True} if owned else {}))
         if reduce is not None:
             g = reduce(g)
         apply_updates(m.flat, opt.update(g, st, m.flat)[0], inplace=True)

@@ -24,6 +24,7 @@ TAGS = {
     "deer-sweep": 400,          # DEER's fallback serial sweep, pipelined
     "scan-boundary": 500,       # the scan's shared block boundary
     "deer-cotangent": 600,      # DEER adjoint: the layer input's cotangent at the block boundary, + layer
+    "odenet-layers": 700,       # the ODENet's neighbouring layer weights (its smoothness penalty)
 }
 _BLOCK = 100
 
@@ -126,6 +127,23 @@ class TimeComm:
         self.comm.Allgather(send, out)
         self._waited(t0)
         return out
+
+    def allgather_rows(self, buf, lo, hi):
+        """Make all rows of ``buf`` (T, ...) current on every rank, in place, when each rank has
+        the current rows [lo, hi) of its own (contiguous blocks in rank order that cover 0..T;
+        one ``Allgatherv``). ``buf`` must be C-contiguous."""
+        if self._mpi is None:
+            return buf
+        if not buf.flags.c_contiguous:
+            raise ValueError("allgather_rows needs a C-contiguous buffer")
+        row = int(np.prod(buf.shape[1:], dtype=np.int64))
+        bounds = self.allgather(np.array([lo, hi], np.int64))
+        counts = (bounds[:, 1] - bounds[:, 0]) * row
+        displs = bounds[:, 0] * row
+        t0 = time.perf_counter()
+        self.comm.Allgatherv(self._mpi.IN_PLACE, [buf.reshape(-1), (counts, displs)])
+        self._waited(t0)
+        return buf
 
     def bcast(self, buf, root):
         """Broadcast the array ``buf`` in place from rank ``root`` (same shape everywhere)."""

@@ -36,13 +36,16 @@ def global_norm(tree):
     return float(np.sqrt(sq))
 
 
-def clip_by_global_norm(max_norm):
+def clip_by_global_norm(max_norm, norm=None):
     """Scale the updates so that their global L2 norm is at most ``max_norm`` (stateless).
 
     Parameters
     ----------
     max_norm : float
         Largest allowed norm, ``> 0`` (``inf`` never clips).
+    norm : callable, optional
+        ``norm(updates) -> float`` in place of :func:`global_norm` (the trainer's norm of a
+        gradient whose parts lie on several ranks: :meth:`mgritnn.odenet.ODENet.grad_norm`).
 
     Returns
     -------
@@ -69,9 +72,9 @@ def clip_by_global_norm(max_norm):
         raise ConfigError(f"max_norm must be a number > 0, got {max_norm!r}")
 
     def update(updates, state, params=None):
-        norm = global_norm(updates)
-        if math.isfinite(norm) and norm > c:
-            f = c / (norm + 1e-6)
+        nu = global_norm(updates) if norm is None else norm(updates)
+        if math.isfinite(nu) and nu > c:
+            f = c / (nu + 1e-6)
             updates = tree_map(lambda u: u * f, updates)
         return updates, state
 

@@ -109,8 +109,12 @@ class AutoSolver(Solver):
     def local_steps(self, T):
         return self._tp.local_steps(T)
 
-    def reduce(self, grad, loss, logits, shape=None):
-        return self._tp.reduce(grad, loss, logits, shape)
+    @property
+    def tc(self):
+        return self._tp.tc
+
+    def reduce(self, grad, loss, logits, shape=None, shared=None):
+        return self._tp.reduce(grad, loss, logits, shape, shared)
 
     # -- the first choice -----------------------------------------------------------------------
 

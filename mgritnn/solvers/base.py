@@ -153,13 +153,17 @@ class Solver:
     name = "base"
     is_last = True
     is_first = True
+    #: The :class:`~mgritnn.distributed.TimeComm` of the ranks that share the time axis (None:
+    #: one process).
+    tc = None
 
     def local_steps(self, T):
         """The fine steps [lo, hi) of a sequence of T steps whose inputs this rank needs."""
         return 0, T
 
-    def reduce(self, grad, loss, logits, shape=None):
-        """Combine the per-rank results (``shape``: the logits' (B, C)); one process: nothing to do."""
+    def reduce(self, grad, loss, logits, shape=None, shared=None):
+        """Combine the per-rank results (``shape``: the logits' (B, C); ``shared``: the parts of
+        the gradient to sum, see :meth:`TimeParallelSolver.reduce`); one process: nothing to do."""
         return grad, loss, logits
 
     def warm_arrays(self):
@@ -242,9 +246,14 @@ class TimeParallelSolver(Solver):
                                   f"{keys.shape}, states {states.shape}")
             self._warm = {(int(T), int(k)): np.array(s) for (T, k), s in zip(keys, states)}
 
-    def reduce(self, grad, loss, logits, shape=None):
+    def reduce(self, grad, loss, logits, shape=None, shared=None):
         """Sum the gradient over the time ranks; broadcast the loss and the logits (of ``shape``
-        (B, C)) from the last rank, in one buffer."""
+        (B, C)) from the last rank, in one buffer.
+
+        ``shared`` (a sequence of slices of ``grad``, optional): sum only these parts (one
+        allreduce of their concatenation) and leave the rest of ``grad`` as this rank has it,
+        in place (the ODENet's layer rows stay on the rank that owns them). None: sum all of it
+        (a new array)."""
         if self.size == 1:
             return grad, loss, logits
         buf = np.empty(1 + int(np.prod(shape)), np.float64)
@@ -252,7 +261,17 @@ class TimeParallelSolver(Solver):
             buf[0], buf[1:] = loss, logits.ravel()
         self.tc.bcast(buf, root=self.size - 1)
         dtype = grad.dtype if logits is None else logits.dtype
-        return self.tc.allreduce(grad), float(buf[0]), buf[1:].reshape(shape).astype(dtype)
+        if shared is None:
+            grad = self.tc.allreduce(grad)
+        else:
+            shared = list(shared)
+            summed = self.tc.allreduce(np.concatenate([grad[s] for s in shared]))
+            at = 0
+            for s in shared:
+                n = grad[s].size
+                grad[s] = summed[at:at + n]
+                at += n
+        return grad, float(buf[0]), buf[1:].reshape(shape).astype(dtype)
 
 
 class Registered(NamedTuple):
