@@ -66,6 +66,7 @@ def test_auto_drops_a_route_slower_than_serial():
     (key, _), = auto.choices.items()
     auto.choices[key] = "deer"
     auto.timings[key]["serial"] = 1e-12
+    auto._slow[key] = 0           # a parallel route chosen by the calibration may have counted one
     m.loss_and_grad_flat(X, y, auto)
     assert auto.choices[key] == "deer"
     _, _, info = m.loss_and_grad_flat(X, y, auto)
