@@ -143,7 +143,7 @@ class AutoSolver(Solver):
         buf = np.full(len(PARALLEL_ROUTES), np.nan)
         if self._tp.rank == 0:
             buf[:] = model_solve_times(cell, h0, x, T, w.dtype, self.size, self.config.calibration)
-        self._tp.tc.bcast(buf, root=0)
+        self.tc.bcast(buf, root=0)
         pred = {r: (None if np.isnan(t) else float(t) / T) for r, t in zip(PARALLEL_ROUTES, buf)}
         self.predictions[key], self.timings[key] = pred, {}
         known = {r: t for r, t in pred.items() if t is not None}
@@ -195,7 +195,7 @@ class AutoSolver(Solver):
             if name != "serial":
                 self._check(key, name, spent / T, {"serial": self.timings[key]["serial"]})
         else:                                   # the slowest rank's time: every rank decides alike
-            spent = float(self._tp.tc.allreduce(np.array([spent]), op="max")[0])
+            spent = float(self.tc.allreduce(np.array([spent]), op="max")[0])
             self.timings[key][name] = spent / T
             others = {r: self._estimate(key, r) for r in self.routes if r != name}
             untried = [r for r, t in others.items() if t is None]

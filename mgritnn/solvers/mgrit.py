@@ -202,10 +202,11 @@ class MGRITConfig:
         zero initial guess); ``"fast"`` spends few step evaluations (two levels, cf 4,
         F-relaxation, one forward and one adjoint cycle, warm start from each sample's previous
         C-point states): 128 per rank at P = 4, N = 128, and UCI HAR trains to the serial accuracy
-        with it. ``"layers"`` is the layer-parallel ODENet papers' setting (automatic levels,
-        cf 4, F-relaxation on the fine level and FCF on the coarse ones, 2 forward / 2 adjoint
-        cycles, first down-cycle skipped, zero initial guess). Its coarse level (N / 4 points) is solved sequentially, pipelined over the ranks,
-        which limits it on many ranks (use ``levels=3`` there). See the README for what each costs.
+        with it; its coarse level (N / 4 points) is solved sequentially, pipelined over the
+        ranks, which limits it on many ranks (use ``levels=3`` there). ``"layers"`` is the
+        layer-parallel ODENet papers' setting (automatic levels, cf 4, F-relaxation on the fine
+        level and FCF on the coarse ones, 2 forward / 2 adjoint cycles, first down-cycle skipped,
+        zero initial guess). See the README for what each costs.
         """
         if name not in PRESETS:
             raise ConfigError(f"unknown MGRIT preset {name!r}; choose one of {sorted(PRESETS)}")
