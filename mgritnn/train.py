@@ -40,6 +40,7 @@ from .runtime import blas_threads, compile_rank0_first, entry_point, numba_threa
 from .optim import (EmptyState, apply_updates, chain, clip_by_global_norm, make_optimizer, state_from_arrays,
                     state_to_arrays)
 from .solvers import MGRIT_PRESETS, SOLVERS, make_solver
+from . import gradient_quality
 
 
 #: The models of ``mgritnn train --model`` (the keys of :data:`datasets.MODEL_DATA_KINDS`).
@@ -181,6 +182,19 @@ class TrainConfig:
         Append one JSON line per epoch to this file (missing directories are created).
     max_batches : int or None
         Stop every epoch after this many batches (quick runs).
+    gradient_check : int or None
+        Compare the solver's gradient with the exact one of the same batch (the serial sweep,
+        pipelined over the time ranks) on each epoch's first batch and every K-th after it:
+        cosine, relative error and loss error in the log (``type="gradient_check"``), a summary
+        line per epoch (:mod:`mgritnn.gradient_quality`). Its cost is one serial gradient per
+        checked batch, reported. None: K = 0 for the serial solver, once per epoch (K = the
+        epoch's batches) for the others; 0: off. Not for an ODENet whose ranks own their layers.
+    gradient_target : float
+        The cosine a checked gradient must reach: a checked batch below it takes the exact
+        gradient for its update (counted), and an MGRIT solve with ``rms_tol`` tightens its
+        tolerance 4x (:attr:`~mgritnn.solvers.mgrit.MGRITSolver.tol_scale`); a check of
+        solves that both met the tolerance (no fallback) with 1 - cosine below a tenth of
+        1 - target loosens it 2x (fewer cycles), up to 16x.
     """
     model: str = field(default="gru", metadata={"flag": {"choices": MODELS}})
     data: str = "default"
@@ -230,6 +244,8 @@ class TrainConfig:
     overwrite: bool = False
     log: str = None
     max_batches: int = None
+    gradient_check: int = field(default=None, metadata={"flag": {"none_as": -1}})
+    gradient_target: float = 0.99
 
     def __post_init__(self):
         for name in ("hidden", "layers", "epochs", "batch_size", "data_parallel"):
@@ -237,6 +253,8 @@ class TrainConfig:
         for name in ("seq_len", "threads", "max_batches"):
             check_int(name, getattr(self, name), least=1, none=True)
         check_int("seed", self.seed, least=0)
+        check_int("gradient_check", self.gradient_check, least=0, none=True)
+        check_real("gradient_target", self.gradient_target, low=-1, high=1)
         check_real("lr", self.lr, low=0, low_open=True)
         check_real("dt", self.dt, low=0, low_open=True)
         check_real("momentum", self.momentum, low=0, high=1, high_open=True)
@@ -898,6 +916,16 @@ class Trainer:
         with self.running():
             compile_rank0_first(self.ranks.world, self._warm_up)
         self.log_file = _Log(cfg.log) if (cfg.log and self.ranks.root) else None
+        self.exact = gradient_quality.exact_solver(self.solver) if self.check_every else None
+        self._quality = _zero_quality()
+
+    @property
+    def check_every(self):
+        """Batches between gradient checks (0: none; ``TrainConfig.gradient_check``)."""
+        k = self.cfg.gradient_check
+        if k is None:
+            k = 0 if self.solver.name == "serial" else self.n_batches
+        return 0 if getattr(self, "owned", False) else k
 
     def running(self):
         """The thread settings of the run (OpenBLAS at one thread, ``threads`` numba threads),
@@ -1125,11 +1153,65 @@ class Trainer:
             raise SolverError(f"epoch {epoch + 1}, batch {b + 1}: {e}; "
                               f"{_last_good(self.cfg, epoch)}", e.stats) from None
         grad, loss, n_correct, evals = self.reduce(batch, loss, grad, info)
+        self._count_fallbacks(info)
+        if self.check_every and batch.index % self.check_every == 0:
+            grad, loss, info = self.check(batch, grad, loss, info)
         if not np.isfinite(loss) or not np.all(np.isfinite(grad)):
             raise DivergenceError(
                 f"the loss or gradient became NaN/inf at epoch {epoch + 1}, batch {b + 1}: "
                 f"lower --lr or use --clip; {_last_good(self.cfg, epoch)}")
         return grad, StepResult(float(loss), float(n_correct), evals, info)
+
+    def _count_fallbacks(self, info):
+        """Count the solves of this batch that fell back to the serial sweep (this rank's)."""
+        q = self._quality
+        q["solves"] += 1
+        q["fallback"] += [bool(info["forward"].fallback), bool(info["adjoint"].fallback)]
+        q["stalled"] += [bool(info["forward"].stalled), bool(info["adjoint"].stalled)]
+
+    def check(self, batch, grad, loss, info):
+        """The gradient check of ``batch`` (:mod:`mgritnn.gradient_quality`): the exact gradient
+        of the same batch at the same parameters by the serial sweep (over the time ranks),
+        compared with the solver's ``grad`` (both reduced over the data groups, so every rank
+        decides the same). Logged (``type="gradient_check"``) and counted for the epoch's line.
+        Below ``gradient_target`` the exact gradient replaces the approximate one, and an MGRIT
+        solver with ``rms_tol`` tightens its tolerance (above it with a wide margin, loosens it).
+
+        Returns
+        -------
+        grad, loss, info : what the update uses (the exact ones when the check failed)
+        """
+        t0 = time.perf_counter()
+        with self.running():
+            kw = dict(lengths=batch.lengths, pad=self.ds.pad)
+            l_ex, g_ex, i_ex = self.model.loss_and_grad_flat(batch.X, batch.y, self.exact, **kw)
+        weight = len(batch.part) / len(batch.idx)
+        red = self.ranks.sum_over_data(np.concatenate(
+            [g_ex * g_ex.dtype.type(weight), np.array([l_ex * weight], g_ex.dtype)]))
+        g_ex, l_ex = red[:-1], float(red[-1])
+        err = gradient_quality.compare(grad, g_ex, loss, l_ex)
+        target = self.cfg.gradient_target
+        used_exact = not err.ok(target)
+        solver = self.solver
+        scale = getattr(solver, "tol_scale", None)
+        if scale is not None and solver.config.rms_tol > 0:
+            exact_solves = info["forward"].fallback or info["adjoint"].fallback
+            if used_exact:
+                solver.tol_scale = max(scale / 4, 1e-3)
+            elif not exact_solves and 1 - err.cosine < (1 - target) / 10:
+                solver.tol_scale = min(scale * 2, 16.0)    # only MGRIT's own solves say so
+        seconds = time.perf_counter() - t0
+        q = self._quality
+        q["checks"].append((err.cosine, err.rel_error, err.loss_error, used_exact))
+        q["seconds"] += seconds
+        self.log(dict(type="gradient_check", epoch=batch.epoch + 1, batch=batch.index + 1,
+                      cosine=err.cosine, rel_error=err.rel_error, loss_error=err.loss_error,
+                      loss=float(loss), exact_loss=l_ex, used_exact=used_exact, seconds=seconds,
+                      tol_scale=getattr(solver, "tol_scale", None)))
+        if used_exact:
+            info = dict(info, logits=i_ex["logits"])
+            return g_ex.astype(grad.dtype), l_ex, info
+        return grad, loss, info
 
     def reduce(self, batch, loss, grad, info):
         """Sum this data group's share of the loss, gradient and correct count over the groups
@@ -1363,6 +1445,7 @@ class Trainer:
         """
         t_epoch = time.perf_counter()
         self.times = _zero_times()
+        self._quality = _zero_quality()
         if getattr(self.model.cell, "stats", None) is not None:
             self.model.cell.stats.reset()
         loss_sum = correct = seen = 0.0
@@ -1405,6 +1488,7 @@ class Trainer:
         if self.solver.name != "serial":
             grew = self.ranks.sum_over_data(grew)       # the same on the ranks of a data group
             rec["grew"] = dict(forward=int(grew[0]), adjoint=int(grew[1]))
+        rec.update(self._quality_record())
         newton = _newton_record(self.model.cell, self.ranks)
         if newton is not None:
             rec["newton"] = newton
@@ -1413,6 +1497,26 @@ class Trainer:
         self.log(rec, flush=True)
         self.checkpoint(epoch + 1)
         return rec
+
+    def _quality_record(self):
+        """The epoch's gradient checks and fallbacks for its record (summed over the data
+        groups; the checks are the same on every rank)."""
+        q, out = self._quality, {}
+        if self.solver.name != "serial":
+            fb = self.ranks.sum_over_data(np.concatenate([q["fallback"], q["stalled"]]))
+            out["fallback"] = dict(forward=int(fb[0]), adjoint=int(fb[1]),
+                                   solves=int(self.ranks.sum_over_data(
+                                       np.array([q["solves"]], np.float64))[0]))
+            out["stalled"] = dict(forward=int(fb[2]), adjoint=int(fb[3]))
+        if q["checks"]:
+            c = np.array([x[:3] for x in q["checks"]], np.float64)
+            out["gradient_check"] = dict(
+                batches=len(c), cosine_min=float(np.min(c[:, 0])),
+                cosine_median=float(np.median(c[:, 0])), rel_error_max=float(np.max(c[:, 1])),
+                loss_error_max=float(np.max(c[:, 2])),
+                used_exact=int(sum(x[3] for x in q["checks"])), seconds=q["seconds"],
+                tol_scale=getattr(self.solver, "tol_scale", None))
+        return out
 
     def evaluate(self, model=None, train=False):
         """Loss and accuracy of ``model`` (default: the run's) on the test set (``train``: the
@@ -1451,6 +1555,21 @@ class Trainer:
                      "not follow this model's dynamics: use fewer --levels (2: the coarse level "
                      "is solved exactly) or a smaller --cf, with the classic cell also --cell "
                      "implicit; or --solver serial or deer")
+        fb = rec.get("fallback")
+        if fb and (fb["forward"] or fb["adjoint"]):
+            self.out(f"  fallback: the serial sweep took {fb['forward']} forward and "
+                     f"{fb['adjoint']} adjoint solves of {fb['solves']} batches (their "
+                     f"{rec['solver']} solve missed its tolerance; those gradients are exact)")
+        chk = rec.get("gradient_check")
+        if chk:
+            share = 100 * chk["seconds"] / max(rec["seconds"], 1e-12)
+            self.out(f"  gradient check: {chk['batches']} batch(es), cosine min "
+                     f"{chk['cosine_min']:.4f} (median {chk['cosine_median']:.4f}), relative "
+                     f"error max {chk['rel_error_max']:.2e}, loss error max "
+                     f"{chk['loss_error_max']:.2e}; {chk['seconds']:.2f} s ({share:.0f} % of the "
+                     "epoch)" + (f"; {chk['used_exact']} below the target "
+                                 f"{self.cfg.gradient_target:g} took the exact gradient"
+                                 if chk["used_exact"] else ""))
         newton = rec.get("newton")
         if newton is not None and newton["unconverged"]:
             self.out(f"  warning: {newton['unconverged']} of {newton['solves']} implicit-newton "
@@ -1512,6 +1631,11 @@ def _copy_state(node):
     if isinstance(node, (tuple, list)):
         return type(node)(_copy_state(v) for v in node)
     return node
+
+
+def _zero_quality():
+    """The epoch's counters of solve fallbacks, stalls and gradient checks."""
+    return dict(solves=0, fallback=np.zeros(2), stalled=np.zeros(2), checks=[], seconds=0.0)
 
 
 def _zero_times():

@@ -92,6 +92,25 @@ class MGRITConfig:
         |lambda_N|, relative to its terminal value's size). Old name: ``tol``.
     rtol : float
         Stop when the residual norm is <= rtol times the first measured (0: off).
+    rms_tol : float
+        Stop when the root mean square of the level-0 C-point residual is <= ``rms_tol`` times
+        the solution's scale (the forward: 1, the GRU's states are bounded by 1; the adjoint:
+        max |lambda_N|, the loss's scale): one tolerance for any sequence length, batch, width
+        and loss scale, and for warm starts, whose first residual is already small (0: off).
+        The gradient error follows it (``docs/gradient-quality.md``); the solver's
+        :attr:`MGRITSolver.tol_scale` multiplies it (the training preset's controller).
+    stall : float
+        Give up early (status "not converged", ``SolveStats.stalled``) when a cycle reduced the
+        residual by less than this factor (e.g. 0.9: less than 10 %), or when at the last
+        cycle's rate the tolerance would need more than twice the cycles left: further cycles
+        would be spent for nothing (0: off, every cycle up to ``max_iter`` runs).
+    fallback : bool
+        A solve that ends without meeting its tolerance (not converged within ``max_iter``,
+        stalled, diverged or NaN/inf) is redone as the serial sweep over the same ranks
+        (pipelined, one level: exact; ``SolveStats.fallback``; its step evaluations counted
+        with the failed attempt's). So a training step never takes an unconverged gradient.
+        Leave it off with the fixed cycle counts of the ``paper`` and ``fast`` presets, which
+        are not meant to meet a tolerance.
     initial_guess : {"zero", "warm"}
         "warm": start each sample from its own level-0 C-point states of the previous forward solve
         that saw it (keyed by the sample indices the caller passes as ``keys``; the trainer passes
@@ -123,6 +142,9 @@ class MGRITConfig:
     adjoint_max_iter: int = 1
     atol: float = 1e-9
     rtol: float = 0.0
+    rms_tol: float = 0.0
+    stall: float = 0.0
+    fallback: bool = False
     initial_guess: str = field(default="zero", metadata={"flag": {"choices": ("zero", "warm")}})
     coarse_input: str = field(default="sample", metadata={"flag": {"choices": ("sample", "mean")}})
     coarse_cell: str = field(default=None, metadata={"flag": {"choices": cell_names}})
@@ -148,6 +170,12 @@ class MGRITConfig:
             get_cell(self.coarse_cell)
         check_real("MGRIT atol", self.atol, low=0)
         check_real("MGRIT rtol", self.rtol, low=0)
+        check_real("MGRIT rms_tol", self.rms_tol, low=0)
+        check_real("MGRIT stall", self.stall, low=0, high=1)
+        check_bool("MGRIT fallback", self.fallback)
+        if self.fallback and not (self.rms_tol or self.rtol or self.atol):
+            raise ConfigError("MGRIT fallback needs a tolerance to meet (rms_tol, rtol or atol "
+                              "> 0): with none, every solve would end in the serial sweep")
         check_real("MGRIT divergence", self.divergence, low=1, low_open=True)
 
     def _check_list_lengths(self):
@@ -206,7 +234,11 @@ class MGRITConfig:
         ranks, which limits it on many ranks (use ``levels=3`` there). ``"layers"`` is the
         layer-parallel ODENet papers' setting (automatic levels, cf 4, F-relaxation on the fine
         level and FCF on the coarse ones, 2 forward / 2 adjoint cycles, first down-cycle skipped,
-        zero initial guess). See the README for what each costs.
+        zero initial guess). ``"train"`` controls the gradient's accuracy instead of fixing cycle
+        counts: cycles until the residual's RMS meets ``rms_tol`` (cap 8), early give-up on a
+        stall, the serial sweep for a solve that misses (``fallback``), two levels of cf 2,
+        F-relaxation, warm starts; with the trainer's gradient check its tolerance follows the
+        measured gradient error. See the README and ``docs/`` for what each costs.
         """
         if name not in PRESETS:
             raise ConfigError(f"unknown MGRIT preset {name!r}; choose one of {sorted(PRESETS)}")
@@ -263,6 +295,12 @@ PRESETS = {
     # automatic levels, so that it fits any depth and rank count (nested iteration's too).
     "layers": dict(levels=None, cf=4, relax=("F", "FCF"), max_iter=2, adjoint_max_iter=2,
                    initial_guess="zero", skip_first_down=True),
+    # Accuracy control for training (docs/gradient-quality.md): cycles until the RMS residual
+    # meets rms_tol (relative to the states' and the adjoint's scale), a cap, early give-up on a
+    # stall, the serial sweep for a solve that misses; two levels of cf 2 (the coarse grid of
+    # trained recurrences must resolve their fastest oscillations), warm starts.
+    "train": dict(levels=2, cf=2, relax="F", max_iter=8, adjoint_max_iter=8, atol=0.0,
+                  rms_tol=1e-3, stall=0.9, fallback=True, initial_guess="warm"),
 }
 
 
@@ -313,6 +351,9 @@ class _FAS:
             self.flen.append(np.diff(c) - 1)
         self.wait_time = 0.0
         self.history = []
+        self.stalled = False
+        self.cycles_left = None
+        self.tol_scale = 1.0     # the solver's multiplier of rms_tol (MGRITSolver.tol_scale)
 
     # -- communication -----------------------------------------------------------------------
 
@@ -449,7 +490,7 @@ class _FAS:
             r = self.residual(l)
             if l == 0:
                 self.history.append(self.norm(r))
-                if self._stop():
+                if self._stop(self.cycles_left):
                     return
             self.restrict(l, r)
         self._cycle(l + 1, kind, first)
@@ -457,27 +498,53 @@ class _FAS:
             self._cycle(l + 1, "V", False)
         self.interpolate(l)
 
-    def _stop(self):
-        h = self.history
+    def _tolerance(self):
+        """The residual norm that counts as converged (the largest of the ``atol``, ``rtol``
+        and ``rms_tol`` criteria that are on; 0 when none is)."""
+        cfg, h = self.cfg, self.history
+        tol = cfg.atol * self.scale
+        if cfg.rtol > 0:
+            tol = max(tol, cfg.rtol * h[0])
+        if cfg.rms_tol > 0:
+            tol = max(tol, cfg.rms_tol * self.tol_scale * self.ones_norm)
+        return tol
+
+    def _stop(self, cycles_left=None):
+        """Whether to stop after the residual just measured (``history[-1]``): converged,
+        diverged, NaN/inf, or (with ``stall``, when ``cycles_left`` is given) stalled."""
+        h, cfg = self.history, self.cfg
         if not np.isfinite(h[-1]):
             self.status, self.message = NONFINITE, "residual is NaN or inf"
-        elif h[-1] <= self.cfg.atol * self.scale or (self.cfg.rtol > 0
-                                                    and h[-1] <= self.cfg.rtol * h[0]):
+        elif h[-1] <= self._tolerance():
             self.status, self.message = OK, "converged"
-        elif h[-1] > self.cfg.divergence * max(min(h[0], self.ones_norm), 1e-300):
+        elif h[-1] > cfg.divergence * max(min(h[0], self.ones_norm), 1e-300):
             self.status, self.message = DIVERGED, (
-                f"diverged: residual {h[-1]:.3e} > {self.cfg.divergence:g} x "
+                f"diverged: residual {h[-1]:.3e} > {cfg.divergence:g} x "
                 f"min(first residual {h[0]:.3e}, all-{self.scale:.3g} residual "
                 f"{self.ones_norm:.3e}); "
                 "a coarse propagator is unstable (use coarse_cell='implicit') or the weights are too large")
+        elif cfg.stall > 0 and cycles_left is not None and len(h) >= 2 and h[-2] > 0:
+            rate = h[-1] / h[-2]
+            tol = self._tolerance()
+            need = (np.log(tol / h[-1]) / np.log(rate)) if 0 < rate < 1 and tol > 0 else np.inf
+            if rate <= cfg.stall and need <= 2 * cycles_left:
+                return False
+            self.status, self.stalled = NOT_CONVERGED, True
+            self.message = (f"stalled: the residual fell from {h[-2]:.3e} to {h[-1]:.3e} in a "
+                            f"cycle (factor {rate:.3f}; stall {cfg.stall:g}), tolerance "
+                            f"{tol:.3e} out of reach in the {cycles_left} cycle(s) left")
         else:
             return False
         return True
 
-    def solve(self, max_iter, warm=False):
+    def solve(self, max_iter, warm=False, give_up=False):
         """Run up to ``max_iter`` cycles, then the final sweep over all level-0 steps (which brings
         the F-points up to date and measures the final residual). Returns SolveStats; ``residual``
-        is the final residual, ``history`` the residual of every cycle and the final one."""
+        is the final residual, ``history`` the residual of every cycle and the final one.
+
+        ``give_up``: a solve that stops as diverged, NaN/inf or stalled skips the final sweep
+        (its result will be replaced: the caller falls back to the serial sweep); ``residual``
+        is then the last cycle's."""
         self.status, self.message = NOT_CONVERGED, f"not converged in {max_iter} cycles"
         iters = 0
         if self.nlev == 1:
@@ -487,14 +554,18 @@ class _FAS:
         else:
             for k in range(max_iter):
                 iters += 1
+                self.cycles_left = max_iter - k - 1
                 self._cycle(0, self.cfg.cycle, first=(k == 0 and not warm))
-                if len(self.history) and self.status != NOT_CONVERGED:
+                if len(self.history) and self.status != NOT_CONVERGED or self.stalled:
                     break
-            stopped = self.status != NOT_CONVERGED
-            res = self.final_sweep()
-            self.history.append(res)
-            if not stopped:
-                self._stop()
+            stopped = self.status != NOT_CONVERGED or self.stalled
+            if give_up and stopped and self.status != OK:
+                res = self.history[-1]
+            else:
+                res = self.final_sweep()
+                self.history.append(res)
+                if not stopped:
+                    self._stop()
         cycles = self.history[:-1]          # the final sweep's residual is measured differently
         grew = self.status == NOT_CONVERGED and residual_grew(cycles, self.u[0].dtype)
         if grew:
@@ -502,7 +573,7 @@ class _FAS:
                              f"{min(cycles[:-1]):.3e}: the iteration is not contracting")
         return SolveStats(status=self.status, message=self.message, iterations=iters, residual=res,
                           step_evals=self.prop.evals, history=list(self.history), phases=self.phases,
-                          grew=grew)
+                          grew=grew, stalled=self.stalled)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -830,6 +901,24 @@ class MGRITSolver(TimeParallelSolver):
         self.config = config or MGRITConfig()
         super().__init__(self.config.comm)
         self._warm = {}          # sample key -> its local level-0 C-point states (n_c, L, H)
+        #: Multiplier of ``rms_tol`` (1.0; the training preset's controller, which compares
+        #: gradients with the serial sweep's, tightens or loosens it). Saved with the warm
+        #: states in checkpoints.
+        self.tol_scale = 1.0
+
+    def warm_arrays(self):
+        """The warm-start states (:meth:`TimeParallelSolver.warm_arrays`) and ``tol_scale``."""
+        arrays = super().warm_arrays()
+        if self.tol_scale != 1.0:
+            arrays["tol_scale"] = np.array([self.tol_scale], np.float64)
+        return arrays
+
+    def load_warm_arrays(self, arrays):
+        """Restore what :meth:`warm_arrays` returned."""
+        arrays = dict(arrays)
+        scale = arrays.pop("tol_scale", None)
+        self.tol_scale = 1.0 if scale is None else float(np.asarray(scale).ravel()[0])
+        super().load_warm_arrays(arrays)
 
     def local_steps(self, T):
         """Fine steps [lo, hi) whose inputs this rank needs (its time slice)."""
@@ -843,8 +932,9 @@ class MGRITSolver(TimeParallelSolver):
         float or an array (T,) or (T, B) for the whole sequence (every rank passes all of it;
         :func:`~mgritnn.solvers.base.step_sizes`); ``T`` the total number of steps (default:
         n_local on one rank); ``keys`` (B,) ints naming the samples (for
-        ``initial_guess="warm"``). Returns (h_last or None, state, SolveStats); h_last only on the
-        last rank."""
+        ``initial_guess="warm"``; as many as the batch has rows). Returns (h_last or None,
+        state, SolveStats); h_last only on the last rank. With ``fallback``, a solve that misses
+        its tolerance is redone as the serial sweep (:meth:`_exact`)."""
         cfg = self.config
         t_setup = time.perf_counter()
         ax0 = cell.project_inputs(w, x)
@@ -858,11 +948,14 @@ class MGRITSolver(TimeParallelSolver):
         fused = cell.fused_stack and cfg.coarse_cell_for(cell).fused_stack
         prop = (_FusedForward if fused else _ForwardProp)(cell, cfg.coarse_cell_for(cell), w,
                                                           levels, dts)
-        fas = _FAS(grid, prop, self.tc, h0, cfg, "mgrit-forward")
+        fas = self._fas(grid, prop, h0, "mgrit-forward")
         remember = cfg.initial_guess == "warm" and keys is not None and len(grid.points) > 1
         cpts = grid.c_index[0][1:] if remember else None
         warm = False                # any sample seen before: a full first cycle from its states
         if remember:
+            if len(keys) != h0.shape[-2]:
+                raise ConfigError(f"MGRIT warm start: {len(keys)} sample keys for a batch of "
+                                  f"{h0.shape[-2]} rows: give one key per row")
             keys = [(T, int(k)) for k in keys]
             for b, key in enumerate(keys):
                 if key in self._warm:
@@ -870,7 +963,9 @@ class MGRITSolver(TimeParallelSolver):
                     warm = True
         t0 = time.perf_counter()
         fas.phases["setup"] = [t0 - t_setup, 1, 0]
-        stats = fas.solve(cfg.max_iter, warm=warm)
+        stats = fas.solve(cfg.max_iter, warm=warm, give_up=cfg.fallback)
+        if cfg.fallback and stats.status != OK:
+            fas, stats = self._exact(grid, prop, h0, "mgrit-forward", stats, spent=fas)
         if remember:
             for b, key in enumerate(keys):
                 self._warm[key] = fas.u[0][cpts, :, b].copy()
@@ -879,6 +974,41 @@ class MGRITSolver(TimeParallelSolver):
         u = fas.u[0]                                    # forward points lo .. hi
         state = _MGRITState(T, cfs, u, x, ax0, dt, prop) if keep else None
         return (u[-1].copy() if self.is_last else None), state, stats
+
+    def _fas(self, grid, prop, u0, kind, reverse=False, scale=1.0):
+        fas = _FAS(grid, prop, self.tc, u0, self.config, kind, reverse=reverse, scale=scale)
+        fas.tol_scale = self.tol_scale
+        return fas
+
+    def _exact(self, grid, prop, u0, kind, failed, reverse=False, spent=None):
+        """The fallback: the serial sweep over the ranks (one level on the same rank bounds, so
+        the time slices do not move; pipelined), after the ``failed`` solve. Its statistics
+        keep the failed solve's (status, message, history, iterations) and count its step
+        evaluations with the sweep's (``spent``: the failed solve's fas, whose waits are added;
+        its propagator's evaluations are the failed solve's when ``prop`` is a new one); its
+        ``fallback`` is set.
+
+        Returns
+        -------
+        fas : _FAS
+            The one-level solve (its ``u[0]`` the exact trajectory of this rank's slice).
+        stats : SolveStats
+        """
+        one = grid._replace(points=grid.points[:1], is_c=[], c_index=[])
+        fas = self._fas(one, prop, u0, kind, reverse=reverse)
+        before = 0 if prop is spent.prop else failed.step_evals
+        sweep = fas.solve(1)
+        fas.wait_time += spent.wait_time
+        failed.fallback = True
+        failed.message += "; the serial sweep ran instead (exact)"
+        failed.step_evals = before + prop.evals
+        failed.residual = 0.0
+        for k, v in sweep.phases.items():
+            rec = failed.phases.setdefault("fallback " + k, [0.0, 0, 0])
+            rec[0] += v[0]
+            rec[1] += v[1]
+            rec[2] += v[2]
+        return fas, failed
 
     def adjoint(self, cell, w, state, lam_last, grads, lam_first=None):
         """MGRIT adjoint solve, then one batched pass for the parameter gradients of this rank's
@@ -905,17 +1035,22 @@ class MGRITSolver(TimeParallelSolver):
         # the adjoint's size is its terminal value's (the loss's scale), not the states' 1
         scale = self.tc.allreduce(np.array([np.max(np.abs(lam0), initial=0.0)], np.float64),
                                   op="max")[0]
-        fas = _FAS(grid, prop, self.tc, lam0, cfg, "mgrit-adjoint", reverse=True, scale=scale)
+        fas = self._fas(grid, prop, lam0, "mgrit-adjoint", reverse=True, scale=scale)
         t0 = time.perf_counter()
         fas.phases["setup (coarse linearizations)"] = [t0 - t_setup, 1, prop.evals]
-        stats = fas.solve(cfg.adjoint_max_iter)      # its final sweep keeps every step's cotangents
+        # its final sweep keeps every step's cotangents
+        stats = fas.solve(cfg.adjoint_max_iter, give_up=cfg.fallback)
+        if cfg.fallback and stats.status != OK:      # the fine level's VJPs only, sequentially
+            prop = adjoint(cell, None, w, levels[:1], dts[:1], u, state.prop)
+            fas, stats = self._exact(grid, prop, lam0, "mgrit-adjoint", stats, reverse=True,
+                                     spent=fas)
         if lam_first is not None and lo_fwd == 0:
             lam_first[...] = fas.u[0][-1]            # reversed point T: forward point 0
         t1 = time.perf_counter()
         cot = prop.cotangents()
         cell.accumulate_grads(grads, state.prop.step_cache(u), cot)
         cell.project_inputs_vjp(w, state.x, cot[0][0], grads)
-        fas.phases["parameter gradients"] = [time.perf_counter() - t1, 1, 0]
+        stats.phases["parameter gradients"] = [time.perf_counter() - t1, 1, 0]
         stats.wait_time = fas.wait_time
         stats.seconds = time.perf_counter() - t_setup
         return cot[0][0], stats
