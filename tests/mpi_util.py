@@ -231,6 +231,7 @@ class Case(NamedTuple):
     solver: str = "mgrit"       # or "deer", "quasi-deer", "auto"
     scale: float = 1.0          # the model's parameters are multiplied by this
     lengths: str = "none"       # "end" / "front": mixed true lengths (:meth:`seq_lengths`), padded there
+    preset: str = ""            # an MGRIT preset ("train": fwd/bwd its caps, tol its rms_tol)
 
     def to_arg(self):
         """Command-line form, e.g. ``cell=classic,layers=1,T=37,...`` (floats as exact ``repr``)."""
@@ -256,6 +257,8 @@ class Case(NamedTuple):
         extra = "" if (self.cycle, self.relax, self.coarse_input) == ("V", "FCF", "sample") else \
             f"-{self.cycle}{self.relax}-{self.coarse_input}"
         lens = "" if self.lengths == "none" else f"-len{self.lengths}"
+        if self.preset:
+            return f"{self.preset}-{self.cell}-L{self.layers}-T{self.T}-it{self.fwd}-{self.bwd}-tol{self.tol:g}"
         if self.solver != "mgrit":
             scale = "" if self.scale == 1.0 else f"-x{self.scale:g}"
             return f"{self.solver}-{self.cell}-L{self.layers}-T{self.T}-it{self.fwd}{scale}{lens}"
@@ -280,6 +283,9 @@ class Case(NamedTuple):
         from mgritnn.solvers import AutoConfig, DEERConfig, MGRITConfig
         if self.solver == "auto":           # the performance model's choice (tiny calibration)
             return AutoConfig(calibration="tiny", comm=comm)
+        if self.preset:
+            return MGRITConfig.preset(self.preset, max_iter=self.fwd, adjoint_max_iter=self.bwd,
+                                      rms_tol=self.tol, comm=comm)
         if self.solver != "mgrit":
             return DEERConfig(quasi=self.solver == "quasi-deer", atol=self.tol, rtol=0.0,
                               max_iter=self.fwd, comm=comm)
@@ -322,7 +328,7 @@ def solve(case, solver=None):
                 fwd_hist=np.array(f.history, np.float64), adj_hist=np.array(a.history, np.float64),
                 fwd_iters=np.int64(f.iterations), adj_iters=np.int64(a.iterations),
                 fwd_status=np.int64(f.status), adj_status=np.int64(a.status),
-                fwd_fallback=np.int64(f.fallback),
+                fwd_fallback=np.int64(f.fallback), adj_fallback=np.int64(a.fallback),
                 step_evals=np.array([f.step_evals, a.step_evals], np.int64))
 
 

@@ -33,7 +33,7 @@ AGREE_SECONDS = 20.0
 
 #: Results that must be bitwise the same on every rank.
 SAME_ON_ALL = ("loss", "grad", "logits", "logits_fwd", "fwd_hist", "adj_hist", "fwd_iters",
-               "adj_iters", "fwd_status", "adj_status", "fwd_fallback")
+               "adj_iters", "fwd_status", "adj_status", "fwd_fallback", "adj_fallback")
 
 
 def say(msg):
