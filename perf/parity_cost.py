@@ -8,7 +8,7 @@ own (2 / 1). Fallbacks cost a serial sweep on top: the measured share of them is
 predicted time as that share of a serial step (a pipelined sweep on P ranks is no faster than
 one serial sweep).
 
-Command (after ``perf/parity_runs.sh``; calibrates the model on first use, ``tiny`` here)::
+Command (after ``perf/parity_runs.sh``; ``--predict`` calibrates the model on first use)::
 
     python perf/parity_cost.py --shape 4,4096,1,32,1 --cell implicit \\
         --train perf/results/parity-2026-12-07/t4096_implicit_train.jsonl \\
@@ -51,7 +51,9 @@ def main(argv=None):
     p.add_argument("--train", required=True, help="JSON-lines log of the training preset's run")
     p.add_argument("--paper", help="JSON-lines log of the paper preset's run")
     p.add_argument("--ranks", default="8,32,128")
-    p.add_argument("--calibration-size", default="tiny", choices=("tiny", "default"))
+    p.add_argument("--calibration-size", default="default", choices=("tiny", "default"))
+    p.add_argument("--predict", action="store_true",
+                   help="also the performance model's predictions (calibrates on first use)")
     a = p.parse_args(argv)
     shape = parse_shape(a.shape)
     serial_evals = shape.T                       # forward and adjoint, one rank
@@ -62,14 +64,20 @@ def main(argv=None):
     print(f"shape B,T,I,H,L = {tuple(shape)}, cell {a.cell}; serial: {serial_evals} + "
           f"{serial_evals} evaluations per step")
     print("| run | batches | fwd cycles | adj cycles | evals per rank (fwd + adj) | x serial's "
-          "per rank at P = 2 |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "2T | speedup bound, any P |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, st in rows:
         s = st["after epoch 1"]
         ev = sum(s["evals"])
+        m = 2 if name.startswith("train") else 16          # fine steps per coarsest step
+        bound = 2 * serial_evals / ((s["fwd_cycles"] + s["adj_cycles"]) * serial_evals / m)
         print(f"| {name} (after epoch 1) | {s['batches']} | {s['fwd_cycles']:.2f} | "
               f"{s['adj_cycles']:.2f} | {s['evals'][0]:.0f} + {s['evals'][1]:.0f} | "
-              f"{ev / serial_evals:.2f} |")
+              f"{ev / (2 * serial_evals):.2f} | {bound:.2f}x |")
+    print("\n(speedup bound: serial's 2T evaluations over the sequential coarsest level's T/m per "
+          "cycle, m = 2 for the train preset, 16 for the paper preset: no P does better)")
+    if not a.predict:
+        return
     costs = (lambda b: load_or_calibrate(a.cell, shape.H, shape.L, "float32", 1, b,
                                          size=a.calibration_size))
     serial = predict(shape, "serial", 1, 1, dict(cell=a.cell), costs).seconds
