@@ -8,12 +8,16 @@ residual histories of k = 8. Results: ``perf/results/parity-2026-12-07/explore.t
 
 Command::
 
-    python perf/explore_coarse_grids.py implicit 4096 3     # CELL T EPOCHS
+    python perf/explore_coarse_grids.py implicit 4096 3     # CELL T EPOCHS [COARSE_CELL ...]
+
+With COARSE_CELL names (e.g. ``implicit matched-implicit``) each setting runs with each coarse
+cell (default: the fine cell's own, the implicit GRU).
 """
 import sys, time, numpy as np
 from mgritnn.train import TrainConfig, Trainer
 from mgritnn.solvers.mgrit import MGRITConfig
 cell = sys.argv[1]; T = int(sys.argv[2]); ep = int(sys.argv[3])
+coarse_cells = sys.argv[4:] or [None]
 cfg = TrainConfig(seq_len=T, batch_size=4, cell=cell, hidden=32, epochs=ep+1, lr=1e-3, clip=1.0, seed=0)
 with Trainer(cfg, progress=False) as tr:
     for e in range(ep):
@@ -31,7 +35,12 @@ with Trainer(cfg, progress=False) as tr:
       "L3cf4FCF": dict(levels=3, cf=4, relax="FCF"),
       "L2cf4FCFmean": dict(levels=2, cf=4, relax="FCF", coarse_input="mean"),
       "L2cf8FCF": dict(levels=2, cf=8, relax="FCF"),
+      "L3cf2F": dict(levels=3, cf=2, relax="F"),
     }
+    if coarse_cells != [None]:       # the settings that matter, with each coarse cell
+        settings = {f"{k} coarse {cc}": dict(v, coarse_cell=cc) for cc in coarse_cells
+                    for k, v in settings.items() if k in ("L2cf4F", "L2cf2F", "L3cf4FCF",
+                                                          "L2cf8FCF", "L3cf2F")}
     for name, s in settings.items():
         row = []
         for k in (1, 2, 4, 8):

@@ -27,6 +27,10 @@ def layer_step(cell, x, h, Wx, Wh, bx, bh, dt):
     elif cell == "implicit":
         a = dt * (1 - z)
         hnew = (h + a * n) / (1 + a)
+    elif cell == "matched-classic":      # dt unit classic steps, gates frozen: z^dt of the gap
+        hnew = n + z ** dt * (h - n)
+    elif cell == "matched-implicit":     # dt unit implicit steps: (1 / (2 - z))^dt of the gap
+        hnew = n + (1 / (2 - z)) ** dt * (h - n)
     else:
         raise ValueError(cell)
     return hnew, dict(x=x, h=h, r=r, z=z, n=n, Ahn=Ah[:, 2 * H:], hnew=hnew)
@@ -42,6 +46,11 @@ def layer_step_vjp(cell, c, lam, Wx, Wh, dt):
         dn = lam * dt * (1 - z)
         dz = -lam * dt * (n - h)
         lam_h = lam * (1 - dt * (1 - z))
+    elif cell.startswith("matched"):     # hnew = n + q^dt (h - n), q = z or 1 / (2 - z)
+        q, dq = (z, 1.0) if cell == "matched-classic" else (1 / (2 - z), 1 / (2 - z) ** 2)
+        dn = lam * (1 - q ** dt)
+        dz = lam * (h - n) * dt * q ** (dt - 1) * dq
+        lam_h = lam * q ** dt
     else:
         a = dt * (1 - z)
         d = 1 + a

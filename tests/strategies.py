@@ -3,10 +3,12 @@ import numpy as np
 from hypothesis import strategies as st
 
 CELLS = ("classic", "implicit")
+#: With MGRIT's matched coarse cells (tests of the kernels against the NumPy twins).
+ALL_CELLS = CELLS + ("matched-classic", "matched-implicit")
 
 
 @st.composite
-def problems(draw, max_T=16, max_B=4, max_H=8, max_L=3, max_I=5, dtype=np.float64):
+def problems(draw, max_T=16, max_B=4, max_H=8, max_L=3, max_I=5, dtype=np.float64, cells=CELLS):
     """A small random GRU problem: dict with cell, shapes, params (PyTorch names), X (B, T, I), y."""
     T = draw(st.integers(1, max_T))
     B = draw(st.integers(1, max_B))
@@ -14,7 +16,7 @@ def problems(draw, max_T=16, max_B=4, max_H=8, max_L=3, max_I=5, dtype=np.float6
     L = draw(st.integers(1, max_L))
     I = draw(st.integers(1, max_I))
     C = draw(st.integers(2, 4))
-    cell = draw(st.sampled_from(CELLS))
+    cell = draw(st.sampled_from(cells))
     scale = draw(st.floats(0.1, 1.5))
     seed = draw(st.integers(0, 2 ** 31 - 1))
     dt = 1.0 if cell == "classic" else draw(st.sampled_from([0.5, 1.0, 4.0]))

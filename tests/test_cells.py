@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import reference as ref
 from mgritnn.cells import GRUGrads, GRUWeights, get_cell, project
 from mgritnn.model import param_shapes
-from strategies import problems
+from strategies import ALL_CELLS, problems
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 
@@ -35,7 +35,7 @@ def states(K, L, B, H, dtype, seed):
 # --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@given(p=problems(), K=st.integers(1, 4))
+@given(p=problems(cells=ALL_CELLS), K=st.integers(1, 4))
 def test_step_equals_twin(p, K, dtype):
     L, B, H, I = p["L"], p["B"], p["H"], p["I"]
     params = {k: v.astype(dtype) for k, v in p["params"].items()}
@@ -43,7 +43,7 @@ def test_step_equals_twin(p, K, dtype):
     rng = np.random.default_rng(p["seed"])
     x = rng.normal(size=(K, B, I)).astype(dtype)
     h = states(K, L, B, H, dtype, p["seed"] + 1)
-    dts = rng.choice([0.5, 1.0, 3.0], size=K) if p["cell"] == "implicit" else np.ones(K)
+    dts = rng.choice([0.5, 1.0, 3.0], size=K) if p["cell"] != "classic" else np.ones(K)
     ax0 = project(x, params["weight_ih_l0"], params["bias_ih_l0"])
     out = get_cell(p["cell"]).step(w, ax0, h, dts)
     for k in range(K):
@@ -52,7 +52,7 @@ def test_step_equals_twin(p, K, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@given(p=problems(), K=st.integers(1, 3))
+@given(p=problems(cells=ALL_CELLS), K=st.integers(1, 3))
 def test_step_vjp_equals_twin(p, K, dtype):
     L, B, H, I, cell = p["L"], p["B"], p["H"], p["I"], p["cell"]
     params = {k: v.astype(dtype) for k, v in p["params"].items()}
@@ -83,7 +83,7 @@ def test_step_vjp_equals_twin(p, K, dtype):
         assert_close(v, want_g[name], dtype)
 
 
-@given(p=problems(max_T=1), K=st.integers(1, 3), data=st.data())
+@given(p=problems(max_T=1, cells=ALL_CELLS), K=st.integers(1, 3), data=st.data())
 def test_step_vjp_dot_product(p, K, data):
     """<J v, w> = <v, J^T w> for the Jacobian of the step w.r.t. (h, ax0); J v by central differences."""
     L, B, H, I, cell = p["L"], p["B"], p["H"], p["I"], p["cell"]

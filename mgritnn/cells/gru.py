@@ -122,6 +122,20 @@ def _mm_own(A, W, out, lo, hi):
 
 
 @numba.njit(**JIT)
+def _matched(d, z, theta, one):
+    """The update coefficient c and dc/dz of a *matched* coarse cell (theta < 0): the exact
+    composition, with the gates and the candidate frozen, of d unit steps of the fine cell with
+    theta_f = -theta - 1 (classic: -1, implicit: -2). One unit step keeps q = 1 - c_f of the gap
+    n - h, so d steps keep q^d: c = 1 - q^d (d = 1 is the fine step; d = 0 the identity)."""
+    af = one - z
+    den = one + (-theta - one) * af
+    q = one - af / den
+    if d == 0:
+        return one - one, one - one
+    return one - q ** d, -d * q ** (d - one) / (den * den)
+
+
+@numba.njit(**JIT)
 def _block_forward(ax, h, WhT, bh, dt, theta, hnew, G, N, lo, hi):
     """Rows lo:hi: G = h W_h^T (one product), then gates and new state. ax (B, 3H) includes b_x."""
     _mm(h, WhT, G, lo, hi)
@@ -147,8 +161,11 @@ def _block_gates(ax, h, bh, dt, theta, hnew, G, N, lo, hi):
                 hnew[b, j] = h[b, j]
             continue
         for j in range(H):
-            a = d * (one - G[b, H + j])
-            c = a / (one + theta * a)
+            if theta >= 0:
+                a = d * (one - G[b, H + j])
+                c = a / (one + theta * a)
+            else:
+                c = _matched(d, G[b, H + j], theta, one)[0]
             hnew[b, j] = h[b, j] + c * (N[b, j] - h[b, j])
 
 
@@ -191,13 +208,20 @@ def _block_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work, lo, hi):
                 work[b, j] = lam[b, j]
             continue
         for j in range(H):      # n gate: dp_n = lam c (1 - n^2)
-            a = d * (one - G[b, H + j])
-            c = a / (one + theta * a)
+            if theta >= 0:
+                a = d * (one - G[b, H + j])
+                c = a / (one + theta * a)
+            else:
+                c = _matched(d, G[b, H + j], theta, one)[0]
             dax[b, 2 * H + j] = lam[b, j] * c * (one - N[b, j] * N[b, j])
         for j in range(H):      # z gate: dp_z = -dt lam (n - h) / (1 + theta a)^2 z (1 - z)
             z = G[b, H + j]
-            den = one + theta * d * (one - z)
-            dax[b, H + j] = -d * lam[b, j] * (N[b, j] - h[b, j]) / (den * den) * z * (one - z)
+            if theta >= 0:
+                den = one + theta * d * (one - z)
+                dax[b, H + j] = -d * lam[b, j] * (N[b, j] - h[b, j]) / (den * den) * z * (one - z)
+            else:               # matched: dp_z = lam dc/dz (n - h) z (1 - z)
+                dcdz = _matched(d, z, theta, one)[1]
+                dax[b, H + j] = lam[b, j] * dcdz * (N[b, j] - h[b, j]) * z * (one - z)
         for j in range(H):      # r gate: dp_r = dp_n A_h^n r (1 - r)
             r = G[b, j]
             dax[b, j] = dax[b, 2 * H + j] * G[b, 2 * H + j] * r * (one - r)
@@ -208,8 +232,11 @@ def _block_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work, lo, hi):
         for j in range(H):
             dah[b, 2 * H + j] = flush_subnormal(dax[b, 2 * H + j] * G[b, j])
         for j in range(H):      # direct term of dh'/dh
-            a = d * (one - G[b, H + j])
-            work[b, j] = lam[b, j] * (one - a / (one + theta * a))
+            if theta >= 0:
+                a = d * (one - G[b, H + j])
+                work[b, j] = lam[b, j] * (one - a / (one + theta * a))
+            else:
+                work[b, j] = lam[b, j] * (one - _matched(d, G[b, H + j], theta, one)[0])
 
 
 @numba.njit(**JIT)
@@ -220,6 +247,11 @@ def _row_jacobian_coeffs(h, dt, theta, G, N, b, j):
     one = h.dtype.type(1.0)
     r, z, n = G[b, j], G[b, H + j], N[b, j]
     d = dt[b]
+    if theta < 0:
+        c, dcdz = _matched(d, z, theta, one)
+        dpn = c * (one - n * n)
+        return (one - c, dpn * G[b, 2 * H + j] * r * (one - r),
+                dcdz * (n - h[b, j]) * z * (one - z), dpn * r)
     a = d * (one - z)
     den = one + theta * a
     c = a / den
@@ -1213,7 +1245,13 @@ class GRUCell(GRUStack):
     ----------
     name : str
     theta : float
-        0 for forward Euler in the decay term (classic), 1 for linearly implicit (implicit).
+        0 for forward Euler in the decay term (classic), 1 for linearly implicit (implicit);
+        negative for the matched coarse cells: h' = n + q^dt (h - n), the exact composition of
+        dt unit steps of the fine cell with theta_f = -theta - 1 when the gates and the
+        candidate are frozen (q = 1 - c_f, the share of the gap n - h a unit fine step keeps):
+        "matched-classic" (-1: q = z), "matched-implicit" (-2: q = 1 / (2 - z)). A coarse cell
+        for MGRIT (``coarse_cell``) that follows the fine cell's decay exactly for any step size
+        (the implicit cell damps it: q_implicit = 1 / (1 + dt (1 - z)) instead of z^dt).
     """
 
     #: The compiled stack kernels implement this cell's step (:meth:`advance`).
@@ -1605,6 +1643,10 @@ class SequenceCache(NamedTuple):
 CELLS = {
     "classic": GRUCell("classic", 0.0),
     "implicit": GRUCell("implicit", 1.0),
+    # MGRIT coarse cells: d unit steps of the fine cell composed exactly with frozen gates
+    # (h' = n + q^d (h - n)); stable for any d (0 <= q <= 1) and the fine step at d = 1.
+    "matched-classic": GRUCell("matched-classic", -1.0),
+    "matched-implicit": GRUCell("matched-implicit", -2.0),
 }
 
 

@@ -101,9 +101,10 @@ class MGRITConfig:
         :attr:`MGRITSolver.tol_scale` multiplies it (the training preset's controller).
     stall : float
         Give up early (status "not converged", ``SolveStats.stalled``) when a cycle reduced the
-        residual by less than this factor (e.g. 0.9: less than 10 %), or when at the last
-        cycle's rate the tolerance would need more than twice the cycles left: further cycles
-        would be spent for nothing (0: off, every cycle up to ``max_iter`` runs).
+        residual by less than this factor (e.g. 0.9: less than 10 %), or when the rate has
+        stopped improving (no better than 0.9 x the cycle before's) and at that rate the
+        tolerance would need more than twice the cycles left: further cycles would be spent
+        for nothing (0: off, every cycle up to ``max_iter`` runs).
     fallback : bool
         A solve that ends without meeting its tolerance (not converged within ``max_iter``,
         stalled, diverged or NaN/inf) is redone as the serial sweep over the same ranks
@@ -527,7 +528,10 @@ class _FAS:
             rate = h[-1] / h[-2]
             tol = self._tolerance()
             need = (np.log(tol / h[-1]) / np.log(rate)) if 0 < rate < 1 and tol > 0 else np.inf
-            if rate <= cfg.stall and need <= 2 * cycles_left:
+            # the rate often improves after the first cycles (the nonlinear start): judge the
+            # reach only once it has stopped improving
+            settled = len(h) >= 3 and h[-3] > 0 and rate >= 0.9 * (h[-2] / h[-3])
+            if rate <= cfg.stall and (need <= 2 * cycles_left or not settled):
                 return False
             self.status, self.stalled = NOT_CONVERGED, True
             self.message = (f"stalled: the residual fell from {h[-2]:.3e} to {h[-1]:.3e} in a "
