@@ -2,7 +2,8 @@
 # Training parity of MGRIT's training preset against the serial sweep (docs/gradient-quality.md).
 # Runs one after another (2 cores: MGRIT on 2 ranks x 1 thread, serial on 1 process x 2 threads);
 # the epoch lines go to OUT/<name>.log, the JSON-lines records to OUT/<name>.jsonl.
-#   bash perf/parity_runs.sh [OUT] [which...]     (which: t4096 watch; default both)
+#   bash perf/parity_runs.sh [OUT] [which...]     (which: t4096 t4096train watch; default t4096 watch)
+#   t4096train: only the training preset's runs of t4096
 set -u
 OUT=${1:-perf/results/parity-$(date +%F)}; shift || true
 WHICH=${*:-t4096 watch}
@@ -17,6 +18,11 @@ run() {  # name, then the command
 M2="mpiexec -n 2"
 for w in $WHICH; do
   case $w in
+  t4096train)
+    for cell in implicit classic; do
+      A="--seq-len 4096 --batch-size 4 --cell $cell --hidden 32 --epochs 3 --lr 1e-3 --clip 1.0"
+      run t4096_${cell}_train $M2 mgritnn train $A --solver mgrit --preset train --gradient-check 10
+    done ;;
   t4096)
     for cell in implicit classic; do
       A="--seq-len 4096 --batch-size 4 --cell $cell --hidden 32 --epochs 3 --lr 1e-3 --clip 1.0"

@@ -251,3 +251,34 @@ def test_bad_gradient_check_options():
         TrainConfig(gradient_check=-2)
     with pytest.raises(ConfigError, match="gradient_target"):
         TrainConfig(gradient_target=1.5)
+
+
+# -- matched coarse cells ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("fine", ["classic", "implicit"])
+def test_matched_coarse_cell_is_the_fine_step_at_unit_size_and_tight_mgrit_is_serial(fine):
+    """At step size 1 the matched cell is the fine cell (to round-off); as MGRIT's coarse cell
+    the tight solve is serial BPTT."""
+    from mgritnn.cells import GRUWeights, get_cell, project
+    m, X, y = gru(fine, T=50)
+    w = m.weights()
+    rng = np.random.default_rng(3)
+    h = rng.uniform(-1, 1, (4, 1, 3, m.hidden_size))
+    ax0 = project(rng.normal(size=(4, 3, 3)), w.Wx[0], w.bx[0])
+    np.testing.assert_allclose(get_cell(f"matched-{fine}").step(w, ax0, h, np.ones(4)),
+                               get_cell(fine).step(w, ax0, h, np.ones(4)), rtol=0, atol=1e-14)
+    _, g0, _ = m.loss_and_grad_flat(X, y)
+    cfg = MGRITConfig(levels=3, cf=2, max_iter=60, adjoint_max_iter=60, atol=1e-13,
+                      coarse_cell="matched")
+    _, g, info = m.loss_and_grad_flat(X, y, cfg)
+    assert info["forward"].status == OK and info["adjoint"].status == OK
+    np.testing.assert_allclose(g, g0, rtol=0, atol=1e-10 * np.abs(g0).max())
+
+
+def test_matched_needs_a_theta_family_fine_cell():
+    from mgritnn.cells import NewtonGRUCell
+    cfg = MGRITConfig(coarse_cell="matched")
+    with pytest.raises(ConfigError, match="matched"):
+        cfg.coarse_cell_for(NewtonGRUCell())
+    with pytest.raises(ConfigError):
+        MGRITConfig(coarse_cell="no-such-cell")

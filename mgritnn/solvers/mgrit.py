@@ -47,7 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cells import get_cell
+from ..cells import CELLS, get_cell
 from ..cells.base import tree_map
 from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from ..distributed import level_points, local_grid, rank_bounds
@@ -57,6 +57,11 @@ from ..options import (cell_names, check_bool, check_choice, check_choices, chec
 from .base import SolveStats, TimeParallelSolver, register, residual_grew, step_sizes
 
 _RELAX = ("FCF", "F")
+
+
+def _coarse_cell_names():
+    """The choices of ``coarse_cell``: the registered cells and "matched"."""
+    return cell_names() + ["matched"]
 
 
 @renamed("MGRIT", fwd_iters="max_iter", bwd_iters="adjoint_max_iter", tol="atol")
@@ -124,7 +129,10 @@ class MGRITConfig:
         each batch row's real steps only, when padded steps of step size 0 are among them).
     coarse_cell : str or None
         Cell of the coarse levels. None (default): the implicit GRU (stable for any step size), or
-        the fine cell itself when it is ``implicit-newton`` (algorithms.md §2).
+        the fine cell itself when it is ``implicit-newton`` (algorithms.md §2). ``"matched"``:
+        the matched coarse cell of a classic or implicit fine cell (``matched-classic``,
+        ``matched-implicit``: the fine steps a coarse step spans composed exactly with frozen
+        gates; ``docs/gradient-quality.md``).
     divergence : float
         Stop with status "diverged" when the residual exceeds this factor times the smaller of the
         first residual and the norm of an all-ones residual (GRU states are bounded by 1 in
@@ -148,7 +156,7 @@ class MGRITConfig:
     fallback: bool = False
     initial_guess: str = field(default="zero", metadata={"flag": {"choices": ("zero", "warm")}})
     coarse_input: str = field(default="sample", metadata={"flag": {"choices": ("sample", "mean")}})
-    coarse_cell: str = field(default=None, metadata={"flag": {"choices": cell_names}})
+    coarse_cell: str = field(default=None, metadata={"flag": {"choices": _coarse_cell_names}})
     divergence: float = 1e4
     comm: object = field(default=None, compare=False, repr=False, metadata={"option": False})
 
@@ -167,7 +175,7 @@ class MGRITConfig:
         self._check_list_lengths()
         check_choices("MGRIT", self)
         check_bool("MGRIT skip_first_down", self.skip_first_down)
-        if self.coarse_cell is not None:
+        if self.coarse_cell not in (None, "matched"):
             get_cell(self.coarse_cell)
         check_real("MGRIT atol", self.atol, low=0)
         check_real("MGRIT rtol", self.rtol, low=0)
@@ -238,7 +246,7 @@ class MGRITConfig:
         zero initial guess). ``"train"`` controls the gradient's accuracy instead of fixing cycle
         counts: cycles until the residual's RMS meets ``rms_tol`` (cap 8), early give-up on a
         stall, the serial sweep for a solve that misses (``fallback``), two levels of cf 2,
-        F-relaxation, warm starts; with the trainer's gradient check its tolerance follows the
+        F-relaxation, the matched coarse cell, warm starts; with the trainer's gradient check its tolerance follows the
         measured gradient error. See the README and ``docs/`` for what each costs.
         """
         if name not in PRESETS:
@@ -250,6 +258,13 @@ class MGRITConfig:
 
     def coarse_cell_for(self, fine):
         """The cell of the coarse levels for the fine cell ``fine`` (see ``coarse_cell``)."""
+        if self.coarse_cell == "matched":
+            name = f"matched-{getattr(fine, 'name', '')}"
+            if name not in CELLS:
+                raise ConfigError(f"MGRIT coarse_cell 'matched' needs a classic or implicit fine "
+                                  f"cell, not {getattr(fine, 'name', fine)!r}: give a coarse "
+                                  "cell by name, or leave it to the default")
+            return get_cell(name)
         if self.coarse_cell is not None:
             return get_cell(self.coarse_cell)
         return fine.coarse_cell()
@@ -299,9 +314,11 @@ PRESETS = {
     # Accuracy control for training (docs/gradient-quality.md): cycles until the RMS residual
     # meets rms_tol (relative to the states' and the adjoint's scale), a cap, early give-up on a
     # stall, the serial sweep for a solve that misses; two levels of cf 2 (the coarse grid of
-    # trained recurrences must resolve their fastest oscillations), warm starts.
+    # trained recurrences must resolve their fastest oscillations), the matched coarse cell
+    # (follows the fine cell's decay exactly), warm starts.
     "train": dict(levels=2, cf=2, relax="F", max_iter=8, adjoint_max_iter=8, atol=0.0,
-                  rms_tol=1e-3, stall=0.9, fallback=True, initial_guess="warm"),
+                  rms_tol=1e-3, stall=0.9, fallback=True, initial_guess="warm",
+                  coarse_cell="matched"),
 }
 
 
