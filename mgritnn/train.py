@@ -194,7 +194,7 @@ class TrainConfig:
         gradient for its update (counted), and an MGRIT solve with ``rms_tol`` tightens its
         tolerance 4x (:attr:`~mgritnn.solvers.mgrit.MGRITSolver.tol_scale`); a check of
         solves that both met the tolerance (no fallback) with 1 - cosine below a tenth of
-        1 - target loosens it 2x (fewer cycles), up to 16x.
+        1 - target loosens it 2x (fewer cycles), up to 4x.
     """
     model: str = field(default="gru", metadata={"flag": {"choices": MODELS}})
     data: str = "default"
@@ -1199,7 +1199,7 @@ class Trainer:
             if used_exact:
                 solver.tol_scale = max(scale / 4, 1e-3)
             elif not exact_solves and 1 - err.cosine < (1 - target) / 10:
-                solver.tol_scale = min(scale * 2, 16.0)    # only MGRIT's own solves say so
+                solver.tol_scale = min(scale * 2, 4.0)     # only MGRIT's own solves say so
         seconds = time.perf_counter() - t0
         q = self._quality
         q["checks"].append((err.cosine, err.rel_error, err.loss_error, used_exact))
