@@ -345,3 +345,65 @@ def test_a_power_of_two_on_the_heads_adjoint_comes_out_exactly(k, cell, L):
         assert a.tobytes() == b.tobytes(), name
     a = np.ldexp(lam0.astype(np.float64), stats.exponent)
     assert a.tobytes() == np.ldexp(base0.astype(np.float64), k).tobytes()
+
+
+# -- the model and the trainer apply the exponent ----------------------------------------------
+
+def _huge_gradient_model(T=1000):
+    """A float32 GRUClassifier whose gradient exceeds float32's range without chaos: small
+    weights, the update gate near 1 (the adjoint barely decays over the steps, so
+    the recurrent weights' gradient sums many contributions) and a head of weights 2e38 (the
+    adjoint at the end beyond 2^64). Float32 and float64 trajectories agree to round-off."""
+    import mgritnn
+    m = mgritnn.GRUClassifier(3, 8, 2, num_layers=1, cell="classic", dtype="float32", seed=0)
+    m.flat[:] *= 0.1
+    m.params["bias_ih_l0"][8:16] = 4.0
+    rng = np.random.default_rng(1)
+    m.params["head.weight"][...] = 2e38 * rng.choice([-1.0, 1.0], m.params["head.weight"].shape)
+    X = rng.normal(size=(2, T, 3)).astype(np.float32)
+    return m, X, np.array([0, 1])
+
+
+def test_model_scaled_gradient_has_the_float64_direction():
+    """loss_and_grad_flat(scaled=True): 2^-E times the gradient, the float64 model's direction;
+    the default returns the true scale, whose float32 norm overflows."""
+    import mgritnn
+    m, X, y = _huge_gradient_model()
+    loss, g, info = m.loss_and_grad_flat(X, y, scaled=True)
+    E = info["exponent"]
+    assert E > 0 and np.all(np.isfinite(g))
+    m64 = mgritnn.GRUClassifier(3, 8, 2, num_layers=1, cell="classic", dtype="float64", seed=0)
+    m64.flat[:] = m.flat
+    _, g64, info64 = m64.loss_and_grad_flat(X.astype(np.float64), y)
+    assert info64["exponent"] == 0
+    n64 = np.linalg.norm(g64)
+    assert n64 > F32_MAX                                # beyond float32: the plain sweep is inf
+    cos = float(g.astype(np.float64) @ g64 / (np.linalg.norm(g.astype(np.float64)) * n64))
+    assert cos > 1 - 1e-5
+    _, g_true, info_true = m.loss_and_grad_flat(X, y)          # the default: the true scale
+    assert info_true["exponent"] == 0
+    np.testing.assert_allclose(g_true, np.ldexp(g.astype(np.float64), E), rtol=1e-6)
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.linalg.norm(g_true))     # its float32 norm overflows: clipping it fails
+
+
+def test_trainer_clips_the_exact_direction_at_any_scale(tmp_path):
+    """The trainer's _unscale: with --clip, a scaled gradient whose norm is beyond float32
+    becomes the clipped exact direction (norm = clip); without, the true gradient."""
+    from mgritnn.train import TrainConfig, Trainer
+    m, X, y = _huge_gradient_model()
+    _, g, info = m.loss_and_grad_flat(X, y, scaled=True)
+    E = info["exponent"]
+    for clip in (1.0, None):
+        cfg = TrainConfig(seq_len=32, batch_size=10, epochs=1, hidden=4, clip=clip,
+                          max_batches=1)
+        with Trainer(cfg, out=lambda *a: None, progress=False) as tr:
+            out = tr._unscale(g.copy(), E)
+        if clip is None:                    # the true gradient (entries within float32)
+            np.testing.assert_allclose(out, np.ldexp(g.astype(np.float64), E), rtol=1e-6)
+        else:
+            assert np.linalg.norm(out.astype(np.float64)) == pytest.approx(1.0, rel=1e-5)
+            cos = float(out.astype(np.float64) @ g.astype(np.float64)
+                        / (np.linalg.norm(out.astype(np.float64))
+                           * np.linalg.norm(g.astype(np.float64))))
+            assert cos > 1 - 1e-6
