@@ -335,7 +335,7 @@ class GRUClassifier(FlatParamModel):
 
     @entry_point
     def loss_and_grad_flat(self, X, y, solver="serial", keys=None, strict=True, lengths=None,
-                           pad="end"):
+                           pad="end", scaled=False):
         """Mean softmax cross-entropy and its gradient as a flat vector laid out like :attr:`flat`.
 
         ``keys`` (B,) ints name the samples (their indices in the data set) for solvers that
@@ -344,6 +344,12 @@ class GRUClassifier(FlatParamModel):
         gradient are those of each sequence at its own length. With ``strict`` (the default) a forward
         or adjoint solve that diverged or gave NaN/inf raises :class:`~mgritnn.errors.SolverError`
         (its ``stats`` say how); NOT_CONVERGED (a fixed cycle count) is only reported in ``info``.
+
+        Exploding gradients: the serial sweep keeps the adjoint's scale in a power-of-two exponent
+        E (``info["exponent"]``). By default the gradient is returned at its true scale (entries
+        beyond the dtype's range are inf, as a plain sweep gives); with ``scaled=True`` it is
+        returned as 2^-E times the true gradient, its direction exact to round-off, so that
+        global-norm clipping works at any length (the trainer's ``--clip``).
 
         Returns
         -------
@@ -373,10 +379,19 @@ class GRUClassifier(FlatParamModel):
         _, astats = solver.adjoint(self.cell, w, state, lam_last,
                                    GRUGrads.from_params(g, self.num_layers))
         _check_solve(astats, solver, "adjoint", strict)
+        E = int(astats.exponent)
+        if E:                   # the GRU's gradients are at 2^-E, the head's at 1: one scale
+            for name in ("head.weight", "head.bias"):
+                g[name][...] = np.ldexp(g[name], -E)
+            if not scaled:
+                with np.errstate(over="ignore"):
+                    grad = np.ldexp(grad, E).astype(grad.dtype)
+                E = 0
         t2 = time.perf_counter()
         grad, loss, logits = solver.reduce(grad, loss, logits, (Xt.shape[1], self.num_classes))
         return loss, grad, dict(logits=logits, forward=fstats, adjoint=astats, time_forward=t1 - t0,
-                                time_adjoint=t2 - t1, time_reduce=time.perf_counter() - t2)
+                                time_adjoint=t2 - t1, time_reduce=time.perf_counter() - t2,
+                                exponent=E)
 
     def loss_and_grad(self, X, y, solver="serial", keys=None, strict=True, info=False,
                       lengths=None, pad="end"):

@@ -499,6 +499,11 @@ class ODENet(FlatParamModel):
         dxp, astats = solver.adjoint(self.cell, w, state, lam_last, self.cell.zero_grads(w),
                                      lam_first=lam_first)
         _check_solve(astats, solver, "adjoint", strict)
+        if astats.exponent:         # the serial sweep's scaled adjoint: back to the true scale
+            with np.errstate(over="ignore"):
+                dxp = np.ldexp(dxp, astats.exponent)
+                if lam_first is not None:
+                    lam_first = np.ldexp(lam_first, astats.exponent)
         g["layers"][lo:hi] += dxp
         if lam_first is not None:                # the opening, from the adjoint at point 0
             da0 = lam_first * d0

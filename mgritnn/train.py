@@ -150,7 +150,11 @@ class TrainConfig:
     weight_decay : float
         L2 weight decay.
     clip : float or None
-        Clip gradients to this global norm (None: no clipping).
+        Clip gradients to this global norm (None: no clipping). At any sequence length: where
+        the serial sweep's adjoint outgrows the dtype (exploding gradients, e.g. float32 at
+        T = 16384), its scale is kept as a power-of-two exponent and the clipped gradient is
+        the exact gradient's direction at this norm (without --clip such a gradient is inf
+        and training stops).
     seed : int
         Seeds the initialization, the default data set and the shuffling.
     solver : str
@@ -1143,16 +1147,25 @@ class Trainer:
         epoch, b = batch.epoch, batch.index
         try:
             with self.running():
+                extra = {"owned": True} if self.owned else {}
+                if self.cfg.model == "gru":
+                    extra["scaled"] = True          # exploding gradients: see _unscale
                 loss, grad, info = self.model.loss_and_grad_flat(batch.X, batch.y, self.solver,
                                                                  keys=batch.part,
                                                                  lengths=batch.lengths,
-                                                                 pad=self.ds.pad,
-                                                                 **({"owned": True} if self.owned
-                                                                    else {}))
+                                                                 pad=self.ds.pad, **extra)
         except SolverError as e:         # never a diverged gradient into the optimizer
             raise SolverError(f"epoch {epoch + 1}, batch {b + 1}: {e}; "
                               f"{_last_good(self.cfg, epoch)}", e.stats) from None
+        E = int(info.get("exponent", 0))
+        if self.ranks.size > 1:         # the data groups' gradients on one scale
+            top = int(self.ranks.max_over_world([E])[0])
+            if top != E:
+                grad = np.ldexp(grad, E - top).astype(grad.dtype)
+            E = top
         grad, loss, n_correct, evals = self.reduce(batch, loss, grad, info)
+        if E:
+            grad = self._unscale(grad, E)
         self._count_fallbacks(info)
         if self.check_every and batch.index % self.check_every == 0:
             grad, loss, info = self.check(batch, grad, loss, info)
@@ -1161,6 +1174,22 @@ class Trainer:
                 f"the loss or gradient became NaN/inf at epoch {epoch + 1}, batch {b + 1}: "
                 f"lower --lr or use --clip; {_last_good(self.cfg, epoch)}")
         return grad, StepResult(float(loss), float(n_correct), evals, info)
+
+    def _unscale(self, grad, exponent):
+        """The gradient from 2^-exponent times it (the serial sweep kept an exploding adjoint's
+        scale apart, :meth:`GRUClassifier.loss_and_grad_flat` with ``scaled``): with ``--clip``
+        and a true norm above it, the clipped gradient (its direction exact to round-off, at
+        any length); otherwise the gradient itself, which is inf where it exceeds the dtype's
+        range (then training stops: use --clip)."""
+        g64 = grad.astype(np.float64)
+        norm = float(np.linalg.norm(g64))
+        true_norm = float(np.ldexp(norm, exponent)) if norm > 0 else 0.0
+        clip = self.cfg.clip
+        self._quality["scaled"] += 1
+        if clip is not None and true_norm > clip:
+            return (g64 * (clip / norm)).astype(grad.dtype)
+        with np.errstate(over="ignore"):
+            return np.ldexp(g64, exponent).astype(grad.dtype)
 
     def _count_fallbacks(self, info):
         """Count the solves of this batch that fell back to the serial sweep (this rank's)."""
@@ -1502,6 +1531,8 @@ class Trainer:
         """The epoch's gradient checks and fallbacks for its record (summed over the data
         groups; the checks are the same on every rank)."""
         q, out = self._quality, {}
+        if q["scaled"]:
+            out["scaled_adjoint"] = int(q["scaled"])
         if self.solver.name != "serial":
             fb = self.ranks.sum_over_data(np.concatenate([q["fallback"], q["stalled"]]))
             out["fallback"] = dict(forward=int(fb[0]), adjoint=int(fb[1]),
@@ -1555,6 +1586,11 @@ class Trainer:
                      "not follow this model's dynamics: use fewer --levels (2: the coarse level "
                      "is solved exactly) or a smaller --cf, with the classic cell also --cell "
                      "implicit; or --solver serial or deer")
+        if rec.get("scaled_adjoint"):
+            self.out(f"  exploding gradients: the adjoint of {rec['scaled_adjoint']} batches "
+                     "outgrew the dtype's range and was kept at a power-of-two scale"
+                     + (f"; --clip {self.cfg.clip:g} took their exact direction"
+                        if self.cfg.clip is not None else ""))
         fb = rec.get("fallback")
         if fb and (fb["forward"] or fb["adjoint"]):
             self.out(f"  fallback: the serial sweep took {fb['forward']} forward and "
@@ -1635,7 +1671,8 @@ def _copy_state(node):
 
 def _zero_quality():
     """The epoch's counters of solve fallbacks, stalls and gradient checks."""
-    return dict(solves=0, fallback=np.zeros(2), stalled=np.zeros(2), checks=[], seconds=0.0)
+    return dict(solves=0, fallback=np.zeros(2), stalled=np.zeros(2), checks=[], seconds=0.0,
+                scaled=0)
 
 
 def _zero_times():

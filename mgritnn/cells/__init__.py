@@ -1,7 +1,7 @@
 """Cells (one-step propagators of the step protocol, :mod:`.base`): the GRU cells with their forward
 and VJP kernels side by side, the registry of cells by name, the scalar test equation, and the
 ODENet's residual layer (its weights the step inputs; not in the registry, the ODENet makes it)."""
-from .base import Cell, LayerStep, Workspace, tree_map, work_array
+from .base import Cell, LayerStep, Workspace, adjoint_shift, scale_pow2, tree_map, work_array
 from .dahlquist import DahlquistCell, DahlquistWeights
 from .gru import (CELLS, GRUCell, GRUGrads, GRUStack, GRUWeights, StackCache, StackedWeights,
                   StepCache, accumulate_outer, get_cell, project)
@@ -11,4 +11,5 @@ from .odenet import ODENetCell, ODENetGrads, ODENetWeights
 __all__ = ["CELLS", "Cell", "DahlquistCell", "DahlquistWeights", "GRUCell", "GRUGrads", "GRUStack",
            "GRUWeights", "LayerStep", "NewtonConfig", "NewtonGRUCell", "NewtonStats", "ODENetCell",
            "ODENetGrads", "ODENetWeights", "StackCache", "StackedWeights", "StepCache", "Workspace",
-           "accumulate_outer", "get_cell", "project", "tree_map", "work_array"]
+           "accumulate_outer", "adjoint_shift", "get_cell", "project", "scale_pow2", "tree_map",
+           "work_array"]

@@ -108,11 +108,17 @@ class Cell:
         The cell implements the compiled in-place chains (:meth:`advance`, :meth:`advance_vjp` and
         their storage, :meth:`chain_weights` ...; MGRIT then uses them instead of :meth:`step` /
         :meth:`step_vjp`) and quasi-DEER's one-pass linearization :meth:`layer_newton_diag`.
+    scaled_sequence : bool
+        :meth:`sequence_vjp` takes ``scaled=True`` and then returns the adjoint at a power-of-two
+        scale of its own, ``(lam0, dx, E)`` (the true results are 2^E times those returned; see
+        :meth:`mgritnn.cells.gru.GRUCell.sequence_vjp`): exploding gradients keep their direction
+        beyond the dtype's range.
     """
 
     name = "cell"
     fused_sequence = False
     fused_stack = False
+    scaled_sequence = False
 
     # -- inputs and parameter gradients (every solver) -----------------------------------------
 
@@ -236,7 +242,8 @@ class Cell:
         """Backpropagation through time after ``sequence_forward(keep=True)``: adds the parameter
         gradients to ``grads`` (those of :meth:`project_inputs` excepted) and returns
         ``(lam0 (*S), dx (T, *X))``, the adjoint at the initial state and the cotangent of the
-        projected inputs."""
+        projected inputs. A cell with ``scaled_sequence`` also takes ``scaled=True`` and then
+        returns ``(lam0, dx, E)``, those and the gradients in ``grads`` at scale 2^-E."""
         raise NotImplementedError
 
     # -- compiled chains (MGRIT; optional, ``fused_stack``) ------------------------------------
@@ -372,3 +379,50 @@ def tree_map(fn, tree, *others):
         parts = [tree_map(fn, t, *(o[i] for o in others)) for i, t in enumerate(tree)]
         return type(tree)(*parts) if hasattr(tree, "_fields") else type(tree)(parts)
     return fn(tree, *others)
+
+
+def adjoint_shift(dtype):
+    """The exponent s of the adjoint's scaling in backpropagation through time
+    (:meth:`mgritnn.cells.gru.GRUCell.sequence_vjp` per batch row, the serial solver's stepwise
+    adjoint on the whole state): an adjoint whose largest entry exceeds 2^s in magnitude is
+    multiplied by 2^-s (exactly) and s is added to its exponent.
+
+    s is half the dtype's exponent range, ``finfo.maxexp // 2``: 64 for float32 (threshold
+    2^64 ~ 1.8e19), 512 for float64 (2^512 ~ 1.3e154). Above the threshold this leaves a factor
+    2^s of headroom for what happens before the next check: one step's growth of the adjoint
+    (the norm of a step's Jacobian, at most a few hundred for any weights a model trains with),
+    the products that form the cotangents, and the parameter gradients' sums over up to T B rows.
+    Below it, a rescaled adjoint keeps its largest entry above 1, 2^(2s - 2) above the smallest
+    normal number (2^126 for float32), so every entry that matters (within 2^-24, float32, or
+    2^-53, float64, of the largest) stays exact. One shift always brings a finite adjoint under
+    the threshold (2^(2s) is the dtype's range).
+
+    Parameters
+    ----------
+    dtype : numpy floating dtype
+
+    Returns
+    -------
+    int
+    """
+    return int(np.finfo(dtype).maxexp) // 2
+
+
+def scale_pow2(tree, k):
+    """Multiply every array of a nest of tuples, NamedTuples and lists (None entries skipped) by
+    2^k, in place (a cell's gradient NamedTuple: :func:`np.ldexp`, exact unless a result leaves
+    the dtype's normal range: subnormal or zero for k < 0, inf for k > 0).
+
+    Parameters
+    ----------
+    tree : nest of writable floating-point ndarrays
+    k : int
+        0 leaves every array untouched.
+    """
+    if not k or tree is None:
+        return
+    if isinstance(tree, (tuple, list)):
+        for t in tree:
+            scale_pow2(t, k)
+    else:
+        np.ldexp(tree, k, out=tree)

@@ -28,6 +28,7 @@ K. Cho et al., "Learning phrase representations using RNN encoder-decoder", 2014
 G. E. Moon, E. C. Cyr, "Parallel training of GRU networks with a multi-grid solver for long
 sequences", ICLR 2022 (implicit GRU).
 """
+import math
 from typing import NamedTuple
 
 import numba
@@ -37,7 +38,7 @@ from numba import prange
 from ..config import JIT, JIT_PAR, resolve_dtype, row_blocks
 from ..errors import ConfigError
 from .activations import flush_subnormal, sigmoid, tanh
-from .base import Cell, LayerStep, Workspace, work_array
+from .base import Cell, LayerStep, Workspace, adjoint_shift, scale_pow2, work_array
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,17 +308,53 @@ def _layer_sequence_forward(ax, hs, WhT, bh, dt, theta, G, N, nblk):
 
 
 @numba.njit(**JIT_PAR)
-def _layer_sequence_vjp(lam_last, dxin, hs, dt, theta, G, N, Wh, dax, dah, lam, work, nblk):
-    """Backpropagation through time for one layer.
+def _layer_sequence_vjp(lam_last, dxin, hs, dt, theta, G, N, Wh, dax, dah, lam, work, ex, shift,
+                        nblk):
+    """Backpropagation through time for one layer, with the adjoint's scale kept apart.
 
-    lam_last (B, H): adjoint at point T; dxin (T, B, H): cotangent arriving at hs[t+1] from the
-    layer above (or shape (0, B, H)); writes dax, dah (T, B, 3H). lam (2, B, H) and work (B, H)
-    are work space; the adjoint at point 0 ends in lam[T % 2]. One parallel region: each thread
-    takes a row block backward through all T steps.
+    Parameters
+    ----------
+    lam_last : ndarray, shape (B, H)
+        Adjoint at point T.
+    dxin : ndarray, shape (T, B, H) or (0, B, H)
+        Cotangent arriving at hs[t+1] from the layer above (none: shape (0, B, H)), at the same
+        scale as ``lam_last``.
+    hs, dt, theta, G, N, Wh
+        Trajectory (T+1, B, H), step sizes (T, B), the cell's theta, gates (T, B, 3H), (T, B, H)
+        and recurrent weights (3H, H) of the layer.
+    dax, dah : ndarray, shape (T, B, 3H)
+        Receive the pre-activation cotangents of every step, step t of row b at scale
+        ``2^-ex[t, b]`` (the true ones are ``2^ex[t, b]`` times them).
+    lam : ndarray, shape (2, B, H)
+        Work space; the adjoint at point 0 ends in lam[T % 2], row b at scale ``2^-ex[0, b]``
+        (T > 0).
+    work : ndarray, shape (B, H)
+        Work space.
+    ex : ndarray, shape (T, B), int64
+        Receives the exponent of each step's cotangents (0 where no rescaling happened;
+        nondecreasing backward in time, so ``ex[0]`` holds each row's largest).
+    shift : int
+        The scaling's exponent s (:func:`adjoint_shift`): before step t (after adding
+        ``dxin[t]``), a row whose largest entry exceeds 2^s in magnitude (and is finite) is
+        multiplied by 2^-s, exactly, and s is added to the row's exponent.
+    nblk : int
+        Row blocks (one parallel region: each thread takes a row block backward through all
+        T steps; rows are independent, so each keeps its own exponent).
+
+    Notes
+    -----
+    Without a rescaling (every ``ex`` 0) every operation is the one of the unscaled sweep: the
+    results are bit for bit the same. ``dxin`` is added to a row of exponent e times 2^-e (one
+    rounding; entries below the smallest normal number flushed to zero, as the sweep does).
     """
     T = dax.shape[0]
     B, H = hs.shape[1], hs.shape[2]
     has_in = dxin.shape[0] == T
+    zero = lam.dtype.type(0.0)
+    thr = lam.dtype.type(math.ldexp(1.0, shift))
+    down = lam.dtype.type(math.ldexp(1.0, -shift))
+    e = np.zeros(B, np.int64)           # each row's exponent
+    f = np.ones(B, lam.dtype)           # 2^-e: the scale of dxin in a row's units
     for j in prange(nblk):
         lo = j * B // nblk
         hi = (j + 1) * B // nblk
@@ -328,10 +365,41 @@ def _layer_sequence_vjp(lam_last, dxin, hs, dt, theta, G, N, Wh, dax, dah, lam, 
             p = (T - 1 - t) % 2
             if has_in:
                 for b in range(lo, hi):
+                    if e[b] == 0:
+                        for i in range(H):
+                            lam[p, b, i] += dxin[t, b, i]
+                    else:
+                        fb = f[b]
+                        for i in range(H):
+                            lam[p, b, i] += flush_subnormal(dxin[t, b, i] * fb)
+            for b in range(lo, hi):
+                m = zero
+                for i in range(H):
+                    m = max(m, abs(lam[p, b, i]))
+                if m > thr and not math.isinf(m):
                     for i in range(H):
-                        lam[p, b, i] += dxin[t, b, i]
+                        lam[p, b, i] = flush_subnormal(lam[p, b, i] * down)
+                    e[b] += shift
+                    f[b] = lam.dtype.type(math.ldexp(1.0, -e[b]))
+                ex[t, b] = e[b]
             _block_vjp(lam[p], hs[t], dt[t], theta, G[t], N[t], Wh, dax[t], dah[t], lam[1 - p],
                        work, lo, hi)
+
+
+@numba.njit(**JIT_PAR)
+def _rescale_rows(a, ex, E):
+    """``a[t, b] *= 2^(ex[t, b] - E)`` for a (T, B, M), ex (T, B) int64 with ex <= E: brings the
+    rows of a sweep's cotangents to the common exponent E (exact, except that results below the
+    smallest normal number are flushed to zero: they are below 2^-126 (float32) of the largest
+    contributions, far under the gradient's round-off)."""
+    T, B, M = a.shape
+    for t in prange(T):
+        for b in range(B):
+            s = ex[t, b] - E
+            if s != 0:
+                fb = a.dtype.type(math.ldexp(1.0, s))
+                for m in range(M):
+                    a[t, b, m] = flush_subnormal(a[t, b, m] * fb)
 
 
 @numba.njit(**JIT_PAR)
@@ -1585,8 +1653,14 @@ class GRUCell(GRUStack):
             x_l = hs[1:]
         return res
 
-    def sequence_vjp(self, w, seq, lam_last, grads, ws=None):
-        """Backpropagation through time over a whole sequence (after ``sequence_forward(keep=True)``).
+    #: :meth:`sequence_vjp` keeps the adjoint's scale apart (``scaled=True``).
+    scaled_sequence = True
+
+    def sequence_vjp(self, w, seq, lam_last, grads, ws=None, scaled=False):
+        """Backpropagation through time over a whole sequence (after
+        ``sequence_forward(keep=True)``), with the adjoint's scale kept in a power-of-two exponent,
+        so that its direction stays exact where its norm exceeds the dtype's range (exploding
+        gradients).
 
         Parameters
         ----------
@@ -1596,9 +1670,14 @@ class GRUCell(GRUStack):
             Adjoint at the last point (from the head: nonzero in the top layer only).
         grads : GRUGrads
             Parameter gradients to accumulate into (layer 0's input weights excepted: they are
-            :meth:`project_inputs_vjp`'s).
+            :meth:`project_inputs_vjp`'s). With ``scaled``, what they hold on entry is scaled
+            like the rest: all of ``grads`` ends as 2^-E times the true sums.
         ws : Workspace, optional
             Take the arrays from this workspace (overwriting what an earlier call returned).
+        scaled : bool
+            Return the common exponent E, with the adjoint, the cotangents and ``grads`` at scale
+            2^-E; otherwise multiply them back by 2^E (inf where the true values overflow, as
+            without the scaling).
 
         Returns
         -------
@@ -1606,28 +1685,65 @@ class GRUCell(GRUStack):
             Adjoint at the initial state.
         dax0 : ndarray, shape (T, B, 3H)
             Cotangent of the layer-0 input projection.
+        E : int
+            Only with ``scaled``: the true ``lam0``, ``dax0`` and ``grads`` are 2^E times the
+            returned ones. 0 unless the adjoint grew beyond 2^:func:`adjoint_shift` (float32:
+            2^64), and then the results are bit for bit those of the unscaled sweep.
+
+        Notes
+        -----
+        Each row b of a layer's adjoint has its own exponent (rows are independent and swept by
+        different threads): whenever its largest entry exceeds 2^s (s = :func:`adjoint_shift`)
+        it is multiplied by 2^-s and s is added to the exponent, which step t's cotangents
+        carry, ``ex[t, b]``. After the layer's sweep its cotangents are brought to the largest
+        exponent, ``dax[t, b] *= 2^(ex[t, b] - max ex)``, exact unless a value falls below the
+        smallest normal number, in which case it is negligible against the largest
+        contributions: the gradient's direction is exact to round-off. Layers share one exponent
+        E: a layer below receives ``dxin`` at the current E and its ``lam_last`` times 2^-E; when
+        a layer's sweep raises E, what is already accumulated (``grads``, the upper layers'
+        ``lam0``) is multiplied by 2^-(increase).
         """
         L = w.num_layers
         hs0 = seq.hs[0]
         T, B, H = hs0.shape[0] - 1, hs0.shape[1], hs0.shape[2]
         dtype = hs0.dtype
         nblk = row_blocks(B, w.Wh[0].nbytes)
+        shift = adjoint_shift(dtype)
         lam0 = np.empty((L, B, H), dtype)
         lam = np.empty((2, B, H), dtype)
         work = np.empty((B, H), dtype)
         dxin = np.empty((0, B, H), dtype)
+        E = 0
         for l in range(L - 1, -1, -1):
             dax = work_array(ws, ("dax", l), (T, B, 3 * H), dtype)
             dah = work_array(ws, ("dah", l), (T, B, 3 * H), dtype)
-            _layer_sequence_vjp(np.ascontiguousarray(lam_last[l]), dxin, seq.hs[l], seq.dt,
-                                dtype.type(self.theta), seq.G[l], seq.N[l], w.Wh[l], dax, dah,
-                                lam, work, nblk)
+            ex = work_array(ws, ("ex", l), (T, B), np.int64)
+            lam_l = np.ascontiguousarray(lam_last[l])
+            if E:
+                lam_l = np.ldexp(lam_l, -E)
+            _layer_sequence_vjp(lam_l, dxin, seq.hs[l], seq.dt, dtype.type(self.theta), seq.G[l],
+                                seq.N[l], w.Wh[l], dax, dah, lam, work, ex, shift, nblk)
             lam0[l] = lam[T % 2]
+            rise = int(ex[0].max()) if T and B else 0
+            if rise:                    # bring the layer to its largest exponent, the rest along
+                _rescale_rows(dax, ex, rise)
+                _rescale_rows(dah, ex, rise)
+                _rescale_rows(lam0[l:l + 1], ex[:1], rise)
+                np.ldexp(lam0[l + 1:], -rise, out=lam0[l + 1:])
+                scale_pow2(grads, -rise)
+                E += rise
             xin = seq.hs[l - 1][1:] if l > 0 else None
             self.accumulate_layer_grads(grads, l, dax, dah, xin, seq.hs[l][:-1])
             if l > 0:
                 dxin = self.layer_input_vjp(w, l, (dax, dah),
                                             work_array(ws, ("dxin", l), (T, B, H), dtype))
+        if scaled:
+            return lam0, dax, E
+        if E:
+            with np.errstate(over="ignore"):        # inf: the true value is beyond the range
+                np.ldexp(lam0, E, out=lam0)
+                np.ldexp(dax, E, out=dax)
+                scale_pow2(grads, E)
         return lam0, dax
 
 

@@ -53,6 +53,12 @@ class SolveStats:
         The iteration stopped contracting: the residual after its last cycle is more than 10 %
         above the smallest one it reached, and above round-off (:func:`residual_grew`). More
         cycles will not help; the result is further from the solution than an earlier iterate.
+    exponent : int
+        Adjoint solves: the returned cotangents and the gradients accumulated into ``grads``
+        (including what ``grads`` held on entry) are 2^-exponent times the true ones; 0:
+        unscaled. The serial solver raises it where the adjoint would overflow (exploding
+        gradients), so that the gradient's direction stays exact and its norm is
+        ``2^exponent`` times the norm of what was returned (MGRIT and DEER: always 0).
     stalled : bool
         The iteration gave up early: a cycle contracted the residual by less than the solver's
         ``stall`` factor, or the tolerance was out of reach at its rate (MGRIT).
@@ -68,6 +74,7 @@ class SolveStats:
     fallback: bool = False
     phases: dict = field(default_factory=dict)
     grew: bool = False
+    exponent: int = 0
     stalled: bool = False
 
     @property

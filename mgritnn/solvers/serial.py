@@ -5,12 +5,16 @@ kernels where a cell has them (the GRU cells: layer after layer; one GEMM per ti
 fixed row blocks), which compute bitwise the same states as stepping all layers together with the
 step API; any other cell of the step protocol (:mod:`mgritnn.cells.base`) is stepped one time point
 at a time through :meth:`~mgritnn.cells.base.Cell.step` and its VJP.
+
+The adjoint keeps its scale in a power-of-two exponent (``SolveStats.exponent``): where exploding
+gradients would overflow the dtype, the returned cotangents and gradients are 2^-exponent times
+the true ones, their direction exact to round-off (:meth:`SerialSolver.adjoint`).
 """
 from typing import NamedTuple
 
 import numpy as np
 
-from ..cells.base import Workspace, tree_map
+from ..cells.base import Workspace, adjoint_shift, scale_pow2, tree_map
 from .base import SolveStats, Solver, register, step_sizes
 
 
@@ -112,11 +116,40 @@ class SerialSolver(Solver):
         return h_last, (_Sweep(x, seq) if keep else None), SolveStats(step_evals=xp.shape[0])
 
     def adjoint(self, cell, w, state, lam_last, grads, lam_first=None):
-        """Backpropagation through time; accumulates into ``grads`` (the cell's gradient
-        NamedTuple) and returns ``(dxp, stats)``, ``dxp`` (T, *X) the cotangent of the projected
-        inputs; ``lam_first`` (*S), if given, receives the adjoint at point 0."""
+        """Backpropagation through time, with the adjoint's scale kept in a power-of-two exponent.
+
+        Parameters
+        ----------
+        cell : Cell
+        w : the cell's weights
+        state : from :meth:`forward` with ``keep``
+        lam_last : ndarray, shape S
+            Adjoint at the last point.
+        grads : the cell's gradient NamedTuple
+            Accumulated into, in place (what it holds on entry is scaled with the rest: see
+            ``stats.exponent``).
+        lam_first : ndarray, shape S, optional
+            Receives the adjoint at point 0.
+
+        Returns
+        -------
+        dxp : ndarray, shape (T, *X)
+            Cotangent of the projected inputs.
+        stats : SolveStats
+            ``stats.exponent`` E: ``dxp``, ``lam_first`` and all of ``grads`` are 2^-E times the
+            true ones. E > 0 only where the adjoint grows beyond 2^s (s =
+            :func:`~mgritnn.cells.adjoint_shift`, 64 for float32; exploding gradients), which
+            keeps the gradient's direction exact to round-off where its norm exceeds the dtype's
+            range; otherwise E = 0 and the results are bit for bit those of the unscaled sweep.
+            A cell whose fused sweep does not scale (``scaled_sequence`` false: the
+            ``implicit-newton`` cell) always reports 0.
+        """
         if isinstance(state, _Steps):
             lam0, dxp, stats = self._step_adjoint(cell, w, state, lam_last, grads)
+        elif getattr(cell, "scaled_sequence", False):
+            lam0, dxp, e = cell.sequence_vjp(w, state.seq, lam_last, grads, ws=self.ws,
+                                             scaled=True)
+            stats = SolveStats(step_evals=dxp.shape[0], exponent=e)
         else:
             lam0, dxp = cell.sequence_vjp(w, state.seq, lam_last, grads, ws=self.ws)
             stats = SolveStats(step_evals=dxp.shape[0])
@@ -138,16 +171,46 @@ class SerialSolver(Solver):
     @staticmethod
     def _step_adjoint(cell, w, state, lam_last, grads):
         """BPTT one step at a time; the parameter gradients from all steps' cotangents at once, in
-        time order (as MGRIT's final sweep does)."""
+        time order (as MGRIT's final sweep does).
+
+        The adjoint's scale is kept apart as in the fused sweeps, with one exponent for the whole
+        state (a cell of the protocol has no row structure known here): before each step, an
+        adjoint whose largest entry exceeds 2^s (s = :func:`~mgritnn.cells.adjoint_shift`) is
+        multiplied by 2^-s; at the end the steps' cotangents are brought to the final exponent E
+        (exact unless a value underflows), ``grads`` is multiplied by 2^-E, and the gradients
+        are accumulated.
+
+        Returns
+        -------
+        lam0 : ndarray, shape S
+        dx : ndarray, shape (T, *X)
+        stats : SolveStats
+            With the exponent E (``lam0``, ``dx`` and ``grads`` at scale 2^-E).
+        """
         _, xp, dtv, u, cache = state
         T = xp.shape[0]
         lam = lam_last[None]
         dx, cots = np.empty_like(xp), [None] * T
+        shift = adjoint_shift(u.dtype)
+        thr = np.ldexp(1.0, shift)
+        e, ex = 0, np.zeros(T, np.int64)
         for t in range(T - 1, -1, -1):
+            m = np.max(np.abs(lam)) if lam.size else 0.0
+            if thr < m < np.inf:
+                lam = np.ldexp(lam, -shift)
+                e += shift
+            ex[t] = e
             cots[t] = []
             lam, dx[t:t + 1] = cell.step_vjp(w, xp[t:t + 1], u[t:t + 1], dtv[t:t + 1], lam,
                                              cache=tree_map(lambda a: a[t:t + 1], cache),
                                              cotangents=cots[t])
+        if e:                           # every step's cotangents at the final exponent e
+            for t in range(T):
+                k = int(ex[t]) - e
+                if k:
+                    np.ldexp(dx[t], k, out=dx[t])
+                    cots[t] = tree_map(lambda a: np.ldexp(a, k), cots[t])
+            scale_pow2(grads, -e)
         if T:
             cell.accumulate_grads(grads, cache, _stack(cots))
-        return lam[0], dx, SolveStats(step_evals=T)
+        return lam[0], dx, SolveStats(step_evals=T, exponent=e)
