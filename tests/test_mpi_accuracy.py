@@ -9,7 +9,7 @@ all ranks together.
 import numpy as np
 import pytest
 
-from mpi_util import Case, find_mpiexec, run_mpi, solve, warm_numba_cache
+from mpi_util import Case, find_mpiexec, launch_cases, solve, warm_numba_cache
 
 MPIEXEC = find_mpiexec()
 pytestmark = pytest.mark.skipif(
@@ -41,12 +41,7 @@ def reference():
 def mpi_results(request, reference, tmp_path_factory):
     P = request.param
     out = tmp_path_factory.mktemp(f"accuracy{P}") / "results.npz"
-    res = run_mpi(P, "mgrit_case.py", out, *[c.to_arg() for c in ALL], timeout=TIMEOUT, check=True)
-    assert out.is_file(), "mgrit_case.py exited 0 but wrote no results\n" + res.describe()
-    with np.load(out) as z:
-        data = {k: z[k] for k in z.files}
-    return P, {c.name: {k[len(f"c{i}_"):]: v for k, v in data.items() if k.startswith(f"c{i}_")}
-               for i, c in enumerate(ALL)}
+    return P, launch_cases(P, ALL, out, timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize("case", CONVERGING, ids=lambda c: c.name)
