@@ -47,7 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cells import CELLS, get_cell
+from ..cells import get_cell
 from ..cells.base import tree_map
 from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from ..distributed import level_points, local_grid, rank_bounds
@@ -259,12 +259,12 @@ class MGRITConfig:
     def coarse_cell_for(self, fine):
         """The cell of the coarse levels for the fine cell ``fine`` (see ``coarse_cell``)."""
         if self.coarse_cell == "matched":
-            name = f"matched-{getattr(fine, 'name', '')}"
-            if name not in CELLS:
+            try:
+                return get_cell(f"matched-{getattr(fine, 'name', '')}")
+            except ConfigError:
                 raise ConfigError(f"MGRIT coarse_cell 'matched' needs a classic or implicit fine "
                                   f"cell, not {getattr(fine, 'name', fine)!r}: give a coarse "
-                                  "cell by name, or leave it to the default")
-            return get_cell(name)
+                                  "cell by name, or leave it to the default") from None
         if self.coarse_cell is not None:
             return get_cell(self.coarse_cell)
         return fine.coarse_cell()
