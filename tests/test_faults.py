@@ -374,7 +374,7 @@ def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_result(tmp_pa
     that fsyncs, nearly every kill leaves it behind): after each kill the checkpoint loads;
     ``--resume-or-start`` then finishes the run, leaves no temporary file, and ends bit for bit
     where the uninterrupted run ends."""
-    epochs = 80
+    epochs = 400     # a missed write window (2 s) must not let a run finish all epochs
     common = ["train", "--data", data, *SMALL, "--epochs", str(epochs), "--resume-or-start"]
     ref, ck = tmp_path / "ref" / "ck.npz", tmp_path / "killed" / "ck.npz"
     r = run(*common, "--checkpoint", ref)
