@@ -24,24 +24,17 @@ from mgritnn.perfmodel import load_or_calibrate, parse_shape, predict
 
 
 def run_stats(path):
-    """Mean evaluations per rank (forward, adjoint) per batch, mean cycles, fallback share,
-    over the batches after the first epoch (and over all of them)."""
+    """Over the batches after the first epoch (all of them for a one-epoch run): the mean
+    evaluations per rank (forward, adjoint) per batch, mean cycles and the forward fallbacks."""
     recs = [json.loads(line) for line in open(path)]
     batches = [r for r in recs if r["type"] == "batch"]
-    later = [r for r in batches if r["epoch"] > 1] or batches
-    out = {}
-    for name, bs in (("all", batches), ("after epoch 1", later)):
-        ev = np.array([r["step_evals_max_rank"] for r in bs], np.float64)
-        out[name] = dict(
-            batches=len(bs), evals=ev.mean(0).tolist(),
-            fwd_cycles=float(np.mean([r["fwd_iters"] for r in bs])),
-            adj_cycles=float(np.mean([r["bwd_iters"] for r in bs])),
-            fwd_fallback=int(sum(r["fwd_fallback"] for r in bs)))
-    epochs = [r for r in recs if r["type"] == "epoch"]
-    out["epochs"] = [dict(epoch=r["epoch"], test_acc=r["test_acc"],
-                          fallback=r.get("fallback"), check=r.get("gradient_check"))
-                     for r in epochs]
-    return out
+    bs = [r for r in batches if r["epoch"] > 1] or batches
+    ev = np.array([r["step_evals_max_rank"] for r in bs], np.float64)
+    return {"after epoch 1": dict(
+        batches=len(bs), evals=ev.mean(0).tolist(),
+        fwd_cycles=float(np.mean([r["fwd_iters"] for r in bs])),
+        adj_cycles=float(np.mean([r["bwd_iters"] for r in bs])),
+        fwd_fallback=int(sum(r["fwd_fallback"] for r in bs)))}
 
 
 def main(argv=None):

@@ -161,12 +161,14 @@ def _block_gates(ax, h, bh, dt, theta, hnew, G, N, lo, hi):
             for j in range(H):
                 hnew[b, j] = h[b, j]
             continue
-        for j in range(H):
-            if theta >= 0:
-                a = d * (one - G[b, H + j])
-                c = a / (one + theta * a)
-            else:
+        if theta < 0:           # a matched coarse cell (the branch outside the hot loop)
+            for j in range(H):
                 c = _matched(d, G[b, H + j], theta, one)[0]
+                hnew[b, j] = h[b, j] + c * (N[b, j] - h[b, j])
+            continue
+        for j in range(H):
+            a = d * (one - G[b, H + j])
+            c = a / (one + theta * a)
             hnew[b, j] = h[b, j] + c * (N[b, j] - h[b, j])
 
 
@@ -208,21 +210,22 @@ def _block_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work, lo, hi):
             for j in range(H):
                 work[b, j] = lam[b, j]
             continue
-        for j in range(H):      # n gate: dp_n = lam c (1 - n^2)
-            if theta >= 0:
+        if theta < 0:           # a matched coarse cell: dp_n, dp_z and the direct term
+            for j in range(H):
+                z = G[b, H + j]
+                c, dcdz = _matched(d, z, theta, one)
+                dax[b, 2 * H + j] = lam[b, j] * c * (one - N[b, j] * N[b, j])
+                dax[b, H + j] = lam[b, j] * dcdz * (N[b, j] - h[b, j]) * z * (one - z)
+                work[b, j] = lam[b, j] * (one - c)
+        else:
+            for j in range(H):      # n gate: dp_n = lam c (1 - n^2)
                 a = d * (one - G[b, H + j])
                 c = a / (one + theta * a)
-            else:
-                c = _matched(d, G[b, H + j], theta, one)[0]
-            dax[b, 2 * H + j] = lam[b, j] * c * (one - N[b, j] * N[b, j])
-        for j in range(H):      # z gate: dp_z = -dt lam (n - h) / (1 + theta a)^2 z (1 - z)
-            z = G[b, H + j]
-            if theta >= 0:
+                dax[b, 2 * H + j] = lam[b, j] * c * (one - N[b, j] * N[b, j])
+            for j in range(H):      # z gate: dp_z = -dt lam (n - h) / (1 + theta a)^2 z (1 - z)
+                z = G[b, H + j]
                 den = one + theta * d * (one - z)
                 dax[b, H + j] = -d * lam[b, j] * (N[b, j] - h[b, j]) / (den * den) * z * (one - z)
-            else:               # matched: dp_z = lam dc/dz (n - h) z (1 - z)
-                dcdz = _matched(d, z, theta, one)[1]
-                dax[b, H + j] = lam[b, j] * dcdz * (N[b, j] - h[b, j]) * z * (one - z)
         for j in range(H):      # r gate: dp_r = dp_n A_h^n r (1 - r)
             r = G[b, j]
             dax[b, j] = dax[b, 2 * H + j] * G[b, 2 * H + j] * r * (one - r)
@@ -232,12 +235,10 @@ def _block_gate_vjp(lam, h, dt, theta, G, N, dax, dah, work, lo, hi):
             dah[b, j] = dax[b, j]
         for j in range(H):
             dah[b, 2 * H + j] = flush_subnormal(dax[b, 2 * H + j] * G[b, j])
-        for j in range(H):      # direct term of dh'/dh
-            if theta >= 0:
+        if theta >= 0:
+            for j in range(H):      # direct term of dh'/dh (matched cells: above)
                 a = d * (one - G[b, H + j])
                 work[b, j] = lam[b, j] * (one - a / (one + theta * a))
-            else:
-                work[b, j] = lam[b, j] * (one - _matched(d, G[b, H + j], theta, one)[0])
 
 
 @numba.njit(**JIT)
