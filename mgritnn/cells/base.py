@@ -41,7 +41,7 @@ DEER (layer by layer)                  :meth:`~Cell.num_layers`, :meth:`~Cell.la
                                        optional (``fused_stack``) :meth:`~Cell.layer_newton_diag`
 =====================================  ===================================================
 """
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -365,6 +365,85 @@ class Cell:
         diag(dh'/dh)`` and ``b = step(h) - J h``, both (K, B, H), bitwise what :meth:`layer_step`
         with ``jacobian="diag", fused=True`` gives."""
         raise NotImplementedError
+
+
+# -- capabilities --------------------------------------------------------------------------------
+#
+# The core every solver needs is :class:`Cell`'s ``project_inputs``, ``project_inputs_vjp``,
+# ``zero_grads``, ``step``, ``step_vjp`` and ``accumulate_grads``. What a solver may use beyond it
+# is a capability: a runtime-checkable protocol, tested with :func:`has` / :func:`missing`, so that
+# a solver that needs one refuses a cell without it when it is made, naming what is missing.
+
+
+@runtime_checkable
+class FusedSequence(Protocol):
+    """Whole-sequence sweeps (the serial solver uses them instead of :meth:`Cell.step`)."""
+    def sequence_forward(self, w, x, u0, dt=1.0, keep=True, ws=None): ...
+    def sequence_vjp(self, w, seq, lam_last, grads, ws=None): ...
+
+
+@runtime_checkable
+class FusedChains(Protocol):
+    """Compiled in-place chains of steps (MGRIT's relaxation and coarse solves)."""
+    def chain_weights(self, w): ...
+    def chain_cache(self, w, x, n): ...
+    def chain_cotangents(self, w, x, n): ...
+    def advance(self, cw, x, dt, X, rd, Y, wr, starts, lens, g=None, keep=None, res=None): ...
+    def advance_vjp(self, cw, dt, X, rd, Y, wr, starts, lens, ulin, lin, fidx, g=None, keep=None,
+                    res=None): ...
+    def chain_step_cache(self, cache, u): ...
+    def chain_step_cotangents(self, cot): ...
+
+
+@runtime_checkable
+class LayerNewton(Protocol):
+    """Layer-by-layer steps with their Jacobians (DEER and quasi-DEER solve one layer at a time)."""
+    def num_layers(self, w): ...
+    def layer_states(self, u): ...
+    def join_layers(self, layers): ...
+    def layer_inputs(self, w, l, x_l, out=None): ...
+    def layer_step(self, w, l, x, h, dt, jacobian=None, fused=False): ...
+    def layer_step_vjp(self, w, l, lam, lin, dt, need_lam=True): ...
+    def layer_input_vjp(self, w, l, cot, out=None): ...
+    def layers_cache(self, xin, lins): ...
+
+
+@runtime_checkable
+class DiagonalNewton(Protocol):
+    """quasi-DEER's diagonal linearization of a layer's step in one pass."""
+    def layer_newton_diag(self, w, l, x, h, dt, scale, J, b): ...
+
+
+#: The capabilities and the legacy class flag that used to announce each (a cell that sets the
+#: flag to False lacks the capability even if it inherits the methods).
+CAPABILITIES = {FusedSequence: "fused_sequence", FusedChains: "fused_stack",
+                LayerNewton: None, DiagonalNewton: "fused_stack"}
+
+
+def _protocol_methods(capability):
+    return [n for n, v in vars(capability).items() if callable(v) and not n.startswith("_")]
+
+
+def missing(cell, capability):
+    """The methods of ``capability`` (one of :data:`CAPABILITIES`) that ``cell`` does not
+    implement: absent, or only declared by :class:`Cell` (a stub that raises).
+
+    Returns
+    -------
+    list of str
+        Empty when ``cell`` has the capability.
+    """
+    flag = CAPABILITIES[capability]
+    names = _protocol_methods(capability)
+    if flag is not None and getattr(cell, flag, True) is False:
+        return names
+    return [n for n in names
+            if getattr(type(cell), n, None) is None or getattr(type(cell), n) is getattr(Cell, n, 0)]
+
+
+def has(cell, capability):
+    """True when ``cell`` implements every method of ``capability`` (see :func:`missing`)."""
+    return not missing(cell, capability)
 
 
 def tree_map(fn, tree, *others):
