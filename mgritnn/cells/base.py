@@ -7,11 +7,12 @@ declared by :class:`Cell`), so any time-stepper that implements it runs on them:
 (:mod:`mgritnn.cells.gru`), the fully implicit GRU (:mod:`mgritnn.cells.newton`), the scalar test
 equation (:mod:`mgritnn.cells.dahlquist`) and the residual layer of an ODENet
 (:mod:`mgritnn.cells.odenet`, whose step inputs are the layers' weights). What a solver may use
-beyond the core is a **capability**: a runtime-checkable protocol of its own (:class:`FusedSequence`,
-:class:`FusedChains`, :class:`LayerNewton`, :class:`DiagonalNewton`), which a cell has when its class
-implements every method of it (:func:`has`, :func:`missing`). :class:`Cell` declares no capability,
-so a cell never appears to have one it cannot honour; a solver that requires one refuses a cell
-without it when the solver is made, naming the missing methods.
+beyond the core is a **capability**: a runtime-checkable protocol of its own
+(:class:`FusedSequence`, :class:`FusedChains`, :class:`LayerNewton`, :class:`DiagonalNewton`), which
+a cell has when its class implements every method of it (:func:`has`, :func:`missing`).
+:class:`Cell` declares no capability, so a cell never appears to have one it cannot honour; a
+solver that requires one refuses a cell without it when the solver is made, naming the missing
+methods.
 
 Shapes: a state of one time point has any shape S (the GRU stack: (L, B, H)); K states are
 (K, *S). A sequence's raw inputs are x (T, *X0); the cell's input projection
@@ -24,15 +25,21 @@ the identity: the padded steps of a variable-length batch, so that every solver 
 of different lengths without special cases.
 Caches and cotangents are tuples or lists whose arrays all have K as their first axis, so that
 solvers can gather, scatter and store them for many steps without knowing what they hold; each
-cell has one cache type (the GRU cells: :class:`~mgritnn.cells.gru.GRUCache`; the others a tuple).
+cell has one cache type of its steps (the GRU cells: :class:`~mgritnn.cells.gru.GRUCache`, in two
+layouts, the compiled chains' and the solvers'; the others a tuple). Two results carry
+intermediates too and stay apart, as they hold more than a step cache: a fused sweep's
+(:class:`~mgritnn.cells.gru.SequenceCache`: the trajectory of every layer, T + 1 points, which the
+serial solver and DEER read as the forward result, and the step sizes) and a layer step's
+(:class:`LayerStep`: the new states and the Jacobian DEER iterates with).
 Parameter gradients are a NamedTuple shaped like the weights (:meth:`Cell.zero_grads`), its arrays
 accumulated in place (a model passes views into its flat gradient buffer).
 
 The operations, and who needs them:
 
 ======================================  ==================================================
-required core (:class:`Core`), every    :meth:`~Cell.project_inputs`, :meth:`~Cell.project_inputs_vjp`,
-solver                                  :meth:`~Cell.zero_grads`, :meth:`~Cell.step`,
+required core (:class:`Core`), every    :meth:`~Cell.project_inputs`,
+solver                                  :meth:`~Cell.project_inputs_vjp`,
+                                        :meth:`~Cell.zero_grads`, :meth:`~Cell.step`,
                                         :meth:`~Cell.step_vjp`, :meth:`~Cell.accumulate_grads`,
                                         :meth:`~Cell.coarse_cell` (MGRIT)
 :class:`FusedSequence` (serial and      ``sequence_forward``, ``sequence_vjp``
@@ -71,8 +78,9 @@ from ..errors import ConfigError
 
 
 class LayerStep(NamedTuple):
-    """One step of one layer for K states (``layer_step`` of :class:`LayerNewton`): the new states and the
-    step's linearization.
+    """One step of one layer for K states (``layer_step`` of :class:`LayerNewton`): the new states
+    and the step's linearization. Not a cache of its own: the result DEER iterates with, which
+    ``layers_cache`` turns into the cell's cache type for :meth:`Cell.accumulate_grads`.
 
     Attributes
     ----------
@@ -405,7 +413,8 @@ def missing(cell, capability):
 
 
 def has(cell, capability):
-    """True when ``cell``'s class implements every method of ``capability`` (see :func:`missing`)."""
+    """True when ``cell``'s class implements every method of ``capability`` (see
+    :func:`missing`)."""
     return not missing(cell, capability)
 
 
