@@ -283,7 +283,7 @@ def test_stack_chains_equal_the_step_api_bitwise(dtype, L, B, H):
     mode, kept gates) and independent steps compute bitwise what :meth:`GRUCell.step` computes
     position by position; its VJP likewise equals :meth:`GRUCell.step_vjp`. B <= 2 with H = 6
     runs the lockstep kernels (compiled products), the others the per-chain ones (BLAS)."""
-    from mgritnn.cells import StackCache
+    from mgritnn.cells import GRUCache
     c = get_cell("implicit")
     w, ax, dt, u0, g = _stack_problem(dtype, L, B, H=H)
     n = len(ax)
@@ -299,7 +299,7 @@ def test_stack_chains_equal_the_step_api_bitwise(dtype, L, B, H):
             else:
                 want[s + 1] = new
     got, res = u0.copy(), np.empty_like(want_res)
-    keep = StackCache.empty(L, n, B, w.hidden_size, dtype)
+    keep = GRUCache.empty(L, n, B, w.hidden_size, dtype)
     c.advance(sw, ax, dt, got, starts, got, starts + 1, starts, lens, g=g, keep=keep, res=res)
     assert np.array_equal(got, want) and np.array_equal(res, want_res)
     # independent steps from a gathered array; their kept gates are the step API's

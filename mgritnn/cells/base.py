@@ -2,11 +2,17 @@
 
 A cell advances K independent states by one step each, every state with its own input row and its
 own step size, and gives the vector-Jacobian product (VJP) of that step. The serial sweep, MGRIT
-(forward and adjoint), DEER and the auto solver use nothing else, so any time-stepper that
-implements this class runs on them: the GRU cells (:mod:`mgritnn.cells.gru`), the fully implicit
-GRU (:mod:`mgritnn.cells.newton`), the scalar test equation (:mod:`mgritnn.cells.dahlquist`) and
-the residual layer of an ODENet (:mod:`mgritnn.cells.odenet`, whose step inputs are the layers'
-weights).
+(forward and adjoint), DEER and the auto solver need nothing else (the required core, :class:`Core`,
+declared by :class:`Cell`), so any time-stepper that implements it runs on them: the GRU cells
+(:mod:`mgritnn.cells.gru`), the fully implicit GRU (:mod:`mgritnn.cells.newton`), the scalar test
+equation (:mod:`mgritnn.cells.dahlquist`) and the residual layer of an ODENet
+(:mod:`mgritnn.cells.odenet`, whose step inputs are the layers' weights). What a solver may use
+beyond the core is a **capability**: a runtime-checkable protocol of its own
+(:class:`FusedSequence`, :class:`FusedChains`, :class:`LayerNewton`, :class:`DiagonalNewton`), which
+a cell has when its class implements every method of it (:func:`has`, :func:`missing`).
+:class:`Cell` declares no capability, so a cell never appears to have one it cannot honour; a
+solver that requires one refuses a cell without it when the solver is made, naming the missing
+methods.
 
 Shapes: a state of one time point has any shape S (the GRU stack: (L, B, H)); K states are
 (K, *S). A sequence's raw inputs are x (T, *X0); the cell's input projection
@@ -18,37 +24,63 @@ backward (the adjoint passes unchanged, zero input and parameter cotangents), an
 the identity: the padded steps of a variable-length batch, so that every solver handles sequences
 of different lengths without special cases.
 Caches and cotangents are tuples or lists whose arrays all have K as their first axis, so that
-solvers can gather, scatter and store them for many steps without knowing what they hold.
+solvers can gather, scatter and store them for many steps without knowing what they hold; each
+cell has one cache type of its steps (the GRU cells: :class:`~mgritnn.cells.gru.GRUCache`, in two
+layouts, the compiled chains' and the solvers'; the others a tuple). Two results carry
+intermediates too and stay apart, as they hold more than a step cache: a fused sweep's
+(:class:`~mgritnn.cells.gru.SequenceCache`: the trajectory of every layer, T + 1 points, which the
+serial solver and DEER read as the forward result, and the step sizes) and a layer step's
+(:class:`LayerStep`: the new states and the Jacobian DEER iterates with).
 Parameter gradients are a NamedTuple shaped like the weights (:meth:`Cell.zero_grads`), its arrays
 accumulated in place (a model passes views into its flat gradient buffer).
 
 The operations, and who needs them:
 
-=====================================  ===================================================
-every solver                           :meth:`~Cell.project_inputs`, :meth:`~Cell.project_inputs_vjp`,
-                                       :meth:`~Cell.zero_grads`
-serial (stepwise), MGRIT               :meth:`~Cell.step`, :meth:`~Cell.step_vjp`,
-                                       :meth:`~Cell.accumulate_grads`, :meth:`~Cell.coarse_cell`
-serial, optional (``fused_sequence``)  :meth:`~Cell.sequence_forward`, :meth:`~Cell.sequence_vjp`
-MGRIT, optional (``fused_stack``)      :meth:`~Cell.chain_weights`, :meth:`~Cell.chain_cache`,
-                                       :meth:`~Cell.chain_cotangents`, :meth:`~Cell.advance`,
-                                       :meth:`~Cell.advance_vjp`, :meth:`~Cell.chain_step_cache`,
-                                       :meth:`~Cell.chain_step_cotangents`
-DEER (layer by layer)                  :meth:`~Cell.num_layers`, :meth:`~Cell.layer_states`,
-                                       :meth:`~Cell.join_layers`, :meth:`~Cell.layer_inputs`,
-                                       :meth:`~Cell.layer_step`, :meth:`~Cell.layer_step_vjp`,
-                                       :meth:`~Cell.layer_input_vjp`, :meth:`~Cell.layers_cache`;
-                                       optional (``fused_stack``) :meth:`~Cell.layer_newton_diag`
-=====================================  ===================================================
+======================================  ==================================================
+required core (:class:`Core`), every    :meth:`~Cell.project_inputs`,
+solver                                  :meth:`~Cell.project_inputs_vjp`,
+                                        :meth:`~Cell.zero_grads`, :meth:`~Cell.step`,
+                                        :meth:`~Cell.step_vjp`, :meth:`~Cell.accumulate_grads`,
+                                        :meth:`~Cell.coarse_cell` (MGRIT)
+:class:`FusedSequence` (serial and      ``sequence_forward``, ``sequence_vjp``
+DEER's sweeps; optional)
+:class:`FusedChains` (MGRIT;            ``chain_weights``, ``chain_cache``, ``chain_cotangents``,
+optional)                               ``advance``, ``advance_vjp``, ``chain_step_cache``,
+                                        ``chain_step_cotangents``
+:class:`LayerNewton` (DEER;             ``num_layers``, ``layer_states``, ``join_layers``,
+required)                               ``layer_inputs``, ``layer_step``, ``layer_step_vjp``,
+                                        ``layer_input_vjp``, ``layers_cache``
+:class:`DiagonalNewton` (quasi-DEER;    ``layer_newton_diag``
+optional)
+======================================  ==================================================
+
+Which cell has which (``tests/test_capabilities.py`` checks this table):
+
+=======================================  ====  ========  ======  ======  ========
+cell                                     core  sequence  chains  layers  diagonal
+=======================================  ====  ========  ======  ======  ========
+GRUCell (classic, implicit, matched-*)   yes   yes       yes     yes     yes
+NewtonGRUCell (implicit-newton)          yes   yes       no      yes     no
+DahlquistCell                            yes   no        no      yes     no
+ODENetCell                               yes   no        no      no      no
+=======================================  ====  ========  ======  ======  ========
+
+Beyond the protocols, a cell whose :meth:`sequence_vjp` takes ``scaled=True`` (the adjoint's scale
+kept in a power-of-two exponent, see :meth:`mgritnn.cells.gru.GRUCell.sequence_vjp`) says so with
+the class attribute ``scaled_sequence = True`` (the GRU cells of the theta family).
 """
+from abc import abstractmethod
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import ConfigError
+
 
 class LayerStep(NamedTuple):
-    """One step of one layer for K states (see :meth:`Cell.layer_step`): the new states and the
-    step's linearization.
+    """One step of one layer for K states (``layer_step`` of :class:`LayerNewton`): the new states
+    and the step's linearization. Not a cache of its own: the result DEER iterates with, which
+    ``layers_cache`` turns into the cell's cache type for :meth:`Cell.accumulate_grads`.
 
     Attributes
     ----------
@@ -94,31 +126,22 @@ def work_array(ws, name, shape, dtype):
 
 
 class Cell:
-    """Base class and documentation of the step protocol (see the module docstring).
+    """Base class of the cells: the required core of the step protocol (see the module docstring)
+    and what every cell shares.
+
+    A subclass implements :meth:`zero_grads`, :meth:`step`, :meth:`step_vjp` and
+    :meth:`accumulate_grads` (declared here, abstract), overrides :meth:`project_inputs` /
+    :meth:`project_inputs_vjp` when it projects its inputs, and implements exactly the capabilities
+    it has (:class:`FusedSequence`, :class:`FusedChains`, :class:`LayerNewton`,
+    :class:`DiagonalNewton`): this class declares none of them.
 
     Attributes
     ----------
     name : str
         The cell's registered name.
-    fused_sequence : bool
-        The cell implements the whole-sequence sweeps :meth:`sequence_forward` and
-        :meth:`sequence_vjp` (the serial solver then uses them instead of stepping through
-        :meth:`step` one time point at a time).
-    fused_stack : bool
-        The cell implements the compiled in-place chains (:meth:`advance`, :meth:`advance_vjp` and
-        their storage, :meth:`chain_weights` ...; MGRIT then uses them instead of :meth:`step` /
-        :meth:`step_vjp`) and quasi-DEER's one-pass linearization :meth:`layer_newton_diag`.
-    scaled_sequence : bool
-        :meth:`sequence_vjp` takes ``scaled=True`` and then returns the adjoint at a power-of-two
-        scale of its own, ``(lam0, dx, E)`` (the true results are 2^E times those returned; see
-        :meth:`mgritnn.cells.gru.GRUCell.sequence_vjp`): exploding gradients keep their direction
-        beyond the dtype's range.
     """
 
     name = "cell"
-    fused_sequence = False
-    fused_stack = False
-    scaled_sequence = False
 
     # -- inputs and parameter gradients (every solver) -----------------------------------------
 
@@ -155,12 +178,14 @@ class Cell:
         grads : the gradient NamedTuple (:meth:`zero_grads`), accumulated in place
         """
 
+    @abstractmethod
     def zero_grads(self, w):  # pragma: no cover - interface
         """Zero parameter gradients: a NamedTuple shaped like the weights ``w`` (fresh arrays)."""
         raise NotImplementedError
 
     # -- one step of K states (serial stepwise, MGRIT) -----------------------------------------
 
+    @abstractmethod
     def step(self, w, x, u, dt, out=None, cache=False):  # pragma: no cover - interface
         """Advance K states by one step: ``u_new[k] = Phi(u[k]; x[k], dt[k])``.
 
@@ -176,8 +201,8 @@ class Cell:
         out : ndarray, shape (K, *S), optional
             Where to write the new states (may not alias ``u``).
         cache : bool
-            Also return what :meth:`step_vjp` and :meth:`accumulate_grads` need (a tuple or list
-            of arrays with leading axis K, or None entries).
+            Also return what :meth:`step_vjp` and :meth:`accumulate_grads` need: the cell's cache
+            type (a tuple or NamedTuple of arrays, or lists of them, with leading axis K).
 
         Returns
         -------
@@ -186,6 +211,7 @@ class Cell:
         """
         raise NotImplementedError
 
+    @abstractmethod
     def step_vjp(self, w, x, u, dt, lam_next, grads=None, cache=None,
                  cotangents=None):  # pragma: no cover - interface
         """VJP of :meth:`step` for K states.
@@ -214,6 +240,7 @@ class Cell:
         """
         raise NotImplementedError
 
+    @abstractmethod
     def accumulate_grads(self, grads, cache, cotangents):  # pragma: no cover - interface
         """Add the parameter gradients of many steps to ``grads`` (a gradient NamedTuple, in place)
         from their caches and the cotangents :meth:`step_vjp` recorded (both stacked over the
@@ -230,161 +257,66 @@ class Cell:
         with the coarse step size)."""
         return self
 
-    # -- whole sequences (serial solver; optional, ``fused_sequence``) -------------------------
-
-    def sequence_forward(self, w, x, u0, dt=1.0, keep=True, ws=None):  # pragma: no cover
-        """Serial sweep over a whole sequence of T steps from the projected inputs ``x`` (T, *X)
-        and the initial state ``u0`` (*S). Returns a cache whose ``hs`` lists the trajectory
-        (per layer for a layered cell) and, with ``keep``, what :meth:`sequence_vjp` needs."""
-        raise NotImplementedError
-
-    def sequence_vjp(self, w, seq, lam_last, grads, ws=None):  # pragma: no cover - interface
-        """Backpropagation through time after ``sequence_forward(keep=True)``: adds the parameter
-        gradients to ``grads`` (those of :meth:`project_inputs` excepted) and returns
-        ``(lam0 (*S), dx (T, *X))``, the adjoint at the initial state and the cotangent of the
-        projected inputs. A cell with ``scaled_sequence`` also takes ``scaled=True`` and then
-        returns ``(lam0, dx, E)``, those and the gradients in ``grads`` at scale 2^-E."""
-        raise NotImplementedError
-
-    # -- compiled chains (MGRIT; optional, ``fused_stack``) ------------------------------------
-
-    def chain_weights(self, w):  # pragma: no cover - interface
-        """The weights as :meth:`advance` and :meth:`advance_vjp` take them (made once per solve;
-        every fused cell of an MGRIT hierarchy takes those of the fine cell)."""
-        raise NotImplementedError
-
-    def chain_cache(self, w, x, n):  # pragma: no cover - interface
-        """Storage for the linearizations of n steps with input rows like ``x`` (n', *X): what
-        :meth:`advance` fills with ``keep`` and :meth:`advance_vjp` reads as ``lin``."""
-        raise NotImplementedError
-
-    def chain_cotangents(self, w, x, n):  # pragma: no cover - interface
-        """Zeroed storage for the cotangents of n steps with input rows like ``x``: what
-        :meth:`advance_vjp` fills with ``keep``."""
-        raise NotImplementedError
-
-    def advance(self, cw, x, dt, X, rd, Y, wr, starts, lens, g=None, keep=None,
-                res=None):  # pragma: no cover - interface
-        """Chains of steps in place, one compiled call: ``Y[wr[c] + i] = Phi_s(X[rd[c] + i])
-        (+ g[s + 1])`` for ``i < lens[c]``, step ``s = starts[c] + i`` with input row ``x[s]`` and
-        step size ``dt[s]``; ``keep`` (:meth:`chain_cache`) receives the linearization of step s at
-        index s; residual mode (``res`` (C, *S)): the last step of chain c is compared instead of
-        stored, ``res[c] = Phi_s(..) (+ g[s + 1]) - Y[wr[c] + lens[c] - 1]``. Bitwise what
-        :meth:`step` computes for each state."""
-        raise NotImplementedError
-
-    def advance_vjp(self, cw, dt, X, rd, Y, wr, starts, lens, ulin, lin, fidx, g=None, keep=None,
-                    res=None):  # pragma: no cover - interface
-        """Chains of step VJPs in place: ``Y[wr[c] + i] = (dPhi_s/du)^T X[rd[c] + i] (+ g[s + 1])``,
-        step s linearized at the state ``ulin[fidx[s]]`` with the linearization ``lin`` (from
-        :meth:`advance` with ``keep``) at index ``fidx[s]``; ``keep`` (:meth:`chain_cotangents`)
-        receives the cotangents of step s at index ``fidx[s]``; ``res`` as in :meth:`advance`."""
-        raise NotImplementedError
-
-    def chain_step_cache(self, cache, u):  # pragma: no cover - interface
-        """The cache of n steps (as ``step(cache=True)`` gives it, stacked over the steps) from
-        the :meth:`chain_cache` that :meth:`advance` filled and the trajectory ``u`` (n + 1, *S)."""
-        raise NotImplementedError
-
-    def chain_step_cotangents(self, cot):  # pragma: no cover - interface
-        """The cotangents of n steps (as :meth:`step_vjp` records them, stacked over the steps)
-        from the :meth:`chain_cotangents` that :meth:`advance_vjp` filled."""
-        raise NotImplementedError
-
-    # -- layer by layer (DEER) -----------------------------------------------------------------
-    #
-    # A state is a stack of L layers; layer l > 0 takes the new state of layer l - 1 of the same
-    # step as its input. DEER solves layer after layer, each with a Newton iteration over the whole
-    # sequence, so it needs one layer's step with its Jacobian and the VJP of that step.
-
-    def num_layers(self, w):
-        """L, the number of layers of a state (default 1)."""
-        return 1
-
-    def layer_states(self, u):
-        """The L layers of states ``u`` (K, *S) as views, each (K, B, H): a batch of B rows of H
-        unknowns, whose Jacobian :meth:`layer_step` gives per row. Default (one layer): the state's
-        elements as rows of one unknown, (K, prod(S), 1)."""
-        return [u.reshape(u.shape[0], -1, 1)]
-
-    def join_layers(self, layers):
-        """The inverse of :meth:`layer_states` for one time point: states (*S) from the L layer
-        states (B, H) (default: the one layer's B x 1 values as a state of shape (B,))."""
-        return layers[0].reshape(-1)
-
-    def layer_inputs(self, w, l, x_l, out=None):  # pragma: no cover - interface
-        """Input rows of layer l > 0 from the new states ``x_l`` (T, B, H) of layer l - 1 (for
-        the GRU: the affine map ``W_x x + b_x``, one BLAS call)."""
-        raise NotImplementedError
-
-    def layer_step(self, w, l, x, h, dt, jacobian=None, fused=False):  # pragma: no cover
-        """One step of layer l for K states, and optionally its Jacobian (the linearization DEER
-        iterates with).
-
-        Parameters
-        ----------
-        w : the cell's weights
-        l : int
-        x : ndarray, shape (K, *X_l)
-            The layer's input rows (layer 0: the projected inputs; above: :meth:`layer_inputs`).
-        h : ndarray, shape (K, B, H), C-contiguous
-            Old states of the layer.
-        dt : ndarray, shape (K,) or (K, B)
-        jacobian : {None, "dense", "diag"}
-            Also give :math:`\\partial h' / \\partial h` per state and row: (K, B, H, H), or its
-            diagonal (K, B, H).
-        fused : bool
-            Evaluate many states in one product (faster; rounding may depend on K).
-
-        Returns
-        -------
-        LayerStep
-        """
-        raise NotImplementedError
-
-    def layer_step_vjp(self, w, l, lam, lin, dt, need_lam=True):  # pragma: no cover
-        """VJP of :meth:`layer_step` at its linearization ``lin`` (a :class:`LayerStep`) for the
-        adjoint ``lam`` (K, B, H) of the new states. Returns ``(lam_old, cot)``: the adjoint of the
-        old states (K, B, H) (None without ``need_lam``) and the layer's entry of
-        :meth:`step_vjp`'s cotangents (``cot[0]`` the cotangent of the layer's input rows)."""
-        raise NotImplementedError
-
-    def layer_input_vjp(self, w, l, cot, out=None):  # pragma: no cover - interface
-        """VJP of :meth:`layer_inputs`: the cotangent (T, B, H) of the new states of layer l - 1
-        from the cotangents ``cot`` of layer l (from :meth:`layer_step_vjp`)."""
-        raise NotImplementedError
-
-    def layers_cache(self, xin, lins):  # pragma: no cover - interface
-        """The cache of T steps (as ``step(cache=True)`` gives it, stacked) from their layers'
-        inputs ``xin`` (list of L; None for layer 0) and linearizations ``lins`` (list of L
-        :class:`LayerStep`), for :meth:`accumulate_grads`."""
-        raise NotImplementedError
-
-    def layer_newton_diag(self, w, l, x, h, dt, scale, J, b):  # pragma: no cover - interface
-        """quasi-DEER's linearization in one pass (optional, ``fused_stack``): ``J = scale
-        diag(dh'/dh)`` and ``b = step(h) - J h``, both (K, B, H), bitwise what :meth:`layer_step`
-        with ``jacobian="diag", fused=True`` gives."""
-        raise NotImplementedError
-
 
 # -- capabilities --------------------------------------------------------------------------------
 #
-# The core every solver needs is :class:`Cell`'s ``project_inputs``, ``project_inputs_vjp``,
-# ``zero_grads``, ``step``, ``step_vjp`` and ``accumulate_grads``. What a solver may use beyond it
-# is a capability: a runtime-checkable protocol, tested with :func:`has` / :func:`missing`, so that
-# a solver that needs one refuses a cell without it when it is made, naming what is missing.
+# What a solver may use beyond the core is a capability: a runtime-checkable protocol, tested with
+# :func:`has` / :func:`missing` on the cell's class, so that a solver that needs one refuses a cell
+# without it when the solver is made, naming what is missing. The methods' full documentation is
+# that of the implementations (:class:`mgritnn.cells.gru.GRUCell`).
+
+
+@runtime_checkable
+class Core(Protocol):
+    """The required core every solver uses (declared by :class:`Cell`; a subclass that leaves one
+    of :class:`Cell`'s abstract methods unimplemented lacks it)."""
+    def project_inputs(self, w, x, ws=None): ...
+    def project_inputs_vjp(self, w, x, dxp, grads): ...
+    def zero_grads(self, w): ...
+    def step(self, w, x, u, dt, out=None, cache=False): ...
+    def step_vjp(self, w, x, u, dt, lam_next, grads=None, cache=None, cotangents=None): ...
+    def accumulate_grads(self, grads, cache, cotangents): ...
+    def coarse_cell(self): ...
 
 
 @runtime_checkable
 class FusedSequence(Protocol):
-    """Whole-sequence sweeps (the serial solver uses them instead of :meth:`Cell.step`)."""
+    """Whole-sequence sweeps: the serial solver (and DEER's serial sweeps) use them instead of
+    stepping through :meth:`Cell.step` one time point at a time.
+
+    ``sequence_forward(w, x, u0, dt=1.0, keep=True, ws=None)``: the serial sweep over T steps from
+    the projected inputs ``x`` (T, *X) and the initial state ``u0`` (*S); returns a cache whose
+    ``hs`` lists the trajectory per layer ((T + 1, B, H) each; :meth:`LayerNewton.join_layers`
+    makes a state of the layers' last points) and, with ``keep``, what ``sequence_vjp`` needs.
+    ``sequence_vjp(w, seq, lam_last, grads, ws=None)``: backpropagation through time after
+    ``sequence_forward(keep=True)``; adds the parameter gradients to ``grads`` (those of
+    :meth:`Cell.project_inputs` excepted) and returns ``(lam0 (*S), dx (T, *X))``. A cell with
+    ``scaled_sequence = True`` also takes ``scaled=True`` and then returns ``(lam0, dx, E)``, those
+    and the gradients at scale 2^-E.
+    """
     def sequence_forward(self, w, x, u0, dt=1.0, keep=True, ws=None): ...
     def sequence_vjp(self, w, seq, lam_last, grads, ws=None): ...
 
 
 @runtime_checkable
 class FusedChains(Protocol):
-    """Compiled in-place chains of steps (MGRIT's relaxation and coarse solves)."""
+    """Compiled in-place chains of steps: MGRIT's relaxations, residuals and coarse solves, one
+    call each, instead of :meth:`Cell.step` / :meth:`Cell.step_vjp` per position.
+
+    ``chain_weights(w)``: the weights as ``advance`` takes them (once per solve; every cell of an
+    MGRIT hierarchy takes those of the fine cell). ``chain_cache(w, x, n)``: storage for the
+    linearizations of n steps, which ``advance`` fills with ``keep`` and ``advance_vjp`` reads as
+    ``lin``. ``chain_cotangents(w, x, n)``: zeroed storage for the cotangents of n steps, which
+    ``advance_vjp`` fills with ``keep``. ``advance(cw, x, dt, X, rd, Y, wr, starts, lens, g=None,
+    keep=None, res=None)``: ``Y[wr[c] + i] = Phi_s(X[rd[c] + i]) (+ g[s + 1])`` for ``i < lens[c]``,
+    ``s = starts[c] + i``, bitwise what :meth:`Cell.step` computes; residual mode with ``res``.
+    ``advance_vjp(cw, dt, X, rd, Y, wr, starts, lens, ulin, lin, fidx, g=None, keep=None,
+    res=None)``: the chains of step VJPs, step s linearized at ``ulin[fidx[s]]``.
+    ``chain_step_cache(cache, u)`` and ``chain_step_cotangents(cot)``: the cache and the cotangents
+    of n steps as :meth:`Cell.step` and :meth:`Cell.step_vjp` give them (stacked over the steps),
+    for :meth:`Cell.accumulate_grads`, from the storage the chains filled (and the trajectory
+    ``u`` (n + 1, *S), which the solver keeps).
+    """
     def chain_weights(self, w): ...
     def chain_cache(self, w, x, n): ...
     def chain_cotangents(self, w, x, n): ...
@@ -397,7 +329,23 @@ class FusedChains(Protocol):
 
 @runtime_checkable
 class LayerNewton(Protocol):
-    """Layer-by-layer steps with their Jacobians (DEER and quasi-DEER solve one layer at a time)."""
+    """Layer-by-layer steps with their Jacobians: DEER and quasi-DEER solve one layer at a time,
+    each with a Newton iteration over the whole sequence.
+
+    A state is a stack of L layers; layer l > 0 takes the new state of layer l - 1 of the same step
+    as its input. ``num_layers(w)``: L. ``layer_states(u)``: the L layers of states u (K, *S) as
+    views (K, B, H), B rows of H unknowns each. ``join_layers(layers)``: the inverse for one time
+    point, a state (*S) from the L layers (B, H). ``layer_inputs(w, l, x_l, out=None)``: the input
+    rows of layer l > 0 from the new states ``x_l`` (T, B, H) of layer l - 1.
+    ``layer_step(w, l, x, h, dt, jacobian=None, fused=False)``: one step of layer l for K states,
+    a :class:`LayerStep` (with :math:`\\partial h'/\\partial h` per state and row if asked for,
+    ``"dense"`` (K, B, H, H) or ``"diag"`` (K, B, H)). ``layer_step_vjp(w, l, lam, lin, dt,
+    need_lam=True)``: its VJP at the :class:`LayerStep` ``lin``, ``(lam_old, cot)`` with ``cot`` the
+    layer's entry of :meth:`Cell.step_vjp`'s cotangents. ``layer_input_vjp(w, l, cot, out=None)``:
+    the VJP of ``layer_inputs``. ``layers_cache(xin, lins)``: the cache of T steps (the type
+    :meth:`Cell.step` gives, stacked) from the layers' inputs (list of L, None for layer 0) and
+    :class:`LayerStep` s, for :meth:`Cell.accumulate_grads`.
+    """
     def num_layers(self, w): ...
     def layer_states(self, u): ...
     def join_layers(self, layers): ...
@@ -410,40 +358,124 @@ class LayerNewton(Protocol):
 
 @runtime_checkable
 class DiagonalNewton(Protocol):
-    """quasi-DEER's diagonal linearization of a layer's step in one pass."""
+    """quasi-DEER's diagonal linearization of a layer's step in one pass:
+    ``layer_newton_diag(w, l, x, h, dt, scale, J, b)`` writes ``J = scale diag(dh'/dh)`` and
+    ``b = step(h) - J h``, both (K, B, H), bitwise what :meth:`LayerNewton.layer_step` with
+    ``jacobian="diag", fused=True`` gives."""
     def layer_newton_diag(self, w, l, x, h, dt, scale, J, b): ...
-
-
-#: The capabilities and the legacy class flag that used to announce each (a cell that sets the
-#: flag to False lacks the capability even if it inherits the methods).
-CAPABILITIES = {FusedSequence: "fused_sequence", FusedChains: "fused_stack",
-                LayerNewton: None, DiagonalNewton: "fused_stack"}
 
 
 def _protocol_methods(capability):
     return [n for n, v in vars(capability).items() if callable(v) and not n.startswith("_")]
 
 
+#: The capabilities (and the core) and the methods each consists of.
+CAPABILITIES = {c: tuple(_protocol_methods(c))
+                for c in (Core, FusedSequence, FusedChains, LayerNewton, DiagonalNewton)}
+
+
+def _implemented(cls, name):
+    """Whether class ``cls`` implements method ``name``: defined on it or a base, not None (a
+    hidden method, :func:`without`) and not an abstract declaration (:class:`Cell`'s core)."""
+    m = getattr(cls, name, None)
+    return m is not None and not getattr(m, "__isabstractmethod__", False)
+
+
 def missing(cell, capability):
-    """The methods of ``capability`` (one of :data:`CAPABILITIES`) that ``cell`` does not
-    implement: absent, or only declared by :class:`Cell` (a stub that raises).
+    """The methods of ``capability`` (a key of :data:`CAPABILITIES`) that ``cell``'s class does
+    not implement: absent, None, or only :class:`Cell`'s abstract declaration.
+
+    Only the class counts (as for :func:`issubclass` with a protocol): a wrapper that forwards
+    attributes through ``__getattr__`` has none of the wrapped cell's methods.
+
+    Parameters
+    ----------
+    cell : Cell (or any object)
+    capability : Core, FusedSequence, FusedChains, LayerNewton or DiagonalNewton
 
     Returns
     -------
     list of str
-        Empty when ``cell`` has the capability.
+        The names in the protocol's order; empty when ``cell`` has the capability.
+
+    Raises
+    ------
+    ConfigError
+        ``capability`` is not one of :data:`CAPABILITIES`.
     """
-    flag = CAPABILITIES[capability]
-    names = _protocol_methods(capability)
-    if flag is not None and getattr(cell, flag, True) is False:
-        return names
-    return [n for n in names
-            if getattr(type(cell), n, None) is None or getattr(type(cell), n) is getattr(Cell, n, 0)]
+    try:
+        names = CAPABILITIES[capability]
+    except (KeyError, TypeError):
+        raise ConfigError(f"{capability!r} is not a cell capability; choose one of "
+                          f"{', '.join(c.__name__ for c in CAPABILITIES)}") from None
+    cls = type(cell)
+    return [n for n in names if not _implemented(cls, n)]
 
 
 def has(cell, capability):
-    """True when ``cell`` implements every method of ``capability`` (see :func:`missing`)."""
+    """True when ``cell``'s class implements every method of ``capability`` (see
+    :func:`missing`)."""
     return not missing(cell, capability)
+
+
+def without(cell, *capabilities):
+    """A copy of ``cell`` that lacks ``capabilities``: an instance of a subclass of its class on
+    which their methods are None (hidden), sharing the cell's attributes. The solvers then take
+    the paths of a cell without them (e.g. MGRIT through :meth:`Cell.step` instead of the compiled
+    chains): for comparisons, bit for bit, of a capability against the core.
+
+    The cell's own methods must not call the hidden ones (true of :class:`FusedSequence`,
+    :class:`FusedChains` and :class:`DiagonalNewton` for every cell here; the GRU stack's
+    :meth:`Cell.step` is made of its :class:`LayerNewton` steps, which cannot be hidden from it).
+
+    Parameters
+    ----------
+    cell : Cell
+    *capabilities : keys of :data:`CAPABILITIES` other than :class:`Core`
+
+    Returns
+    -------
+    Cell
+    """
+    for c in capabilities:
+        if c is Core or c not in CAPABILITIES:
+            raise ConfigError(f"without() hides a capability (FusedSequence, FusedChains, "
+                              f"LayerNewton or DiagonalNewton), not {c!r}")
+    cls = type(cell)
+    sub = type(f"{cls.__name__}Without{''.join(c.__name__ for c in capabilities)}", (cls,),
+               {n: None for c in capabilities for n in CAPABILITIES[c]})
+    twin = object.__new__(sub)
+    twin.__dict__.update(vars(cell))
+    return twin
+
+
+class OneLayer:
+    """:class:`LayerNewton`'s layer structure for a cell whose state is one layer (a mixin before
+    :class:`Cell`): the state's elements are B rows of one unknown each, so that the layer's
+    Jacobian per row is 1 x 1. The cell adds ``layer_step``, ``layer_step_vjp`` and
+    ``layers_cache``."""
+
+    def num_layers(self, w):
+        """L = 1."""
+        return 1
+
+    def layer_states(self, u):
+        """The one layer of states ``u`` (K, *S): a view (K, prod(S), 1)."""
+        return [u.reshape(u.shape[0], -1, 1)]
+
+    def join_layers(self, layers):
+        """A state from its one layer (B, 1): the values as shape (B,)."""
+        return layers[0].reshape(-1)
+
+    def layer_inputs(self, w, l, x_l, out=None):
+        """The input rows of a layer l > 0: there is none (a ConfigError)."""
+        raise ConfigError(f"{type(self).__name__} has one layer: no layer {l} takes inputs "
+                          "from a layer below")
+
+    def layer_input_vjp(self, w, l, cot, out=None):
+        """The VJP of :meth:`layer_inputs`: there is no layer l > 0 (a ConfigError)."""
+        raise ConfigError(f"{type(self).__name__} has one layer: no layer {l} takes inputs "
+                          "from a layer below")
 
 
 def tree_map(fn, tree, *others):

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import ConfigError
-from .base import Cell, LayerStep
+from .base import Cell, LayerStep, OneLayer
 
 
 class DahlquistWeights(NamedTuple):
@@ -35,8 +35,11 @@ class DahlquistWeights(NamedTuple):
         return self.lam.dtype
 
 
-class DahlquistCell(Cell):
-    """Backward Euler for u' = λu + x (module docstring); its own coarse cell."""
+class DahlquistCell(OneLayer, Cell):
+    """Backward Euler for u' = λu + x (module docstring); its own coarse cell.
+
+    Capabilities: :class:`~mgritnn.cells.base.LayerNewton` (one layer, :class:`OneLayer`: DEER
+    solves it), none of the fused ones (the solvers step it through :meth:`step`)."""
 
     name = "dahlquist"
 
@@ -89,7 +92,7 @@ class DahlquistCell(Cell):
 
     def layer_step(self, w, l, x, h, dt, jacobian=None, fused=False):
         """One step of K states seen as one layer of rows of one unknown (see
-        :meth:`Cell.layer_states`): ``h`` (K, n, 1), ``x`` (K, *X) with n elements per state; the
+        :meth:`OneLayer.layer_states`): ``h`` (K, n, 1), ``x`` (K, *X) with n elements per state; the
         Jacobian is the factor a, (K, n, 1, 1) dense or (K, n, 1) diagonal. The :class:`LayerStep`
         keeps ``x`` in ``G``."""
         if jacobian not in (None, "dense", "diag"):

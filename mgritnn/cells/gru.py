@@ -958,16 +958,38 @@ class StackedWeights(NamedTuple):
     Wx: np.ndarray
 
 
-class StackCache(NamedTuple):
-    """Gates of n steps of an L-layer stack, layer-major: G (L, n, B, 3H) = [r, z, W_h^n h + b_h^n],
-    N (L, n, B, H) = n, and Y (L-1, n, B, H) the new states of layers 0 .. L-2 (the inputs of the
-    layers above)."""
-    G: np.ndarray
-    N: np.ndarray
-    Y: np.ndarray
+class GRUCache(NamedTuple):
+    """The forward intermediates of n steps (or K states) of an L-layer stack: the one cache type
+    of the GRU cells, indexed by layer first.
+
+    Two layouts of the same fields. The step protocol's (:meth:`GRUStack.step` with ``cache``,
+    :meth:`GRUStack.layers_cache`, :meth:`GRUCell.chain_step_cache`): lists of per-layer arrays
+    whose first axis is the step, so that the solvers can gather, scatter and stack them
+    (:func:`~mgritnn.cells.base.tree_map`). The compiled chains' (:meth:`GRUCell.chain_cache`,
+    :meth:`empty`): one layer-major C-contiguous array per field, ``h`` None; ``G[l]`` is the same
+    view either way.
+
+    Attributes
+    ----------
+    G : list of L ndarrays (n, B, 3H), or ndarray (L, n, B, 3H)
+        The gates [r, z, W_h^n h + b_h^n].
+    N : list of L ndarrays (n, B, H), or ndarray (L, n, B, H)
+        The candidates n.
+    Y : list of L - 1 ndarrays (n, B, H), or ndarray (L - 1, n, B, H)
+        The new states of layers 0 .. L-2: ``Y[l - 1]`` is the input of layer l > 0 (layer 0's
+        input projection is the step input).
+    h : list of L ndarrays (n, B, H), or None
+        The states the gates were evaluated at (the old states; the new ones for
+        ``implicit-newton``); None in the chains' layout (the trajectory is the solver's).
+    """
+    G: object
+    N: object
+    Y: object
+    h: object = None
 
     @classmethod
     def empty(cls, L, n, B, H, dtype):
+        """Uninitialized storage in the chains' layout for n steps of L layers of B x H states."""
         return cls(np.empty((L, n, B, 3 * H), dtype), np.empty((L, n, B, H), dtype),
                    np.empty((L - 1, n, B, H), dtype))
 
@@ -1042,19 +1064,6 @@ def dt_rows(dt, K, B, dtype):
     return np.ascontiguousarray(np.broadcast_to(d, (K, B)))
 
 
-class StepCache(NamedTuple):
-    """Forward intermediates of one step of K states, per layer (lists of L arrays).
-
-    xin[l] (K, B, I_l) is the layer's input (None for layer 0, whose projection ax0 is given);
-    h[l] (K, B, H) the state the gates were evaluated at (the old state; the new one for
-    ``implicit-newton``); G[l] (K, B, 3H) the gates [r, z, W_h^n h + b_h^n]; N[l] (K, B, H) n.
-    """
-    xin: list
-    h: list
-    G: list
-    N: list
-
-
 def _affine_grads(dA, X, gW, gb):
     """Gradients of an affine map ``A = X W^T + b`` from its cotangent: ``gW += dA^T X`` and
     ``gb += sum dA`` over all leading axes (dA (..., M), X (..., I), gW (M, I), gb (M,)), in place."""
@@ -1071,9 +1080,12 @@ class GRUStack(Cell):
     this class stacks them: layer l > 0 takes the new state of layer l - 1 of the same step as its
     input, through the affine map :meth:`layer_inputs`. A state is (L, B, H); the step input of a
     time point is layer 0's projection ``W_x x + b_x`` (B, 3H) (:meth:`project_inputs`).
+    The core of the protocol and :class:`~mgritnn.cells.base.LayerNewton`'s layer structure
+    (:meth:`num_layers`, :meth:`layer_states`, :meth:`join_layers`, :meth:`layer_inputs`,
+    :meth:`layer_input_vjp`, :meth:`layers_cache`); the subclass's layer step completes
+    :class:`~mgritnn.cells.base.LayerNewton`, and it adds the fused capabilities it has. The one
+    cache type: :class:`GRUCache`.
     """
-
-    fused_sequence = True
 
     # -- inputs and parameter gradients ---------------------------------------------------------
 
@@ -1135,8 +1147,9 @@ class GRUStack(Cell):
         ----------
         grads : GRUGrads
             Gradients to add to; layer 0's input weights are :meth:`project_inputs_vjp`'s.
-        cache : StepCache
-            The steps' forward intermediates (layer inputs ``xin`` and gate states ``h``).
+        cache : GRUCache
+            The steps' forward intermediates (the layers' inputs ``Y`` and gate states ``h``),
+            per-layer lists.
         cotangents : list of (dax, dah)
             Per layer, the steps' pre-activation cotangents (K, B, 3H), as from :meth:`step_vjp`.
 
@@ -1146,7 +1159,8 @@ class GRUStack(Cell):
         does (bit for bit).
         """
         for l, (dax, dah) in enumerate(cotangents):
-            GRUStack.accumulate_layer_grads(grads, l, dax, dah, cache.xin[l], cache.h[l])
+            GRUStack.accumulate_layer_grads(grads, l, dax, dah, cache.Y[l - 1] if l else None,
+                                            cache.h[l])
 
     # -- layers ----------------------------------------------------------------------------------
 
@@ -1196,10 +1210,11 @@ class GRUStack(Cell):
         return _affine(cot[0], w.Wx[l], None, out)
 
     def layers_cache(self, xin, lins):
-        """The :class:`StepCache` of steps from their layers' inputs ``xin`` (list of L, None for
-        layer 0) and :class:`LayerStep` s ``lins`` (list of L)."""
-        return StepCache(list(xin), [s.h_gate for s in lins], [s.G for s in lins],
-                         [s.N for s in lins])
+        """The :class:`GRUCache` of steps (per-layer lists, views) from their layers' inputs
+        ``xin`` (list of L (T, B, H), None for layer 0) and :class:`LayerStep` s ``lins`` (list
+        of L), DEER's per-layer linearizations."""
+        return GRUCache([s.G for s in lins], [s.N for s in lins], list(xin[1:]),
+                        [s.h_gate for s in lins])
 
     # -- step API --------------------------------------------------------------------------------
 
@@ -1219,25 +1234,29 @@ class GRUStack(Cell):
         out : ndarray, shape (K, L, B, H), optional
             Where to write the new states (may not alias ``h``).
         cache : bool
-            Also return the :class:`StepCache` of the step (what :meth:`step_vjp` needs).
+            Also return the :class:`GRUCache` of the step (per-layer lists; what
+            :meth:`step_vjp` needs).
 
         Returns
         -------
         out : ndarray, shape (K, L, B, H)
-        cache : StepCache, only if ``cache`` is true
+        cache : GRUCache, only if ``cache`` is true
         """
         K, L, B, H = self._check(w, ax0, h)
         dtv = as_dt(dt, K, h.dtype, B)
         if out is None:
             out = np.empty_like(h)
-        c = StepCache([], [], [], [])
+        c = GRUCache([], [], [], [])
         x_l = None
         for l in range(L):
             ax = np.ascontiguousarray(ax0) if l == 0 else self.layer_inputs(w, l, x_l)
             s = self.layer_step(w, l, ax, np.ascontiguousarray(h[:, l]), dtv)
             out[:, l] = s.h_new
-            for lst, v in zip(c, (x_l, s.h_gate, s.G, s.N)):
-                lst.append(v)
+            c.G.append(s.G)
+            c.N.append(s.N)
+            c.h.append(s.h_gate)
+            if l < L - 1:
+                c.Y.append(s.h_new)
             x_l = s.h_new
         return (out, c) if cache else out
 
@@ -1253,8 +1272,8 @@ class GRUStack(Cell):
             Parameter gradients to accumulate the step's contribution into, summed over the K
             states; layer 0's input weights are not touched (their gradient is
             :meth:`project_inputs_vjp`'s, one GEMM over the whole sequence).
-        cache : StepCache, optional
-            The forward intermediates from ``step(..., cache=True)``; recomputed when not given.
+        cache : GRUCache, optional
+            The forward intermediates (per-layer lists) from ``step(..., cache=True)``; recomputed when not given.
         cotangents : list, optional
             Filled with L entries: entry l is the layer's pre-activation cotangents
             ``(dax, dah)``, each (K, B, 3H), for :meth:`accumulate_grads` later.
@@ -1281,7 +1300,8 @@ class GRUStack(Cell):
             lin = LayerStep(None, cache.h[l], cache.G[l], cache.N[l], None)
             lam[:, l], cot = self.layer_step_vjp(w, l, lam_l, lin, dtv)
             if grads is not None:
-                self.accumulate_layer_grads(grads, l, cot[0], cot[1], cache.xin[l], cache.h[l])
+                self.accumulate_layer_grads(grads, l, cot[0], cot[1],
+                                            cache.Y[l - 1] if l else None, cache.h[l])
             if cotangents is not None:
                 cotangents[l] = cot
             if l > 0:
@@ -1308,7 +1328,10 @@ class GRUCell(GRUStack):
     VJP (:meth:`layer_step`, :meth:`layer_step_vjp`, also the building blocks of the fully implicit
     cell), MGRIT's in-place chains of whole-stack steps (:meth:`advance`, :meth:`advance_vjp`),
     quasi-DEER's one-pass linearization (:meth:`layer_newton_diag`), and the serial solver's fused
-    whole-sequence sweeps (:meth:`sequence_forward`, :meth:`sequence_vjp`).
+    whole-sequence sweeps (:meth:`sequence_forward`, :meth:`sequence_vjp`, ``scaled_sequence``).
+    Capabilities (:mod:`mgritnn.cells.base`): every one, :class:`~mgritnn.cells.base.FusedSequence`,
+    :class:`~mgritnn.cells.base.FusedChains`, :class:`~mgritnn.cells.base.LayerNewton` and
+    :class:`~mgritnn.cells.base.DiagonalNewton`.
 
     Parameters
     ----------
@@ -1322,9 +1345,6 @@ class GRUCell(GRUStack):
         for MGRIT (``coarse_cell``) that follows the fine cell's decay exactly for any step size
         (the implicit cell damps it: q_implicit = 1 / (1 + dt (1 - z)) instead of z^dt).
     """
-
-    #: The compiled stack kernels implement this cell's step (:meth:`advance`).
-    fused_stack = True
 
     def __init__(self, name, theta):
         self.name = name
@@ -1344,10 +1364,10 @@ class GRUCell(GRUStack):
         return w.stacked()
 
     def chain_cache(self, w, ax, n):
-        """An uninitialized :class:`StackCache` for n steps of the stack with input rows like
-        ``ax`` (*, B, 3H)."""
+        """An uninitialized :class:`GRUCache` in the chains' layout (:meth:`GRUCache.empty`) for
+        n steps of the stack with input rows like ``ax`` (*, B, 3H)."""
         B, H3 = ax.shape[1:]
-        return StackCache.empty(w.num_layers, n, B, H3 // 3, ax.dtype)
+        return GRUCache.empty(w.num_layers, n, B, H3 // 3, ax.dtype)
 
     def chain_cotangents(self, w, ax, n):
         """Zeroed pre-activation cotangents ``(DAX, DAH)`` of n steps, each (L, n, B, 3H)."""
@@ -1356,16 +1376,23 @@ class GRUCell(GRUStack):
 
     @staticmethod
     def chain_step_cache(cache, u):
-        """The :class:`StepCache` of n steps from their :class:`StackCache` and the trajectory
-        ``u`` (n + 1, L, B, H) (views, no copies)."""
+        """The :class:`GRUCache` of n steps in the step protocol's layout (per-layer lists of
+        views, no copies) from the chains' layout that :meth:`advance` filled and the trajectory
+        ``u`` (n + 1, L, B, H) the steps started from.
+
+        The layouts differ because their users do: the compiled chains write each field as one
+        layer-major array (L, n, B, .), the solvers gather and scatter caches over a leading step
+        axis (:func:`~mgritnn.cells.base.tree_map`), which lists of the layers' (n, B, .) views
+        give without a copy; the chains do not store the trajectory, which the solver keeps.
+        """
         L = u.shape[1]
-        G, N, Y = cache
-        return StepCache([None] + [Y[l] for l in range(L - 1)], [u[:-1, l] for l in range(L)],
-                         list(G), list(N))
+        return GRUCache(list(cache.G), list(cache.N), list(cache.Y), [u[:-1, l] for l in range(L)])
 
     @staticmethod
     def chain_step_cotangents(cot):
-        """Per layer ``(dax, dah)`` (n, B, 3H) from the ``(DAX, DAH)`` of :meth:`chain_cotangents`."""
+        """Per layer ``(dax, dah)`` (n, B, 3H), as :meth:`step_vjp` records them, from the
+        ``(DAX, DAH)`` (L, n, B, 3H) of :meth:`chain_cotangents` (views). The compiled VJP chains
+        write two layer-major arrays; :meth:`accumulate_grads` and DEER take the layers' pairs."""
         return [(cot[0][l], cot[1][l]) for l in range(len(cot[0]))]
 
     def advance(self, sw, ax, dt, X, rd, Y, wr, starts, lens, g=None, keep=None, res=None):
@@ -1385,8 +1412,8 @@ class GRUCell(GRUStack):
             Per chain: first state read, first state written, first step, number of steps.
         g : ndarray, shape (n + 1, L, B, H), optional
             Added to the new state of step s (a FAS right-hand side).
-        keep : StackCache, optional
-            Receives the gates and layer outputs of every step s at index s.
+        keep : GRUCache, optional
+            In the chains' layout (:meth:`chain_cache`): receives the gates and layer outputs of every step s at index s.
         res : ndarray, shape (C, L, B, H), optional
             Residual mode: the last step of chain c is not stored but compared,
             ``res[c] = Phi_s(..) (+ g[s + 1]) - Y[wr[c] + lens[c] - 1]`` (the FAS residual).
@@ -1402,7 +1429,7 @@ class GRUCell(GRUStack):
         dtype = X.dtype
         dt = dt_rows(dt, len(dt), B, dtype)
         if keep is None:
-            keep, kept = StackCache.empty(L, 0, B, H, dtype), False
+            keep, kept = GRUCache.empty(L, 0, B, H, dtype), False
         else:
             kept = True
         g = np.empty((0, L, B, H), dtype) if g is None else g
@@ -1426,7 +1453,7 @@ class GRUCell(GRUStack):
         sw, dt, X, Y, rd, wr, starts, lens, g, res : as in :meth:`advance` (X, Y hold adjoints)
         hlin : ndarray, shape (m, L, B, H)
             The states the steps are linearized at: step s at ``hlin[fidx[s]]``.
-        lin : StackCache
+        lin : GRUCache
             Their gates (from :meth:`advance` with ``keep``), at index ``fidx[s]``.
         fidx : ndarray, shape (n,), int64
         keep : tuple (DAX, DAH) of ndarray, shape (L, m, B, 3H), optional
@@ -1781,6 +1808,6 @@ def get_cell(name):
         raise ConfigError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}") from None
 
 
-__all__ = ["CELLS", "GRUCell", "GRUGrads", "GRUStack", "GRUWeights", "LayerStep", "SequenceCache",
-           "StackCache", "StackedWeights", "StepCache", "Workspace", "accumulate_outer", "as_dt",
+__all__ = ["CELLS", "GRUCache", "GRUCell", "GRUGrads", "GRUStack", "GRUWeights", "LayerStep",
+           "SequenceCache", "StackedWeights", "Workspace", "accumulate_outer", "as_dt",
            "dt_rows", "get_cell", "project", "resolve_dtype"]

@@ -153,8 +153,12 @@ class NewtonGRUCell(GRUStack):
     classic cell :attr:`explicit` (the residual, the gates and the Jacobian at the iterate, and the
     gate VJP of the adjoint) and the linearly implicit cell :attr:`linear` (the initial guess).
     Every solver uses it as any other cell; the states the gates were evaluated at
-    (``LayerStep.h_gate``, ``StepCache.h``) are the **new** states. See the module docstring for
-    the equations.
+    (``LayerStep.h_gate``, ``GRUCache.h``) are the **new** states. See the module docstring for
+    the equations. Capabilities (:mod:`mgritnn.cells.base`):
+    :class:`~mgritnn.cells.base.LayerNewton` and :class:`~mgritnn.cells.base.FusedSequence` (a
+    loop over :meth:`layer_step`); not the compiled :class:`~mgritnn.cells.base.FusedChains` nor
+    :class:`~mgritnn.cells.base.DiagonalNewton` (the theta family's kernels), so MGRIT advances it
+    through :meth:`step` / :meth:`step_vjp`.
 
     Parameters
     ----------
@@ -188,9 +192,6 @@ class NewtonGRUCell(GRUStack):
     G. E. Moon, E. C. Cyr, "Parallel training of GRU networks with a multi-grid solver for long
     sequences", ICLR 2022.
     """
-
-    #: Not the theta-family step: MGRIT advances it through :meth:`step` / :meth:`step_vjp`.
-    fused_stack = False
 
     name = "implicit-newton"
 

@@ -85,7 +85,8 @@ class ODENetCell(Cell):
 
     Notes
     -----
-    Its own coarse cell (forward Euler with the coarse step size). A step of size 0 is exactly the
+    The core of the step protocol only, no capability (:mod:`mgritnn.cells.base`): the serial
+    solver and MGRIT step it through :meth:`step`; DEER cannot solve it. Its own coarse cell (forward Euler with the coarse step size). A step of size 0 is exactly the
     identity: the new state is the old one bit for bit, the adjoint passes unchanged and the
     input cotangent is 0.
     """

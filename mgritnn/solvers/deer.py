@@ -54,6 +54,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..cells.base import DiagonalNewton, FusedSequence, has
 from ..config import DIVERGED, JIT_PAR, NONFINITE, NOT_CONVERGED, OK
 from ..errors import ConfigError
 from ..options import check_bool, check_choices, check_int, check_real
@@ -376,7 +377,7 @@ class DEERSolver(TimeParallelSolver):
         k = 0
         # quasi-DEER on a theta-family cell: one pass makes J and b (no gates kept), into arrays
         # reused by every iteration
-        one_pass = cfg.quasi and cell.fused_stack
+        one_pass = cfg.quasi and has(cell, DiagonalNewton)
         J = np.empty((n, B, H), dtype) if one_pass else None
         while k < cfg.max_iter:
             k += 1
@@ -413,7 +414,7 @@ class DEERSolver(TimeParallelSolver):
         cell's fused sweep, or step by step."""
         start = h0.copy()
         self.tc.recv_prev(start, "deer-sweep")
-        if cell.fused_sequence:
+        if has(cell, FusedSequence):
             hs_all = cell.sequence_forward(w, ax0, start, dtv, keep=False).hs
         else:
             hs_all = cell.layer_states(step_through(cell, w, ax0, start, dtv)[0])

@@ -48,7 +48,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..cells import get_cell
-from ..cells.base import tree_map
+from ..cells.base import FusedChains, has, tree_map
 from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from ..distributed import level_points, local_grid, rank_bounds
 from ..errors import ConfigError
@@ -966,7 +966,7 @@ class MGRITSolver(TimeParallelSolver):
         levels = _level_inputs(grid, ax0, lo, cfg.coarse_input, reverse=False,
                                fine_dt=_fine_dt(dt, T, lo, ax0, cfg.coarse_input))
         dts = _level_dts(levels, dt, T, lo, ax0.dtype)
-        fused = cell.fused_stack and cfg.coarse_cell_for(cell).fused_stack
+        fused = has(cell, FusedChains) and has(cfg.coarse_cell_for(cell), FusedChains)
         prop = (_FusedForward if fused else _ForwardProp)(cell, cfg.coarse_cell_for(cell), w,
                                                           levels, dts)
         fas = self._fas(grid, prop, h0, "mgrit-forward")

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cells.base import Workspace, adjoint_shift, scale_pow2, tree_map
+from ..cells.base import FusedSequence, Workspace, adjoint_shift, has, scale_pow2, tree_map
 from .base import SolveStats, Solver, register, step_sizes
 
 
@@ -109,7 +109,7 @@ class SerialSolver(Solver):
         stats : SolveStats
         """
         xp = cell.project_inputs(w, x, ws=self.ws)
-        if not cell.fused_sequence:
+        if not has(cell, FusedSequence):
             return self._step_forward(cell, w, x, xp, h0, dt, keep)
         seq = cell.sequence_forward(w, xp, h0, dt, keep=keep, ws=self.ws)
         h_last = cell.join_layers([hs[-1] for hs in seq.hs])
