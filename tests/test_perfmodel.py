@@ -11,7 +11,7 @@ import pytest
 
 import mgritnn
 from mgritnn import plan as pm
-from mgritnn.plan import calibrate as pm_calibrate
+from mgritnn.plan import calibration as pm_calibrate
 from mgritnn.plan import costs as pm_costs
 from mgritnn.plan import model as pm_model
 from mgritnn.distributed import TimeComm
@@ -437,3 +437,13 @@ def test_contention_is_measured_beside_busy_copies():
     costs = _costs(linear=dict(serial_fwd=[0.0, 1e-5], serial_adj=[0.0, 1e-5]), cores=2)
     c = pm_calibrate._contention(m, 2, np.dtype("float32"), np.random.default_rng(0), costs, limit_s=30.0)
     assert 1.0 <= c < 10.0
+
+
+def test_the_old_module_name_still_works_with_a_warning():
+    """``mgritnn.perfmodel`` is the planner's deprecated name: the same public objects, and a
+    DeprecationWarning on import."""
+    import importlib
+    sys.modules.pop("mgritnn.perfmodel", None)
+    with pytest.warns(DeprecationWarning, match="mgritnn.plan"):
+        old = importlib.import_module("mgritnn.perfmodel")
+    assert old.predict is pm.predict and old.plan is pm.plan and old.Costs is pm.Costs

@@ -8,7 +8,7 @@ and P ranks, from three separate parts:
 2. **Costs** (:mod:`.costs`, :class:`Costs`): a table of one machine's kernel, solver and
    communication costs, and the **critical path** through the ranks' operations (pure arithmetic,
    :func:`critical_path`).
-3. **Calibration** (:mod:`.calibrate`, :func:`calibrate`): measuring a table on this machine,
+3. **Calibration** (:mod:`.calibration`, :func:`calibrate`): measuring a table on this machine,
    cached per machine by :func:`load_or_calibrate`. It runs only when asked (``mgritnn plan``,
    the perf scripts, or a predictor for ``solver="auto"``), never as a side effect of training.
 
@@ -26,7 +26,7 @@ G. E. Moon, E. C. Cyr, "Parallel training of GRU networks with a multi-grid solv
 sequences", ICLR 2022.
 Y. H. Lim et al., "Parallelizing non-linear sequential models over the sequence length", ICLR 2024.
 """
-from .calibrate import CHAIN, SIZES, calibrate, covers, load_or_calibrate
+from .calibration import CHAIN, SIZES, calibrate, covers, load_or_calibrate
 from .costs import (ASSUMED_BANDWIDTH, ASSUMED_LATENCY_S, CACHE_VERSION, Costs, cache_key,
                     cache_path, call_time, comm_time, critical_path, extrapolate_threads,
                     position_time, read_cache, write_cache)
@@ -41,5 +41,5 @@ __all__ = ["ASSUMED_BANDWIDTH", "ASSUMED_LATENCY_S", "CACHE_VERSION", "CHAIN", "
            "auto_predictor", "cache_key", "cache_path", "calibrate", "call_time", "comm_time",
            "covers", "critical_path", "extrapolate_threads", "format_plan", "load_or_calibrate",
            "mgrit_config", "mgrit_solve_ops", "model_solve_times", "num_params", "parse_shape",
-           "phase_counts", "plan", "planned_solver", "position_time", "predict", "read_cache", "step_evals",
-           "step_ops", "validate", "write_cache"]
+           "phase_counts", "plan", "planned_solver", "position_time", "predict", "read_cache",
+           "step_evals", "step_ops", "validate", "write_cache"]

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..solvers import AutoConfig, get_solver, make_config
 from ..solvers.auto import PARALLEL_ROUTES
-from .calibrate import covers, load_or_calibrate
+from .calibration import covers, load_or_calibrate
 from .model import predict
 
 
@@ -36,7 +36,7 @@ def model_solve_times(cell, h0, x, T, dtype, ranks, calibration="default"):
     ranks : int
         Time ranks (one core each).
     calibration : {"default", "tiny"}
-        The calibration's size (:data:`~mgritnn.plan.calibrate.SIZES`).
+        The calibration's size (:data:`~mgritnn.plan.calibration.SIZES`).
 
     Returns
     -------

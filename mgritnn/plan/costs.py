@@ -1,7 +1,7 @@
 """Cost tables and the critical path (the planner's second and third parts; pure arithmetic).
 
-A :class:`Costs` table (measured by :func:`~mgritnn.plan.calibrate.calibrate`, cached per machine
-in the file :func:`cache_path`) holds the time of one compiled call that advances K states of
+A :class:`Costs` table (measured by :func:`~mgritnn.plan.calibration.calibrate`, cached per
+machine in the file :func:`cache_path`) holds the time of one compiled call that advances K states of
 (B, H, L) by one step, tabulated over K, split into a per-call overhead and a per-position time;
 the same for the VJP and for the calls that keep linearizations or cotangents (final sweeps); the
 solver's array work per value; the serial solver's sweep and BPTT per step; the parameter-gradient

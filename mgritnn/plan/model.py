@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import ConfigError
-from .calibrate import load_or_calibrate
+from .calibration import load_or_calibrate
 from .costs import Costs, critical_path, extrapolate_threads
 from .ops import DEFAULT_DEER_ITERS, _route_parts, _splits, parse_shape, step_evals, step_ops
 
