@@ -218,6 +218,18 @@ def _private_imports():
     return sorted(set(found))
 
 
+def test_the_private_name_rule_sees_a_crossing(tmp_path, monkeypatch):
+    """A module of ``mgritnn.solvers`` that takes ``_check_solve`` from ``mgritnn.model`` (by
+    name or as an attribute of the module) is caught; ``_ok`` from its own subpackage is not."""
+    fake = tmp_path / "fake.py"
+    fake.write_text("from ..model import _check_solve\nfrom .. import model\nx = model._layer\n"
+                    "from .base import _ok\n")
+    monkeypatch.setitem(MODULES, "mgritnn.solvers.fake", (fake, False))
+    found = [f for f in _private_imports() if f[0] == "mgritnn.solvers.fake"]
+    assert found == [("mgritnn.solvers.fake", 1, "mgritnn.model", "_check_solve"),
+                     ("mgritnn.solvers.fake", 3, "mgritnn.model", "_layer")]
+
+
 def test_no_private_name_across_subpackages():
     """No module imports a private name (``_x``) from a module outside its own subpackage (the
     top-level modules are one subpackage, ``mgritnn``)."""
