@@ -3,6 +3,7 @@
 Importing it changes nothing in the process: the BLAS thread cap of the entry points is
 :func:`mgritnn.runtime.blas_threads`.
 """
+import numba
 import numpy as np
 
 from .errors import ConfigError
@@ -53,8 +54,6 @@ def row_blocks(batch, weight_bytes=0):
 
 def set_num_threads(n=None):
     """Set the number of numba threads of this process (None: leave as is). Returns the number in use."""
-    import numba
-
     if n is not None:
         n = int(n)
         if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:

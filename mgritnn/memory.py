@@ -1,5 +1,9 @@
 """Memory a model and a batch need, against what this machine has: refuse what cannot fit, early.
 
+It also holds the GRU classifier's parameter layout (:func:`param_shapes`), which the estimates,
+the model (:mod:`mgritnn.model`) and the planner (:mod:`mgritnn.plan`) all count: it lives here,
+in the lowest layer that needs it, so that none of them imports a layer above itself.
+
 The estimates are lower bounds (only arrays surely allocated at the same time), so a run they
 refuse could never have fit; they are checked before the model is allocated, before training
 starts and before each batch (each check reads ``/proc`` only for estimates of 256 MB or more).
@@ -14,6 +18,32 @@ from .errors import ConfigError
 _MEMORY_CHECK_FROM = 256 * 2 ** 20
 #: Parameter-sized arrays an optimizer keeps (Adam: two moments; SGD: the momentum buffer).
 _OPTIMIZER_SLOTS = {"adam": 2, "sgd": 1}
+
+
+def param_shapes(input_size, hidden_size, num_classes, num_layers):
+    """Names and shapes of all parameters of the GRU classifier, in the flat buffer's order
+    (PyTorch's ``state_dict`` order).
+
+    Parameters
+    ----------
+    input_size, hidden_size, num_classes, num_layers : int
+        I, H, C, L.
+
+    Returns
+    -------
+    list of (str, tuple of int)
+        Per layer k: ``weight_ih_l{k}`` (3H, I_k) (I_0 = I, else H), ``weight_hh_l{k}`` (3H, H),
+        ``bias_ih_l{k}`` (3H,), ``bias_hh_l{k}`` (3H,); then ``head.weight`` (C, H) and
+        ``head.bias`` (C,).
+    """
+    H = hidden_size
+    shapes = []
+    for k in range(num_layers):
+        I = input_size if k == 0 else H
+        shapes += [(f"weight_ih_l{k}", (3 * H, I)), (f"weight_hh_l{k}", (3 * H, H)),
+                   (f"bias_ih_l{k}", (3 * H,)), (f"bias_hh_l{k}", (3 * H,))]
+    shapes += [("head.weight", (num_classes, H)), ("head.bias", (num_classes,))]
+    return shapes
 
 
 def _read_int(path):
@@ -103,7 +133,6 @@ def memory_estimate(input_size, hidden_size, num_classes, num_layers=1, dtype="f
         bytes while building the model), ``batch`` (bytes of one batch) and ``total`` (the larger
         of the initialization peak and, with a batch, model + batch).
     """
-    from .model import param_shapes          # (model.py imports this module)
     H, L = int(hidden_size), int(num_layers)
     item = np.dtype(resolve_dtype(dtype)).itemsize
     shapes = param_shapes(int(input_size), H, int(num_classes), L)

@@ -20,6 +20,8 @@ import os
 import sys
 import threading
 
+from .config import set_num_threads
+
 _SETTERS = [(f"{pre}openblas_set_num_threads{suf}", f"{pre}openblas_get_num_threads{suf}")
             for pre in ("", "scipy_") for suf in ("", "64_")]
 _lock = threading.RLock()
@@ -131,7 +133,6 @@ def numba_threads(n=None):
     n : int or None
         1 .. ``NUMBA_NUM_THREADS``; anything else is a :class:`~mgritnn.errors.ConfigError`.
     """
-    from .config import set_num_threads
     old = set_num_threads(None)
     set_num_threads(n)
     try:

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from mgritnn.perfmodel import load_or_calibrate, parse_shape, predict
+from mgritnn.plan import load_or_calibrate, parse_shape, predict
 
 
 def run_stats(path):

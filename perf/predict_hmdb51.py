@@ -6,7 +6,7 @@ Moon & Cyr (ICLR 2022) train an implicit GRU on ResNet features of HMDB51 videos
 the best predicted speedup at P = 32 cores as 4 ranks x 8 threads. This prints the model's time
 per training step for the serial sweep (1 core; 1 rank x 8 threads) and the time-parallel routes
 on 4 x 8, 4 x 9 and 32 x 1, with the speedups. Threads beyond this machine's cores are
-extrapolated from its 1- and 2-thread calibrations (:func:`mgritnn.perfmodel.extrapolate_threads`),
+extrapolated from its 1- and 2-thread calibrations (:func:`mgritnn.plan.extrapolate_threads`),
 so every figure is a prediction; the first run calibrates (minutes at H = 1000; cached).
 
 Command (from the repository root)::
@@ -17,7 +17,7 @@ import argparse
 
 from mgritnn.errors import ConfigError
 from mgritnn.io import atomic_write_text
-from mgritnn.perfmodel import predict
+from mgritnn.plan import predict
 
 #: (route, ranks, threads) to predict; the serial rows are the baselines.
 POINTS = [("serial", 1, 1), ("serial", 1, 8), ("serial", 1, 9),

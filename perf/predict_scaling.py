@@ -1,6 +1,6 @@
 """How far each route scales, predicted by the performance model (issue 13, item 2).
 
-For the shapes of ``perf/bench_scaling.py`` this asks :func:`mgritnn.perfmodel.predict` for the time
+For the shapes of ``perf/bench_scaling.py`` this asks :func:`mgritnn.plan.predict` for the time
 of one training step of every route on P = 1, 2, 4, ..., ``--max-ranks`` ranks (one thread each,
 the time axis split over all P ranks; MGRIT also as data x time where the batch allows), and prints:
 
@@ -12,7 +12,7 @@ the time axis split over all P ranks; MGRIT also as data x time where the batch 
 * PNG plots of both when matplotlib is installed (``pip install matplotlib``), written to
   ``--plots DIR``; Markdown tables always.
 
-The costs come from this machine's calibration (cached; :func:`mgritnn.perfmodel.load_or_calibrate`),
+The costs come from this machine's calibration (cached; :func:`mgritnn.plan.load_or_calibrate`),
 so the predictions describe a cluster of such cores joined by the model's network costs
 (measured by ping-pong when run under MPI, else the assumed shared-memory figures, which a real
 network exceeds: the notes say which). Beyond this machine nothing is measured: these are
@@ -29,7 +29,7 @@ import json
 import os
 
 from mgritnn.errors import ConfigError
-from mgritnn.perfmodel import predict
+from mgritnn.plan import predict
 
 try:  # run as ``python perf/predict_scaling.py`` (perf/ on sys.path) or as a module
     from bench_scaling import shapes as scaling_shapes

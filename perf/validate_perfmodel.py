@@ -15,7 +15,7 @@ Commands (from the repository root)::
 import argparse
 import json
 
-from mgritnn.perfmodel import validate
+from mgritnn.plan import validate
 
 
 def _evals(e):

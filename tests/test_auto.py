@@ -87,14 +87,12 @@ def test_auto_options_are_checked():
 
 
 def _time_ranks_auto(monkeypatch, predicted):
-    """An auto solver that takes the several-time-ranks path on this one process (its routes'
-    collectives are then the identity): ``predicted`` replaces the model's (DEER, quasi-DEER)
-    solve times."""
+    """An auto solver that takes the several-time-ranks path on this one process (without the
+    serial sweep among its routes; their collectives are then the identity): ``predicted`` are
+    its predictor's (DEER, quasi-DEER) solve times."""
     from mgritnn.solvers import AutoSolver
-    from mgritnn.solvers import auto as auto_mod
-    monkeypatch.setattr(auto_mod, "model_solve_times", lambda *a, **k: np.array(predicted, float))
-    auto = AutoSolver()
-    auto.size = 2
+    from mgritnn.solvers.auto import PARALLEL_ROUTES
+    auto = AutoSolver(predictor=lambda *a, **k: dict(zip(PARALLEL_ROUTES, map(float, predicted))))
     del auto.routes["serial"]
     return auto
 
@@ -144,10 +142,52 @@ def test_model_solve_times_covers_the_gru_cells_only(monkeypatch, tmp_path):
     """The model's predictions for auto: finite positive seconds for a GRU cell (calibrated tiny
     into a fresh cache), NaN for a cell it does not know."""
     from mgritnn.cells import DahlquistCell, get_cell
-    from mgritnn.solvers.auto import model_solve_times
+    from mgritnn.plan import model_solve_times
     monkeypatch.setenv("MGRITNN_CACHE", str(tmp_path))
     t = model_solve_times(get_cell("classic"), np.zeros((1, 3, 5)), np.zeros((20, 3, 2)), 40,
                           np.float64, 2, "tiny")
     assert t.shape == (2,) and np.all(np.isfinite(t)) and np.all(t > 0)
     assert np.all(np.isnan(model_solve_times(DahlquistCell(), np.zeros(3), np.zeros((20, 3)), 40,
                                              np.float64, 2, "tiny")))
+
+
+def test_auto_without_a_predictor_tries_each_route_in_turn():
+    """Several time ranks and no predictor (the default: auto never calibrates by itself): the
+    routes run in the order of PARALLEL_ROUTES, one call each, then the measured faster one is
+    kept; nothing is predicted."""
+    from mgritnn.solvers import AutoSolver
+    m, X, y = model_and_data("classic", L=1, T=30)
+    auto = AutoSolver()
+    del auto.routes["serial"]
+    routes = [m.loss_and_grad_flat(X, y, auto)[2]["forward"].message.split(";")[0]
+              for _ in range(2)]
+    (key, choice), = auto.choices.items()
+    assert routes == ["auto: deer", "auto: quasi-deer"]
+    assert auto.predictions[key] == {"deer": None, "quasi-deer": None}
+    assert set(auto.timings[key]) == {"deer", "quasi-deer"}
+
+
+def test_auto_is_a_time_parallel_solver():
+    """The time axis comes from the time-parallel base (is_first included), split as DEER splits
+    it; the default config asks for no calibration."""
+    from mgritnn.solvers import AutoConfig, AutoSolver, DEERConfig, TimeParallelSolver
+    auto = AutoSolver()
+    assert isinstance(auto, TimeParallelSolver)
+    assert auto.is_first and auto.is_last and auto.tc is not None and auto.size == 1
+    assert auto.local_steps(37) == DEERConfig().make_solver().local_steps(37) == (0, 37)
+    assert AutoConfig().calibration == "none" and auto.predictor is None
+
+
+def test_planned_solver_passes_the_model_only_when_asked():
+    """mgritnn.plan.planned_solver: a predictor for AutoConfig(calibration="default" or "tiny"),
+    none for the default "none" (and other solvers as get_solver makes them)."""
+    from mgritnn.plan import planned_solver
+    from mgritnn.solvers import AutoConfig, AutoSolver, SerialSolver
+    assert planned_solver("auto").predictor is None
+    assert planned_solver(AutoConfig()).predictor is None
+    asked = planned_solver(AutoConfig(calibration="tiny"))
+    assert isinstance(asked, AutoSolver) and callable(asked.predictor)
+    assert planned_solver("auto", {"calibration": "tiny"}).predictor is not None
+    assert isinstance(planned_solver("serial"), SerialSolver)
+    with pytest.raises(ConfigError, match="calibration"):
+        AutoConfig(calibration="huge")

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 import mgritnn
-from mgritnn import perfmodel as pm
+from mgritnn import plan as pm
+from mgritnn.plan import calibration as pm_calibrate
+from mgritnn.plan import costs as pm_costs
+from mgritnn.plan import model as pm_model
 from mgritnn.distributed import TimeComm
 from mgritnn.distributed.comm import SelfComm
 from mgritnn.errors import ConfigError
@@ -253,7 +256,7 @@ def test_cache_is_written_atomically_and_reused(tmp_path, monkeypatch):
     def counting(*a, **k):
         calls.append(a)
         return real(*a, **k)
-    monkeypatch.setattr(pm, "calibrate", counting)
+    monkeypatch.setattr(pm_calibrate, "calibrate", counting)
     c1 = pm.load_or_calibrate("implicit", 4, 1, "float32", 1, 2, size="tiny", cache=path)
     assert len(calls) == 1
     data = json.load(open(path))
@@ -277,7 +280,7 @@ def test_cache_is_written_atomically_and_reused(tmp_path, monkeypatch):
 
 def test_cache_path_names_the_host(monkeypatch, tmp_path):
     monkeypatch.setenv("MGRITNN_CACHE", str(tmp_path))
-    monkeypatch.setattr(pm.socket, "gethostname", lambda: "node/7")
+    monkeypatch.setattr(pm_costs.socket, "gethostname", lambda: "node/7")
     assert pm.cache_path() == os.path.join(str(tmp_path), "perfmodel-node_7.json")
 
 
@@ -401,14 +404,14 @@ def test_thread_extrapolation_by_hand():
 
 def test_more_threads_than_cores_are_extrapolated_and_say_so(monkeypatch, tmp_path):
     monkeypatch.setenv("MGRITNN_CACHE", str(tmp_path))
-    monkeypatch.setattr(pm.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(pm_model.os, "cpu_count", lambda: 2)
     seen = []
     real = pm.load_or_calibrate
 
     def spy(cell, H, L, dtype, threads, batch, *a, **k):
         seen.append(threads)
         return real(cell, H, L, dtype, threads, batch, size="tiny")
-    monkeypatch.setattr(pm, "load_or_calibrate", spy)
+    monkeypatch.setattr(pm_model, "load_or_calibrate", spy)
     p = pm.predict((2, 64, 3, 8, 1), "serial", 1, 8, dict(cell="classic", cores=8))
     assert sorted(set(seen)) == [1, 2]
     assert any("extrapolated" in n for n in p.notes) and p.seconds > 0
@@ -432,5 +435,15 @@ def test_contention_is_measured_beside_busy_copies():
         pytest.skip("one core: nothing to share")
     m = mgritnn.GRUClassifier(1, 4, 2, cell="implicit", dtype="float32")
     costs = _costs(linear=dict(serial_fwd=[0.0, 1e-5], serial_adj=[0.0, 1e-5]), cores=2)
-    c = pm._contention(m, 2, np.dtype("float32"), np.random.default_rng(0), costs, limit_s=30.0)
+    c = pm_calibrate._contention(m, 2, np.dtype("float32"), np.random.default_rng(0), costs, limit_s=30.0)
     assert 1.0 <= c < 10.0
+
+
+def test_the_old_module_name_still_works_with_a_warning():
+    """``mgritnn.perfmodel`` is the planner's deprecated name: the same public objects, and a
+    DeprecationWarning on import."""
+    import importlib
+    sys.modules.pop("mgritnn.perfmodel", None)
+    with pytest.warns(DeprecationWarning, match="mgritnn.plan"):
+        old = importlib.import_module("mgritnn.perfmodel")
+    assert old.predict is pm.predict and old.plan is pm.plan and old.Costs is pm.Costs

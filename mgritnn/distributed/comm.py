@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 
+from ..errors import ConfigError
+
 # Environment variables that MPI launchers (MPICH/hydra, Open MPI, Slurm/PMI) set in every rank.
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK")
 
@@ -73,7 +75,6 @@ def split_data_time(comm, data_parallel):
     data_comm : communicator of the ranks with the same time block (gradients are averaged over it)
     group : int, this rank's data group
     """
-    from ..errors import ConfigError
     size, rank = comm.Get_size(), comm.Get_rank()
     D = int(data_parallel)
     if D < 1 or size % D:

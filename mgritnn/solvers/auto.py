@@ -10,28 +10,37 @@ cost grows about linearly in T), then keeps the fastest; a parallel route must b
 sweep by ``margin`` (10 %) to be chosen.
 
 With several ranks on the time axis the serial sweep is not a candidate (no rank holds the whole
-sequence) and trying each route on the full problem would cost whole solves on every rank, so the
-first choice comes from the performance model (:mod:`mgritnn.perfmodel`): rank 0 predicts the
-training step of DEER and quasi-DEER for the shape on these ranks and threads (from the machine's
-cached calibration; the first use on a machine calibrates, under a minute with the default size)
-and broadcasts the predictions, so every rank decides the same. For a cell the model does not
-cover, the routes are tried in turn, one call each.
+sequence) and trying each route on the full problem would cost whole solves on every rank. The
+first choice comes from the ``predictor`` the solver was given, if any (a callable, see
+:class:`AutoSolver`; the planner's performance model builds one:
+:func:`mgritnn.plan.auto_predictor`): rank 0 asks it for the solve time of DEER and quasi-DEER
+for the shape on these ranks and broadcasts the answers, so every rank decides the same. Without
+a predictor (the default: the solver never calibrates by itself), or for a cell the predictor
+does not cover (NaN), the choice is deterministic and collective: the routes of
+:data:`PARALLEL_ROUTES` run in that order, one call each, on the first calls of the shape, each
+timed as the slowest rank's forward + adjoint (one allreduce, so every rank sees the same time);
+after that the measured faster one is kept.
 
 After that every call is timed (the slowest rank's time, so all ranks agree) and a route slower by
 more than ``margin`` than the best other route twice in a row (its measured time, or its predicted
 time before it ran) is dropped for that route: more Newton iterations as the weights change, a
 fallback, a busier machine, or a model that was wrong here. So the chosen route is never slower
 than the best known one by more than ``margin`` for long.
+
+What the solver keeps between calls (the state a checkpoint or a :class:`SolverState` would
+hold): ``choices``, ``timings``, ``predictions`` and the slow-call counters (per shape key), and
+the routes' warm-start arrays (:meth:`AutoSolver.warm_arrays`).
 """
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import MgritnnWarning
 from ..options import check_choices, check_int, check_real
-from .base import Solver, register, step_sizes
-from .deer import DEERConfig
+from .base import TimeParallelSolver, register, step_sizes
+from .deer import DEERConfig, DEERSolver
 from .serial import SerialSolver
 
 #: The candidates on several time ranks (the serial sweep is not one there).
@@ -49,16 +58,21 @@ class AutoConfig:
     margin : float
         A parallel route is chosen only when faster than serial by this fraction (one rank), and
         any route is dropped when slower than the best other by this fraction (twice in a row).
-    calibration : {"default", "tiny"}
-        Size of the performance model's calibration (several time ranks; "tiny": seconds, for
-        tests, less accurate).
+    calibration : {"none", "default", "tiny"}
+        Several time ranks: whether the performance model may be calibrated to choose the first
+        route, and its size. "none" (default): it is not; the routes are tried in turn (module
+        docstring). "default" (under a minute on first use on a machine, then cached) or "tiny"
+        (seconds, for tests, less accurate): asked; whoever builds the solver passes
+        ``predictor=mgritnn.plan.auto_predictor(calibration)`` to :meth:`make_solver` (the
+        solvers do not import the planner).
     comm : mpi4py communicator, optional
         The ranks that share the time axis (None: MPI's world under an MPI launcher, else one
         process, as for DEER).
     """
     calibration_steps: int = 4096
     margin: float = 0.1
-    calibration: str = field(default="default", metadata={"flag": {"choices": ("default", "tiny")}})
+    calibration: str = field(default="none",
+                             metadata={"flag": {"choices": ("none", "default", "tiny")}})
     comm: object = field(default=None, compare=False, repr=False, metadata={"option": False})
 
     def __post_init__(self):
@@ -66,13 +80,29 @@ class AutoConfig:
         check_real("auto margin", self.margin, low=0, high=1, high_open=True)
         check_choices("auto", self)
 
-    def make_solver(self):
-        return AutoSolver(self)
+    def make_solver(self, predictor=None):
+        """An :class:`AutoSolver` of this config with the given ``predictor`` (see there)."""
+        return AutoSolver(self, predictor)
 
 
 @register(config=AutoConfig)
-class AutoSolver(Solver):
+class AutoSolver(TimeParallelSolver):
     """The fastest exact route for each shape (module docstring).
+
+    Its time axis is the time-parallel base's (:class:`~mgritnn.solvers.base.TimeParallelSolver`:
+    ``tc``, ``is_first``, ``is_last``, ``reduce``), split into even slices as DEER splits it
+    (``local_steps``), so every route gets the same slice.
+
+    Parameters
+    ----------
+    config : AutoConfig, optional
+    predictor : callable, optional
+        Several time ranks: ``predictor(cell, h0, x, T, dtype, ranks) -> {route: seconds}``, the
+        predicted seconds of the forward + adjoint solves of the whole sequence of ``T`` steps by
+        each route of :data:`PARALLEL_ROUTES` on ``ranks`` time ranks (``h0`` (L, B, H), ``x``
+        this rank's raw inputs (n_local, B, I); NaN or a missing route: not covered). Called on
+        rank 0 only. None: no prediction, the routes are tried in turn. The planner's model is
+        :func:`mgritnn.plan.auto_predictor`.
 
     Attributes
     ----------
@@ -83,38 +113,35 @@ class AutoSolver(Solver):
         several time ranks, the last measured forward + adjoint per step (slowest rank).
     predictions : dict
         Shape key -> {route: predicted seconds per step of the forward + adjoint solves, or None
-        where the model does not cover the cell} (several time ranks only).
+        where the predictor does not cover the cell or there is none} (several time ranks only).
     """
 
     name = "auto"
+    #: The time axis in even slices, as DEER splits it (every route gets the same slice).
+    local_steps = DEERSolver.local_steps
 
-    def __init__(self, config=None):
+    def __init__(self, config=None, predictor=None):
         self.config = config or AutoConfig()
-        comm = self.config.comm            # the time communicator (None: as for DEER)
-        self.routes = {"deer": DEERConfig(comm=comm).make_solver(),
-                       "quasi-deer": DEERConfig(quasi=True, comm=comm).make_solver()}
-        self._tp = self.routes["deer"]     # the time axis: every route splits it alike
-        self.size = self._tp.size
+        super().__init__(self.config.comm)      # the time communicator (None: as for DEER)
+        self.predictor = predictor
+        if self.size > 1 and predictor is None and self.config.calibration != "none":
+            warnings.warn(f"auto calibration={self.config.calibration!r} asks for the performance "
+                          "model, but the solver was given no predictor, so the routes are tried "
+                          "in turn: build it with mgritnn.plan.planned_solver(config) (or pass "
+                          "predictor=mgritnn.plan.auto_predictor(...) to make_solver)",
+                          MgritnnWarning, stacklevel=2)
+        self.routes = {"deer": DEERConfig(comm=self.config.comm).make_solver(),
+                       "quasi-deer": DEERConfig(quasi=True, comm=self.config.comm).make_solver()}
         if self.size == 1:
             self.routes = {"serial": SerialSolver(), **self.routes}
         self.choices, self.timings, self.predictions, self._slow = {}, {}, {}, {}
         self._last = None
 
-    # -- the time axis: every route splits it the same way (DEER's partition) -------------------
-
     @property
-    def is_last(self):
-        return self._tp.is_last
-
-    def local_steps(self, T):
-        return self._tp.local_steps(T)
-
-    @property
-    def tc(self):
-        return self._tp.tc
-
-    def reduce(self, grad, loss, logits, shape=None, shared=None):
-        return self._tp.reduce(grad, loss, logits, shape, shared)
+    def _serial_candidate(self):
+        """Whether the serial sweep is a candidate (one rank of time): the choice is then measured
+        on a prefix of the batch; else it is predicted or tried route by route."""
+        return "serial" in self.routes
 
     # -- the first choice -----------------------------------------------------------------------
 
@@ -139,10 +166,12 @@ class AutoSolver(Solver):
         self.timings[key], self.choices[key] = per_step, best
 
     def _predict(self, key, cell, w, x, h0, T):
-        """Several time ranks: the model's solve time per step of each route, from rank 0."""
+        """Several time ranks: the predictor's solve time per step of each route, from rank 0
+        (NaN everywhere without a predictor: the routes are then tried in turn)."""
         buf = np.full(len(PARALLEL_ROUTES), np.nan)
-        if self._tp.rank == 0:
-            buf[:] = model_solve_times(cell, h0, x, T, w.dtype, self.size, self.config.calibration)
+        if self.rank == 0 and self.predictor is not None:
+            pred = self.predictor(cell, h0, x, T, w.dtype, self.size)
+            buf[:] = [pred.get(r, np.nan) for r in PARALLEL_ROUTES]
         self.tc.bcast(buf, root=0)
         pred = {r: (None if np.isnan(t) else float(t) / T) for r, t in zip(PARALLEL_ROUTES, buf)}
         self.predictions[key], self.timings[key] = pred, {}
@@ -172,7 +201,7 @@ class AutoSolver(Solver):
         T = x.shape[0] if T is None else T
         key = (T, x.shape, h0.shape, w.dtype.str, cell.name)
         if key not in self.choices:
-            if self.size == 1:
+            if self._serial_candidate:
                 self._calibrate(key, cell, w, x, h0, dt)
             else:
                 self._predict(key, cell, w, x, h0, T)
@@ -191,7 +220,7 @@ class AutoSolver(Solver):
         extra = {} if lam_first is None else dict(lam_first=lam_first)
         dxp, stats = self.routes[name].adjoint(cell, w, state, lam_last, grads, **extra)
         spent = t_fwd + time.perf_counter() - t0
-        if self.size == 1:
+        if self._serial_candidate:
             if name != "serial":
                 self._check(key, name, spent / T, {"serial": self.timings[key]["serial"]})
         else:                                   # the slowest rank's time: every rank decides alike
@@ -216,40 +245,4 @@ class AutoSolver(Solver):
             self.choices[key], self._slow[key] = best, 0
 
 
-def model_solve_times(cell, h0, x, T, dtype, ranks, calibration="default"):
-    """Predicted seconds of the forward + adjoint solves of DEER and quasi-DEER
-    (:data:`PARALLEL_ROUTES`, in that order) for a GRU cell on ``ranks`` time ranks with this
-    process's numba threads; NaN for a cell the performance model does not cover.
-
-    Parameters
-    ----------
-    cell : Cell
-    h0 : ndarray, shape (L, B, H)
-    x : ndarray, shape (n_local, B, I)
-    T : int
-        Steps of the whole sequence.
-    dtype : numpy dtype
-    ranks : int
-        Time ranks (one core each).
-    calibration : {"default", "tiny"}
-    """
-    import numba
-    from .. import perfmodel
-    if not perfmodel.covers(cell.name) or h0.ndim != 3 or x.ndim != 3:
-        return np.full(len(PARALLEL_ROUTES), np.nan)
-    L, B, H = h0.shape
-    threads = numba.get_num_threads()
-    shape = (B, T, x.shape[2], H, L)
-    name = np.dtype(dtype).name
-
-    def costs(batch):
-        return perfmodel.load_or_calibrate(cell.name, H, L, name, threads, batch, size=calibration)
-    out = []
-    for route in PARALLEL_ROUTES:
-        p = perfmodel.predict(shape, route, ranks, threads,
-                              dict(cell=cell.name, dtype=name, cores=ranks * threads), costs)
-        out.append(sum(t for k, t in p.breakdown.items() if k.startswith(("forward ", "adjoint "))))
-    return np.array(out)
-
-
-__all__ = ["AutoConfig", "AutoSolver", "PARALLEL_ROUTES", "model_solve_times"]
+__all__ = ["AutoConfig", "AutoSolver", "PARALLEL_ROUTES"]
