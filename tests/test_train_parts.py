@@ -18,7 +18,7 @@ from mgritnn.train.lbfgs import LBFGSDriver
 from mgritnn.train.models import GRUAdapter, ODENetAdapter, adapter_for
 from mgritnn.train.nested import NestedSchedule
 from mgritnn.train.owned import OwnedLayers
-from mgritnn.train.report import EpochTally, Reporter, _Log, batch_record, json_line, zero_times
+from mgritnn.train.report import EpochTally, Reporter, batch_record, json_line, zero_times
 
 SMALL = dict(epochs=2, hidden=4, seq_len=8, batch_size=16, max_batches=3, seed=3)
 
