@@ -43,8 +43,9 @@ class OwnedLayers:
 
     def checkpoint_arrays(self, model, state):
         """:func:`~mgritnn.optim.state_to_arrays` of ``state`` with every layer row current
-        (from its owner), after those of ``model.flat`` (collective): the run's own state keeps zero rows where a rank does not own, so
-        that they never move; the checkpoint holds the full state."""
+        (from its owner), after those of ``model.flat`` (collective). The run's own state keeps
+        zero rows where a rank does not own, so that they never move; the checkpoint holds the
+        full state."""
         arrays = state_to_arrays(state)
         if self.enabled:
             model.sync_layers(self.solver, model.flat,

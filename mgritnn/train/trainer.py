@@ -313,8 +313,7 @@ class Trainer:
         return self.schedule.finished(epoch, self.history)
 
     def refine(self, epoch):
-        """Nested iteration: the model becomes its refinement with a fresh optimizer state; the
-        training loss before and after is reported and logged."""
+        """Nested iteration: the refined model, a fresh optimizer state, the losses reported."""
         coarse = self.model
         before = self.evaluate(coarse, train=True)[0]["loss"]
         self.model = self.schedule.refine(coarse, epoch)
@@ -369,9 +368,10 @@ class Trainer:
     def checkpoint(self, epoch):
         """Write the checkpoint after ``epoch`` epochs (with ``cfg.checkpoint``; collective)."""
         if self.checkpointer.enabled:
-            state = self.layers.checkpoint_arrays(self.model, self.opt_state)   # every layer's
-            self.checkpointer.save(epoch, self.model, state, self.solver, self.standardizer,
-                                   self.rng, self.history, self.ds, self.schedule.checkpoint_fields())
+            self.checkpointer.save(epoch, self.model,
+                                   self.layers.checkpoint_arrays(self.model, self.opt_state),
+                                   self.solver, self.standardizer, self.rng, self.history,
+                                   self.ds, self.schedule.checkpoint_fields())
 
     def close(self, quiet=False):
         """Close the log (``quiet``: ignore an error while closing it)."""
