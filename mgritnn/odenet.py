@@ -325,6 +325,18 @@ class ODENet(FlatParamModel):
         tc = getattr(solver, "tc", None)
         return tc is not None and tc.size > 1
 
+    @staticmethod
+    def splits_layers(solver):
+        """Whether ``solver`` splits the layers over several ranks (then each rank owns a block
+        of them, ``solver.local_steps(depth)``)."""
+        return ODENet._owns_layers(solver)
+
+    def layer_rows(self, a):
+        """The layer rows of ``a``, an array laid out like :attr:`flat`: a view of shape
+        (depth, ...) like ``params["layers"]``."""
+        start, stop = self._layer_span
+        return a[start:stop].reshape(self.params["layers"].shape)
+
     def sync_layers(self, solver, *arrays):
         """Make every layer row current on every rank, from its owner (``solver.local_steps``),
         in place: one ``Allgatherv`` of the owned blocks per array (collective over the time

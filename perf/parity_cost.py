@@ -32,9 +32,19 @@ def run_stats(path):
     ev = np.array([r["step_evals_max_rank"] for r in bs], np.float64)
     return {"after epoch 1": dict(
         batches=len(bs), evals=ev.mean(0).tolist(),
-        fwd_cycles=float(np.mean([r["fwd_iters"] for r in bs])),
-        adj_cycles=float(np.mean([r["bwd_iters"] for r in bs])),
-        fwd_fallback=int(sum(r["fwd_fallback"] for r in bs)))}
+        fwd_cycles=float(np.mean([_field(r, "forward_iterations") for r in bs])),
+        adj_cycles=float(np.mean([_field(r, "adjoint_iterations") for r in bs])),
+        fwd_fallback=int(sum(_field(r, "forward_fallback") for r in bs)))}
+
+
+#: The batch records' fields under their old names (logs written before issue 21).
+_OLD_NAMES = dict(forward_iterations="fwd_iters", adjoint_iterations="bwd_iters",
+                  forward_fallback="fwd_fallback")
+
+
+def _field(rec, name):
+    """A batch record's field ``name``, also from a log that has it under its old name."""
+    return rec[name] if name in rec else rec[_OLD_NAMES[name]]
 
 
 def main(argv=None):

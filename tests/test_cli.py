@@ -105,8 +105,9 @@ def test_train_with_deer_logs_newton_diagnostics(tmp_path, capsys, solver):
     batches = [r for r in recs if r["type"] == "batch"]
     assert len(batches) == 2
     for r in batches:
-        assert r["fwd_iters"] >= 1 and r["fwd_status"] == 0 and r["fwd_fallback"] is False
-        assert r["fwd_res"] >= 0 and r["fwd_message"] == "converged"
+        assert (r["forward_iterations"] >= 1 and r["forward_status"] == 0
+                and r["forward_fallback"] is False)
+        assert r["forward_residual"] >= 0 and r["forward_message"] == "converged"
 
 
 @pytest.mark.parametrize("args, match", [
@@ -151,7 +152,7 @@ def test_train_with_the_fast_mgrit_preset(tmp_path, capsys):
                  "--quiet"]) == 0
     assert "preset=fast" in capsys.readouterr().out
     batches = [r for r in map(json.loads, log.read_text().splitlines()) if r["type"] == "batch"]
-    assert len(batches) == 4 and all(r["fwd_iters"] == 1 for r in batches)
+    assert len(batches) == 4 and all(r["forward_iterations"] == 1 for r in batches)
     r = run("train", "--solver", "mgrit", "--preset", "fastest", "--epochs", "1")
     assert r.returncode == 2 and "invalid choice" in r.stderr
 

@@ -106,8 +106,8 @@ def test_mgrit_training_logs_per_batch_diagnostics(tmp_path):
     batches = [r for r in lines if r["type"] == "batch"]
     assert len(batches) == 6 and len([r for r in lines if r["type"] == "epoch"]) == 2
     b = batches[0]
-    assert b["fwd_iters"] == 2 and b["bwd_iters"] == 1
-    assert b["fwd_res"] > 0 and b["bwd_res"] > 0
+    assert b["forward_iterations"] == 2 and b["adjoint_iterations"] == 1
+    assert b["forward_residual"] > 0 and b["adjoint_residual"] > 0
     assert hist[-1]["step_evals_per_rank"]["forward"] > 0 and hist[-1]["solver"] == "mgrit"
 
 
@@ -137,7 +137,8 @@ def test_mgrit_warm_start_lowers_the_residual_in_training(tmp_path):
                           solver_options=dict(levels=2, cf=4, initial_guess=guess)),
               out=quiet, progress=False)
         recs = [json.loads(line) for line in log.read_text().splitlines()]
-        med[guess] = np.median([r["fwd_res"] for r in recs if r["type"] == "batch" and r["epoch"] == 2])
+        med[guess] = np.median([r["forward_residual"] for r in recs
+                                if r["type"] == "batch" and r["epoch"] == 2])
     assert med["warm"] < 0.2 * med["zero"], med
 
 

@@ -36,6 +36,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from mgritnn.errors import CheckpointError, ConfigError
+from mgritnn.tree import is_namedtuple, tree_leaves, tree_map  # noqa: F401 (re-exported)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,55 +71,7 @@ def _stateless(update):
 # ----------------------------------------------------------------------------------------------
 # trees
 # ----------------------------------------------------------------------------------------------
-def _is_namedtuple(x):
-    return isinstance(x, tuple) and hasattr(x, "_fields")
-
-
-def tree_map(fn, tree, *rest):
-    """Apply ``fn`` to the leaves of ``tree`` (and the matching leaves of ``rest``).
-
-    Parameters
-    ----------
-    fn : callable ``fn(leaf, *other_leaves) -> ndarray``
-    tree : ndarray, or tuple, list, NamedTuple or dict of trees
-    *rest : trees of the same structure as ``tree``
-
-    Returns
-    -------
-    tree
-        Of the structure of ``tree`` (the same container types), leaves ``fn``'s results.
-
-    Raises
-    ------
-    TypeError
-        For a leaf that is not an ndarray.
-    ValueError
-        If the trees of ``rest`` have another structure.
-    """
-    if isinstance(tree, np.ndarray):
-        return fn(tree, *rest)
-    if isinstance(tree, dict):
-        for r in rest:
-            if not isinstance(r, dict) or set(r) != set(tree):
-                raise ValueError(f"trees of different structure: keys {sorted(tree)} and "
-                                 f"{sorted(r) if isinstance(r, dict) else type(r).__name__}")
-        return type(tree)((k, tree_map(fn, v, *(r[k] for r in rest))) for k, v in tree.items())
-    if isinstance(tree, (tuple, list)):
-        for r in rest:
-            if not isinstance(r, (tuple, list)) or len(r) != len(tree):
-                raise ValueError(f"trees of different structure: a {type(tree).__name__} of "
-                                 f"{len(tree)} and a {type(r).__name__}")
-        mapped = [tree_map(fn, *xs) for xs in zip(tree, *rest)]
-        return type(tree)(*mapped) if _is_namedtuple(tree) else type(tree)(mapped)
-    raise TypeError(f"parameters, gradients and updates are numpy arrays or tuples, lists or dicts "
-                    f"of them; got a leaf of type {type(tree).__name__}")
-
-
-def tree_leaves(tree):
-    """The ndarray leaves of ``tree`` in :func:`tree_map`'s order (a list)."""
-    leaves = []
-    tree_map(leaves.append, tree)
-    return leaves
+_is_namedtuple = is_namedtuple          # the old private name
 
 
 def _check_params(params):

@@ -1,0 +1,312 @@
+"""Training checkpoints: save (atomic ``.npz``, finite states only, free space checked, stale
+temporaries removed), resume (bit for bit), and the solvers' warm-start states of every rank.
+
+A checkpoint holds the parameters under PyTorch's names, the optimizer state (under ``optim/``),
+the shuffling RNG's state, the epoch, the history, the standardization, the configuration and
+the level of nested iteration, so that ``resume=True`` continues a run to the bit-for-bit same
+result as the uninterrupted run (the kernels are deterministic and independent of the thread
+count). A write that fails (or a run killed during it) leaves the previous checkpoint as it was.
+"""
+import dataclasses
+import json
+import warnings
+
+import numpy as np
+
+from .. import datasets
+from ..errors import CheckpointError, DivergenceError, MgritnnWarning
+from ..io import (atomic_savez, check_free_space, prepare_output, read_npz, remove_stale_temps,
+                  temp_prefix)
+from ..model import model_from_meta
+from ..optim import state_from_arrays, state_to_arrays
+from .config import TrainConfig
+
+__all__ = ["Checkpointer", "all_finite", "gather_warm_arrays", "last_good", "load_checkpoint",
+           "restore_warm_arrays", "save_checkpoint", "settings_diff"]
+
+#: Fields of TrainConfig that may change on resume without changing the run: the number of epochs
+#: (extending a run is the point of resuming), where the outputs go, and the thread count (the
+#: kernels are independent of it).
+_RESUME_FREE = ("epochs", "checkpoint", "resume", "resume_or_start", "overwrite", "log", "threads")
+
+
+def all_finite(*arrays):
+    """Whether every entry of every array is finite."""
+    return all(np.all(np.isfinite(a)) for a in arrays)
+
+
+def last_good(cfg, done):
+    """Where the last good state of a run that failed in epoch ``done + 1`` is (for messages)."""
+    if not cfg.checkpoint:
+        return "nothing was saved (add --checkpoint to keep every finished epoch)"
+    if done == 0:
+        return "no checkpoint was written"
+    return (f"the checkpoint {cfg.checkpoint!r} keeps epoch {done} as it was: continue from it "
+            "with --resume")
+
+
+def _checkpoint_arrays(model, optim_arrays, standardizer):
+    """The arrays of a checkpoint: the parameters, ``optim/<key>`` for every entry of
+    ``optim_arrays`` (:func:`~mgritnn.optim.state_to_arrays` of the optimizer state), the
+    standardizer's mean and std."""
+    arrays = dict(model.params)
+    arrays.update({f"optim/{k}": v for k, v in optim_arrays.items()})
+    arrays["standardizer/mean"] = standardizer.mean
+    arrays["standardizer/std"] = standardizer.std
+    return arrays
+
+
+def _fmt(v):
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
+
+
+def settings_diff(cfg, saved):
+    """``["lr 0.003 -> 0.01", ...]``: the settings of ``cfg`` that differ from the saved config
+    ``saved`` (a dict from a checkpoint; fields it lacks and :data:`_RESUME_FREE` are not
+    compared)."""
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))       # tuples -> lists, as saved
+    return [f"{k} {_fmt(saved[k])} -> {_fmt(v)}" for k, v in now.items()
+            if k not in _RESUME_FREE and k in saved and saved[k] != v]
+
+
+def gather_warm_arrays(solver, ranks):
+    """Every rank's warm-start states of ``solver`` (collective over the world).
+
+    Returns
+    -------
+    dict
+        On rank 0: ``"warm/r{rank}/{name}" -> array`` for every rank's
+        :meth:`~mgritnn.solvers.base.Solver.warm_arrays` (empty for solvers without memory);
+        on the other ranks: empty.
+    """
+    parts = ranks.world.gather(solver.warm_arrays(), root=0)
+    if not ranks.root:
+        return {}
+    return {f"warm/r{r}/{k}": v for r, part in enumerate(parts) for k, v in part.items()}
+
+
+def restore_warm_arrays(solver, arrays, meta, ranks, path):
+    """Give each rank its own saved warm-start states (see :func:`gather_warm_arrays`), when the
+    checkpoint was written by as many ranks; otherwise they start cold, with a warning."""
+    mine = f"warm/r{ranks.rank}/"
+    if not any(k.startswith("warm/") for k in arrays):
+        return
+    saved = meta.get("warm_ranks")
+    if saved != ranks.size:
+        if ranks.root:
+            warnings.warn(f"checkpoint {path!r} holds the warm-start states of {saved} ranks, this "
+                          f"run has {ranks.size}: they start cold, so the run cannot continue the "
+                          "checkpoint's bit for bit (resume on as many ranks to keep them)",
+                          MgritnnWarning, stacklevel=4)
+        return
+    solver.load_warm_arrays({k[len(mine):]: v for k, v in arrays.items() if k.startswith(mine)})
+
+
+def _write(cfg, epoch, model, optim_arrays, standardizer, rng, history, ds, warm, ranks, extra):
+    """Check and write a checkpoint whose optimizer state is ``optim_arrays`` (see
+    :func:`save_checkpoint`)."""
+    rec = history[-1] if history else {}
+    losses = [rec.get("loss", 0.0), rec.get("test_loss", 0.0)]
+    arrays = _checkpoint_arrays(model, optim_arrays, standardizer)
+    if not all_finite(model.flat, np.asarray(losses, np.float64), *optim_arrays.values()):
+        raise DivergenceError(
+            f"training diverged in epoch {epoch}: the parameters, optimizer state or loss are "
+            f"NaN/inf, so this epoch is not saved: lower --lr or use --clip; "
+            f"{last_good(cfg, epoch - 1)}")
+    meta = dict(kind="train", model=model.config, train=dataclasses.asdict(cfg), epoch=epoch,
+                rng=rng.bit_generator.state, history=history, num_classes=ds.num_classes,
+                class_names=list(ds.class_names), warm_ranks=int(ranks), **(extra or {}))
+    if model.model_type != "gru":          # a GRU's checkpoint keeps mgritnn 0.1's keys
+        meta["model_type"] = model.model_type
+    arrays.update(warm or {})
+    atomic_savez(cfg.checkpoint, arrays, meta, what="the checkpoint (--checkpoint)")
+
+
+def save_checkpoint(cfg, epoch, model, opt_state, standardizer, rng, history, ds, warm=None,
+                    ranks=1, extra=None):
+    """Write the training checkpoint of ``cfg`` after ``epoch`` epochs (rank 0 only), atomically.
+
+    Everything a bit-for-bit resume needs (parameters, optimizer state, shuffling RNG state,
+    epoch, history, standardizer, config, and the solvers' warm-start states of every rank,
+    ``warm`` from :func:`gather_warm_arrays`, written by ``ranks`` ranks).
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    epoch : int
+        Epochs done.
+    model : GRUClassifier or ODENet
+    opt_state : optimizer state
+        The state of the run's gradient transformation (e.g. a ``ScaleByAdamState``); stored by
+        :func:`~mgritnn.optim.state_to_arrays` under ``optim/``.
+    standardizer : datasets.Standardizer
+    rng : numpy.random.Generator
+        The shuffling generator (its state is saved).
+    history : list of dict
+        The epoch records so far (the last is this epoch's).
+    ds : the data set (its classes are saved)
+    warm : dict, optional
+        Warm-start states (:func:`gather_warm_arrays`).
+    ranks : int
+        Number of ranks of the run (the warm-start states fit a run of as many).
+    extra : dict, optional
+        More metadata (JSON-able): the level of nested iteration (``nested_stage``, the index
+        into :meth:`TrainConfig.nested_stages`, and ``stage_start``, its first epoch).
+
+    Raises
+    ------
+    DivergenceError
+        If the parameters, optimizer state or the epoch's losses are NaN/inf: nothing is written,
+        the previous checkpoint stays.
+    OutputError
+        If the file cannot be written (the previous checkpoint stays).
+    """
+    _write(cfg, epoch, model, state_to_arrays(opt_state), standardizer, rng, history, ds, warm,
+           ranks, extra)
+
+
+def load_checkpoint(path):
+    """Model, standardizer and metadata of a training checkpoint (or a model file: no standardizer)."""
+    arrays, meta = read_npz(path)
+    model = model_from_meta(meta, path)
+    model.set_params(arrays)
+    std = None
+    if "standardizer/mean" in arrays:
+        std = datasets.Standardizer(arrays["standardizer/mean"], arrays["standardizer/std"])
+    return model, std, meta
+
+
+class Checkpointer:
+    """The checkpoint of a run (``cfg.checkpoint``): the one place that writes it, reads it back
+    and moves the solver's warm-start states in and out of it.
+
+    Constructing it prepares the output (rank 0: directory created, a probe file written beside
+    it, temporary files of killed writes removed).
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    ranks : _Ranks
+    out : callable
+        Receives the human-readable lines (rank 0).
+    """
+
+    def __init__(self, cfg, ranks, out):
+        self.cfg, self.ranks, self.out = cfg, ranks, out
+        if cfg.checkpoint and ranks.root:
+            prepare_output(cfg.checkpoint, "--checkpoint")
+            removed = remove_stale_temps(cfg.checkpoint)
+            if removed:
+                out(f"removed {len(removed)} temporary file(s) {temp_prefix(cfg.checkpoint)}*.npz "
+                    "left by an interrupted checkpoint write")
+
+    @property
+    def enabled(self):
+        """Whether the run writes a checkpoint."""
+        return bool(self.cfg.checkpoint)
+
+    def check_space(self, model, opt_state, standardizer):
+        """Raise OutputError (rank 0) unless the disk has room for the checkpoint after
+        ``cfg.epochs`` epochs (an overestimate: the arrays, their archive headers, and the
+        metadata, JSON stored as 4-byte characters, one history record per epoch)."""
+        if not (self.enabled and self.ranks.root):
+            return
+        arrays = _checkpoint_arrays(model, state_to_arrays(opt_state), standardizer)
+        size = (sum(np.asarray(a).nbytes for a in arrays.values()) + 1024 * (len(arrays) + 1)
+                + 32 * 1024 + 4 * 1024 * self.cfg.epochs)
+        check_free_space(self.cfg.checkpoint, "--checkpoint", size)
+
+    def save(self, epoch, model, optim_arrays, solver, standardizer, rng, history, ds, extra):
+        """Write the checkpoint after ``epoch`` epochs (collective: every rank's warm-start
+        states of ``solver`` are gathered, rank 0 writes; see :func:`save_checkpoint`, whose
+        optimizer state is here already ``optim_arrays``)."""
+        warm = gather_warm_arrays(solver, self.ranks)
+        if self.ranks.root:
+            _write(self.cfg, epoch, model, optim_arrays, standardizer, rng, history, ds, warm,
+                   self.ranks.size, extra)
+
+    def read(self):
+        """The checkpoint's arrays and metadata, checked to be a training checkpoint of this
+        run's kind of model.
+
+        Returns
+        -------
+        arrays : dict of str to ndarray
+        meta : dict
+
+        Raises
+        ------
+        CheckpointError
+            If the file is not a training checkpoint or holds another kind of model.
+        """
+        cfg = self.cfg
+        arrays, meta = read_npz(cfg.checkpoint)
+        if not meta or meta.get("kind") != "train":
+            raise CheckpointError(f"{cfg.checkpoint!r} is not an mgritnn training checkpoint: "
+                                  "name the checkpoint written by 'mgritnn train --checkpoint'")
+        if meta.get("model_type", "gru") != cfg.model:
+            raise CheckpointError(f"checkpoint {cfg.checkpoint!r} holds a "
+                                  f"{meta.get('model_type', 'gru')} model, this run trains "
+                                  f"--model {cfg.model}: use the checkpoint's model, or start a "
+                                  "new checkpoint")
+        return arrays, meta
+
+    def resume(self, arrays, meta, model, opt, opt_state, rng, solver, layers, nested=False):
+        """Continue the checkpoint ``(arrays, meta)`` (from :meth:`read`): load ``model``'s
+        parameters, the optimizer state, the shuffling state of ``rng`` and ``solver``'s
+        warm-start states (:func:`restore_warm_arrays`), in place where they are objects.
+
+        Settings that differ from the checkpoint's config (except :data:`_RESUME_FREE`) are
+        named in one :class:`MgritnnWarning` (rank 0). With another optimizer (or L-BFGS,
+        ``opt`` None) the state ``opt_state`` stays fresh (also in the warning): the run then
+        cannot equal an uninterrupted one. Checkpoints of mgritnn 0.1 load as they are.
+
+        ``model`` is built at the checkpoint's level of nested iteration; ``layers``
+        (:class:`OwnedLayers`) zeroes the optimizer state's rows of the layers this rank does
+        not own; ``nested``: the run has several levels (its epochs are not compared with
+        ``cfg.epochs``).
+
+        Returns
+        -------
+        opt_state, epoch, history : the loaded (or fresh) state, the epochs done, their records
+
+        Raises
+        ------
+        CheckpointError
+            If the checkpoint was made for another model shape, or holds the state of another
+            optimizer chain under the same name.
+        """
+        cfg = self.cfg
+        self.check_model(model, meta)
+        saved = TrainConfig.upgrade_settings(meta.get("train") or {})
+        diff = settings_diff(cfg, saved)
+        model.set_params(arrays)
+        old_opt = saved.get("optimizer", cfg.optimizer)
+        if old_opt == cfg.optimizer and opt is not None:
+            state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+            layers.mask(model, state)
+            opt_state = state_from_arrays(opt, state, model.flat)
+        else:
+            diff = [d + (f" (the {old_opt} state is dropped and {cfg.optimizer} starts afresh, so "
+                         "the run cannot equal an uninterrupted one bit for bit)")
+                    if d.startswith("optimizer ") else d for d in diff]
+        if diff and self.ranks.root:
+            warnings.warn("resuming with settings that differ from the checkpoint: "
+                          + ", ".join(diff) + " (resume with the checkpoint's settings to continue "
+                          "its run exactly)", MgritnnWarning, stacklevel=5)
+        rng.bit_generator.state = meta["rng"]
+        restore_warm_arrays(solver, arrays, meta, self.ranks, cfg.checkpoint)
+        epoch, history = int(meta["epoch"]), list(meta.get("history", []))
+        self.out(f"resumed from {cfg.checkpoint} after epoch {epoch}")
+        if epoch >= cfg.epochs and not nested:
+            self.out(f"nothing to train: the checkpoint has {epoch} epochs, --epochs is "
+                     f"{cfg.epochs}; raise --epochs to train more")
+        return opt_state, epoch, history
+
+    def check_model(self, model, meta):
+        """Raise CheckpointError unless the checkpoint was made for ``model``'s shape."""
+        if meta["model"] != model.config:
+            raise CheckpointError(
+                f"checkpoint {self.cfg.checkpoint!r} was made for the model {meta['model']}, this "
+                f"run builds {model.config}: use the same data, cell, hidden, layers, dtype and "
+                "dt, or start a new checkpoint")

@@ -1,0 +1,115 @@
+"""What the trainer does differently per kind of model: one small adapter per ``--model``
+(building the model, its memory check, the time axes its solver must fit, the options of its
+gradient, its epoch record's fields, whether its ranks can own their layers' updates)."""
+from ..cells import NewtonConfig, NewtonGRUCell
+from ..errors import ConfigError
+from ..memory import check_training_memory
+from ..model import GRUClassifier
+from ..odenet import ODENet
+
+__all__ = ["ADAPTERS", "GRUAdapter", "ODENetAdapter", "adapter_for", "build_model"]
+
+
+def _make_cell(cfg):
+    """The cell of ``cfg``: its name, or a Newton cell with ``cfg.newton_options``."""
+    if not cfg.newton_options:
+        return cfg.cell
+    if cfg.cell != "implicit-newton":
+        raise ConfigError(f"Newton options {sorted(cfg.newton_options)} need --cell implicit-newton, "
+                          f"not {cfg.cell!r}")
+    try:
+        return NewtonGRUCell(NewtonConfig(**cfg.newton_options))
+    except TypeError as e:
+        raise ConfigError(f"bad Newton option: {e}") from None
+
+
+class GRUAdapter:
+    """The trainer's view of a :class:`GRUClassifier`: the time axis is the sequence; the
+    gradient keeps an exploding adjoint's scale apart (``scaled``)."""
+
+    #: Options of :meth:`GRUClassifier.loss_and_grad_flat` in training.
+    grad_options = {"scaled": True}
+
+    @staticmethod
+    def build(cfg, num_features, num_classes, depth=None):
+        """The untrained model of ``cfg`` with ``num_features`` inputs per step."""
+        return GRUClassifier(num_features, cfg.hidden, num_classes, num_layers=cfg.layers,
+                             cell=_make_cell(cfg), dtype=cfg.dtype, seed=cfg.seed, dt=cfg.dt)
+
+    @staticmethod
+    def check_memory(cfg, ds, batch, time_ranks):
+        """Raise when one rank's model, optimizer and share of a batch of ``batch`` samples do
+        not fit in memory."""
+        check_training_memory(ds.num_channels, cfg.hidden, ds.num_classes, cfg.layers,
+                              cfg.dtype, -(-batch // cfg.data_parallel),
+                              -(-ds.seq_len // time_ranks),
+                              "sgd" if cfg.optimizer == "lbfgs" else cfg.optimizer)
+
+    @staticmethod
+    def time_axes(schedule, seq_len):
+        """The lengths of the time axes the solver must fit (the sequence's)."""
+        return [seq_len]
+
+    @staticmethod
+    def record_fields(model, schedule):
+        """The model's fields of an epoch record (none)."""
+        return {}
+
+    @staticmethod
+    def splits_layers(solver):
+        """Whether the ranks of ``solver`` can own the model's layers (never: a GRU's time axis
+        is the sequence, its layers are on every rank)."""
+        return False
+
+
+class ODENetAdapter:
+    """The trainer's view of an :class:`~mgritnn.odenet.ODENet`: the time axis is the depth
+    (every level of nested iteration's); its ranks can own their layers' updates."""
+
+    grad_options = {}
+
+    @staticmethod
+    def build(cfg, num_features, num_classes, depth=None):
+        """The untrained network of ``cfg`` of ``depth`` layers (default ``cfg.depth``; nested
+        iteration's coarse levels are shallower) on ``num_features`` features."""
+        return ODENet(num_features, cfg.width, num_classes, depth or cfg.depth,
+                      activation=cfg.activation, final_time=cfg.final_time, opening=cfg.opening,
+                      tikhonov=cfg.tikhonov, ddt_penalty=cfg.ddt_penalty, dtype=cfg.dtype,
+                      seed=cfg.seed, layer_init=cfg.layer_init)
+
+    @staticmethod
+    def check_memory(cfg, ds, batch, time_ranks):
+        """Nothing: the ODENet's memory is its parameters and (B, width) states."""
+
+    @staticmethod
+    def time_axes(schedule, seq_len):
+        """The depths of every level of nested iteration."""
+        return [d for d, _ in schedule.stages]
+
+    @staticmethod
+    def record_fields(model, schedule):
+        """``depth``, and ``level`` (0 = the finest network, K = the coarsest of nested
+        iteration)."""
+        return dict(depth=model.depth, level=schedule.level)
+
+    @staticmethod
+    def splits_layers(solver):
+        """Whether ``solver`` splits the layers over several ranks (then each owns a block)."""
+        return ODENet.splits_layers(solver)
+
+
+#: The adapter of each ``TrainConfig.model``.
+ADAPTERS = {"gru": GRUAdapter, "odenet": ODENetAdapter}
+
+
+def adapter_for(cfg):
+    """The adapter of ``cfg.model``."""
+    return ADAPTERS[cfg.model]
+
+
+def build_model(cfg, num_features, num_classes, depth=None):
+    """The untrained model of ``cfg`` (the one factory of the trainer, its warm-up and resume):
+    a :class:`GRUClassifier` (``cfg.model == "gru"``) with ``num_features`` inputs per step, or
+    an :class:`~mgritnn.odenet.ODENet` of ``depth`` layers (default ``cfg.depth``; nested
+    iteration's coarse levels are shallower) on ``num_features`` features."""
+    return adapter_for(cfg).build(cfg, num_features, num_classes, depth)
