@@ -328,9 +328,10 @@ class SolverSpec:
     @classmethod
     def of(cls, config):
         """The spec of the solver config object ``config`` (an ``MGRITConfig(...)``, ...): the
-        registered name whose config class and fixed fields it has, and its option fields that
-        differ from their defaults."""
-        for name, entry in SOLVERS.items():
+        registered name whose config class and fixed fields it has (the most fixed fields:
+        ``DEERConfig(quasi=True)`` is quasi-deer), and its option fields that differ from their
+        defaults."""
+        for name, entry in sorted(SOLVERS.items(), key=lambda item: -len(item[1].fixed)):
             if entry.config is type(config) and all(getattr(config, k) == v
                                                     for k, v in entry.fixed.items()):
                 options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
@@ -645,6 +646,10 @@ class TrainConfig:
     def __init__(self, model=None, optim=None, solver=None, run=None, *, model_spec=None,
                  solver_spec=None, **settings):
         # model_spec=, solver_spec=: the field names, as dataclasses.replace passes them
+        if model_spec is not None and model is not None:
+            raise TypeError("TrainConfig() takes model= or model_spec=, not both")
+        if solver_spec is not None and solver is not None:
+            raise TypeError("TrainConfig() takes solver= or solver_spec=, not both")
         model = model_spec if model_spec is not None else model
         solver = solver_spec if solver_spec is not None else solver
         if settings or isinstance(model, str) or isinstance(solver, str):
