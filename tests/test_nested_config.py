@@ -159,3 +159,27 @@ def test_a_solver_config_object_is_a_solver():
 def test_every_spec_checks_its_fields_on_construction(make, message):
     with pytest.raises(ConfigError, match=message):
         make()
+
+
+def test_old_option_names_in_flat_keywords_warn_at_the_caller():
+    from mgritnn.errors import MgritnnWarning
+    with pytest.warns(MgritnnWarning) as got:
+        cfg = flat(solver="mgrit", solver_options=dict(bwd_iters=2), cell="implicit-newton",
+                   newton_options=dict(tol=1e-8))
+    assert [str(w.message) for w in got if issubclass(w.category, MgritnnWarning)] == [
+        "mgrit option 'bwd_iters' is deprecated: use 'adjoint_max_iter'",
+        "Newton option 'tol' is deprecated: use 'atol'"]
+    assert {w.filename for w in got} == {__file__}
+    assert cfg.solver_options == {"adjoint_max_iter": 2} and cfg.newton_options == {"atol": 1e-8}
+
+
+def test_replace_pickle_and_copy_keep_the_specs():
+    import copy
+    import pickle
+    cfg = TrainConfig(model=ODENetSpec(depth=8), solver=MGRITConfig(levels=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        later = dataclasses.replace(cfg, run=RunSpec(epochs=3))
+    assert later.epochs == 3 and later.model_spec == cfg.model_spec and later != cfg
+    for twin in (pickle.loads(pickle.dumps(cfg)), copy.deepcopy(cfg), copy.copy(cfg)):
+        assert twin == cfg and hash(twin) == hash(cfg)

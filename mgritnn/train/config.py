@@ -500,6 +500,8 @@ _warned_flat = False
 
 
 def _warn_flat(stacklevel):
+    """Warn (:class:`FlatConfigWarning`, at ``stacklevel`` above the caller) the first time in
+    this process that TrainConfig() is called with flat keyword arguments."""
     global _warned_flat
     if not _warned_flat:
         _warned_flat = True
@@ -510,12 +512,10 @@ def _warn_flat(stacklevel):
                       FlatConfigWarning, stacklevel=stacklevel + 1)
 
 
-def _rename_flat(settings, stacklevel):
-    """``settings`` with the old option names in its option dicts replaced (warned at
-    ``stacklevel``, the caller of TrainConfig())."""
+def _rename_flat(settings, solver, stacklevel):
+    """``settings`` with the old option names in its option dicts replaced (those of the solver
+    named ``solver`` in ``solver_options``; warned at ``stacklevel`` above the caller)."""
     settings = dict(settings)
-    solver = settings.get("solver")
-    solver = solver if isinstance(solver, str) else None
     for name, (owner, old_to_new) in _renamed_options(solver).items():
         if isinstance(settings.get(name), Mapping):
             settings[name] = upgrade(owner, settings[name], old_to_new, stacklevel=stacklevel + 2)
@@ -606,7 +606,8 @@ class TrainConfig:
     ``TrainConfig(model=GRUSpec(hidden=64), optim=OptimSpec(lr=0.01),
     solver=SolverSpec("mgrit", {"levels": 3}), run=RunSpec(epochs=5))``; a part left out is its
     spec's defaults. ``solver`` may also be a solver config object (``MGRITConfig(levels=3)``,
-    see :meth:`SolverSpec.of`) or a registered name, ``model`` a model's name.
+    see :meth:`SolverSpec.of`). ``model="odenet"`` and ``solver="mgrit"`` (names) are the flat
+    form, deprecated below.
 
     Every setting (a field of a spec) is also a flag of ``mgritnn train`` and a read-only alias
     here: ``cfg.hidden`` is ``cfg.model_spec.hidden``, ``cfg.lr`` is ``cfg.optim.lr``,
@@ -623,6 +624,19 @@ class TrainConfig:
     lr=0.01)``, the names of :data:`SETTINGS`) are applied to the spec that owns each, with one
     :class:`FlatConfigWarning` per process; a field of the other model that differs from its
     default is a ConfigError, as before.
+
+    Parameters
+    ----------
+    model : GRUSpec or ODENetSpec, optional
+        The network (default ``GRUSpec()``).
+    optim : OptimSpec, optional
+    solver : SolverSpec or a solver config object, optional
+        Default ``SolverSpec()``: the serial sweep.
+    run : RunSpec, optional
+    model_spec, solver_spec : optional
+        The same as ``model`` and ``solver`` (the fields' names, for ``dataclasses.replace``).
+    **settings
+        Deprecated flat keywords (names of :data:`SETTINGS`).
 
     Attributes
     ----------
@@ -654,7 +668,8 @@ class TrainConfig:
         solver = solver_spec if solver_spec is not None else solver
         if settings or isinstance(model, str) or isinstance(solver, str):
             _warn_flat(stacklevel=2)
-            settings = _rename_flat(settings, stacklevel=2)
+            name = solver if isinstance(solver, str) else settings.get("solver")
+            settings = _rename_flat(settings, name, stacklevel=2)
         for part, spec in _parts(model, optim, solver, run, settings).items():
             set_frozen(self, part, spec)
         self._check_parts()
