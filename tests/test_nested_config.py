@@ -117,7 +117,12 @@ def test_flat_keywords_refine_given_specs_and_are_checked():
     with pytest.raises(TypeError, match="unexpected keyword argument 'hiden'"):
         flat(hiden=4)
     with pytest.raises(TypeError, match="model= or model_spec="):
-        TrainConfig(model="odenet", model_spec=GRUSpec())
+        TrainConfig(model=ODENetSpec(), model_spec=GRUSpec())
+    with pytest.raises(ConfigError, match="contradicts the model spec"):
+        flat(model="odenet", model_spec=GRUSpec())
+    cfg = TrainConfig(model=GRUSpec(hidden=4), solver=SolverSpec("mgrit", {"levels": 2}))
+    serial = flat(**{**cfg.__dict__, "solver": "serial", "solver_options": {}})
+    assert serial == TrainConfig(model=GRUSpec(hidden=4))        # the old idiom still works
 
 
 def test_a_solver_config_object_is_a_solver():
@@ -183,3 +188,18 @@ def test_replace_pickle_and_copy_keep_the_specs():
     assert later.epochs == 3 and later.model_spec == cfg.model_spec and later != cfg
     for twin in (pickle.loads(pickle.dumps(cfg)), copy.deepcopy(cfg), copy.copy(cfg)):
         assert twin == cfg and hash(twin) == hash(cfg)
+
+
+def test_the_command_line_builds_the_nested_specs_without_a_warning():
+    from mgritnn.cli import build_parser, train_config
+    parse = build_parser().parse_args
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = train_config(parse(["train", "--model", "odenet", "--depth", "16", "--solver",
+                                  "mgrit", "--levels", "2", "--optimizer", "sgd", "--lr", "0.1",
+                                  "--epochs", "3", "--dtype", "float64"]))
+    assert cfg.model_spec == ODENetSpec(depth=16, dtype="float64")
+    assert cfg.solver_spec == SolverSpec("mgrit", {"levels": 2})
+    assert cfg.optim == OptimSpec("sgd", lr=0.1) and cfg.run == RunSpec(epochs=3)
+    with pytest.raises(ConfigError, match="--hidden is an option of --model gru"):
+        train_config(parse(["train", "--model", "odenet", "--hidden", "4"]))

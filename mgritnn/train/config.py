@@ -659,17 +659,19 @@ class TrainConfig:
 
     def __init__(self, model=None, optim=None, solver=None, run=None, *, model_spec=None,
                  solver_spec=None, **settings):
-        # model_spec=, solver_spec=: the field names, as dataclasses.replace passes them
-        if model_spec is not None and model is not None:
-            raise TypeError("TrainConfig() takes model= or model_spec=, not both")
-        if solver_spec is not None and solver is not None:
-            raise TypeError("TrainConfig() takes solver= or solver_spec=, not both")
-        model = model_spec if model_spec is not None else model
-        solver = solver_spec if solver_spec is not None else solver
         if settings or isinstance(model, str) or isinstance(solver, str):
             _warn_flat(stacklevel=2)
             name = solver if isinstance(solver, str) else settings.get("solver")
             settings = _rename_flat(settings, name, stacklevel=2)
+        # model_spec=, solver_spec=: the fields' names (dataclasses.replace, cfg.__dict__); a name
+        # beside one is a flat setting applied to it
+        for key, spec, value in (("model", model_spec, model), ("solver", solver_spec, solver)):
+            if spec is not None and value is not None:
+                if not isinstance(value, str):
+                    raise TypeError(f"TrainConfig() takes {key}= or {key}_spec=, not both")
+                settings[key] = value
+        model = model if model_spec is None else model_spec
+        solver = solver if solver_spec is None else solver_spec
         for part, spec in _parts(model, optim, solver, run, settings).items():
             set_frozen(self, part, spec)
         self._check_parts()
