@@ -526,8 +526,10 @@ def test_matches_torch(name, kw):
         (sgd, dict(nesterov=1), r"nesterov must be True or False, got 1"),
         (adam, dict(betas=(True, 0.999)), r"beta1 must be a finite number >= 0 and < 1"),
         (adam, dict(eps="1e-8"), r"eps must be a finite number > 0, got '1e-8'"),
-        (clip_by_global_norm, dict(max_norm=True), r"max_norm must be a finite number > 0, got True"),
-        (clip_by_global_norm, dict(max_norm=np.inf), r"max_norm must be a finite number > 0, got inf"),
+        (clip_by_global_norm, dict(max_norm=True),
+         r"max_norm must be a finite number > 0, got True"),
+        (clip_by_global_norm, dict(max_norm=np.inf),
+         r"max_norm must be a finite number > 0, got inf"),
         (clip_by_global_norm, dict(max_norm="1"), r"max_norm must be a finite number > 0, got '1'"),
     ],
 )
@@ -562,4 +564,5 @@ def test_validated_hyper_parameters_keep_their_values():
     same bit for bit."""
     from mgritnn.optim import check_learning_rate, check_max_norm, check_momentum
     assert check_learning_rate(np.float32(1e-3)) == float(np.float32(1e-3))
-    assert type(check_momentum(np.float64(0.5))) is float and check_max_norm(None, none=True) is None
+    assert type(check_momentum(np.float64(0.5))) is float
+    assert check_max_norm(None, none=True) is None

@@ -55,9 +55,9 @@ def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8, *, step_size=1.0):
     eps : float, default 1e-8
         Added to the denominator, ``> 0``.
     step_size : float, default 1.0
-        A finite factor folded into the bias correction of the first moment (one rounding instead of
-        two): :func:`adam` passes ``-lr``, which gives ``torch.optim.Adam``'s step bit for bit.
-        With 1.0 this is optax's ``scale_by_adam`` (to be followed by a learning rate).
+        A finite factor folded into the bias correction of the first moment (one rounding
+        instead of two): :func:`adam` passes ``-lr``, which gives ``torch.optim.Adam``'s step bit
+        for bit. With 1.0 this is optax's ``scale_by_adam`` (to be followed by a learning rate).
 
     Returns
     -------

@@ -33,8 +33,8 @@ from ..solvers import MGRIT_PRESETS, SOLVERS, make_config
 #: The models of ``mgritnn train --model`` (the keys of :data:`datasets.MODEL_DATA_KINDS`).
 MODELS = tuple(datasets.MODEL_DATA_KINDS)
 ODENET_ACTIVATIONS = tuple(sorted(ACTIVATIONS))
-#: The optimizers of ``--optimizer``: the gradient transformations of :data:`mgritnn.optim.OPTIMIZERS`
-#: and the full-batch L-BFGS-B of SciPy.
+#: The optimizers of ``--optimizer``: the gradient transformations of
+#: :data:`mgritnn.optim.OPTIMIZERS` and the full-batch L-BFGS-B of SciPy.
 OPTIMIZER_NAMES = (*OPTIMIZERS, "lbfgs")
 
 
