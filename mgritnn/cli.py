@@ -155,24 +155,24 @@ def _solver_options_table():
 
 
 def _train_options():
-    """Every generated flag of ``mgritnn train``, by the TrainConfig field it belongs to:
-    ``{field: [_Option, ...]}`` (a nested option dict has the flags of its config's fields)."""
+    """Every generated flag of ``mgritnn train``, by the setting it belongs to (the fields of
+    TrainConfig's specs, :func:`mgritnn.train.config.setting_fields`): ``{name: [_Option,
+    ...]}`` (an option dict has the flags of its config's fields)."""
     from .cells import NewtonConfig
-    from .train import TrainConfig
-    docs = field_docs(TrainConfig)
+    from .train.config import setting_fields
     table = {}
-    for f in option_fields(TrainConfig):
+    for name, f, doc in setting_fields():
         kind = f.metadata.get("flag", {}).get("config")
         if kind == "newton":
-            table[f.name] = _config_options(NewtonConfig, f.name, prefix="newton_")
+            table[name] = _config_options(NewtonConfig, name, prefix="newton_")
         elif kind == "solver":
-            table[f.name] = _solver_options_table()
+            table[name] = _solver_options_table()
         else:
-            kw = _flag_kwargs(f, docs.get(f.name, ""), False)
+            kw = _flag_kwargs(f, doc, False)
             if f.type is bool:
                 kw = dict(kw, action="store_true")
                 del kw["const"]
-            table[f.name] = [_Option(_kebab(f.name), f.name, f.name, (), kw)]
+            table[name] = [_Option(_kebab(name), name, name, (), kw)]
     return table
 
 
@@ -222,17 +222,18 @@ def _nested_options(a, options, solver=None):
 
 
 def train_config(a):
-    """The :class:`~mgritnn.train.TrainConfig` of the parsed ``mgritnn train`` arguments ``a``."""
+    """The :class:`~mgritnn.train.TrainConfig` of the parsed ``mgritnn train`` arguments ``a``
+    (its settings by name, :meth:`~mgritnn.train.TrainConfig.from_settings`)."""
     from .train import TrainConfig
-    kw = {}
-    for field, options in _train_options().items():
-        if field == "solver_options":
-            kw[field] = _nested_options(a, options, solver=a.solver)
-        elif field == "newton_options":
-            kw[field] = _nested_options(a, options)
+    settings = {}
+    for name, options in _train_options().items():
+        if name == "solver_options":
+            settings[name] = _nested_options(a, options, solver=a.solver)
+        elif name == "newton_options":
+            settings[name] = _nested_options(a, options)
         else:
-            kw[field] = getattr(a, field)
-    return TrainConfig(**kw)
+            settings[name] = getattr(a, name)
+    return TrainConfig.from_settings(settings)
 
 
 def cmd_train(a):

@@ -1,4 +1,5 @@
-"""One validator for every option of every config (MGRIT, DEER, auto, Newton, training, model).
+"""One validator for every option of every config (MGRIT, DEER, auto, Newton, training, model)
+and of the optimizers (:func:`mgritnn.optim.check_learning_rate`, ... are made of these).
 
 Each check raises :class:`~mgritnn.errors.ConfigError` naming the option (with its owner, e.g.
 ``"MGRIT tol"``), what it must be and what it got. Integers accept Python and NumPy integers and
@@ -228,15 +229,14 @@ def check_choices(owner, cfg):
 
 
 def cell_names():
-    """The names of the registered cells (the choices of a cell option)."""
+    """The names of the registered cells (the choices of a cell option).
+
+    Deprecated: it imports :mod:`mgritnn.cells` when called, because the cells import this
+    module; the one remaining caller (``mgritnn.solvers.mgrit``) imports the cells itself and can
+    take ``sorted(CELLS)`` from there, after which this function goes.
+    """
     from .cells import CELLS
     return sorted(CELLS)
-
-
-def solver_names():
-    """The names of the registered solvers (the choices of a solver option)."""
-    from .solvers import SOLVERS
-    return sorted(SOLVERS)
 
 
 def int_list(text):

@@ -510,3 +510,59 @@ def test_matches_torch(name, kw):
         topt.step()
     _run(make_optimizer(name, **kw), params, grads)
     np.testing.assert_allclose(params, tp.detach().numpy(), rtol=1e-12, atol=0)
+
+
+# ---- one set of validators (issue 21): the optimizers check as every config does ---------------
+@pytest.mark.parametrize(
+    "make, kw, message",
+    [
+        (adam, dict(lr="0.1"), r"lr must be a finite number > 0, got '0.1'"),
+        (sgd, dict(lr="0.1"), r"lr must be a finite number > 0, got '0.1'"),
+        (adam, dict(lr=np.inf), r"lr must be a finite number > 0, got inf"),
+        (adam, dict(lr=True), r"lr must be a finite number > 0, got True"),
+        (adam, dict(weight_decay="0.1"), r"weight_decay must be a finite number >= 0, got '0.1'"),
+        (sgd, dict(weight_decay=np.inf), r"weight_decay must be a finite number >= 0, got inf"),
+        (sgd, dict(momentum="0.9"), r"momentum must be a finite number >= 0 and < 1, got '0.9'"),
+        (sgd, dict(nesterov=1), r"nesterov must be True or False, got 1"),
+        (adam, dict(betas=(True, 0.999)), r"beta1 must be a finite number >= 0 and < 1"),
+        (adam, dict(eps="1e-8"), r"eps must be a finite number > 0, got '1e-8'"),
+        (clip_by_global_norm, dict(max_norm=True),
+         r"max_norm must be a finite number > 0, got True"),
+        (clip_by_global_norm, dict(max_norm=np.inf),
+         r"max_norm must be a finite number > 0, got inf"),
+        (clip_by_global_norm, dict(max_norm="1"), r"max_norm must be a finite number > 0, got '1'"),
+    ],
+)
+def test_hyper_parameters_are_checked_by_the_shared_validators(make, kw, message):
+    with pytest.raises(ConfigError, match=message):
+        make(**kw)
+    if make is not clip_by_global_norm:
+        with pytest.raises(ConfigError, match=message):
+            make_optimizer(make.__name__, **kw)
+
+
+@pytest.mark.parametrize("field, bad", [("lr", "0.1"), ("lr", 0), ("momentum", 1.0),
+                                        ("weight_decay", -1.0), ("clip", True),
+                                        ("clip", np.inf)])
+def test_train_config_and_the_optimizers_give_one_message(field, bad):
+    """TrainConfig's optimizer settings are checked by the optimizers' own checks."""
+    from mgritnn.train.config import OptimSpec
+    with pytest.raises(ConfigError) as spec_error:
+        OptimSpec(**{field: bad})
+    make = {"lr": lambda v: sgd(lr=v), "momentum": lambda v: sgd(momentum=v),
+            "weight_decay": lambda v: sgd(weight_decay=v),
+            "clip": lambda v: clip_by_global_norm(v)}[field]
+    with pytest.raises(ConfigError) as opt_error:
+        make(bad)
+    name = "max_norm" if field == "clip" else field
+    assert str(spec_error.value).replace("clip", name).replace(" or None", "") == \
+        str(opt_error.value)
+
+
+def test_validated_hyper_parameters_keep_their_values():
+    """The checks return Python floats of the values (np.float32 too), so the steps stay the
+    same bit for bit."""
+    from mgritnn.optim import check_learning_rate, check_max_norm, check_momentum
+    assert check_learning_rate(np.float32(1e-3)) == float(np.float32(1e-3))
+    assert type(check_momentum(np.float64(0.5))) is float
+    assert check_max_norm(None, none=True) is None

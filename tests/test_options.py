@@ -19,6 +19,7 @@ from mgritnn.cli import _train_options, build_parser, main, train_config
 from mgritnn.errors import MgritnnWarning
 from mgritnn.io import atomic_savez, read_npz
 from mgritnn.options import FrozenDict, field_docs, option_fields
+from mgritnn.train.config import GRUSpec, SolverSpec, setting_fields
 from mgritnn.solvers import (SOLVERS, DEERSolver, MGRITSolver, SerialSolver, get_solver,
                              make_solver)
 
@@ -130,7 +131,7 @@ def test_train_config_option_dicts_are_read_only_mappings():
         cfg.newton_options.update(max_iter=4)
     assert hash(TrainConfig(solver="mgrit", solver_options={"levels": 3})) != hash(cfg)
     # saved as JSON, pickled (MPI) and copied as before
-    saved = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    saved = json.loads(json.dumps(cfg.settings()))
     assert saved["solver_options"] == {"levels": 2, "cf": [2]}
     for twin in (pickle.loads(pickle.dumps(cfg)), copy.deepcopy(cfg), copy.copy(cfg)):
         assert twin == cfg and isinstance(twin.solver_options, FrozenDict)
@@ -206,16 +207,16 @@ def test_old_names_in_presets_and_training_options():
     with pytest.warns(MgritnnWarning, match="fwd_iters"):
         assert MGRITConfig.preset("fast", fwd_iters=3) == MGRITConfig.preset("fast", max_iter=3)
     with pytest.warns(MgritnnWarning) as got:
-        cfg = TrainConfig(solver="mgrit", solver_options=dict(bwd_iters=2, tol=0.0),
-                          cell="implicit-newton", newton_options=dict(tol=1e-8))
+        cfg = TrainConfig(solver=SolverSpec("mgrit", dict(bwd_iters=2, tol=0.0)),
+                          model=GRUSpec(cell="implicit-newton", newton_options=dict(tol=1e-8)))
     assert [str(w.message) for w in got] == [
         "mgrit option 'bwd_iters' is deprecated: use 'adjoint_max_iter'",
         "mgrit option 'tol' is deprecated: use 'atol'",
         "Newton option 'tol' is deprecated: use 'atol'"]
-    assert {w.filename for w in got} == {__file__}           # warned where TrainConfig() was called
+    assert {w.filename for w in got} == {__file__}           # warned where the spec was made
     assert cfg.solver_options == {"adjoint_max_iter": 2, "atol": 0.0}
     assert cfg.newton_options == {"atol": 1e-8}
-    old = dict(dataclasses.asdict(TrainConfig()), solver="mgrit",
+    old = dict(TrainConfig().settings(), solver="mgrit",
                solver_options={"fwd_iters": 2, "bwd_iters": 1, "tol": 1e-9, "levels": 3},
                newton_options={"tol": 1e-6})
     with warnings.catch_warnings():
@@ -254,9 +255,9 @@ def test_every_config_field_has_a_flag_and_every_flag_a_field():
     flags = _flags()
     dests = {o.dest for o in flags.values()}
     expected = set()
-    for f in option_fields(TrainConfig):
-        if f.name not in ("solver_options", "newton_options"):
-            expected.add(f.name)
+    for name, _, _ in setting_fields():
+        if name not in ("solver_options", "newton_options"):
+            expected.add(name)
     for f in option_fields(NewtonConfig):
         expected.add(f"newton_options.{f.name}")
     for e in SOLVERS.values():

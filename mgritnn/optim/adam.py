@@ -6,8 +6,25 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mgritnn.errors import ConfigError
-from mgritnn.optim.base import (GradientTransformation, _check_grads, _check_params, _hyper,
+from mgritnn.optim.base import (GradientTransformation, _check_grads, _check_params,
                                 add_decayed_weights, chain, tree_map)
+from mgritnn.options import check_real
+
+
+def check_learning_rate(lr, name="lr"):
+    """``lr`` as a Python float: a learning rate, a finite number ``> 0``.
+
+    The one check of a learning rate, for the optimizers and ``TrainConfig``
+    (:func:`mgritnn.options.check_real`: a string such as ``"0.1"``, a bool, inf or NaN is a
+    ConfigError naming ``name``).
+    """
+    return check_real(name, lr, low=0, low_open=True)
+
+
+def check_weight_decay(weight_decay, name="weight_decay"):
+    """``weight_decay`` as a Python float: an L2 penalty, a finite number ``>= 0`` (else a
+    ConfigError naming ``name``)."""
+    return check_real(name, weight_decay, low=0)
 
 
 class ScaleByAdamState(NamedTuple):
@@ -38,9 +55,9 @@ def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8, *, step_size=1.0):
     eps : float, default 1e-8
         Added to the denominator, ``> 0``.
     step_size : float, default 1.0
-        A factor folded into the bias correction of the first moment (one rounding instead of
-        two): :func:`adam` passes ``-lr``, which gives ``torch.optim.Adam``'s step bit for bit.
-        With 1.0 this is optax's ``scale_by_adam`` (to be followed by a learning rate).
+        A finite factor folded into the bias correction of the first moment (one rounding
+        instead of two): :func:`adam` passes ``-lr``, which gives ``torch.optim.Adam``'s step bit
+        for bit. With 1.0 this is optax's ``scale_by_adam`` (to be followed by a learning rate).
 
     Returns
     -------
@@ -70,10 +87,10 @@ def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8, *, step_size=1.0):
     ----------
     D. P. Kingma and J. Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
     """
-    b1 = _hyper("beta1", b1, 0.0, 1.0, False)
-    b2 = _hyper("beta2", b2, 0.0, 1.0, False)
-    eps = _hyper("eps", eps, 0.0, math.inf, lo_open=True)
-    step_size = _hyper("step_size", step_size, -math.inf, math.inf, lo_open=True)
+    b1 = check_real("beta1", b1, low=0, high=1, high_open=True)
+    b2 = check_real("beta2", b2, low=0, high=1, high_open=True)
+    eps = check_real("eps", eps, low=0, low_open=True)
+    step_size = check_real("step_size", step_size)
 
     def init(params):
         _check_params(params)
@@ -132,7 +149,8 @@ def adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
     the result to :math:`p`. For decoupled weight decay (AdamW) chain
     ``scale_by_adam()``, ``add_decayed_weights(wd)`` and ``scale_by_learning_rate(lr)``.
     """
-    lr = _hyper("lr", lr, 0.0, math.inf, lo_open=True)
+    lr = check_learning_rate(lr)
+    weight_decay = check_weight_decay(weight_decay)
     try:
         b1, b2 = betas
     except (TypeError, ValueError):

@@ -4,8 +4,15 @@ import math
 
 import numpy as np
 
-from mgritnn.errors import ConfigError
 from mgritnn.optim.base import _stateless, tree_leaves, tree_map
+from mgritnn.options import check_real
+
+
+def check_max_norm(max_norm, name="max_norm", none=False):
+    """``max_norm`` as a Python float: a clipping norm, a finite number ``> 0`` (None allowed if
+    ``none``); a string, a bool or inf is a ConfigError naming ``name`` (no clipping is
+    spelled None, not inf)."""
+    return check_real(name, max_norm, low=0, low_open=True, none=none)
 
 
 def global_norm(tree):
@@ -42,7 +49,8 @@ def clip_by_global_norm(max_norm, norm=None):
     Parameters
     ----------
     max_norm : float
-        Largest allowed norm, ``> 0`` (``inf`` never clips).
+        Largest allowed norm, a finite number ``> 0`` (for no clipping leave the transformation
+        out).
     norm : callable, optional
         ``norm(updates) -> float`` in place of :func:`global_norm` (the trainer's norm of a
         gradient whose parts lie on several ranks: :meth:`mgritnn.odenet.ODENet.grad_norm`).
@@ -54,7 +62,7 @@ def clip_by_global_norm(max_norm, norm=None):
     Raises
     ------
     ConfigError
-        If ``max_norm`` is not ``> 0``.
+        If ``max_norm`` is not a finite number ``> 0`` (:func:`check_max_norm`).
 
     Notes
     -----
@@ -64,12 +72,7 @@ def clip_by_global_norm(max_norm, norm=None):
     not modified). A non-finite norm passes the updates through unchanged: the caller decides
     what to do (the trainer stops on a non-finite gradient before it gets here).
     """
-    try:
-        c = float(max_norm)
-    except (TypeError, ValueError):
-        raise ConfigError(f"max_norm must be a number > 0, got {max_norm!r}") from None
-    if not c > 0:
-        raise ConfigError(f"max_norm must be a number > 0, got {max_norm!r}")
+    c = check_max_norm(max_norm)
 
     def update(updates, state, params=None):
         nu = global_norm(updates) if norm is None else norm(updates)

@@ -6,9 +6,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mgritnn.errors import ConfigError
-from mgritnn.optim.adam import adam
-from mgritnn.optim.base import (GradientTransformation, _check_grads, _check_params, _hyper,
+from mgritnn.optim.adam import adam, check_learning_rate, check_weight_decay
+from mgritnn.optim.base import (GradientTransformation, _check_grads, _check_params,
                                 add_decayed_weights, chain, scale_by_learning_rate, tree_map)
+from mgritnn.options import check_bool, check_real
+
+
+def check_momentum(momentum, name="momentum"):
+    """``momentum`` as a Python float: a momentum factor, a finite number in ``[0, 1)`` (else a
+    ConfigError naming ``name``)."""
+    return check_real(name, momentum, low=0, high=1, high_open=True)
 
 
 class TraceState(NamedTuple):
@@ -60,9 +67,8 @@ def trace(decay=0.9, nesterov=False):
     in the dtype of the leaves. Each update allocates the new buffer (the old state stays
     valid); without Nesterov the updates *are* that buffer, so they must not be modified in place.
     """
-    mu = _hyper("momentum", decay, 0.0, 1.0, lo_open=False)
-    if not isinstance(nesterov, (bool, np.bool_)):
-        raise ConfigError(f"nesterov must be True or False, got {nesterov!r}")
+    mu = check_momentum(decay)
+    nesterov = check_bool("nesterov", nesterov)
     if nesterov and mu == 0.0:
         raise ConfigError("nesterov=True needs momentum in (0, 1), got momentum=0")
 
@@ -118,6 +124,7 @@ def sgd(lr=1e-2, momentum=0.9, nesterov=False, weight_decay=0.0):
     :math:`g \\leftarrow g + \\lambda p`, then :func:`trace` gives the direction :math:`d`, and
     :func:`apply_updates` adds :math:`-\\eta d` to :math:`p`.
     """
+    lr, weight_decay = check_learning_rate(lr), check_weight_decay(weight_decay)
     return chain(add_decayed_weights(weight_decay), trace(momentum, nesterov),
                  scale_by_learning_rate(lr))
 
