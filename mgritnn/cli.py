@@ -429,7 +429,7 @@ def cmd_info(a):
 def _plan_shape(a):
     """(B, T, I, H, L) of ``mgritnn plan``: ``--shape``, or T and I from ``--data`` with
     ``--batch-size``, ``--hidden`` and ``--layers``."""
-    from .perfmodel import parse_shape
+    from .plan import parse_shape
     if (a.shape is None) == (a.data is None):
         raise ConfigError("give either --shape B,T,I,H,L or --data FILE (with --batch-size, "
                           "--hidden, --layers), not both or neither")
@@ -443,7 +443,7 @@ def _plan_shape(a):
 
 def cmd_plan(a):
     from .config import set_num_threads
-    from .perfmodel import format_plan, load_or_calibrate, plan
+    from .plan import format_plan, load_or_calibrate, plan
     shape = _plan_shape(a)
     if a.threads < 1:
         raise ConfigError(f"--threads {a.threads}: give a positive number of threads per rank")

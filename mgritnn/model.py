@@ -13,22 +13,10 @@ from .config import resolve_dtype
 from .datasets import PAD_POLICIES, real_steps
 from .errors import CheckpointError, ConfigError, DataError, SolverError
 from .io import atomic_savez, read_npz
-from .memory import check_memory, memory_estimate
+from .memory import check_memory, memory_estimate, param_shapes
 from .options import check_choice, check_int, check_real
 from .runtime import entry_point
 from .solvers import get_solver
-
-
-def param_shapes(input_size, hidden_size, num_classes, num_layers):
-    """Names and shapes of all parameters, in the flat buffer's order (PyTorch's ``state_dict`` order)."""
-    H = hidden_size
-    shapes = []
-    for k in range(num_layers):
-        I = input_size if k == 0 else H
-        shapes += [(f"weight_ih_l{k}", (3 * H, I)), (f"weight_hh_l{k}", (3 * H, H)),
-                   (f"bias_ih_l{k}", (3 * H,)), (f"bias_hh_l{k}", (3 * H,))]
-    shapes += [("head.weight", (num_classes, H)), ("head.bias", (num_classes,))]
-    return shapes
 
 
 def _check_solve(stats, solver, what, strict):
@@ -436,19 +424,20 @@ class GRUClassifier(FlatParamModel):
         atomic_savez(path, self.params, meta=dict(kind="model", model=self.config))
 
 
+#: Checkpoint model types (``meta["model_type"]``) -> model class; mgritnn.odenet adds "odenet".
+MODEL_TYPES = {"gru": GRUClassifier}
+
+
 def model_from_meta(meta, path="checkpoint"):
     """Build an (uninitialized) model from checkpoint metadata: a :class:`GRUClassifier`, or an
     :class:`~mgritnn.odenet.ODENet` where ``meta["model_type"] == "odenet"``."""
     if not meta or "model" not in meta:
         raise CheckpointError(f"{path!r} has no mgritnn model metadata; was it written by mgritnn?")
     kind = meta.get("model_type", "gru")
-    if kind == "odenet":
-        from .odenet import ODENet
-        return ODENet(**meta["model"])
-    if kind != "gru":
+    if kind not in MODEL_TYPES:
         raise CheckpointError(f"{path!r} holds a model of unknown type {kind!r}: it was written "
                               "by a newer mgritnn, or is not an mgritnn file")
-    return GRUClassifier(**meta["model"])
+    return MODEL_TYPES[kind](**meta["model"])
 
 
 def load(path):

@@ -61,7 +61,7 @@ from .cells.odenet import ACTIVATIONS, ODENetCell
 from .config import resolve_dtype
 from .errors import ConfigError, DataError
 from .io import atomic_savez
-from .model import FlatParamModel, _check_solve, check_labels, linear_head, \
+from .model import MODEL_TYPES, FlatParamModel, _check_solve, check_labels, linear_head, \
     softmax_cross_entropy_head
 from .options import check_choice, check_int, check_real
 from .runtime import entry_point
@@ -546,3 +546,6 @@ class ODENet(FlatParamModel):
 
 
 __all__ = ["ODENet", "interpolate_layers", "inject_layers", "odenet_shapes"]
+
+
+MODEL_TYPES["odenet"] = ODENet

@@ -228,17 +228,6 @@ def check_choices(owner, cfg):
             check_choice(f"{owner} {f.name}".strip(), getattr(cfg, f.name), choices)
 
 
-def cell_names():
-    """The names of the registered cells (the choices of a cell option).
-
-    Deprecated: it imports :mod:`mgritnn.cells` when called, because the cells import this
-    module; the one remaining caller (``mgritnn.solvers.mgrit``) imports the cells itself and can
-    take ``sorted(CELLS)`` from there, after which this function goes.
-    """
-    from .cells import CELLS
-    return sorted(CELLS)
-
-
 def int_list(text):
     """An integer, or a tuple of them from a comma-separated list (a command-line value)."""
     try:

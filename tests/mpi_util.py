@@ -280,9 +280,10 @@ class Case(NamedTuple):
 
     def config(self, comm=None):
         """The solver config of the case (``comm=None``: MPI's world under mpiexec, else one process)."""
+        from mgritnn.plan import planned_solver
         from mgritnn.solvers import AutoConfig, DEERConfig, MGRITConfig
         if self.solver == "auto":           # the performance model's choice (tiny calibration)
-            return AutoConfig(calibration="tiny", comm=comm)
+            return planned_solver(AutoConfig(calibration="tiny", comm=comm))
         if getattr(self, "preset", ""):       # ODECase shares this method, without presets
             return MGRITConfig.preset(self.preset, max_iter=self.fwd, adjoint_max_iter=self.bwd,
                                       rms_tol=self.tol, comm=comm)

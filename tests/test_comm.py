@@ -38,8 +38,8 @@ def test_tags_of_kinds_and_levels_never_collide():
 def test_no_solver_imports_mpi4py():
     """Only mgritnn.distributed talks to mpi4py (and the CLI, which reports its version)."""
     root = pathlib.Path(__file__).resolve().parents[1] / "mgritnn"
-    files = [*root.glob("solvers/*.py"), *root.glob("cells/*.py"), root / "train.py",
-             root / "model.py"]
+    files = [*root.glob("solvers/*.py"), *root.glob("cells/*.py"), *root.glob("train/*.py"),
+             *root.glob("plan/*.py"), root / "model.py"]
     for f in files:
         text = f.read_text()
         assert "import mpi4py" not in text and "from mpi4py" not in text, f

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mgritnn
-from mgritnn.cells import get_cell, project
+from mgritnn.cells import FusedChains, get_cell, project, without
 from mgritnn.config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from mgritnn.distributed import level_points, local_grid, rank_bounds
 from mgritnn.errors import ConfigError, SolverError
@@ -197,11 +197,9 @@ def test_warm_start_reuses_each_samples_trajectory():
 
 def _step_api_cell(name):
     """The same cell, advanced by MGRIT through the generic step API instead of the compiled stack
-    kernels (``fused_stack`` off): the twin of the fused propagators."""
-    from mgritnn.cells import GRUCell
-    c = GRUCell(name, get_cell(name).theta)
-    c.fused_stack = False
-    return c
+    kernels (without the :class:`~mgritnn.cells.FusedChains` capability): the twin of the fused
+    propagators."""
+    return without(get_cell(name), FusedChains)
 
 
 @settings(max_examples=10)

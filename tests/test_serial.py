@@ -9,23 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import reference as ref
-from mgritnn.cells import DahlquistCell, DahlquistWeights, get_cell
+from mgritnn.cells import DahlquistCell, DahlquistWeights, FusedSequence, get_cell, without
 from mgritnn.cells.gru import GRUGrads, GRUWeights
 from mgritnn.solvers import SerialSolver
 from mgritnn.solvers.serial import step_through
 
 
-class _Stepwise:
+def _stepwise(cell):
     """A cell seen without its fused sweeps: the serial solver must then step it (the path any
     non-GRU cell of the protocol takes)."""
-
-    fused_sequence = False
-
-    def __init__(self, cell):
-        self._cell = cell
-
-    def __getattr__(self, name):
-        return getattr(self._cell, name)
+    return without(cell, FusedSequence)
 
 
 def _problem(cell, L, T, B, I, H, dtype, seed):
@@ -80,7 +73,7 @@ def test_fused_and_stepwise_paths_are_bitwise_equal(cell, dtype, L):
     """The fused kernels compute bitwise what stepping all layers together computes."""
     c, w, _, x, h0, lam = _problem(cell, L, 11, 3, 4, 5, dtype, seed=L)
     fused = _solve(c, w, x, h0, lam, 0.7)
-    stepped = _solve(_Stepwise(c), w, x, h0, lam, 0.7)
+    stepped = _solve(_stepwise(c), w, x, h0, lam, 0.7)
     assert fused[0].tobytes() == stepped[0].tobytes()
     assert fused[2].tobytes() == stepped[2].tobytes()
     for a, b in zip(fused[1], stepped[1]):

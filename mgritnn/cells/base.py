@@ -74,6 +74,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..tree import tree_map  # noqa: F401  (the one tree walker; cells and solvers import it from here)
+
 from ..errors import ConfigError
 
 
@@ -476,20 +478,6 @@ class OneLayer:
         """The VJP of :meth:`layer_inputs`: there is no layer l > 0 (a ConfigError)."""
         raise ConfigError(f"{type(self).__name__} has one layer: no layer {l} takes inputs "
                           "from a layer below")
-
-
-def tree_map(fn, tree, *others):
-    """``fn`` applied leaf by leaf to the arrays of a nest of tuples, NamedTuples and lists (None
-    entries kept), with the same leaves of ``others``; the result has the nest's structure.
-
-    Solvers use it to gather, scatter and stack caches and cotangents of any cell.
-    """
-    if tree is None:
-        return None
-    if isinstance(tree, (tuple, list)):
-        parts = [tree_map(fn, t, *(o[i] for o in others)) for i, t in enumerate(tree)]
-        return type(tree)(*parts) if hasattr(tree, "_fields") else type(tree)(parts)
-    return fn(tree, *others)
 
 
 def adjoint_shift(dtype):

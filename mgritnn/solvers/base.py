@@ -15,6 +15,7 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 from ..config import DIVERGED, NONFINITE, OK
+from ..distributed import TimeComm
 from ..errors import ConfigError
 
 
@@ -221,7 +222,6 @@ class TimeParallelSolver(Solver):
     the reduction of the per-rank gradients."""
 
     def __init__(self, comm=None):
-        from ..distributed import TimeComm
         self.tc = TimeComm(comm)            # every message of the solver goes through it
         self.comm = self.tc.comm
         self.rank, self.size = self.tc.rank, self.tc.size
@@ -391,3 +391,4 @@ def get_solver(spec, options=None, comm=None):
                           "share the time axis: use --solver mgrit, deer or quasi-deer, or "
                           "--data-parallel equal to the number of ranks")
     return SOLVERS[spec].solver()
+

@@ -47,12 +47,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cells import get_cell
+from ..cells import CELLS, get_cell
 from ..cells.base import FusedChains, has, tree_map
 from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from ..distributed import level_points, local_grid, rank_bounds
 from ..errors import ConfigError
-from ..options import (cell_names, check_bool, check_choice, check_choices, check_int, check_real,
+from ..options import (check_bool, check_choice, check_choices, check_int, check_real,
                        freeze, int_list, renamed, set_frozen, str_list, upgrade)
 from .base import SolveStats, TimeParallelSolver, register, residual_grew, step_sizes
 
@@ -61,7 +61,7 @@ _RELAX = ("FCF", "F")
 
 def _coarse_cell_names():
     """The choices of ``coarse_cell``: the registered cells and "matched"."""
-    return cell_names() + ["matched"]
+    return sorted(CELLS) + ["matched"]
 
 
 @renamed("MGRIT", fwd_iters="max_iter", bwd_iters="adjoint_max_iter", tol="atol")

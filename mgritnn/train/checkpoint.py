@@ -7,7 +7,6 @@ the level of nested iteration, so that ``resume=True`` continues a run to the bi
 result as the uninterrupted run (the kernels are deterministic and independent of the thread
 count). A write that fails (or a run killed during it) leaves the previous checkpoint as it was.
 """
-import dataclasses
 import json
 import warnings
 
@@ -64,7 +63,7 @@ def settings_diff(cfg, saved):
     """``["lr 0.003 -> 0.01", ...]``: the settings of ``cfg`` that differ from the saved config
     ``saved`` (a dict from a checkpoint; fields it lacks and :data:`_RESUME_FREE` are not
     compared)."""
-    now = json.loads(json.dumps(dataclasses.asdict(cfg)))       # tuples -> lists, as saved
+    now = json.loads(json.dumps(cfg.settings()))       # tuples -> lists, as saved
     return [f"{k} {_fmt(saved[k])} -> {_fmt(v)}" for k, v in now.items()
             if k not in _RESUME_FREE and k in saved and saved[k] != v]
 
@@ -113,7 +112,7 @@ def _write(cfg, epoch, model, optim_arrays, standardizer, rng, history, ds, warm
             f"training diverged in epoch {epoch}: the parameters, optimizer state or loss are "
             f"NaN/inf, so this epoch is not saved: lower --lr or use --clip; "
             f"{last_good(cfg, epoch - 1)}")
-    meta = dict(kind="train", model=model.config, train=dataclasses.asdict(cfg), epoch=epoch,
+    meta = dict(kind="train", model=model.config, train=cfg.settings(), epoch=epoch,
                 rng=rng.bit_generator.state, history=history, num_classes=ds.num_classes,
                 class_names=list(ds.class_names), warm_ranks=int(ranks), **(extra or {}))
     if model.model_type != "gru":          # a GRU's checkpoint keeps mgritnn 0.1's keys

@@ -21,7 +21,7 @@ from ..distributed import SelfComm, default_threads
 from ..errors import ConfigError, DivergenceError, SolverError
 from ..optim import EmptyState, apply_updates, chain, clip_by_global_norm, make_optimizer
 from ..runtime import blas_threads, compile_rank0_first, numba_threads
-from ..solvers import make_solver
+from ..plan import planned_solver
 from .checkpoint import Checkpointer, all_finite, last_good
 from .data import TrainData
 from .lbfgs import LBFGSDriver
@@ -110,7 +110,7 @@ def thread_settings(threads):
 
 def make_run_solver(cfg, comm):
     """The solver of ``cfg`` over the time ranks ``comm`` (the trainer's one solver factory)."""
-    return make_solver(cfg.solver, cfg.solver_options, comm)
+    return planned_solver(cfg.solver, cfg.solver_options, comm)
 
 
 def compile_kernels(cfg, data, depth):
