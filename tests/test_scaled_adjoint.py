@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference as ref
-from mgritnn.cells import adjoint_shift, get_cell
+from mgritnn.cells import FusedSequence, adjoint_shift, get_cell, without
 from mgritnn.cells.gru import GRUGrads, GRUWeights
 from mgritnn.solvers import SerialSolver
 from mgritnn.solvers.base import SolveStats
