@@ -56,8 +56,9 @@ from numba import prange
 
 from ..config import DIVERGED, JIT_PAR, NONFINITE, NOT_CONVERGED, OK
 from ..errors import ConfigError
+from ..cells.base import DiagonalNewton, FusedSequence, LayerNewton, has
 from ..options import check_bool, check_choices, check_int, check_real
-from .base import SolveStats, TimeParallelSolver, register, step_sizes
+from .base import SolveStats, TimeParallelSolver, deprecated_comm, register, step_sizes
 from .scan import linear_recurrence
 from .serial import step_through
 
@@ -96,7 +97,8 @@ class DEERConfig:
         Bytes of Jacobians per rank allowed (dense: T B H^2 per layer); beyond it a ConfigError
         suggests quasi-DEER or fewer steps per rank.
     comm : mpi4py communicator, optional
-        The ranks that share the time axis (default: the world under MPI, else one process).
+        Deprecated (a ``DeprecationWarning``): the ranks that share the time axis, which now go
+        to ``make_solver(config, comm)``; kept for older callers (not compared, not shown).
     """
     quasi: bool = field(default=False, metadata={"flag": False})   # (--solver quasi-deer)
     atol: float = None
@@ -126,14 +128,18 @@ class DEERConfig:
         check_int(f"{name} chunks", self.chunks, least=1, none=True)
         check_real(f"{name} max_memory", self.max_memory, low=0, low_open=True,
                    hint="bytes of Jacobians per rank")
+        deprecated_comm("DEERConfig", self.comm)
 
     def tolerances(self, dtype):
         """(atol, rtol) for ``dtype``: the given values, or the defaults of that dtype."""
         atol, rtol = DEFAULT_TOLERANCES[np.dtype(dtype)]
         return (atol if self.atol is None else self.atol), (rtol if self.rtol is None else self.rtol)
 
-    def make_solver(self):
-        return DEERSolver(self)
+    def make_solver(self, comm=None, state=None):
+        """A :class:`DEERSolver` of this config over the ranks of ``comm`` (None: the
+        deprecated ``self.comm``, else MPI's world under an MPI launcher, else one process),
+        remembering ``state`` (a :class:`~mgritnn.solvers.base.SolverState`)."""
+        return DEERSolver(self, comm, state)
 
 
 def quasi_deer_config(**options):
@@ -216,14 +222,31 @@ class _DEERState(NamedTuple):
 
 @register(config=DEERConfig)
 class DEERSolver(TimeParallelSolver):
-    """DEER / quasi-DEER forward and adjoint over the ranks of ``config.comm`` (module docstring)."""
+    """DEER / quasi-DEER forward and adjoint over the ranks of ``comm`` (module docstring).
+
+    Parameters
+    ----------
+    config : DEERConfig, optional
+    comm : mpi4py communicator, optional
+        The time ranks (None: the config's deprecated ``comm``, else MPI's world under an MPI
+        launcher, else one process).
+    state : SolverState, optional
+        What it remembers (:class:`~mgritnn.solvers.base.SolverState`): ``warm``, key (T, sample
+        index) -> that sample's local trajectory per layer (L, T_loc, H).
+
+    A cell must have the layer-wise Newton steps (:class:`~mgritnn.cells.base.LayerNewton`);
+    quasi-DEER uses the one-pass diagonal linearization of
+    :class:`~mgritnn.cells.base.DiagonalNewton` where the cell has it, and the fallback sweep
+    the whole-sequence sweeps of :class:`~mgritnn.cells.base.FusedSequence`.
+    """
 
     name = "deer"
+    requires = (LayerNewton,)
+    remembers = frozenset({"warm"})
 
-    def __init__(self, config=None):
+    def __init__(self, config=None, comm=None, state=None):
         self.config = config or DEERConfig()
-        super().__init__(self.config.comm)
-        self._warm = {}            # (T, sample key) -> its local trajectory per layer (L, T_loc, H)
+        super().__init__(self.config.comm if comm is None else comm, state)
 
     def local_steps(self, T):
         """Steps [T r / P, T (r + 1) / P) of rank r."""
@@ -271,6 +294,7 @@ class DEERSolver(TimeParallelSolver):
             result is exact and ``status`` says why it ran). Without fallback, a layer that did not
             converge passes its last iterate on and ``status`` reports it.
         """
+        self.check(cell)
         cfg = self.config
         t0 = time.perf_counter()
         wait0 = self.tc.wait_time
@@ -303,8 +327,8 @@ class DEERSolver(TimeParallelSolver):
             if warm:
                 guess = np.zeros((hi - lo,) + h0s[l].shape, dtype)
                 for b, key in enumerate(wkeys):
-                    if key in self._warm:
-                        guess[:, b] = self._warm[key][l]
+                    if key in self.state.warm:
+                        guess[:, b] = self.state.warm[key][l]
             hs, status, iters, hist, resid = self._solve_layer(cell, w, l, ax, h0s[l], dtv, atol,
                                                                 rtol, guess)
             stats.iterations += iters
@@ -331,7 +355,7 @@ class DEERSolver(TimeParallelSolver):
             axs = [ax0] + [cell.layer_inputs(w, l, xl) for l, xl in enumerate(xin) if l > 0]
         if warm and (stats.status == OK or stats.fallback):
             for b, key in enumerate(wkeys):
-                self._warm[key] = np.stack([hs[1:, b] for hs in hs_all])
+                self.state.warm[key] = np.stack([hs[1:, b] for hs in hs_all])
         state = None
         if keep:
             lin = []
@@ -376,7 +400,7 @@ class DEERSolver(TimeParallelSolver):
         k = 0
         # quasi-DEER on a theta-family cell: one pass makes J and b (no gates kept), into arrays
         # reused by every iteration
-        one_pass = cfg.quasi and cell.fused_stack
+        one_pass = cfg.quasi and has(cell, DiagonalNewton)
         J = np.empty((n, B, H), dtype) if one_pass else None
         while k < cfg.max_iter:
             k += 1
@@ -413,7 +437,7 @@ class DEERSolver(TimeParallelSolver):
         cell's fused sweep, or step by step."""
         start = h0.copy()
         self.tc.recv_prev(start, "deer-sweep")
-        if cell.fused_sequence:
+        if has(cell, FusedSequence):
             hs_all = cell.sequence_forward(w, ax0, start, dtv, keep=False).hs
         else:
             hs_all = cell.layer_states(step_through(cell, w, ax0, start, dtv)[0])
@@ -484,8 +508,8 @@ class QuasiDEERSolver(DEERSolver):
 
     name = "quasi-deer"
 
-    def __init__(self, config=None):
-        super().__init__(config or DEERConfig(quasi=True))
+    def __init__(self, config=None, comm=None, state=None):
+        super().__init__(config or DEERConfig(quasi=True), comm, state)
 
 
 __all__ = ["DEERConfig", "DEERSolver", "QuasiDEERSolver", "DEFAULT_TOLERANCES", "quasi_deer_config"]
