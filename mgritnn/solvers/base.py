@@ -43,6 +43,7 @@ import numpy as np
 
 from ..cells.base import missing
 from ..config import DIVERGED, NONFINITE, OK
+from ..distributed import TimeComm
 from ..errors import ConfigError
 
 
@@ -429,7 +430,6 @@ class TimeParallelSolver(Solver):
     """
 
     def __init__(self, comm=None, state=None):
-        from ..distributed import TimeComm
         self.tc = TimeComm(comm)            # every message of the solver goes through it
         self.comm = self.tc.comm
         self.rank, self.size = self.tc.rank, self.tc.size

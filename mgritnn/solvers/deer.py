@@ -77,8 +77,11 @@ class DEERConfig:
         quasi-DEER: the diagonal of each step's Jacobian in the Newton iteration (the gradient
         always uses the full Jacobian).
     atol, rtol : float or None
-        Stop when every element's update is within ``atol + rtol |h|``. None: 1e-6 / 1e-4 in
-        float64, 1e-4 / 1e-3 in float32.
+        Stop when every element's update is within ``atol + rtol |h|`` (``numpy.allclose``'s
+        test of the new iterate against the old: a max-norm over all elements, ``atol``
+        absolute and ``rtol`` relative to each element's own size, the same meaning as the
+        Newton cell's ``atol``; MGRIT's tolerances bound a 2-norm and are named ``atol_l2``,
+        ``rtol_l2``). None: 1e-6 / 1e-4 in float64, 1e-4 / 1e-3 in float32.
     max_iter : int
         Newton iterations per layer at most.
     damping : float

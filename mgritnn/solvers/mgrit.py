@@ -32,7 +32,12 @@ The coarse propagator is the implicit cell (stable for any step size; the fully 
 ``implicit-newton`` cell when that is the fine cell); the adjoint's coarse step is
 the VJP of the coarse implicit step linearized at the fine forward state at the start of its
 interval. With one level MGRIT is the serial sweep (bit for bit); with enough iterations or a tiny
-``atol`` it equals the serial sweep and BPTT to round-off.
+``atol_l2`` it equals the serial sweep and BPTT to round-off.
+
+Tolerances: MGRIT measures the 2-norm of the level-0 C-point residual over all ranks, so its
+tolerances say so (``atol_l2``, ``rtol_l2``, and ``rms_tol`` for its root mean square); ``atol`` and
+``rtol`` elsewhere (DEER, the Newton cell) bound every element, the max-norm. The old names
+``atol``, ``rtol`` and ``tol`` are still taken, with a deprecation warning.
 
 References
 ----------
@@ -65,7 +70,8 @@ def _coarse_cell_names():
     return cell_names() + ["matched"]
 
 
-@renamed("MGRIT", fwd_iters="max_iter", bwd_iters="adjoint_max_iter", tol="atol")
+@renamed("MGRIT", fwd_iters="max_iter", bwd_iters="adjoint_max_iter", tol="atol_l2",
+         atol="atol_l2", rtol="rtol_l2")
 @dataclass(frozen=True)
 class MGRITConfig:
     """Options of the MGRIT solver (validated; frozen).
@@ -93,11 +99,14 @@ class MGRITConfig:
         ``fwd_iters``.
     adjoint_max_iter : int
         Maximum number of cycles of the adjoint solve. Old name: ``bwd_iters``.
-    atol : float
-        Stop when the level-0 C-point residual norm is <= atol (the adjoint: <= atol max
-        |lambda_N|, relative to its terminal value's size). Old name: ``tol``.
-    rtol : float
-        Stop when the residual norm is <= rtol times the first measured (0: off).
+    atol_l2 : float
+        Stop when the 2-norm of the level-0 C-point residual (all of its entries, over all
+        ranks) is <= atol_l2 (the adjoint: <= atol_l2 max |lambda_N|, relative to its terminal
+        value's size). Old names: ``atol``, ``tol`` (the 2-norm grows with the number of
+        entries, unlike DEER's and the Newton cell's ``atol``, which bound every entry).
+    rtol_l2 : float
+        Stop when that 2-norm is <= rtol_l2 times the first one measured (0: off). Old name:
+        ``rtol`` (unlike DEER's ``rtol``, which is relative to each entry's own size).
     rms_tol : float
         Stop when the root mean square of the level-0 C-point residual is <= ``rms_tol`` times
         the solution's scale (the forward: 1, the GRU's states are bounded by 1; the adjoint:
@@ -151,8 +160,8 @@ class MGRITConfig:
     skip_first_down: bool = True
     max_iter: int = 2
     adjoint_max_iter: int = 1
-    atol: float = 1e-9
-    rtol: float = 0.0
+    atol_l2: float = 1e-9
+    rtol_l2: float = 0.0
     rms_tol: float = 0.0
     stall: float = 0.0
     fallback: bool = False
@@ -179,14 +188,15 @@ class MGRITConfig:
         check_bool("MGRIT skip_first_down", self.skip_first_down)
         if self.coarse_cell not in (None, "matched"):
             get_cell(self.coarse_cell)
-        check_real("MGRIT atol", self.atol, low=0)
-        check_real("MGRIT rtol", self.rtol, low=0)
+        check_real("MGRIT atol_l2", self.atol_l2, low=0)
+        check_real("MGRIT rtol_l2", self.rtol_l2, low=0)
         check_real("MGRIT rms_tol", self.rms_tol, low=0)
         check_real("MGRIT stall", self.stall, low=0, high=1)
         check_bool("MGRIT fallback", self.fallback)
-        if self.fallback and not (self.rms_tol or self.rtol or self.atol):
-            raise ConfigError("MGRIT fallback needs a tolerance to meet (rms_tol, rtol or atol "
-                              "> 0): with none, every solve would end in the serial sweep")
+        if self.fallback and not (self.rms_tol or self.rtol_l2 or self.atol_l2):
+            raise ConfigError("MGRIT fallback needs a tolerance to meet (rms_tol, rtol_l2 or "
+                              "atol_l2 > 0): with none, every solve would end in the serial "
+                              "sweep")
         check_real("MGRIT divergence", self.divergence, low=1, low_open=True)
         deprecated_comm("MGRITConfig", self.comm)
 
@@ -322,7 +332,7 @@ PRESETS = {
     # stall, the serial sweep for a solve that misses; two levels of cf 2 (the coarse grid of
     # trained recurrences must resolve their fastest oscillations), the matched coarse cell
     # (follows the fine cell's decay exactly), warm starts.
-    "train": dict(levels=2, cf=2, relax="F", max_iter=8, adjoint_max_iter=8, atol=0.0,
+    "train": dict(levels=2, cf=2, relax="F", max_iter=8, adjoint_max_iter=8, atol_l2=0.0,
                   rms_tol=1e-3, stall=0.9, fallback=True, initial_guess="warm",
                   coarse_cell="matched"),
 }
@@ -352,7 +362,7 @@ class _FAS:
         The solve runs from the last rank to the first (the adjoint).
     scale : float
         The size of the solution (the forward's GRU states: 1; the adjoint: max |lambda_N|):
-        ``atol`` and the divergence test's all-ones reference are relative to it.
+        ``atol_l2`` and the divergence test's all-ones reference are relative to it.
     """
 
     def __init__(self, grid, prop, tc, u0, cfg, kind, reverse=False, scale=1.0):
@@ -523,12 +533,12 @@ class _FAS:
         self.interpolate(l)
 
     def _tolerance(self):
-        """The residual norm that counts as converged (the largest of the ``atol``, ``rtol``
-        and ``rms_tol`` criteria that are on; 0 when none is)."""
+        """The residual 2-norm that counts as converged (the largest of the ``atol_l2``,
+        ``rtol_l2`` and ``rms_tol`` criteria that are on; 0 when none is)."""
         cfg, h = self.cfg, self.history
-        tol = cfg.atol * self.scale
-        if cfg.rtol > 0:
-            tol = max(tol, cfg.rtol * h[0])
+        tol = cfg.atol_l2 * self.scale
+        if cfg.rtol_l2 > 0:
+            tol = max(tol, cfg.rtol_l2 * h[0])
         if cfg.rms_tol > 0:
             tol = max(tol, cfg.rms_tol * self.tol_scale * self.ones_norm)
         return tol

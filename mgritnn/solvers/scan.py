@@ -34,6 +34,7 @@ from numba import prange
 from numba.extending import overload
 
 from ..config import JIT, JIT_PAR
+from ..distributed import SelfComm, TimeComm
 from ..errors import ConfigError
 
 #: Default threads' worth of parallel units a rank aims at: a rank uses ceil(DEFAULT_UNITS / B)
@@ -256,7 +257,6 @@ def linear_recurrence(A, b, h0, out=None, reverse=False, chunks=None, comm=None)
                          f"{h0.shape} {h0.dtype}, A {A.dtype}")
     if out is None:
         out = np.empty_like(b)
-    from ..distributed import SelfComm, TimeComm
     # the caller's service itself when given one, so that its waiting time is counted there
     tc = comm if isinstance(comm, TimeComm) else TimeComm(SelfComm() if comm is None else comm)
     size, rank = tc.size, tc.rank
