@@ -56,7 +56,7 @@ from numba import prange
 
 from ..config import DIVERGED, JIT_PAR, NONFINITE, NOT_CONVERGED, OK
 from ..errors import ConfigError
-from ..cells.base import DiagonalNewton, FusedSequence, LayerNewton, has
+from ..cells.base import DiagonalNewton, FusedSequence, LayerNewton, has, missing
 from ..options import check_bool, check_choices, check_int, check_real
 from .base import SolveStats, TimeParallelSolver, deprecated_comm, register, step_sizes
 from .scan import linear_recurrence
@@ -246,10 +246,30 @@ class DEERSolver(TimeParallelSolver):
     name = "deer"
     requires = (LayerNewton,)
     remembers = frozenset({"warm"})
+    #: Methods of :class:`~mgritnn.cells.base.LayerNewton` that a cell of one layer may leave to
+    #: :class:`~mgritnn.cells.base.Cell` (its one-layer defaults, or the input rows of the
+    #: layers above the first, which it has none of): checked when the weights say L > 1.
+    one_layer_defaults = ("num_layers", "layer_states", "join_layers", "layer_inputs",
+                          "layer_input_vjp")
 
     def __init__(self, config=None, comm=None, state=None):
         self.config = config or DEERConfig()
         super().__init__(self.config.comm if comm is None else comm, state)
+
+    def supports(self, cell):
+        """What ``cell`` lacks of :class:`~mgritnn.cells.base.LayerNewton` (those of
+        :attr:`one_layer_defaults` are checked by :meth:`forward` for a stack of layers)."""
+        lacks = [n for n in missing(cell, LayerNewton) if n not in self.one_layer_defaults]
+        return [f"LayerNewton ({', '.join(lacks)})"] if lacks else []
+
+    def _check_layers(self, cell, L):
+        """A stack of L > 1 layers needs the layer-to-layer maps (ConfigError otherwise)."""
+        lacks = [n for n in missing(cell, LayerNewton) if n in self.one_layer_defaults[3:]]
+        if L > 1 and lacks:
+            raise ConfigError(f"solver {self.name!r} cannot run {L} layers of the "
+                              f"{getattr(cell, 'name', type(cell).__name__)!r} cell: it lacks "
+                              f"LayerNewton ({', '.join(lacks)}). Use --solver serial or mgrit, "
+                              "or one layer")
 
     def local_steps(self, T):
         """Steps [T r / P, T (r + 1) / P) of rank r."""
@@ -309,6 +329,7 @@ class DEERSolver(TimeParallelSolver):
             raise ValueError(f"x holds {x.shape[0]} steps, but this rank owns steps [{lo}, {hi})")
         ax0 = cell.project_inputs(w, x)
         L, dtype = cell.num_layers(w), w.dtype
+        self._check_layers(cell, L)
         h0s = [a[0] for a in cell.layer_states(h0[None])]      # per layer (B, H)
         B, H = max((a.shape for a in h0s), key=lambda s: s[1])
         dense_bytes = (hi - lo) * B * H * H * dtype.itemsize
