@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import DataError
-from .solvers import MGRITConfig, get_solver
+from .solvers import MGRITConfig, make_solver
 
 
 class GradientError(NamedTuple):
@@ -93,8 +93,8 @@ def exact_solver(solver):
     """
     comm = getattr(solver, "comm", None)
     if comm is None or comm.Get_size() == 1:
-        return get_solver("serial")
-    return MGRITConfig(levels=1, comm=comm).make_solver()
+        return make_solver("serial")
+    return make_solver(MGRITConfig(levels=1), comm)
 
 
 def check_gradient(model, X, y, solver, exact=None, keys=None, lengths=None, pad="end"):
@@ -119,7 +119,7 @@ def check_gradient(model, X, y, solver, exact=None, keys=None, lengths=None, pad
     reference : tuple (loss, grad, info)
         What the exact sweep gave.
     """
-    solver = get_solver(solver)
+    solver = make_solver(solver)
     exact = exact_solver(solver) if exact is None else exact
     kw = {} if lengths is None else dict(lengths=lengths, pad=pad)
     approx = model.loss_and_grad_flat(X, y, solver, keys=keys, strict=False, **kw)

@@ -16,7 +16,7 @@ from .io import atomic_savez, read_npz
 from .memory import check_memory, memory_estimate, param_shapes
 from .options import check_choice, check_int, check_real
 from .runtime import entry_point
-from .solvers import get_solver
+from .solvers import Solver, make_solver
 
 
 def _check_solve(stats, solver, what, strict):
@@ -96,8 +96,9 @@ def softmax_cross_entropy_head(features, weight, bias, y, gweight, gbias):
 
 class FlatParamModel:
     """What every model shares: parameters in one flat buffer ``flat`` with named views
-    ``params`` (laid out by ``self._shapes``, a list of (name, shape)), and its solvers, made
-    once and kept."""
+    ``params`` (laid out by ``self._shapes``, a list of (name, shape)), and the solvers it made
+    from names and configs, made once and kept (``self._solvers``: a list of (spec, comm, solver),
+    see :meth:`_solver`)."""
 
     def unflatten(self, vec):
         """Named views of a flat vector laid out like :attr:`flat`: dict name -> ndarray view."""
@@ -124,21 +125,28 @@ class FlatParamModel:
             view[...] = v
 
     def _solver(self, spec):
-        """The solver of ``spec``. A solver named by a string, or made from a config object, is
-        made once per model and kept, so its work arrays, MGRIT's warm-start memory and auto's
-        calibration carry over between calls. A config is kept by its value (configs are frozen
-        and hashable): equal configs share one solver, unless their communicators differ. A
-        solver instance is used as it is."""
-        if isinstance(spec, str):
-            key = spec
-        elif hasattr(spec, "make_solver"):
-            # comm is not in a config's eq/hash; the key keeps spec, so the comm's id stays unique
-            key = ("config", spec, id(getattr(spec, "comm", None)))
+        """The solver of ``spec``, checked against this model's cell (:meth:`Solver.check`
+        refuses a cell the solver cannot run, naming what it lacks).
+
+        A solver instance is used as it is (its owner holds it and its
+        :class:`~mgritnn.solvers.SolverState`). A name or a config is made into a solver
+        (:func:`~mgritnn.solvers.make_solver`) on its first use and kept by its value (configs are
+        frozen values), so its work arrays and its state (MGRIT's warm starts, auto's
+        measurements) carry over between calls. A config that carries a communicator (deprecated:
+        pass ``make_solver(config, comm)`` instead) is kept with that communicator object, so
+        equal configs over different ranks do not share a solver."""
+        if isinstance(spec, Solver) or not (isinstance(spec, str) or hasattr(spec, "make_solver")):
+            solver = make_solver(spec)              # the instance itself, or a ConfigError
         else:
-            return get_solver(spec)
-        if key not in self._solvers:
-            self._solvers[key] = get_solver(spec)
-        return self._solvers[key]
+            comm = getattr(spec, "comm", None)
+            found = [s for key, c, s in self._solvers if c is comm and key == spec]
+            if found:
+                solver = found[0]
+            else:
+                solver = make_solver(spec)
+                self._solvers.append((spec, comm, solver))
+        solver.check(self.cell)
+        return solver
 
 
 class GRUClassifier(FlatParamModel):
@@ -186,7 +194,7 @@ class GRUClassifier(FlatParamModel):
                                      self.num_layers, self.dtype))
         self.flat = np.empty(sum(int(np.prod(s)) for _, s in self._shapes), self.dtype)
         self.params = self.unflatten(self.flat)
-        self._solvers = {}
+        self._solvers = []
         bound = 1.0 / np.sqrt(self.hidden_size)
         self.flat[:] = np.random.default_rng(seed).uniform(-bound, bound, self.flat.size)
 

@@ -197,7 +197,7 @@ class ODENet(FlatParamModel):
                                      opening)
         self.flat = np.empty(sum(int(np.prod(s)) for _, s in self._shapes), self.dtype)
         self.params = self.unflatten(self.flat)
-        self._solvers = {}
+        self._solvers = []
         rng = np.random.default_rng(seed)
         for name, view in self.params.items():
             fan_in = self.num_features if name.startswith("opening") else self.width

@@ -57,7 +57,7 @@ def assert_exactness_front(exact, solve, cf, relax, per_cycle, skip, cycles=5):
     from mgritnn.solvers import MGRITConfig
     cpts = np.arange(0, len(exact), cf)
     for k in range(1, cycles + 1):
-        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol=0.0, skip_first_down=skip)
+        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol_l2=0.0, skip_first_down=skip)
         u, stats = solve(cfg)
         assert stats.iterations == k and stats.status == NOT_CONVERGED
         err = np.abs(u[cpts] - exact[cpts]).reshape(len(cpts), -1).max(axis=1)

@@ -207,8 +207,8 @@ def run_mpi(nprocs, script, *args, timeout=DEFAULT_TIMEOUT, check=False):
 # ------------------------------------------------------------------------------------------------
 
 class Case(NamedTuple):
-    """One deterministic problem and time-parallel solver configuration (MGRIT, or DEER /
-    quasi-DEER with ``fwd`` as max_iter and ``tol`` as atol).
+    """One deterministic problem and time-parallel solver configuration (MGRIT with ``tol`` as
+    atol_l2, or DEER / quasi-DEER with ``fwd`` as max_iter and ``tol`` as atol).
 
     Serialized on the command line as ``key=value`` pairs separated by commas (:meth:`to_arg`).
     """
@@ -291,7 +291,7 @@ class Case(NamedTuple):
             return DEERConfig(quasi=self.solver == "quasi-deer", atol=self.tol, rtol=0.0,
                               max_iter=self.fwd, comm=comm)
         return MGRITConfig(levels=self.levels, cf=self.cf, max_iter=self.fwd, adjoint_max_iter=self.bwd,
-                           atol=self.tol, cycle=self.cycle, relax=self.relax,
+                           atol_l2=self.tol, cycle=self.cycle, relax=self.relax,
                            coarse_input=self.coarse_input, comm=comm)
 
     def problem(self):

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mgritnn
-from mgritnn.cells import DiagonalNewton, get_cell, has
-from mgritnn.cells.base import LayerStep
+from mgritnn.cells import get_cell
+from mgritnn.cells.base import DiagonalNewton, LayerStep, has
 from mgritnn.config import NOT_CONVERGED, OK
 from mgritnn.errors import ConfigError, DataError
 from mgritnn.solvers import DEERConfig, MGRITConfig
@@ -255,7 +255,7 @@ def test_mgrit_tight_with_lengths_equals_alone(cell, L, T, B, levels, cf, pad, s
     """MGRIT at a tight tolerance on a padded batch: the serial padded batch's loss and gradient,
     and so each sequence's alone, to 1e-9."""
     m = weights(cell, L, 2, 4, seed=seed % 991, scale=0.8)
-    cfg = MGRITConfig(levels=levels, cf=cf, max_iter=T + 2, adjoint_max_iter=T + 2, atol=1e-14)
+    cfg = MGRITConfig(levels=levels, cf=cf, max_iter=T + 2, adjoint_max_iter=T + 2, atol_l2=1e-14)
     assume_hierarchy_fits(cfg, T)
     rng = np.random.default_rng(seed)
     lengths = draw_lengths(data, B, T)
@@ -341,7 +341,7 @@ def test_mgrit_mean_coarse_input_with_lengths_equals_alone():
     T, lengths = 29, np.array([29, 5, 17])
     X, y = rng.normal(size=(3, T, 2)), np.array([1, 0, 2])
     cfg = MGRITConfig(levels=3, cf=3, coarse_input="mean", max_iter=40, adjoint_max_iter=40,
-                      atol=1e-14)
+                      atol_l2=1e-14)
     for pad in ("end", "front"):
         l1, g1, info = m.loss_and_grad_flat(X, y, cfg, lengths=lengths, pad=pad)
         assert info["forward"].status == OK and info["adjoint"].status == OK
@@ -360,7 +360,7 @@ def test_exactness_front_with_mixed_lengths(relax, per_cycle):
     exact, _ = trajectory(m, X, "serial", dt)
     cpts = np.arange(0, T + 1, cf)
     for k in range(1, 6):
-        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol=0.0)
+        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol_l2=0.0)
         u, stats = trajectory(m, X, cfg, dt)
         assert stats.iterations == k and stats.status == NOT_CONVERGED
         err = np.abs(u[cpts] - exact[cpts]).reshape(len(cpts), -1).max(axis=1)
@@ -379,7 +379,7 @@ def test_padded_steps_carry_the_state_in_mgrit():
     X = np.random.default_rng(0).normal(size=(2, T, 2))
     lengths = np.array([30, 11])
     dt = m.step_sizes(lengths, T, 2)
-    u, stats = trajectory(m, X, MGRITConfig(levels=3, cf=2, max_iter=40, atol=1e-14), dt)
+    u, stats = trajectory(m, X, MGRITConfig(levels=3, cf=2, max_iter=40, atol_l2=1e-14), dt)
     assert stats.status == OK
     np.testing.assert_allclose(u[11:, :, 1], np.broadcast_to(u[11, :, 1], u[11:, :, 1].shape),
                                rtol=0, atol=1e-13)

@@ -69,7 +69,7 @@ def test_tight_tolerance_equals_serial_bptt(p, levels, cf, coarse_input, cycle):
                               dtype="float64", dt=p["dt"])
     m.set_params(p["params"])
     cfg = MGRITConfig(levels=levels, cf=cf, max_iter=p["T"] + 2, adjoint_max_iter=p["T"] + 2,
-                      atol=1e-14, coarse_input=coarse_input, cycle=cycle)
+                      atol_l2=1e-14, coarse_input=coarse_input, cycle=cycle)
     assume_hierarchy_fits(cfg, p["T"])
     l0, g0, _ = m.loss_and_grad_flat(p["X"], p["y"])
     l1, g1, info = m.loss_and_grad_flat(p["X"], p["y"], cfg)
@@ -82,7 +82,7 @@ def test_tight_tolerance_equals_serial_bptt(p, levels, cf, coarse_input, cycle):
 def test_converges_to_serial_with_paper_levels(cell, L, T):
     m, X, y = model_and_data(cell, L, T=T)
     l0, g0, _ = m.loss_and_grad_flat(X, y)
-    cfg = MGRITConfig(levels=3, cf=4, max_iter=30, adjoint_max_iter=30, atol=1e-13)
+    cfg = MGRITConfig(levels=3, cf=4, max_iter=30, adjoint_max_iter=30, atol_l2=1e-13)
     l1, g1, info = m.loss_and_grad_flat(X, y, cfg)
     assert info["forward"].status == OK and info["forward"].iterations < 15
     assert l1 == pytest.approx(l0, rel=1e-10)
@@ -122,7 +122,7 @@ def test_divergence_and_nan_are_reported():
     """A classic (explicit) coarse propagator at step size 64 with large weights blows up; the
     solve stops with a clear status instead of returning a silent wrong answer."""
     m, X, y = model_and_data("classic", 1, T=256, B=2, H=4, scale=6.0)
-    cfg = MGRITConfig(levels=3, cf=8, coarse_cell="classic", max_iter=6, atol=0.0)
+    cfg = MGRITConfig(levels=3, cf=8, coarse_cell="classic", max_iter=6, atol_l2=0.0)
     _, _, info = m.loss_and_grad_flat(X, y, cfg, strict=False)
     assert info["forward"].status in (DIVERGED, NONFINITE), info["forward"]
     assert "diverged" in info["forward"].message or "NaN" in info["forward"].message
@@ -141,7 +141,7 @@ def test_automatic_levels():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(cf=1), "cf"), (dict(levels=0), "levels"), (dict(relax="CF"), "relax"),
     (dict(cycle="W"), "cycle"), (dict(coarse_input="max"), "coarse_input"),
-    (dict(coarse_cell="lstm"), "cell"), (dict(max_iter=0), "max_iter"), (dict(atol=-1.0), "atol"),
+    (dict(coarse_cell="lstm"), "cell"), (dict(max_iter=0), "max_iter"), (dict(atol_l2=-1.0), "atol_l2"),
     (dict(adjoint_max_iter=0), "adjoint_max_iter"),
 ])
 def test_bad_config(kwargs, match):
@@ -186,7 +186,7 @@ def test_warm_start_reuses_each_samples_trajectory():
     assert warm["forward"].history[0] < 1e-2 * cold["forward"].history[0]
     _, _, other = m.loss_and_grad_flat(X, y, solver, keys=keys + 100)    # unseen samples: zero
     assert other["forward"].history[0] == pytest.approx(cold["forward"].history[0], rel=1e-12)
-    tight = get_solver(MGRITConfig(initial_guess="warm", max_iter=40, adjoint_max_iter=40, atol=1e-13))
+    tight = get_solver(MGRITConfig(initial_guess="warm", max_iter=40, adjoint_max_iter=40, atol_l2=1e-13))
     l0, g0, _ = m.loss_and_grad_flat(X, y)
     m.loss_and_grad_flat(X, y, tight, keys=keys)
     l1, g1, info = m.loss_and_grad_flat(X, y, tight, keys=keys)
@@ -216,7 +216,7 @@ def test_compiled_propagators_equal_the_step_api_bitwise(p, levels, cf, relax, f
                               dtype="float64", dt=p["dt"])
     m.set_params(p["params"])
     cfg = MGRITConfig(levels=levels, cf=cf, relax=relax, max_iter=fwd, adjoint_max_iter=bwd,
-                      skip_first_down=skip, atol=0.0)
+                      skip_first_down=skip, atol_l2=0.0)
     assume_hierarchy_fits(cfg, p["T"])
     before = numba.get_num_threads()
     try:
@@ -367,7 +367,7 @@ def test_adjoint_tolerance_and_divergence_test_scale_with_the_adjoint(factor):
     Xt = np.ascontiguousarray(np.swapaxes(X, 0, 1))
     w = m.weights()
     h0 = np.zeros((2, X.shape[0], m.hidden_size))
-    solver = MGRITSolver(MGRITConfig(levels=3, cf=2, max_iter=30, adjoint_max_iter=30, atol=1e-9))
+    solver = MGRITSolver(MGRITConfig(levels=3, cf=2, max_iter=30, adjoint_max_iter=30, atol_l2=1e-9))
     h_last, state, _ = solver.forward(m.cell, w, Xt, h0, 1.0, T=64)
     lam = np.random.default_rng(5).normal(size=h_last.shape) * 0.1
     runs = []
@@ -412,7 +412,7 @@ def test_a_solve_that_stops_contracting_says_so(gain, grows):
     (``grew``, in the message) instead of returning a NOT_CONVERGED that looks like slow
     convergence; on a damped recurrence it converges and does not."""
     m, X, y = _rotating_model(gain)
-    cfg = MGRITConfig(levels=3, cf=4, max_iter=20, adjoint_max_iter=20, atol=0.0)
+    cfg = MGRITConfig(levels=3, cf=4, max_iter=20, adjoint_max_iter=20, atol_l2=0.0)
     _, _, info = m.loss_and_grad_flat(X, y, cfg, strict=False)
     f = info["forward"]
     assert f.status == NOT_CONVERGED and f.grew == grows, f

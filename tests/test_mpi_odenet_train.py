@@ -33,7 +33,7 @@ def test_lbfgs_on_two_ranks_equals_serial_lbfgs(tmp_path):
                       progress=False)
     r = run_mpi(2, "cli.py", "train", *COMMON, "--depth", "8", "--epochs", "4", "--optimizer",
                 "lbfgs", "--solver", "mgrit", "--levels", "2", "--cf", "2", "--max-iter", "60",
-                "--adjoint-max-iter", "60", "--atol", "1e-15", "--checkpoint", ck, timeout=300,
+                "--adjoint-max-iter", "60", "--atol-l2", "1e-15", "--checkpoint", ck, timeout=300,
                 check=True)
     assert r.stdout.count("epoch ") == 4
     got, meta = flat_of(ck)

@@ -163,7 +163,7 @@ def test_one_level_is_serial_bit_for_bit(act, opening):
 def test_tight_tolerance_equals_serial_backprop(act, N, levels, cf, cycle, relax, seed, opening):
     m, X, y = problem(act, N=N, seed=seed, opening=opening, final_time=2.0)
     cfg = MGRITConfig(levels=levels, cf=cf, cycle=cycle, relax=relax, max_iter=N + 2,
-                      adjoint_max_iter=N + 2, atol=1e-14)
+                      adjoint_max_iter=N + 2, atol_l2=1e-14)
     assume_hierarchy_fits(cfg, N)
     l0, g0, _ = m.loss_and_grad_flat(X, y)
     l1, g1, info = m.loss_and_grad_flat(X, y, cfg)
@@ -215,7 +215,7 @@ def test_serial_and_mgrit_give_the_adjoint_at_point_0():
     got = {}
     for name, spec in (("serial", "serial"), ("one", MGRITConfig(levels=1)),
                        ("tight", MGRITConfig(levels=3, cf=2, max_iter=20, adjoint_max_iter=20,
-                                             atol=1e-14))):
+                                             atol_l2=1e-14))):
         s = get_solver(spec)
         _, st_, _ = s.forward(cell, w, layers, u0, m.dt, T=16)
         got[name] = np.full_like(u0, np.nan)

@@ -65,7 +65,8 @@ class NewtonConfig:
         None: 1e-10 in float64, 1e-5 in float32 (:data:`DEFAULT_TOL`). G carries the rounding of
         :math:`\\Delta t\\, f`, about :math:`\\Delta t` times the machine epsilon, so in float32 a
         step size of a few hundred cannot reach 1e-5: such rows are counted as not converged.
-        Old name: ``tol``.
+        A max-norm, the same meaning as DEER's ``atol`` (a bound on every element); MGRIT's
+        tolerance of a 2-norm is ``atol_l2``. Old name: ``tol``.
     max_iter : int
         Largest number of Newton updates per row (>= 1).
     damping : float

@@ -6,14 +6,42 @@ stack's hidden states) and the adjoint of that trajectory with the parameter gra
 all of them use only the cells' step protocol (:mod:`mgritnn.cells.base`), input projection and its
 gradient included, so the model, the head and the training loop never depend on which solver ran,
 and any cell of the protocol runs on them.
+
+Making a solver, its state, and what it needs of a cell:
+
+* ``make_solver(config, comm=None, state=None)``: ``config`` a solver config (``MGRITConfig(...)``,
+  ``SerialConfig()``, ...) or a registered name (``"mgrit"``: its default config); ``comm`` the
+  ranks that share the time axis (it is not part of the config: a config is a value, the same on
+  every rank and in every run). ``make_config(name, options)`` builds a config from a name and a
+  mapping of options (the command line's way).
+* What a solver remembers between solves (MGRIT's and DEER's warm starts, MGRIT's ``tol_scale``)
+  is a :class:`SolverState` value, this rank's own: ``solver.state`` gives it (the solver updates
+  it in place as it solves), ``make_solver(config, comm, state=...)`` or ``solver.load_state(...)``
+  hands one in, and :meth:`SolverState.to_arrays` / :meth:`SolverState.from_arrays` write it to
+  and read it from a checkpoint like any other arrays (``solver.warm_arrays()`` and
+  ``solver.load_warm_arrays(arrays)`` are the same two conversions, kept for older callers).
+* Each solver class says what it needs of a cell beyond the step protocol's core
+  (:attr:`Solver.requires`, capabilities of :mod:`mgritnn.cells.base`); :meth:`Solver.supports`
+  lists what a cell lacks, and :meth:`Solver.check` (run by every solve the first time it meets a
+  kind of cell, and by the models when they take a solver) refuses such a cell with a
+  :class:`~mgritnn.errors.ConfigError` that names the missing capability and the way out.
+
+Older spellings still work: ``make_solver(name, options, comm)`` and ``get_solver(spec, options,
+comm)`` (the same function), and a config that carries the communicator,
+``MGRITConfig(..., comm=comm).make_solver()`` (deprecated: a ``DeprecationWarning``).
 """
+import dataclasses
 import functools
-from dataclasses import dataclass, field
+import inspect
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
+from ..cells.base import missing
 from ..config import DIVERGED, NONFINITE, OK
 from ..distributed import TimeComm
 from ..errors import ConfigError
@@ -154,20 +182,122 @@ def step_sizes(dt, T, dtype, lo=0, hi=None):
     return d
 
 
+@dataclass
+class SolverState:
+    """What a solver remembers between solves, on this rank (a value the caller may hold).
+
+    A solver updates its state in place as it solves (``solver.state``); a caller that keeps it
+    (the model, the trainer, a checkpoint) hands it to the next solver it makes
+    (``make_solver(config, comm, state=...)``) to continue bit for bit. The content is this
+    rank's own (its time slice of every remembered sample), so each rank saves and restores its
+    own state.
+
+    Attributes
+    ----------
+    warm : dict of (int, int) -> ndarray
+        Warm-start states: key (T, sample index) -> this rank's states of that sample (MGRIT: its
+        level-0 C-points, (n_c, *S without the batch axis); DEER: its trajectory per layer,
+        (L, T_loc, H)); each solver's own layout, of the solve's dtype.
+    scalars : dict of str -> float
+        Named numbers (MGRIT: ``tol_scale``); a number at its default is not stored.
+    parts : dict of str -> SolverState
+        The states of the solvers this one is made of (auto: one per route).
+    """
+    warm: dict = field(default_factory=dict)
+    scalars: dict = field(default_factory=dict)
+    parts: dict = field(default_factory=dict)
+
+    def __bool__(self):
+        return bool(self.warm or self.scalars or any(self.parts.values()))
+
+    def to_arrays(self):
+        """The state as named arrays, for a checkpoint (the layout of ``warm_arrays``).
+
+        Returns
+        -------
+        dict of str -> ndarray
+            ``keys`` (K, 2) int64 and ``states`` (K, ...) the warm-start states in key order
+            (absent without any); one float64 array (1,) per scalar, under its name; each part's
+            arrays under ``"<part>/<name>"``. Empty for an empty state.
+        """
+        out = {}
+        if self.warm:
+            keys = sorted(self.warm)
+            out["keys"] = np.array(keys, np.int64).reshape(len(keys), 2)
+            out["states"] = np.stack([self.warm[k] for k in keys])
+        for name, v in self.scalars.items():
+            out[name] = np.array([v], np.float64)
+        for name, part in self.parts.items():
+            out.update({f"{name}/{k}": v for k, v in part.to_arrays().items()})
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, owner="solver"):
+        """The state that :meth:`to_arrays` wrote (arrays copied, bit for bit).
+
+        Parameters
+        ----------
+        arrays : mapping of str -> ndarray
+        owner : str
+            Who reads them, for messages.
+
+        Raises
+        ------
+        ConfigError
+            ``keys`` and ``states`` that do not fit each other, or only one of them.
+        """
+        arrays = dict(arrays or {})
+        parts = {}
+        for k in [k for k in arrays if "/" in k]:
+            name, rest = k.split("/", 1)
+            parts.setdefault(name, {})[rest] = arrays.pop(k)
+        warm = {}
+        if "keys" in arrays or "states" in arrays:
+            keys, states = arrays.pop("keys", None), arrays.pop("states", None)
+            if keys is None or states is None or keys.ndim != 2 or keys.shape[1] != 2 \
+                    or len(keys) != len(states):
+                raise ConfigError(f"warm-start arrays of {owner} do not fit: keys "
+                                  f"{getattr(keys, 'shape', None)}, states "
+                                  f"{getattr(states, 'shape', None)}")
+            warm = {(int(T), int(k)): np.array(s) for (T, k), s in zip(keys, states)}
+        scalars = {k: float(np.asarray(v).ravel()[0]) for k, v in arrays.items()}
+        return cls(warm, scalars, {name: cls.from_arrays(a, f"{owner}/{name}")
+                                   for name, a in parts.items()})
+
+
 class Solver:
     """Interface of a time solver (see :class:`mgritnn.solvers.serial.SerialSolver`).
 
     A distributed solver splits the time axis over ranks: each rank is given the inputs of its own
     steps only (``local_steps``), the rank owning the last point evaluates the head (``is_last``),
     and ``reduce`` sums the gradient over the ranks and shares the loss and logits.
+
+    Attributes
+    ----------
+    requires : tuple of capability
+        What the solver needs of a cell beyond the step protocol's core (capabilities of
+        :mod:`mgritnn.cells.base`); :meth:`supports` checks them.
+    remembers : frozenset of str
+        What its :class:`SolverState` may hold: ``"warm"`` (warm-start states) and the names of
+        its scalars. Empty: a solver without memory, which refuses a non-empty state.
+    state : SolverState
+        What this solver remembers between solves, on this rank.
     """
 
     name = "base"
     is_last = True
     is_first = True
+    requires = ()
+    remembers = frozenset()
     #: The :class:`~mgritnn.distributed.TimeComm` of the ranks that share the time axis (None:
     #: one process).
     tc = None
+
+    def __init__(self, state=None):
+        self._supported = set()            # the kinds of cell checked already (see check)
+        self.state = SolverState()
+        if state is not None:
+            self.load_state(state)
 
     def local_steps(self, T):
         """The fine steps [lo, hi) of a sequence of T steps whose inputs this rank needs."""
@@ -178,8 +308,33 @@ class Solver:
         the gradient to sum, see :meth:`TimeParallelSolver.reduce`); one process: nothing to do."""
         return grad, loss, logits
 
+    # -- the state -----------------------------------------------------------------------------
+
+    def load_state(self, state):
+        """Take ``state`` (a :class:`SolverState`, used as it is, not copied) as what this solver
+        remembers; the solver updates it in place from now on.
+
+        Raises
+        ------
+        ConfigError
+            ``state`` holds what this solver does not keep (warm starts or a scalar it does not
+            know).
+        """
+        if not isinstance(state, SolverState):
+            raise ConfigError(f"the state of solver {self.name!r} must be a SolverState, got "
+                              f"{type(state).__name__}")
+        extra = sorted(({"warm"} if state.warm else set()) | set(state.scalars)
+                       | {f"{k}/" for k, v in state.parts.items() if v})
+        extra = [k for k in extra if k not in self.remembers]
+        if extra:
+            raise ConfigError(f"solver {self.name!r} keeps no "
+                              f"{'warm-start states' if extra == ['warm'] else ', '.join(extra)}"
+                              f", got a state with {sorted(state.to_arrays())}")
+        self.state = state
+
     def warm_arrays(self):
-        """What this process remembers between calls (warm-start states), as arrays for a checkpoint.
+        """What this process remembers between calls, as arrays for a checkpoint
+        (``self.state.to_arrays()``, :meth:`SolverState.to_arrays`).
 
         Returns
         -------
@@ -187,12 +342,56 @@ class Solver:
             Empty for a solver without memory. A resumed run passes it to :meth:`load_warm_arrays`
             (on the same rank) to continue bit for bit.
         """
-        return {}
+        return self.state.to_arrays()
 
     def load_warm_arrays(self, arrays):
-        """Restore what :meth:`warm_arrays` returned (replacing anything remembered)."""
-        if arrays:
-            raise ConfigError(f"solver {self.name!r} keeps no warm-start states, got {sorted(arrays)}")
+        """Restore what :meth:`warm_arrays` returned (replacing anything remembered; the same as
+        ``load_state(SolverState.from_arrays(arrays))``)."""
+        if arrays and not self.remembers:
+            raise ConfigError(f"solver {self.name!r} keeps no warm-start states, got "
+                              f"{sorted(arrays)}")
+        self.load_state(SolverState.from_arrays(arrays, f"solver {self.name!r}"))
+
+    # -- what it needs of a cell ---------------------------------------------------------------
+
+    def supports(self, cell):
+        """What ``cell`` lacks for this solver.
+
+        Returns
+        -------
+        list of str
+            One entry per missing required capability (``"LayerNewton (num_layers, ...)"``:
+            the capability and its missing methods) or other reason; empty when the solver runs
+            on ``cell``.
+        """
+        out = []
+        for cap in self.requires:
+            lacks = missing(cell, cap)
+            if lacks:
+                out.append(f"{cap.__name__} ({', '.join(lacks)})")
+        return out
+
+    def check(self, cell):
+        """Refuse a cell this solver cannot run (see :meth:`supports`); a kind of cell (its class
+        and name) is checked once.
+
+        Raises
+        ------
+        ConfigError
+            Naming what the cell lacks and the solvers to use instead.
+        """
+        kind = (type(cell), getattr(cell, "name", None))
+        checked = self.__dict__.setdefault("_supported", set())
+        if kind in checked:
+            return
+        lacks = self.supports(cell)
+        if lacks:
+            raise ConfigError(
+                f"solver {self.name!r} cannot run the {getattr(cell, 'name', type(cell).__name__)!r}"
+                f" cell: it lacks {'; '.join(lacks)}. Use a solver that needs only the step "
+                f"protocol (--solver serial or mgrit), or a cell that has "
+                f"{'it' if len(lacks) == 1 else 'them'}")
+        checked.add(kind)
 
     def forward(self, cell, w, x, h0, dt=1.0, keep=True, T=None, keys=None):  # pragma: no cover
         """Trajectory of ``cell`` from the raw inputs ``x`` (n_local, *X0) of this rank's steps
@@ -219,12 +418,22 @@ class Solver:
 
 class TimeParallelSolver(Solver):
     """A solver whose ranks share the time axis: the communicator, the head on the last rank, and
-    the reduction of the per-rank gradients."""
+    the reduction of the per-rank gradients.
 
-    def __init__(self, comm=None):
+    Parameters
+    ----------
+    comm : mpi4py communicator, TimeComm or None
+        The ranks that share the time axis (None: MPI's world under an MPI launcher, else one
+        process).
+    state : SolverState, optional
+        What to remember from the start (:meth:`Solver.load_state`).
+    """
+
+    def __init__(self, comm=None, state=None):
         self.tc = TimeComm(comm)            # every message of the solver goes through it
         self.comm = self.tc.comm
         self.rank, self.size = self.tc.rank, self.tc.size
+        super().__init__(state)
 
     @property
     def is_last(self):
@@ -234,28 +443,6 @@ class TimeParallelSolver(Solver):
     def is_first(self):
         """This rank owns point 0 (the initial state; the adjoint's ``lam_first`` lands here)."""
         return self.rank == 0
-
-    def warm_arrays(self):
-        """This rank's warm-start states (``self._warm``: key (T, sample) -> state array):
-        ``keys`` (K, 2) int64 and ``states`` (K, ...) in key order; empty if none are remembered."""
-        warm = getattr(self, "_warm", None)
-        if not warm:
-            return {}
-        keys = sorted(warm)
-        return {"keys": np.array(keys, np.int64).reshape(len(keys), 2),
-                "states": np.stack([warm[k] for k in keys])}
-
-    def load_warm_arrays(self, arrays):
-        """Replace the warm-start states by those of :meth:`warm_arrays` (bit for bit)."""
-        if not hasattr(self, "_warm"):
-            return super().load_warm_arrays(arrays)
-        self._warm = {}
-        if arrays:
-            keys, states = arrays["keys"], arrays["states"]
-            if keys.ndim != 2 or keys.shape[1] != 2 or len(keys) != len(states):
-                raise ConfigError(f"warm-start arrays of solver {self.name!r} do not fit: keys "
-                                  f"{keys.shape}, states {states.shape}")
-            self._warm = {(int(T), int(k)): np.array(s) for (T, k), s in zip(keys, states)}
 
     def reduce(self, grad, loss, logits, shape=None, shared=None):
         """Sum the gradient over the time ranks; broadcast the loss and the logits (of ``shape``
@@ -292,9 +479,9 @@ class Registered(NamedTuple):
     ----------
     solver : type
         The solver class.
-    config : type or None
-        Its config class (a frozen dataclass with ``make_solver()``); None for a solver without
-        options (the serial sweep).
+    config : type
+        Its config class (a frozen dataclass with ``make_solver(comm=None, state=None)``; the
+        serial sweep's has no fields).
     fixed : mapping of str -> object
         Fields of ``config`` that this name fixes (``quasi-deer``: ``quasi=True``); they are not
         options of the name.
@@ -311,8 +498,8 @@ SOLVERS = {}
 def register(cls=None, *, config=None, fixed=None):
     """Class decorator: make a solver available by its ``name``, with its config class.
 
-    ``@register`` for a solver without options, ``@register(config=MGRITConfig)`` for one with;
-    ``fixed`` names fields of ``config`` that the name fixes (e.g. ``{"quasi": True}``).
+    ``@register(config=MGRITConfig)``; ``fixed`` names fields of ``config`` that the name fixes
+    (e.g. ``{"quasi": True}``).
     """
     def add(cls):
         SOLVERS[cls.name] = Registered(cls, config, MappingProxyType(dict(fixed or {})))
@@ -327,10 +514,20 @@ def registered(name):
     return SOLVERS[name]
 
 
+def deprecated_comm(owner, comm):
+    """Warn that a config was given the communicator ``comm`` (deprecated: the communicator is
+    not part of a solver's config, it goes to :func:`make_solver`); nothing for ``comm=None``."""
+    if comm is not None:
+        warnings.warn(f"{owner}(comm=...) is deprecated: a solver's config holds no "
+                      f"communicator; use make_solver(config, comm)", DeprecationWarning,
+                      stacklevel=5)
+
+
 def make_config(name, options=None, comm=None):
     """The config of the solver ``name`` from a mapping of its options (its config class's
     fields, old names included, and ``"preset"`` for a named option set where the class has
-    them) and the time communicator ``comm``; None for a solver without options.
+    them). ``comm`` (deprecated) puts a communicator into the config: give it to
+    :func:`make_solver` instead.
 
     Raises
     ------
@@ -339,34 +536,41 @@ def make_config(name, options=None, comm=None):
     """
     entry = registered(name)
     options = dict(options or {})
-    if entry.config is None:
-        if options:
-            raise ConfigError(f"solver {name!r} takes no options, got {sorted(options)}")
-        return None
+    if options and not any(f.metadata.get("option", True) for f in fields(entry.config)):
+        raise ConfigError(f"solver {name!r} takes no options, got {sorted(options)}")
     make = entry.config
     if "preset" in options:                 # a named option set, the other options override it
         if not hasattr(make, "preset"):
             raise ConfigError(f"solver {name!r} has no presets")
         make = functools.partial(make.preset, options.pop("preset"))
+    extra = {} if comm is None else dict(comm=comm)
     try:
-        return make(**options, **entry.fixed, comm=comm)
+        return make(**options, **entry.fixed, **extra)
     except TypeError as e:
         raise ConfigError(f"bad option for solver {name!r}: {e}") from None
 
 
-def get_solver(spec, options=None, comm=None):
-    """The one way to a solver: from a name, a config, or a solver.
+def make_solver(config, comm=None, state=None, *, options=None):
+    """The one way to a solver: from a config, a name, or a solver.
 
     Parameters
     ----------
-    spec : str, config or Solver
-        A registered name (``"serial"``, ``"mgrit"``, ``"deer"``, ``"quasi-deer"``, ``"auto"``:
-        a new solver), a config object (``MGRITConfig(...)``: its ``make_solver()``), or a solver
-        instance (returned as it is).
-    options : mapping, optional
-        With a name: the options of its config class (:func:`make_config`).
+    config : config, str or Solver
+        A solver config (``MGRITConfig(...)``, ``SerialConfig()``, ...: a new solver of it), a
+        registered name (``"serial"``, ``"mgrit"``, ``"deer"``, ``"quasi-deer"``, ``"auto"``: a new
+        solver of its config made from ``options``, :func:`make_config`), or a solver instance
+        (returned as it is).
     comm : mpi4py communicator, optional
-        With a name: the ranks that share the time axis (a solver without options runs on one).
+        The ranks that share the time axis (None: MPI's world under an MPI launcher, else one
+        process; a config that carries one, deprecated, gives its own).
+    state : SolverState, optional
+        What the solver remembers from the start (this rank's; see :class:`SolverState`).
+    options : mapping, optional
+        With a name: the options of its config class.
+
+    The older spelling ``make_solver(name, options, comm)`` (and ``get_solver(spec, options,
+    comm)``, the same function) is still taken: a mapping in the place of ``comm`` is the
+    options, and then the next argument is the communicator.
 
     Raises
     ------
@@ -374,21 +578,43 @@ def get_solver(spec, options=None, comm=None):
         For an unknown name (the message lists the registered ones), bad options, options given
         with a config or solver, or a one-rank solver on several ranks.
     """
-    if not isinstance(spec, str):
-        if options:
-            raise ConfigError(f"options {sorted(options)} go with a solver's name, not with "
-                              f"{spec!r}: put them in its config")
-        if isinstance(spec, Solver):
-            return spec
-        if hasattr(spec, "make_solver"):
-            return spec.make_solver()
-        registered(spec)                    # raises, naming the registered solvers
-    config = make_config(spec, options, comm)
-    if config is not None:
-        return config.make_solver()
+    if isinstance(comm, Mapping) or (state is not None and not isinstance(state, SolverState)):
+        if options is not None and comm is not None:
+            raise ConfigError("solver options given twice (as the second argument and as "
+                              "options=)")
+        options, comm, state = (comm if options is None else options), state, None
+    if isinstance(config, str):
+        config = make_config(config, options)
+    elif options:
+        raise ConfigError(f"options {sorted(options)} go with a solver's name, not with "
+                          f"{config!r}: put them in its config")
+    elif isinstance(config, Solver):
+        if state is not None:
+            config.load_state(state)
+        return config
+    elif not hasattr(config, "make_solver"):
+        registered(config)                  # raises, naming the registered solvers
+    if "comm" not in inspect.signature(config.make_solver).parameters:
+        # a config of the older kind (make_solver() without arguments; auto, for now): the
+        # communicator goes into the config, and its solver starts with nothing remembered
+        if comm is not None:
+            config = dataclasses.replace(config, comm=comm)
+        solver = config.make_solver()
+        if state is not None:
+            solver.load_state(state)
+        return solver
+    return config.make_solver(comm, state)
+
+
+#: The older name of :func:`make_solver` (``get_solver(spec, options=None, comm=None)``).
+get_solver = make_solver
+
+
+def one_rank(name, comm):
+    """Refuse a communicator of several ranks for the one-rank solver ``name`` (ConfigError);
+    returns ``comm``."""
     if comm is not None and comm.Get_size() > 1:
-        raise ConfigError(f"solver {spec!r} runs on one rank of time, but {comm.Get_size()} ranks "
+        raise ConfigError(f"solver {name!r} runs on one rank of time, but {comm.Get_size()} ranks "
                           "share the time axis: use --solver mgrit, deer or quasi-deer, or "
                           "--data-parallel equal to the number of ranks")
-    return SOLVERS[spec].solver()
-
+    return comm

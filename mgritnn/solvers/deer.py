@@ -54,11 +54,11 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..cells.base import DiagonalNewton, FusedSequence, has
 from ..config import DIVERGED, JIT_PAR, NONFINITE, NOT_CONVERGED, OK
 from ..errors import ConfigError
+from ..cells.base import DiagonalNewton, FusedSequence, LayerNewton, has, missing
 from ..options import check_bool, check_choices, check_int, check_real
-from .base import SolveStats, TimeParallelSolver, register, step_sizes
+from .base import SolveStats, TimeParallelSolver, deprecated_comm, register, step_sizes
 from .scan import linear_recurrence
 from .serial import step_through
 
@@ -77,8 +77,11 @@ class DEERConfig:
         quasi-DEER: the diagonal of each step's Jacobian in the Newton iteration (the gradient
         always uses the full Jacobian).
     atol, rtol : float or None
-        Stop when every element's update is within ``atol + rtol |h|``. None: 1e-6 / 1e-4 in
-        float64, 1e-4 / 1e-3 in float32.
+        Stop when every element's update is within ``atol + rtol |h|`` (``numpy.allclose``'s
+        test of the new iterate against the old: a max-norm over all elements, ``atol``
+        absolute and ``rtol`` relative to each element's own size, the same meaning as the
+        Newton cell's ``atol``; MGRIT's tolerances bound a 2-norm and are named ``atol_l2``,
+        ``rtol_l2``). None: 1e-6 / 1e-4 in float64, 1e-4 / 1e-3 in float32.
     max_iter : int
         Newton iterations per layer at most.
     damping : float
@@ -97,7 +100,8 @@ class DEERConfig:
         Bytes of Jacobians per rank allowed (dense: T B H^2 per layer); beyond it a ConfigError
         suggests quasi-DEER or fewer steps per rank.
     comm : mpi4py communicator, optional
-        The ranks that share the time axis (default: the world under MPI, else one process).
+        Deprecated (a ``DeprecationWarning``): the ranks that share the time axis, which now go
+        to ``make_solver(config, comm)``; kept for older callers (not compared, not shown).
     """
     quasi: bool = field(default=False, metadata={"flag": False})   # (--solver quasi-deer)
     atol: float = None
@@ -127,14 +131,18 @@ class DEERConfig:
         check_int(f"{name} chunks", self.chunks, least=1, none=True)
         check_real(f"{name} max_memory", self.max_memory, low=0, low_open=True,
                    hint="bytes of Jacobians per rank")
+        deprecated_comm("DEERConfig", self.comm)
 
     def tolerances(self, dtype):
         """(atol, rtol) for ``dtype``: the given values, or the defaults of that dtype."""
         atol, rtol = DEFAULT_TOLERANCES[np.dtype(dtype)]
         return (atol if self.atol is None else self.atol), (rtol if self.rtol is None else self.rtol)
 
-    def make_solver(self):
-        return DEERSolver(self)
+    def make_solver(self, comm=None, state=None):
+        """A :class:`DEERSolver` of this config over the ranks of ``comm`` (None: the
+        deprecated ``self.comm``, else MPI's world under an MPI launcher, else one process),
+        remembering ``state`` (a :class:`~mgritnn.solvers.base.SolverState`)."""
+        return DEERSolver(self, comm, state)
 
 
 def quasi_deer_config(**options):
@@ -217,14 +225,51 @@ class _DEERState(NamedTuple):
 
 @register(config=DEERConfig)
 class DEERSolver(TimeParallelSolver):
-    """DEER / quasi-DEER forward and adjoint over the ranks of ``config.comm`` (module docstring)."""
+    """DEER / quasi-DEER forward and adjoint over the ranks of ``comm`` (module docstring).
+
+    Parameters
+    ----------
+    config : DEERConfig, optional
+    comm : mpi4py communicator, optional
+        The time ranks (None: the config's deprecated ``comm``, else MPI's world under an MPI
+        launcher, else one process).
+    state : SolverState, optional
+        What it remembers (:class:`~mgritnn.solvers.base.SolverState`): ``warm``, key (T, sample
+        index) -> that sample's local trajectory per layer (L, T_loc, H).
+
+    A cell must have the layer-wise Newton steps (:class:`~mgritnn.cells.base.LayerNewton`);
+    quasi-DEER uses the one-pass diagonal linearization of
+    :class:`~mgritnn.cells.base.DiagonalNewton` where the cell has it, and the fallback sweep
+    the whole-sequence sweeps of :class:`~mgritnn.cells.base.FusedSequence`.
+    """
 
     name = "deer"
+    requires = (LayerNewton,)
+    remembers = frozenset({"warm"})
+    #: Methods of :class:`~mgritnn.cells.base.LayerNewton` that a cell of one layer may leave to
+    #: :class:`~mgritnn.cells.base.Cell` (its one-layer defaults, or the input rows of the
+    #: layers above the first, which it has none of): checked when the weights say L > 1.
+    one_layer_defaults = ("num_layers", "layer_states", "join_layers", "layer_inputs",
+                          "layer_input_vjp")
 
-    def __init__(self, config=None):
+    def __init__(self, config=None, comm=None, state=None):
         self.config = config or DEERConfig()
-        super().__init__(self.config.comm)
-        self._warm = {}            # (T, sample key) -> its local trajectory per layer (L, T_loc, H)
+        super().__init__(self.config.comm if comm is None else comm, state)
+
+    def supports(self, cell):
+        """What ``cell`` lacks of :class:`~mgritnn.cells.base.LayerNewton` (those of
+        :attr:`one_layer_defaults` are checked by :meth:`forward` for a stack of layers)."""
+        lacks = [n for n in missing(cell, LayerNewton) if n not in self.one_layer_defaults]
+        return [f"LayerNewton ({', '.join(lacks)})"] if lacks else []
+
+    def _check_layers(self, cell, L):
+        """A stack of L > 1 layers needs the layer-to-layer maps (ConfigError otherwise)."""
+        lacks = [n for n in missing(cell, LayerNewton) if n in self.one_layer_defaults[3:]]
+        if L > 1 and lacks:
+            raise ConfigError(f"solver {self.name!r} cannot run {L} layers of the "
+                              f"{getattr(cell, 'name', type(cell).__name__)!r} cell: it lacks "
+                              f"LayerNewton ({', '.join(lacks)}). Use --solver serial or mgrit, "
+                              "or one layer")
 
     def local_steps(self, T):
         """Steps [T r / P, T (r + 1) / P) of rank r."""
@@ -272,6 +317,7 @@ class DEERSolver(TimeParallelSolver):
             result is exact and ``status`` says why it ran). Without fallback, a layer that did not
             converge passes its last iterate on and ``status`` reports it.
         """
+        self.check(cell)
         cfg = self.config
         t0 = time.perf_counter()
         wait0 = self.tc.wait_time
@@ -283,6 +329,7 @@ class DEERSolver(TimeParallelSolver):
             raise ValueError(f"x holds {x.shape[0]} steps, but this rank owns steps [{lo}, {hi})")
         ax0 = cell.project_inputs(w, x)
         L, dtype = cell.num_layers(w), w.dtype
+        self._check_layers(cell, L)
         h0s = [a[0] for a in cell.layer_states(h0[None])]      # per layer (B, H)
         B, H = max((a.shape for a in h0s), key=lambda s: s[1])
         dense_bytes = (hi - lo) * B * H * H * dtype.itemsize
@@ -304,8 +351,8 @@ class DEERSolver(TimeParallelSolver):
             if warm:
                 guess = np.zeros((hi - lo,) + h0s[l].shape, dtype)
                 for b, key in enumerate(wkeys):
-                    if key in self._warm:
-                        guess[:, b] = self._warm[key][l]
+                    if key in self.state.warm:
+                        guess[:, b] = self.state.warm[key][l]
             hs, status, iters, hist, resid = self._solve_layer(cell, w, l, ax, h0s[l], dtv, atol,
                                                                 rtol, guess)
             stats.iterations += iters
@@ -332,7 +379,7 @@ class DEERSolver(TimeParallelSolver):
             axs = [ax0] + [cell.layer_inputs(w, l, xl) for l, xl in enumerate(xin) if l > 0]
         if warm and (stats.status == OK or stats.fallback):
             for b, key in enumerate(wkeys):
-                self._warm[key] = np.stack([hs[1:, b] for hs in hs_all])
+                self.state.warm[key] = np.stack([hs[1:, b] for hs in hs_all])
         state = None
         if keep:
             lin = []
@@ -485,8 +532,8 @@ class QuasiDEERSolver(DEERSolver):
 
     name = "quasi-deer"
 
-    def __init__(self, config=None):
-        super().__init__(config or DEERConfig(quasi=True))
+    def __init__(self, config=None, comm=None, state=None):
+        super().__init__(config or DEERConfig(quasi=True), comm, state)
 
 
 __all__ = ["DEERConfig", "DEERSolver", "QuasiDEERSolver", "DEFAULT_TOLERANCES", "quasi_deer_config"]

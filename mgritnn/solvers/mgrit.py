@@ -11,7 +11,7 @@ that advances K states of one level by one step each through the step protocol
   with per-step (T,) or per-step-and-row (T, B) step sizes the sum of those it spans, per batch
   row (a padded step has size 0, so a coarse step across a sequence's end covers its real part);
 * F-relaxation steps through the F-points of all local intervals at once: for a cell with compiled
-  chains (``Cell.fused_stack``: the GRU cells) one call (:meth:`Cell.advance`) sweeps every
+  chains (:class:`~mgritnn.cells.base.FusedChains`: the GRU cells) one call (:meth:`Cell.advance`) sweeps every
   interval in place, intervals in parallel on the threads (for the GRU's states of one or two rows,
   four intervals in lockstep so that their rows share each load of the weights); C-relaxation
   steps all local C-points at once from the values before the sweep; FCF = F, C, F. The coarsest
@@ -32,7 +32,12 @@ The coarse propagator is the implicit cell (stable for any step size; the fully 
 ``implicit-newton`` cell when that is the fine cell); the adjoint's coarse step is
 the VJP of the coarse implicit step linearized at the fine forward state at the start of its
 interval. With one level MGRIT is the serial sweep (bit for bit); with enough iterations or a tiny
-``atol`` it equals the serial sweep and BPTT to round-off.
+``atol_l2`` it equals the serial sweep and BPTT to round-off.
+
+Tolerances: MGRIT measures the 2-norm of the level-0 C-point residual over all ranks, so its
+tolerances say so (``atol_l2``, ``rtol_l2``, and ``rms_tol`` for its root mean square); ``atol`` and
+``rtol`` elsewhere (DEER, the Newton cell) bound every element, the max-norm. The old names
+``atol``, ``rtol`` and ``tol`` are still taken, with a deprecation warning.
 
 References
 ----------
@@ -54,7 +59,8 @@ from ..distributed import level_points, local_grid, rank_bounds
 from ..errors import ConfigError
 from ..options import (check_bool, check_choice, check_choices, check_int, check_real,
                        freeze, int_list, renamed, set_frozen, str_list, upgrade)
-from .base import SolveStats, TimeParallelSolver, register, residual_grew, step_sizes
+from .base import (SolveStats, TimeParallelSolver, deprecated_comm, register, residual_grew,
+                   step_sizes)
 
 _RELAX = ("FCF", "F")
 
@@ -64,7 +70,8 @@ def _coarse_cell_names():
     return sorted(CELLS) + ["matched"]
 
 
-@renamed("MGRIT", fwd_iters="max_iter", bwd_iters="adjoint_max_iter", tol="atol")
+@renamed("MGRIT", fwd_iters="max_iter", bwd_iters="adjoint_max_iter", tol="atol_l2",
+         atol="atol_l2", rtol="rtol_l2")
 @dataclass(frozen=True)
 class MGRITConfig:
     """Options of the MGRIT solver (validated; frozen).
@@ -92,11 +99,14 @@ class MGRITConfig:
         ``fwd_iters``.
     adjoint_max_iter : int
         Maximum number of cycles of the adjoint solve. Old name: ``bwd_iters``.
-    atol : float
-        Stop when the level-0 C-point residual norm is <= atol (the adjoint: <= atol max
-        |lambda_N|, relative to its terminal value's size). Old name: ``tol``.
-    rtol : float
-        Stop when the residual norm is <= rtol times the first measured (0: off).
+    atol_l2 : float
+        Stop when the 2-norm of the level-0 C-point residual (all of its entries, over all
+        ranks) is <= atol_l2 (the adjoint: <= atol_l2 max |lambda_N|, relative to its terminal
+        value's size). Old names: ``atol``, ``tol`` (the 2-norm grows with the number of
+        entries, unlike DEER's and the Newton cell's ``atol``, which bound every entry).
+    rtol_l2 : float
+        Stop when that 2-norm is <= rtol_l2 times the first one measured (0: off). Old name:
+        ``rtol`` (unlike DEER's ``rtol``, which is relative to each entry's own size).
     rms_tol : float
         Stop when the root mean square of the level-0 C-point residual is <= ``rms_tol`` times
         the solution's scale (the forward: 1, the GRU's states are bounded by 1; the adjoint:
@@ -138,7 +148,8 @@ class MGRITConfig:
         first residual and the norm of an all-ones residual (GRU states are bounded by 1 in
         magnitude, so a larger residual means an unstable propagator).
     comm : mpi4py communicator or None
-        Time communicator (None: MPI's world under an MPI launcher, else a single process).
+        Deprecated (a ``DeprecationWarning``): the time communicator, which now goes to
+        ``make_solver(config, comm)``; kept for older callers (not compared, not shown).
     """
     levels: int = field(default=3, metadata={"flag": {"none_as": 0}})
     min_coarse: int = 2
@@ -149,8 +160,8 @@ class MGRITConfig:
     skip_first_down: bool = True
     max_iter: int = 2
     adjoint_max_iter: int = 1
-    atol: float = 1e-9
-    rtol: float = 0.0
+    atol_l2: float = 1e-9
+    rtol_l2: float = 0.0
     rms_tol: float = 0.0
     stall: float = 0.0
     fallback: bool = False
@@ -177,15 +188,17 @@ class MGRITConfig:
         check_bool("MGRIT skip_first_down", self.skip_first_down)
         if self.coarse_cell not in (None, "matched"):
             get_cell(self.coarse_cell)
-        check_real("MGRIT atol", self.atol, low=0)
-        check_real("MGRIT rtol", self.rtol, low=0)
+        check_real("MGRIT atol_l2", self.atol_l2, low=0)
+        check_real("MGRIT rtol_l2", self.rtol_l2, low=0)
         check_real("MGRIT rms_tol", self.rms_tol, low=0)
         check_real("MGRIT stall", self.stall, low=0, high=1)
         check_bool("MGRIT fallback", self.fallback)
-        if self.fallback and not (self.rms_tol or self.rtol or self.atol):
-            raise ConfigError("MGRIT fallback needs a tolerance to meet (rms_tol, rtol or atol "
-                              "> 0): with none, every solve would end in the serial sweep")
+        if self.fallback and not (self.rms_tol or self.rtol_l2 or self.atol_l2):
+            raise ConfigError("MGRIT fallback needs a tolerance to meet (rms_tol, rtol_l2 or "
+                              "atol_l2 > 0): with none, every solve would end in the serial "
+                              "sweep")
         check_real("MGRIT divergence", self.divergence, low=1, low_open=True)
+        deprecated_comm("MGRITConfig", self.comm)
 
     def _check_list_lengths(self):
         """A ``cf`` or ``relax`` list with more entries than there are levels to use them is an
@@ -253,8 +266,11 @@ class MGRITConfig:
             raise ConfigError(f"unknown MGRIT preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**dict(PRESETS[name], **upgrade("MGRIT", overrides, cls.RENAMED)))
 
-    def make_solver(self):
-        return MGRITSolver(self)
+    def make_solver(self, comm=None, state=None):
+        """An :class:`MGRITSolver` of this config over the ranks of ``comm`` (None: the
+        deprecated ``self.comm``, else MPI's world under an MPI launcher, else one process),
+        remembering ``state`` (a :class:`~mgritnn.solvers.base.SolverState`)."""
+        return MGRITSolver(self, comm, state)
 
     def coarse_cell_for(self, fine):
         """The cell of the coarse levels for the fine cell ``fine`` (see ``coarse_cell``)."""
@@ -316,7 +332,7 @@ PRESETS = {
     # stall, the serial sweep for a solve that misses; two levels of cf 2 (the coarse grid of
     # trained recurrences must resolve their fastest oscillations), the matched coarse cell
     # (follows the fine cell's decay exactly), warm starts.
-    "train": dict(levels=2, cf=2, relax="F", max_iter=8, adjoint_max_iter=8, atol=0.0,
+    "train": dict(levels=2, cf=2, relax="F", max_iter=8, adjoint_max_iter=8, atol_l2=0.0,
                   rms_tol=1e-3, stall=0.9, fallback=True, initial_guess="warm",
                   coarse_cell="matched"),
 }
@@ -346,7 +362,7 @@ class _FAS:
         The solve runs from the last rank to the first (the adjoint).
     scale : float
         The size of the solution (the forward's GRU states: 1; the adjoint: max |lambda_N|):
-        ``atol`` and the divergence test's all-ones reference are relative to it.
+        ``atol_l2`` and the divergence test's all-ones reference are relative to it.
     """
 
     def __init__(self, grid, prop, tc, u0, cfg, kind, reverse=False, scale=1.0):
@@ -517,12 +533,12 @@ class _FAS:
         self.interpolate(l)
 
     def _tolerance(self):
-        """The residual norm that counts as converged (the largest of the ``atol``, ``rtol``
-        and ``rms_tol`` criteria that are on; 0 when none is)."""
+        """The residual 2-norm that counts as converged (the largest of the ``atol_l2``,
+        ``rtol_l2`` and ``rms_tol`` criteria that are on; 0 when none is)."""
         cfg, h = self.cfg, self.history
-        tol = cfg.atol * self.scale
-        if cfg.rtol > 0:
-            tol = max(tol, cfg.rtol * h[0])
+        tol = cfg.atol_l2 * self.scale
+        if cfg.rtol_l2 > 0:
+            tol = max(tol, cfg.rtol_l2 * h[0])
         if cfg.rms_tol > 0:
             tol = max(tol, cfg.rms_tol * self.tol_scale * self.ones_norm)
         return tol
@@ -914,32 +930,60 @@ class _MGRITState(NamedTuple):
 
 @register(config=MGRITConfig)
 class MGRITSolver(TimeParallelSolver):
-    """MGRIT forward and adjoint solves over the ranks of ``config.comm`` (see the module docstring)."""
+    """MGRIT forward and adjoint solves over the ranks of ``comm`` (see the module docstring).
+
+    Parameters
+    ----------
+    config : MGRITConfig, optional
+    comm : mpi4py communicator, optional
+        The time ranks (None: the config's deprecated ``comm``, else MPI's world under an MPI
+        launcher, else one process).
+    state : SolverState, optional
+        What it remembers (:class:`~mgritnn.solvers.base.SolverState`): ``warm``, key (T, sample
+        index) -> that sample's local level-0 C-point states (n_c, *S without the batch axis),
+        and the scalar ``tol_scale`` (stored when not 1).
+
+    Runs any cell of the step protocol (the compiled chains of
+    :class:`~mgritnn.cells.base.FusedChains` where the fine and the coarse cell have them) whose
+    coarse cell ``config.coarse_cell_for`` finds.
+    """
 
     name = "mgrit"
+    remembers = frozenset({"warm", "tol_scale"})
 
-    def __init__(self, config=None):
+    def __init__(self, config=None, comm=None, state=None):
         self.config = config or MGRITConfig()
-        super().__init__(self.config.comm)
-        self._warm = {}          # sample key -> its local level-0 C-point states (n_c, L, H)
-        #: Multiplier of ``rms_tol`` (1.0; the training preset's controller, which compares
-        #: gradients with the serial sweep's, tightens or loosens it). Saved with the warm
-        #: states in checkpoints.
-        self.tol_scale = 1.0
+        super().__init__(self.config.comm if comm is None else comm, state)
 
-    def warm_arrays(self):
-        """The warm-start states (:meth:`TimeParallelSolver.warm_arrays`) and ``tol_scale``."""
-        arrays = super().warm_arrays()
-        if self.tol_scale != 1.0:
-            arrays["tol_scale"] = np.array([self.tol_scale], np.float64)
-        return arrays
+    @property
+    def tol_scale(self):
+        """Multiplier of ``rms_tol`` (1.0; the training preset's controller, which compares
+        gradients with the serial sweep's, tightens or loosens it). Part of :attr:`state`."""
+        return self.state.scalars.get("tol_scale", 1.0)
 
-    def load_warm_arrays(self, arrays):
-        """Restore what :meth:`warm_arrays` returned."""
-        arrays = dict(arrays)
-        scale = arrays.pop("tol_scale", None)
-        self.tol_scale = 1.0 if scale is None else float(np.asarray(scale).ravel()[0])
-        super().load_warm_arrays(arrays)
+    @tol_scale.setter
+    def tol_scale(self, value):
+        if value == 1.0:
+            self.state.scalars.pop("tol_scale", None)
+        else:
+            self.state.scalars["tol_scale"] = float(value)
+
+    def supports(self, cell):
+        """What ``cell`` lacks for MGRIT: nothing beyond the step protocol, but a coarse cell
+        (``config.coarse_cell_for``) must exist for it."""
+        out = super().supports(cell)
+        try:
+            self.config.coarse_cell_for(cell)
+        except ConfigError as e:
+            out.append(f"a coarse cell ({e})")
+        return out
+
+    def check(self, cell):
+        """As :meth:`Solver.check`; a cell without a coarse cell gets ``coarse_cell_for``'s own
+        message (which names the fix)."""
+        if (type(cell), getattr(cell, "name", None)) not in self._supported:
+            self.config.coarse_cell_for(cell)
+        super().check(cell)
 
     def local_steps(self, T):
         """Fine steps [lo, hi) whose inputs this rank needs (its time slice)."""
@@ -956,6 +1000,7 @@ class MGRITSolver(TimeParallelSolver):
         ``initial_guess="warm"``; as many as the batch has rows). Returns (h_last or None,
         state, SolveStats); h_last only on the last rank. With ``fallback``, a solve that misses
         its tolerance is redone as the serial sweep (:meth:`_exact`)."""
+        self.check(cell)
         cfg = self.config
         t_setup = time.perf_counter()
         ax0 = cell.project_inputs(w, x)
@@ -966,9 +1011,9 @@ class MGRITSolver(TimeParallelSolver):
         levels = _level_inputs(grid, ax0, lo, cfg.coarse_input, reverse=False,
                                fine_dt=_fine_dt(dt, T, lo, ax0, cfg.coarse_input))
         dts = _level_dts(levels, dt, T, lo, ax0.dtype)
-        fused = has(cell, FusedChains) and has(cfg.coarse_cell_for(cell), FusedChains)
-        prop = (_FusedForward if fused else _ForwardProp)(cell, cfg.coarse_cell_for(cell), w,
-                                                          levels, dts)
+        coarse = cfg.coarse_cell_for(cell)
+        fused = has(cell, FusedChains) and has(coarse, FusedChains)
+        prop = (_FusedForward if fused else _ForwardProp)(cell, coarse, w, levels, dts)
         fas = self._fas(grid, prop, h0, "mgrit-forward")
         remember = cfg.initial_guess == "warm" and keys is not None and len(grid.points) > 1
         cpts = grid.c_index[0][1:] if remember else None
@@ -979,8 +1024,8 @@ class MGRITSolver(TimeParallelSolver):
                                   f"{h0.shape[-2]} rows: give one key per row")
             keys = [(T, int(k)) for k in keys]
             for b, key in enumerate(keys):
-                if key in self._warm:
-                    fas.u[0][cpts, :, b] = self._warm[key]
+                if key in self.state.warm:
+                    fas.u[0][cpts, :, b] = self.state.warm[key]
                     warm = True
         t0 = time.perf_counter()
         fas.phases["setup"] = [t0 - t_setup, 1, 0]
@@ -989,7 +1034,7 @@ class MGRITSolver(TimeParallelSolver):
             fas, stats = self._exact(grid, prop, h0, "mgrit-forward", stats, spent=fas)
         if remember:
             for b, key in enumerate(keys):
-                self._warm[key] = fas.u[0][cpts, :, b].copy()
+                self.state.warm[key] = fas.u[0][cpts, :, b].copy()
         stats.wait_time = fas.wait_time
         stats.seconds = time.perf_counter() - t_setup
         u = fas.u[0]                                    # forward points lo .. hi

@@ -10,12 +10,13 @@ The adjoint keeps its scale in a power-of-two exponent (``SolveStats.exponent``)
 gradients would overflow the dtype, the returned cotangents and gradients are 2^-exponent times
 the true ones, their direction exact to round-off (:meth:`SerialSolver.adjoint`).
 """
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
 from ..cells.base import FusedSequence, Workspace, adjoint_shift, has, scale_pow2, tree_map
-from .base import SolveStats, Solver, register, step_sizes
+from .base import SolveStats, Solver, one_rank, register, step_sizes
 
 
 class _Sweep(NamedTuple):
@@ -74,17 +75,31 @@ def _stack(parts):
     return tree_map(lambda *a: np.concatenate(a), parts[0], *parts[1:])
 
 
-@register
+@dataclass(frozen=True)
+class SerialConfig:
+    """Options of the serial solver: none (its config, so that every registered solver has one)."""
+
+    def make_solver(self, comm=None, state=None):
+        """A :class:`SerialSolver` (``comm``: None or one rank; ``state``: an empty one)."""
+        one_rank("serial", comm)
+        return SerialSolver(self, state=state)
+
+
+@register(config=SerialConfig)
 class SerialSolver(Solver):
-    """Sequential sweep over time; exact (no iteration).
+    """Sequential sweep over time; exact (no iteration). Runs any cell of the step protocol (the
+    whole-sequence sweeps of :class:`~mgritnn.cells.base.FusedSequence` where the cell has them).
 
     An instance reuses its work arrays between calls (:class:`~mgritnn.cells.Workspace`): the
-    ``state`` of a forward solve is valid until the next forward solve of the same instance.
+    ``state`` of a forward solve is valid until the next forward solve of the same instance. It
+    remembers nothing between solves (its :class:`~mgritnn.solvers.base.SolverState` is empty).
     """
 
     name = "serial"
 
-    def __init__(self):
+    def __init__(self, config=None, state=None):
+        self.config = config or SerialConfig()
+        super().__init__(state)
         self.ws = Workspace()
 
     def forward(self, cell, w, x, h0, dt=1.0, keep=True, T=None, keys=None):
@@ -108,6 +123,7 @@ class SerialSolver(Solver):
         state : what :meth:`adjoint` needs, or None
         stats : SolveStats
         """
+        self.check(cell)
         xp = cell.project_inputs(w, x, ws=self.ws)
         if not has(cell, FusedSequence):
             return self._step_forward(cell, w, x, xp, h0, dt, keep)

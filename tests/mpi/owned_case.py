@@ -13,7 +13,7 @@ import numpy as np
 from mpi4py import MPI
 
 from mgritnn.odenet import ODENet
-from mgritnn.solvers import MGRITConfig
+from mgritnn.solvers import MGRITConfig, make_solver
 from mgritnn.train import TrainConfig, Trainer
 
 comm = MPI.COMM_WORLD
@@ -25,7 +25,7 @@ m = ODENet(3, 5, 4, 13, activation="tanh", layer_init="independent", seed=1, tik
            ddt_penalty=1e-2)
 rng = np.random.default_rng(0)
 X, y = rng.normal(size=(20, 3)), rng.integers(0, 4, 20)
-solver = MGRITConfig(levels=2, cf=2, max_iter=2, adjoint_max_iter=2, comm=comm).make_solver()
+solver = make_solver(MGRITConfig(levels=2, cf=2, max_iter=2, adjoint_max_iter=2), comm)
 full_loss, full_grad, full_info = m.loss_and_grad_flat(X, y, solver)
 lo, hi = solver.local_steps(m.depth)
 layers, keep = m.params["layers"], m.params["layers"].copy()
