@@ -215,13 +215,8 @@ def test_old_names_in_presets_and_training_options():
         "mgrit option 'bwd_iters' is deprecated: use 'adjoint_max_iter'",
         "mgrit option 'tol' is deprecated: use 'atol_l2'",
         "Newton option 'tol' is deprecated: use 'atol'"]
-<<<<<<< ours
     assert {w.filename for w in got} == {__file__}           # warned where the spec was made
-    assert cfg.solver_options == {"adjoint_max_iter": 2, "atol": 0.0}
-=======
-    assert {w.filename for w in got} == {__file__}           # warned where TrainConfig() was called
     assert cfg.solver_options == {"adjoint_max_iter": 2, "atol_l2": 0.0}
->>>>>>> theirs
     assert cfg.newton_options == {"atol": 1e-8}
     old = dict(TrainConfig().settings(), solver="mgrit",
                solver_options={"fwd_iters": 2, "bwd_iters": 1, "tol": 1e-9, "levels": 3},
