@@ -11,7 +11,7 @@ import numpy as np
 from .cells import GRUGrads, GRUWeights, get_cell
 from .config import resolve_dtype
 from .datasets import PAD_POLICIES, real_steps
-from .errors import CheckpointError, ConfigError, DataError, SolverError
+from .errors import CheckpointError, DataError, SolverError
 from .io import atomic_savez, read_npz
 from .memory import check_memory, memory_estimate, param_shapes
 from .options import check_choice, check_int, check_real

@@ -13,7 +13,7 @@ import numba
 import numpy as np
 
 from ..errors import ConfigError
-from ..solvers import AutoConfig, get_solver, make_config
+from ..solvers import AutoConfig, make_config, make_solver
 from ..solvers.auto import PARALLEL_ROUTES
 from .calibration import covers, load_or_calibrate
 from .model import predict
@@ -86,10 +86,11 @@ def auto_predictor(calibration="default"):
     return functools.partial(_predicted_routes, calibration)
 
 
-def planned_solver(spec, options=None, comm=None):
-    """:func:`~mgritnn.solvers.get_solver` (a name with options and a communicator, a config, or a
-    solver), with the performance model as the predictor of an :class:`AutoConfig` whose
-    ``calibration`` asks for it ("default" or "tiny"; it calibrates on first use on a machine).
+def planned_solver(spec, options=None, comm=None, state=None):
+    """:func:`~mgritnn.solvers.make_solver` (a name with its options, a config, or a solver, over
+    the time ranks ``comm``, continuing ``state``), with the performance model as the predictor
+    of an :class:`AutoConfig` whose ``calibration`` asks for it ("default" or "tiny"; it
+    calibrates on first use on a machine).
 
     The one place that turns ``AutoConfig(calibration=...)`` into a predictor: training and the
     command line build their solver here.
@@ -98,12 +99,13 @@ def planned_solver(spec, options=None, comm=None):
     -------
     Solver
     """
-    config = make_config(spec, options, comm) if isinstance(spec, str) else spec
+    config = make_config(spec, options) if isinstance(spec, str) else spec
     if isinstance(config, AutoConfig) and config.calibration != "none":
-        return config.make_solver(predictor=auto_predictor(config.calibration))
-    if isinstance(spec, str):
-        return get_solver(spec, options, comm)
-    return get_solver(spec, options)
+        return config.make_solver(comm, state, predictor=auto_predictor(config.calibration))
+    if options and not isinstance(spec, str):
+        raise ConfigError(f"options {sorted(options)} go with a solver's name, not with "
+                          f"{spec!r}: put them in its config")
+    return make_solver(config, comm, state=state)
 
 
 __all__ = ["auto_predictor", "model_solve_times", "planned_solver"]

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import MgritnnWarning
 from ..options import check_choices, check_int, check_real
-from .base import TimeParallelSolver, register, step_sizes
+from .base import SolverState, TimeParallelSolver, deprecated_comm, register, step_sizes
 from .deer import DEERConfig, DEERSolver
 from .serial import SerialSolver
 
@@ -79,10 +79,12 @@ class AutoConfig:
         check_int("auto calibration_steps", self.calibration_steps, least=1)
         check_real("auto margin", self.margin, low=0, high=1, high_open=True)
         check_choices("auto", self)
+        deprecated_comm("AutoConfig", self.comm)
 
-    def make_solver(self, predictor=None):
-        """An :class:`AutoSolver` of this config with the given ``predictor`` (see there)."""
-        return AutoSolver(self, predictor)
+    def make_solver(self, comm=None, state=None, predictor=None):
+        """An :class:`AutoSolver` of this config over the ranks of ``comm``, continuing ``state``,
+        with the given ``predictor`` (see there)."""
+        return AutoSolver(self, comm, state, predictor)
 
 
 @register(config=AutoConfig)
@@ -120,9 +122,12 @@ class AutoSolver(TimeParallelSolver):
     #: The time axis in even slices, as DEER splits it (every route gets the same slice).
     local_steps = DEERSolver.local_steps
 
-    def __init__(self, config=None, predictor=None):
+    #: Its state is its routes' states, one part per route (``state.parts[route]``).
+    remembers = frozenset({"deer/", "quasi-deer/", "serial/"})
+
+    def __init__(self, config=None, comm=None, state=None, predictor=None):
         self.config = config or AutoConfig()
-        super().__init__(self.config.comm)      # the time communicator (None: as for DEER)
+        super().__init__(self.config.comm if comm is None else comm)   # None: as for DEER
         self.predictor = predictor
         if self.size > 1 and predictor is None and self.config.calibration != "none":
             warnings.warn(f"auto calibration={self.config.calibration!r} asks for the performance "
@@ -130,10 +135,11 @@ class AutoSolver(TimeParallelSolver):
                           "in turn: build it with mgritnn.plan.planned_solver(config) (or pass "
                           "predictor=mgritnn.plan.auto_predictor(...) to make_solver)",
                           MgritnnWarning, stacklevel=2)
-        self.routes = {"deer": DEERConfig(comm=self.config.comm).make_solver(),
-                       "quasi-deer": DEERConfig(quasi=True, comm=self.config.comm).make_solver()}
+        self.routes = {"deer": DEERConfig().make_solver(self.tc.comm),
+                       "quasi-deer": DEERConfig(quasi=True).make_solver(self.tc.comm)}
         if self.size == 1:
             self.routes = {"serial": SerialSolver(), **self.routes}
+        self.load_state(SolverState() if state is None else state)
         self.choices, self.timings, self.predictions, self._slow = {}, {}, {}, {}
         self._last = None
 
@@ -184,15 +190,12 @@ class AutoSolver(TimeParallelSolver):
 
     # -- the solves -----------------------------------------------------------------------------
 
-    def warm_arrays(self):
-        """The routes' warm-start states, named ``route/key``."""
-        return {f"{name}/{k}": v for name, route in self.routes.items()
-                for k, v in route.warm_arrays().items()}
-
-    def load_warm_arrays(self, arrays):
+    def load_state(self, state):
+        """Take ``state``: each route continues its part (``state.parts[route]``); the choices and
+        timings are not part of it (a resumed run measures or predicts them again)."""
+        super().load_state(state)
         for name, route in self.routes.items():
-            route.load_warm_arrays({k[len(name) + 1:]: v for k, v in arrays.items()
-                                    if k.startswith(name + "/")})
+            route.load_state(state.parts.setdefault(name, SolverState()))
 
     def forward(self, cell, w, x, h0, dt=1.0, keep=True, T=None, keys=None):
         """Forward solve of the raw inputs ``x`` (n_local, *X0) by the route chosen for this

@@ -18,6 +18,7 @@ from ..io import (atomic_savez, check_free_space, prepare_output, read_npz, remo
                   temp_prefix)
 from ..model import model_from_meta
 from ..optim import state_from_arrays, state_to_arrays
+from ..solvers import SolverState
 from .config import TrainConfig
 
 __all__ = ["Checkpointer", "all_finite", "gather_warm_arrays", "last_good", "load_checkpoint",
@@ -75,10 +76,11 @@ def gather_warm_arrays(solver, ranks):
     -------
     dict
         On rank 0: ``"warm/r{rank}/{name}" -> array`` for every rank's
-        :meth:`~mgritnn.solvers.base.Solver.warm_arrays` (empty for solvers without memory);
+        :class:`~mgritnn.solvers.SolverState` as arrays (``solver.state.to_arrays()``; empty for
+        solvers without memory);
         on the other ranks: empty.
     """
-    parts = ranks.world.gather(solver.warm_arrays(), root=0)
+    parts = ranks.world.gather(solver.state.to_arrays(), root=0)
     if not ranks.root:
         return {}
     return {f"warm/r{r}/{k}": v for r, part in enumerate(parts) for k, v in part.items()}
@@ -98,7 +100,8 @@ def restore_warm_arrays(solver, arrays, meta, ranks, path):
                           "checkpoint's bit for bit (resume on as many ranks to keep them)",
                           MgritnnWarning, stacklevel=4)
         return
-    solver.load_warm_arrays({k[len(mine):]: v for k, v in arrays.items() if k.startswith(mine)})
+    solver.load_state(SolverState.from_arrays(
+        {k[len(mine):]: v for k, v in arrays.items() if k.startswith(mine)}, f"checkpoint {path!r}"))
 
 
 def _write(cfg, epoch, model, optim_arrays, standardizer, rng, history, ds, warm, ranks, extra):
