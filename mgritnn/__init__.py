@@ -9,12 +9,16 @@ from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, M
                      MgritnnWarning, OutputError, SolverError)
 from .model import GRUClassifier, load
 from .odenet import ODENet
-from .solvers import MGRIT_PRESETS, AutoConfig, DEERConfig, MGRITConfig, SolveStats
-from .train import TrainConfig, Trainer, evaluate, train
+from .solvers import (MGRIT_PRESETS, AutoConfig, DEERConfig, MGRITConfig, SerialConfig, SolverState,
+                      SolveStats, make_solver)
+from .train import (GRUSpec, ODENetSpec, OptimSpec, RunSpec, SolverSpec, TrainConfig, Trainer,
+                    evaluate, train)
 
 __version__ = "0.1.0"
 
-__all__ = ["GRUClassifier", "ODENet", "load", "MGRITConfig", "MGRIT_PRESETS", "DEERConfig", "AutoConfig",
-           "NewtonConfig", "NewtonGRUCell", "DahlquistCell", "SolveStats", "TrainConfig", "Trainer", "train",
+__all__ = ["GRUClassifier", "ODENet", "load", "MGRITConfig", "MGRIT_PRESETS", "DEERConfig",
+           "AutoConfig", "SerialConfig", "SolverState", "make_solver", "NewtonConfig",
+           "NewtonGRUCell", "DahlquistCell", "SolveStats", "TrainConfig", "GRUSpec", "ODENetSpec",
+           "OptimSpec", "SolverSpec", "RunSpec", "Trainer", "train",
            "evaluate", "MgritnnError", "DataError", "ConfigError", "CheckpointError", "OutputError",
            "SolverError", "DivergenceError", "MgritnnWarning", "__version__"]

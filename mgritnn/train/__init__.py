@@ -8,13 +8,16 @@ and the evaluation (:mod:`.metrics`).
 A run is fixed by a :class:`TrainConfig`; :func:`train` (or a :class:`Trainer`) runs it.
 """
 from .checkpoint import gather_warm_arrays, load_checkpoint, save_checkpoint
-from .config import MODELS, ODENET_ACTIVATIONS, TrainConfig, _MINIBATCH_FIELDS, _MODEL_FIELDS
+from .config import (MODELS, ODENET_ACTIVATIONS, SETTINGS, FlatConfigWarning, GRUSpec, ModelSpec,
+                     ODENetSpec, OptimSpec, RunSpec, SolverSpec, TrainConfig, _MINIBATCH_FIELDS,
+                     _MODEL_FIELDS)
 from .data import Batch
 from .metrics import evaluate
 from .models import build_model
 from .ranks import _Ranks
 from .trainer import StepResult, Trainer, optimizer_from_config, train
 
-__all__ = ["MODELS", "ODENET_ACTIVATIONS", "TrainConfig", "Trainer", "Batch", "StepResult",
+__all__ = ["MODELS", "ODENET_ACTIVATIONS", "SETTINGS", "FlatConfigWarning", "GRUSpec", "ModelSpec",
+           "ODENetSpec", "OptimSpec", "RunSpec", "SolverSpec", "TrainConfig", "Trainer", "Batch", "StepResult",
            "build_model", "evaluate", "gather_warm_arrays", "load_checkpoint",
            "optimizer_from_config", "save_checkpoint", "train"]
