@@ -84,13 +84,13 @@ STATUS = {0: "ok", 1: "not converged", 2: "diverged", 3: "non-finite"}
 def make_solver(name, comm=None):
     """The solver of route kind ``name`` (``"serial"`` or a config on the time communicator
     ``comm``; None: MPI's world), to be made once and passed to every call."""
-    from mgritnn.solvers import DEERConfig, MGRITConfig
+    from mgritnn.solvers import DEERConfig, MGRITConfig, make_solver
 
     return {"serial": lambda: "serial",
-            "mgrit-paper": lambda: MGRITConfig.preset("paper", comm=comm),
-            "mgrit-fast": lambda: MGRITConfig.preset("fast", comm=comm),
-            "deer": lambda: DEERConfig(comm=comm),
-            "quasi-deer": lambda: DEERConfig(quasi=True, comm=comm)}[name]()
+            "mgrit-paper": lambda: make_solver(MGRITConfig.preset("paper"), comm),
+            "mgrit-fast": lambda: make_solver(MGRITConfig.preset("fast"), comm),
+            "deer": lambda: make_solver(DEERConfig(), comm),
+            "quasi-deer": lambda: make_solver(DEERConfig(quasi=True), comm)}[name]()
 
 
 def measure(comm, step, repeats, extra=dict):

@@ -44,7 +44,7 @@ with Trainer(cfg, progress=False) as tr:
     for name, s in settings.items():
         row = []
         for k in (1, 2, 4, 8):
-            c = MGRITConfig(max_iter=k, adjoint_max_iter=k, atol=0, **s)
+            c = MGRITConfig(max_iter=k, adjoint_max_iter=k, atol_l2=0, **s)
             l, g, info = m.loss_and_grad_flat(Xb, yb, c, strict=False)
             cos = float(g @ g0 / np.linalg.norm(g) / np.linalg.norm(g0))
             row.append(f"k={k}: cos {cos:+.3f} rel {np.linalg.norm(g-g0)/np.linalg.norm(g0):.2e} ev {info['forward'].step_evals}+{info['adjoint'].step_evals}")

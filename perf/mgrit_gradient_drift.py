@@ -52,7 +52,7 @@ def main(argv=None):
     cfg = TrainConfig(data=a.data, hidden=a.hidden, batch_size=a.batch_size, seed=a.seed,
                       epochs=a.epochs + 1, cell=a.cell, dtype=a.dtype)
     mgrit = get_solver("mgrit", dict(max_iter=a.max_iter, adjoint_max_iter=a.max_iter,
-                                     atol=a.atol, levels=a.levels, cf=a.cf, relax=a.relax))
+                                     atol_l2=a.atol, levels=a.levels, cf=a.cf, relax=a.relax))
     with Trainer(cfg, progress=False) as tr:
         for epoch in range(a.epochs):
             tr.train_epoch(epoch)

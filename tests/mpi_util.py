@@ -283,7 +283,7 @@ class Case(NamedTuple):
         from mgritnn.plan import planned_solver
         from mgritnn.solvers import AutoConfig, DEERConfig, MGRITConfig
         if self.solver == "auto":           # the performance model's choice (tiny calibration)
-            return planned_solver(AutoConfig(calibration="tiny", comm=comm))
+            return planned_solver(AutoConfig(calibration="tiny"), comm=comm)
         if getattr(self, "preset", ""):       # ODECase shares this method, without presets
             return MGRITConfig.preset(self.preset, max_iter=self.fwd, adjoint_max_iter=self.bwd,
                                       rms_tol=self.tol, comm=comm)

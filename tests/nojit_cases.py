@@ -36,7 +36,7 @@ def check_routes():
     X, y = rng.normal(size=(2, 8, 2)), np.array([0, 2])
     want_loss, want = ref.loss_and_grad("classic", m.params, 2, X, y)
     tight = dict(atol=1e-13, rtol=0.0)
-    for solver in ("serial", MGRITConfig(levels=2, cf=2, max_iter=20, adjoint_max_iter=20, atol=1e-14),
+    for solver in ("serial", MGRITConfig(levels=2, cf=2, max_iter=20, adjoint_max_iter=20, atol_l2=1e-14),
                    DEERConfig(**tight), DEERConfig(quasi=True, **tight)):
         loss, flat, info = m.loss_and_grad_flat(X, y, solver)
         grads = m.unflatten(flat)

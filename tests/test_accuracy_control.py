@@ -46,7 +46,7 @@ def test_dahlquist_success_meets_the_rms_tolerance(tol, relax):
     (the states' scale is 1), and its error against the serial sweep is of that order."""
     w, x, u0 = dahlquist()
     dt = 0.5
-    cfg = MGRITConfig(levels=2, cf=4, relax=relax, max_iter=40, atol=0.0, rms_tol=tol)
+    cfg = MGRITConfig(levels=2, cf=4, relax=relax, max_iter=40, atol_l2=0.0, rms_tol=tol)
     _, state, stats = cfg.make_solver().forward(CELL, w, x, u0, dt, T=x.shape[0])
     exact = SerialSolver().forward(CELL, w, x, u0, dt, T=x.shape[0])[1].u
     assert stats.status == OK, stats.message
@@ -64,7 +64,7 @@ def test_gru_gradient_error_shrinks_with_the_tolerance(cell):
     errors = []
     for tol in (1e-2, 1e-4, 1e-6, 1e-8):
         cfg = MGRITConfig(levels=2, cf=2, relax="F", max_iter=40, adjoint_max_iter=40,
-                          atol=0.0, rms_tol=tol)
+                          atol_l2=0.0, rms_tol=tol)
         _, g, info = m.loss_and_grad_flat(X, y, cfg)
         f, a = info["forward"], info["adjoint"]
         assert f.status == OK and a.status == OK, (f.message, a.message)
@@ -82,7 +82,7 @@ def test_forced_fallback_is_the_serial_gradient_bit_for_bit():
     for cell in ("classic", "implicit"):
         m, X, y = gru(cell, T=40)
         l0, g0, i0 = m.loss_and_grad_flat(X, y)
-        cfg = MGRITConfig(levels=2, cf=2, max_iter=1, adjoint_max_iter=1, atol=0.0,
+        cfg = MGRITConfig(levels=2, cf=2, max_iter=1, adjoint_max_iter=1, atol_l2=0.0,
                           rms_tol=1e-15, fallback=True)
         l1, g1, i1 = m.loss_and_grad_flat(X, y, cfg)
         assert l1 == l0 and np.array_equal(g1, g0) and np.array_equal(i1["logits"], i0["logits"])
@@ -95,7 +95,7 @@ def test_forced_fallback_is_the_serial_gradient_bit_for_bit():
 
 def test_converged_solve_does_not_fall_back():
     m, X, y = gru("implicit", T=40)
-    cfg = MGRITConfig(levels=2, cf=2, max_iter=30, adjoint_max_iter=30, atol=0.0,
+    cfg = MGRITConfig(levels=2, cf=2, max_iter=30, adjoint_max_iter=30, atol_l2=0.0,
                       rms_tol=1e-6, fallback=True)
     _, _, info = m.loss_and_grad_flat(X, y, cfg)
     assert not info["forward"].fallback and not info["adjoint"].fallback
@@ -107,7 +107,7 @@ def test_stall_gives_up_before_the_cap_and_falls_back():
     stops as stalled long before 50 cycles, and the fallback makes the result exact."""
     m, X, y = gru("classic", T=128, scale=4.0)
     _, g0, _ = m.loss_and_grad_flat(X, y)
-    cfg = MGRITConfig(levels=3, cf=4, max_iter=50, adjoint_max_iter=50, atol=0.0,
+    cfg = MGRITConfig(levels=3, cf=4, max_iter=50, adjoint_max_iter=50, atol_l2=0.0,
                       rms_tol=1e-12, stall=0.9, fallback=True)
     _, g, info = m.loss_and_grad_flat(X, y, cfg)
     f = info["forward"]
@@ -118,7 +118,7 @@ def test_stall_gives_up_before_the_cap_and_falls_back():
 
 def test_stall_off_runs_every_cycle():
     m, X, y = gru("classic", T=128, scale=4.0)
-    cfg = MGRITConfig(levels=3, cf=4, max_iter=6, adjoint_max_iter=1, atol=0.0, rms_tol=1e-12)
+    cfg = MGRITConfig(levels=3, cf=4, max_iter=6, adjoint_max_iter=1, atol_l2=0.0, rms_tol=1e-12)
     _, _, info = m.loss_and_grad_flat(X, y, cfg, strict=False)
     assert info["forward"].iterations == 6 and not info["forward"].stalled
 
@@ -126,7 +126,7 @@ def test_stall_off_runs_every_cycle():
 def test_tol_scale_multiplies_the_tolerance_and_is_saved():
     """tol_scale loosens the tolerance (fewer cycles); warm_arrays keeps it for checkpoints."""
     m, X, y = gru("implicit", T=64)
-    solver = MGRITConfig(levels=2, cf=2, max_iter=40, adjoint_max_iter=40, atol=0.0,
+    solver = MGRITConfig(levels=2, cf=2, max_iter=40, adjoint_max_iter=40, atol_l2=0.0,
                          rms_tol=1e-8).make_solver()
     _, _, tight = m.loss_and_grad_flat(X, y, solver)
     solver.tol_scale = 1e4
@@ -142,7 +142,7 @@ def test_tol_scale_multiplies_the_tolerance_and_is_saved():
 
 def test_bad_accuracy_options_are_named():
     with pytest.raises(ConfigError, match="fallback needs a tolerance"):
-        MGRITConfig(fallback=True, atol=0.0)
+        MGRITConfig(fallback=True, atol_l2=0.0)
     with pytest.raises(ConfigError, match="stall"):
         MGRITConfig(stall=1.5)
     with pytest.raises(ConfigError, match="rms_tol"):
@@ -268,7 +268,7 @@ def test_matched_coarse_cell_is_the_fine_step_at_unit_size_and_tight_mgrit_is_se
     np.testing.assert_allclose(get_cell(f"matched-{fine}").step(w, ax0, h, np.ones(4)),
                                get_cell(fine).step(w, ax0, h, np.ones(4)), rtol=0, atol=1e-14)
     _, g0, _ = m.loss_and_grad_flat(X, y)
-    cfg = MGRITConfig(levels=3, cf=2, max_iter=60, adjoint_max_iter=60, atol=1e-13,
+    cfg = MGRITConfig(levels=3, cf=2, max_iter=60, adjoint_max_iter=60, atol_l2=1e-13,
                       coarse_cell="matched")
     _, g, info = m.loss_and_grad_flat(X, y, cfg)
     assert info["forward"].status == OK and info["adjoint"].status == OK

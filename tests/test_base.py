@@ -100,7 +100,7 @@ def test_exactness_front(relax, per_cycle):
         exact[t + 1] = CELL.step(w, x[t:t + 1], exact[t:t + 1], dt)[0]
     cpts = np.arange(0, T + 1, cf)
     for k in range(1, 5):
-        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol=0.0, skip_first_down=False)
+        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol_l2=0.0, skip_first_down=False)
         u, stats = _trajectory(w, x, u0, dt, cfg)
         assert stats.status == NOT_CONVERGED
         err = np.abs(u[cpts] - exact[cpts]).max(axis=1)
@@ -127,7 +127,7 @@ def test_two_level_convergence_within_the_bound(lam_dt, cf, nc, relax):
     cpts = np.arange(cf, T + 1, cf)
     errs = [np.linalg.norm(serial[cpts])]                      # the zero initial guess
     for k in range(1, 4):
-        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol=0.0, skip_first_down=False)
+        cfg = MGRITConfig(levels=2, cf=cf, relax=relax, max_iter=k, atol_l2=0.0, skip_first_down=False)
         u, _ = _trajectory(w, x, u0, dt, cfg)
         errs.append(np.linalg.norm(u[cpts] - serial[cpts]))
     for before, after in zip(errs, errs[1:]):

@@ -419,7 +419,7 @@ def test_mgrit_tight_tolerance_equals_serial(p, dt, levels, cf):
     that differ by rounding, disagree and FAS keeps that residual; the status is then
     NOT_CONVERGED (reported, never a silent DIVERGED or NaN)."""
     m = newton_model(p, dt)
-    cfg = MGRITConfig(levels=levels, cf=cf, max_iter=p["T"] + 2, adjoint_max_iter=p["T"] + 2, atol=1e-12)
+    cfg = MGRITConfig(levels=levels, cf=cf, max_iter=p["T"] + 2, adjoint_max_iter=p["T"] + 2, atol_l2=1e-12)
     assume_hierarchy_fits(cfg, p["T"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -444,7 +444,7 @@ def test_mgrit_converges_to_serial(levels, cf, dt, coarse_cell):
     m, X, y = mgrit_problem(dt=dt)
     m.cell.stats.reset()
     l0, g0, _ = m.loss_and_grad_flat(X, y)
-    cfg = MGRITConfig(levels=levels, cf=cf, max_iter=40, adjoint_max_iter=40, atol=1e-12,
+    cfg = MGRITConfig(levels=levels, cf=cf, max_iter=40, adjoint_max_iter=40, atol_l2=1e-12,
                       coarse_cell=coarse_cell)
     l1, g1, info = m.loss_and_grad_flat(X, y, cfg)
     assert info["forward"].status == OK and info["adjoint"].status == OK

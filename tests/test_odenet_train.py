@@ -19,7 +19,7 @@ SMALL = dict(model="odenet", data="peaks", depth=4, width=4, activation="smoothr
 SMALL_FLAGS = ["--model", "odenet", "--data", "peaks", "--depth", "4", "--width", "4",
                "--activation", "smoothrelu", "--batch-size", "250", "--max-batches", "2",
                "--dtype", "float64", "--lr", "0.02", "--quiet"]
-TIGHT_MGRIT = dict(levels=2, cf=2, max_iter=60, adjoint_max_iter=60, atol=1e-15)
+TIGHT_MGRIT = dict(levels=2, cf=2, max_iter=60, adjoint_max_iter=60, atol_l2=1e-15)
 
 
 def quiet(*a, **k):

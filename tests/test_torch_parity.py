@@ -26,7 +26,7 @@ ARRAYS, META = _golden()
 #: float64: round-off of two different summation orders; float32: a few ulps times T.
 TOL = {"float64": dict(rtol=1e-11, atol=1e-13), "float32": dict(rtol=2e-5, atol=2e-6)}
 SOLVERS = {"serial": "serial",
-           "mgrit": mgritnn.MGRITConfig(levels=2, cf=2, max_iter=60, adjoint_max_iter=60, atol=0.0)}
+           "mgrit": mgritnn.MGRITConfig(levels=2, cf=2, max_iter=60, adjoint_max_iter=60, atol_l2=0.0)}
 
 
 def _model(case):

@@ -260,6 +260,24 @@ class Cell:
         return self
 
 
+#: The registry of cells by name: the modules that define cells register theirs (``gru.py``: the
+#: GRU cells and MGRIT's matched coarse cells; ``newton.py``: ``"implicit-newton"``).
+CELLS = {}
+
+
+def get_cell(name):
+    """The cell registered under ``name`` (:data:`CELLS`: 'classic', 'implicit', ...), or
+    ``name`` itself if it is a :class:`Cell` (e.g. ``NewtonGRUCell(NewtonConfig(max_iter=30))``);
+    otherwise a ConfigError. A cell with state of its own (the Newton cell's counters) is a new
+    instance on every call, so that no two models share it (:meth:`Cell.instance`)."""
+    if isinstance(name, Cell):
+        return name
+    try:
+        return CELLS[name].instance()
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}") from None
+
+
 # -- capabilities --------------------------------------------------------------------------------
 #
 # What a solver may use beyond the core is a capability: a runtime-checkable protocol, tested with

@@ -38,7 +38,8 @@ from numba import prange
 from ..config import JIT, JIT_PAR, resolve_dtype, row_blocks
 from ..errors import ConfigError
 from .activations import flush_subnormal, sigmoid, tanh
-from .base import Cell, LayerStep, Workspace, adjoint_shift, scale_pow2, work_array
+from .base import (CELLS, Cell, LayerStep, Workspace, adjoint_shift, get_cell, scale_pow2,
+                   work_array)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1784,28 +1785,14 @@ class SequenceCache(NamedTuple):
     dt: np.ndarray
 
 
-CELLS = {
+CELLS.update({
     "classic": GRUCell("classic", 0.0),
     "implicit": GRUCell("implicit", 1.0),
     # MGRIT coarse cells: d unit steps of the fine cell composed exactly with frozen gates
     # (h' = n + q^d (h - n)); stable for any d (0 <= q <= 1) and the fine step at d = 1.
     "matched-classic": GRUCell("matched-classic", -1.0),
     "matched-implicit": GRUCell("matched-implicit", -2.0),
-}
-
-
-def get_cell(name):
-    """The cell registered under ``name`` ('classic', 'implicit', or 'implicit-newton', which
-    :mod:`mgritnn.cells.newton` registers on import), or ``name`` itself if it is a
-    :class:`~mgritnn.cells.base.Cell` (e.g. ``NewtonGRUCell(NewtonConfig(max_iter=30))``);
-    otherwise a ConfigError. A cell with state of its own (the Newton cell's counters) is a new
-    instance on every call, so that no two models share it (:meth:`Cell.instance`)."""
-    if isinstance(name, Cell):
-        return name
-    try:
-        return CELLS[name].instance()
-    except KeyError:
-        raise ConfigError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}") from None
+})
 
 
 __all__ = ["CELLS", "GRUCache", "GRUCell", "GRUGrads", "GRUStack", "GRUWeights", "LayerStep",

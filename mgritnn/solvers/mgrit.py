@@ -52,8 +52,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cells import CELLS, get_cell
-from ..cells.base import FusedChains, has, tree_map
+from ..cells.base import CELLS, FusedChains, get_cell, has, tree_map
 from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
 from ..distributed import level_points, local_grid, rank_bounds
 from ..errors import ConfigError
