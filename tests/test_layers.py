@@ -244,3 +244,32 @@ if __name__ == "__main__":                 # pragma: no cover - a listing for pe
     for m, line, src, name in _private_imports():
         print(f"{m}:{line} imports {name} from {src}")
     pytest.main([__file__, "-q"])
+
+
+#: The trainer is a small loop composing parts: no class of ``mgritnn/train/`` longer than this,
+#: no function longer than :data:`MAX_FUNCTION` (lines, docstrings included).
+MAX_CLASS, MAX_FUNCTION = 250, 60
+
+
+def _too_long(path):
+    """(kind, name, lines) of every class over MAX_CLASS and function over MAX_FUNCTION lines."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        lines = node.end_lineno - node.lineno + 1 if hasattr(node, "end_lineno") else 0
+        if isinstance(node, ast.ClassDef) and lines > MAX_CLASS:
+            out.append(("class", node.name, lines))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and lines > MAX_FUNCTION:
+            out.append(("function", node.name, lines))
+    return out
+
+
+def test_the_length_rule_sees_a_long_function(tmp_path):
+    src = "def f():\n" + "    x = 1\n" * MAX_FUNCTION + "\n\ndef g():\n    return 1\n"
+    (tmp_path / "m.py").write_text(src)
+    assert _too_long(tmp_path / "m.py") == [("function", "f", MAX_FUNCTION + 1)]
+
+
+def test_the_trainer_is_made_of_small_parts():
+    """No class of the training package over 250 lines, no function over 60."""
+    found = {f.name: _too_long(f) for f in sorted((ROOT / "train").glob("*.py"))}
+    assert not {k: v for k, v in found.items() if v}

@@ -30,12 +30,12 @@ one for ``clip_by_global_norm`` when it clips); ``sgd`` the new momentum buffer 
 updates. ``apply_updates(..., inplace=True)`` allocates nothing.
 """
 
-import math
 from typing import Callable, NamedTuple
 
 import numpy as np
 
-from mgritnn.errors import CheckpointError, ConfigError
+from mgritnn.errors import CheckpointError
+from mgritnn.options import check_real
 from mgritnn.tree import is_namedtuple, tree_leaves, tree_map  # noqa: F401 (re-exported)
 
 
@@ -97,24 +97,6 @@ def _check_grads(grads, ref):
     tree_map(_check_leaf, grads, ref)
 
 
-def _hyper(name, value, lo, hi, lo_open, hi_open=True):
-    """Return ``value`` as a Python float if it lies in the interval, else raise ConfigError."""
-    left = "(" if lo_open else "["
-    right = ")" if hi_open else "]"
-    allowed = f"{left}{lo}, {hi}{right}"
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number in {allowed}, got {value!r}") from None
-    ok = (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
-    if isinstance(value, bool) or not ok or math.isnan(x):
-        raise ConfigError(f"{name} must be a number in {allowed}, got {value!r}")
-    return x
-
-
-# ----------------------------------------------------------------------------------------------
-# composition and the basic transformations
-# ----------------------------------------------------------------------------------------------
 def chain(*transforms):
     """Compose gradient transformations: the updates pass through ``transforms`` in order.
 
@@ -177,14 +159,14 @@ def scale(step_size):
     -------
     GradientTransformation
     """
-    s = _hyper("step_size", step_size, -math.inf, math.inf, lo_open=True)
+    s = check_real("step_size", step_size)
     return _stateless(lambda updates, state, params=None: (tree_map(lambda u: u * s, updates),
                                                            state))
 
 
 def scale_by_learning_rate(learning_rate):
     """``scale(-learning_rate)``: the descent step of a learning rate ``> 0`` (stateless)."""
-    return scale(-_hyper("lr", learning_rate, 0.0, math.inf, lo_open=True))
+    return scale(-check_real("lr", learning_rate, low=0, low_open=True))
 
 
 def add_decayed_weights(weight_decay=0.0):
@@ -208,7 +190,7 @@ def add_decayed_weights(weight_decay=0.0):
     and before the learning rate it is decoupled weight decay (AdamW, Loshchilov & Hutter 2019).
     The sum is computed as ``u + (weight_decay * p)`` in the dtype of the leaves.
     """
-    wd = _hyper("weight_decay", weight_decay, 0.0, math.inf, lo_open=False)
+    wd = check_real("weight_decay", weight_decay, low=0)
 
     def add(u, p):
         _check_leaf(u, p)
