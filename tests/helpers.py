@@ -48,7 +48,7 @@ def assert_directional_derivatives(m, X, y, g, seed, directions=2, eps=1e-5, rto
 
 
 def assert_exactness_front(exact, solve, cf, relax, per_cycle, skip, cycles=5):
-    """MGRIT's exactness front on two levels (algorithms.md; Falgout et al. 2014): after k cycles
+    """MGRIT's exactness front on two levels (docs/algorithms.md §3; Falgout et al. 2014): after k cycles
     the first ``per_cycle * (k - skip)`` C-points are exact to 1e-13 (FCF: two per cycle, F: one;
     a skipped first down-leg none), the next one is not (> 1e-9), and neither are the F-points of
     the exact intervals. ``exact`` (N + 1, *S) is the serial trajectory; ``solve(cfg)`` returns

@@ -1,6 +1,6 @@
 """Slow, obviously right NumPy twins of the kernels. Never imports mgritnn's kernels.
 
-Everything here follows the formulas of ``../shared/design/algorithms.md`` §1 literally, one layer
+Everything here follows the formulas of ``docs/algorithms.md`` §1 literally, one layer
 and one time step at a time, with each cell's own update formula (no shared theta trick).
 Parameters are dicts with PyTorch names; arrays are time-major inside: x (T, B, I), h (L, B, H).
 """
@@ -165,7 +165,7 @@ def linear_recurrence(A, b, h0, reverse=False):
 
 
 # =================================================================================================
-# implicit-newton (algorithms.md §1c): backward Euler with the gates at the new state,
+# implicit-newton (docs/algorithms.md §1c): backward Euler with the gates at the new state,
 #     G(y) = y - h - dt (1 - z(y)) (n(y) - y) = 0,   y = h',
 # solved by a plain Newton loop, one batch row at a time. Independent of the kernels and of the
 # "2y - Phi_classic" identity the cell uses: G, its Jacobian and the adjoint are written out here.

@@ -1,4 +1,4 @@
-"""The fully implicit cell ``implicit-newton`` (algorithms.md §1c): the Newton solve against the
+"""The fully implicit cell ``implicit-newton`` (docs/algorithms.md §1c): the Newton solve against the
 NumPy twin, its residual and counters, the implicit-function-theorem derivatives by finite
 differences and the dot-product test, second order agreement with the explicit step at small dt,
 the model's gradient, and MGRIT with the cell on every level."""
