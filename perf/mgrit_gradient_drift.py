@@ -16,8 +16,8 @@ Commands (from the repository root)::
         --hidden 32 --batch-size 8 --epochs 3 --max-iter 20 --cell implicit
 
 Found on WatchExercise (2026-12-03, float32, 20 cycles, epoch 4's 13 batches; the table is in
-docs/results.md, "Variable-length data"): with the paper's 3 levels and cf 4, classic cell, relative gradient errors up to 3.7 and
-the residual rising (``grew``) on 6 batches (without the lengths: up to 29, on 11); implicit cell
+docs/results.md, "Variable-length data"): with the paper's 3 levels and cf 4, classic cell,
+relative gradient errors up to 3.7 and the residual rising (``grew``) on 6 batches (without the lengths: up to 29, on 11); implicit cell
 up to 1.3, on 4. With ``--cf 2`` or ``--levels 2`` the implicit cell converges on every batch
 (errors below 1e-4): the coarsest level's long steps do not follow the trained recurrence.
 """
