@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mgritnn import DEERConfig, MGRITConfig, TrainConfig
+from mgritnn import DEERConfig, MGRITConfig, SerialConfig, TrainConfig
 from mgritnn.errors import ConfigError
 from mgritnn.io import read_npz
 from mgritnn.train import config as config_module
@@ -132,7 +132,7 @@ def test_a_solver_config_object_is_a_solver():
     quasi = TrainConfig(solver=DEERConfig(quasi=True, max_iter=3))
     assert quasi.solver == "quasi-deer" and quasi.solver_options == {"max_iter": 3}
     assert quasi.solver_spec.config == DEERConfig(quasi=True, max_iter=3)
-    assert TrainConfig().solver_spec.config is None               # serial: no options
+    assert TrainConfig().solver_spec.config == SerialConfig()     # serial: no options
     assert TrainConfig(solver=SolverSpec("mgrit", {"preset": "paper"})).solver_options == \
         {"preset": "paper"}                                       # as given, preset kept
 

@@ -11,6 +11,7 @@ from mgritnn.errors import CheckpointError, ConfigError, DivergenceError, Mgritn
 from mgritnn.io import temp_prefix
 from mgritnn.odenet import ODENet
 from mgritnn.optim import make_optimizer, state_to_arrays
+from mgritnn.solvers import SolverState
 from mgritnn.train import Batch, StepResult, TrainConfig, _Ranks, build_model, save_checkpoint
 from mgritnn.train.checkpoint import Checkpointer, gather_warm_arrays
 from mgritnn.train.data import TrainData, check_last_batch
@@ -84,8 +85,8 @@ def test_checkpointer_round_trip_is_bitwise(tmp_path):
     ranks = _Ranks(None, 1)
     ck = Checkpointer(cfg, ranks, quiet)
     hist = [dict(epoch=1, loss=0.5, test_loss=0.6)]
-    solver = types.SimpleNamespace(warm_arrays=lambda: {"u0": np.arange(3.0)},
-                                   load_warm_arrays=lambda a: loaded.update(a))
+    solver = types.SimpleNamespace(state=SolverState(scalars={"tol_scale": 0.25}),
+                                   load_state=lambda st: loaded.update(st.to_arrays()))
     loaded = {}
     ck.save(1, model, state_to_arrays(state), solver, data.standardizer, rng, hist, data.ds,
             dict(nested_stage=0, stage_start=0))
@@ -102,7 +103,7 @@ def test_checkpointer_round_trip_is_bitwise(tmp_path):
     assert got.step == state.step and got.m.tobytes() == state.m.tobytes()
     assert got.v.tobytes() == state.v.tobytes()
     assert rng2.bit_generator.state == rng.bit_generator.state
-    np.testing.assert_array_equal(loaded["u0"], [0, 1, 2])
+    np.testing.assert_array_equal(loaded["tol_scale"], [0.25])
     assert lines == [f"resumed from {cfg.checkpoint} after epoch 1"]
 
 
@@ -136,7 +137,7 @@ def test_resume_with_other_settings_warns_and_drops_another_optimizers_state(tmp
     arrays, meta = ck.read()
     sgd = make_optimizer("sgd", lr=0.01)
     fresh = sgd.init(model.flat)
-    solver = types.SimpleNamespace(load_warm_arrays=None)
+    solver = types.SimpleNamespace(load_state=None)
     with pytest.warns(MgritnnWarning, match="optimizer adam -> sgd .the adam state is dropped"):
         got, _, _ = ck.resume(arrays, meta, model, sgd, fresh, rng, solver,
                               OwnedLayers(solver, False))
@@ -145,7 +146,7 @@ def test_resume_with_other_settings_warns_and_drops_another_optimizers_state(tmp
 
 def test_gather_warm_arrays_names_each_ranks_states():
     ranks = _Ranks(None, 1)
-    solver = types.SimpleNamespace(warm_arrays=lambda: {"a": np.ones(2)})
+    solver = types.SimpleNamespace(state=SolverState(scalars={"a": 2.0}))
     assert list(gather_warm_arrays(solver, ranks)) == ["warm/r0/a"]
 
 

@@ -1,7 +1,7 @@
 """The fully implicit GRU cell ``implicit-newton``: backward Euler, one Newton solve per batch row.
 
 One step of size :math:`\\Delta t` of :math:`dh/dt = f(h) = (1 - z(h)) \\odot (n(h) - h)` with the
-gates at the **new** state (``../shared/design/algorithms.md`` §1c): the new state :math:`y = h'`
+gates at the **new** state (``docs/algorithms.md`` §1c): the new state :math:`y = h'`
 is the root of
 
 .. math::
@@ -186,7 +186,7 @@ class NewtonGRUCell(GRUStack):
     :math:`J_G(h')^T \\mu = \\lambda'`, :math:`\\lambda = \\mu`, pre-activation cotangents the
     classic gate VJP at :math:`(\\mu, h')`, :math:`dW_h \\mathrel{+}= dA_h^T h'`. A dense
     (K, B, H, H) Newton matrix and one LU solve (LAPACK, ``numpy.linalg.solve``) per row and update:
-    O(H^3) per row, meant for correctness and small H, not speed. See algorithms.md §1c.
+    O(H^3) per row, meant for correctness and small H, not speed. See ``docs/algorithms.md`` §1c.
 
     References
     ----------

@@ -16,7 +16,7 @@ operations of the step protocol (:mod:`mgritnn.cells.base`), so it runs on any c
 (the GRU cells; the scalar test equation as one layer of rows of one unknown). quasi-DEER keeps only diag(J_t),
 so a scan costs O(T B H) instead of O(T B H^3) (Gonzalez et al. 2024).
 
-Choices of this implementation (``../shared/design/algorithms.md`` §5):
+Choices of this implementation (``docs/algorithms.md`` §5):
 
 * Layers are solved one after another: layer l's recurrence takes the converged trajectory of layer
   l - 1 as its input (exactly the stack's equations; each layer's Newton system has H unknowns per

@@ -138,7 +138,7 @@ class MGRITConfig:
         each batch row's real steps only, when padded steps of step size 0 are among them).
     coarse_cell : str or None
         Cell of the coarse levels. None (default): the implicit GRU (stable for any step size), or
-        the fine cell itself when it is ``implicit-newton`` (algorithms.md §2). ``"matched"``:
+        the fine cell itself when it is ``implicit-newton`` (``docs/algorithms.md`` §2). ``"matched"``:
         the matched coarse cell of a classic or implicit fine cell (``matched-classic``,
         ``matched-implicit``: the fine steps a coarse step spans composed exactly with frozen
         gates; ``docs/gradient-quality.md``).
@@ -259,7 +259,7 @@ class MGRITConfig:
         counts: cycles until the residual's RMS meets ``rms_tol`` (cap 8), early give-up on a
         stall, the serial sweep for a solve that misses (``fallback``), two levels of cf 2,
         F-relaxation, the matched coarse cell, warm starts; with the trainer's gradient check its tolerance follows the
-        measured gradient error. See the README and ``docs/`` for what each costs.
+        measured gradient error. What each costs: ``docs/performance.md``, ``docs/gradient-quality.md``.
         """
         if name not in PRESETS:
             raise ConfigError(f"unknown MGRIT preset {name!r}; choose one of {sorted(PRESETS)}")

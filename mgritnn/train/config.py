@@ -322,7 +322,7 @@ class SolverSpec:
 
     @property
     def config(self):
-        """The solver's config object (None for a solver without options: the serial sweep)."""
+        """The solver's config object (:class:`~mgritnn.solvers.SerialConfig` for the serial sweep)."""
         return make_config(self.solver, self.solver_options)
 
     @classmethod
