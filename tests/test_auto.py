@@ -191,3 +191,26 @@ def test_planned_solver_passes_the_model_only_when_asked():
     assert isinstance(planned_solver("serial"), SerialSolver)
     with pytest.raises(ConfigError, match="calibration"):
         AutoConfig(calibration="huge")
+
+
+def test_auto_measurements_are_its_state_and_survive_a_checkpoint():
+    """The choices, timings and counters are in ``solver.state`` (part "measured"): a solver
+    made from the state's arrays (what a checkpoint holds) chooses the same route without
+    measuring again."""
+    from mgritnn.solvers import AutoConfig, AutoSolver, SolverState
+    m, X, y = model_and_data("classic", L=1, T=40)
+    auto = AutoSolver()
+    m.loss_and_grad_flat(X, y, auto)
+    m.loss_and_grad_flat(X[:2], y[:2], auto)
+    arrays = auto.state.to_arrays()
+    assert any(k.startswith("measured/choice||") for k in arrays)
+    again = make_solver(AutoConfig(), state=SolverState.from_arrays(arrays))
+    assert again.choices == auto.choices and again.timings == auto.timings
+    assert again._slow == auto._slow
+    calls = []
+    for route in again.routes.values():                # nothing is timed again: only the chosen
+        route.forward = (lambda f, name: lambda *a, **k: (calls.append(name), f(*a, **k))[1])(
+            route.forward, route.name)
+    m.loss_and_grad_flat(X, y, again)
+    key = next(k for k in auto.choices if k[0] == X.shape[1] and k[1][1] == X.shape[0])
+    assert calls == [again.routes[auto.choices[key]].name]

@@ -27,10 +27,13 @@ time before it ran) is dropped for that route: more Newton iterations as the wei
 fallback, a busier machine, or a model that was wrong here. So the chosen route is never slower
 than the best known one by more than ``margin`` for long.
 
-What the solver keeps between calls (the state a checkpoint or a :class:`SolverState` would
-hold): ``choices``, ``timings``, ``predictions`` and the slow-call counters (per shape key), and
-the routes' warm-start arrays (:meth:`AutoSolver.warm_arrays`).
+What the solver keeps between calls is its :class:`~mgritnn.solvers.base.SolverState`: one part
+per route (the routes' warm starts) and the part ``"measured"``, whose scalars are the
+``choices``, ``timings``, ``predictions`` and slow-call counters per shape key (named
+``kind|route|key``, the key as JSON), so that a run resumed from a checkpoint keeps its choices
+instead of measuring again.
 """
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -122,8 +125,11 @@ class AutoSolver(TimeParallelSolver):
     #: The time axis in even slices, as DEER splits it (every route gets the same slice).
     local_steps = DEERSolver.local_steps
 
-    #: Its state is its routes' states, one part per route (``state.parts[route]``).
-    remembers = frozenset({"deer/", "quasi-deer/", "serial/"})
+    #: Its state: one part per route (``state.parts[route]``) and its measurements
+    #: (``state.parts["measured"]``, module docstring).
+    remembers = frozenset({"deer/", "quasi-deer/", "serial/", "measured/"})
+    #: The routes in a fixed order (a choice is saved as its index).
+    ROUTES = ("serial", "deer", "quasi-deer")
 
     def __init__(self, config=None, comm=None, state=None, predictor=None):
         self.config = config or AutoConfig()
@@ -139,9 +145,8 @@ class AutoSolver(TimeParallelSolver):
                        "quasi-deer": DEERConfig(quasi=True).make_solver(self.tc.comm)}
         if self.size == 1:
             self.routes = {"serial": SerialSolver(), **self.routes}
-        self.load_state(SolverState() if state is None else state)
-        self.choices, self.timings, self.predictions, self._slow = {}, {}, {}, {}
         self._last = None
+        self.load_state(SolverState() if state is None else state)   # sets choices, timings, ...
 
     @property
     def _serial_candidate(self):
@@ -191,11 +196,40 @@ class AutoSolver(TimeParallelSolver):
     # -- the solves -----------------------------------------------------------------------------
 
     def load_state(self, state):
-        """Take ``state``: each route continues its part (``state.parts[route]``); the choices and
-        timings are not part of it (a resumed run measures or predicts them again)."""
+        """Take ``state``: each route continues its part (``state.parts[route]``), and the
+        measurements of ``state.parts["measured"]`` become :attr:`choices`, :attr:`timings`,
+        :attr:`predictions` (module docstring)."""
         super().load_state(state)
         for name, route in self.routes.items():
             route.load_state(state.parts.setdefault(name, SolverState()))
+        self.choices, self.timings, self.predictions, self._slow = {}, {}, {}, {}
+        for name, v in state.parts.setdefault("measured", SolverState()).scalars.items():
+            kind, route, text = name.split("|", 2)
+            T, xs, hs, dtype, cell = json.loads(text)
+            key = (T, tuple(xs), tuple(hs), dtype, cell)
+            if kind == "choice":
+                self.choices[key] = self.ROUTES[int(v)]
+            elif kind == "timing":
+                self.timings.setdefault(key, {})[route] = v
+            elif kind == "prediction":
+                self.predictions.setdefault(key, {})[route] = None if np.isnan(v) else v
+            elif kind == "slow":
+                self._slow[key] = int(v)
+
+    def _remember(self):
+        """Write :attr:`choices`, :attr:`timings`, :attr:`predictions` and the slow-call counters
+        into the state's part ``"measured"`` (after every change)."""
+        out = {}
+        for key in self.choices:
+            text = json.dumps([key[0], list(key[1]), list(key[2]), key[3], key[4]])
+            out[f"choice||{text}"] = float(self.ROUTES.index(self.choices[key]))
+            if self._slow.get(key):
+                out[f"slow||{text}"] = float(self._slow[key])
+            for r, t in self.timings.get(key, {}).items():
+                out[f"timing|{r}|{text}"] = float(t)
+            for r, t in self.predictions.get(key, {}).items():
+                out[f"prediction|{r}|{text}"] = np.nan if t is None else float(t)
+        self.state.parts["measured"] = SolverState(scalars=out)
 
     def forward(self, cell, w, x, h0, dt=1.0, keep=True, T=None, keys=None):
         """Forward solve of the raw inputs ``x`` (n_local, *X0) by the route chosen for this
@@ -208,6 +242,7 @@ class AutoSolver(TimeParallelSolver):
                 self._calibrate(key, cell, w, x, h0, dt)
             else:
                 self._predict(key, cell, w, x, h0, T)
+            self._remember()
         name = self.choices[key]
         t0 = time.perf_counter()
         h_last, state, stats = self.routes[name].forward(cell, w, x, h0, dt, keep=keep, T=T,
@@ -235,6 +270,7 @@ class AutoSolver(TimeParallelSolver):
                 self.choices[key] = untried[0]
             else:
                 self._check(key, name, spent / T, others)
+        self._remember()
         stats.message = f"auto: {name}; {stats.message}"
         return dxp, stats
 
