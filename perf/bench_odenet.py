@@ -1,5 +1,4 @@
-"""Layer-parallel ODENets: serial against MGRIT over the layers (issue 12; issue 13's
-layer-parallel route).
+"""Layer-parallel ODENets: serial against MGRIT over the layers (the layer-parallel route).
 
 One training step (``ODENet.loss_and_grad_flat`` + Adam, float32, tanh, random data and labels,
 seeded, the same on every rank) per configuration, on P = 1, 2, 4 MPI ranks: the serial sweep on

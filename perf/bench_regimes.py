@@ -1,4 +1,4 @@
-"""Regimes: which route to a training step wins, on which shape (issue 9, item 1).
+"""Regimes: which route to a training step wins, on which shape.
 
 One run puts every way of computing a training step (``loss_and_grad_flat`` + Adam, float32,
 ``cell="implicit"``, 6 classes) side by side on the same shapes:

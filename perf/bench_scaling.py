@@ -1,4 +1,4 @@
-"""Strong and weak scaling of a training step over MPI ranks, measured on real cores (issue 13, item 1).
+"""Strong and weak scaling of a training step over MPI ranks, measured on real cores.
 
 Commands (from the repository root)::
 

@@ -1,4 +1,4 @@
-"""What one Newton iteration of DEER / quasi-DEER costs against one serial forward sweep (issue 9, item 6).
+"""What one Newton iteration of DEER / quasi-DEER costs against one serial forward sweep.
 
 For each shape (float32, ``cell="implicit"``, one process, ``--threads`` numba threads) this times,
 interleaved (:func:`harness.timeit_many`, medians, first calls apart):

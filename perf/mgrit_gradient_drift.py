@@ -1,4 +1,4 @@
-"""Does MGRIT still give serial's gradient once the model has trained? (issue 14's diagnosis)
+"""Does MGRIT still give serial's gradient once the model has trained?
 
 MGRIT's convergence depends on the recurrence it solves, and training changes that recurrence. This
 script trains with the serial sweep for ``--epochs`` epochs, then, batch by batch through the next

@@ -37,7 +37,7 @@ def run_stats(path):
         fwd_fallback=int(sum(_field(r, "forward_fallback") for r in bs)))}
 
 
-#: The batch records' fields under their old names (logs written before issue 21).
+#: The batch records' fields under their old names (logs of mgritnn before the trainer was split into parts).
 _OLD_NAMES = dict(forward_iterations="fwd_iters", adjoint_iterations="bwd_iters",
                   forward_fallback="fwd_fallback")
 

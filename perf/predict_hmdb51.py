@@ -1,4 +1,4 @@
-"""The HMDB51 feature shape at P = 32 cores, predicted beside the paper's speedup (issue 13).
+"""The HMDB51 feature shape at P = 32 cores, predicted beside the paper's speedup.
 
 Moon & Cyr (ICLR 2022) train an implicit GRU on ResNet features of HMDB51 videos, (B, T, I, H, L)
 = (100, 128, 1000, 1000, 2) here, on Sandia's Attaway (36 cores per node, 4 MPI ranks per node,

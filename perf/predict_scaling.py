@@ -1,4 +1,4 @@
-"""How far each route scales, predicted by the performance model (issue 13, item 2).
+"""How far each route scales, predicted by the performance model.
 
 For the shapes of ``perf/bench_scaling.py`` this asks :func:`mgritnn.plan.predict` for the time
 of one training step of every route on P = 1, 2, 4, ..., ``--max-ranks`` ranks (one thread each,

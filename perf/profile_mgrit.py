@@ -1,4 +1,4 @@
-"""Where an MGRIT training step's time goes (issue 9, item 2).
+"""Where an MGRIT training step's time goes.
 
 One training step (``loss_and_grad_flat``, float32, ``cell="implicit"``) with an MGRIT preset on
 P ranks x t threads, taken apart per rank:

@@ -1,4 +1,4 @@
-"""The performance model against every measured point (issue 13, item 2: validation).
+"""The performance model against every measured point.
 
 Reads the ``kind="point"`` JSON lines of ``perf/bench_scaling.py`` and prints, per point, the
 predicted and measured time per training step and the relative error (predicted / measured - 1),
