@@ -32,14 +32,56 @@ def _check_solve(stats, solver, what, strict):
 def _batch_integers(a, batch, name, message):
     """``a`` as int64 (batch,): integers, or floats with integer values; otherwise a DataError
     (``message`` for the values, one naming ``name`` for the shape)."""
-    a = np.asarray(a)
+    try:
+        a = np.asarray(a)
+    except (TypeError, ValueError):
+        raise DataError(message) from None
     if a.shape != (batch,):
-        raise DataError(f"{name} must have shape ({batch},), one per sequence, got {a.shape}")
+        raise DataError(f"{name} must have shape ({batch},), one per sequence, got {a.shape}: "
+                        f"pass exactly one entry per sample of the batch, in the order of X")
     if not np.issubdtype(a.dtype, np.integer):
         if not (np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a))
                 and np.all(a == np.round(a))):
             raise DataError(message)
     return a.astype(np.int64)
+
+
+def as_model_array(X, dtype, name="X"):
+    """``X`` as an array of the model's ``dtype``, checked: its entries real numbers (bool, int,
+    unsigned, float; bool reads as 0/1; strings, complex numbers and objects are refused) and
+    finite *after* the cast to ``dtype`` (a float64 value beyond float32's range is refused for a
+    float32 model). Every model converts its inputs here (a DataError otherwise, naming the fix);
+    the shape is the model's own check."""
+    try:
+        X = np.asarray(X)
+    except (TypeError, ValueError) as e:        # ragged nested lists
+        raise DataError(f"{name} is not a rectangular array of numbers ({e}): pad the sequences "
+                        "to one shape (and pass their lengths)") from None
+    if X.dtype.kind not in "biuf":
+        what = {"c": "complex numbers", "U": "strings", "S": "bytes", "O": "Python objects",
+                "M": "dates", "m": "time deltas", "V": "structured records"}.get(X.dtype.kind,
+                                                                             X.dtype.name)
+        raise DataError(f"{name} holds {what} (dtype {X.dtype}), the model takes real numbers: "
+                        f"convert it, e.g. np.asarray({name}, dtype=float)"
+                        + (" (take the real part or the magnitude explicitly)"
+                           if X.dtype.kind == "c" else ""))
+    if X.dtype.kind == "f" and not np.all(np.isfinite(X)):
+        raise DataError(f"{name} contains NaN or inf: clean or impute the data first")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = X.astype(dtype, copy=False)
+    if out.dtype.kind == "f" and not np.all(np.isfinite(out)):
+        raise DataError(f"{name} has values beyond the range of the model's dtype "
+                        f"{np.dtype(dtype).name} (largest magnitude {np.max(np.abs(X)):.3g}): "
+                        "scale the data, or build the model with dtype='float64'")
+    return out
+
+
+def check_keys(keys, batch):
+    """Warm-start sample ``keys`` as int64 (batch,), one per row of the batch, or None."""
+    if keys is None:
+        return None
+    return _batch_integers(keys, batch, "keys", "keys must be integers (the samples' indices "
+                           "in the data set)")
 
 
 def check_labels(y, batch, num_classes):
@@ -214,7 +256,7 @@ class GRUClassifier(FlatParamModel):
     # -- computation ---------------------------------------------------------------------------
 
     def _time_major(self, X):
-        X = np.asarray(X)
+        X = as_model_array(X, self.dtype)
         if X.ndim != 3:
             raise DataError(f"X must have shape (batch, time, features), got an array of shape {X.shape}")
         if X.shape[2] != self.input_size:
@@ -223,9 +265,7 @@ class GRUClassifier(FlatParamModel):
                             f"the model with input_size={X.shape[2]}")
         if X.shape[0] == 0 or X.shape[1] == 0:
             raise DataError(f"X is empty (shape {X.shape}): need at least one sequence and one step")
-        if not np.all(np.isfinite(X)):
-            raise DataError("X contains NaN or inf: clean or impute the data first")
-        return np.ascontiguousarray(np.swapaxes(X, 0, 1), dtype=self.dtype)
+        return np.ascontiguousarray(np.swapaxes(X, 0, 1))
 
     def _check_labels(self, y, batch):
         return check_labels(y, batch, self.num_classes)
@@ -358,6 +398,7 @@ class GRUClassifier(FlatParamModel):
         """
         Xt = self._time_major(X)
         y = self._check_labels(y, Xt.shape[1])
+        keys = check_keys(keys, Xt.shape[1])
         dt = self.step_sizes(lengths, Xt.shape[0], Xt.shape[1], pad)
         solver = self._solver(solver)
         t0 = time.perf_counter()

@@ -61,7 +61,8 @@ from .cells.odenet import ACTIVATIONS, ODENetCell
 from .config import resolve_dtype
 from .errors import ConfigError, DataError
 from .io import atomic_savez
-from .model import MODEL_TYPES, FlatParamModel, _check_solve, check_labels, linear_head, \
+from .model import MODEL_TYPES, FlatParamModel, _check_solve, as_model_array, check_keys, \
+    check_labels, linear_head, \
     softmax_cross_entropy_head
 from .options import check_choice, check_int, check_real
 from .runtime import entry_point
@@ -229,7 +230,7 @@ class ODENet(FlatParamModel):
     # -- computation ---------------------------------------------------------------------------
 
     def _features(self, X):
-        X = np.asarray(X)
+        X = as_model_array(X, self.dtype)
         if X.ndim != 2:
             raise DataError(f"X must have shape (batch, features), got an array of shape {X.shape}")
         if X.shape[1] != self.num_features:
@@ -238,9 +239,7 @@ class ODENet(FlatParamModel):
                             f"num_features={X.shape[1]}")
         if X.shape[0] == 0:
             raise DataError("X is empty (no samples): need at least one")
-        if not np.all(np.isfinite(X)):
-            raise DataError("X contains NaN or inf: clean or impute the data first")
-        return np.ascontiguousarray(X, dtype=self.dtype)
+        return np.ascontiguousarray(X)
 
     def open(self, Y):
         """The opening layer: u_0 (B, w) and σ'(a_0) (B, w) (None for ``"copy"``)."""
@@ -480,6 +479,7 @@ class ODENet(FlatParamModel):
         Y = self._features(X)
         B = Y.shape[0]
         y = check_labels(y, B, self.num_classes)
+        check_keys(keys, B)                 # unused, but checked as the GRU's are
         solver = self._solver(solver)
         t0 = time.perf_counter()
         u0, d0, h_last, state, fstats, (lo, hi) = self._solve(Y, solver, keep=True)

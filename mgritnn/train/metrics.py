@@ -1,6 +1,9 @@
 """The evaluation of a model: mean cross-entropy and accuracy on a data set, in batches."""
 import numpy as np
 
+from ..errors import DataError
+from ..model import as_model_array, check_labels
+from ..options import check_int
 from ..runtime import entry_point
 
 __all__ = ["evaluate"]
@@ -14,6 +17,9 @@ def evaluate(model, X, y, batch_size=100, solver="serial", comm=None, lengths=No
     ----------
     X : ndarray, shape (N, T, I)
     y : ndarray, shape (N,), int
+        Labels in 0 .. C-1, one per sample (a DataError otherwise, before any solve; X itself is
+        checked by ``model.forward``, batch by batch, as in
+        :func:`~mgritnn.model.as_model_array`).
     batch_size : int
         Samples per forward call.
     solver : str or solver config
@@ -30,7 +36,24 @@ def evaluate(model, X, y, batch_size=100, solver="serial", comm=None, lengths=No
     -------
     dict with ``loss`` (float), ``accuracy`` (float in [0, 1]) and ``logits`` (N, C)
     """
-    starts = range(0, len(X), batch_size)
+    batch_size = check_int("batch_size", batch_size, least=1)
+    if not hasattr(X, "shape"):
+        X = as_model_array(X, model.dtype)
+    if X.ndim == 0:
+        raise DataError("X must be an array of samples, got a scalar")
+    N = len(X)
+    # y and lengths: one per sample of X, labels in the model's classes, before any solve
+    y = check_labels(y, N, model.num_classes)
+    if lengths is not None:
+        try:
+            shape = np.shape(lengths)
+        except ValueError:
+            shape = None
+        if shape != (N,):
+            raise DataError(f"lengths must have shape ({N},), one per sequence, got {shape}: "
+                            "pass exactly one entry per sample, in the order of X")
+        lengths = np.asarray(lengths)
+    starts = range(0, N, batch_size)
 
     def fwd(i):
         part = None if lengths is None else lengths[i:i + batch_size]
