@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import gradient_quality
 
-__all__ = ["GradientQuality", "newton_record"]
+__all__ = ["GradientQuality", "aims_to_converge", "newton_record"]
 
 
 def newton_record(cell, ranks):
@@ -19,6 +19,19 @@ def newton_record(cell, ranks):
     solves, iters, bad = ranks.sum_over_world([stats.solves, stats.iterations, stats.unconverged])
     worst = float(ranks.max_over_world([stats.max_residual])[0])
     return dict(solves=int(solves), iterations=int(iters), unconverged=int(bad), max_residual=worst)
+
+
+def aims_to_converge(solver):
+    """Whether ``solver`` iterates to a tolerance, so that a solve ending unconverged
+    (``SolveStats.success`` false) missed it: DEER, quasi-DEER, auto; MGRIT only with a
+    tolerance (``atol_l2``, ``rtol_l2`` or ``rms_tol``): the paper's fixed cycle counts end
+    unconverged by design. The serial sweep is exact."""
+    if solver.name == "serial":
+        return False
+    cfg = getattr(solver, "config", None)
+    if cfg is not None and hasattr(cfg, "rms_tol"):         # MGRIT
+        return any(getattr(cfg, n, 0) for n in ("atol_l2", "rtol_l2", "rms_tol"))
+    return True
 
 
 class GradientQuality:
@@ -60,7 +73,7 @@ class GradientQuality:
         if getattr(cell, "stats", None) is not None:
             cell.stats.reset()
         self.solves, self.scaled, self.seconds, self.checks = 0, 0, 0.0, []
-        self.fallback, self.stalled = np.zeros(2), np.zeros(2)
+        self.fallback, self.stalled, self.unconverged = np.zeros(2), np.zeros(2), np.zeros(2)
 
     def unscale(self, grad, exponent):
         """The gradient from 2^-exponent times it (the serial sweep kept an exploding adjoint's
@@ -90,8 +103,10 @@ class GradientQuality:
 
     def count(self, info):
         """Count the solves of one batch (``info`` of ``loss_and_grad_flat``) that fell back to
-        the serial sweep or stalled (this rank's)."""
+        the serial sweep, stalled, or ended unconverged (``SolveStats.success`` false: the
+        iteration limit, a stall or a divergence with the fallback off; this rank's)."""
         self.solves += 1
+        self.unconverged += [not info["forward"].success, not info["adjoint"].success]
         self.fallback += [bool(info["forward"].fallback), bool(info["adjoint"].fallback)]
         self.stalled += [bool(info["forward"].stalled), bool(info["adjoint"].stalled)]
 
@@ -151,18 +166,21 @@ class GradientQuality:
         return grad, loss, info, rec
 
     def record(self, cell=None):
-        """The epoch's gradient checks and fallbacks for its record (summed over the data
-        groups; the checks are the same on every rank), and the Newton counters of an
+        """The epoch's gradient checks, fallbacks and unconverged solves (``unconverged``: of a
+        solver that :func:`aims_to_converge`) for its record (summed over the data groups; the
+        checks are the same on every rank), and the Newton counters of an
         implicit-newton ``cell`` (:func:`newton_record`)."""
         out, ranks = {}, self.ranks
         if self.scaled:
             out["scaled_adjoint"] = int(self.scaled)
         if self.solver.name != "serial":
-            fb = ranks.sum_over_data(np.concatenate([self.fallback, self.stalled]))
-            out["fallback"] = dict(forward=int(fb[0]), adjoint=int(fb[1]),
-                                   solves=int(ranks.sum_over_data(
-                                       np.array([self.solves], np.float64))[0]))
+            fb = ranks.sum_over_data(np.concatenate([self.fallback, self.stalled,
+                                                     self.unconverged]))
+            solves = int(ranks.sum_over_data(np.array([self.solves], np.float64))[0])
+            out["fallback"] = dict(forward=int(fb[0]), adjoint=int(fb[1]), solves=solves)
             out["stalled"] = dict(forward=int(fb[2]), adjoint=int(fb[3]))
+            if aims_to_converge(self.solver):
+                out["unconverged"] = dict(forward=int(fb[4]), adjoint=int(fb[5]), solves=solves)
         if self.checks:
             c = np.array([x[:3] for x in self.checks], np.float64)
             out["gradient_check"] = dict(

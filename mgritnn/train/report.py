@@ -237,7 +237,8 @@ class Reporter:
 
     def epoch(self, rec, nested=False):
         """The epoch's line (with its depth when ``nested``), and warning lines when the solver's
-        iteration stopped contracting in some batches (``SolveStats.grew``), fell back, took
+        iteration stopped contracting in some batches (``SolveStats.grew``), fell back, ended
+        unconverged (``unconverged``, of :meth:`GradientQuality.record`), took
         gradient checks, kept an exploding adjoint's scale, or Newton row solves of an
         implicit-newton cell did not converge."""
         depth = f"  depth {rec['depth']:3d}" if nested else ""
@@ -270,6 +271,13 @@ class Reporter:
             lines.append(f"  fallback: the serial sweep took {fb['forward']} forward and "
                          f"{fb['adjoint']} adjoint solves of {fb['solves']} batches (their "
                          f"{rec['solver']} solve missed its tolerance; those gradients are exact)")
+        un = rec.get("unconverged")
+        if un and (un["forward"] or un["adjoint"]):
+            lines.append(f"  warning: {un['forward']} of {un['solves']} forward and "
+                         f"{un['adjoint']} of {un['solves']} adjoint {rec['solver']} solves did "
+                         "not converge (iteration limit or stall, no fallback): their gradients "
+                         "are approximate. Raise max_iter (--max-iter), loosen atol/rtol, or let "
+                         "the serial sweep take over (fallback=True: drop --no-fallback)")
         chk = rec.get("gradient_check")
         if chk:
             share = 100 * chk["seconds"] / max(rec["seconds"], 1e-12)
