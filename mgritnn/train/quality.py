@@ -2,6 +2,7 @@
 solves that fell back to the serial sweep or stalled, gradient checks against the exact
 gradient (:mod:`mgritnn.gradient_quality`), and an implicit-newton cell's row solves."""
 import contextlib
+import dataclasses
 import time
 
 import numpy as np
@@ -25,12 +26,14 @@ def aims_to_converge(solver):
     """Whether ``solver`` iterates to a tolerance, so that a solve ending unconverged
     (``SolveStats.success`` false) missed it: DEER, quasi-DEER, auto; MGRIT only with a
     tolerance (``atol_l2``, ``rtol_l2`` or ``rms_tol``): the paper's fixed cycle counts end
-    unconverged by design. The serial sweep is exact."""
+    unconverged by design (its default ``atol_l2`` is a round-off floor, not a target: only a
+    larger one counts). The serial sweep is exact."""
     if solver.name == "serial":
         return False
     cfg = getattr(solver, "config", None)
     if cfg is not None and hasattr(cfg, "rms_tol"):         # MGRIT
-        return any(getattr(cfg, n, 0) for n in ("atol_l2", "rtol_l2", "rms_tol"))
+        floor = {f.name: f.default for f in dataclasses.fields(cfg)}.get("atol_l2", 0.0)
+        return bool(cfg.rtol_l2 > 0 or cfg.rms_tol > 0 or cfg.atol_l2 > floor)
     return True
 
 
