@@ -339,7 +339,9 @@ class GRUClassifier(FlatParamModel):
         Parameters
         ----------
         X : array_like, shape (B, T, I)
-            Batch-first, as users hold data.
+            Batch-first, as users hold data: real numbers (float, int, or bool read as 0/1),
+            finite in the model's dtype; anything else is a DataError before any solve
+            (:func:`as_model_array`; ``y``, ``keys``, ``lengths``: one per sample).
         solver : str or solver config
         strict : bool
             Raise :class:`~mgritnn.errors.SolverError` when the solve diverged or gave NaN/inf

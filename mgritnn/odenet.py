@@ -277,6 +277,8 @@ class ODENet(FlatParamModel):
         Parameters
         ----------
         X : array_like, shape (B, F)
+            Real numbers (float, int, or bool read as 0/1), finite in the model's dtype; anything
+            else is a DataError before any solve (:func:`~mgritnn.model.as_model_array`).
         solver : str, solver config or solver
             ``"serial"`` (backpropagation) or MGRIT (``"mgrit"``, ``MGRITConfig(...)``).
         strict : bool

@@ -115,6 +115,12 @@ def test_evaluate_lengths_must_match_x():
         mgritnn.evaluate(m, X, y, lengths=np.array([T, T]))
 
 
+def test_evaluate_refuses_empty_x():
+    m = gru()
+    with pytest.raises(DataError, match="X is empty"):
+        mgritnn.evaluate(m, np.zeros((0, T, I)), np.zeros(0, int))
+
+
 def test_float64_model_keeps_large_values():
     """Values beyond float32's range are fine for a float64 model."""
     m = mgritnn.GRUClassifier(I, 4, C, dtype="float64")

@@ -42,6 +42,8 @@ def evaluate(model, X, y, batch_size=100, solver="serial", comm=None, lengths=No
     if X.ndim == 0:
         raise DataError("X must be an array of samples, got a scalar")
     N = len(X)
+    if N == 0:
+        raise DataError("X is empty (no samples): need at least one to evaluate")
     # y and lengths: one per sample of X, labels in the model's classes, before any solve
     y = check_labels(y, N, model.num_classes)
     if lengths is not None:
