@@ -22,6 +22,7 @@ from .. import datasets
 from ..cells import CELLS, NewtonConfig
 from ..cells.odenet import ACTIVATIONS
 from ..errors import CheckpointError, ConfigError
+from ..io import check_output_path
 from ..odenet import INTERPOLATIONS, LAYER_INITS, OPENINGS
 from ..optim import OPTIMIZERS, check_learning_rate, check_max_norm, check_momentum, \
     check_weight_decay
@@ -750,19 +751,24 @@ class TrainConfig:
         Raises
         ------
         ConfigError
-            If an output is a directory, the training data, not a regular file (a checkpoint), or
+            If an output is empty, ends in a separator, is a directory, lies below a file or in
+            a directory that cannot be written (:func:`mgritnn.io.check_output_path`), is the
+            training data, not a regular file (a checkpoint), or
             both outputs are one file; or the checkpoint exists from an earlier run and neither
             resume, resume_or_start nor overwrite is set.
         CheckpointError
             If ``resume`` is set and the checkpoint does not exist.
+        DataError
+            If ``data`` is empty, missing, or not a .npz file nor a directory
+            (:func:`mgritnn.datasets.check_source`).
         """
-        data = None if self.data == "default" else os.path.realpath(self.data)
+        kind = datasets.check_source(self.data)
+        data = None if kind == "generated" else os.path.realpath(self.data)
         for flag, path in (("--checkpoint", self.checkpoint), ("--log", self.log)):
             if path is None:
                 continue
-            if os.path.isdir(path):
-                raise ConfigError(f"{flag} {path!r} is a directory: name a file in it, e.g. "
-                                  f"{os.path.join(path, 'run.npz' if flag == '--checkpoint' else 'run.jsonl')!r}")
+            check_output_path(path, flag, ConfigError,
+                              "run.npz" if flag == "--checkpoint" else "run.jsonl")
             if data is not None and os.path.realpath(path) == data:
                 raise ConfigError(f"{flag} {path!r} is the training data (--data): writing it would "
                                   "destroy the data; choose another path")
