@@ -69,6 +69,21 @@ def settings_diff(cfg, saved):
             if k not in _RESUME_FREE and k in saved and saved[k] != v]
 
 
+def model_diff(saved, now):
+    """``["depth 8 -> 16", ...]``: the fields of two model configs (dicts) that differ (a field
+    only one has reads as None in the other)."""
+    saved, now = dict(saved or {}), dict(now or {})
+    return [f"{k} {_fmt(saved.get(k))} -> {_fmt(now.get(k))}"
+            for k in sorted(set(saved) | set(now), key=str) if saved.get(k) != now.get(k)]
+
+
+def _settings_note(cfg, meta):
+    """``"; the settings that differ: ..."`` (:func:`settings_diff` against the checkpoint's
+    config), or empty."""
+    diff = settings_diff(cfg, TrainConfig.upgrade_settings(meta.get("train") or {}))
+    return f"; the settings that differ: {', '.join(diff)}" if diff else ""
+
+
 def gather_warm_arrays(solver, ranks):
     """Every rank's warm-start states of ``solver`` (collective over the world).
 
@@ -309,6 +324,7 @@ class Checkpointer:
         """Raise CheckpointError unless the checkpoint was made for ``model``'s shape."""
         if meta["model"] != model.config:
             raise CheckpointError(
-                f"checkpoint {self.cfg.checkpoint!r} was made for the model {meta['model']}, this "
-                f"run builds {model.config}: use the same data, cell, hidden, layers, dtype and "
-                "dt, or start a new checkpoint")
+                f"checkpoint {self.cfg.checkpoint!r} was made for the model of another shape: "
+                f"{', '.join(model_diff(meta['model'], model.config))} (checkpoint -> this run)"
+                + _settings_note(self.cfg, meta)
+                + ": resume with the checkpoint's settings (and data), or start a new checkpoint")
