@@ -230,8 +230,8 @@ def check_output_path(path, flag, error, file_name="run.npz"):
         raise error(f"{flag} {text!r}: {above!r} is a file, not a directory: choose a path in a "
                     "directory")
     if not os.access(above, os.W_OK | os.X_OK):
-        raise error(f"{flag} {text!r}: the directory {above!r} is not writable: choose a path "
-                    "in a directory you can write")
+        raise error(f"{flag} {text!r}: the directory {above!r} is not writable: Permission "
+                    "denied (EACCES): choose a path in a directory you can write")
 
 
 def prepare_output(path, flag, append=False):
