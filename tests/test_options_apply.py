@@ -161,3 +161,23 @@ def test_resume_with_another_shape_names_the_differing_fields(tmp_path):
     assert "the settings that differ: depth 8 -> 16, nested_levels 0 -> 1" in msg, msg
     assert "hidden" not in msg and "cell" not in msg and "{" not in msg, msg
     assert model_diff({"a": 1, "b": 2}, {"a": 1, "c": 3}) == ["b 2 -> None", "c None -> 3"]
+
+
+@pytest.mark.parametrize("saved, now, words", [
+    (dict(nested_levels=1), dict(nested_levels=0), "nested_levels 1 -> 0"),
+    (dict(nested_levels=0), dict(nested_levels=2), "nested_levels 0 -> 2"),
+    (dict(nested_levels=1, nested_cf=2), dict(nested_levels=1, nested_cf=4),
+     "nested_cf 2 -> 4"),
+])
+def test_resume_with_another_nested_iteration_names_the_difference(tmp_path, saved, now, words):
+    old = config(model="odenet", depth=16, **saved)
+    ck = Checkpointer.__new__(Checkpointer)
+    ck.cfg, ck.ranks, ck.out = config(model="odenet", depth=16, checkpoint=str(tmp_path / "c.npz"),
+                                      resume=True, **now), _Ranks(), print
+    with pytest.raises(CheckpointError) as e:
+        ck.check_schedule(dict(train=old.settings()))
+    msg = str(e.value)
+    assert "another nested iteration: " + words in msg and "(checkpoint -> this run)" in msg, msg
+    assert f"--nested-levels {old.nested_levels} --nested-cf {old.nested_cf}" in msg, msg
+    ck.cfg = old                                         # the same schedule: no error
+    ck.check_schedule(dict(train=old.settings()))

@@ -30,6 +30,11 @@ __all__ = ["Checkpointer", "all_finite", "gather_warm_arrays", "last_good", "loa
 _RESUME_FREE = ("epochs", "checkpoint", "resume", "resume_or_start", "overwrite", "log", "threads")
 
 
+#: Fields of nested iteration's schedule, which a resumed run must share with its checkpoint (the
+#: checkpoint's level indexes its list of levels).
+_SCHEDULE = ("nested_levels", "nested_cf")
+
+
 def all_finite(*arrays):
     """Whether every entry of every array is finite."""
     return all(np.all(np.isfinite(a)) for a in arrays)
@@ -266,7 +271,25 @@ class Checkpointer:
                                   f"{meta.get('model_type', 'gru')} model, this run trains "
                                   f"--model {cfg.model}: use the checkpoint's model, or start a "
                                   "new checkpoint")
+        self.check_schedule(meta)
         return arrays, meta
+
+    def check_schedule(self, meta):
+        """Raise CheckpointError when the checkpoint's nested iteration (:data:`_SCHEDULE`: its
+        levels and their depths) differs from this run's: its level would be read against
+        another list of levels. Names the differing fields and the checkpoint's flags."""
+        saved = TrainConfig.upgrade_settings(meta.get("train") or {})
+        now = self.cfg.settings()
+        diff = [f"{k} {_fmt(saved[k])} -> {_fmt(now[k])}" for k in _SCHEDULE
+                if k in saved and saved[k] != now[k]]
+        if diff:
+            flags = " ".join(f"--{k.replace('_', '-')} {_fmt(saved[k])}" for k in _SCHEDULE
+                             if k in saved)
+            raise CheckpointError(
+                f"checkpoint {self.cfg.checkpoint!r} was written with another nested iteration: "
+                f"{', '.join(diff)} (checkpoint -> this run): resume with the checkpoint's "
+                f"{flags} (raise --epochs to train more at the finest depth), or start a new "
+                "checkpoint")
 
     def resume(self, arrays, meta, model, opt, opt_state, rng, solver, layers, nested=False):
         """Continue the checkpoint ``(arrays, meta)`` (from :meth:`read`): load ``model``'s
