@@ -50,6 +50,7 @@ from mgritnn.peaks import (PEAKS_GRID, PEAKS_LEVELS, PEAKS_LIM, level_set_labels
                            peaks_grid)
 
 __all__ = [
+    "check_source",
     "DATA_KINDS",
     "MODEL_DATA_KINDS",
     "check_data_kind",
@@ -706,6 +707,9 @@ def load_npz(path, num_classes=None, model_classes=None) -> Dataset:
         If a declared class has no training samples.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file {str(path)!r} is a directory, not a .npz file: name the .npz "
+                        "archive (a file)")
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} not found; expected a .npz archive with "
                         f"{', '.join(_NPZ_KEYS)}")
@@ -818,6 +822,40 @@ def load_uci_har_dir(path, num_classes=None, model_classes=None) -> Dataset:
     return _with_classes(raw, UCI_HAR_CLASS_NAMES, num_classes, model_classes, repr(str(root)))
 
 
+def check_source(source, flag="--data"):
+    """Check a data source without reading it (the one check of every data path, before any
+    work): a generated set's name, an existing ``.npz`` file, or a directory (UCI HAR).
+
+    Returns
+    -------
+    {"generated", "npz", "dir"}
+
+    Raises
+    ------
+    DataError
+        For an empty source (an unset shell variable), a path that does not exist, a directory
+        named like a ``.npz`` file, or a path that is neither a ``.npz`` file nor a directory.
+    """
+    if isinstance(source, str) and source in _GENERATED:
+        return "generated"
+    text = os.fspath(source)
+    hint = "use 'default', 'peaks', a .npz archive or a UCI HAR directory"
+    if not str(text).strip():
+        raise DataError(f"{flag} is empty ({text!r}; an unset shell variable?): {hint}, or leave "
+                        f"{flag} out for the default set")
+    path = Path(text)
+    if path.is_dir():
+        if path.suffix.lower() == ".npz":
+            raise DataError(f"{flag} {text!r} is a directory, not a .npz file: name the .npz "
+                            "archive (a file), or a UCI HAR directory")
+        return "dir"
+    if not path.exists():
+        raise DataError(f"{flag} {text!r} does not exist; check the path ({hint})")
+    if path.suffix.lower() == ".npz":
+        return "npz"
+    raise DataError(f"{flag} {text!r} is neither a .npz file nor a directory; {hint}")
+
+
 def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes=None,
          lengths="use", pad="end") -> Dataset:
     """Load a data set by source name.
@@ -899,15 +937,10 @@ def load(source="default", seq_len=None, seed=0, num_classes=None, model_classes
                             f"{model_classes} classes (--data), or train a model on this data")
     else:
         path = Path(os.fspath(source))
-        if path.suffix.lower() == ".npz":
+        if check_source(source) == "npz":
             ds = load_npz(path, num_classes, model_classes)
-        elif path.is_dir():
-            ds = load_uci_har_dir(path, num_classes, model_classes)
         else:
-            what = ("is neither a .npz file nor a directory" if path.exists()
-                    else "does not exist")
-            raise DataError(f"data source {str(source)!r} {what}; use 'default', 'peaks', a .npz "
-                            f"archive or a UCI HAR directory")
+            ds = load_uci_har_dir(path, num_classes, model_classes)
         if not ds.is_sequence:
             _no_seq_len(seq_len, repr(str(source)))
         elif seq_len is not None:

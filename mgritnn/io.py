@@ -192,6 +192,48 @@ def _make_dirs(directory, doing):
         raise output_error(e, f"{doing}: cannot create the directory", directory) from e
 
 
+def check_output_path(path, flag, error, file_name="run.npz"):
+    """Check an output path without writing anything (before a run spends any time): the one
+    check of every output option (``--checkpoint``, ``--log``, ``--output``).
+
+    ``path`` must be a non-empty file name (not ending in a separator, not an existing
+    directory), every existing component above it a directory, and the nearest existing
+    directory above it writable (its missing directories are created later by
+    :func:`prepare_output`).
+
+    Parameters
+    ----------
+    path : str or path-like
+    flag : str
+        The option that named it, for messages (``"--checkpoint"``).
+    error : type
+        The exception raised (:class:`~mgritnn.errors.ConfigError` for options).
+    file_name : str
+        The file name suggested in messages.
+    """
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise error(f"{flag} is empty ({text!r}; an unset shell variable?): give a file path, "
+                    f"or leave {flag} out")
+    if text.endswith(os.sep) or (os.altsep and text.endswith(os.altsep)) or \
+            os.path.basename(text) in (".", ".."):
+        raise error(f"{flag} {text!r} names a directory, not a file: name a file in it, e.g. "
+                    f"{os.path.join(text, file_name)!r}")
+    target = _resolve(text)
+    if os.path.isdir(target):
+        raise error(f"{flag} {text!r} is a directory: name a file in it, e.g. "
+                    f"{os.path.join(text, file_name)!r}")
+    above = os.path.dirname(os.path.abspath(target))
+    while not os.path.exists(above) and os.path.dirname(above) != above:
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise error(f"{flag} {text!r}: {above!r} is a file, not a directory: choose a path in a "
+                    "directory")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise error(f"{flag} {text!r}: the directory {above!r} is not writable: Permission "
+                    "denied (EACCES): choose a path in a directory you can write")
+
+
 def prepare_output(path, flag, append=False):
     """Make sure ``path`` can be written, before a run spends any time: create its missing parent
     directories; then open it for appending (``append=True`` and the file exists), or else write

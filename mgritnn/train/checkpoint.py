@@ -30,6 +30,11 @@ __all__ = ["Checkpointer", "all_finite", "gather_warm_arrays", "last_good", "loa
 _RESUME_FREE = ("epochs", "checkpoint", "resume", "resume_or_start", "overwrite", "log", "threads")
 
 
+#: Fields of nested iteration's schedule, which a resumed run must share with its checkpoint (the
+#: checkpoint's level indexes its list of levels).
+_SCHEDULE = ("nested_levels", "nested_cf")
+
+
 def all_finite(*arrays):
     """Whether every entry of every array is finite."""
     return all(np.all(np.isfinite(a)) for a in arrays)
@@ -67,6 +72,21 @@ def settings_diff(cfg, saved):
     now = json.loads(json.dumps(cfg.settings()))       # tuples -> lists, as saved
     return [f"{k} {_fmt(saved[k])} -> {_fmt(v)}" for k, v in now.items()
             if k not in _RESUME_FREE and k in saved and saved[k] != v]
+
+
+def model_diff(saved, now):
+    """``["depth 8 -> 16", ...]``: the fields of two model configs (dicts) that differ (a field
+    only one has reads as None in the other)."""
+    saved, now = dict(saved or {}), dict(now or {})
+    return [f"{k} {_fmt(saved.get(k))} -> {_fmt(now.get(k))}"
+            for k in sorted(set(saved) | set(now), key=str) if saved.get(k) != now.get(k)]
+
+
+def _settings_note(cfg, meta):
+    """``"; the settings that differ: ..."`` (:func:`settings_diff` against the checkpoint's
+    config), or empty."""
+    diff = settings_diff(cfg, TrainConfig.upgrade_settings(meta.get("train") or {}))
+    return f"; the settings that differ: {', '.join(diff)}" if diff else ""
 
 
 def gather_warm_arrays(solver, ranks):
@@ -251,7 +271,25 @@ class Checkpointer:
                                   f"{meta.get('model_type', 'gru')} model, this run trains "
                                   f"--model {cfg.model}: use the checkpoint's model, or start a "
                                   "new checkpoint")
+        self.check_schedule(meta)
         return arrays, meta
+
+    def check_schedule(self, meta):
+        """Raise CheckpointError when the checkpoint's nested iteration (:data:`_SCHEDULE`: its
+        levels and their depths) differs from this run's: its level would be read against
+        another list of levels. Names the differing fields and the checkpoint's flags."""
+        saved = TrainConfig.upgrade_settings(meta.get("train") or {})
+        now = self.cfg.settings()
+        diff = [f"{k} {_fmt(saved[k])} -> {_fmt(now[k])}" for k in _SCHEDULE
+                if k in saved and saved[k] != now[k]]
+        if diff:
+            flags = " ".join(f"--{k.replace('_', '-')} {_fmt(saved[k])}" for k in _SCHEDULE
+                             if k in saved)
+            raise CheckpointError(
+                f"checkpoint {self.cfg.checkpoint!r} was written with another nested iteration: "
+                f"{', '.join(diff)} (checkpoint -> this run): resume with the checkpoint's "
+                f"{flags} (raise --epochs to train more at the finest depth), or start a new "
+                "checkpoint")
 
     def resume(self, arrays, meta, model, opt, opt_state, rng, solver, layers, nested=False):
         """Continue the checkpoint ``(arrays, meta)`` (from :meth:`read`): load ``model``'s
@@ -309,6 +347,7 @@ class Checkpointer:
         """Raise CheckpointError unless the checkpoint was made for ``model``'s shape."""
         if meta["model"] != model.config:
             raise CheckpointError(
-                f"checkpoint {self.cfg.checkpoint!r} was made for the model {meta['model']}, this "
-                f"run builds {model.config}: use the same data, cell, hidden, layers, dtype and "
-                "dt, or start a new checkpoint")
+                f"checkpoint {self.cfg.checkpoint!r} was made for the model of another shape: "
+                f"{', '.join(model_diff(meta['model'], model.config))} (checkpoint -> this run)"
+                + _settings_note(self.cfg, meta)
+                + ": resume with the checkpoint's settings (and data), or start a new checkpoint")

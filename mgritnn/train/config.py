@@ -22,6 +22,7 @@ from .. import datasets
 from ..cells import CELLS, NewtonConfig
 from ..cells.odenet import ACTIVATIONS
 from ..errors import CheckpointError, ConfigError
+from ..io import check_output_path
 from ..odenet import INTERPOLATIONS, LAYER_INITS, OPENINGS
 from ..optim import OPTIMIZERS, check_learning_rate, check_max_norm, check_momentum, \
     check_weight_decay
@@ -215,6 +216,10 @@ class ODENetSpec(ModelSpec):
                 set_frozen(self, "nested_epochs", tuple(self.nested_epochs))
         if self.nested_levels:
             m, K = self.nested_cf, self.nested_levels
+            if m < 2:
+                raise ConfigError(f"--nested-levels {K} with --nested-cf {m} would train depth "
+                                  f"{self.depth} {K + 1} times (each level is nested_cf times "
+                                  "deeper than the last): give --nested-cf 2 or more")
             if self.depth % m ** K:
                 raise ConfigError(f"--nested-levels {K} with --nested-cf {m} trains depths "
                                   f"{self.depth}/{m}^k: --depth {self.depth} must be divisible by "
@@ -253,11 +258,11 @@ class OptimSpec:
     optimizer : {"adam", "sgd", "lbfgs"}
         The optimizer; lbfgs = full-batch L-BFGS-B of SciPy on the flat parameters (float64
         for SciPy, the model's dtype for the gradient; --lr, --momentum, --weight-decay,
-        --clip and --max-batches do not apply; a resumed run restarts its curvature memory).
+        --clip, --max-batches and --batch-size do not apply; a resumed run restarts its curvature memory).
     lr : float
         Learning rate.
     momentum : float
-        SGD momentum.
+        SGD momentum (--optimizer sgd only).
     weight_decay : float
         L2 weight decay.
     clip : float or None
@@ -362,7 +367,7 @@ class RunSpec:
     epochs : int
         Passes over the training set (L-BFGS: iterations, one full-batch gradient or more each).
     batch_size : int
-        Samples per batch (over all data groups); not used by L-BFGS (full batch).
+        Samples per batch (over all data groups); not for L-BFGS (full batch).
     max_batches : int or None
         Stop every epoch after this many batches (quick runs).
     seed : int
@@ -455,8 +460,25 @@ assert set(SETTINGS) == {"model"} | set(_PART), "SETTINGS must name every spec f
 #: The fields that belong to one model: with the other, a value that differs from the default is a
 #: ConfigError.
 _MODEL_FIELDS = {name: spec.own_fields() for name, spec in MODEL_SPECS.items()}
-#: The fields of the minibatch optimizers, not of L-BFGS.
-_MINIBATCH_FIELDS = ("lr", "momentum", "weight_decay", "clip", "max_batches")
+#: The fields of the minibatch optimizers, not of L-BFGS (full batch).
+_MINIBATCH_FIELDS = ("lr", "momentum", "weight_decay", "clip", "max_batches", "batch_size")
+#: The fields of nested iteration, used only with ``nested_levels`` >= 1.
+_NESTED_FIELDS = ("nested_cf", "nested_interp", "nested_epochs", "nested_target_acc")
+
+#: The one rule of options that do not apply: a setting away from its default where its row does
+#: not apply is a ConfigError naming it (:func:`_reject_changed`). Rows: ``(fields, applies,
+#: owner, here)``: ``applies(cfg)`` whether the fields are used by the run ``cfg``, ``owner`` what
+#: they are options of, ``here(cfg)`` the setting they do not apply to. A new option that applies
+#: only somewhere is one more name in a row. (The fields of the other model, :data:`_MODEL_FIELDS`,
+#: follow the same rule in :func:`_parts`: a spec cannot hold them.)
+_APPLIES_ONLY = (
+    (_MINIBATCH_FIELDS, lambda c: c.optimizer != "lbfgs", "the minibatch optimizers (adam, sgd)",
+     lambda c: "--optimizer lbfgs (full-batch L-BFGS)"),
+    (("momentum",), lambda c: c.optimizer == "sgd", "--optimizer sgd",
+     lambda c: f"--optimizer {c.optimizer}"),
+    (_NESTED_FIELDS, lambda c: c.nested_levels > 0, "nested iteration (--nested-levels K >= 1)",
+     lambda c: "a run without nested iteration (--nested-levels 0)"),
+)
 
 
 def _default(f):
@@ -617,8 +639,11 @@ class TrainConfig:
     flat dict of them all (a checkpoint's record), :meth:`from_settings` the inverse.
 
     Constraints between the specs: ``--model odenet`` trains with ``--solver serial`` or
-    ``mgrit`` (not MGRIT's warm start); ``--optimizer lbfgs`` takes none of the minibatch
-    settings (``lr``, ``momentum``, ``weight_decay``, ``clip``, ``max_batches``).
+    ``mgrit`` (not MGRIT's warm start); a setting away from its default where it does not apply
+    is a ConfigError naming it (:data:`_APPLIES_ONLY`): ``--optimizer lbfgs`` takes none of the
+    minibatch settings (``lr``, ``momentum``, ``weight_decay``, ``clip``, ``max_batches``,
+    ``batch_size``), ``momentum`` is SGD's, and nested iteration's ``nested_cf``,
+    ``nested_interp``, ``nested_epochs``, ``nested_target_acc`` need ``nested_levels`` >= 1.
 
     Deprecated: the flat keyword arguments of earlier versions (``TrainConfig(hidden=64,
     lr=0.01)``, the names of :data:`SETTINGS`) are applied to the spec that owns each, with one
@@ -684,12 +709,14 @@ class TrainConfig:
                       _parts(None, None, None, None, dict(settings)).items()})
 
     def _check_parts(self):
-        """The constraints between the specs: L-BFGS takes no minibatch settings; an ODENet is
-        solved by serial or MGRIT (without warm start)."""
-        if self.optimizer == "lbfgs":
-            _reject_changed([n for n in _MINIBATCH_FIELDS if getattr(self, n) != _default(
-                _field(n))], "the minibatch optimizers (adam, sgd)",
-                "--optimizer lbfgs (full-batch L-BFGS)")
+        """The constraints between the specs: no option away from its default where it does not
+        apply (:data:`_APPLIES_ONLY`: L-BFGS takes no minibatch settings, momentum is SGD's,
+        nested iteration's options need --nested-levels); an ODENet is solved by serial or
+        MGRIT (without warm start)."""
+        for fields, applies, owner, here in _APPLIES_ONLY:
+            if not applies(self):
+                _reject_changed([n for n in fields if getattr(self, n) != _default(
+                    _field(n, self.model))], owner, here(self))
         if self.model != "odenet":
             return
         if self.solver not in ("serial", "mgrit"):
@@ -750,19 +777,24 @@ class TrainConfig:
         Raises
         ------
         ConfigError
-            If an output is a directory, the training data, not a regular file (a checkpoint), or
+            If an output is empty, ends in a separator, is a directory, lies below a file or in
+            a directory that cannot be written (:func:`mgritnn.io.check_output_path`), is the
+            training data, not a regular file (a checkpoint), or
             both outputs are one file; or the checkpoint exists from an earlier run and neither
             resume, resume_or_start nor overwrite is set.
         CheckpointError
             If ``resume`` is set and the checkpoint does not exist.
+        DataError
+            If ``data`` is empty, missing, or not a .npz file nor a directory
+            (:func:`mgritnn.datasets.check_source`).
         """
-        data = None if self.data == "default" else os.path.realpath(self.data)
+        kind = datasets.check_source(self.data)
+        data = None if kind == "generated" else os.path.realpath(self.data)
         for flag, path in (("--checkpoint", self.checkpoint), ("--log", self.log)):
             if path is None:
                 continue
-            if os.path.isdir(path):
-                raise ConfigError(f"{flag} {path!r} is a directory: name a file in it, e.g. "
-                                  f"{os.path.join(path, 'run.npz' if flag == '--checkpoint' else 'run.jsonl')!r}")
+            check_output_path(path, flag, ConfigError,
+                              "run.npz" if flag == "--checkpoint" else "run.jsonl")
             if data is not None and os.path.realpath(path) == data:
                 raise ConfigError(f"{flag} {path!r} is the training data (--data): writing it would "
                                   "destroy the data; choose another path")
