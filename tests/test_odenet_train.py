@@ -106,7 +106,8 @@ def test_nested_target_accuracy_ends_coarse_levels_early():
 @given(depth=st.integers(1, 64), K=st.integers(0, 3), m=st.integers(2, 4),
        budgets=st.lists(st.integers(0, 5), min_size=3, max_size=3), epochs=st.integers(1, 9))
 def test_nested_stages(depth, K, m, budgets, epochs):
-    kw = dict(model="odenet", depth=depth * m ** K, nested_levels=K, nested_cf=m, epochs=epochs)
+    kw = dict(model="odenet", depth=depth * m ** K, nested_levels=K, nested_cf=m if K else 2,
+              epochs=epochs)
     stages = TrainConfig(**kw, nested_epochs=tuple(budgets[:K]) if K else None).nested_stages()
     assert stages == [(depth * m ** (K - k), e) for k, e in zip(range(K, 0, -1), budgets)] + \
         [(depth * m ** K, epochs)]
@@ -115,8 +116,8 @@ def test_nested_stages(depth, K, m, budgets, epochs):
 
 
 def test_lbfgs_decreases_the_loss():
-    model0, _ = run(dict(epochs=1, max_batches=None, optimizer="lbfgs", lr=3e-3))
-    model, hist = run(dict(epochs=6, max_batches=None, optimizer="lbfgs", lr=3e-3))
+    model0, _ = run(dict(epochs=1, max_batches=None, batch_size=100, optimizer="lbfgs", lr=3e-3))
+    model, hist = run(dict(epochs=6, max_batches=None, batch_size=100, optimizer="lbfgs", lr=3e-3))
     losses = [r["loss"] for r in hist]
     assert len(hist) == 6 and all(b <= a + 1e-12 for a, b in zip(losses, losses[1:]))
     assert losses[-1] < 0.9 * losses[0]

@@ -83,7 +83,7 @@ class NestedSchedule:
             try:
                 solver.local_steps(depth)
             except ConfigError as e:
-                if depth == self.stages[-1][0]:
+                if not self.nested or depth == self.stages[-1][0]:
                     raise
                 raise ConfigError(f"nested iteration's network of depth {depth}: {e} (or use "
                                   "--levels 0, automatic levels, which fit every depth)") from None
