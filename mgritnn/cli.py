@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -20,6 +21,9 @@ from .errors import ConfigError, MgritnnError, MgritnnWarning, os_error_message
 from .options import field_docs, option_fields
 
 EXIT_USER_ERROR = 2
+#: Exit status of a run stopped by a signal the command turns into one line (128 + the signal's
+#: number, the shell's convention: 130 for Ctrl-C).
+EXIT_SIGNAL_BASE = 128
 
 #: Seconds a rank other than 0 waits before it reports its error and aborts: most errors are
 #: raised on every rank, and rank 0's abort then ends the others before they print, so the error
@@ -570,6 +574,47 @@ def _user_error(message, comm):
     return EXIT_USER_ERROR
 
 
+def _interrupted_message(signum, args):
+    """The one line for a run stopped by the signal ``signum`` (Ctrl-C: SIGINT): what stopped it,
+    and for ``train`` what is left: the last checkpoint (written atomically after each epoch, so
+    an interrupted write leaves the previous one whole) and how to resume from it."""
+    name = signal.Signals(signum).name
+    line = f"interrupted ({name})"
+    if getattr(args, "command", None) != "train":
+        return line
+    ck = getattr(args, "checkpoint", None)
+    if not ck:
+        return (f"{line}: training stopped; no checkpoint was written (add --checkpoint PATH to be "
+                "able to resume an interrupted run)")
+    if not os.path.exists(ck):
+        return (f"{line}: training stopped before its first checkpoint {ck!r} was written: start "
+                "again")
+    return (f"{line}: training stopped; the last checkpoint {ck!r} is intact: resume with "
+            f"--checkpoint {ck} --resume")
+
+
+def _interrupted(signum, args, comm):
+    """Stop on the signal ``signum`` (raised as ``KeyboardInterrupt`` for SIGINT) with one line
+    ``mgritnn: interrupted (SIGINT) ...`` on stderr and status 128 + ``signum`` (130), no traceback.
+
+    Under MPI every rank gets the signal from the launcher: rank 0 prints the line, and every rank
+    ends at once with that status (``os._exit``: no MPI_Abort and its messages, no
+    MPI_Finalize waiting for ranks that are gone); a rank other than 0 first waits a moment so that
+    rank 0's line is out before the launcher reacts to its exit. A further signal while stopping is
+    ignored."""
+    status = EXIT_SIGNAL_BASE + int(signum)
+    signal.signal(signum, signal.SIG_IGN)
+    if comm is None or comm.Get_rank() == 0:
+        print(f"mgritnn: {_interrupted_message(signum, args)}", file=sys.stderr, flush=True)
+    if comm is None:
+        return status
+    if comm.Get_rank() != 0:
+        time.sleep(FLUSH_BEFORE_ABORT_S)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def _show_warning(show):
     """A ``warnings.showwarning`` that prints an :class:`MgritnnWarning` as one line
     ``mgritnn: warning: ...`` on stderr, and passes other warnings to ``show``."""
@@ -588,7 +633,9 @@ def main(argv=None):
     system: permission denied, disk full, ...) prints one line ``mgritnn: error: ...`` and gives
     status 2. Under an MPI launcher with several ranks, an error on any rank prints its message
     and aborts all ranks (MPI_Abort) with that status, so that no rank is left waiting for it;
-    a bug prints its traceback and aborts with status 1.
+    a bug prints its traceback and aborts with status 1. Ctrl-C (SIGINT) prints one line
+    ``mgritnn: interrupted (SIGINT) ...`` (for ``train``: whether the last checkpoint is there to
+    resume from) and gives status 130, on every rank (:func:`_interrupted`).
     """
     args = build_parser().parse_args(argv)
     from .distributed.comm import under_mpi_launcher
@@ -612,6 +659,8 @@ def main(argv=None):
         return _user_error(os_error_message(e, doing), comm)
     except MemoryError as e:
         return _user_error(_out_of_memory_message(e), comm)
+    except KeyboardInterrupt:
+        return _interrupted(signal.SIGINT, args, comm)
     except BaseException:
         if comm is None:
             raise
