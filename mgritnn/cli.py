@@ -285,6 +285,15 @@ def _data_for_checkpoint(a, meta, model):
                           "a UCI HAR directory), or leave --data out to use the checkpoint's "
                           "training data")
     source = a.data if a.data is not None else train_cfg.get("data", "default")
+    if (a.data is None and isinstance(source, str) and source not in datasets.GENERATED_SOURCES
+            and not os.path.exists(source)):
+        from .errors import DataError
+        where = ("" if os.path.isabs(source) else
+                 f", a path relative to the directory training ran in, not found from "
+                 f"{os.getcwd()!r}")
+        raise DataError(f"the checkpoint's training data {source!r} (recorded by mgritnn train"
+                        f"{where}) does not exist: name the data with --data PATH, or run "
+                        "from the directory where training ran")
     seq_len = a.seq_len if a.seq_len is not None else train_cfg.get("seq_len")
     generated = (source in datasets.GENERATED_SOURCES
                  and train_cfg.get("data", "default") == source)
@@ -439,6 +448,12 @@ def _plan_shape(a):
                           "--hidden, --layers), not both or neither")
     if a.shape is not None:
         return parse_shape(a.shape)
+    for flag in ("--batch-size", "--hidden", "--layers"):
+        value = getattr(a, flag[2:].replace("-", "_"))
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: give a positive number (it is "
+                              f"{dict(zip(('--batch-size', '--hidden', '--layers'), 'BHL'))[flag]} "
+                              "of the planned shape)")
     from . import datasets
     ds = datasets.load(a.data)
     T, I = ds.seq_len, ds.num_channels          # static data: a DataError naming the fix
@@ -492,13 +507,54 @@ def _add_plan_args(p, cells):
     p.set_defaults(func=cmd_plan)
 
 
-def _out_of_memory_message(e):
+def _size_flags(args):
+    """The flags that set the size of what the command ``args.command`` computes, for the model in
+    use: ODENet's --width/--depth, the GRU's --hidden/--layers, ``plan``'s --shape, ..."""
+    command = getattr(args, "command", None)
+    if command == "train":
+        if getattr(args, "model", None) == "odenet":
+            return ["--width", "--depth", "--batch-size"]
+        return ["--hidden", "--layers", "--batch-size", "--seq-len"]
+    if command == "plan":
+        if getattr(args, "shape", None) is not None:
+            return ["B, T, H or L of --shape"]
+        return ["--hidden", "--layers", "--batch-size"]
+    if command == "gradcheck":
+        return ["--hidden", "--layers", "--batch", "--seq-len"]
+    if command in ("eval", "predict"):
+        return ["--seq-len", "--data (a smaller data set)"]
+    return ["--hidden", "--layers", "--batch-size", "--seq-len"]
+
+
+def _out_of_memory_message(e, args=None):
     """The one line for a ``MemoryError`` that escaped a command (an allocation the up-front
     estimates of :func:`mgritnn.memory.check_memory` did not foresee): NumPy's size of the failed
-    allocation, and the fix."""
+    allocation, and the fix, in the flags of the command and model in use (:func:`_size_flags`)."""
     detail = f" ({e})" if str(e) else ""
-    return (f"out of memory{detail}: use a smaller --hidden, --layers, --batch-size or --seq-len "
-            "(or fewer ranks per node), or run on a machine with more memory")
+    flags = _size_flags(args)
+    flags = ", ".join(flags[:-1]) + " or " + flags[-1] if len(flags) > 1 else flags[0]
+    return (f"out of memory{detail}: use a smaller {flags} (or fewer ranks per node), or run on "
+            "a machine with more memory")
+
+
+#: Options whose value may start with '-' (a shape "B,T,I,H,L" with a negative entry): given as
+#: ``--shape -1,...``, argparse took the value for an option and said only "expected one
+#: argument"; :func:`_join_dash_values` passes it on as ``--shape=-1,...``, so that the option's
+#: own check names what is wrong with it.
+_DASH_VALUE_OPTIONS = ("--shape",)
+
+
+def _join_dash_values(argv):
+    out, i = [], 0
+    while i < len(argv):
+        if (argv[i] in _DASH_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-")
+                and argv[i + 1][1:2] not in ("", "-") and not argv[i + 1][1:2].isalpha()):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def build_parser():
@@ -637,7 +693,7 @@ def main(argv=None):
     ``mgritnn: interrupted (SIGINT) ...`` (for ``train``: whether the last checkpoint is there to
     resume from) and gives status 130, on every rank (:func:`_interrupted`).
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
     from .distributed.comm import under_mpi_launcher
     from .runtime import blas_threads
     comm = None
@@ -658,7 +714,7 @@ def main(argv=None):
         doing = "cannot access" if e.filename else "an input/output operation failed"
         return _user_error(os_error_message(e, doing), comm)
     except MemoryError as e:
-        return _user_error(_out_of_memory_message(e), comm)
+        return _user_error(_out_of_memory_message(e, args), comm)
     except KeyboardInterrupt:
         return _interrupted(signal.SIGINT, args, comm)
     except BaseException:
