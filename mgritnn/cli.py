@@ -693,16 +693,19 @@ def main(argv=None):
     ``mgritnn: interrupted (SIGINT) ...`` (for ``train``: whether the last checkpoint is there to
     resume from) and gives status 130, on every rank (:func:`_interrupted`).
     """
-    args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
+    try:
+        args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:               # Ctrl-C while the parser imports the cells
+        return _interrupted(signal.SIGINT, None, None)
     from .distributed.comm import under_mpi_launcher
     from .runtime import blas_threads
     comm = None
-    if under_mpi_launcher():
-        from .distributed import get_comm
-        comm = get_comm()
-        if comm.Get_size() == 1:
-            comm = None
     try:
+        if under_mpi_launcher():
+            from .distributed import get_comm
+            comm = get_comm()
+            if comm.Get_size() == 1:
+                comm = None
         with warnings.catch_warnings(), blas_threads(1):
             warnings.showwarning = _show_warning(warnings.showwarning)
             for note in getattr(args, "deprecated_flags", []):

@@ -96,5 +96,6 @@ def test_eval_from_another_directory_names_the_checkpoints_relative_data(tmp_pat
     r = run("eval", "--checkpoint", ck, cwd=str(other))
     assert_one_line_error(r, "'data/x.npz'", "checkpoint", "relative to the directory training ran",
                           "--data")
-    ok = run("eval", "--checkpoint", ck, "--data", str(train_dir / "data" / "x.npz"), cwd=str(other))
+    ok = run("eval", "--checkpoint", ck, "--data", str(train_dir / "data" / "x.npz"),
+             cwd=str(other))
     assert ok.returncode == 0 and "accuracy" in ok.stdout, ok.stderr
