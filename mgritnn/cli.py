@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -20,6 +21,9 @@ from .errors import ConfigError, MgritnnError, MgritnnWarning, os_error_message
 from .options import field_docs, option_fields
 
 EXIT_USER_ERROR = 2
+#: Exit status of a run stopped by a signal the command turns into one line (128 + the signal's
+#: number, the shell's convention: 130 for Ctrl-C).
+EXIT_SIGNAL_BASE = 128
 
 #: Seconds a rank other than 0 waits before it reports its error and aborts: most errors are
 #: raised on every rank, and rank 0's abort then ends the others before they print, so the error
@@ -281,6 +285,15 @@ def _data_for_checkpoint(a, meta, model):
                           "a UCI HAR directory), or leave --data out to use the checkpoint's "
                           "training data")
     source = a.data if a.data is not None else train_cfg.get("data", "default")
+    if (a.data is None and isinstance(source, str) and source not in datasets.GENERATED_SOURCES
+            and not os.path.exists(source)):
+        from .errors import DataError
+        where = ("" if os.path.isabs(source) else
+                 f", a path relative to the directory training ran in, not found from "
+                 f"{os.getcwd()!r}")
+        raise DataError(f"the checkpoint's training data {source!r} (recorded by mgritnn train"
+                        f"{where}) does not exist: name the data with --data PATH, or run "
+                        "from the directory where training ran")
     seq_len = a.seq_len if a.seq_len is not None else train_cfg.get("seq_len")
     generated = (source in datasets.GENERATED_SOURCES
                  and train_cfg.get("data", "default") == source)
@@ -435,6 +448,12 @@ def _plan_shape(a):
                           "--hidden, --layers), not both or neither")
     if a.shape is not None:
         return parse_shape(a.shape)
+    for flag in ("--batch-size", "--hidden", "--layers"):
+        value = getattr(a, flag[2:].replace("-", "_"))
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: give a positive number (it is "
+                              f"{dict(zip(('--batch-size', '--hidden', '--layers'), 'BHL'))[flag]} "
+                              "of the planned shape)")
     from . import datasets
     ds = datasets.load(a.data)
     T, I = ds.seq_len, ds.num_channels          # static data: a DataError naming the fix
@@ -488,13 +507,54 @@ def _add_plan_args(p, cells):
     p.set_defaults(func=cmd_plan)
 
 
-def _out_of_memory_message(e):
+def _size_flags(args):
+    """The flags that set the size of what the command ``args.command`` computes, for the model in
+    use: ODENet's --width/--depth, the GRU's --hidden/--layers, ``plan``'s --shape, ..."""
+    command = getattr(args, "command", None)
+    if command == "train":
+        if getattr(args, "model", None) == "odenet":
+            return ["--width", "--depth", "--batch-size"]
+        return ["--hidden", "--layers", "--batch-size", "--seq-len"]
+    if command == "plan":
+        if getattr(args, "shape", None) is not None:
+            return ["B, T, H or L of --shape"]
+        return ["--hidden", "--layers", "--batch-size"]
+    if command == "gradcheck":
+        return ["--hidden", "--layers", "--batch", "--seq-len"]
+    if command in ("eval", "predict"):
+        return ["--seq-len", "--data (a smaller data set)"]
+    return ["--hidden", "--layers", "--batch-size", "--seq-len"]
+
+
+def _out_of_memory_message(e, args=None):
     """The one line for a ``MemoryError`` that escaped a command (an allocation the up-front
     estimates of :func:`mgritnn.memory.check_memory` did not foresee): NumPy's size of the failed
-    allocation, and the fix."""
+    allocation, and the fix, in the flags of the command and model in use (:func:`_size_flags`)."""
     detail = f" ({e})" if str(e) else ""
-    return (f"out of memory{detail}: use a smaller --hidden, --layers, --batch-size or --seq-len "
-            "(or fewer ranks per node), or run on a machine with more memory")
+    flags = _size_flags(args)
+    flags = ", ".join(flags[:-1]) + " or " + flags[-1] if len(flags) > 1 else flags[0]
+    return (f"out of memory{detail}: use a smaller {flags} (or fewer ranks per node), or run on "
+            "a machine with more memory")
+
+
+#: Options whose value may start with '-' (a shape "B,T,I,H,L" with a negative entry): given as
+#: ``--shape -1,...``, argparse took the value for an option and said only "expected one
+#: argument"; :func:`_join_dash_values` passes it on as ``--shape=-1,...``, so that the option's
+#: own check names what is wrong with it.
+_DASH_VALUE_OPTIONS = ("--shape",)
+
+
+def _join_dash_values(argv):
+    out, i = [], 0
+    while i < len(argv):
+        if (argv[i] in _DASH_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-")
+                and argv[i + 1][1:2] not in ("", "-") and not argv[i + 1][1:2].isalpha()):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def build_parser():
@@ -570,6 +630,47 @@ def _user_error(message, comm):
     return EXIT_USER_ERROR
 
 
+def _interrupted_message(signum, args):
+    """The one line for a run stopped by the signal ``signum`` (Ctrl-C: SIGINT): what stopped it,
+    and for ``train`` what is left: the last checkpoint (written atomically after each epoch, so
+    an interrupted write leaves the previous one whole) and how to resume from it."""
+    name = signal.Signals(signum).name
+    line = f"interrupted ({name})"
+    if getattr(args, "command", None) != "train":
+        return line
+    ck = getattr(args, "checkpoint", None)
+    if not ck:
+        return (f"{line}: training stopped; no checkpoint was written (add --checkpoint PATH to be "
+                "able to resume an interrupted run)")
+    if not os.path.exists(ck):
+        return (f"{line}: training stopped before its first checkpoint {ck!r} was written: start "
+                "again")
+    return (f"{line}: training stopped; the last checkpoint {ck!r} is intact: resume with "
+            f"--checkpoint {ck} --resume")
+
+
+def _interrupted(signum, args, comm):
+    """Stop on the signal ``signum`` (raised as ``KeyboardInterrupt`` for SIGINT) with one line
+    ``mgritnn: interrupted (SIGINT) ...`` on stderr and status 128 + ``signum`` (130), no traceback.
+
+    Under MPI every rank gets the signal from the launcher: rank 0 prints the line, and every rank
+    ends at once with that status (``os._exit``: no MPI_Abort and its messages, no
+    MPI_Finalize waiting for ranks that are gone); a rank other than 0 first waits a moment so that
+    rank 0's line is out before the launcher reacts to its exit. A further signal while stopping is
+    ignored."""
+    status = EXIT_SIGNAL_BASE + int(signum)
+    signal.signal(signum, signal.SIG_IGN)
+    if comm is None or comm.Get_rank() == 0:
+        print(f"mgritnn: {_interrupted_message(signum, args)}", file=sys.stderr, flush=True)
+    if comm is None:
+        return status
+    if comm.Get_rank() != 0:
+        time.sleep(FLUSH_BEFORE_ABORT_S)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def _show_warning(show):
     """A ``warnings.showwarning`` that prints an :class:`MgritnnWarning` as one line
     ``mgritnn: warning: ...`` on stderr, and passes other warnings to ``show``."""
@@ -588,18 +689,23 @@ def main(argv=None):
     system: permission denied, disk full, ...) prints one line ``mgritnn: error: ...`` and gives
     status 2. Under an MPI launcher with several ranks, an error on any rank prints its message
     and aborts all ranks (MPI_Abort) with that status, so that no rank is left waiting for it;
-    a bug prints its traceback and aborts with status 1.
+    a bug prints its traceback and aborts with status 1. Ctrl-C (SIGINT) prints one line
+    ``mgritnn: interrupted (SIGINT) ...`` (for ``train``: whether the last checkpoint is there to
+    resume from) and gives status 130, on every rank (:func:`_interrupted`).
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:               # Ctrl-C while the parser imports the cells
+        return _interrupted(signal.SIGINT, None, None)
     from .distributed.comm import under_mpi_launcher
     from .runtime import blas_threads
     comm = None
-    if under_mpi_launcher():
-        from .distributed import get_comm
-        comm = get_comm()
-        if comm.Get_size() == 1:
-            comm = None
     try:
+        if under_mpi_launcher():
+            from .distributed import get_comm
+            comm = get_comm()
+            if comm.Get_size() == 1:
+                comm = None
         with warnings.catch_warnings(), blas_threads(1):
             warnings.showwarning = _show_warning(warnings.showwarning)
             for note in getattr(args, "deprecated_flags", []):
@@ -611,7 +717,9 @@ def main(argv=None):
         doing = "cannot access" if e.filename else "an input/output operation failed"
         return _user_error(os_error_message(e, doing), comm)
     except MemoryError as e:
-        return _user_error(_out_of_memory_message(e), comm)
+        return _user_error(_out_of_memory_message(e, args), comm)
+    except KeyboardInterrupt:
+        return _interrupted(signal.SIGINT, args, comm)
     except BaseException:
         if comm is None:
             raise

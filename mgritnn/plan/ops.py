@@ -48,6 +48,26 @@ class Shape(NamedTuple):
     L: int
 
 
+#: The longest sequence the planner models: it follows the solvers' grids point by point, so its
+#: memory and time grow with T (measured: 10^7 steps, 0.5 GB and 6 s for the whole plan); a longer
+#: T is a ConfigError naming this limit, never an out-of-memory failure.
+MAX_PLAN_STEPS = 10_000_000
+
+_SHAPE_NAMES = ("B (batch)", "T (steps)", "I (inputs)", "H (hidden)", "L (layers)")
+_SHAPE_HELP = ("give five positive integers B,T,I,H,L (batch, steps, inputs, hidden, layers), "
+               "e.g. 100,128,9,100,2")
+
+
+def check_plannable(shape):
+    """Raise a ConfigError if the planner cannot model ``shape`` (a :class:`Shape`): T above
+    :data:`MAX_PLAN_STEPS`."""
+    if shape.T > MAX_PLAN_STEPS:
+        raise ConfigError(f"T = {shape.T} steps: the planner follows the solvers' grids step by "
+                          f"step (memory and time grow with T) and models at most "
+                          f"{MAX_PLAN_STEPS} steps; plan a sequence of at most {MAX_PLAN_STEPS} "
+                          "steps (a longer one scales about linearly in T for serial and DEER)")
+
+
 def parse_shape(shape):
     """A :class:`Shape` from ``"B,T,I,H,L"`` or a sequence of five positive integers.
 
@@ -58,17 +78,24 @@ def parse_shape(shape):
     """
     if isinstance(shape, str):
         parts = [p.strip() for p in shape.split(",")]
-        try:
-            vals = [int(p) for p in parts]
-        except ValueError:
-            raise ConfigError(f"shape {shape!r}: give five positive integers B,T,I,H,L "
-                              "(batch, steps, inputs, hidden, layers), e.g. 100,128,9,100,2") from None
+        if len(parts) != 5:
+            raise ConfigError(f"shape {shape!r} has {len(parts)} number(s): {_SHAPE_HELP}")
+        vals = []
+        for name, p in zip(_SHAPE_NAMES, parts):
+            try:
+                vals.append(int(p))
+            except ValueError:
+                raise ConfigError(f"shape {shape!r}: {name} is {p!r}, not an integer: "
+                                  f"{_SHAPE_HELP}") from None
     else:
         vals = list(shape)
     if len(vals) != 5 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                 and v >= 1 for v in vals):
-        raise ConfigError(f"shape {shape!r}: give five positive integers B,T,I,H,L (batch, steps, "
-                          "inputs, hidden, layers), e.g. 100,128,9,100,2")
+                                 for v in vals):
+        raise ConfigError(f"shape {shape!r}: {_SHAPE_HELP}")
+    for name, v in zip(_SHAPE_NAMES, vals):
+        if v < 1:
+            raise ConfigError(f"shape {shape!r}: {name} is {v}, it must be at least 1: "
+                              f"{_SHAPE_HELP}")
     return Shape(*(int(v) for v in vals))
 
 
@@ -320,6 +347,7 @@ def step_ops(shape, route, ranks=1, options=None, itemsize=4):
     list (per time rank) of list of Op
     """
     shape = parse_shape(shape)
+    check_plannable(shape)
     options = options or {}
     kind, cfg = _route_parts(route, options)
     D, P, Bg = _splits(shape, ranks, options)
