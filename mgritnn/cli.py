@@ -215,6 +215,8 @@ def _nested_options(a, options, solver=None):
         value = getattr(a, o.dest)
         if value is None or o.kwargs.get("action") is _OldFlag:    # an old name: same dest
             continue
+        if o.kwargs.get("action") == "store_const" and value != o.kwargs["const"]:
+            continue        # set by another solver's flag of the same name (--no-fallback, DEER)
         if solver is not None and solver not in o.solvers:
             wrong.append((o.flag, o.solvers))
             continue

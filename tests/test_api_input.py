@@ -129,10 +129,6 @@ def test_float64_model_keeps_large_values():
     assert np.isfinite(loss)
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py (not this branch's file) refuses --no-fallback "
-                   "with --solver deer: 'mgritnn: error: --fallback is an option of --solver "
-                   "mgrit' (DEER's --no-fallback and MGRIT's --fallback share the dest "
-                   "'fallback'); remove this mark with that fix")
 def test_cli_says_unconverged_deer_solves(tmp_path):
     """The issue's run: DEER with --max-iter 1 --no-fallback says on the console that its
     solves did not converge (one line per epoch), not only in the JSON log."""
