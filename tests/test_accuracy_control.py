@@ -153,7 +153,7 @@ def test_warm_start_keys_must_fit_the_batch():
     m, X, y = gru("implicit", T=32)
     cfg = MGRITConfig.preset("train")
     for keys in ([0, 1], [0, 1, 2, 3]):
-        with pytest.raises(ConfigError, match="sample keys"):
+        with pytest.raises(DataError, match="keys must have shape"):   # at the model boundary
             m.loss_and_grad_flat(X, y, cfg, keys=keys)
 
 

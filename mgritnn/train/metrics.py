@@ -9,6 +9,30 @@ from ..runtime import entry_point
 __all__ = ["evaluate"]
 
 
+def _samples(model, X, y, lengths):
+    """X (N, ...), y (N,) and lengths (N,) or None of :func:`evaluate`, checked before any solve:
+    at least one sample; y one label per sample in the model's classes; lengths one per sample
+    (DataError otherwise, naming the fix)."""
+    if not hasattr(X, "shape"):
+        X = as_model_array(X, model.dtype)
+    if X.ndim == 0:
+        raise DataError("X must be an array of samples, got a scalar")
+    N = len(X)
+    if N == 0:
+        raise DataError("X is empty (no samples): need at least one to evaluate")
+    y = check_labels(y, N, model.num_classes)
+    if lengths is not None:
+        try:
+            shape = np.shape(lengths)
+        except ValueError:
+            shape = None
+        if shape != (N,):
+            raise DataError(f"lengths must have shape ({N},), one per sequence, got {shape}: "
+                            "pass exactly one entry per sample, in the order of X")
+        lengths = np.asarray(lengths)
+    return X, y, lengths
+
+
 @entry_point
 def evaluate(model, X, y, batch_size=100, solver="serial", comm=None, lengths=None, pad="end"):
     """Mean cross-entropy and accuracy of ``model`` on (X, y), in batches (exact serial forward by default).
@@ -37,24 +61,8 @@ def evaluate(model, X, y, batch_size=100, solver="serial", comm=None, lengths=No
     dict with ``loss`` (float), ``accuracy`` (float in [0, 1]) and ``logits`` (N, C)
     """
     batch_size = check_int("batch_size", batch_size, least=1)
-    if not hasattr(X, "shape"):
-        X = as_model_array(X, model.dtype)
-    if X.ndim == 0:
-        raise DataError("X must be an array of samples, got a scalar")
+    X, y, lengths = _samples(model, X, y, lengths)
     N = len(X)
-    if N == 0:
-        raise DataError("X is empty (no samples): need at least one to evaluate")
-    # y and lengths: one per sample of X, labels in the model's classes, before any solve
-    y = check_labels(y, N, model.num_classes)
-    if lengths is not None:
-        try:
-            shape = np.shape(lengths)
-        except ValueError:
-            shape = None
-        if shape != (N,):
-            raise DataError(f"lengths must have shape ({N},), one per sequence, got {shape}: "
-                            "pass exactly one entry per sample, in the order of X")
-        lengths = np.asarray(lengths)
     starts = range(0, N, batch_size)
 
     def fwd(i):
