@@ -655,11 +655,12 @@ def _interrupted(signum, args, comm):
     """Stop on the signal ``signum`` (raised as ``KeyboardInterrupt`` for SIGINT) with one line
     ``mgritnn: interrupted (SIGINT) ...`` on stderr and status 128 + ``signum`` (130), no traceback.
 
-    Under MPI every rank gets the signal from the launcher: rank 0 prints the line, and every rank
-    ends at once with that status (``os._exit``: no MPI_Abort and its messages, no
-    MPI_Finalize waiting for ranks that are gone); a rank other than 0 first waits a moment so that
-    rank 0's line is out before the launcher reacts to its exit. A further signal while stopping is
-    ignored."""
+    Under MPI the launcher forwards Ctrl-C to every rank, and only rank 0 acts on it (the others
+    ignore SIGINT: :func:`_leave_interrupt_to_rank_0`): it prints the line and ends at once with
+    that status (``os._exit``: no MPI_Abort and its messages, no MPI_Finalize waiting for ranks
+    that are gone), and the launcher ends the others. A rank other than 0 that does get here (a
+    ``KeyboardInterrupt`` raised by other means) ends the same way after a moment, without a line.
+    A further signal while stopping is ignored."""
     status = EXIT_SIGNAL_BASE + int(signum)
     signal.signal(signum, signal.SIG_IGN)
     if comm is None or comm.Get_rank() == 0:
@@ -671,6 +672,18 @@ def _interrupted(signum, args, comm):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def _leave_interrupt_to_rank_0():
+    """On a rank other than 0, ignore SIGINT (Ctrl-C, which the launcher forwards to every rank).
+
+    Python raises ``KeyboardInterrupt`` only between bytecodes, so a rank waiting inside a blocking
+    MPI call cannot act on the signal until its peers reach that call too. If every rank acted on
+    it, rank 0 could be left waiting for a rank that had already stopped, be killed by the
+    launcher, and say nothing. With only rank 0 acting, its peers go on to meet it, it reaches
+    Python, prints the one line and ends the run (:func:`_interrupted`); the launcher then ends the
+    others."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _show_warning(show):
@@ -708,6 +721,8 @@ def main(argv=None):
             comm = get_comm()
             if comm.Get_size() == 1:
                 comm = None
+            elif comm.Get_rank() != 0:
+                _leave_interrupt_to_rank_0()
         with warnings.catch_warnings(), blas_threads(1):
             warnings.showwarning = _show_warning(warnings.showwarning)
             for note in getattr(args, "deprecated_flags", []):

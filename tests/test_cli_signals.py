@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -78,3 +79,83 @@ def test_sigint_without_checkpoint_says_nothing_to_resume(tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("mgritnn: interrupted (SIGINT)") and "--checkpoint" in lines[0]
+
+
+def test_sigint_under_mpiexec_is_one_line_and_exit_130(tmp_path):
+    """``mpiexec -n 2``: hydra forwards Ctrl-C to every rank; rank 0 prints the one line, every
+    rank ends with 130 (no traceback per rank, no MPI_Abort), and the checkpoint loads."""
+    from mpi_util import _kill_tree, find_mpiexec, mpi_env
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        pytest.skip("no mpiexec")
+    ck = str(tmp_path / "ck.npz")
+    proc = subprocess.Popen([mpiexec, "-n", "2", sys.executable, "-m", "mgritnn", *TRAIN,
+                             "--data-parallel", "2", "--checkpoint", ck],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=mpi_env(), start_new_session=True)
+    try:
+        _wait_for_epochs(proc, 2)
+        err = _interrupt(proc)
+    finally:
+        if proc.poll() is None:
+            _kill_tree(proc)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Abort" not in err, err
+    ours = err.strip().splitlines()
+    assert len(ours) == 1 and ours[0].startswith("mgritnn: interrupted (SIGINT)"), err
+    assert repr(ck) in ours[0] and "--resume" in ours[0]
+    model, _, _ = load_checkpoint(ck)
+    assert model is not None
+
+
+_SPIN = '''
+import argparse, sys, time
+from mgritnn import cli
+from mgritnn.distributed import get_comm
+
+def spin(args):
+    """Rank 0 waits inside MPI (a barrier) while its peer works in Python: the race in which an
+    interrupted peer that stops leaves rank 0 stuck in C, killed by the launcher, silent."""
+    comm = get_comm()
+    comm.Barrier()
+    if comm.Get_rank() == 0:
+        print("ready", flush=True)
+    while True:
+        if comm.Get_rank() != 0:
+            time.sleep(0.5)
+        comm.Barrier()
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="mgritnn")
+    parser.set_defaults(func=spin, command="spin")
+    return parser
+
+cli.build_parser = build_parser
+sys.exit(cli.main([]))
+'''
+
+
+def test_sigint_under_mpiexec_while_rank_0_waits_inside_mpi(tmp_path):
+    """Ctrl-C while rank 0 is blocked in an MPI call and rank 1 is in Python: still one line from
+    rank 0 and status 130 (rank 1 leaves the signal to rank 0, meets it, and rank 0 acts)."""
+    from mpi_util import _kill_tree, find_mpiexec, mpi_env
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        pytest.skip("no mpiexec")
+    script = tmp_path / "spin.py"
+    script.write_text(_SPIN)
+    env = mpi_env()
+    proc = subprocess.Popen([mpiexec, "-n", "2", sys.executable, str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        ready = proc.stdout.readline()
+        assert ready == "ready\n", ready
+        time.sleep(1.2)
+        err = _interrupt(proc)
+    finally:
+        if proc.poll() is None:
+            _kill_tree(proc)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert lines == ["mgritnn: interrupted (SIGINT)"], err
