@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import warnings
 from typing import NamedTuple
@@ -29,6 +30,10 @@ EXIT_SIGNAL_BASE = 128
 #: raised on every rank, and rank 0's abort then ends the others before they print, so the error
 #: is reported once.
 ABORT_GRACE_S = 2.0
+
+#: Seconds a rank other than 0 goes on after Ctrl-C, for rank 0 to act on it and end the run,
+#: before it ends itself (:func:`_leave_interrupt_to_rank_0`).
+INTERRUPT_GRACE_S = 10.0
 #: Seconds a rank waits between printing its error and MPI_Abort, so that the launcher forwards
 #: the line before the abort ends the processes (without it the line was lost now and then).
 FLUSH_BEFORE_ABORT_S = 0.3
@@ -172,11 +177,12 @@ def _train_options():
         elif kind == "solver":
             table[name] = _solver_options_table()
         else:
-            kw = _flag_kwargs(f, doc, False)
-            if f.type is bool:
-                kw = dict(kw, action="store_true")
+            kw, flag = _flag_kwargs(f, doc, False), _kebab(name)
+            if f.type is bool:              # --name, or --no-name for a bool that is True
+                kw = dict(kw, action="store_false" if f.default else "store_true")
                 del kw["const"]
-            table[name] = [_Option(_kebab(name), name, name, (), kw)]
+                flag = _kebab("no_" + name) if f.default else flag
+            table[name] = [_Option(flag, name, name, (), kw)]
     return table
 
 
@@ -277,6 +283,7 @@ def _data_for_checkpoint(a, meta, model):
     by the checkpoint's value).
     """
     from . import datasets
+    from .errors import DataError
     train_cfg = (meta or {}).get("train") or {}
     if a.seq_len is not None and a.seq_len < 1:
         raise ConfigError(f"--seq-len {a.seq_len}: the sequence length must be at least 1; give a "
@@ -289,7 +296,6 @@ def _data_for_checkpoint(a, meta, model):
     source = a.data if a.data is not None else train_cfg.get("data", "default")
     if (a.data is None and isinstance(source, str) and source not in datasets.GENERATED_SOURCES
             and not os.path.exists(source)):
-        from .errors import DataError
         where = ("" if os.path.isabs(source) else
                  f", a path relative to the directory training ran in, not found from "
                  f"{os.getcwd()!r}")
@@ -303,12 +309,32 @@ def _data_for_checkpoint(a, meta, model):
     # trained on the padded sequences as data, standardized padding included: "ignore" gives it
     # exactly the inputs it was trained on.
     old = bool(train_cfg) and "lengths" not in train_cfg
-    ds = datasets.load(source, seq_len=seq_len, seed=train_cfg.get("seed", 0),
-                       num_classes=train_cfg.get("num_classes") if generated else None,
-                       model_classes=model.num_classes,
-                       lengths=train_cfg.get("lengths", "ignore" if old else "use"),
-                       pad=train_cfg.get("pad", datasets.PAD_POLICIES[0]))
-    return datasets.check_data_kind(ds, model.model_type)
+    def load(seq_len, classes):
+        return datasets.load(source, seq_len=seq_len, seed=train_cfg.get("seed", 0),
+                             num_classes=train_cfg.get("num_classes") if generated else None,
+                             model_classes=classes,
+                             lengths=train_cfg.get("lengths", "ignore" if old else "use"),
+                             pad=train_cfg.get("pad", datasets.PAD_POLICIES[0]))
+
+    kind = datasets.MODEL_DATA_KINDS[model.model_type]
+
+    def check_kind(ds):
+        return datasets.check_data_kind(
+            ds, model.model_type, who=f"the {model.model_type} of checkpoint {a.checkpoint!r}",
+            fix=f"evaluate it on {kind} data: leave --data out for the data it was trained on, "
+                "or name other data with --data")
+
+    try:
+        ds = load(seq_len, model.num_classes)
+    except DataError:           # data of the other kind fails first on the checkpoint's
+        try:                    # --seq-len or its class count: then the kind is the message
+            other = load(a.seq_len, None)
+        except MgritnnError:
+            other = None
+        if other is None or other.kind == kind:
+            raise
+        ds = other
+    return check_kind(ds)
 
 
 def _transform(std, X, model, lengths=None, pad="end"):
@@ -674,16 +700,31 @@ def _interrupted(signum, args, comm):
     os._exit(status)
 
 
-def _leave_interrupt_to_rank_0():
-    """On a rank other than 0, ignore SIGINT (Ctrl-C, which the launcher forwards to every rank).
+def _leave_interrupt_to_rank_0(grace=INTERRUPT_GRACE_S):
+    """On a rank other than 0, leave SIGINT (Ctrl-C, which the launcher forwards to every rank) to
+    rank 0: go on working for ``grace`` seconds, then end silently with status 130.
 
     Python raises ``KeyboardInterrupt`` only between bytecodes, so a rank waiting inside a blocking
     MPI call cannot act on the signal until its peers reach that call too. If every rank acted on
-    it, rank 0 could be left waiting for a rank that had already stopped, be killed by the
-    launcher, and say nothing. With only rank 0 acting, its peers go on to meet it, it reaches
-    Python, prints the one line and ends the run (:func:`_interrupted`); the launcher then ends the
-    others."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    it at once, rank 0 could be left waiting for a rank that had already stopped, be killed by the
+    launcher, and say nothing. So the others go on to meet it, rank 0 reaches Python, prints the
+    one line and ends the run (:func:`_interrupted`), and the launcher ends the others. Should the
+    launcher not, a watchdog thread ends this rank ``grace`` seconds after the signal (it wakes at
+    once, from :func:`signal.set_wakeup_fd`, though the main thread is blocked in MPI)."""
+    if threading.current_thread() is not threading.main_thread():
+        return                          # signals are the embedding program's business then
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.signal(signal.SIGINT, lambda signum, frame: None)    # no KeyboardInterrupt here
+    signal.set_wakeup_fd(write)
+
+    def watch():
+        while os.read(read, 1) != bytes([signal.SIGINT]):
+            pass
+        time.sleep(grace)
+        os._exit(EXIT_SIGNAL_BASE + signal.SIGINT)
+
+    threading.Thread(target=watch, name="mgritnn-sigint-watchdog", daemon=True).start()
 
 
 def _show_warning(show):

@@ -177,20 +177,22 @@ class Dataset(NamedTuple):
         return self.X_train.shape[-1]
 
 
-def _kind_message(ds, model, wanted):
+def _kind_message(ds, model, wanted, fix=None):
     """The DataError message for data ``ds`` of the wrong kind for ``model`` (which wants
-    ``wanted`` data): the problem and the fix."""
+    ``wanted`` data): the problem and the fix (``fix``; default: train the other model, or give
+    data of the wanted kind)."""
     shape = np.shape(ds.X_train)
     if wanted == "sequence":
         return (f"data set {ds.name!r} is static (X_train has shape {shape} = (samples, "
-                f"features), no time axis), but {model} needs sequences (N, T, C): train it with "
-                f"--model odenet, or give sequence data (--data)")
+                f"features), no time axis), but {model} needs sequences (N, T, C): "
+                + (fix or "train it with --model odenet, or give sequence data (--data)"))
     return (f"data set {ds.name!r} holds sequences (X_train has shape {shape} = (samples, time "
-            f"steps, channels)), but {model} needs static feature vectors (N, F): train it with "
-            f"--model gru, or give static data (--data peaks, or a .npz with 2-D X_train/X_test)")
+            f"steps, channels)), but {model} needs static feature vectors (N, F): "
+            + (fix or "train it with --model gru, or give static data (--data peaks, or a .npz "
+               "with 2-D X_train/X_test)"))
 
 
-def check_data_kind(ds, model):
+def check_data_kind(ds, model, who=None, fix=None):
     """Check that a model can train on a data set's kind, before any work.
 
     Parameters
@@ -199,6 +201,9 @@ def check_data_kind(ds, model):
         The data (see :attr:`Dataset.kind`).
     model : str
         A key of :data:`MODEL_DATA_KINDS`: ``"gru"`` (sequences) or ``"odenet"`` (static).
+    who, fix : str, optional
+        What needs the data and the fix, in the message (default: ``--model <model>``; train
+        the other model or give other data).
 
     Returns
     -------
@@ -216,7 +221,7 @@ def check_data_kind(ds, model):
     check_choice("model", model, tuple(MODEL_DATA_KINDS))
     wanted = MODEL_DATA_KINDS[model]
     if ds.kind != wanted:
-        raise DataError(_kind_message(ds, f"--model {model}", wanted))
+        raise DataError(_kind_message(ds, who or f"--model {model}", wanted, fix))
     return ds
 
 

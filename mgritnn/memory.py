@@ -145,7 +145,48 @@ def memory_estimate(input_size, hidden_size, num_classes, num_layers=1, dtype="f
     init = P * (item + 8)
     run = model + batch_bytes if batch and seq_len else 0
     return dict(parameters=P, model=model, weights=weights, initialization=init,
-                batch=batch_bytes, total=max(init, run))
+                batch=batch_bytes, total=max(init, run), flags=_GRU_FLAGS)
+
+
+#: The flags that shrink a model's parameters and a batch, by model (for the messages).
+_GRU_FLAGS = ("--hidden or --layers", "--batch-size or --seq-len (or --hidden, --layers)")
+_ODENET_FLAGS = ("--width or --depth", "--batch-size (or --width, --depth)")
+
+
+def odenet_memory_estimate(parameters, width, dtype="float64", batch=0, depth=0, optimizer=None,
+                           keep=True):
+    """A lower bound of the memory an ODENet (:class:`~mgritnn.odenet.ODENet`) and one batch
+    need on one rank, in bytes (the same dict as :func:`memory_estimate`).
+
+    * the parameters (``parameters``, the count P of :func:`~mgritnn.odenet.odenet_shapes`: every
+      rank holds all of them), and while training the gradient and the optimizer's state;
+    * while the model is built: the parameters plus their float64 draw (``8 P`` bytes);
+    * a batch: per batch row, the states of this rank's ``depth`` layers, ``width`` values at each
+      of the ``depth + 1`` points, and when they are kept for the gradient (``keep``) each layer's
+      activation derivative (``depth`` more).
+
+    Parameters
+    ----------
+    parameters : int
+    width : int
+    dtype : str or numpy dtype
+    batch : int
+        Batch rows on this rank (0: only the model; L-BFGS: the whole training set).
+    depth : int
+        Layers on this rank (its share of the time axis).
+    optimizer : {"adam", "sgd"} or None
+    keep : bool
+    """
+    item = np.dtype(resolve_dtype(dtype)).itemsize
+    P = int(parameters)
+    copies = 1 if optimizer is None else 2 + _OPTIMIZER_SLOTS.get(optimizer, 0)
+    model = P * item * copies
+    per_row = int(width) * ((int(depth) + 1) + (int(depth) if keep else 0))
+    batch_bytes = int(batch) * item * per_row
+    init = P * (item + 8)
+    run = model + batch_bytes if batch and depth else 0
+    return dict(parameters=P, model=model, weights=0, initialization=init, batch=batch_bytes,
+                total=max(init, run), flags=_ODENET_FLAGS)
 
 
 def check_memory(estimate, available=None):
@@ -163,8 +204,9 @@ def check_memory(estimate, available=None):
     ------
     ConfigError
         If ``estimate["total"]`` exceeds the available memory; the message gives the estimate,
-        what it is made of and the fix (a smaller ``--hidden``/``--layers`` when the parameters
-        dominate, a smaller ``--batch-size``/``--seq-len`` when the batch does).
+        what it is made of and the fix in the model's flags (``estimate["flags"]``: the GRU's
+        ``--hidden``/``--layers`` or the ODENet's ``--width``/``--depth`` when the parameters
+        dominate, a smaller ``--batch-size`` (GRU: or ``--seq-len``) when the batch does).
     """
     need = estimate["total"]
     if need < _MEMORY_CHECK_FROM:
@@ -179,10 +221,11 @@ def check_memory(estimate, available=None):
                  f"copies; one batch: {_gb(estimate['batch'])}")
     else:
         parts = f"{P:,} parameters, initialized from float64 values"
+    model_flags, batch_flags = estimate.get("flags", _GRU_FLAGS)
     if estimate["batch"] > estimate["model"] and need > estimate["initialization"]:
-        fix = "use a smaller --batch-size or --seq-len (or --hidden, --layers)"
+        fix = f"use a smaller {batch_flags}"
     else:
-        fix = "use a smaller --hidden or --layers"
+        fix = f"use a smaller {model_flags}"
     raise ConfigError(f"not enough memory: at least {_gb(need)} is needed ({parts}) but only "
                       f"{_gb(available)} is available: {fix}")
 

@@ -19,7 +19,7 @@ from mgritnn.datasets import DataWarning, load, load_npz, resolve_classes
 from mgritnn.errors import CheckpointError, ConfigError, DataError, MgritnnWarning
 from mgritnn.io import read_npz
 from mgritnn.memory import (available_memory, check_memory, check_training_memory,
-                            memory_estimate)
+                            memory_estimate, odenet_memory_estimate)
 from mgritnn.model import GRUClassifier
 from mgritnn.solvers import MGRITConfig
 from mpi_util import run_mpi
@@ -428,6 +428,32 @@ def test_check_memory_names_the_estimate_and_the_fix():
     check_training_memory(3, 60000, 4, batch=100, seq_len=128, available=10 ** 15)
     check_memory(memory_estimate(3, 32, 4, batch=100, seq_len=128, optimizer="adam"),
                  available=1)                                  # tiny: not checked at all
+
+
+def test_the_odenet_has_its_own_estimate_and_names_its_own_flags():
+    """The ODENet's parameters (every rank holds all) and its states (per row: this rank's layers'
+    points and activation derivatives): the fix names --width/--depth or --batch-size, never the
+    GRU's flags."""
+    e = odenet_memory_estimate(1000, 10, "float64", batch=4, depth=8, optimizer="adam")
+    assert e["model"] == 1000 * 8 * 4 and e["batch"] == 4 * 8 * 10 * (9 + 8)
+    assert e["total"] == max(e["initialization"], e["model"] + e["batch"])
+    with pytest.raises(ConfigError, match=r"\d+,\d{3},\d{3},\d{3} parameters.*use a smaller "
+                                          r"--width or --depth$"):
+        check_memory(odenet_memory_estimate(10 ** 10, 10 ** 5, "float32", batch=10, depth=10,
+                                            optimizer="adam"), available=24 * 10 ** 9)
+    with pytest.raises(ConfigError, match=r"one batch: .*use a smaller --batch-size \(or "
+                                          r"--width, --depth\)$"):
+        check_memory(odenet_memory_estimate(10 ** 5, 1000, "float64", batch=10 ** 5, depth=10 ** 4,
+                                            optimizer="adam"), available=24 * 10 ** 9)
+
+
+def test_an_odenet_too_big_for_this_machine_is_refused_through_the_cli():
+    if available_memory() is None:
+        pytest.skip("available memory unknown here (/proc/meminfo): nothing is checked")
+    line = error_line(mgritnn("train", "--model", "odenet", "--data", "peaks", "--width",
+                              "20000", "--depth", "64", "--epochs", "1"),
+                      "not enough memory", "use a smaller --width or --depth")
+    assert "--hidden" not in line
 
 
 def test_models_and_batches_that_cannot_fit_are_refused_before_allocating():

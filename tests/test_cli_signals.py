@@ -159,3 +159,20 @@ def test_sigint_under_mpiexec_while_rank_0_waits_inside_mpi(tmp_path):
     assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert lines == ["mgritnn: interrupted (SIGINT)"], err
+
+
+def test_a_rank_other_than_0_ends_itself_after_the_grace(tmp_path):
+    """The watchdog of a rank other than 0: Ctrl-C raises nothing there (the main thread goes on
+    waiting), and the rank ends silently with status 130 once the grace has passed, should the
+    launcher not end it."""
+    script = tmp_path / "rank1.py"
+    script.write_text("import threading\nfrom mgritnn import cli\n"
+                      "cli._leave_interrupt_to_rank_0(grace=0.5)\nprint('ready', flush=True)\n"
+                      "threading.Event().wait()\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stdout.readline() == "ready\n"
+    t0 = time.monotonic()
+    err = _interrupt(proc)
+    assert proc.returncode == 130 and err == "", err
+    assert 0.4 < time.monotonic() - t0 < 60

@@ -169,12 +169,16 @@ def test_data_of_the_wrong_kind_exits_2(tmp_path, capsys):
                  "--checkpoint", str(gru), "--quiet"]) == 0
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(gru), "--data", "peaks"]) == 2
-    assert "is static" in capsys.readouterr().err
+    err = capsys.readouterr().err      # the kind, not the checkpoint's --seq-len or class count
+    assert "is static" in err and f"the gru of checkpoint {str(gru)!r} needs sequences" in err
+    assert "evaluate it on sequence data" in err and "--seq-len" not in err and "classes" not in err
     ode = tmp_path / "ode.npz"
     assert main(["train", *SMALL_FLAGS, "--epochs", "1", "--checkpoint", str(ode)]) == 0
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(ode), "--data", "default"]) == 2
-    assert "holds sequences" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds sequences" in err and f"the odenet of checkpoint {str(ode)!r} needs static" in err
+    assert "evaluate it on static data" in err and "classes" not in err
     assert main(["train", "--epochs", "2", "--hidden", "4", "--seq-len", "8", "--data", "peaks",
                  "--checkpoint", str(ode), "--resume"]) == 2
     assert "static" in capsys.readouterr().err

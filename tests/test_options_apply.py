@@ -55,7 +55,9 @@ def config(**settings):
 
 
 def flag(name):
-    return "--" + name.replace("_", "-")
+    """``--name``, or ``--no-name`` for a bool setting whose default is True."""
+    f = _field(name)
+    return "--" + ("no-" if _default(f) is True else "") + name.replace("_", "-")
 
 
 def _fits(base, name, row):
@@ -95,7 +97,8 @@ def test_the_same_option_is_accepted_where_it_applies(base, name, owner, here):
     for fields, applies, *_ in _APPLIES_ONLY:
         if name in fields:
             good = next(b for b in _BASES + [dict(optimizer="sgd"),
-                                             dict(model="odenet", nested_levels=1, depth=8)]
+                                             dict(model="odenet", nested_levels=1, depth=8),
+                                             dict(solver="mgrit")]
                         if all(a(config(**b)) for f, a, *_ in _APPLIES_ONLY if name in f))
     settings = dict(good, **{name: other_value(name, good.get("model", "gru"))})
     if name == "nested_epochs":

@@ -30,6 +30,7 @@ Older spellings still work: ``make_solver(name, options, comm)`` and ``get_solve
 comm)`` (the same function), and a config that carries the communicator,
 ``MGRITConfig(..., comm=comm).make_solver()`` (deprecated: a ``DeprecationWarning``).
 """
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -443,6 +444,32 @@ class TimeParallelSolver(Solver):
     def is_first(self):
         """This rank owns point 0 (the initial state; the adjoint's ``lam_first`` lands here)."""
         return self.rank == 0
+
+    @property
+    def falls_back(self):
+        """Whether a solve that misses its tolerance, diverges or gives NaN/inf is redone as the
+        serial sweep on the same ranks: the config's ``fallback``, or always within
+        :meth:`falling_back`."""
+        return bool(getattr(self.config, "fallback", False)) or self._forced_fallback
+
+    #: Set within :meth:`falling_back`.
+    _forced_fallback = False
+
+    @contextlib.contextmanager
+    def falling_back(self):
+        """Within this context every solve that does not converge is redone as the serial sweep
+        on the same ranks (exact; ``SolveStats.fallback`` set), whatever the config's ``fallback``
+        says: the trainer's rescue of a step whose solve failed. The routes of a solver made of
+        others (``routes``: :class:`~mgritnn.solvers.auto.AutoSolver`) fall back too."""
+        parts = [self, *getattr(self, "routes", {}).values()]
+        before = [p._forced_fallback for p in parts]
+        for p in parts:
+            p._forced_fallback = True
+        try:
+            yield self
+        finally:
+            for p, b in zip(parts, before):
+                p._forced_fallback = b
 
     def reduce(self, grad, loss, logits, shape=None, shared=None):
         """Sum the gradient over the time ranks; broadcast the loss and the logits (of ``shape``

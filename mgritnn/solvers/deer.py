@@ -364,13 +364,13 @@ class DEERSolver(TimeParallelSolver):
                 stats.message = {NOT_CONVERGED: f"layer {l}: not converged in {cfg.max_iter} iterations",
                                  DIVERGED: f"layer {l}: diverged (the update grew {cfg.divergence:g}x)",
                                  NONFINITE: f"layer {l}: non-finite iterate"}[status]
-            if status != OK and cfg.fallback:
+            if status != OK and self.falls_back:
                 break
             hs_all.append(hs)                         # without fallback: the last iterate
             xin.append(x_l)
             axs.append(ax)
             x_l = hs[1:]
-        if stats.status != OK and cfg.fallback:
+        if stats.status != OK and self.falls_back:
             stats.fallback = True
             stats.message += "; ran the serial sweep instead"
             hs_all = self._serial_sweep(cell, w, ax0, h0, dtv)

@@ -1028,10 +1028,10 @@ class MGRITSolver(TimeParallelSolver):
                     warm = True
         t0 = time.perf_counter()
         fas.phases["setup"] = [t0 - t_setup, 1, 0]
-        stats = fas.solve(cfg.max_iter, warm=warm, give_up=cfg.fallback)
-        if cfg.fallback and stats.status != OK:
+        stats = fas.solve(cfg.max_iter, warm=warm, give_up=self.falls_back)
+        if self.falls_back and stats.status != OK:
             fas, stats = self._exact(grid, prop, h0, "mgrit-forward", stats, spent=fas)
-        if remember:
+        if remember and not stats.failed:       # never a diverged or NaN trajectory as a guess
             for b, key in enumerate(keys):
                 self.state.warm[key] = fas.u[0][cpts, :, b].copy()
         stats.wait_time = fas.wait_time
@@ -1104,8 +1104,8 @@ class MGRITSolver(TimeParallelSolver):
         t0 = time.perf_counter()
         fas.phases["setup (coarse linearizations)"] = [t0 - t_setup, 1, prop.evals]
         # its final sweep keeps every step's cotangents
-        stats = fas.solve(cfg.adjoint_max_iter, give_up=cfg.fallback)
-        if cfg.fallback and stats.status != OK:      # the fine level's VJPs only, sequentially
+        stats = fas.solve(cfg.adjoint_max_iter, give_up=self.falls_back)
+        if self.falls_back and stats.status != OK:      # the fine level's VJPs only, sequentially
             prop = adjoint(cell, None, w, levels[:1], dts[:1], u, state.prop)
             fas, stats = self._exact(grid, prop, lam0, "mgrit-adjoint", stats, reverse=True,
                                      spent=fas)

@@ -8,12 +8,13 @@ result as the uninterrupted run (the kernels are deterministic and independent o
 count). A write that fails (or a run killed during it) leaves the previous checkpoint as it was.
 """
 import json
+import os
 import warnings
 
 import numpy as np
 
 from .. import datasets
-from ..errors import CheckpointError, DivergenceError, MgritnnWarning
+from ..errors import CheckpointError, DivergenceError, MgritnnError, MgritnnWarning
 from ..io import (atomic_savez, check_free_space, prepare_output, read_npz, remove_stale_temps,
                   temp_prefix)
 from ..model import model_from_meta
@@ -27,7 +28,8 @@ __all__ = ["Checkpointer", "all_finite", "gather_warm_arrays", "last_good", "loa
 #: Fields of TrainConfig that may change on resume without changing the run: the number of epochs
 #: (extending a run is the point of resuming), where the outputs go, and the thread count (the
 #: kernels are independent of it).
-_RESUME_FREE = ("epochs", "checkpoint", "resume", "resume_or_start", "overwrite", "log", "threads")
+_RESUME_FREE = ("epochs", "checkpoint", "resume", "resume_or_start", "overwrite", "log", "threads",
+                "rescue")
 
 
 #: Fields of nested iteration's schedule, which a resumed run must share with its checkpoint (the
@@ -124,24 +126,46 @@ def restore_warm_arrays(solver, arrays, meta, ranks, path):
         {k[len(mine):]: v for k, v in arrays.items() if k.startswith(mine)}, f"checkpoint {path!r}"))
 
 
-def _write(cfg, epoch, model, optim_arrays, standardizer, rng, history, ds, warm, ranks, extra):
-    """Check and write a checkpoint whose optimizer state is ``optim_arrays`` (see
-    :func:`save_checkpoint`)."""
+def _contents(cfg, epoch, model, optim_arrays, standardizer, rng, history, ds, warm, ranks, extra,
+              kept):
+    """The arrays and metadata of a checkpoint whose optimizer state is ``optim_arrays`` (see
+    :func:`save_checkpoint`), checked to be finite; ``kept()`` says where the last good state is
+    (for the DivergenceError)."""
     rec = history[-1] if history else {}
     losses = [rec.get("loss", 0.0), rec.get("test_loss", 0.0)]
     arrays = _checkpoint_arrays(model, optim_arrays, standardizer)
     if not all_finite(model.flat, np.asarray(losses, np.float64), *optim_arrays.values()):
         raise DivergenceError(
             f"training diverged in epoch {epoch}: the parameters, optimizer state or loss are "
-            f"NaN/inf, so this epoch is not saved: lower --lr or use --clip; "
-            f"{last_good(cfg, epoch - 1)}")
+            f"NaN/inf, so this epoch is not saved: lower --lr or use --clip; {kept()}")
     meta = dict(kind="train", model=model.config, train=cfg.settings(), epoch=epoch,
                 rng=rng.bit_generator.state, history=history, num_classes=ds.num_classes,
                 class_names=list(ds.class_names), warm_ranks=int(ranks), **(extra or {}))
     if model.model_type != "gru":          # a GRU's checkpoint keeps mgritnn 0.1's keys
         meta["model_type"] = model.model_type
     arrays.update(warm or {})
+    return arrays, meta
+
+
+def _write(cfg, epoch, model, optim_arrays, standardizer, rng, history, ds, warm, ranks, extra):
+    """Check and write a checkpoint whose optimizer state is ``optim_arrays`` (see
+    :func:`save_checkpoint`)."""
+    arrays, meta = _contents(cfg, epoch, model, optim_arrays, standardizer, rng, history, ds, warm,
+                             ranks, extra, lambda: last_good(cfg, epoch - 1))
     atomic_savez(cfg.checkpoint, arrays, meta, what="the checkpoint (--checkpoint)")
+
+
+#: The file a run without ``--checkpoint`` that fails keeps its last finished epoch in (in the
+#: working directory; ``-2``, ``-3``, ... before the suffix where it exists).
+RESCUE_FILE = "mgritnn-rescue.npz"
+
+
+def _free_name(name):
+    """``name``, or the first of ``stem-2.npz``, ``stem-3.npz``, ... that does not exist."""
+    stem, k = name[:-len(".npz")], 2
+    while os.path.exists(name):
+        name, k = f"{stem}-{k}.npz", k + 1
+    return name
 
 
 def save_checkpoint(cfg, epoch, model, opt_state, standardizer, rng, history, ds, warm=None,
@@ -227,6 +251,45 @@ class Checkpointer:
         """Whether the run writes a checkpoint."""
         return bool(self.cfg.checkpoint)
 
+    #: Without a checkpoint: (epoch, arrays, meta) of the last finished epoch, held in memory by
+    #: rank 0 (:meth:`keep`), and the file it was written to after a failure (:meth:`last_good`).
+    _kept = None
+    _rescued = None
+
+    def keep(self, epoch, model, optim_arrays, standardizer, rng, history, ds, extra):
+        """Without a checkpoint: hold a copy of what a checkpoint after ``epoch`` epochs would
+        hold (rank 0; not the solvers' warm starts), for :meth:`last_good` to write should the
+        run fail. DivergenceError (nothing kept) if it is not finite."""
+        if not self.ranks.root:
+            return
+        arrays, meta = _contents(self.cfg, epoch, model, optim_arrays, standardizer, rng,
+                                 history, ds, None, self.ranks.size, extra,
+                                 lambda: self.last_good(epoch - 1))
+        self._kept = (epoch, {k: np.array(v, copy=True) for k, v in arrays.items()},
+                      json.loads(json.dumps(meta)))
+
+    def last_good(self, done):
+        """Where the last good state of a run that failed in epoch ``done + 1`` is (for its
+        message). With a checkpoint: that file (:func:`last_good`). Without: rank 0 writes the
+        state :meth:`keep` holds to :data:`RESCUE_FILE` in the working directory (atomically; a
+        free name), once, and names it."""
+        if self.enabled:
+            return last_good(self.cfg, done)
+        advice = "add --checkpoint to keep every finished epoch"
+        if self._rescued:
+            return self._rescued
+        if not self.ranks.root or self._kept is None:
+            return f"nothing was saved: no epoch had finished ({advice})"
+        epoch, arrays, meta = self._kept
+        path = _free_name(RESCUE_FILE)
+        try:
+            atomic_savez(path, arrays, meta, what="the rescue file")
+        except (OSError, MgritnnError) as e:
+            return f"nothing was saved: the last good state could not be written ({e}); {advice}"
+        self._rescued = (f"the last good state (after epoch {epoch}) was saved to {path!r}: "
+                         f"continue with --checkpoint {path} --resume")
+        return self._rescued
+
     def check_space(self, model, opt_state, standardizer):
         """Raise OutputError (rank 0) unless the disk has room for the checkpoint after
         ``cfg.epochs`` epochs (an overestimate: the arrays, their archive headers, and the
@@ -241,7 +304,10 @@ class Checkpointer:
     def save(self, epoch, model, optim_arrays, solver, standardizer, rng, history, ds, extra):
         """Write the checkpoint after ``epoch`` epochs (collective: every rank's warm-start
         states of ``solver`` are gathered, rank 0 writes; see :func:`save_checkpoint`, whose
-        optimizer state is here already ``optim_arrays``)."""
+        optimizer state is here already ``optim_arrays``). Without a checkpoint, :meth:`keep`
+        its contents instead."""
+        if not self.enabled:
+            return self.keep(epoch, model, optim_arrays, standardizer, rng, history, ds, extra)
         warm = gather_warm_arrays(solver, self.ranks)
         if self.ranks.root:
             _write(self.cfg, epoch, model, optim_arrays, standardizer, rng, history, ds, warm,

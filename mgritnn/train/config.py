@@ -403,6 +403,12 @@ class RunSpec:
         tolerance 4x (:attr:`~mgritnn.solvers.mgrit.MGRITSolver.tol_scale`); a check of
         solves that both met the tolerance (no fallback) with 1 - cosine below a tenth of
         1 - target loosens it 2x (fewer cycles), up to 4x.
+    rescue : bool
+        When a time-parallel solve fails (diverges or gives NaN/inf) and its solver does not fall
+        back, redo that step's gradient with the serial sweep on the same ranks (exact) and go
+        on, counted in the epoch's record (``rescued``) and said on the console. False
+        (``--no-rescue``): stop the run there (the last good state is kept: the checkpoint, or
+        without one a rescue file). Not for the serial solver.
     """
     data: str = "default"
     num_classes: int = None
@@ -419,6 +425,7 @@ class RunSpec:
     log: str = None
     gradient_check: int = field(default=None, metadata={"flag": {"none_as": -1}})
     gradient_target: float = 0.99
+    rescue: bool = True
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "data_parallel"):
@@ -428,7 +435,7 @@ class RunSpec:
         check_int("seed", self.seed, least=0)
         check_int("gradient_check", self.gradient_check, least=0, none=True)
         check_real("gradient_target", self.gradient_target, low=-1, high=1)
-        for name in ("resume", "resume_or_start", "overwrite"):
+        for name in ("resume", "resume_or_start", "overwrite", "rescue"):
             check_bool(name, getattr(self, name))
         if (self.resume or self.resume_or_start) and not self.checkpoint:
             flag = "resume" if self.resume else "resume-or-start"
@@ -448,7 +455,7 @@ SETTINGS = ("model", "data", "seq_len", "num_classes", "lengths", "pad", "cell",
             "optimizer", "lr", "momentum", "weight_decay", "clip", "seed", "solver",
             "solver_options", "data_parallel", "threads", "checkpoint", "resume",
             "resume_or_start", "overwrite", "log", "max_batches", "gradient_check",
-            "gradient_target")
+            "gradient_target", "rescue")
 
 #: The spec part of TrainConfig that owns each setting other than ``model``.
 _PART_CLASSES = {"optim": (OptimSpec,), "solver_spec": (SolverSpec,), "run": (RunSpec,),
@@ -478,6 +485,8 @@ _APPLIES_ONLY = (
      lambda c: f"--optimizer {c.optimizer}"),
     (_NESTED_FIELDS, lambda c: c.nested_levels > 0, "nested iteration (--nested-levels K >= 1)",
      lambda c: "a run without nested iteration (--nested-levels 0)"),
+    (("rescue",), lambda c: c.solver != "serial", "the time-parallel solvers (a failed solve's "
+     "step redone by the serial sweep)", lambda c: "--solver serial (nothing to rescue)"),
 )
 
 
@@ -552,11 +561,19 @@ def _renamed_options(solver):
             "newton_options": ("Newton", NewtonConfig.RENAMED)}
 
 
+def flag_of(name):
+    """The command-line flag of the setting ``name``: ``--name`` in kebab case, ``--no-name`` for
+    a bool that is True by default (``--no-rescue``)."""
+    f = _field(name)
+    off = f.type is bool and _default(f) is True
+    return "--" + ("no_" if off else "").replace("_", "-") + name.replace("_", "-")
+
+
 def _reject_changed(changed, owner, here):
     """ConfigError naming the settings ``changed`` (flags of ``owner`` that do not apply
     ``here``)."""
     if changed:
-        flags = ", ".join("--" + n.replace("_", "-") for n in changed)
+        flags = ", ".join(flag_of(n) for n in changed)
         raise ConfigError(f"{flags} {'is an option' if len(changed) == 1 else 'are options'} of "
                           f"{owner}, not of {here}: drop {'it' if len(changed) == 1 else 'them'}")
 

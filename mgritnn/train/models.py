@@ -1,11 +1,13 @@
 """What the trainer does differently per kind of model: one small adapter per ``--model``
 (building the model, its memory check, the time axes its solver must fit, the options of its
 gradient, its epoch record's fields, whether its ranks can own their layers' updates)."""
+import numpy as np
+
 from ..cells import NewtonConfig, NewtonGRUCell
 from ..errors import ConfigError
-from ..memory import check_training_memory
+from ..memory import check_memory, check_training_memory, odenet_memory_estimate
 from ..model import GRUClassifier
-from ..odenet import ODENet
+from ..odenet import ODENet, odenet_shapes
 
 __all__ = ["ADAPTERS", "GRUAdapter", "ODENetAdapter", "adapter_for", "build_model"]
 
@@ -79,7 +81,14 @@ class ODENetAdapter:
 
     @staticmethod
     def check_memory(cfg, ds, batch, time_ranks):
-        """Nothing: the ODENet's memory is its parameters and (B, width) states."""
+        """Raise when one rank's network (all its parameters), optimizer and share of a batch of
+        ``batch`` samples (its ``depth / time_ranks`` layers' states) do not fit in memory."""
+        P = sum(int(np.prod(s)) for _, s in odenet_shapes(ds.num_channels, cfg.width,
+                                                            ds.num_classes, cfg.depth,
+                                                            cfg.opening))
+        check_memory(odenet_memory_estimate(
+            P, cfg.width, cfg.dtype, -(-batch // cfg.data_parallel), -(-cfg.depth // time_ranks),
+            "sgd" if cfg.optimizer == "lbfgs" else cfg.optimizer))
 
     @staticmethod
     def time_axes(schedule, seq_len):

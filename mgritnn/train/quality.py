@@ -77,6 +77,7 @@ class GradientQuality:
             cell.stats.reset()
         self.solves, self.scaled, self.seconds, self.checks = 0, 0, 0.0, []
         self.fallback, self.stalled, self.unconverged = np.zeros(2), np.zeros(2), np.zeros(2)
+        self.rescued, self.rescue_reason = 0, ""
 
     def unscale(self, grad, exponent):
         """The gradient from 2^-exponent times it (the serial sweep kept an exploding adjoint's
@@ -107,8 +108,14 @@ class GradientQuality:
     def count(self, info):
         """Count the solves of one batch (``info`` of ``loss_and_grad_flat``) that fell back to
         the serial sweep, stalled, or ended unconverged (``SolveStats.success`` false: the
-        iteration limit, a stall or a divergence with the fallback off; this rank's)."""
+        iteration limit, a stall or a divergence with the fallback off; this rank's), or the
+        batch whose solve failed and was redone by the serial sweep (``info["rescued"]``, the
+        failure's message: the trainer's rescue)."""
         self.solves += 1
+        if info.get("rescued"):         # its solve failed: the serial sweep redid the step
+            self.rescued += 1
+            self.rescue_reason = self.rescue_reason or info["rescued"]
+            return
         self.unconverged += [not info["forward"].success, not info["adjoint"].success]
         self.fallback += [bool(info["forward"].fallback), bool(info["adjoint"].fallback)]
         self.stalled += [bool(info["forward"].stalled), bool(info["adjoint"].stalled)]
@@ -184,6 +191,9 @@ class GradientQuality:
             out["stalled"] = dict(forward=int(fb[2]), adjoint=int(fb[3]))
             if aims_to_converge(self.solver):
                 out["unconverged"] = dict(forward=int(fb[4]), adjoint=int(fb[5]), solves=solves)
+            rescued = int(ranks.sum_over_data(np.array([self.rescued], np.float64))[0])
+            if rescued:
+                out["rescued"] = dict(steps=rescued, solves=solves, first=self.rescue_reason)
         if self.checks:
             c = np.array([x[:3] for x in self.checks], np.float64)
             out["gradient_check"] = dict(

@@ -238,7 +238,8 @@ class Reporter:
     def epoch(self, rec, nested=False):
         """The epoch's line (with its depth when ``nested``), and warning lines when the solver's
         iteration stopped contracting in some batches (``SolveStats.grew``), fell back, ended
-        unconverged (``unconverged``, of :meth:`GradientQuality.record`), took
+        unconverged (``unconverged``, of :meth:`GradientQuality.record`), failed and were redone
+        by the serial sweep (``rescued``), took
         gradient checks, kept an exploding adjoint's scale, or Newton row solves of an
         implicit-newton cell did not converge."""
         depth = f"  depth {rec['depth']:3d}" if nested else ""
@@ -271,6 +272,13 @@ class Reporter:
             lines.append(f"  fallback: the serial sweep took {fb['forward']} forward and "
                          f"{fb['adjoint']} adjoint solves of {fb['solves']} batches (their "
                          f"{rec['solver']} solve missed its tolerance; those gradients are exact)")
+        rescued = rec.get("rescued")
+        if rescued:
+            lines.append(f"  warning: the {rec['solver']} solves failed in {rescued['steps']} of "
+                         f"{rescued['solves']} steps (the first: {rescued['first']}); the serial "
+                         "sweep redid those steps (exact gradients). Fewer --levels, a smaller "
+                         "--cf or an implicit coarse cell make the solves hold; --no-rescue stops "
+                         "the run instead")
         un = rec.get("unconverged")
         if un and (un["forward"] or un["adjoint"]):
             lines.append(f"  warning: {un['forward']} of {un['solves']} forward and "

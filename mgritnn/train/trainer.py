@@ -22,7 +22,7 @@ from ..errors import ConfigError, DivergenceError, SolverError
 from ..optim import EmptyState, apply_updates, chain, clip_by_global_norm, make_optimizer
 from ..runtime import blas_threads, compile_rank0_first, numba_threads
 from ..plan import planned_solver
-from .checkpoint import Checkpointer, all_finite, last_good
+from .checkpoint import Checkpointer, all_finite
 from .data import TrainData
 from .lbfgs import LBFGSDriver
 from .metrics import evaluate
@@ -243,15 +243,9 @@ class Trainer:
         over the data groups, checked by :attr:`quality`; SolverError (a solve failed) or
         DivergenceError (NaN/inf) name the epoch and batch, before any update."""
         epoch, b = batch.epoch, batch.index
-        extra = dict(self.adapter.grad_options, **({"owned": True} if self.owned else {}))
-        try:
-            with self.running():
-                loss, grad, info = self.model.loss_and_grad_flat(
-                    batch.X, batch.y, self.solver, keys=batch.part, lengths=batch.lengths,
-                    pad=self.data.pad, **extra)
-        except SolverError as e:         # never a diverged gradient into the optimizer
-            raise SolverError(f"epoch {epoch + 1}, batch {b + 1}: {e}; "
-                              f"{last_good(self.cfg, epoch)}", e.stats) from None
+        loss, grad, info = solve_or_rescue(lambda: self._loss_and_grad(batch), self.solver,
+                                           self.cfg.rescue, f"epoch {epoch + 1}, batch {b + 1}",
+                                           lambda: self.checkpointer.last_good(epoch))
         grad, E = self.ranks.common_scale(grad, int(info.get("exponent", 0)))
         grad, loss, n_correct, evals = self.ranks.reduce_batch(batch, loss, grad, info,
                                                                self.times)
@@ -262,8 +256,15 @@ class Trainer:
         if not np.isfinite(loss) or not np.all(np.isfinite(grad)):
             raise DivergenceError(
                 f"the loss or gradient became NaN/inf at epoch {epoch + 1}, batch {b + 1}: "
-                f"lower --lr or use --clip; {last_good(self.cfg, epoch)}")
+                f"lower --lr or use --clip; {self.checkpointer.last_good(epoch)}")
         return grad, StepResult(float(loss), float(n_correct), evals, info)
+
+    def _loss_and_grad(self, batch):
+        """The model's loss, gradient and info of ``batch`` (this group's share) by the solver."""
+        extra = dict(self.adapter.grad_options, **({"owned": True} if self.owned else {}))
+        with self.running():
+            return self.model.loss_and_grad_flat(batch.X, batch.y, self.solver, keys=batch.part,
+                                                 lengths=batch.lengths, pad=self.data.pad, **extra)
 
     def _unscale(self, grad, exponent):
         """:meth:`GradientQuality.unscale` (a scaled adjoint's gradient at its true scale)."""
@@ -280,7 +281,7 @@ class Trainer:
             raise DivergenceError(
                 f"the parameters became NaN/inf in the {self.opt_name} update of epoch "
                 f"{batch.epoch + 1}, batch {batch.index + 1} (the loss and gradient were finite): "
-                f"lower --lr or use --clip; {last_good(self.cfg, batch.epoch)}")
+                f"lower --lr or use --clip; {self.checkpointer.last_good(batch.epoch)}")
         self.times["optimizer"] += time.perf_counter() - t0
 
     def _state_arrays(self, state):
@@ -366,12 +367,11 @@ class Trainer:
         self.reporter.log(rec, flush=flush)
 
     def checkpoint(self, epoch):
-        """Write the checkpoint after ``epoch`` epochs (with ``cfg.checkpoint``; collective)."""
-        if self.checkpointer.enabled:
-            self.checkpointer.save(epoch, self.model,
-                                   self.layers.checkpoint_arrays(self.model, self.opt_state),
-                                   self.solver, self.standardizer, self.rng, self.history,
-                                   self.ds, self.schedule.checkpoint_fields())
+        """Write the checkpoint after ``epoch`` epochs (collective; :meth:`Checkpointer.save`)."""
+        self.checkpointer.save(epoch, self.model,
+                               self.layers.checkpoint_arrays(self.model, self.opt_state),
+                               self.solver, self.standardizer, self.rng, self.history, self.ds,
+                               self.schedule.checkpoint_fields())
 
     def close(self, quiet=False):
         """Close the log (``quiet``: ignore an error while closing it)."""
@@ -383,6 +383,23 @@ class Trainer:
     def __exit__(self, exc_type, exc, tb):
         self.close(quiet=exc_type is not None)
         return False
+
+
+def solve_or_rescue(solve, solver, rescue, where, kept):
+    """``solve()`` (a batch's ``loss, grad, info``). When it raises SolverError (a solve diverged
+    or gave NaN/inf, so its gradient must never reach the optimizer): with ``rescue`` and a
+    solver that can fall back (:meth:`~mgritnn.solvers.base.TimeParallelSolver.falling_back`),
+    ``solve()`` again with every solve redone by the serial sweep on the same ranks, its
+    ``info["rescued"]`` the failure's message; otherwise a SolverError that names ``where`` and
+    ``kept()`` (where the last good state is)."""
+    try:
+        return solve()
+    except SolverError as e:
+        if not (rescue and hasattr(solver, "falling_back")):
+            raise SolverError(f"{where}: {e}; {kept()}", e.stats) from None
+        with solver.falling_back():
+            loss, grad, info = solve()
+        return loss, grad, dict(info, rescued=e.stats.message if e.stats is not None else str(e))
 
 
 def train(cfg, out=print, progress=True, comm=None):
