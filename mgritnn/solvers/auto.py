@@ -278,10 +278,13 @@ class AutoSolver(TimeParallelSolver):
         """Count a call of ``name`` slower than the best of ``others`` (route -> seconds per
         step) by more than the margin; after two in a row, switch to that best route."""
         best = min(others, key=others.get)
-        too_slow = per_step > (1 + self.config.margin) * others[best]
-        self._slow[key] = self._slow.get(key, 0) + 1 if too_slow else 0
-        if self._slow[key] >= 2:
-            self.choices[key], self._slow[key] = best, 0
+        if per_step <= (1 + self.config.margin) * others[best]:
+            self._slow.pop(key, None)       # a count of 0 is no entry (as the state stores it)
+        elif self._slow.get(key, 0) + 1 >= 2:
+            self.choices[key] = best
+            self._slow.pop(key, None)
+        else:
+            self._slow[key] = self._slow.get(key, 0) + 1
 
 
 __all__ = ["AutoConfig", "AutoSolver", "PARALLEL_ROUTES"]
