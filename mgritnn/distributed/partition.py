@@ -29,18 +29,31 @@ def level_points(N, cfs):
     -------
     list of ndarray of int64, one per level, increasing, each starting with 0 and ending with N
     """
-    pts = [np.arange(N + 1, dtype=np.int64)]
-    m = 1
+    strides = level_strides(N, cfs)
+    pts = []
+    for m in strides:
+        p = np.arange(0, N + 1, m, dtype=np.int64)
+        pts.append(p if p[-1] == N else np.append(p, N))
+    return pts
+
+
+def level_strides(N, cfs):
+    """The stride m_l = cf_1 ... cf_l of every level (m_0 = 1), checked: each level coarser than
+    the one below it (a ConfigError otherwise). Arithmetic only (no array of N points)."""
+    strides, m = [1], 1
     for l, cf in enumerate(cfs):
         m *= int(cf)
-        p = np.arange(0, N + 1, m, dtype=np.int64)
-        if p[-1] != N:
-            p = np.append(p, N)
-        if len(p) >= len(pts[-1]):
+        if _count(0, N, N, m) >= _count(0, N, N, strides[-1]):
             raise ConfigError(f"level {l + 1} would not be coarser than level {l} (N={N}, cf={list(cfs)}):"
                               " use fewer levels or a smaller cf")
-        pts.append(p)
-    return pts
+        strides.append(m)
+    return strides
+
+
+def _count(lo, hi, N, m):
+    """Points of the level of stride ``m`` (the multiples of m, and N) in [lo, hi]."""
+    n = hi // m - (lo + m - 1) // m + 1
+    return n + (1 if lo <= N <= hi and N % m else 0)
 
 
 def rank_bounds(N, cfs, size):
@@ -50,13 +63,54 @@ def rank_bounds(N, cfs, size):
     -------
     ndarray of int64, shape (size + 1,)
     """
-    coarsest = level_points(N, cfs)[-1]
-    n = len(coarsest) - 1
+    m = level_strides(N, cfs)[-1]
+    n = -(-N // m)                  # coarsest intervals: points 0, m, 2m, ..., N
     if size > n:
         what = "time steps" if not len(cfs) else f"coarsest-level intervals ({len(cfs) + 1} levels)"
         raise ConfigError(f"{size} ranks but only {n} {what}: every rank needs at least one; "
                           "use fewer ranks or fewer levels, or longer sequences")
-    return coarsest[(np.arange(size + 1) * n) // size]
+    return np.minimum((np.arange(size + 1, dtype=np.int64) * n) // size * m, N)
+
+
+class LevelCounts(NamedTuple):
+    """One rank's part of the hierarchy in counts (what the performance model needs of a
+    :class:`LocalGrid`, in O(levels) arithmetic for any N; the same in both time orientations).
+
+    Attributes
+    ----------
+    points : list of int
+        Per level, the local points (``len(LocalGrid.points[l])``).
+    f_chains : list of (int, int)
+        Per level but the coarsest, the F-relaxation's chains between consecutive C-points: how
+        many hold at least one F-point, and the F-points in all.
+    lo, hi, N : int
+        The rank's fine points (lo, hi] in forward time, and N.
+    """
+    points: list
+    f_chains: list
+    lo: int
+    hi: int
+    N: int
+
+
+def level_counts(N, cfs, size, rank):
+    """The :class:`LevelCounts` of ``rank``: local points per level, and the F-relaxation's
+    chains (an interval of level l + 1 holds cf_l - 1 F-points, except the last, shorter one
+    ending at N, which may hold none)."""
+    strides = level_strides(N, cfs)
+    b = rank_bounds(N, cfs, size)
+    lo, hi = int(b[rank]), int(b[rank + 1])
+    points = [_count(lo, hi, N, m) for m in strides]
+    f_chains = []
+    for l in range(len(strides) - 1):
+        K = points[l + 1] - 1                           # C-intervals of level l here
+        f = points[l] - points[l + 1]                   # F-points of level l here
+        m_next = strides[l + 1]
+        last = N - (N - 1) // m_next * m_next if N % m_next else 0   # the short interval's span
+        empty = 1 if last and hi == N and _count(N - last + 1, N - 1, -1, strides[l]) == 0 \
+            else 0
+        f_chains.append((K - empty, f))
+    return LevelCounts(points, f_chains, lo, hi, int(N))
 
 
 class LocalGrid(NamedTuple):

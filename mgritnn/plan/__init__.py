@@ -33,14 +33,14 @@ from .costs import (ASSUMED_BANDWIDTH, ASSUMED_LATENCY_S, CACHE_VERSION, Costs, 
 from .format import format_plan
 from .auto import auto_predictor, model_solve_times, planned_solver
 from .model import PlanRow, Prediction, plan, predict, validate
-from .ops import (DEFAULT_DEER_ITERS, MAX_PLAN_STEPS, ROUTES, Op, Shape, check_plannable,
+from .ops import (DEFAULT_DEER_ITERS, ROUTES, Op, Shape,
                   mgrit_config, mgrit_solve_ops, num_params, parse_shape, phase_counts,
                   step_evals, step_ops)
 
 __all__ = ["ASSUMED_BANDWIDTH", "ASSUMED_LATENCY_S", "CACHE_VERSION", "CHAIN", "Costs",
-           "DEFAULT_DEER_ITERS", "MAX_PLAN_STEPS", "Op", "PlanRow", "Prediction", "ROUTES",
+           "DEFAULT_DEER_ITERS", "Op", "PlanRow", "Prediction", "ROUTES",
            "SIZES", "Shape", "auto_predictor", "cache_key", "cache_path", "calibrate",
-           "check_plannable", "call_time", "comm_time", "covers", "critical_path",
+           "call_time", "comm_time", "covers", "critical_path",
            "extrapolate_threads", "format_plan", "load_or_calibrate", "mgrit_config",
            "mgrit_solve_ops", "model_solve_times", "num_params", "parse_shape", "phase_counts",
            "plan", "planned_solver", "position_time", "predict", "read_cache", "step_evals",

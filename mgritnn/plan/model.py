@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ConfigError
 from .calibration import load_or_calibrate
 from .costs import Costs, critical_path, extrapolate_threads
-from .ops import (DEFAULT_DEER_ITERS, _route_parts, _splits, check_plannable, parse_shape,
+from .ops import (DEFAULT_DEER_ITERS, _route_parts, _splits, parse_shape,
                   step_evals, step_ops)
 
 
@@ -231,7 +231,6 @@ def plan(shape, ranks, threads=1, cell="implicit", dtype="float32", calibration=
     list of PlanRow
     """
     shape = parse_shape(shape)
-    check_plannable(shape)          # before the routes: one error, not one per row
     if not isinstance(classes, (int, np.integer)) or classes < 1:
         raise ConfigError(f"--classes {classes!r}: the head needs at least one class; give the "
                           "number of classes of the data (e.g. --classes 6)")

@@ -6,8 +6,10 @@ For a shape (B, T, I, H, L), a route (``"serial"``, ``"mgrit"`` with an
 call with the number of states K it advances per position and its step evaluations, every message
 and collective. The MGRIT lists follow the FAS engine's control flow (``mgritnn/solvers/mgrit.py``:
 ``_cycle``, ``relax``, ``residual``, ``restrict``, ``coarsest_solve``, ``interpolate``,
-``final_sweep``) on the very grids the solver uses
-(:func:`~mgritnn.distributed.partition.local_grid`), so the per-phase counts (:func:`phase_counts`)
+``final_sweep``) on the counts of the very grids the solver uses
+(:func:`~mgritnn.distributed.partition.level_counts`: arithmetic, equal to
+:func:`~mgritnn.distributed.partition.local_grid`'s and O(levels) for any T, so a sequence of
+10^12 steps is planned as fast as one of 10^3), so the per-phase counts (:func:`phase_counts`)
 equal the solver's ``SolveStats.phases`` and ``step_evals`` (tests/test_perfmodel.py checks this).
 The counts assume that no cycle stops early (a fixed ``max_iter``, the paper's setting; with a
 tolerance the solver may stop sooner).
@@ -19,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..distributed.partition import local_grid, rank_bounds
+from ..distributed.partition import level_counts, rank_bounds
 from ..errors import ConfigError
 from ..memory import param_shapes
 from ..solvers.mgrit import MGRITConfig
@@ -48,24 +50,9 @@ class Shape(NamedTuple):
     L: int
 
 
-#: The longest sequence the planner models: it follows the solvers' grids point by point, so its
-#: memory and time grow with T (measured: 10^7 steps, 0.5 GB and 6 s for the whole plan); a longer
-#: T is a ConfigError naming this limit, never an out-of-memory failure.
-MAX_PLAN_STEPS = 10_000_000
-
 _SHAPE_NAMES = ("B (batch)", "T (steps)", "I (inputs)", "H (hidden)", "L (layers)")
 _SHAPE_HELP = ("give five positive integers B,T,I,H,L (batch, steps, inputs, hidden, layers), "
                "e.g. 100,128,9,100,2")
-
-
-def check_plannable(shape):
-    """Raise a ConfigError if the planner cannot model ``shape`` (a :class:`Shape`): T above
-    :data:`MAX_PLAN_STEPS`."""
-    if shape.T > MAX_PLAN_STEPS:
-        raise ConfigError(f"T = {shape.T} steps: the planner follows the solvers' grids step by "
-                          f"step (memory and time grow with T) and models at most "
-                          f"{MAX_PLAN_STEPS} steps; plan a sequence of at most {MAX_PLAN_STEPS} "
-                          "steps (a longer one scales about linearly in T for serial and DEER)")
 
 
 def parse_shape(shape):
@@ -158,7 +145,8 @@ class Op(NamedTuple):
 
 class _FASOps:
     """The operations of one rank's FAS solve, in the order of ``_FAS`` (mgrit.py): built on the
-    rank's :class:`~mgritnn.distributed.partition.LocalGrid`."""
+    rank's :class:`~mgritnn.distributed.partition.LevelCounts` (the counts of its
+    :class:`~mgritnn.distributed.partition.LocalGrid`, in arithmetic for any number of steps)."""
 
     def __init__(self, grid, cfg, solve, kind, state_bytes, state_values):
         self.grid, self.cfg, self.solve, self.kind = grid, cfg, solve, kind
@@ -169,13 +157,10 @@ class _FASOps:
     def add(self, phase, l, mode="local", calls=(), evals=0, nbytes=0):
         self.ops.append(Op(self.solve, phase, l, mode, tuple(calls), int(evals), int(nbytes)))
 
-    def chains(self, phase, l, lens, residual=False, mode="local", nbytes=0, final=False):
-        lens = np.asarray(lens, np.int64)
-        if not residual:
-            lens = lens[lens > 0]
-        n = int(lens.sum())
+    def chains(self, phase, l, count, n, mode="local", nbytes=0, final=False):
+        """``count`` chains of ``n`` steps in all (one compiled call)."""
         kind = self.kind + ("_keep" if final else "")
-        calls = ((kind, len(lens), n),) if len(lens) else ()
+        calls = ((kind, int(count), int(n)),) if count else ()
         self.add(phase, l, mode, calls, n, nbytes)
 
     def apply(self, phase, l, K, array=0):
@@ -186,33 +171,37 @@ class _FASOps:
     def exchange(self, l):
         self.add("wait", l, "message", nbytes=self.state_bytes)
 
+    def intervals(self, l):
+        """The C-intervals of level l on this rank."""
+        return self.grid.points[l + 1] - 1
+
     def f_relax(self, l):
         self.exchange(l)
-        c = self.grid.c_index[l]
-        self.chains("F-relax", l, np.diff(c) - 1)
+        self.chains("F-relax", l, *self.grid.f_chains[l])
 
     def relax(self, l):
         self.f_relax(l)
         if self.cfg.relax_of(l) == "FCF":
-            self.apply("C-relax", l, len(self.grid.c_index[l]) - 1)
+            self.apply("C-relax", l, self.intervals(l))
             self.f_relax(l)
 
     def coarsest(self, l, final=False):
         self.add("wait", l, "none")
-        self.chains("coarsest", l, [len(self.grid.points[l]) - 1], mode="pipeline",
-                    nbytes=self.state_bytes, final=final)
+        n = self.grid.points[l] - 1
+        self.chains("coarsest", l, 1 if n else 0, n, mode="pipeline", nbytes=self.state_bytes,
+                    final=final)
 
     def cycle(self, l, kind, first):
         if l == self.nlev - 1:
             self.coarsest(l)
             return
-        K = len(self.grid.c_index[l]) - 1
+        K = self.intervals(l)
         if first and self.cfg.skip_first_down:
             self.ops.append(Op(self.solve, "inject", l + 1, "local",
                                (("array", 2 * (K + 1) * self.sv, 0),), record=False))
         else:
             self.relax(l)
-            self.chains("residual", l, np.ones(K, np.int64), residual=True)
+            self.chains("residual", l, K, K)
             if l == 0:
                 self.add("norm allreduce", 0, "allreduce", nbytes=16)
             self.apply("restrict", l + 1, K, array=3 * (K + 1))
@@ -231,7 +220,7 @@ class _FASOps:
         for k in range(max_iter):
             self.cycle(0, self.cfg.cycle, first=(k == 0 and not warm))
         self.exchange(0)
-        self.chains("final", 0, np.diff(self.grid.c_index[0]), residual=True, final=True)
+        self.chains("final", 0, self.intervals(0), self.grid.points[0] - 1, final=True)
         self.add("norm allreduce", 0, "allreduce", nbytes=16)
         return self.ops
 
@@ -264,12 +253,12 @@ def mgrit_solve_ops(T, cfg, size, rank, solve="forward", warm=False, state=None,
     """
     cfs = cfg.cfs(T, size)
     adjoint = solve == "adjoint"
-    grid = local_grid(T, cfs, size, rank, reverse=adjoint)
+    grid = level_counts(T, cfs, size, rank)         # the same counts in both orientations
     L, B, H = state or (0, 0, 0)
     sv = L * B * H
     fas = _FASOps(grid, cfg, solve, "vjp" if adjoint else "fwd", sv * itemsize, sv)
     # set-up: zeroed states and right-hand sides of every level, gathered coarse inputs
-    npts = [len(p) for p in grid.points]
+    npts = list(grid.points)
     setup = (("array", 2 * sv * sum(npts) + 3 * B * H * sum(n - 1 for n in npts[1:]), 0),)
     if adjoint:
         coarse = [n - 1 for n in npts[1:]]
@@ -347,7 +336,6 @@ def step_ops(shape, route, ranks=1, options=None, itemsize=4):
     list (per time rank) of list of Op
     """
     shape = parse_shape(shape)
-    check_plannable(shape)
     options = options or {}
     kind, cfg = _route_parts(route, options)
     D, P, Bg = _splits(shape, ranks, options)
@@ -359,7 +347,6 @@ def step_ops(shape, route, ranks=1, options=None, itemsize=4):
         raise ConfigError(f"{P} time ranks but only {T} steps: every rank needs at least one")
     classes = int(options.get("classes", 6))
     nparams = num_params(shape, classes)
-    state = L * Bg * H * itemsize
     proj = 2 * Bg * I * 3 * H                    # flops per step of the layer-0 input projection
     out = []
     for r in range(P):

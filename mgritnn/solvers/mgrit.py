@@ -54,7 +54,7 @@ import numpy as np
 
 from ..cells.base import CELLS, FusedChains, get_cell, has, tree_map
 from ..config import DIVERGED, NONFINITE, NOT_CONVERGED, OK
-from ..distributed import level_points, local_grid, rank_bounds
+from ..distributed import level_strides, local_grid, rank_bounds
 from ..errors import ConfigError
 from ..options import (check_bool, check_choice, check_choices, check_int, check_real,
                        freeze, int_list, renamed, set_frozen, str_list, upgrade)
@@ -292,10 +292,10 @@ class MGRITConfig:
             while len(cfs) + 1 < self.max_levels and len(cfs) < listed:
                 trial = cfs + [self._cf(len(cfs))]
                 try:
-                    coarsest = level_points(N, trial)[-1]
+                    m = level_strides(N, trial)[-1]
                 except ConfigError:
                     break
-                if len(coarsest) - 1 < max(self.min_coarse, size):
+                if -(-N // m) < max(self.min_coarse, size):     # coarsest intervals
                     break
                 cfs = trial
         else:
