@@ -1,0 +1,250 @@
+"""Compiled kernels of the ODENet's residual layer (:mod:`mgritnn.cells.odenet`).
+
+One layer step of K states, :math:`u' = u + \\Delta t\\, \\sigma(W u + b)`, its VJP, and MGRIT's
+in-place chains of such steps (:class:`~mgritnn.cells.base.FusedChains`), built from the same
+row helpers, so that a state's result is bitwise the same whichever path computes it (the serial
+sweep through :meth:`ODENetCell.step`, MGRIT's chains, any number of threads or ranks).
+
+Every row of a state (a sample) evolves on its own through the layers, forward and backward: a
+row's new state reads only that row. So the chains run as independent units of (chain, block of
+rows), each through all the chain's steps (chains and samples in parallel on the threads); the
+block size changes nothing in the results. The one reduction over the rows, the parameter
+gradient :math:`[s^T u \\,|\\, \\sum_B s]` of a layer, is its own pass (:func:`_layer_grads`):
+the VJP chains keep :math:`s = \\Delta t\\, \\sigma'(a) \\odot \\lambda'` per step, and the
+gradients of all steps are formed afterwards, layers in parallel, rows summed in order.
+
+Arithmetic per row, in this order (the definition every path shares):
+
+* forward: :math:`a_i = b_i + \\sum_j W_{ij} u_j` (j ascending), :math:`u'_i = u_i + \\Delta t\\,
+  \\sigma(a_i)`; a row of step size 0 is copied (exactly the identity);
+* VJP: :math:`s_i = (\\Delta t\\, \\sigma'(a_i))\\, \\lambda'_i`, :math:`\\lambda_j = \\lambda'_j +
+  \\sum_i s_i W_{ij}` (i ascending); a row of step size 0 passes :math:`\\lambda'` unchanged and has
+  s = 0;
+* gradient: :math:`dW_{ij} = \\sum_r s_{ri} u_{rj}`, :math:`db_i = \\sum_r s_{ri}` (rows ascending,
+  from +0).
+
+Activation codes: 0 tanh (:func:`mgritnn.cells.activations.tanh`, vectorizable), 1 ReLU, 2 SmoothReLU.
+"""
+import numba
+import numpy as np
+from numba import prange
+
+from ..config import JIT, JIT_PAR
+from .activations import tanh
+
+#: Activation name -> the kernels' code.
+ACT_CODES = {"tanh": 0, "relu": 1, "smoothrelu": 2}
+
+#: Rows per unit of work of the chains (results do not depend on it).
+ROW_BLOCK = 128
+
+
+@numba.njit(**JIT)
+def _act_row(a, act, eta, s, ds):
+    """s, ds (w,) = sigma(a), sigma'(a) of one row a (w,)."""
+    one = a.dtype.type(1.0)
+    zero = a.dtype.type(0.0)
+    n = a.shape[0]
+    if act == 0:
+        for i in range(n):
+            t = tanh(a[i])
+            s[i] = t
+            ds[i] = one - t * t
+    elif act == 1:
+        for i in range(n):
+            v = a[i]
+            s[i] = v if v > zero else zero
+            ds[i] = one if v > zero else zero
+    else:
+        half = a.dtype.type(0.5)
+        four_eta = a.dtype.type(4.0) * eta
+        two_eta = a.dtype.type(2.0) * eta
+        quarter_eta = eta / a.dtype.type(4.0)
+        two = a.dtype.type(2.0)
+        for i in range(n):
+            v = a[i]
+            if abs(v) < eta:
+                s[i] = v * v / four_eta + v / two + quarter_eta
+                ds[i] = v / two_eta + half
+            else:
+                s[i] = v if v > zero else zero
+                ds[i] = one if v >= eta else zero
+
+
+@numba.njit(**JIT)
+def _transpose_w(x, WT):
+    """WT (w, w) = W^T of a layer's input x = [W | b] (w, w + 1)."""
+    w = WT.shape[0]
+    for i in range(w):
+        for j in range(w):
+            WT[j, i] = x[i, j]
+
+
+@numba.njit(**JIT)
+def _rows_forward(x, WT, u, dt, out, keep, ds_out, act, eta, a, s, ds, r0, r1):
+    """Rows r0:r1 of one step: out (B, w) = Phi(u (B, w)); with ``keep`` sigma'(a) into ds_out
+    (B, w). WT holds W^T of x; a, s, ds are work rows (w,). out may not alias u."""
+    w = u.shape[1]
+    for r in range(r0, r1):
+        for i in range(w):
+            a[i] = x[i, w]
+        for j in range(w):
+            uj = u[r, j]
+            for i in range(w):
+                a[i] += uj * WT[j, i]
+        _act_row(a, act, eta, s, ds)
+        d = dt[r]
+        if d == 0:
+            for i in range(w):
+                out[r, i] = u[r, i]
+        else:
+            for i in range(w):
+                out[r, i] = u[r, i] + d * s[i]
+        if keep:
+            for i in range(w):
+                ds_out[r, i] = ds[i]
+
+
+@numba.njit(**JIT)
+def _rows_vjp(x, lam, dt, ds, out, S, r0, r1):
+    """Rows r0:r1 of one step's VJP at the linearization ds = sigma'(a) (B, w): out (B, w) =
+    lam + s W with s = (dt sigma'(a)) lam into S (B, w). out may not alias lam."""
+    w = lam.shape[1]
+    zero = lam.dtype.type(0.0)
+    for r in range(r0, r1):
+        d = dt[r]
+        if d == 0:
+            for i in range(w):
+                S[r, i] = zero
+                out[r, i] = lam[r, i]
+            continue
+        for i in range(w):
+            S[r, i] = (d * ds[r, i]) * lam[r, i]
+        for j in range(w):
+            out[r, j] = lam[r, j]
+        for i in range(w):
+            si = S[r, i]
+            for j in range(w):
+                out[r, j] += si * x[i, j]
+
+
+@numba.njit(**JIT)
+def _layer_grad(S, u, dx):
+    """dx (w, w + 1) = [S^T u | sum_rows S] of one step (S, u (B, w)), rows in order from +0."""
+    B, w = S.shape
+    zero = S.dtype.type(0.0)
+    for i in range(w):
+        for j in range(w + 1):
+            dx[i, j] = zero
+    for r in range(B):
+        for i in range(w):
+            si = S[r, i]
+            for j in range(w):
+                dx[i, j] += si * u[r, j]
+            dx[i, w] += si
+
+
+@numba.njit(**JIT_PAR)
+def _layer_grads(S, u, idx, dx):
+    """dx[k] = [S[k]^T u[idx[k]] | sum_rows S[k]] for every step k, steps in parallel."""
+    for k in prange(S.shape[0]):
+        _layer_grad(S[k], u[idx[k]], dx[k])
+
+
+@numba.njit(**JIT_PAR)
+def _step_forward(x, u, dt, out, keep, ds_out, act, eta):
+    """K independent steps: out[k] = Phi_k(u[k]) (K, B, w), sigma'(a) into ds_out with keep."""
+    K, B, w = u.shape
+    for k in prange(K):
+        WT = np.empty((w, w), u.dtype)
+        a = np.empty(w, u.dtype)
+        s = np.empty(w, u.dtype)
+        ds = np.empty(w, u.dtype)
+        _transpose_w(x[k], WT)
+        _rows_forward(x[k], WT, u[k], dt[k], out[k], keep, ds_out[k] if keep else ds_out[0],
+                      act, eta, a, s, ds, 0, B)
+
+
+@numba.njit(**JIT_PAR)
+def _step_vjp(x, lam, dt, ds, out, S):
+    """K independent step VJPs at their linearizations ds (K, B, w): out[k], S[k]."""
+    for k in prange(lam.shape[0]):
+        _rows_vjp(x[k], lam[k], dt[k], ds[k], out[k], S[k], 0, lam.shape[1])
+
+
+@numba.njit(**JIT)
+def _store_rows(y, g, s, Y, wpt, res, c, last, r0, r1):
+    """Rows r0:r1 of where a chain step's result y goes (see :func:`_chains_forward`)."""
+    has_g = g.shape[0] > 0
+    w = y.shape[1]
+    if last and res.shape[0] > 0:
+        for r in range(r0, r1):
+            for i in range(w):
+                if has_g:
+                    res[c, r, i] = y[r, i] + g[s + 1, r, i] - Y[wpt, r, i]
+                else:
+                    res[c, r, i] = y[r, i] - Y[wpt, r, i]
+    elif has_g:
+        for r in range(r0, r1):
+            for i in range(w):
+                Y[wpt, r, i] = y[r, i] + g[s + 1, r, i]
+
+
+@numba.njit(**JIT_PAR)
+def _chains_forward(ax, dt, X, rd, Y, wr, starts, lens, g, res, keep, DS, act, eta, rb, nchunks):
+    """Forward chains in place: ``Y[wr[c] + i] = Phi_s(X[rd[c] + i]) (+ g[s + 1])``, s =
+    starts[c] + i, i < lens[c]; residual mode (res has C entries): the last step of chain c gives
+    res[c] = Phi_s(..) (+ g[s + 1]) - Y[wr[c] + lens[c] - 1] instead. With ``keep`` sigma'(a) of
+    step s goes to DS[s]. Units (chain, block of rb rows) run in parallel, ``nchunks`` blocks of
+    units (results do not depend on rb or nchunks)."""
+    C = starts.shape[0]
+    B, w = X.shape[1], X.shape[2]
+    nrb = (B + rb - 1) // rb
+    direct = g.shape[0] == 0
+    units = C * nrb
+    for p in prange(nchunks):
+        WT = np.empty((w, w), X.dtype)
+        a = np.empty(w, X.dtype)
+        s = np.empty(w, X.dtype)
+        ds = np.empty(w, X.dtype)
+        tmp = np.empty((B, w), X.dtype)
+        for q in range(p * units // nchunks, (p + 1) * units // nchunks):
+            c = q // nrb
+            r0 = (q % nrb) * rb
+            r1 = min(B, r0 + rb)
+            for i in range(lens[c]):
+                st = starts[c] + i
+                wpt = wr[c] + i
+                last = i == lens[c] - 1 and res.shape[0] > 0
+                y = Y[wpt] if direct and not last else tmp
+                _transpose_w(ax[st], WT)
+                _rows_forward(ax[st], WT, X[rd[c] + i], dt[st], y, keep,
+                              DS[st] if keep else DS[0], act, eta, a, s, ds, r0, r1)
+                _store_rows(y, g, st, Y, wpt, res, c, i == lens[c] - 1, r0, r1)
+
+
+@numba.njit(**JIT_PAR)
+def _chains_vjp(dt, X, rd, Y, wr, starts, lens, g, res, lx, lds, fidx, keep, S, rb, nchunks):
+    """VJP chains in place: ``Y[wr[c] + i] = (dPhi_s/du)^T X[rd[c] + i] (+ g[s + 1])``, step s
+    linearized with weights lx[fidx[s]] and sigma'(a) lds[fidx[s]]; residual mode as the
+    forward; with ``keep`` s = (dt sigma'(a)) lambda' of step s goes to S[fidx[s]]."""
+    C = starts.shape[0]
+    B, w = X.shape[1], X.shape[2]
+    nrb = (B + rb - 1) // rb
+    direct = g.shape[0] == 0
+    units = C * nrb
+    for p in prange(nchunks):
+        tmp = np.empty((B, w), X.dtype)
+        Sw = np.empty((B, w), X.dtype)
+        for q in range(p * units // nchunks, (p + 1) * units // nchunks):
+            c = q // nrb
+            r0 = (q % nrb) * rb
+            r1 = min(B, r0 + rb)
+            for i in range(lens[c]):
+                st = starts[c] + i
+                f = fidx[st]
+                wpt = wr[c] + i
+                last = i == lens[c] - 1 and res.shape[0] > 0
+                y = Y[wpt] if direct and not last else tmp
+                _rows_vjp(lx[f], X[rd[c] + i], dt[st], lds[f], y, S[f] if keep else Sw, r0, r1)
+                _store_rows(y, g, st, Y, wpt, res, c, i == lens[c] - 1, r0, r1)
