@@ -196,7 +196,7 @@ class ODENetCell(Cell):
         x, u = np.ascontiguousarray(x), np.ascontiguousarray(u)
         new = np.empty_like(u)
         ds = np.empty_like(u)
-        _k._step_forward(x, u, d, new, True, ds, *self._kargs(u.dtype))
+        _k._step_forward(x, u, d, new, True, ds, *self._kargs(u.dtype), _k.ROW_BLOCK)
         if out is not None:
             out[...] = new
             new = out
@@ -224,9 +224,9 @@ class ODENetCell(Cell):
         lam_next = np.ascontiguousarray(lam_next, dtype=u.dtype)
         lam = np.empty_like(lam_next)
         S = np.empty_like(lam_next)
-        _k._step_vjp(x, lam_next, d, ds, lam, S)
+        _k._step_vjp(x, lam_next, d, ds, lam, S, _k.ROW_BLOCK)
         dx = np.empty(x.shape, x.dtype)
-        _k._layer_grads(S, u, np.arange(len(S), dtype=np.int64), dx)
+        _k._layer_grads(S, u, np.arange(len(S), dtype=np.int64), dx, ODENetCell._chunks(len(S)))
         if cotangents is not None:
             cotangents[:] = [(dx,)]
         return lam, dx
@@ -263,7 +263,7 @@ class ODENetCell(Cell):
         dx = np.zeros((cot.n,) + tuple(cot.xshape), cot.dtype if cot.S is not None else
                       np.float64)
         if cot.S is not None and cot.n:
-            _k._layer_grads(cot.S, cot.u, cot.uidx, dx)
+            _k._layer_grads(cot.S, cot.u, cot.uidx, dx, ODENetCell._chunks(cot.n))
         return [(dx,)]
 
     @staticmethod

@@ -15,13 +15,18 @@ gradients of all steps are formed afterwards, layers in parallel, rows summed in
 
 Arithmetic per row, in this order (the definition every path shares):
 
-* forward: :math:`a_i = b_i + \\sum_j W_{ij} u_j` (j ascending), :math:`u'_i = u_i + \\Delta t\\,
+* forward: :math:`a_i = (\\sum_j W_{ij} u_j) + b_i`, :math:`u'_i = u_i + \\Delta t\\,
   \\sigma(a_i)`; a row of step size 0 is copied (exactly the identity);
 * VJP: :math:`s_i = (\\Delta t\\, \\sigma'(a_i))\\, \\lambda'_i`, :math:`\\lambda_j = \\lambda'_j +
-  \\sum_i s_i W_{ij}` (i ascending); a row of step size 0 passes :math:`\\lambda'` unchanged and has
+  (\\sum_i s_i W_{ij})`; a row of step size 0 passes :math:`\\lambda'` unchanged and has
   s = 0;
-* gradient: :math:`dW_{ij} = \\sum_r s_{ri} u_{rj}`, :math:`db_i = \\sum_r s_{ri}` (rows ascending,
-  from +0).
+* gradient: :math:`dW_{ij} = \\sum_r s_{ri} u_{rj}` (one product over all rows),
+  :math:`db_i = \\sum_r s_{ri}` (rows ascending, from +0).
+
+The products run per block of ``ROW_BLOCK`` rows (one BLAS call each; the gradient's one per
+step over all rows), the same blocks on every path, so the results are bitwise the same on every
+path, for any number of threads or ranks (as the GRU's fixed row blocks,
+:func:`mgritnn.config.row_blocks`); the elementwise parts run over contiguous rows and vectorize.
 
 Activation codes: 0 tanh (:func:`mgritnn.cells.activations.tanh`, vectorizable), 1 ReLU, 2 SmoothReLU.
 """
@@ -72,104 +77,127 @@ def _act_row(a, act, eta, s, ds):
 
 
 @numba.njit(**JIT)
-def _transpose_w(x, WT):
-    """WT (w, w) = W^T of a layer's input x = [W | b] (w, w + 1)."""
+def _weights(x, WT, Wc):
+    """WT = W^T and Wc = W (w, w), C-contiguous, of a layer's input x = [W | b] (w, w + 1)."""
     w = WT.shape[0]
     for i in range(w):
         for j in range(w):
             WT[j, i] = x[i, j]
+            Wc[i, j] = x[i, j]
 
 
 @numba.njit(**JIT)
-def _rows_forward(x, WT, u, dt, out, keep, ds_out, act, eta, a, s, ds, r0, r1):
-    """Rows r0:r1 of one step: out (B, w) = Phi(u (B, w)); with ``keep`` sigma'(a) into ds_out
-    (B, w). WT holds W^T of x; a, s, ds are work rows (w,). out may not alias u."""
+def _rows_forward(x, WT, u, dt, out, keep, ds_out, act, eta, A, SA, DA, r0, r1):
+    """Rows r0:r1 (at most ``A.shape[0]``) of one step: out (B, w) = Phi(u (B, w)); with
+    ``keep`` sigma'(a) into ds_out (B, w). WT = W^T (:func:`_weights`); A, SA, DA (R, w) are
+    work arrays. One product per block of rows (the same blocks on every path: bitwise the same
+    results); out may not alias u."""
     w = u.shape[1]
-    for r in range(r0, r1):
+    R = r1 - r0
+    Ab = A[:R]
+    np.dot(u[r0:r1], WT, Ab)
+    for q in range(R):
         for i in range(w):
-            a[i] = x[i, w]
-        for j in range(w):
-            uj = u[r, j]
-            for i in range(w):
-                a[i] += uj * WT[j, i]
-        _act_row(a, act, eta, s, ds)
+            Ab[q, i] += x[i, w]
+    af = Ab.reshape(R * w)
+    _act_row(af, act, eta, SA[:R].reshape(R * w), DA[:R].reshape(R * w))
+    for q in range(R):
+        r = r0 + q
         d = dt[r]
         if d == 0:
             for i in range(w):
                 out[r, i] = u[r, i]
         else:
             for i in range(w):
-                out[r, i] = u[r, i] + d * s[i]
+                out[r, i] = u[r, i] + d * SA[q, i]
         if keep:
             for i in range(w):
-                ds_out[r, i] = ds[i]
+                ds_out[r, i] = DA[q, i]
 
 
 @numba.njit(**JIT)
-def _rows_vjp(x, lam, dt, ds, out, S, r0, r1):
-    """Rows r0:r1 of one step's VJP at the linearization ds = sigma'(a) (B, w): out (B, w) =
-    lam + s W with s = (dt sigma'(a)) lam into S (B, w). out may not alias lam."""
+def _rows_vjp(Wc, lam, dt, ds, out, S, T, r0, r1):
+    """Rows r0:r1 (at most ``T.shape[0]``) of one step's VJP at the linearization ds =
+    sigma'(a) (B, w): out (B, w) = lam + s W with s = (dt sigma'(a)) lam into S (B, w); Wc = W
+    (:func:`_weights`), T (R, w) a work array. out may not alias lam."""
     w = lam.shape[1]
+    R = r1 - r0
     zero = lam.dtype.type(0.0)
     for r in range(r0, r1):
         d = dt[r]
         if d == 0:
             for i in range(w):
                 S[r, i] = zero
+        else:
+            for i in range(w):
+                S[r, i] = (d * ds[r, i]) * lam[r, i]
+    Tb = T[:R]
+    np.dot(S[r0:r1], Wc, Tb)
+    for q in range(R):
+        r = r0 + q
+        if dt[r] == 0:
+            for i in range(w):
                 out[r, i] = lam[r, i]
-            continue
-        for i in range(w):
-            S[r, i] = (d * ds[r, i]) * lam[r, i]
-        for j in range(w):
-            out[r, j] = lam[r, j]
-        for i in range(w):
-            si = S[r, i]
-            for j in range(w):
-                out[r, j] += si * x[i, j]
+        else:
+            for i in range(w):
+                out[r, i] = lam[r, i] + Tb[q, i]
 
 
 @numba.njit(**JIT)
-def _layer_grad(S, u, dx):
-    """dx (w, w + 1) = [S^T u | sum_rows S] of one step (S, u (B, w)), rows in order from +0."""
+def _layer_grad(S, u, dx, G):
+    """dx (w, w + 1) = [S^T u | sum_rows S] of one step (S, u (B, w)): one product, and the bias
+    rows in order from +0; G (w, w) a work array."""
     B, w = S.shape
     zero = S.dtype.type(0.0)
+    np.dot(S.T, u, G)
     for i in range(w):
-        for j in range(w + 1):
-            dx[i, j] = zero
+        for j in range(w):
+            dx[i, j] = G[i, j]
+        dx[i, w] = zero
     for r in range(B):
         for i in range(w):
-            si = S[r, i]
-            for j in range(w):
-                dx[i, j] += si * u[r, j]
-            dx[i, w] += si
+            dx[i, w] += S[r, i]
 
 
 @numba.njit(**JIT_PAR)
-def _layer_grads(S, u, idx, dx):
-    """dx[k] = [S[k]^T u[idx[k]] | sum_rows S[k]] for every step k, steps in parallel."""
-    for k in prange(S.shape[0]):
-        _layer_grad(S[k], u[idx[k]], dx[k])
+def _layer_grads(S, u, idx, dx, nchunks):
+    """dx[k] = [S[k]^T u[idx[k]] | sum_rows S[k]] for every step k, steps in parallel
+    (``nchunks`` blocks of steps; results do not depend on it)."""
+    K, B, w = S.shape
+    for p in prange(nchunks):
+        G = np.empty((w, w), S.dtype)
+        for k in range(p * K // nchunks, (p + 1) * K // nchunks):
+            _layer_grad(S[k], u[idx[k]], dx[k], G)
 
 
 @numba.njit(**JIT_PAR)
-def _step_forward(x, u, dt, out, keep, ds_out, act, eta):
-    """K independent steps: out[k] = Phi_k(u[k]) (K, B, w), sigma'(a) into ds_out with keep."""
+def _step_forward(x, u, dt, out, keep, ds_out, act, eta, rb):
+    """K independent steps: out[k] = Phi_k(u[k]) (K, B, w), sigma'(a) into ds_out with keep;
+    states in parallel, rows in blocks of rb."""
     K, B, w = u.shape
     for k in prange(K):
         WT = np.empty((w, w), u.dtype)
-        a = np.empty(w, u.dtype)
-        s = np.empty(w, u.dtype)
-        ds = np.empty(w, u.dtype)
-        _transpose_w(x[k], WT)
-        _rows_forward(x[k], WT, u[k], dt[k], out[k], keep, ds_out[k] if keep else ds_out[0],
-                      act, eta, a, s, ds, 0, B)
+        Wc = np.empty((w, w), u.dtype)
+        A = np.empty((rb, w), u.dtype)
+        SA = np.empty((rb, w), u.dtype)
+        DA = np.empty((rb, w), u.dtype)
+        _weights(x[k], WT, Wc)
+        for r0 in range(0, B, rb):
+            _rows_forward(x[k], WT, u[k], dt[k], out[k], keep, ds_out[k] if keep else ds_out[0],
+                          act, eta, A, SA, DA, r0, min(B, r0 + rb))
 
 
 @numba.njit(**JIT_PAR)
-def _step_vjp(x, lam, dt, ds, out, S):
+def _step_vjp(x, lam, dt, ds, out, S, rb):
     """K independent step VJPs at their linearizations ds (K, B, w): out[k], S[k]."""
-    for k in prange(lam.shape[0]):
-        _rows_vjp(x[k], lam[k], dt[k], ds[k], out[k], S[k], 0, lam.shape[1])
+    K, B, w = lam.shape
+    for k in prange(K):
+        WT = np.empty((w, w), lam.dtype)
+        Wc = np.empty((w, w), lam.dtype)
+        T = np.empty((rb, w), lam.dtype)
+        _weights(x[k], WT, Wc)
+        for r0 in range(0, B, rb):
+            _rows_vjp(Wc, lam[k], dt[k], ds[k], out[k], S[k], T, r0, min(B, r0 + rb))
 
 
 @numba.njit(**JIT)
@@ -204,9 +232,10 @@ def _chains_forward(ax, dt, X, rd, Y, wr, starts, lens, g, res, keep, DS, act, e
     units = C * nrb
     for p in prange(nchunks):
         WT = np.empty((w, w), X.dtype)
-        a = np.empty(w, X.dtype)
-        s = np.empty(w, X.dtype)
-        ds = np.empty(w, X.dtype)
+        Wc = np.empty((w, w), X.dtype)
+        A = np.empty((rb, w), X.dtype)
+        SA = np.empty((rb, w), X.dtype)
+        DA = np.empty((rb, w), X.dtype)
         tmp = np.empty((B, w), X.dtype)
         for q in range(p * units // nchunks, (p + 1) * units // nchunks):
             c = q // nrb
@@ -217,9 +246,9 @@ def _chains_forward(ax, dt, X, rd, Y, wr, starts, lens, g, res, keep, DS, act, e
                 wpt = wr[c] + i
                 last = i == lens[c] - 1 and res.shape[0] > 0
                 y = Y[wpt] if direct and not last else tmp
-                _transpose_w(ax[st], WT)
+                _weights(ax[st], WT, Wc)
                 _rows_forward(ax[st], WT, X[rd[c] + i], dt[st], y, keep,
-                              DS[st] if keep else DS[0], act, eta, a, s, ds, r0, r1)
+                              DS[st] if keep else DS[0], act, eta, A, SA, DA, r0, r1)
                 _store_rows(y, g, st, Y, wpt, res, c, i == lens[c] - 1, r0, r1)
 
 
@@ -236,6 +265,9 @@ def _chains_vjp(dt, X, rd, Y, wr, starts, lens, g, res, lx, lds, fidx, keep, S, 
     for p in prange(nchunks):
         tmp = np.empty((B, w), X.dtype)
         Sw = np.empty((B, w), X.dtype)
+        WT = np.empty((w, w), X.dtype)
+        Wc = np.empty((w, w), X.dtype)
+        T = np.empty((rb, w), X.dtype)
         for q in range(p * units // nchunks, (p + 1) * units // nchunks):
             c = q // nrb
             r0 = (q % nrb) * rb
@@ -246,5 +278,6 @@ def _chains_vjp(dt, X, rd, Y, wr, starts, lens, g, res, lx, lds, fidx, keep, S, 
                 wpt = wr[c] + i
                 last = i == lens[c] - 1 and res.shape[0] > 0
                 y = Y[wpt] if direct and not last else tmp
-                _rows_vjp(lx[f], X[rd[c] + i], dt[st], lds[f], y, S[f] if keep else Sw, r0, r1)
+                _weights(lx[f], WT, Wc)
+                _rows_vjp(Wc, X[rd[c] + i], dt[st], lds[f], y, S[f] if keep else Sw, T, r0, r1)
                 _store_rows(y, g, st, Y, wpt, res, c, i == lens[c] - 1, r0, r1)
