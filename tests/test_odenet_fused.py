@@ -6,7 +6,6 @@ definitions, never importing the kernels), and MGRIT through the compiled chains
 residual histories, bit for bit, for hypothesis-drawn depths, widths, batches, levels, cf,
 relaxations, cycles, activations and step sizes (per row, with padded steps of size 0)."""
 import dataclasses
-import math
 
 import numba
 import numpy as np
@@ -15,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mgritnn
+import reference as ref
 from helpers import assume_hierarchy_fits
 from mgritnn.cells.base import FusedChains, has, without
 from mgritnn.cells.odenet import ODENetCell
@@ -25,21 +25,9 @@ ACTS = ("tanh", "relu", "smoothrelu")
 
 
 # ------------------------------------------------------------------------------------------------
-# Slow twins: plain loops from the definitions (module docstring of mgritnn.cells.odenet)
+# Slow twins: plain loops from the definitions (module docstring of mgritnn.cells.odenet;
+# sigma from tests/reference.py)
 # ------------------------------------------------------------------------------------------------
-
-def sigma(act, a):
-    """sigma(a), sigma'(a) of one scalar."""
-    if act == "tanh":
-        t = math.tanh(a)
-        return t, 1.0 - t * t
-    if act == "relu":
-        return max(a, 0.0), (1.0 if a > 0 else 0.0)
-    eta = 0.1
-    if abs(a) < eta:
-        return a * a / (4 * eta) + a / 2 + eta / 4, a / (2 * eta) + 0.5
-    return max(a, 0.0), (1.0 if a >= eta else 0.0)
-
 
 def twin_step(act, xk, u, d):
     """One layer [W | b] = xk (w, w + 1) on one state u (B, w), step sizes d (B,): the new state
@@ -49,7 +37,7 @@ def twin_step(act, xk, u, d):
     for r in range(B):
         for i in range(w):
             a = xk[i, w] + sum(xk[i, j] * u[r, j] for j in range(w))
-            s, ds[r, i] = sigma(act, a)
+            s, ds[r, i] = ref.odenet_sigma(act, a)
             if d[r] != 0:
                 new[r, i] = u[r, i] + d[r] * s
     return new, ds

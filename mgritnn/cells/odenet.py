@@ -290,19 +290,11 @@ class ODENetCell(Cell):
             Residual mode (see :meth:`mgritnn.cells.gru.GRUCell.advance`).
         """
         B, w = X.shape[1:]
-        dtype = X.dtype
-        dt = _rows(dt, B, dtype)
         if keep is not None:
-            if keep.ds is None or keep.ds.shape[1] != B or keep.ds.dtype != dtype:
-                keep.ds = np.empty((len(keep.x), B, w), dtype)
-            DS, kept = keep.ds, True
-        else:
-            DS, kept = np.empty((1, 1, 1), dtype), False
-        g = np.empty((0, B, w), dtype) if g is None else g
-        res = np.empty((0, B, w), dtype) if res is None else res
-        units = len(starts) * -(-B // _k.ROW_BLOCK)
-        _k._chains_forward(np.ascontiguousarray(x), dt, X, rd, Y, wr, starts, lens, g, res,
-                           kept, DS, *self._kargs(dtype), _k.ROW_BLOCK, self._chunks(units))
+            if keep.ds is None or keep.ds.shape[1] != B or keep.ds.dtype != X.dtype:
+                keep.ds = np.empty((len(keep.x), B, w), X.dtype)
+        self._chains(False, np.ascontiguousarray(x), None, None, dt, X, rd, Y, wr, starts, lens, g,
+                     res, None if keep is None else keep.ds)
 
     def advance_vjp(self, cw, dt, X, rd, Y, wr, starts, lens, ulin, lin, fidx, g=None, keep=None,
                     res=None):
@@ -312,21 +304,26 @@ class ODENetCell(Cell):
         :class:`ChainCotangents`) its s goes to index ``fidx[s]``, the states ``ulin`` recorded
         for the layer gradients. Other arguments as in :meth:`advance`."""
         B, w = X.shape[1:]
-        dtype = X.dtype
-        dt = _rows(dt, B, dtype)
         if keep is not None:
             if keep.S is None:
-                keep.S = np.zeros((keep.n, B, w), dtype)
+                keep.S = np.zeros((keep.n, B, w), X.dtype)
                 keep.uidx = np.arange(keep.n, dtype=np.int64)
             keep.u = ulin
-            S, kept = keep.S, True
-        else:
-            S, kept = np.empty((1, 1, 1), dtype), False
-        g = np.empty((0, B, w), dtype) if g is None else g
-        res = np.empty((0, B, w), dtype) if res is None else res
+        self._chains(True, lin.x, lin.ds, fidx, dt, X, rd, Y, wr, starts, lens, g, res,
+                     None if keep is None else keep.S)
+
+    def _chains(self, vjp, x, lds, fidx, dt, X, rd, Y, wr, starts, lens, g, res, K):
+        """The common driver of :meth:`advance` and :meth:`advance_vjp`: one call of
+        :func:`~mgritnn.cells.odenet_kernels._chains` (``K``: where what is kept goes, or None)."""
+        B, w = X.shape[1:]
+        dtype = X.dtype
+        empty = np.empty((0, B, w), dtype)
         units = len(starts) * -(-B // _k.ROW_BLOCK)
-        _k._chains_vjp(dt, X, rd, Y, wr, starts, lens, g, res, lin.x, lin.ds, fidx, kept, S,
-                       _k.ROW_BLOCK, self._chunks(units))
+        _k._chains(vjp, x, empty if lds is None else lds,
+                   np.empty(0, np.int64) if fidx is None else fidx, _rows(dt, B, dtype), X, rd,
+                   Y, wr, starts, lens, empty if g is None else g, empty if res is None else res,
+                   K is not None, empty if K is None else K, *self._kargs(dtype), _k.ROW_BLOCK,
+                   self._chunks(units))
 
     def accumulate_grads(self, grads, cache, cotangents):
         """Nothing: the cell has no shared parameters (the layers' are the input cotangents)."""

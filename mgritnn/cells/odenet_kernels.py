@@ -219,12 +219,17 @@ def _store_rows(y, g, s, Y, wpt, res, c, last, r0, r1):
 
 
 @numba.njit(**JIT_PAR)
-def _chains_forward(ax, dt, X, rd, Y, wr, starts, lens, g, res, keep, DS, act, eta, rb, nchunks):
-    """Forward chains in place: ``Y[wr[c] + i] = Phi_s(X[rd[c] + i]) (+ g[s + 1])``, s =
-    starts[c] + i, i < lens[c]; residual mode (res has C entries): the last step of chain c gives
-    res[c] = Phi_s(..) (+ g[s + 1]) - Y[wr[c] + lens[c] - 1] instead. With ``keep`` sigma'(a) of
-    step s goes to DS[s]. Units (chain, block of rb rows) run in parallel, ``nchunks`` blocks of
-    units (results do not depend on rb or nchunks)."""
+def _chains(vjp, ax, lds, fidx, dt, X, rd, Y, wr, starts, lens, g, res, keep, K, act, eta, rb,
+            nchunks):
+    """Chains in place: ``Y[wr[c] + i] = Psi_s(X[rd[c] + i]) (+ g[s + 1])``, s = starts[c] + i,
+    i < lens[c]; in residual mode (res has C entries) the last step of chain c gives
+    res[c] = Psi_s(..) (+ g[s + 1]) - Y[wr[c] + lens[c] - 1] instead of being stored.
+
+    Forward (``vjp`` false): Psi_s = Phi_s with the layer ax[s]; with ``keep`` sigma'(a) of step s
+    goes to K[s] (lds, fidx unused). VJP: Psi_s = (dPhi_s/du)^T, linearized with the layer
+    ax[f] and sigma'(a) lds[f], f = fidx[s]; with ``keep`` s = (dt sigma'(a)) lambda' goes to K[f].
+    Units (chain, block of rb rows) run in parallel, ``nchunks`` blocks of them (the results do
+    not depend on rb or nchunks)."""
     C = starts.shape[0]
     B, w = X.shape[1], X.shape[2]
     nrb = (B + rb - 1) // rb
@@ -237,47 +242,22 @@ def _chains_forward(ax, dt, X, rd, Y, wr, starts, lens, g, res, keep, DS, act, e
         SA = np.empty((rb, w), X.dtype)
         DA = np.empty((rb, w), X.dtype)
         tmp = np.empty((B, w), X.dtype)
+        Kw = np.empty((B, w), X.dtype)
         for q in range(p * units // nchunks, (p + 1) * units // nchunks):
             c = q // nrb
             r0 = (q % nrb) * rb
             r1 = min(B, r0 + rb)
             for i in range(lens[c]):
                 st = starts[c] + i
+                f = fidx[st] if vjp else st
                 wpt = wr[c] + i
                 last = i == lens[c] - 1 and res.shape[0] > 0
                 y = Y[wpt] if direct and not last else tmp
-                _weights(ax[st], WT, Wc)
-                _rows_forward(ax[st], WT, X[rd[c] + i], dt[st], y, keep,
-                              DS[st] if keep else DS[0], act, eta, A, SA, DA, r0, r1)
-                _store_rows(y, g, st, Y, wpt, res, c, i == lens[c] - 1, r0, r1)
-
-
-@numba.njit(**JIT_PAR)
-def _chains_vjp(dt, X, rd, Y, wr, starts, lens, g, res, lx, lds, fidx, keep, S, rb, nchunks):
-    """VJP chains in place: ``Y[wr[c] + i] = (dPhi_s/du)^T X[rd[c] + i] (+ g[s + 1])``, step s
-    linearized with weights lx[fidx[s]] and sigma'(a) lds[fidx[s]]; residual mode as the
-    forward; with ``keep`` s = (dt sigma'(a)) lambda' of step s goes to S[fidx[s]]."""
-    C = starts.shape[0]
-    B, w = X.shape[1], X.shape[2]
-    nrb = (B + rb - 1) // rb
-    direct = g.shape[0] == 0
-    units = C * nrb
-    for p in prange(nchunks):
-        tmp = np.empty((B, w), X.dtype)
-        Sw = np.empty((B, w), X.dtype)
-        WT = np.empty((w, w), X.dtype)
-        Wc = np.empty((w, w), X.dtype)
-        T = np.empty((rb, w), X.dtype)
-        for q in range(p * units // nchunks, (p + 1) * units // nchunks):
-            c = q // nrb
-            r0 = (q % nrb) * rb
-            r1 = min(B, r0 + rb)
-            for i in range(lens[c]):
-                st = starts[c] + i
-                f = fidx[st]
-                wpt = wr[c] + i
-                last = i == lens[c] - 1 and res.shape[0] > 0
-                y = Y[wpt] if direct and not last else tmp
-                _weights(lx[f], WT, Wc)
-                _rows_vjp(Wc, X[rd[c] + i], dt[st], lds[f], y, S[f] if keep else Sw, T, r0, r1)
+                kt = K[f] if keep else Kw
+                _weights(ax[f], WT, Wc)
+                if vjp:
+                    _rows_vjp(Wc, X[rd[c] + i], dt[st], lds[f], y, kt, A, r0, r1)
+                else:
+                    _rows_forward(ax[f], WT, X[rd[c] + i], dt[st], y, keep, kt, act, eta, A,
+                                  SA, DA, r0, r1)
                 _store_rows(y, g, st, Y, wpt, res, c, i == lens[c] - 1, r0, r1)
