@@ -224,9 +224,8 @@ class ODENetCell(Cell):
         lam_next = np.ascontiguousarray(lam_next, dtype=u.dtype)
         lam = np.empty_like(lam_next)
         S = np.empty_like(lam_next)
-        _k._step_vjp(x, lam_next, d, ds, lam, S, _k.ROW_BLOCK)
         dx = np.empty(x.shape, x.dtype)
-        _k._layer_grads(S, u, np.arange(len(S), dtype=np.int64), dx, ODENetCell._chunks(len(S)))
+        _k._step_vjp(x, lam_next, d, ds, u, lam, S, dx, _k.ROW_BLOCK)
         if cotangents is not None:
             cotangents[:] = [(dx,)]
         return lam, dx

@@ -188,8 +188,9 @@ def _step_forward(x, u, dt, out, keep, ds_out, act, eta, rb):
 
 
 @numba.njit(**JIT_PAR)
-def _step_vjp(x, lam, dt, ds, out, S, rb):
-    """K independent step VJPs at their linearizations ds (K, B, w): out[k], S[k]."""
+def _step_vjp(x, lam, dt, ds, u, out, S, dx, rb):
+    """K independent step VJPs at their linearizations ds (K, B, w) and states u: out[k], S[k]
+    and the layer gradients dx[k] (:func:`_layer_grad`), states in parallel."""
     K, B, w = lam.shape
     for k in prange(K):
         WT = np.empty((w, w), lam.dtype)
@@ -198,6 +199,7 @@ def _step_vjp(x, lam, dt, ds, out, S, rb):
         _weights(x[k], WT, Wc)
         for r0 in range(0, B, rb):
             _rows_vjp(Wc, lam[k], dt[k], ds[k], out[k], S[k], T, r0, min(B, r0 + rb))
+        _layer_grad(S[k], u[k], dx[k], WT)
 
 
 @numba.njit(**JIT)
