@@ -14,15 +14,13 @@ of one evaluation. Per row and rank count this script measures, in one run:
 
 Rows (training step = ``loss_and_grad_flat`` + Adam, float32, one thread per process):
 
-=========  ===========================================================  ========================
-row        model                                                        MGRIT
-=========  ===========================================================  ========================
-``peaks``  ODENet Peaks (F 2, width 8, C 5, depth 32, batch 5000), tanh  ``preset("layers")``
-``deep``   ODENet deep (2, 32, 5, 1024, 256), tanh                       ``bench_odenet.py``'s:
-                                                                        3 levels, cf 4, F, 2/1
-``R1``     GRU (1, 65536, 8, 64, 1), implicit cell                       ``preset("fast")``
-``R2``     GRU (4, 16384, 6, 32, 1), implicit cell                       ``preset("fast")``
-=========  ===========================================================  ========================
+* ``peaks``: ODENet Peaks (F 2, width 8, C 5, depth 32, batch 5000), tanh; ``preset("layers")``;
+* ``peaks-b``: the same network with ``perf/bench_odenet.py``'s MGRIT (2 levels, cf 4, F, 2/1
+  cycles: the setting of issue 22's table);
+* ``deep``: ODENet (2, 32, 5, 1024, 256), tanh; ``bench_odenet.py``'s MGRIT (3 levels, cf 4, F,
+  2/1 cycles);
+* ``R1``: GRU (1, 65536, 8, 64, 1), ``R2``: GRU (4, 16384, 6, 32, 1), implicit cell;
+  ``preset("fast")``
 
 (the ODENet shapes are ``perf/bench_odenet.py``'s, the GRU's ``perf/bench_regimes.py``'s.)
 
@@ -59,10 +57,10 @@ except ImportError:  # pragma: no cover
     from perf import bench_odenet, bench_regimes, harness
 
 ROOT = Path(__file__).resolve().parents[1]
-#: row -> (model kind, shape)
-ROWS = {"peaks": ("odenet", bench_odenet.SHAPES["peaks"]),
-        "deep": ("odenet", bench_odenet.SHAPES["deep"]),
-        "R1": ("gru", bench_regimes.SHAPES["R1"]), "R2": ("gru", bench_regimes.SHAPES["R2"])}
+#: row -> (model kind, shape name, MGRIT settings: a preset's name or "bench_odenet")
+ROWS = {"peaks": ("odenet", "peaks", "layers"), "peaks-b": ("odenet", "peaks", "bench_odenet"),
+        "deep": ("odenet", "deep", "bench_odenet"),
+        "R1": ("gru", "R1", "fast"), "R2": ("gru", "R2", "fast")}
 
 
 def _odenet_problem(row):
@@ -74,15 +72,16 @@ def _odenet_problem(row):
 
     comm = get_comm()
     mgritnn.config.set_num_threads(1)
-    F, w, C, N, B = ROWS[row][1]
+    _, shape, settings = ROWS[row]
+    F, w, C, N, B = bench_odenet.SHAPES[shape]
     m = mgritnn.ODENet(F, w, C, N, activation="tanh", final_time=1.0, dtype="float32", seed=0)
     rng = np.random.default_rng(1)
     X = rng.normal(size=(B, F)).astype(np.float32)
     y = rng.integers(0, C, size=B)
-    if row == "peaks":
-        cfg = MGRITConfig.preset("layers")
+    if settings != "bench_odenet":
+        cfg = MGRITConfig.preset(settings)
     else:
-        levels, cf = bench_odenet._settings(row)
+        levels, cf = bench_odenet._settings(shape)
         cfg = MGRITConfig(levels=levels, cf=cf, relax="F", max_iter=2, adjoint_max_iter=1,
                           skip_first_down=True)
     return comm, m, X, y, cfg
@@ -97,25 +96,27 @@ def worker(a):
     import mgritnn
     from mgritnn.solvers import make_solver
 
-    kind, _ = ROWS[a.row]
+    kind, shape, settings = ROWS[a.row]
     if kind == "odenet":
         comm, m, X, y, cfg = _odenet_problem(a.row)
     else:
-        comm, m, X, y, _ = harness.mpi_problem(ROWS[a.row][1], 1)
         from mgritnn.solvers import MGRITConfig
-        cfg = MGRITConfig.preset("fast")
+        comm, m, X, y, _ = harness.mpi_problem(bench_regimes.SHAPES[shape], 1)
+        cfg = MGRITConfig.preset(settings)
     solver = "serial" if a.route == "serial" else make_solver(cfg, comm)
     step = harness.training_step(m, X, y, solver)
     coarse = {}
 
     def extra():
-        return dict(coarsest=coarse.get("n", 0))
+        return dict(coarsest=coarse.get("n", 0), wait=coarse.get("wait", 0.0))
 
     # the coarsest sweeps' evaluations of the last call, per rank, for the critical path
     def timed():
         out = step()
         info = out[2]
         coarse["n"] = _coarsest_evals(info["forward"]) + _coarsest_evals(info["adjoint"])
+        coarse["wait"] = sum(getattr(info[k], "wait_time", 0.0) or 0.0
+                             for k in ("forward", "adjoint"))
         return out
     per_rank, times, _ = bench_regimes.measure(comm, timed, a.repeats, extra)
     if comm.Get_rank() != 0:
@@ -127,7 +128,8 @@ def worker(a):
                       repeats=a.repeats, step_s=max(r["step_s"] for r in per_rank),
                       step_s_per_rank=[r["step_s"] for r in per_rank],
                       first_call_s=max(r["first_call_s"] for r in per_rank),
-                      evals_per_rank=evals, evals_max=max(evals), critical_evals=crit))
+                      evals_per_rank=evals, evals_max=max(evals), critical_evals=crit,
+                      wait_s=max(r["wait"] for r in per_rank)))
 
 
 def bench(a):
@@ -179,6 +181,7 @@ def summarize(a, results, failed, versions):
                            serial_per_eval_s=per_eval, step_s=t, evals_max=ev,
                            evals_per_rank=recs[-1]["evals_per_rank"],
                            critical_evals=recs[-1]["critical_evals"], ideal_s=ev * per_eval,
+                           wait_s=statistics.median(r.get("wait_s", 0.0) for r in recs),
                            ratio=t / (ev * per_eval), vs_serial=t_ser / t,
                            first_call_s=statistics.median(r["first_call_s"] for r in recs),
                            serial_first_call_s=statistics.median(r["first_call_s"] for r in ser),
@@ -196,19 +199,20 @@ def table(a, command, rows):
     bench_regimes.print_command(command, f"{a.rounds} round(s) x {a.repeats} repeat(s); "
                                          "medians over rounds; one thread per process")
     print("| row | P | code | serial step | serial per eval | MGRIT step | evals/rank (serial) "
-          "| critical-path evals | ideal | ratio | vs serial | first call (MGRIT) |")
-    print("|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+          "| critical-path evals | ideal | ratio | vs serial | waits (last step, worst rank) "
+          "| first call (MGRIT) |")
+    print("|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: (a.rows.index(r["row"]), r["ranks"], r["version"])):
         if r["failed"]:
             print(f"| {r['row']} | {r['ranks']} | {r['version']} | failed: "
-                  f"{str(r['failed'][1]).replace('|', '/')} |||||||||")
+                  f"{str(r['failed'][1]).replace('|', '/')} ||||||||||")
             continue
         over = " (oversubscribed)" if r["oversubscribed"] else ""
         print(f"| {r['row']} | {r['ranks']}{over} | {r['version']} | {_ms(r['serial_s'])} "
               f"| {1e6 * r['serial_per_eval_s']:.1f} µs | {_ms(r['step_s'])} "
               f"| {r['evals_max']} ({r['serial_evals']}) | {r['critical_evals']} "
               f"| {_ms(r['ideal_s'])} | **{r['ratio']:.2f}** | {r['vs_serial']:.2f}x "
-              f"| {r['first_call_s']:.1f} s |")
+              f"| {_ms(r['wait_s'])} | {r['first_call_s']:.1f} s |")
 
 
 def main():
