@@ -93,13 +93,9 @@ class ChainCotangents:
     ``u`` the steps were linearized at (``uidx``: step k's row of ``u``), from which
     :meth:`ODENetCell.chain_step_cotangents` forms the layer gradients."""
 
-    def __init__(self, xshape, n):
-        self.xshape, self.n = tuple(xshape), int(n)
+    def __init__(self, xshape, n, dtype):
+        self.xshape, self.n, self.dtype = tuple(xshape), int(n), np.dtype(dtype)
         self.S = self.u = self.uidx = None
-
-    @property
-    def dtype(self):
-        return self.S.dtype
 
 
 def _rows(dt, B, dtype):
@@ -246,7 +242,7 @@ class ODENetCell(Cell):
         """Storage for the cotangents of n steps: a :class:`ChainCotangents` whose s (n, B, w),
         zeroed, :meth:`advance_vjp` allocates and fills with ``keep`` (with the states the steps
         are linearized at, from which :meth:`chain_step_cotangents` makes the layer gradients)."""
-        return ChainCotangents(np.shape(x)[1:], n)
+        return ChainCotangents(np.shape(x)[1:], n, x.dtype)
 
     @staticmethod
     def chain_step_cache(cache, u):
@@ -259,8 +255,7 @@ class ODENetCell(Cell):
         """``[(dx,)]`` of n steps as :meth:`step_vjp` records them, dx (n, w, w + 1) the layers'
         gradients ``[s^T u | sum_B s]``, formed here from the kept s and states (layers in
         parallel, rows summed in order: bitwise :meth:`step_vjp`'s)."""
-        dx = np.zeros((cot.n,) + tuple(cot.xshape), cot.dtype if cot.S is not None else
-                      np.float64)
+        dx = np.zeros((cot.n,) + cot.xshape, cot.dtype)
         if cot.S is not None and cot.n:
             _k._layer_grads(cot.S, cot.u, cot.uidx, dx, ODENetCell._chunks(cot.n))
         return [(dx,)]
