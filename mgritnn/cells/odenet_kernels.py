@@ -170,17 +170,21 @@ def _layer_grads(S, u, idx, dx, nchunks):
             _layer_grad(S[k], u[idx[k]], dx[k], G)
 
 
+@numba.njit(**JIT)
+def _work(like, w, rb):
+    """The work arrays of a thread, ``like``'s dtype: W^T and W (w, w), and three (rb, w)."""
+    t = like.dtype
+    return (np.empty((w, w), t), np.empty((w, w), t), np.empty((rb, w), t), np.empty((rb, w), t),
+            np.empty((rb, w), t))
+
+
 @numba.njit(**JIT_PAR)
 def _step_forward(x, u, dt, out, keep, ds_out, act, eta, rb):
     """K independent steps: out[k] = Phi_k(u[k]) (K, B, w), sigma'(a) into ds_out with keep;
     states in parallel, rows in blocks of rb."""
     K, B, w = u.shape
     for k in prange(K):
-        WT = np.empty((w, w), u.dtype)
-        Wc = np.empty((w, w), u.dtype)
-        A = np.empty((rb, w), u.dtype)
-        SA = np.empty((rb, w), u.dtype)
-        DA = np.empty((rb, w), u.dtype)
+        WT, Wc, A, SA, DA = _work(u, w, rb)
         _weights(x[k], WT, Wc)
         for r0 in range(0, B, rb):
             _rows_forward(x[k], WT, u[k], dt[k], out[k], keep, ds_out[k] if keep else ds_out[0],
@@ -238,11 +242,7 @@ def _chains(vjp, ax, lds, fidx, dt, X, rd, Y, wr, starts, lens, g, res, keep, K,
     direct = g.shape[0] == 0
     units = C * nrb
     for p in prange(nchunks):
-        WT = np.empty((w, w), X.dtype)
-        Wc = np.empty((w, w), X.dtype)
-        A = np.empty((rb, w), X.dtype)
-        SA = np.empty((rb, w), X.dtype)
-        DA = np.empty((rb, w), X.dtype)
+        WT, Wc, A, SA, DA = _work(X, w, rb)
         tmp = np.empty((B, w), X.dtype)
         Kw = np.empty((B, w), X.dtype)
         for q in range(p * units // nchunks, (p + 1) * units // nchunks):
