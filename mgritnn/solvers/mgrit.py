@@ -11,7 +11,7 @@ that advances K states of one level by one step each through the step protocol
   with per-step (T,) or per-step-and-row (T, B) step sizes the sum of those it spans, per batch
   row (a padded step has size 0, so a coarse step across a sequence's end covers its real part);
 * F-relaxation steps through the F-points of all local intervals at once: for a cell with compiled
-  chains (:class:`~mgritnn.cells.base.FusedChains`: the GRU cells) one call (:meth:`Cell.advance`) sweeps every
+  chains (:class:`~mgritnn.cells.base.FusedChains`: the GRU cells, the ODENet's layer) one call (:meth:`Cell.advance`) sweeps every
   interval in place, intervals in parallel on the threads (for the GRU's states of one or two rows,
   four intervals in lockstep so that their rows share each load of the weights); C-relaxation
   steps all local C-points at once from the values before the sweep; FCF = F, C, F. The coarsest
