@@ -21,7 +21,7 @@ EXPECTED = {
     "matched-implicit": {SEQ, CHAINS, LAYERS, DIAG},
     "implicit-newton": {SEQ, LAYERS},
     "dahlquist": {LAYERS},
-    "odenet": set(),
+    "odenet": {CHAINS},
 }
 
 #: The methods of each capability, by hand.

@@ -26,9 +26,11 @@ residual neural networks", SIAM J. Math. Data Sci. 2(1), 2020.
 """
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from ..errors import ConfigError
+from . import odenet_kernels as _k
 from .base import Cell
 
 #: The half-width η of SmoothReLU's quadratic piece.
@@ -76,6 +78,37 @@ class ODENetGrads(NamedTuple):
     ``dxp``)."""
 
 
+class ChainCache:
+    """The linearizations of n steps in :meth:`ODENetCell.advance`'s chains: the layer weights
+    ``x`` (n, w, w + 1) and σ'(a) ``ds`` (n, B, w), allocated by the first ``advance`` that keeps
+    them (None before)."""
+
+    def __init__(self, x, ds):
+        self.x, self.ds = x, ds
+
+
+class ChainCotangents:
+    """The cotangents of n steps in :meth:`ODENetCell.advance_vjp`'s chains: s (n, B, w) per
+    step (``S``, zeroed when the first VJP chain that keeps them allocates it), and the states
+    ``u`` the steps were linearized at (``uidx``: step k's row of ``u``), from which
+    :meth:`ODENetCell.chain_step_cotangents` forms the layer gradients."""
+
+    def __init__(self, xshape, n, dtype):
+        self.xshape, self.n, self.dtype = tuple(xshape), int(n), np.dtype(dtype)
+        self.S = self.u = self.uidx = None
+
+
+def _rows(dt, B, dtype):
+    """Step sizes (n,) or (n, B) as (n, B), ``dtype``, C-contiguous, without a copy when they
+    already are (MGRIT's prepared arrays)."""
+    d = np.asarray(dt, dtype=dtype)
+    if d.ndim == 2 and d.shape[1] == B and d.flags.c_contiguous:
+        return d
+    if d.ndim == 1:
+        d = d[:, None]
+    return np.ascontiguousarray(np.broadcast_to(d, (d.shape[0], B)))
+
+
 class ODENetCell(Cell):
     """One residual layer per step, :math:`u' = u + \\Delta t\\, \\sigma(W u + b)` (module docstring).
 
@@ -85,8 +118,11 @@ class ODENetCell(Cell):
 
     Notes
     -----
-    The core of the step protocol only, no capability (:mod:`mgritnn.cells.base`): the serial
-    solver and MGRIT step it through :meth:`step`; DEER cannot solve it. Its own coarse cell (forward Euler with the coarse step size). A step of size 0 is exactly the
+    The core of the step protocol and :class:`~mgritnn.cells.base.FusedChains`
+    (:mod:`mgritnn.cells.base`): the serial solver steps it through :meth:`step`, MGRIT runs its
+    relaxations, residuals and sweeps as compiled chains (:meth:`advance`, :meth:`advance_vjp`;
+    :mod:`mgritnn.cells.odenet_kernels`), with bitwise the same arithmetic per sample; DEER cannot
+    solve it. Its own coarse cell (forward Euler with the coarse step size). A step of size 0 is exactly the
     identity: the new state is the old one bit for bit, the adjoint passes unchanged and the
     input cotangent is 0.
     """
@@ -103,7 +139,7 @@ class ODENetCell(Cell):
 
     @staticmethod
     def _dt(dt, u):
-        """Step sizes as (K, B_or_1, 1), u's dtype, and the mask (same shape) of the zero ones."""
+        """Step sizes as the kernels take them: (K, B), u's dtype, C-contiguous."""
         d = np.asarray(dt, u.dtype)
         K, B = u.shape[0], u.shape[1]
         if d.ndim == 0:
@@ -112,13 +148,11 @@ class ODENetCell(Cell):
             if d.shape != (K,):
                 raise ConfigError(f"step sizes of shape {d.shape} for {K} states: give a scalar, "
                                   f"(K,) or (K, B)")
-            d = d[:, None, None]
-        elif d.shape == (K, B):
-            d = d[:, :, None]
-        else:
+            d = d[:, None]
+        elif d.shape != (K, B):
             raise ConfigError(f"step sizes of shape {d.shape} for states {u.shape}: give a "
                               f"scalar, (K,) or (K, B)")
-        return d, d == 0
+        return np.ascontiguousarray(np.broadcast_to(d, (K, B)))
 
     @staticmethod
     def _check(x, u):
@@ -128,13 +162,14 @@ class ODENetCell(Cell):
         if x.dtype != u.dtype:
             raise TypeError(f"layer weights are {x.dtype}, states {u.dtype}: use one dtype")
 
-    def _preact(self, x, u):
-        """a = u W^T + b for K layers at once: (K, B, w)."""
-        W, b = x[:, :, :-1], x[:, :, -1]
-        return np.matmul(u, W.transpose(0, 2, 1)) + b[:, None, :]
+    def _kargs(self, dtype):
+        """The activation's code and SmoothReLU's eta as the kernels take them."""
+        return _k.ACT_CODES[self.activation], np.dtype(dtype).type(SMOOTHRELU_ETA)
 
     def step(self, w, x, u, dt, out=None, cache=False):
-        """Advance K states through their layers (see :meth:`Cell.step`).
+        """Advance K states through their layers (see :meth:`Cell.step`), one compiled call
+        (:func:`~mgritnn.cells.odenet_kernels._step_forward`, the rows' arithmetic of MGRIT's
+        chains).
 
         Parameters
         ----------
@@ -153,11 +188,11 @@ class ODENetCell(Cell):
         cache : tuple, only with ``cache``
         """
         self._check(x, u)
-        d, zero = self._dt(dt, u)
-        s, ds = self._act(self._preact(x, u))
-        new = u + d * s
-        if zero.any():                    # exactly the identity (u + 0 s can turn -0.0 into 0.0)
-            new = np.where(zero, u, new)
+        d = self._dt(dt, u)
+        x, u = np.ascontiguousarray(x), np.ascontiguousarray(u)
+        new = np.empty_like(u)
+        ds = np.empty_like(u)
+        _k._step_forward(x, u, d, new, True, ds, *self._kargs(u.dtype), _k.ROW_BLOCK)
         if out is not None:
             out[...] = new
             new = out
@@ -167,7 +202,8 @@ class ODENetCell(Cell):
         """VJP of :meth:`step`: :math:`\\lambda = \\lambda' + W^T s`, :math:`s = \\Delta t\\,
         \\sigma'(a) \\odot \\lambda'`, and the cotangent of the layer weights
         ``dx = [s^T u | sum_B s]`` (K, w, w + 1). ``cotangents`` receives ``[(dx,)]``; ``grads``
-        (an empty :class:`ODENetGrads`) is left alone.
+        (an empty :class:`ODENetGrads`) is left alone. Compiled (the rows' arithmetic of MGRIT's
+        VJP chains and of their parameter gradients).
 
         Returns
         -------
@@ -175,20 +211,113 @@ class ODENetCell(Cell):
         dx : ndarray, shape (K, w, w + 1)
         """
         self._check(x, u)
-        d, zero = self._dt(dt, u)
-        ds = cache[0] if cache is not None else self._act(self._preact(x, u))[1]
-        s = d * ds * lam_next
-        W = x[:, :, :-1]
-        lam = lam_next + np.matmul(s, W)
+        d = self._dt(dt, u)
+        x, u = np.ascontiguousarray(x), np.ascontiguousarray(u)
+        if cache is not None:
+            ds = np.ascontiguousarray(cache[0], dtype=u.dtype)
+        else:
+            ds = self.step(w, x, u, d, cache=True)[1][0]
+        lam_next = np.ascontiguousarray(lam_next, dtype=u.dtype)
+        lam = np.empty_like(lam_next)
+        S = np.empty_like(lam_next)
         dx = np.empty(x.shape, x.dtype)
-        np.matmul(s.transpose(0, 2, 1), u, out=dx[:, :, :-1])
-        s.sum(axis=1, out=dx[:, :, -1])
-        if zero.any():
-            lam = np.where(zero, lam_next, lam)
-            dx[zero.all(axis=(1, 2))] = 0       # a step of size 0 for every row: no cotangent
+        _k._step_vjp(x, lam_next, d, ds, u, lam, S, dx, _k.ROW_BLOCK)
         if cotangents is not None:
             cotangents[:] = [(dx,)]
         return lam, dx
+
+    # -- chains of layer steps in place (MGRIT's propagators) ------------------------------------
+
+    def chain_weights(self, w):
+        """``w`` itself: the layers' weights are the steps' inputs (``x`` of :meth:`advance`)."""
+        return w
+
+    def chain_cache(self, w, x, n):
+        """Storage for the linearizations of n steps with layer weights ``x`` (n, w, w + 1): a
+        :class:`ChainCache` whose σ'(a) (n, B, w) :meth:`advance` allocates and fills with
+        ``keep`` (B comes with the states)."""
+        return ChainCache(np.ascontiguousarray(x), None)
+
+    def chain_cotangents(self, w, x, n):
+        """Storage for the cotangents of n steps: a :class:`ChainCotangents` whose s (n, B, w),
+        zeroed, :meth:`advance_vjp` allocates and fills with ``keep`` (with the states the steps
+        are linearized at, from which :meth:`chain_step_cotangents` makes the layer gradients)."""
+        return ChainCotangents(np.shape(x)[1:], n, x.dtype)
+
+    @staticmethod
+    def chain_step_cache(cache, u):
+        """``(σ'(a),)`` (n, B, w) of n steps, as :meth:`step` gives it, from a filled
+        :class:`ChainCache` (the trajectory ``u`` is not needed)."""
+        return (cache.ds,)
+
+    @staticmethod
+    def chain_step_cotangents(cot):
+        """``[(dx,)]`` of n steps as :meth:`step_vjp` records them, dx (n, w, w + 1) the layers'
+        gradients ``[s^T u | sum_B s]``, formed here from the kept s and states (layers in
+        parallel, rows summed in order: bitwise :meth:`step_vjp`'s)."""
+        dx = np.zeros((cot.n,) + cot.xshape, cot.dtype)
+        if cot.S is not None and cot.n:
+            _k._layer_grads(cot.S, cot.u, cot.uidx, dx, ODENetCell._chunks(cot.n))
+        return [(dx,)]
+
+    @staticmethod
+    def _chunks(units):
+        return max(1, min(int(units), 8 * numba.get_num_threads()))
+
+    def advance(self, cw, x, dt, X, rd, Y, wr, starts, lens, g=None, keep=None, res=None):
+        """Chains of layer steps in place: ``Y[wr[c] + i] = Phi_s(X[rd[c] + i]) (+ g[s + 1])``
+        for ``i < lens[c]``, ``s = starts[c] + i``, step s with the layer weights ``x[s]``; one
+        compiled call (:func:`~mgritnn.cells.odenet_kernels._chains_forward`), chains and blocks
+        of samples in parallel; each state bitwise what :meth:`step` computes.
+
+        Parameters
+        ----------
+        cw : ODENetWeights
+        x : ndarray, shape (n, w, w + 1)
+        dt : ndarray, shape (n, B)
+        X, Y : ndarray, shape (*, B, w), C-contiguous
+        rd, wr, starts, lens : ndarray, shape (C,), int64
+        g : ndarray, shape (n + 1, B, w), optional
+        keep : ChainCache, optional
+            Receives σ'(a) of step s at index s.
+        res : ndarray, shape (C, B, w), optional
+            Residual mode (see :meth:`mgritnn.cells.gru.GRUCell.advance`).
+        """
+        B, w = X.shape[1:]
+        if keep is not None:
+            if keep.ds is None or keep.ds.shape[1] != B or keep.ds.dtype != X.dtype:
+                keep.ds = np.empty((len(keep.x), B, w), X.dtype)
+        self._chains(False, np.ascontiguousarray(x), None, None, dt, X, rd, Y, wr, starts, lens, g,
+                     res, None if keep is None else keep.ds)
+
+    def advance_vjp(self, cw, dt, X, rd, Y, wr, starts, lens, ulin, lin, fidx, g=None, keep=None,
+                    res=None):
+        """Chains of step VJPs in place: ``Y[wr[c] + i] = (dPhi_s/du)^T X[rd[c] + i] (+ g[s + 1])``,
+        step s linearized at ``ulin[fidx[s]]`` with the weights and σ'(a) at index ``fidx[s]`` of
+        ``lin`` (a :class:`ChainCache` that :meth:`advance` filled); with ``keep`` (a
+        :class:`ChainCotangents`) its s goes to index ``fidx[s]``, the states ``ulin`` recorded
+        for the layer gradients. Other arguments as in :meth:`advance`."""
+        B, w = X.shape[1:]
+        if keep is not None:
+            if keep.S is None:
+                keep.S = np.zeros((keep.n, B, w), X.dtype)
+                keep.uidx = np.arange(keep.n, dtype=np.int64)
+            keep.u = ulin
+        self._chains(True, lin.x, lin.ds, fidx, dt, X, rd, Y, wr, starts, lens, g, res,
+                     None if keep is None else keep.S)
+
+    def _chains(self, vjp, x, lds, fidx, dt, X, rd, Y, wr, starts, lens, g, res, K):
+        """The common driver of :meth:`advance` and :meth:`advance_vjp`: one call of
+        :func:`~mgritnn.cells.odenet_kernels._chains` (``K``: where what is kept goes, or None)."""
+        B, w = X.shape[1:]
+        dtype = X.dtype
+        empty = np.empty((0, B, w), dtype)
+        units = len(starts) * -(-B // _k.ROW_BLOCK)
+        _k._chains(vjp, x, empty if lds is None else lds,
+                   np.empty(0, np.int64) if fidx is None else fidx, _rows(dt, B, dtype), X, rd,
+                   Y, wr, starts, lens, empty if g is None else g, empty if res is None else res,
+                   K is not None, empty if K is None else K, *self._kargs(dtype), _k.ROW_BLOCK,
+                   self._chunks(units))
 
     def accumulate_grads(self, grads, cache, cotangents):
         """Nothing: the cell has no shared parameters (the layers' are the input cotangents)."""

@@ -11,7 +11,7 @@ that advances K states of one level by one step each through the step protocol
   with per-step (T,) or per-step-and-row (T, B) step sizes the sum of those it spans, per batch
   row (a padded step has size 0, so a coarse step across a sequence's end covers its real part);
 * F-relaxation steps through the F-points of all local intervals at once: for a cell with compiled
-  chains (:class:`~mgritnn.cells.base.FusedChains`: the GRU cells) one call (:meth:`Cell.advance`) sweeps every
+  chains (:class:`~mgritnn.cells.base.FusedChains`: the GRU cells, the ODENet's layer) one call (:meth:`Cell.advance`) sweeps every
   interval in place, intervals in parallel on the threads (for the GRU's states of one or two rows,
   four intervals in lockstep so that their rows share each load of the weights); C-relaxation
   steps all local C-points at once from the values before the sweep; FCF = F, C, F. The coarsest
@@ -823,8 +823,9 @@ class _FusedForward(_ForwardProp):
     compiled chains (:meth:`Cell.advance`), in place, without per-position copies; the final
     level-0 steps keep their linearizations in one :meth:`Cell.chain_cache`."""
 
-    def __init__(self, fine, coarse, w, levels, dts):
-        super().__init__(fine, coarse, w, levels, _per_row(dts, levels[0][2].shape[1]))
+    def __init__(self, fine, coarse, w, levels, dts, rows):
+        super().__init__(fine, coarse, w, levels, _per_row(dts, rows))
+        self.rows = rows             # batch rows of a state (its axis -2)
         self.sw = fine.chain_weights(w)
         self.gates = None
 
@@ -865,7 +866,7 @@ class _FusedAdjoint(_Prop):
     def __init__(self, fine, coarse, w, levels, dts, u_fwd, fwd):
         self.cells = [fine] + [coarse] * (len(levels) - 1)
         self.sw = fwd.sw
-        self.dts = dts = _per_row(dts, levels[0][2].shape[1])
+        self.dts = dts = _per_row(dts, fwd.rows)
         self.lin = []                # per level: (states, linearizations, index of step s in them)
         self.evals = 0
         for l, (local, span, ax) in enumerate(levels):
@@ -1012,7 +1013,10 @@ class MGRITSolver(TimeParallelSolver):
         dts = _level_dts(levels, dt, T, lo, ax0.dtype)
         coarse = cfg.coarse_cell_for(cell)
         fused = has(cell, FusedChains) and has(coarse, FusedChains)
-        prop = (_FusedForward if fused else _ForwardProp)(cell, coarse, w, levels, dts)
+        # the compiled chains take step sizes per batch row: a state's axis -2 (the GRU's
+        # (L, B, H), the ODENet's (B, w))
+        prop = (_FusedForward(cell, coarse, w, levels, dts, h0.shape[-2]) if fused
+                else _ForwardProp(cell, coarse, w, levels, dts))
         fas = self._fas(grid, prop, h0, "mgrit-forward")
         remember = cfg.initial_guess == "warm" and keys is not None and len(grid.points) > 1
         cpts = grid.c_index[0][1:] if remember else None
