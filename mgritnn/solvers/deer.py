@@ -27,8 +27,18 @@ Choices of this implementation (``docs/algorithms.md`` §5):
   per iteration), or ``max_iter``.
 * Damping: J is replaced by J / (1 + damping). The fixed point is unchanged; damping = 0 is Newton,
   large damping tends to the Jacobi (Picard) iteration h_{t+1} = Phi(h_t^(k)), which cannot diverge
-  (its error front still moves one point per iteration). This is the effect of ELK's trust region
+  (its error front still moves one point per iteration). A fixed stand-in for ELK's trust region
   (Gonzalez et al. 2024) at the cost of a plain scan.
+* ELK / quasi-ELK (``trust_region=True``): Levenberg-Marquardt on the merit
+  phi(h) = 1/2 sum_t |h_t - Phi(h_{t-1})|^2 instead: every iteration solves the damped problem
+  min_d 1/2 |r + J_r d|^2 + lambda/2 |d|^2 exactly (its block-tridiagonal normal equations, by a
+  partitioned elimination over chunks and ranks, :mod:`mgritnn.solvers.elk`; ELK computes the same
+  minimizer as a Kalman smoother), keeps the step when phi decreases as predicted (ratio > 1e-4)
+  and adapts lambda by Nielsen's rule (:meth:`DEERSolver._solve_layer_lm`). The merit never grows,
+  so nothing diverges; but the exact-termination front of Newton is lost (the damped step at t
+  depends on later residuals), and where phi has a near-stationary point (J_r nearly singular:
+  expansive Jacobians along the iterate) the iteration can stall: then it reports
+  non-convergence and falls back like DEER.
 * Divergence (the error grew by ``divergence`` over its smallest value, or a non-finite iterate) and
   non-convergence are reported in the statistics; with ``fallback=True`` (default) the solver then
   runs the serial sweep (pipelined over the ranks) and says so (``SolveStats.fallback``).
