@@ -116,6 +116,29 @@ def _chol_solve_vec(L, x):
 
 
 @numba.njit(**JIT)
+def _gemv(A, x, y, trans):
+    """y (H,) += A x, or A^T x where ``trans`` (A (H, H), x (H,))."""
+    H = y.shape[0]
+    for i in range(H):
+        acc = 0.0
+        for k in range(H):
+            acc += (A[k, i] if trans else A[i, k]) * x[k]
+        y[i] += acc
+
+
+@numba.njit(**JIT)
+def _gemm(A, X, Y, trans, sign):
+    """Y (H, m) += sign A X, or sign A^T X where ``trans`` (A (H, H), X (H, m))."""
+    H, m = Y.shape
+    for i in range(H):
+        for j in range(m):
+            acc = 0.0
+            for k in range(H):
+                acc += (A[k, i] if trans else A[i, k]) * X[k, j]
+            Y[i, j] += sign * acc
+
+
+@numba.njit(**JIT)
 def _next_J(J, Jnext, t, r):
     """J_{t+1} of row r: J[t + 1, r], or the next rank's first (zero after the last step)."""
     return J[t + 1, r] if t + 1 < J.shape[0] else Jnext[r]
@@ -156,12 +179,9 @@ def _factor(J, Jnext, lam, bounds, ends, F, work):
     """Phase 1a: F[t, r] = the Cholesky factor of the interior's Schur complement
     S_t = M_tt - J_t S_{t-1}^{-1} J_t^T, top down over each partition's interior
     [bounds[c], ends[c]). work (Q, 3, H, H)."""
-    C = bounds.shape[0] - 1
-    B = J.shape[1]
-    H = J.shape[2]
+    C, B, H = bounds.shape[0] - 1, J.shape[1], J.shape[2]
     for q in prange(C * B):
-        c = q // B
-        r = q - c * B
+        c, r = q // B, q % B
         M = work[q, 0]
         Z = work[q, 1]
         for t in range(bounds[c], ends[c]):
@@ -171,12 +191,7 @@ def _factor(J, Jnext, lam, bounds, ends, F, work):
                     for j in range(H):
                         Z[i, j] = J[t, r, j, i]
                 _chol_solve(F[t - 1, r], Z)
-                for i in range(H):
-                    for j in range(H):
-                        s = 0.0
-                        for k in range(H):
-                            s += J[t, r, i, k] * Z[k, j]
-                        M[i, j] -= s
+                _gemm(J[t, r], Z, M, False, -1.0)
             _chol(M, F[t, r])
 
 
@@ -188,13 +203,10 @@ def _corners(J, Jnext, res, rnext, lam, bounds, ends, left, F, first, last, work
     H+1..2H to the right one (C_R = -J_e^T in the last row, e = ends[c] < bounds[c + 1]).
     Top down with the stored factors; bottom up with a second recursion. work (Q, 4, H, H);
     vec (Q, 2, H, 1 + 2H)."""
-    C = bounds.shape[0] - 1
-    B = J.shape[1]
-    H = J.shape[2]
+    C, B, H = bounds.shape[0] - 1, J.shape[1], J.shape[2]
     m = 1 + 2 * H
     for q in prange(C * B):
-        c = q // B
-        r = q - c * B
+        c, r = q // B, q % B
         a, e = bounds[c], ends[c]
         right = e < bounds[c + 1]
         first[c, r] = 0.0
@@ -222,20 +234,10 @@ def _corners(J, Jnext, res, rnext, lam, bounds, ends, left, F, first, last, work
                 if s > 0:
                     if d == 0:             # Y += J_t S_{t-1}^{-1} P
                         _chol_solve(F[t - 1, r], P)
-                        for i in range(H):
-                            for j in range(m):
-                                acc = 0.0
-                                for k in range(H):
-                                    acc += J[t, r, i, k] * P[k, j]
-                                Y[i, j] += acc
+                        _gemm(J[t, r], P, Y, False, 1.0)
                     else:                  # Y += J_{t+1}^T S'_{t+1}^{-1} P (S' in work 2)
                         _chol_solve(work[q, 2], P)
-                        for i in range(H):
-                            for j in range(m):
-                                acc = 0.0
-                                for k in range(H):
-                                    acc += J[t + 1, r, k, i] * P[k, j]
-                                Y[i, j] += acc
+                        _gemm(J[t + 1, r], P, Y, True, 1.0)
                 if d == 1:                 # S'_t = M_tt - J_{t+1}^T S'_{t+1}^{-1} J_{t+1}
                     M = work[q, 0]
                     Z = work[q, 1]
@@ -245,12 +247,7 @@ def _corners(J, Jnext, res, rnext, lam, bounds, ends, left, F, first, last, work
                             for j in range(H):
                                 Z[i, j] = J[t + 1, r, i, j]
                         _chol_solve(work[q, 2], Z)
-                        for i in range(H):
-                            for j in range(H):
-                                acc = 0.0
-                                for k in range(H):
-                                    acc += J[t + 1, r, k, i] * Z[k, j]
-                                M[i, j] -= acc
+                        _gemm(J[t + 1, r], Z, M, True, -1.0)
                     _chol(M, work[q, 2])
                 for i in range(H):
                     for j in range(m):
@@ -268,46 +265,27 @@ def _substitute(J, Jnext, res, rnext, bounds, ends, F, lefts, rights, out, work)
     J_e^T d_right (last row) by the stored factors, into out[bounds[c]:ends[c]]; the separator
     out[ends[c]] = rights[c] where the partition has one. lefts, rights (C, B, H) (zero where
     there is no separator); work (Q, 2, H)."""
-    C = bounds.shape[0] - 1
-    B = J.shape[1]
-    H = J.shape[2]
+    C, B, H = bounds.shape[0] - 1, J.shape[1], J.shape[2]
     for q in prange(C * B):
-        c = q // B
-        r = q - c * B
+        c, r = q // B, q % B
         a, e = bounds[c], ends[c]
         v = work[q, 0]
         for t in range(a, e):
             _rhs(J, Jnext, res, rnext, t, r, out[t, r])
             y = out[t, r]
             if t == a:
-                for i in range(H):
-                    acc = 0.0
-                    for k in range(H):
-                        acc += J[a, r, i, k] * lefts[c, r, k]
-                    y[i] += acc
+                _gemv(J[a, r], lefts[c, r], y, False)
             if t == e - 1 and e < bounds[c + 1]:
-                for i in range(H):
-                    acc = 0.0
-                    for k in range(H):
-                        acc += J[e, r, k, i] * rights[c, r, k]
-                    y[i] += acc
+                _gemv(J[e, r], rights[c, r], y, True)
             if t > a:                      # y_t += J_t S_{t-1}^{-1} y_{t-1}
                 for i in range(H):
                     v[i] = out[t - 1, r, i]
                 _chol_solve_vec(F[t - 1, r], v)
-                for i in range(H):
-                    acc = 0.0
-                    for k in range(H):
-                        acc += J[t, r, i, k] * v[k]
-                    y[i] += acc
+                _gemv(J[t, r], v, y, False)
         for t in range(e - 1, a - 1, -1):  # x_t = S_t^{-1} (y_t + J_{t+1}^T x_{t+1})
             y = out[t, r]
             if t < e - 1:
-                for i in range(H):
-                    acc = 0.0
-                    for k in range(H):
-                        acc += J[t + 1, r, k, i] * out[t + 1, r, k]
-                    y[i] += acc
+                _gemv(J[t + 1, r], out[t + 1, r], y, True)
             _chol_solve_vec(F[t, r], y)
         if e < bounds[c + 1]:
             for i in range(H):
