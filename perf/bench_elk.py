@@ -128,13 +128,15 @@ def lyapunov(model, X, lengths, pad):
     return total / np.maximum(steps, 1)
 
 
-def measure(path, n, max_iter, elk_max_iter):
+def measure(path, n, max_iter, elk_max_iter, routes=tuple(ROUTES)):
     model, X, y, lengths, pad = batch_of(path, n)
     kw = {} if lengths is None else dict(lengths=lengths, pad=pad)
     exact = model.forward(X, **kw)
     lyap = lyapunov(model, X, lengths, pad)
     rows = []
     for name, opts in ROUTES.items():
+        if name not in routes:
+            continue
         cap = elk_max_iter if name == "elk" else max_iter
         cfg = DEERConfig(fallback=False, max_iter=cap, **opts)
         t0 = time.perf_counter()
@@ -160,16 +162,18 @@ def main(argv=None):
     p.add_argument("--max-iter", type=int, default=200)
     p.add_argument("--elk-max-iter", type=int, default=50,
                    help="the cap of dense ELK (its iterations are the slow ones here)")
+    p.add_argument("--routes", default=",".join(ROUTES), help="which of " + ", ".join(ROUTES))
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     paths = list(a.checkpoints)
     if a.train:
         paths += train(a.train, a.seq_len, a.epochs, a.watch_epochs)
     paths = sorted(dict.fromkeys(p for x in paths for p in (glob.glob(x) or [x])))
+    routes = a.routes.split(",")
     print(f"{'checkpoint':22s} {'lyap mean':>9s} {'max':>7s} | " +
-          " | ".join(f"{r:>18s}" for r in ROUTES))
+          " | ".join(f"{r:>18s}" for r in routes))
     for path in paths:
-        rows = measure(path, a.batch, a.max_iter, a.elk_max_iter)
+        rows = measure(path, a.batch, a.max_iter, a.elk_max_iter, routes)
         if a.out:
             with open(a.out, "a") as f:
                 for r in rows:
