@@ -118,3 +118,50 @@ def test_auto_on_p_ranks_follows_one_choice_and_gives_the_serial_result(numba_ca
             np.testing.assert_allclose(got["loss"], ser["loss"], rtol=1e-7)
             np.testing.assert_allclose(got["grad"], ser["grad"], rtol=0,
                                        atol=1e-6 * np.abs(ser["grad"]).max())
+
+
+# -- ELK and quasi-ELK (DEERConfig(trust_region=True)): tests/mpi/elk_case.py ----------------------
+
+def _elk_case():
+    """The module ``tests/mpi/elk_case.py`` (its cases and one-process solve)."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "elk_case", Path(__file__).parent / "mpi" / "elk_case.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def elk_reference(numba_cache_warm):
+    """One-process ELK results and the serial ones: ``{name: (elk, serial)}``."""
+    CASES, solve_case = _elk_case().CASES, _elk_case().solve_case
+    return {name: (solve_case(case, quasi), solve(case, "serial")) for name, case, quasi in CASES}
+
+
+@pytest.mark.parametrize("P", NPROCS, ids=[f"P{p}" for p in NPROCS])
+def test_elk_on_p_ranks_equals_one_rank_and_serial(elk_reference, tmp_path, P):
+    """The Levenberg-Marquardt step on P ranks (1 and 2 partitions per rank) is the dense
+    normal equations' solution to 1e-12; ELK and quasi-ELK converged on P ranks (the script checks
+    that every rank holds bitwise the same results) give the one-process iteration counts and the
+    serial loss and gradient to 1e-9."""
+    from test_elk import naive_lm_step
+    step_systems = _elk_case().step_systems
+    out = tmp_path / "elk.npz"
+    run_mpi(P, "elk_case.py", out, timeout=TIMEOUT, check=True)
+    with np.load(out) as z:
+        for chunks in (1, 2):
+            for kind, (J, res) in step_systems().items():
+                want = naive_lm_step(J, res, 0.3)
+                np.testing.assert_allclose(z[f"step_{kind}_c{chunks}"], want, rtol=0,
+                                           atol=1e-12 * np.abs(want).max(),
+                                           err_msg=f"{kind} chunks={chunks}")
+        for name, (one, ser) in elk_reference.items():
+            assert z[f"{name}_status"] == 0 == one["status"], name
+            assert z[f"{name}_iters"] == one["iters"], name
+            np.testing.assert_allclose(z[f"{name}_loss"], ser["loss"], rtol=1e-9, err_msg=name)
+            np.testing.assert_allclose(z[f"{name}_grad"], ser["grad"], rtol=0,
+                                       atol=1e-9 * np.abs(ser["grad"]).max(), err_msg=name)
+            np.testing.assert_allclose(z[f"{name}_logits"], one["logits"], rtol=0,
+                                       atol=1e-10 * np.abs(one["logits"]).max(), err_msg=name)

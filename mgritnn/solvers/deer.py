@@ -27,8 +27,18 @@ Choices of this implementation (``docs/algorithms.md`` §5):
   per iteration), or ``max_iter``.
 * Damping: J is replaced by J / (1 + damping). The fixed point is unchanged; damping = 0 is Newton,
   large damping tends to the Jacobi (Picard) iteration h_{t+1} = Phi(h_t^(k)), which cannot diverge
-  (its error front still moves one point per iteration). This is the effect of ELK's trust region
+  (its error front still moves one point per iteration). A fixed stand-in for ELK's trust region
   (Gonzalez et al. 2024) at the cost of a plain scan.
+* ELK / quasi-ELK (``trust_region=True``): Levenberg-Marquardt on the merit
+  phi(h) = 1/2 sum_t |h_t - Phi(h_{t-1})|^2 instead: every iteration solves the damped problem
+  min_d 1/2 |r + J_r d|^2 + lambda/2 |d|^2 exactly (its block-tridiagonal normal equations, by a
+  partitioned elimination over chunks and ranks, :mod:`mgritnn.solvers.elk`; ELK computes the same
+  minimizer as a Kalman smoother), keeps the step when phi decreases as predicted (ratio > 1e-4)
+  and adapts lambda by Nielsen's rule (:meth:`DEERSolver._solve_layer_lm`). The merit never grows,
+  so nothing diverges; but the exact-termination front of Newton is lost (the damped step at t
+  depends on later residuals), and where phi has a near-stationary point (J_r nearly singular:
+  expansive Jacobians along the iterate) the iteration can stall: then it reports
+  non-convergence and falls back like DEER.
 * Divergence (the error grew by ``divergence`` over its smallest value, or a non-finite iterate) and
   non-convergence are reported in the statistics; with ``fallback=True`` (default) the solver then
   runs the serial sweep (pipelined over the ranks) and says so (``SolveStats.fallback``).
@@ -47,7 +57,7 @@ X. Gonzalez, A. Warrington, J. T. H. Smith, S. W. Linderman, "Towards scalable a
 parallelization of nonlinear RNNs", NeurIPS 2024 (quasi-DEER, ELK).
 """
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 import numba
@@ -59,6 +69,7 @@ from ..errors import ConfigError
 from ..cells.base import DiagonalNewton, FusedSequence, LayerNewton, has, missing
 from ..options import check_bool, check_choices, check_int, check_real
 from .base import SolveStats, TimeParallelSolver, deprecated_comm, register, step_sizes
+from .elk import lm_step, model_residual
 from .scan import linear_recurrence
 from .serial import step_through
 
@@ -86,6 +97,14 @@ class DEERConfig:
         Newton iterations per layer at most.
     damping : float
         lambda >= 0: the iteration uses J / (1 + lambda) (0: Newton; large: Picard).
+    trust_region : bool
+        ELK (quasi-ELK with quasi): Levenberg-Marquardt steps with the damping adapted from the
+        merit 1/2 sum_t |h_t - Phi(h_{t-1})|^2 (a step is kept when the merit decreases), each
+        step an exact parallel solve (:func:`mgritnn.solvers.elk.lm_step`); instead of the fixed
+        damping (Gonzalez et al. 2024).
+    lm_lambda : float
+        ELK: the Levenberg-Marquardt lambda > 0 at the start of every layer's solve (relative to
+        the unit diagonal of the residual's Jacobian: 1e-3 is nearly Newton, 1 a strong damping).
     initial_guess : {"zero", "input", "warm"}
         Initial trajectory: zeros; h_{t+1} = Phi(0, x_t); or each sample's converged trajectory of
         the previous solve that saw it (keyed by the ``keys`` the trainer passes; zeros otherwise;
@@ -108,6 +127,8 @@ class DEERConfig:
     rtol: float = None
     max_iter: int = 50
     damping: float = 0.0
+    trust_region: bool = False
+    lm_lambda: float = 1e-3
     initial_guess: str = field(default="zero", metadata={"flag": {"choices": _INITS}})
     fallback: bool = True
     divergence: float = 1e4
@@ -118,6 +139,7 @@ class DEERConfig:
     def __post_init__(self):
         name = "quasi-DEER" if self.quasi else "DEER"
         check_bool(f"{name} quasi", self.quasi)
+        check_bool(f"{name} trust_region", self.trust_region)
         check_int(f"{name} max_iter", self.max_iter, least=1)
         check_real(f"{name} atol", self.atol, low=0, none=True)
         check_real(f"{name} rtol", self.rtol, low=0, none=True)
@@ -125,6 +147,9 @@ class DEERConfig:
             raise ConfigError(f"{name} atol and rtol cannot both be 0 (nothing could converge): "
                               "give atol > 0")
         check_real(f"{name} damping", self.damping, low=0)
+        check_real(f"{name} lm_lambda", self.lm_lambda, low=0, low_open=True,
+                   hint="the initial Levenberg-Marquardt damping of trust_region, e.g. 1e-3")
+        self._check_trust_region(name)
         check_choices(name, self)
         check_bool(f"{name} fallback", self.fallback)
         check_real(f"{name} divergence", self.divergence, low=1, low_open=True)
@@ -132,6 +157,21 @@ class DEERConfig:
         check_real(f"{name} max_memory", self.max_memory, low=0, low_open=True,
                    hint="bytes of Jacobians per rank")
         deprecated_comm("DEERConfig", self.comm)
+
+    def _check_trust_region(self, name):
+        """The options of the fixed damping and of the trust region exclude each other."""
+        default = {f.name: f.default for f in fields(self)}
+        if self.trust_region:
+            for opt, why in (("damping", "DEER's fixed damping J / (1 + damping)"),
+                             ("divergence", "the update's growth test of undamped DEER")):
+                if getattr(self, opt) != default[opt]:
+                    raise ConfigError(f"{name} {opt} ({why}) does not apply with trust_region "
+                                      f"(ELK adapts its damping and never lets the merit grow): "
+                                      f"leave {opt} at {default[opt]:g}, set lm_lambda for the "
+                                      "initial damping")
+        elif self.lm_lambda != default["lm_lambda"]:
+            raise ConfigError(f"{name} lm_lambda applies with trust_region only: set "
+                              "trust_region=True (--trust-region) or leave lm_lambda at its default")
 
     def tolerances(self, dtype):
         """(atol, rtol) for ``dtype``: the given values, or the defaults of that dtype."""
@@ -353,12 +393,14 @@ class DEERSolver(TimeParallelSolver):
                 for b, key in enumerate(wkeys):
                     if key in self.state.warm:
                         guess[:, b] = self.state.warm[key][l]
-            hs, status, iters, hist, resid = self._solve_layer(cell, w, l, ax, h0s[l], dtv, atol,
-                                                                rtol, guess)
+            hs = self._start(cell, w, l, ax, h0s[l], dtv, guess)
+            solve = self._solve_layer_lm if cfg.trust_region else self._solve_layer
+            status, iters, hist, resid, evals = solve(cell, w, l, ax, h0s[l], dtv, atol, rtol, hs,
+                                                      T)
             stats.iterations += iters
             stats.history += hist
             stats.residual = max(stats.residual, resid)
-            stats.step_evals += iters * (hi - lo)
+            stats.step_evals += evals * (hi - lo)
             if status != OK and stats.status == OK:   # report the first layer that failed
                 stats.status = status
                 stats.message = {NOT_CONVERGED: f"layer {l}: not converged in {cfg.max_iter} iterations",
@@ -395,9 +437,8 @@ class DEERSolver(TimeParallelSolver):
         stats.seconds = time.perf_counter() - t0
         return h_last, state, stats
 
-    def _solve_layer(self, cell, w, l, ax, h0, dtv, atol, rtol, guess):
-        """Newton iterations of one layer. Returns (hs (T_loc + 1, B, H), status, iterations,
-        history, last largest absolute update)."""
+    def _start(self, cell, w, l, ax, h0, dtv, guess):
+        """The initial trajectory hs (T_loc + 1, B, H) of layer l (point lo first)."""
         cfg = self.config
         n = ax.shape[0]
         B, H = h0.shape
@@ -414,6 +455,16 @@ class DEERSolver(TimeParallelSolver):
             self.tc.shift(hs[-1], start, "deer-start", l)
             if self.rank > 0:
                 hs[0] = start
+        return hs
+
+    def _solve_layer(self, cell, w, l, ax, h0, dtv, atol, rtol, hs, T):
+        """Newton iterations of one layer on the trajectory hs (T_loc + 1, B, H), in place.
+        Returns (status, iterations, history, last largest absolute update, step evaluations
+        per step)."""
+        cfg = self.config
+        n = ax.shape[0]
+        B, H = h0.shape
+        dtype = w.dtype
         kind = "diag" if cfg.quasi else "dense"
         scale = dtype.type(1.0 / (1.0 + cfg.damping))
         b = np.empty((n, B, H), dtype)
@@ -454,7 +505,76 @@ class DEERSolver(TimeParallelSolver):
             if e > cfg.divergence * best:
                 status = DIVERGED
                 break
-        return hs, status, k, history, resid
+        return status, k, history, resid, k
+
+    def _merit(self, res):
+        """1/2 sum of res^2 over all ranks (float64)."""
+        local = 0.5 * float(np.sum(np.square(res, dtype=np.float64)))
+        return float(self.tc.allreduce(np.array([local]))[0])
+
+    def _solve_layer_lm(self, cell, w, l, ax, h0, dtv, atol, rtol, hs, T):
+        """ELK / quasi-ELK: Levenberg-Marquardt iterations of one layer on the trajectory hs
+        (T_loc + 1, B, H), in place; returns as :meth:`_solve_layer` (``history``: per iteration
+        the larger of the scaled update and the scaled residual of the trial point).
+
+        Every iteration solves the damped problem of the merit phi = 1/2 sum_t |r_t|^2,
+        r_t = h_t - Phi(h_{t-1}), exactly (:func:`~mgritnn.solvers.elk.lm_step`; the dense or
+        the diagonal Jacobian), and evaluates phi at the trial point. The trial is kept when
+        rho = (phi - phi_trial) / (phi - |r + J_r d|^2 / 2) > 1e-4; then lambda *= max(1/3,
+        1 - (2 rho - 1)^3), nu = 2, else lambda *= nu, nu *= 2 (Nielsen's rule; lambda at most
+        1e16). Converged when the update of a trial is within ``atol + rtol |h|`` elementwise
+        (DEER's test) and so is its residual (it is then kept whatever rho).
+        """
+        cfg = self.config
+        n, (B, H), dtype = ax.shape[0], h0.shape, w.dtype
+        kind = "diag" if cfg.quasi else "dense"
+        lam, nu = cfg.lm_lambda, 2.0
+        err_d, err_r = np.empty(n, np.float64), np.empty(n, np.float64)
+        change, scratch = np.empty(n, np.float64), np.empty(n, np.float64)
+        trial = np.empty_like(hs)
+        d = np.empty((n, B, H), dtype)
+        start = np.empty((B, H), dtype)
+        history, status, resid, evals, k = [], NOT_CONVERGED, 0.0, 0, 0
+        J = res = None
+        phi = np.nan
+        while k < cfg.max_iter:
+            if J is None:                  # linearize at the current trajectory
+                step = cell.layer_step(w, l, ax, np.ascontiguousarray(hs[:-1]), dtv,
+                                       jacobian=kind, fused=True)
+                J, res, step = step.J, hs[1:] - step.h_new, None
+                phi, evals = self._merit(res), evals + 1
+                if not np.isfinite(phi):
+                    status = NONFINITE
+                    break
+            k += 1
+            lm_step(J, res, lam, out=d, chunks=cfg.chunks, comm=self.tc, T=T)
+            pred = phi - self._merit(model_residual(J, d, res, comm=self.tc))
+            trial[1:] = hs[1:] + d
+            trial[0] = hs[0]
+            self.tc.shift(trial[-1], start, "deer-start", l)
+            if self.rank > 0:
+                trial[0] = start
+            new = cell.layer_step(w, l, ax, np.ascontiguousarray(trial[:-1]), dtv,
+                                  fused=True).h_new
+            evals += 1
+            phi_new = self._merit(trial[1:] - new)
+            _update(trial[1:].copy(), hs[1:].copy(), atol, rtol, err_d, change)
+            _update(trial[1:].copy(), new, atol, rtol, err_r, scratch)
+            e_d, e_r, resid = self._max(err_d.max(initial=0.0), err_r.max(initial=0.0),
+                                        change.max(initial=0.0))
+            history.append(max(e_d, e_r))
+            rho = (phi - phi_new) / pred if pred > 0 and np.isfinite(phi_new) else -np.inf
+            converged = e_d <= 1.0 and e_r <= 1.0
+            if converged or rho > 1e-4:
+                hs[...] = trial
+                J = res = None
+                if converged:
+                    status = OK
+                    break
+                lam, nu = lam * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 2.0
+            else:
+                lam, nu = min(lam * nu, 1e16), nu * 2.0
+        return status, k, history, resid, evals
 
     def _serial_sweep(self, cell, w, ax0, h0, dtv):
         """The serial sweep of the whole stack, pipelined over the ranks (the fallback): the
