@@ -257,15 +257,25 @@ def test_warm_states_of_another_rank_count_start_cold_with_a_warning(tmp_path):
         train(TrainConfig(epochs=2, resume=True, **common), out=quiet, progress=False)
 
 
-def test_a_diverged_solve_stops_training_before_the_optimizer():
-    """An MGRIT solve that diverges (an explicit coarse cell at a huge coarse step) raises
-    SolverError naming the epoch and batch; no update is made with its gradient."""
+def test_a_diverged_solve_never_reaches_the_optimizer():
+    """An MGRIT solve that diverges (an explicit coarse cell at a huge coarse step): by default the
+    serial sweep redoes the step (counted as rescued; the parameters are the serial run's); with
+    rescue=False the run stops with SolverError naming the epoch and batch and what was kept,
+    before any update with its gradient."""
     from mgritnn.errors import SolverError
-    cfg = TrainConfig(epochs=1, hidden=8, seq_len=256, batch_size=8, max_batches=1, dt=6.0,
-                      solver="mgrit", solver_options=dict(levels=3, cf=8, coarse_cell="classic",
-                                                          max_iter=6, atol=0.0))
-    with pytest.raises(SolverError, match="epoch 1, batch 1: the mgrit forward solve failed"):
-        train(cfg, out=quiet, progress=False)
+    settings = dict(epochs=1, hidden=8, seq_len=256, batch_size=8, max_batches=1, dt=6.0,
+                    dtype="float64", gradient_check=0, solver="mgrit",
+                    solver_options=dict(levels=3, cf=8, coarse_cell="classic", max_iter=6,
+                                        atol_l2=0.0))
+    model, hist = train(TrainConfig.from_settings(settings), out=quiet, progress=False)
+    assert hist[0]["rescued"]["steps"] == 1 and "diverged" in hist[0]["rescued"]["first"]
+    serial, _ = train(TrainConfig.from_settings(dict(settings, solver="serial",
+                                                     solver_options={})),
+                      out=quiet, progress=False)
+    np.testing.assert_allclose(model.flat, serial.flat, rtol=1e-12, atol=1e-14)
+    with pytest.raises(SolverError, match="epoch 1, batch 1: the mgrit forward solve failed.*"
+                                          "nothing was saved: no epoch had finished"):
+        train(TrainConfig.from_settings(dict(settings, rescue=False)), out=quiet, progress=False)
 
 
 def write_padded_npz(path, N=12, M=6, T=9, C=2, classes=3, seed=0):
