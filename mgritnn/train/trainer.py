@@ -119,7 +119,7 @@ def compile_kernels(cfg, data, depth):
     ``data``, by the run's solver on this rank alone, and the serial forward of the evaluation.
     The run's model, solver and counters are untouched."""
     X_train, y_train = data.X_train, data.ds.y_train
-    model = build_model(cfg, X_train.shape[-1], data.ds.num_classes, depth)
+    model = build_model(cfg, X_train.shape[-1], data.ds.num_classes, depth, data.ds.image_shape)
     rows = len(np.array_split(np.arange(min(cfg.batch_size, len(X_train))),
                               cfg.data_parallel)[0])
     X, y = X_train[:rows], y_train[:rows]
@@ -212,7 +212,8 @@ class Trainer:
         self.checkpointer.check_space(self.model, self.opt_state, self.standardizer)
 
     def _build(self, depth):
-        return build_model(self.cfg, self.X_train.shape[-1], self.ds.num_classes, depth)
+        return build_model(self.cfg, self.X_train.shape[-1], self.ds.num_classes, depth,
+                           self.ds.image_shape)
 
     def _fresh_optimizer_state(self):
         self.opt_state = EmptyState() if self.opt is None else self.opt.init(self.model.flat)
