@@ -15,7 +15,9 @@ the weights of their layers and get their gradients back as the input cotangents
 The state of one point is (B, c H W): a batch of images flattened in C order (channel, row,
 column), so that the solvers see the same kind of state as the dense layer's (B, w).
 
-Kernels (numba, written out by hand, direct loops over the pixels; no im2col buffer):
+Kernels (numba, written out by hand, direct loops over the pixels; no im2col buffer; serial
+loops: on images this small a parallel region's start costs more than the work, and the sums run
+in a fixed order, so the results do not depend on the number of threads or ranks):
 
 * :func:`conv2d` (``_conv2d_kernel``): :math:`a[o, i, j] = b[o] + \\sum_{c, p, q}
   K[o, c, p, q]\\, u[c, i + p - 1, j + q - 1]` (zero outside the image);
@@ -31,9 +33,8 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import prange
 
-from ..config import JIT, JIT_PAR
+from ..config import JIT
 from ..errors import ConfigError
 from .base import Cell
 from .odenet import get_activation
@@ -43,92 +44,80 @@ KSIZE = 3
 
 
 @numba.njit(**JIT)
-def _conv_at(w, u, o, i, j):
-    """One output of the convolution: bias plus the 3 x 3 window of every input channel."""
-    cin, H, W = u.shape
-    acc = w[o, cin * 9]
-    for c in range(cin):
-        for p in range(3):
-            ii = i + p - 1
-            if ii < 0 or ii >= H:
-                continue
-            for q in range(3):
-                jj = j + q - 1
-                if jj < 0 or jj >= W:
-                    continue
-                acc += w[o, (c * 3 + p) * 3 + q] * u[c, ii, jj]
-    return acc
-
-
-@numba.njit(**JIT_PAR)
 def _conv2d_kernel(w, u, out):
     """out[k, b] = conv(w[k], u[k, b]); w (K, cout, 9 cin + 1), u (K, B, cin, H, W),
-    out (K, B, cout, H, W). Returns 0."""
-    K, B = u.shape[0], u.shape[1]
+    out (K, B, cout, H, W) (overwritten). Per output channel: the bias, then the taps (c, p, q)
+    in order, each over the pixels where its window lies inside the image. Returns 0."""
+    K, B, cin = u.shape[0], u.shape[1], u.shape[2]
     cout, H, W = out.shape[2], out.shape[3], out.shape[4]
-    for kb in prange(K * B):
+    for kb in range(K * B):
         k, b = kb // B, kb % B
         for o in range(cout):
+            bias = w[k, o, 9 * cin]
             for i in range(H):
                 for j in range(W):
-                    out[k, b, o, i, j] = _conv_at(w[k], u[k, b], o, i, j)
+                    out[k, b, o, i, j] = bias
+            for c in range(cin):
+                for p in range(3):
+                    for q in range(3):
+                        wv = w[k, o, (c * 3 + p) * 3 + q]
+                        for i in range(max(0, 1 - p), min(H, H + 1 - p)):
+                            for j in range(max(0, 1 - q), min(W, W + 1 - q)):
+                                out[k, b, o, i, j] += wv * u[k, b, c, i + p - 1, j + q - 1]
     return 0
 
 
-@numba.njit(**JIT_PAR)
+@numba.njit(**JIT)
 def _conv2d_input_vjp_kernel(w, s, out):
     """out[k, b] = conv^T(w[k], s[k, b]); w (K, cout, 9 cin + 1), s (K, B, cout, H, W),
-    out (K, B, cin, H, W) (overwritten). Returns 0."""
+    out (K, B, cin, H, W) (overwritten): out[c, i, j] = sum over o, p, q (in order) of
+    w[o, c, p, q] s[o, i - p + 1, j - q + 1]. Returns 0."""
     K, B = s.shape[0], s.shape[1]
     cout, H, W = s.shape[2], s.shape[3], s.shape[4]
     cin = out.shape[2]
-    for kb in prange(K * B):
+    for kb in range(K * B):
         k, b = kb // B, kb % B
         for c in range(cin):
             for i in range(H):
                 for j in range(W):
-                    acc = s.dtype.type(0.0)
-                    for o in range(cout):
-                        for p in range(3):
-                            ii = i - p + 1
-                            if ii < 0 or ii >= H:
-                                continue
-                            for q in range(3):
-                                jj = j - q + 1
-                                if jj < 0 or jj >= W:
-                                    continue
-                                acc += w[k, o, (c * 3 + p) * 3 + q] * s[k, b, o, ii, jj]
-                    out[k, b, c, i, j] = acc
+                    out[k, b, c, i, j] = 0
+        for o in range(cout):
+            for c in range(cin):
+                for p in range(3):
+                    for q in range(3):
+                        wv = w[k, o, (c * 3 + p) * 3 + q]
+                        for i in range(max(0, p - 1), min(H, H + p - 1)):
+                            for j in range(max(0, q - 1), min(W, W + q - 1)):
+                                out[k, b, c, i, j] += wv * s[k, b, o, i - p + 1, j - q + 1]
     return 0
 
 
-@numba.njit(**JIT_PAR)
+@numba.njit(**JIT)
 def _conv2d_weight_vjp_kernel(s, u, out):
     """out[k] = the cotangent of the weights [K | b] of layer k: s (K, B, cout, H, W),
-    u (K, B, cin, H, W), out (K, cout, 9 cin + 1) (overwritten); sums over b, i, j in order.
-    Returns 0."""
+    u (K, B, cin, H, W), out (K, cout, 9 cin + 1) (overwritten); sums over b (outer), then the
+    pixels, in order. Returns 0."""
     K, B = s.shape[0], s.shape[1]
     cout, H, W = s.shape[2], s.shape[3], s.shape[4]
     cin = u.shape[2]
-    for ko in prange(K * cout):
+    for ko in range(K * cout):
         k, o = ko // cout, ko % cout
         for r in range(9 * cin + 1):
             out[k, o, r] = 0
         for b in range(B):
+            acc = s.dtype.type(0.0)
             for i in range(H):
                 for j in range(W):
-                    sv = s[k, b, o, i, j]
-                    out[k, o, 9 * cin] += sv
-                    for c in range(cin):
-                        for p in range(3):
-                            ii = i + p - 1
-                            if ii < 0 or ii >= H:
-                                continue
-                            for q in range(3):
-                                jj = j + q - 1
-                                if jj < 0 or jj >= W:
-                                    continue
-                                out[k, o, (c * 3 + p) * 3 + q] += sv * u[k, b, c, ii, jj]
+                    acc += s[k, b, o, i, j]
+            out[k, o, 9 * cin] += acc
+            for c in range(cin):
+                for p in range(3):
+                    for q in range(3):
+                        acc = s.dtype.type(0.0)
+                        for i in range(max(0, 1 - p), min(H, H + 1 - p)):
+                            for j in range(max(0, 1 - q), min(W, W + 1 - q)):
+                                acc += s[k, b, o, i, j] * u[k, b, c, i + p - 1, j + q - 1]
+                        out[k, o, (c * 3 + p) * 3 + q] += acc
     return 0
 
 
