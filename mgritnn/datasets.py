@@ -1356,7 +1356,7 @@ class Standardizer(NamedTuple):
     std: np.ndarray
 
     @classmethod
-    def fit(cls, X, lengths=None, pad="end") -> "Standardizer":
+    def fit(cls, X, lengths=None, pad="end", image_shape=None) -> "Standardizer":
         """Fit per-channel mean and standard deviation.
 
         Parameters
@@ -1371,6 +1371,11 @@ class Standardizer(NamedTuple):
             statistics are bitwise those of a fit without the argument).
         pad : {"end", "front"}
             Where the padding lies (see :attr:`Dataset.pad`).
+        image_shape : tuple (C_img, H, W) or None
+            Static images (:attr:`Dataset.image_shape`; X (N, C_img H W)): the statistics are
+            per image channel, over the samples and all its pixels, repeated over the channel's
+            H W features (a pixel that is rarely lit is not blown up by a tiny std of its own,
+            and a convolution sees one scale across the image).
 
         Returns
         -------
@@ -1391,6 +1396,17 @@ class Standardizer(NamedTuple):
             raise DataError(f"cannot fit a standardizer on X of shape {X.shape}; it needs "
                             f"sequences (N, T, C) or features (N, F) with at least one value "
                             f"per channel")
+        if image_shape is not None:
+            C_img = int(image_shape[0])
+            if lengths is not None or X.ndim != 2 or X.shape[1] != int(np.prod(image_shape)):
+                raise DataError(f"images of shape {tuple(image_shape)} need static X (N, "
+                                f"{int(np.prod(image_shape))}) without lengths, got {X.shape}")
+            per = X.reshape(X.shape[0], C_img, -1).transpose(1, 0, 2).reshape(C_img, -1)
+            mean = per.mean(axis=1, dtype=np.float64)
+            std = per.std(axis=1, dtype=np.float64)
+            std[std <= 1e-10 * np.abs(mean)] = 1.0
+            reps = X.shape[1] // C_img
+            return cls(np.repeat(mean, reps), np.repeat(std, reps))
         if lengths is None:
             flat = X.reshape(-1, X.shape[-1])
         else:

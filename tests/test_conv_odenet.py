@@ -370,3 +370,18 @@ def test_ranks_equal_one_process(P, tmp_path):
     equal to serial backpropagation (1e-9). The script asserts on every rank."""
     res = run_mpi(P, "conv_case.py", timeout=300, check=True)
     assert res.stdout.count("ok") == P
+
+
+def test_images_are_standardized_per_channel():
+    """Image data: one mean and std per image channel over the samples and its pixels (not per
+    pixel, which would blow up rarely lit pixels), repeated over the pixels."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10, 2 * 3 * 4)) * np.repeat([1.0, 5.0], 12) + np.repeat([0.0, 3.0], 12)
+    X[:, 0] = 0.0
+    st_ = datasets.Standardizer.fit(X, image_shape=(2, 3, 4))
+    for c in range(2):
+        part = X[:, 12 * c:12 * (c + 1)]
+        assert np.all(st_.mean[12 * c:12 * (c + 1)] == part.mean(dtype=np.float64))
+        np.testing.assert_allclose(st_.std[12 * c:12 * (c + 1)], part.std(), rtol=1e-12)
+    with pytest.raises(DataError, match="images of shape"):
+        datasets.Standardizer.fit(X, image_shape=(1, 3, 4))

@@ -210,6 +210,16 @@ class ODENetSpec(ModelSpec):
         for name in ("depth", "width", "nested_cf", "channels"):
             check_int(name, getattr(self, name), least=1)
         check_choice("layer", self.layer, LAYER_KINDS)
+        # The one rule for options that do not apply, between the spec's own fields (so not a
+        # row of _APPLIES_ONLY, whose table-driven tests know no --layer conv setting).
+        for layer, names, owner in (
+                ("conv", ("width", "opening"), "--layer dense (the conv state is channels x H x W, "
+                 "its opening a convolution)"),
+                ("dense", ("channels",), "--layer conv (convolutional ODENet layers)")):
+            for name in names if self.layer == layer else ():
+                if getattr(self, name) != type(self).__dataclass_fields__[name].default:
+                    raise ConfigError(f"--{name} is an option of {owner}, not of --layer "
+                                      f"{layer}: drop it")
         check_int("nested_levels", self.nested_levels, least=0)
         check_real("final_time", self.final_time, low=0, low_open=True)
         for name in ("tikhonov", "ddt_penalty"):
@@ -493,11 +503,6 @@ _APPLIES_ONLY = (
      lambda c: f"--optimizer {c.optimizer}"),
     (_NESTED_FIELDS, lambda c: c.nested_levels > 0, "nested iteration (--nested-levels K >= 1)",
      lambda c: "a run without nested iteration (--nested-levels 0)"),
-    (("channels",), lambda c: c.model != "odenet" or c.layer == "conv",
-     "--layer conv (convolutional ODENet layers)", lambda c: "--layer dense"),
-    (("width", "opening"), lambda c: c.model != "odenet" or c.layer == "dense",
-     "--layer dense (the conv state is channels x H x W, its opening a convolution)",
-     lambda c: "--layer conv"),
     (("rescue",), lambda c: c.solver != "serial", "the time-parallel solvers (a failed solve's "
      "step redone by the serial sweep)", lambda c: "--solver serial (nothing to rescue)"),
 )
