@@ -385,3 +385,16 @@ def test_images_are_standardized_per_channel():
         np.testing.assert_allclose(st_.std[12 * c:12 * (c + 1)], part.std(), rtol=1e-12)
     with pytest.raises(DataError, match="images of shape"):
         datasets.Standardizer.fit(X, image_shape=(1, 3, 4))
+
+
+def test_the_memory_check_counts_the_conv_state():
+    """One rank's conv states are channels x H x W per sample and layer: a run whose states
+    cannot fit is refused up front (with width 8, the dense default, it would pass)."""
+    from mgritnn.train.models import ODENetAdapter
+    X = np.zeros((4, 64 * 64), np.float32)
+    ds = datasets.Dataset(X, np.arange(4) % 2, X, np.arange(4) % 2, 2, "big", ("a", "b"),
+                          image_shape=(1, 64, 64))
+    cfg = TrainConfig(model=ODENetSpec(depth=512, layer="conv", channels=256))
+    with pytest.raises(ConfigError, match="memory|GiB|fit"):
+        ODENetAdapter.check_memory(cfg, ds, 4096, 1)
+    ODENetAdapter.check_memory(TrainConfig(model=ODENetSpec(depth=512)), ds, 4096, 1)

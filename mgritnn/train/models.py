@@ -94,11 +94,13 @@ class ODENetAdapter:
     def check_memory(cfg, ds, batch, time_ranks):
         """Raise when one rank's network (all its parameters), optimizer and share of a batch of
         ``batch`` samples (its ``depth / time_ranks`` layers' states) do not fit in memory."""
-        P = sum(int(np.prod(s)) for _, s in odenet_shapes(ds.num_channels, cfg.width,
-                                                            ds.num_classes, cfg.depth,
-                                                            cfg.opening))
+        conv = cfg.layer == "conv" and ds.image_shape is not None
+        shapes = odenet_shapes(ds.num_channels, cfg.width, ds.num_classes, cfg.depth, cfg.opening,
+                               *(("conv", cfg.channels, ds.image_shape) if conv else ()))
+        P = sum(int(np.prod(s)) for _, s in shapes)
+        width = cfg.channels * int(np.prod(ds.image_shape[1:])) if conv else cfg.width
         check_memory(odenet_memory_estimate(
-            P, cfg.width, cfg.dtype, -(-batch // cfg.data_parallel), -(-cfg.depth // time_ranks),
+            P, width, cfg.dtype, -(-batch // cfg.data_parallel), -(-cfg.depth // time_ranks),
             "sgd" if cfg.optimizer == "lbfgs" else cfg.optimizer))
 
     @staticmethod
