@@ -19,6 +19,14 @@ The network (Günther et al. 2020) for features y (B, F) and classes C:
   the depth N (Tikhonov like N, the smoothness term like N² for a fixed jump), so the loss of
   networks of different depths is comparable only without them.
 
+Convolutional layers (``layer="conv"``, issue 26): on images (C_in, H, W) the state of a sample
+is c x H x W (c = ``channels``, flattened to c H W); the opening is a 3 x 3 "same" convolution
+from C_in to c channels followed by σ, the layers :math:`u_{k+1} = u_k + \\Delta t\\, \\sigma(K_k
+* u_k + b_k)` are 3 x 3 convolutions from c to c channels with a bias per channel
+(:class:`~mgritnn.cells.conv_odenet.ConvODENetCell`, layer k's weights the step input (c, 9 c + 1)),
+and the classifier reads the state averaged over the pixels (C, c). Everything below (the
+solvers, owned layers, the penalties on the layer rows, nested iteration) is the same.
+
 The residual layers run on the solvers' step protocol through :class:`~mgritnn.cells.odenet.ODENetCell`:
 the layer weights are the cell's step inputs (N, w, w + 1), the state is (B, w). The serial solver
 is ordinary backpropagation; MGRIT (``MGRITConfig``) trains the layers in parallel: each rank gets
