@@ -134,6 +134,10 @@ class Dataset(NamedTuple):
     pad : {"end", "front"}
         Where the padding lies: after the real steps (``"end"``: steps ``len .. T - 1``) or
         before them (``"front"``: steps ``0 .. T - len - 1``). Irrelevant without lengths.
+    image_shape : tuple of 3 ints or None
+        Static data only: the samples are images (C, H, W), each row of X one image flattened
+        in C order (F = C H W); what a convolutional ODENet (``--layer conv``) needs. None:
+        plain feature vectors.
     """
 
     X_train: np.ndarray
@@ -146,6 +150,7 @@ class Dataset(NamedTuple):
     len_train: np.ndarray = None
     len_test: np.ndarray = None
     pad: str = "end"
+    image_shape: tuple = None
 
     @property
     def kind(self) -> str:
@@ -669,7 +674,10 @@ def load_npz(path, num_classes=None, model_classes=None) -> Dataset:
     true lengths ``len_train`` (N,) and ``len_test`` (M,) of sequences zero-padded at the end (both
     or neither); other keys (``subject_train``, ...) are ignored. With 2-D ``X_train`` (N, F) and
     ``X_test`` (M, F) it is a static data set (:attr:`Dataset.kind` ``"static"``), which may not
-    have lengths. This is the layout of the files in ``shared/data`` (e.g. ``uci_har.npz``,
+    have lengths. Images: ``X_train``/``X_test`` (N, C, H, W), flattened to (N, C H W), or
+    (N, F) with an entry ``image_shape`` = [C, H, W] (F = C H W), give a static data set with
+    :attr:`Dataset.image_shape` (``digits.npz``), what ``--layer conv`` needs. This is the
+    layout of the files in ``shared/data`` (e.g. ``uci_har.npz``,
     ``japanese_vowels.npz``; static: ``peaks.npz``, ``indian_pines.npz``, whose raw band counts
     :class:`Standardizer` normalises per band). Opened without pickle: a
     file that is not a zip archive, a damaged archive and object arrays are refused with a
@@ -728,15 +736,50 @@ def load_npz(path, num_classes=None, model_classes=None) -> Dataset:
                   for k in _NPZ_KEYS + _LENGTH_KEYS if k in archive.files}
         names = (_read_member(archive, "class_names", path) if "class_names" in archive.files
                  else None)
+        shape = (_read_member(archive, "image_shape", path) if "image_shape" in archive.files
+                 else None)
     if names is not None:
         names = np.asarray(names)
         if names.ndim != 1 or names.dtype.kind not in "US":
             raise DataError(f"{str(path)!r}: class_names must be a 1-D string array, got "
                             f"dtype {names.dtype} shape {names.shape}")
         names = tuple(names.astype(str).tolist())
-    raw = Dataset(arrays["X_train"], arrays["y_train"], arrays["X_test"], arrays["y_test"],
-                  0, path.stem, (), arrays.get("len_train"), arrays.get("len_test"))
+    X_train, X_test, shape = _flat_images(arrays["X_train"], arrays["X_test"], shape, path)
+    raw = Dataset(X_train, arrays["y_train"], X_test, arrays["y_test"],
+                  0, path.stem, (), arrays.get("len_train"), arrays.get("len_test"),
+                  image_shape=shape)
     return _with_classes(raw, names, num_classes, model_classes, repr(str(path)))
+
+
+def _flat_images(X_train, X_test, shape, path):
+    """Images of an archive as static rows: 4-D ``X`` (N, C, H, W) flattened to (N, C H W),
+    and the image shape (C, H, W) from them or from the archive's ``image_shape`` entry
+    (``shape``, checked against the arrays); ``(X_train, X_test, image_shape or None)``."""
+    where = repr(str(path))
+    if shape is not None:
+        shape = np.asarray(shape)
+        if shape.shape != (3,) or shape.dtype.kind not in "iu" or np.any(shape < 1):
+            raise DataError(f"{where}: image_shape must be three integers >= 1 (C, H, W), got "
+                            f"{shape.tolist()!r}: write it again as np.array([C, H, W])")
+        shape = tuple(int(v) for v in shape)
+    for split, X in (("train", X_train), ("test", X_test)):
+        if np.ndim(X) == 4:
+            if shape is not None and tuple(np.shape(X)[1:]) != shape:
+                raise DataError(f"{where}: X_{split} holds images of shape {np.shape(X)[1:]} "
+                                f"but image_shape is {shape}: make them agree")
+            shape = tuple(np.shape(X)[1:])
+    if shape is None:
+        return X_train, X_test, None
+    out = []
+    for split, X in (("train", X_train), ("test", X_test)):
+        if np.ndim(X) == 4:
+            X = np.reshape(X, (np.shape(X)[0], -1))
+        if np.ndim(X) != 2 or np.shape(X)[1] != int(np.prod(shape)):
+            raise DataError(f"{where}: image_shape {shape} needs X_{split} of shape (N, "
+                            f"{int(np.prod(shape))}) or (N, {', '.join(map(str, shape))}), got "
+                            f"{np.shape(X)}: fix image_shape or the arrays")
+        out.append(X)
+    return out[0], out[1], shape
 
 
 def _with_classes(raw, class_names, num_classes, model_classes, name):
@@ -1282,8 +1325,16 @@ def validate(ds: Dataset) -> Dataset:
     if len(class_names) != num_classes:
         raise DataError(f"data set {ds.name!r} has {len(class_names)} class_names but "
                         f"num_classes {num_classes}; give one name per class")
+    image_shape = ds.image_shape
+    if image_shape is not None:
+        image_shape = tuple(int(v) for v in image_shape)
+        if (len(image_shape) != 3 or min(image_shape) < 1 or X_train.ndim != 2
+                or X_train.shape[1] != int(np.prod(image_shape))):
+            raise DataError(f"data set {ds.name!r} has image_shape {image_shape} but X_train of "
+                            f"shape {X_train.shape}: images need static rows of C H W values "
+                            "(C, H, W >= 1)")
     return Dataset(X_train, y_train, X_test, y_test, num_classes, str(ds.name), class_names,
-                   len_train, len_test, ds.pad)
+                   len_train, len_test, ds.pad, image_shape)
 
 
 class Standardizer(NamedTuple):
@@ -1305,7 +1356,7 @@ class Standardizer(NamedTuple):
     std: np.ndarray
 
     @classmethod
-    def fit(cls, X, lengths=None, pad="end") -> "Standardizer":
+    def fit(cls, X, lengths=None, pad="end", image_shape=None) -> "Standardizer":
         """Fit per-channel mean and standard deviation.
 
         Parameters
@@ -1320,6 +1371,11 @@ class Standardizer(NamedTuple):
             statistics are bitwise those of a fit without the argument).
         pad : {"end", "front"}
             Where the padding lies (see :attr:`Dataset.pad`).
+        image_shape : tuple (C_img, H, W) or None
+            Static images (:attr:`Dataset.image_shape`; X (N, C_img H W)): the statistics are
+            per image channel, over the samples and all its pixels, repeated over the channel's
+            H W features (a pixel that is rarely lit is not blown up by a tiny std of its own,
+            and a convolution sees one scale across the image).
 
         Returns
         -------
@@ -1340,6 +1396,17 @@ class Standardizer(NamedTuple):
             raise DataError(f"cannot fit a standardizer on X of shape {X.shape}; it needs "
                             f"sequences (N, T, C) or features (N, F) with at least one value "
                             f"per channel")
+        if image_shape is not None:
+            C_img = int(image_shape[0])
+            if lengths is not None or X.ndim != 2 or X.shape[1] != int(np.prod(image_shape)):
+                raise DataError(f"images of shape {tuple(image_shape)} need static X (N, "
+                                f"{int(np.prod(image_shape))}) without lengths, got {X.shape}")
+            per = X.reshape(X.shape[0], C_img, -1).transpose(1, 0, 2).reshape(C_img, -1)
+            mean = per.mean(axis=1, dtype=np.float64)
+            std = per.std(axis=1, dtype=np.float64)
+            std[std <= 1e-10 * np.abs(mean)] = 1.0
+            reps = X.shape[1] // C_img
+            return cls(np.repeat(mean, reps), np.repeat(std, reps))
         if lengths is None:
             flat = X.reshape(-1, X.shape[-1])
         else:

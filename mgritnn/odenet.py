@@ -19,6 +19,14 @@ The network (Günther et al. 2020) for features y (B, F) and classes C:
   the depth N (Tikhonov like N, the smoothness term like N² for a fixed jump), so the loss of
   networks of different depths is comparable only without them.
 
+Convolutional layers (``layer="conv"``, issue 26): on images (C_in, H, W) the state of a sample
+is c x H x W (c = ``channels``, flattened to c H W); the opening is a 3 x 3 "same" convolution
+from C_in to c channels followed by σ, the layers :math:`u_{k+1} = u_k + \\Delta t\\, \\sigma(K_k
+* u_k + b_k)` are 3 x 3 convolutions from c to c channels with a bias per channel
+(:class:`~mgritnn.cells.conv_odenet.ConvODENetCell`, layer k's weights the step input (c, 9 c + 1)),
+and the classifier reads the state averaged over the pixels (C, c). Everything below (the
+solvers, owned layers, the penalties on the layer rows, nested iteration) is the same.
+
 The residual layers run on the solvers' step protocol through :class:`~mgritnn.cells.odenet.ODENetCell`:
 the layer weights are the cell's step inputs (N, w, w + 1), the state is (B, w). The serial solver
 is ordinary backpropagation; MGRIT (``MGRITConfig``) trains the layers in parallel: each rank gets
@@ -57,6 +65,7 @@ import time
 
 import numpy as np
 
+from .cells.conv_odenet import ConvODENetCell, conv2d, conv2d_weight_vjp
 from .cells.odenet import ACTIVATIONS, ODENetCell
 from .config import resolve_dtype
 from .errors import ConfigError, DataError
@@ -68,14 +77,27 @@ from .options import check_choice, check_int, check_real
 from .runtime import entry_point
 
 OPENINGS = ("dense", "copy")
+#: The kinds of residual layer: dense (W_k u + b_k on vectors) or 3 x 3 convolutions on images.
+LAYER_KINDS = ("dense", "conv")
 INTERPOLATIONS = ("constant", "linear")
 LAYER_INITS = ("constant", "independent")
 
 
-def odenet_shapes(num_features, width, num_classes, depth, opening="dense"):
+def odenet_shapes(num_features, width, num_classes, depth, opening="dense", layer="dense",
+                  channels=None, image_shape=None):
     """Names and shapes of the parameters, in the flat buffer's order: ``opening.weight`` (w, F)
     and ``opening.bias`` (w,) (``"dense"`` only), ``layers`` (N, w, w + 1) (row k: [W_k | b_k]),
-    ``classifier.weight`` (C, w), ``classifier.bias`` (C,)."""
+    ``classifier.weight`` (C, w), ``classifier.bias`` (C,).
+
+    With ``layer="conv"`` (c = ``channels``, C_in = ``image_shape[0]``; ``num_features`` and
+    ``width`` unused): ``opening.weight`` (c, C_in, 3, 3), ``opening.bias`` (c,), ``layers``
+    (N, c, 9 c + 1) (row o of layer k: [K_k[o].ravel() | b_k[o]],
+    :mod:`mgritnn.cells.conv_odenet`), ``classifier.weight`` (C, c), ``classifier.bias`` (C,)."""
+    if layer == "conv":
+        c = channels
+        return [("opening.weight", (c, image_shape[0], 3, 3)), ("opening.bias", (c,)),
+                ("layers", (depth, c, 9 * c + 1)), ("classifier.weight", (num_classes, c)),
+                ("classifier.bias", (num_classes,))]
     w = width
     shapes = [("opening.weight", (w, num_features)), ("opening.bias", (w,))] \
         if opening == "dense" else []
@@ -85,9 +107,10 @@ def odenet_shapes(num_features, width, num_classes, depth, opening="dense"):
 
 def _check_layers(layers, what):
     a = np.asarray(layers)
-    if a.ndim != 3 or a.shape[2] != a.shape[1] + 1 or a.shape[0] < 1:
+    if a.ndim != 3 or a.shape[2] not in (a.shape[1] + 1, 9 * a.shape[1] + 1) or a.shape[0] < 1:
         raise ConfigError(f"{what} must have shape (N, w, w + 1) with N >= 1 (layer k: "
-                          f"[W_k | b_k]), got {a.shape}")
+                          f"[W_k | b_k]), or (N, c, 9 c + 1) (convolutional layers), got "
+                          f"{a.shape}")
     return a
 
 
@@ -98,7 +121,7 @@ def interpolate_layers(coarse, cf, kind="constant"):
 
     Parameters
     ----------
-    coarse : ndarray, shape (Nc, w, w + 1)
+    coarse : ndarray, shape (Nc, w, w + 1), or (Nc, c, 9 c + 1) (convolutional layers)
     cf : int >= 1
     kind : {"constant", "linear"}
         ``"constant"``: fine layer i takes coarse layer ⌊i/cf⌋ (the papers' choice).
@@ -155,6 +178,20 @@ class ODENet(FlatParamModel):
         smoothness penalty starts at 0 and networks of any depth discretize the same ODE;
         ``"independent"``: a draw per layer (PyTorch's habit; the smoothness penalty then
         starts near :math:`\\gamma_{ddt} N^3 (w + 1) / (3 T^2)` and dominates deep networks).
+    layer : {"dense", "conv"}
+        ``"conv"``: convolutional layers on images (:mod:`mgritnn.cells.conv_odenet`):
+        u_{k+1} = u_k + Δt σ(K_k * u_k + b_k), 3 x 3 "same" convolutions of ``channels``
+        channels; the opening is a 3 x 3 convolution from the image's channels to c followed by
+        σ (``opening="dense"``, the only one), and the classifier reads the state averaged over
+        the pixels, :math:`z = W_c\\, \\mathrm{mean}_{ij} u_N[:, i, j] + b_c`, W_c (C, c). The
+        state of a sample is its c x H x W image flattened (c H W = :attr:`width`); ``width``
+        must be None (or c H W). Initialization as PyTorch's ``Conv2d``: fan-in 9 C_in for the
+        opening, 9 c for the layers, c for the classifier.
+    channels : int or None
+        c of the convolutional layers (``layer="conv"`` only).
+    image_shape : sequence of 3 ints or None
+        (C_in, H, W) of the images (``layer="conv"`` only); ``num_features`` must be
+        C_in H W. X is then (B, C_in H W) (an image flattened in C order) or (B, C_in, H, W).
 
     Attributes
     ----------
@@ -171,8 +208,17 @@ class ODENet(FlatParamModel):
 
     def __init__(self, num_features, width, num_classes, depth, activation="tanh", final_time=1.0,
                  opening="dense", tikhonov=1e-7, ddt_penalty=1e-5, dtype="float64", seed=0,
-                 layer_init="constant"):
+                 layer_init="constant", layer="dense", channels=None, image_shape=None):
         self.num_features = check_int("num_features", num_features, least=1)
+        check_choice("layer", layer, LAYER_KINDS)
+        self.layer = layer
+        if layer == "conv":
+            width = self._conv_setup(channels, image_shape, width, opening)
+        elif channels is not None or image_shape is not None:
+            raise ConfigError("channels and image_shape are options of the convolutional layers: "
+                              "give layer='conv' (--layer conv), or leave them out")
+        else:
+            self.channels = self.image_shape = None
         self.width = check_int("width", width, least=1)
         self.num_classes = check_int("num_classes", num_classes, least=1)
         self.depth = check_int("depth", depth, least=1)
@@ -192,28 +238,61 @@ class ODENet(FlatParamModel):
         check_choice("layer_init", layer_init, LAYER_INITS)
         self.layer_init = layer_init
         self.dt = self.final_time / self.depth
-        self.cell = ODENetCell(activation)
+        self.cell = (ConvODENetCell(self.channels, *self.image_shape[1:], activation)
+                     if layer == "conv" else ODENetCell(activation))
         self._act = self.cell._act
         self._shapes = odenet_shapes(self.num_features, self.width, self.num_classes, self.depth,
-                                     opening)
+                                     opening, layer, self.channels, self.image_shape)
         self.flat = np.empty(sum(int(np.prod(s)) for _, s in self._shapes), self.dtype)
         self.params = self.unflatten(self.flat)
         self._solvers = []
         rng = np.random.default_rng(seed)
         for name, view in self.params.items():
             fan_in = self.num_features if name.startswith("opening") else self.width
+            if layer == "conv":
+                fan_in = dict(opening=9 * self.image_shape[0], layers=9 * self.channels,
+                              classifier=self.channels)[name.split(".")[0]]
             bound = 1.0 / np.sqrt(fan_in)
             shape = view.shape[1:] if name == "layers" and layer_init == "constant" else view.shape
             view[...] = rng.uniform(-bound, bound, shape)
 
+    def _conv_setup(self, channels, image_shape, width, opening):
+        """Check and keep the convolutional layers' options; the state width c H W."""
+        self.channels = check_int("channels", channels, least=1)
+        shape = np.asarray(image_shape if image_shape is not None else (), dtype=object)
+        if shape.shape != (3,) or not all(isinstance(v, (int, np.integer)) and v >= 1
+                                          for v in shape):
+            raise ConfigError(f"convolutional layers need image_shape (C_in, H, W), three "
+                              f"integers >= 1, got {image_shape!r}: give the data's image shape "
+                              "(an .npz with an 'image_shape' entry)")
+        self.image_shape = tuple(int(v) for v in shape)
+        if int(np.prod(self.image_shape)) != self.num_features:
+            raise ConfigError(f"image_shape {self.image_shape} has {int(np.prod(self.image_shape))}"
+                              f" pixel values, the data {self.num_features} features: give the "
+                              "image shape of the data")
+        if opening != "dense":
+            raise ConfigError(f"opening {opening!r} is not available with convolutional layers "
+                              "(their opening is a 3 x 3 convolution): use opening='dense'")
+        state = self.channels * self.image_shape[1] * self.image_shape[2]
+        if width is not None and width != state:
+            raise ConfigError(f"width is the dense layers' option; the convolutional state is "
+                              f"channels x H x W = {state}: leave width out (None)")
+        return state
+
     @property
     def config(self):
-        """The constructor arguments that fix the parameter shapes and the computation (JSON-able)."""
-        return dict(num_features=self.num_features, width=self.width,
+        """The constructor arguments that fix the parameter shapes and the computation
+        (JSON-able). A dense network's has no ``layer``, ``channels`` or ``image_shape`` (as
+        before they existed: its checkpoints are those of earlier versions)."""
+        conf = dict(num_features=self.num_features, width=self.width,
                     num_classes=self.num_classes, depth=self.depth, activation=self.activation,
                     final_time=self.final_time, opening=self.opening, tikhonov=self.tikhonov,
                     ddt_penalty=self.ddt_penalty, dtype=np.dtype(self.dtype).name,
                     layer_init=self.layer_init)
+        if self.layer == "conv":
+            conf.update(width=None, layer="conv", channels=self.channels,
+                        image_shape=list(self.image_shape))
+        return conf
 
     # -- nested iteration ----------------------------------------------------------------------
 
@@ -231,6 +310,11 @@ class ODENet(FlatParamModel):
 
     def _features(self, X):
         X = as_model_array(X, self.dtype)
+        if self.layer == "conv" and X.ndim == 4:
+            if X.shape[1:] != self.image_shape:
+                raise DataError(f"X holds images of shape {X.shape[1:]}, the model expects "
+                                f"{self.image_shape} (C_in, H, W): use images of that shape")
+            X = X.reshape(X.shape[0], -1)
         if X.ndim != 2:
             raise DataError(f"X must have shape (batch, features), got an array of shape {X.shape}")
         if X.shape[1] != self.num_features:
@@ -241,8 +325,21 @@ class ODENet(FlatParamModel):
             raise DataError("X is empty (no samples): need at least one")
         return np.ascontiguousarray(X)
 
+    def _opening_rows(self):
+        """The convolutional opening's weights as one layer row block (1, c, 9 C_in + 1)."""
+        c = self.channels
+        return np.concatenate([self.params["opening.weight"].reshape(c, -1),
+                               self.params["opening.bias"][:, None]], axis=1)[None]
+
+    def _images(self, Y):
+        """Y (B, C_in H W) as (1, B, C_in, H, W) (a view)."""
+        return Y.reshape((1, Y.shape[0]) + self.image_shape)
+
     def open(self, Y):
         """The opening layer: u_0 (B, w) and σ'(a_0) (B, w) (None for ``"copy"``)."""
+        if self.layer == "conv":
+            return self._act(conv2d(self._opening_rows(), self._images(Y))[0].reshape(
+                Y.shape[0], self.width))
         if self.opening == "copy":
             u0 = np.zeros((Y.shape[0], self.width), self.dtype)
             u0[:, :self.num_features] = Y
@@ -297,10 +394,26 @@ class ODENet(FlatParamModel):
         _check_solve(stats, solver, "forward", strict)
         logits = None
         if solver.is_last:
-            logits = linear_head(h_last, self.params["classifier.weight"],
+            logits = linear_head(self._pool(h_last), self.params["classifier.weight"],
                                  self.params["classifier.bias"])
         return solver.reduce(np.zeros(0, self.dtype), 0.0, logits,
                              (Y.shape[0], self.num_classes))[2]
+
+    def _pool(self, h):
+        """What the classifier reads of the last state h (B, w): h itself (dense), or its
+        average over the pixels (B, c) (conv)."""
+        if self.layer != "conv":
+            return h
+        return h.reshape(h.shape[0], self.channels, -1).mean(axis=2)
+
+    def _pool_vjp(self, dp, out):
+        """The cotangent of the last state from that of :meth:`_pool`'s result, into ``out``
+        (B, w)."""
+        if self.layer != "conv":
+            out[...] = dp
+            return
+        HW = self.image_shape[1] * self.image_shape[2]
+        out.reshape(out.shape[0], self.channels, HW)[...] = (dp / HW)[:, :, None]
 
     def predict(self, X, solver="serial", lengths=None, pad="end"):
         """Predicted classes, ndarray of shape (B,), int64."""
@@ -311,7 +424,11 @@ class ODENet(FlatParamModel):
     @property
     def _layer_span(self):
         """(start, stop) of the layers in :attr:`flat`."""
-        start = 0 if self.opening == "copy" else self.width * (self.num_features + 1)
+        start = 0
+        for name, shape in self._shapes:
+            if name == "layers":
+                break
+            start += int(np.prod(shape))
         return start, start + self.params["layers"].size
 
     def shared_slices(self):
@@ -493,9 +610,10 @@ class ODENet(FlatParamModel):
         loss, logits, lam_last = 0.0, None, None
         if solver.is_last:                       # the head
             lam_last = np.empty_like(h_last)
-            data, logits, lam_last[...] = softmax_cross_entropy_head(
-                h_last, self.params["classifier.weight"], self.params["classifier.bias"], y,
-                g["classifier.weight"], g["classifier.bias"])
+            data, logits, dpool = softmax_cross_entropy_head(
+                self._pool(h_last), self.params["classifier.weight"],
+                self.params["classifier.bias"], y, g["classifier.weight"], g["classifier.bias"])
+            self._pool_vjp(dpool, lam_last)
         if owned:       # each rank its layers' regularization; the shared parameters' on the last
             prev, nxt = self._neighbour_layers(solver, lo, hi)
             sq, dsq, shared_sq = self._reg_terms(grad, lo, hi, prev, nxt, solver.is_last)
@@ -521,8 +639,14 @@ class ODENet(FlatParamModel):
         g["layers"][lo:hi] += dxp
         if lam_first is not None:                # the opening, from the adjoint at point 0
             da0 = lam_first * d0
-            g["opening.weight"][...] += da0.T @ Y
-            g["opening.bias"][...] += da0.sum(axis=0)
+            if self.layer == "conv":
+                dw = conv2d_weight_vjp(da0.reshape((1, B, self.channels) + self.image_shape[1:]),
+                                       self._images(Y))[0]
+                g["opening.weight"][...] += dw[:, :-1].reshape(g["opening.weight"].shape)
+                g["opening.bias"][...] += dw[:, -1]
+            else:
+                g["opening.weight"][...] += da0.T @ Y
+                g["opening.bias"][...] += da0.sum(axis=0)
         t2 = time.perf_counter()
         grad, loss, logits = solver.reduce(grad, loss, logits, (B, self.num_classes),
                                            shared=self.shared_slices() if owned else None)
@@ -547,7 +671,7 @@ class ODENet(FlatParamModel):
                                                   model=self.config))
 
 
-__all__ = ["ODENet", "interpolate_layers", "inject_layers", "odenet_shapes"]
+__all__ = ["LAYER_KINDS", "ODENet", "interpolate_layers", "inject_layers", "odenet_shapes"]
 
 
 MODEL_TYPES["odenet"] = ODENet

@@ -23,7 +23,7 @@ from ..cells import CELLS, NewtonConfig
 from ..cells.odenet import ACTIVATIONS
 from ..errors import CheckpointError, ConfigError
 from ..io import check_output_path
-from ..odenet import INTERPOLATIONS, LAYER_INITS, OPENINGS
+from ..odenet import INTERPOLATIONS, LAYER_INITS, LAYER_KINDS, OPENINGS
 from ..optim import OPTIMIZERS, check_learning_rate, check_max_norm, check_momentum, \
     check_weight_decay
 from ..options import (FrozenDict, check_bool, check_choice, check_choices, check_int, check_real,
@@ -167,6 +167,11 @@ class ODENetSpec(ModelSpec):
         ODENet: gamma_ddt of the smoothness term over the layers.
     layer_init : {"constant", "independent"}
         ODENet: one initial draw for all layers, or one per layer.
+    layer : {"dense", "conv"}
+        ODENet: dense layers on feature vectors, or 3x3 convolutions on images (data with an
+        image shape, e.g. digits.npz); conv: opening convolution, classifier on the pixel mean.
+    channels : int
+        ODENet --layer conv: channels c of the convolutional layers (the state is c x H x W).
     nested_levels : int
         ODENet nested iteration: train networks of depth/nested_cf^K, ..., depth/nested_cf
         first (K = nested_levels; 0: off), each refined into the next (layers interpolated,
@@ -192,6 +197,8 @@ class ODENetSpec(ModelSpec):
     tikhonov: float = 1e-7
     ddt_penalty: float = 1e-5
     layer_init: str = field(default="constant", metadata={"flag": {"choices": LAYER_INITS}})
+    layer: str = field(default="dense", metadata={"flag": {"choices": LAYER_KINDS}})
+    channels: int = 8
     nested_levels: int = 0
     nested_cf: int = 2
     nested_interp: str = field(default="constant", metadata={"flag": {"choices": INTERPOLATIONS}})
@@ -200,8 +207,19 @@ class ODENetSpec(ModelSpec):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("depth", "width", "nested_cf"):
+        for name in ("depth", "width", "nested_cf", "channels"):
             check_int(name, getattr(self, name), least=1)
+        check_choice("layer", self.layer, LAYER_KINDS)
+        # The one rule for options that do not apply, between the spec's own fields (so not a
+        # row of _APPLIES_ONLY, whose table-driven tests know no --layer conv setting).
+        for layer, names, owner in (
+                ("conv", ("width", "opening"), "--layer dense (the conv state is channels x H x W, "
+                 "its opening a convolution)"),
+                ("dense", ("channels",), "--layer conv (convolutional ODENet layers)")):
+            for name in names if self.layer == layer else ():
+                if getattr(self, name) != type(self).__dataclass_fields__[name].default:
+                    raise ConfigError(f"--{name} is an option of {owner}, not of --layer "
+                                      f"{layer}: drop it")
         check_int("nested_levels", self.nested_levels, least=0)
         check_real("final_time", self.final_time, low=0, low_open=True)
         for name in ("tikhonov", "ddt_penalty"):
@@ -450,8 +468,8 @@ class RunSpec:
 #: ``model`` (the model spec's name) and the fields of the four specs.
 SETTINGS = ("model", "data", "seq_len", "num_classes", "lengths", "pad", "cell", "newton_options",
             "hidden", "layers", "dtype", "dt", "depth", "width", "activation", "final_time",
-            "opening", "tikhonov", "ddt_penalty", "layer_init", "nested_levels", "nested_cf",
-            "nested_interp", "nested_epochs", "nested_target_acc", "epochs", "batch_size",
+            "opening", "tikhonov", "ddt_penalty", "layer_init", "layer", "channels", "nested_levels",
+            "nested_cf", "nested_interp", "nested_epochs", "nested_target_acc", "epochs", "batch_size",
             "optimizer", "lr", "momentum", "weight_decay", "clip", "seed", "solver",
             "solver_options", "data_parallel", "threads", "checkpoint", "resume",
             "resume_or_start", "overwrite", "log", "max_batches", "gradient_check",

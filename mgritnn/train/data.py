@@ -101,7 +101,8 @@ class TrainData:
             check_last_batch(len(ds.y_train), cfg)
         if check_memory is not None:
             check_memory(ds, len(ds.y_train) if full_batch else cfg.batch_size)
-        self.standardizer = datasets.Standardizer.fit(ds.X_train, ds.len_train, ds.pad)
+        self.standardizer = datasets.Standardizer.fit(ds.X_train, ds.len_train, ds.pad,
+                                                      image_shape=ds.image_shape)
         dtype = np.dtype(cfg.dtype)
         self.X_train = self.standardizer.transform(ds.X_train, dtype, ds.len_train, ds.pad)
         self.X_test = self.standardizer.transform(ds.X_test, dtype, ds.len_test, ds.pad)

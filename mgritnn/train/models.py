@@ -4,7 +4,7 @@ gradient, its epoch record's fields, whether its ranks can own their layers' upd
 import numpy as np
 
 from ..cells import NewtonConfig, NewtonGRUCell
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..memory import check_memory, check_training_memory, odenet_memory_estimate
 from ..model import GRUClassifier
 from ..odenet import ODENet, odenet_shapes
@@ -33,8 +33,9 @@ class GRUAdapter:
     grad_options = {"scaled": True}
 
     @staticmethod
-    def build(cfg, num_features, num_classes, depth=None):
-        """The untrained model of ``cfg`` with ``num_features`` inputs per step."""
+    def build(cfg, num_features, num_classes, depth=None, image_shape=None):
+        """The untrained model of ``cfg`` with ``num_features`` inputs per step (``image_shape``
+        unused)."""
         return GRUClassifier(num_features, cfg.hidden, num_classes, num_layers=cfg.layers,
                              cell=_make_cell(cfg), dtype=cfg.dtype, seed=cfg.seed, dt=cfg.dt)
 
@@ -71,23 +72,35 @@ class ODENetAdapter:
     grad_options = {}
 
     @staticmethod
-    def build(cfg, num_features, num_classes, depth=None):
+    def build(cfg, num_features, num_classes, depth=None, image_shape=None):
         """The untrained network of ``cfg`` of ``depth`` layers (default ``cfg.depth``; nested
-        iteration's coarse levels are shallower) on ``num_features`` features."""
-        return ODENet(num_features, cfg.width, num_classes, depth or cfg.depth,
-                      activation=cfg.activation, final_time=cfg.final_time, opening=cfg.opening,
-                      tikhonov=cfg.tikhonov, ddt_penalty=cfg.ddt_penalty, dtype=cfg.dtype,
-                      seed=cfg.seed, layer_init=cfg.layer_init)
+        iteration's coarse levels are shallower) on ``num_features`` features; with
+        ``--layer conv``, on images of ``image_shape`` (C, H, W) (the data's,
+        :attr:`~mgritnn.datasets.Dataset.image_shape`; a DataError without one)."""
+        conv = {}
+        if cfg.layer == "conv":
+            if image_shape is None:
+                raise DataError("--layer conv needs images, but the data has no image shape: "
+                                "give a .npz with X (N, C, H, W), or X (N, F) and an "
+                                "'image_shape' entry [C, H, W] (e.g. digits.npz), or use "
+                                "--layer dense")
+            conv = dict(layer="conv", channels=cfg.channels, image_shape=image_shape)
+        return ODENet(num_features, None if conv else cfg.width, num_classes,
+                      depth or cfg.depth, activation=cfg.activation, final_time=cfg.final_time,
+                      opening=cfg.opening, tikhonov=cfg.tikhonov, ddt_penalty=cfg.ddt_penalty,
+                      dtype=cfg.dtype, seed=cfg.seed, layer_init=cfg.layer_init, **conv)
 
     @staticmethod
     def check_memory(cfg, ds, batch, time_ranks):
         """Raise when one rank's network (all its parameters), optimizer and share of a batch of
         ``batch`` samples (its ``depth / time_ranks`` layers' states) do not fit in memory."""
-        P = sum(int(np.prod(s)) for _, s in odenet_shapes(ds.num_channels, cfg.width,
-                                                            ds.num_classes, cfg.depth,
-                                                            cfg.opening))
+        conv = cfg.layer == "conv" and ds.image_shape is not None
+        shapes = odenet_shapes(ds.num_channels, cfg.width, ds.num_classes, cfg.depth, cfg.opening,
+                               *(("conv", cfg.channels, ds.image_shape) if conv else ()))
+        P = sum(int(np.prod(s)) for _, s in shapes)
+        width = cfg.channels * int(np.prod(ds.image_shape[1:])) if conv else cfg.width
         check_memory(odenet_memory_estimate(
-            P, cfg.width, cfg.dtype, -(-batch // cfg.data_parallel), -(-cfg.depth // time_ranks),
+            P, width, cfg.dtype, -(-batch // cfg.data_parallel), -(-cfg.depth // time_ranks),
             "sgd" if cfg.optimizer == "lbfgs" else cfg.optimizer))
 
     @staticmethod
@@ -116,9 +129,10 @@ def adapter_for(cfg):
     return ADAPTERS[cfg.model]
 
 
-def build_model(cfg, num_features, num_classes, depth=None):
+def build_model(cfg, num_features, num_classes, depth=None, image_shape=None):
     """The untrained model of ``cfg`` (the one factory of the trainer, its warm-up and resume):
     a :class:`GRUClassifier` (``cfg.model == "gru"``) with ``num_features`` inputs per step, or
     an :class:`~mgritnn.odenet.ODENet` of ``depth`` layers (default ``cfg.depth``; nested
-    iteration's coarse levels are shallower) on ``num_features`` features."""
-    return adapter_for(cfg).build(cfg, num_features, num_classes, depth)
+    iteration's coarse levels are shallower) on ``num_features`` features (``image_shape``:
+    the data's, for ``--layer conv``)."""
+    return adapter_for(cfg).build(cfg, num_features, num_classes, depth, image_shape)

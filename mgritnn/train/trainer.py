@@ -113,13 +113,20 @@ def make_run_solver(cfg, comm):
     return planned_solver(cfg.solver, cfg.solver_options, comm)
 
 
+def model_for(cfg, data, depth):
+    """The untrained model of ``cfg`` of ``depth`` for the :class:`TrainData` ``data``: its
+    features, classes and (``--layer conv``) image shape."""
+    return build_model(cfg, data.X_train.shape[-1], data.ds.num_classes, depth,
+                       data.ds.image_shape)
+
+
 def compile_kernels(cfg, data, depth):
     """Compile (or load from numba's cache) the kernels of a run: one gradient of a throw-away
     model of ``depth`` (its first level) on one data group's share of the first samples of
     ``data``, by the run's solver on this rank alone, and the serial forward of the evaluation.
     The run's model, solver and counters are untouched."""
     X_train, y_train = data.X_train, data.ds.y_train
-    model = build_model(cfg, X_train.shape[-1], data.ds.num_classes, depth)
+    model = model_for(cfg, data, depth)
     rows = len(np.array_split(np.arange(min(cfg.batch_size, len(X_train))),
                               cfg.data_parallel)[0])
     X, y = X_train[:rows], y_train[:rows]
@@ -212,7 +219,7 @@ class Trainer:
         self.checkpointer.check_space(self.model, self.opt_state, self.standardizer)
 
     def _build(self, depth):
-        return build_model(self.cfg, self.X_train.shape[-1], self.ds.num_classes, depth)
+        return model_for(self.cfg, self.data, depth)
 
     def _fresh_optimizer_state(self):
         self.opt_state = EmptyState() if self.opt is None else self.opt.init(self.model.flat)
