@@ -255,7 +255,9 @@ def cmd_train(a):
     comm = get_comm()
     if comm.Get_rank() == 0:
         opts = "".join(f" {k}={v}" for k, v in cfg.solver_options.items())
-        model = (f"model=odenet depth={cfg.depth} width={cfg.width} activation={cfg.activation} "
+        layer = (f"layer=conv channels={cfg.channels}" if cfg.layer == "conv" else
+                 f"width={cfg.width}")
+        model = (f"model=odenet depth={cfg.depth} {layer} activation={cfg.activation} "
                  f"final_time={cfg.final_time}"
                  + (f" nested={cfg.nested_levels}x{cfg.nested_cf}" if cfg.nested_levels else "")
                  if cfg.model == "odenet" else

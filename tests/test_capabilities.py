@@ -6,9 +6,10 @@ anywhere in its class hierarchy, :class:`Cell` included); :func:`without` hides 
 import numpy as np
 import pytest
 
-from mgritnn.cells import (CAPABILITIES, CELLS, Cell, Core, DahlquistCell, DahlquistWeights,
-                           DiagonalNewton, FusedChains, FusedSequence, LayerNewton, NewtonGRUCell,
-                           ODENetCell, get_cell, has, missing, without)
+from mgritnn.cells import (CAPABILITIES, CELLS, Cell, ConvODENetCell, Core, DahlquistCell,
+                           DahlquistWeights, DiagonalNewton, FusedChains, FusedSequence,
+                           LayerNewton, NewtonGRUCell, ODENetCell, get_cell, has, missing,
+                           without)
 from mgritnn.errors import ConfigError
 
 SEQ, CHAINS, LAYERS, DIAG = FusedSequence, FusedChains, LayerNewton, DiagonalNewton
@@ -22,6 +23,7 @@ EXPECTED = {
     "implicit-newton": {SEQ, LAYERS},
     "dahlquist": {LAYERS},
     "odenet": {CHAINS},
+    "conv-odenet": set(),
 }
 
 #: The methods of each capability, by hand.
@@ -40,7 +42,8 @@ METHODS = {
 def all_cells():
     """Every registered cell (``CELLS``) and the others: Dahlquist, the ODENet's, a Newton cell."""
     cells = {name: get_cell(name) for name in CELLS}
-    cells.update(dahlquist=DahlquistCell(), odenet=ODENetCell(), newton=NewtonGRUCell())
+    cells.update(dahlquist=DahlquistCell(), odenet=ODENetCell(), newton=NewtonGRUCell(),
+                 **{"conv-odenet": ConvODENetCell(4, 3, 3)})
     return cells
 
 
@@ -49,7 +52,7 @@ def expected(name):
 
 
 def test_every_cell_is_in_the_table():
-    assert set(CELLS) | {"dahlquist", "odenet"} == set(EXPECTED)
+    assert set(CELLS) | {"dahlquist", "odenet", "conv-odenet"} == set(EXPECTED)
 
 
 def test_the_capabilities_and_their_methods():

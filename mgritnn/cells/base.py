@@ -63,6 +63,7 @@ GRUCell (classic, implicit, matched-*)   yes   yes       yes     yes     yes
 NewtonGRUCell (implicit-newton)          yes   yes       no      yes     no
 DahlquistCell                            yes   no        no      yes     no
 ODENetCell                               yes   no        yes     no      no
+ConvODENetCell                           yes   no        no      no      no
 =======================================  ====  ========  ======  ======  ========
 
 Beyond the protocols, a cell whose :meth:`sequence_vjp` takes ``scaled=True`` (the adjoint's scale

@@ -37,7 +37,7 @@ import numpy as np
 from ..config import JIT
 from ..errors import ConfigError
 from .base import Cell
-from .odenet import get_activation
+from .odenet import get_activation, step_rows
 
 #: The side of the square kernels.
 KSIZE = 3
@@ -257,18 +257,9 @@ class ConvODENetCell(Cell):
 
     @staticmethod
     def _dt(dt, u):
-        """Step sizes as (K, B_or_1, 1), u's dtype, and the mask (same shape) of the zero ones."""
-        d = np.asarray(dt, u.dtype)
-        K, B = u.shape[0], u.shape[1]
-        if d.ndim == 0:
-            d = np.broadcast_to(d, (K,))
-        if d.ndim == 1 and d.shape == (K,):
-            d = d[:, None, None]
-        elif d.shape == (K, B):
-            d = d[:, :, None]
-        else:
-            raise ConfigError(f"step sizes of shape {d.shape} for states {u.shape}: give a "
-                              f"scalar, (K,) or (K, B)")
+        """Step sizes as (K, B, 1), u's dtype (:func:`~mgritnn.cells.odenet.step_rows`), and the
+        mask (same shape) of the zero ones."""
+        d = step_rows(dt, u)[:, :, None]
         return d, d == 0
 
     def _preact(self, x, u):

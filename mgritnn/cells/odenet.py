@@ -109,6 +109,25 @@ def _rows(dt, B, dtype):
     return np.ascontiguousarray(np.broadcast_to(d, (d.shape[0], B)))
 
 
+def step_rows(dt, u):
+    """The step sizes of K steps of the states ``u`` (K, B, ...) as the layer kernels take them:
+    (K, B), ``u``'s dtype, C-contiguous, from a scalar, (K,) or (K, B) (a ConfigError
+    otherwise). Both ODENet cells (dense and convolutional) take their step sizes so."""
+    d = np.asarray(dt, u.dtype)
+    K, B = u.shape[0], u.shape[1]
+    if d.ndim == 0:
+        d = np.broadcast_to(d, (K,))
+    if d.ndim == 1:
+        if d.shape != (K,):
+            raise ConfigError(f"step sizes of shape {d.shape} for {K} states: give a scalar, "
+                              f"(K,) or (K, B)")
+        d = d[:, None]
+    elif d.shape != (K, B):
+        raise ConfigError(f"step sizes of shape {d.shape} for states {u.shape}: give a "
+                          f"scalar, (K,) or (K, B)")
+    return np.ascontiguousarray(np.broadcast_to(d, (K, B)))
+
+
 class ODENetCell(Cell):
     """One residual layer per step, :math:`u' = u + \\Delta t\\, \\sigma(W u + b)` (module docstring).
 
@@ -137,22 +156,7 @@ class ODENetCell(Cell):
         """The weights to pass to the solvers: :class:`ODENetWeights` of ``dtype``."""
         return ODENetWeights(np.dtype(dtype))
 
-    @staticmethod
-    def _dt(dt, u):
-        """Step sizes as the kernels take them: (K, B), u's dtype, C-contiguous."""
-        d = np.asarray(dt, u.dtype)
-        K, B = u.shape[0], u.shape[1]
-        if d.ndim == 0:
-            d = np.broadcast_to(d, (K,))
-        if d.ndim == 1:
-            if d.shape != (K,):
-                raise ConfigError(f"step sizes of shape {d.shape} for {K} states: give a scalar, "
-                                  f"(K,) or (K, B)")
-            d = d[:, None]
-        elif d.shape != (K, B):
-            raise ConfigError(f"step sizes of shape {d.shape} for states {u.shape}: give a "
-                              f"scalar, (K,) or (K, B)")
-        return np.ascontiguousarray(np.broadcast_to(d, (K, B)))
+    _dt = staticmethod(lambda dt, u: step_rows(dt, u))
 
     @staticmethod
     def _check(x, u):
