@@ -13,13 +13,10 @@ adjoint's power-of-two exponent carried from rank to rank (``mgritnn.solvers.pip
   are added in another order, and each rank's exponent differs, so values far below the largest
   contributions are flushed at other points).
 """
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from mpi_util import run_mpi, warm_numba_cache
+from mpi_util import load_mpi_script, run_mpi, warm_numba_cache
 from scaled_problems import exploding_model, true_direction
 
 TIMEOUT = 300.0
@@ -29,11 +26,7 @@ DIRECTION_TOL = 1e-5
 
 
 def _case_module():
-    spec = importlib.util.spec_from_file_location(
-        "scaled_case", Path(__file__).parent / "mpi" / "scaled_case.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_mpi_script("scaled_case")
 
 
 @pytest.fixture(scope="module")

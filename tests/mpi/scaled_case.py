@@ -19,7 +19,7 @@ import numpy as np
 from mpi4py import MPI
 
 from mgritnn.solvers import make_solver
-from mpi_util import finish_ranks
+from mpi_util import agree_with_rank_0, finish_ranks
 from scaled_problems import exploding_model
 
 #: (name, cell, layers, T)
@@ -38,16 +38,9 @@ def solve_case(cell, layers, T, comm=None):
 
 def main(argv):
     comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
     arrays, bad = {}, []
     for name, cell, layers, T in CASES:
-        res = solve_case(cell, layers, T, comm)
-        ref = comm.bcast(res if rank == 0 else None, root=0)
-        for key, value in res.items():
-            if not np.array_equal(value, ref[key]):
-                bad.append(f"rank {rank}/{size} {name}: {key} differs from rank 0's")
-        if rank == 0:
-            arrays.update({f"{name}_{k}": v for k, v in res.items()})
+        agree_with_rank_0(comm, name, solve_case(cell, layers, T, comm), bad, arrays)
     return finish_ranks(comm, bad, argv[0], arrays)
 
 
