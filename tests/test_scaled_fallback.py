@@ -7,6 +7,8 @@ adjoint's power-of-two exponent carried from rank to rank (``mgritnn.solvers.pip
 * one process: bit for bit the serial solver's scaled gradient and exponent (classic and implicit
   cells, 1 and 2 layers), where the unscaled gradient is inf;
 * a batch without overflow: exponent 0, still the serial gradient bit for bit;
+* MGRIT with one level (the gradient checks' exact solver) is that sweep; the trainer's gradient
+  check of an exploding batch compares true directions (its exact gradient scaled as well);
 * P = 2, 3, 4 ranks (``tests/mpi/scaled_case.py``, one launch per P, with a timeout; every rank
   returns the same results, checked in the script): the serial loss bit for bit and the serial
   gradient's true direction to float32 round-off (the ranks' sums of the parameter gradients
@@ -16,6 +18,11 @@ adjoint's power-of-two exponent carried from rank to rank (``mgritnn.solvers.pip
 import numpy as np
 import pytest
 
+from mgritnn.solvers import MGRITConfig, make_solver
+from mgritnn.train.config import TrainConfig
+from mgritnn.train.data import Batch
+from mgritnn.train.quality import GradientQuality
+from mgritnn.train.ranks import _Ranks
 from mpi_util import load_mpi_script, run_mpi, warm_numba_cache
 from scaled_problems import exploding_model, true_direction
 
@@ -79,3 +86,29 @@ def test_p_ranks_fallback_has_the_serial_direction(tmp_path, serial, P):
             dist = np.linalg.norm(true_direction(z[f"{name}_grad"], z[f"{name}_exponent"])
                                   - true_direction(g, E))
             assert dist < DIRECTION_TOL, f"P={P} {name}: direction off by {dist:.2e}"
+
+
+def test_one_level_mgrit_adjoint_is_the_scaled_serial_sweep():
+    """MGRIT with one level (the gradient checks' exact solver) scales its adjoint as serial."""
+    m, X, y = exploding_model("classic", 2, T=1000)
+    _, g, info = m.loss_and_grad_flat(X, y, scaled=True)
+    _, g1, info1 = m.loss_and_grad_flat(X, y, MGRITConfig(levels=1), scaled=True)
+    assert info1["exponent"] == info["exponent"] >= 128 and not info1["adjoint"].fallback
+    np.testing.assert_array_equal(g1, g)
+
+
+def test_gradient_check_of_an_exploding_batch_compares_the_true_directions():
+    """The check's exact gradient keeps its scale apart too (the model's ``scaled``), so an
+    exploding batch is compared at its true direction (cosine 1 against MGRIT's exact fallback)
+    instead of against inf (a NaN cosine, and the exact inf gradient taken: the run's end)."""
+    m, X, y = exploding_model("classic", 1, T=1000)
+    cfg = TrainConfig.from_settings(dict(clip=1.0, gradient_check=1, solver="mgrit"))
+    solver = make_solver("mgrit", options=dict(preset="train"))
+    quality = GradientQuality(cfg, solver, _Ranks(None, 1), 1, grad_options={"scaled": True})
+    loss, g, info = m.loss_and_grad_flat(X, y, solver, scaled=True)
+    assert info["exponent"] >= 128 and info["adjoint"].fallback
+    g = quality.unscale(g, info["exponent"])
+    batch = Batch(0, 0, np.arange(len(y)), np.arange(len(y)), X, y, None)
+    g2, _, _, rec = quality.check(m, batch, g, loss, info, "end")
+    assert rec["cosine"] > 1 - 1e-6 and not rec["used_exact"] and np.all(np.isfinite(g2))
+    assert np.linalg.norm(g2.astype(np.float64)) == pytest.approx(1.0, rel=1e-5)   # clipped
