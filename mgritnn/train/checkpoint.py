@@ -299,6 +299,9 @@ class Checkpointer:
         arrays = _checkpoint_arrays(model, state_to_arrays(opt_state), standardizer)
         size = (sum(np.asarray(a).nbytes for a in arrays.values()) + 1024 * (len(arrays) + 1)
                 + 32 * 1024 + 4 * 1024 * self.cfg.epochs)
+        if getattr(model, "is_block", False):   # the file holds the whole network's rows
+            like = sum(1 for a in arrays.values() if np.shape(a) == model.flat.shape)
+            size += (model.full_size - model.flat.size) * model.flat.itemsize * (1 + like)
         check_free_space(self.cfg.checkpoint, "--checkpoint", size)
 
     def save(self, epoch, model, optim_arrays, solver, standardizer, rng, history, ds, extra):

@@ -213,6 +213,7 @@ class Trainer:
             lambda g: self.model.grad_norm(g, self.solver))
         self.lbfgs = LBFGSDriver(self) if self.opt is None else None
         self.layers = OwnedLayers(self.solver, self.owned)
+        self.model = self.layers.localize(self.model)      # owned: this rank's block only
         self._fresh_optimizer_state()
         self.rng = np.random.default_rng(cfg.seed)
         self.history, self.start_epoch = [], 0
@@ -229,7 +230,7 @@ class Trainer:
         (:meth:`Checkpointer.resume`)."""
         arrays, meta = self.checkpointer.read()
         if self.schedule.restore(meta):         # a coarse level of nested iteration
-            self.model = self._build(self.schedule.depth)
+            self.model = self.layers.localize(self._build(self.schedule.depth))
             self._fresh_optimizer_state()
         self.opt_state, self.start_epoch, self.history = self.checkpointer.resume(
             arrays, meta, self.model, self.opt, self.opt_state, self.rng, self.solver,
@@ -296,8 +297,10 @@ class Trainer:
         return self.layers.state_arrays(self.model, state)
 
     def sync_layers(self):
-        """Owned layers: every layer of :attr:`model` current on every rank (collective)."""
-        self.layers.sync(self.model)
+        """Owned layers: :attr:`model` becomes the whole network, the same on every rank
+        (collective; :meth:`OwnedLayers.gathered`): the end of training (a block model's
+        optimizer state does not fit the whole network)."""
+        self.model = self.layers.gathered(self.model)
 
     def fit(self):
         """Train from :attr:`start_epoch` to the end (nested iteration: each level, coarsest
@@ -324,7 +327,8 @@ class Trainer:
         """Nested iteration: the refined model, a fresh optimizer state, the losses reported."""
         coarse = self.model
         before = self.evaluate(coarse, train=True)[0]["loss"]
-        self.model = self.schedule.refine(coarse, epoch)
+        self.model = self.layers.localize(self.schedule.refine(self.layers.gathered(coarse),
+                                                               epoch))
         after = self.evaluate(train=True)[0]["loss"]
         self._fresh_optimizer_state()
         self.reporter.refine(epoch, coarse.depth, self.model.depth, before, after)
@@ -361,12 +365,14 @@ class Trainer:
         """Loss and accuracy of ``model`` (default: the run's) on the test set (``train``: the
         training set), collective; :func:`evaluate`'s dict and the seconds it took."""
         t0 = time.perf_counter()
-        if model is None or model is self.model:
-            self.sync_layers()
+        model = self.model if model is None else model
+        if model is self.model:
+            self.layers.sync(model)
         X, y, lengths = self.data.split(train)
+        # a block model's forward is pipelined over its time ranks: they do the same batches
+        comm = self.ranks.data if getattr(model, "is_block", False) else self.ranks.world
         with self.running():
-            result = evaluate(self.model if model is None else model, X, y,
-                              comm=self.ranks.world, lengths=lengths, pad=self.data.pad)
+            result = evaluate(model, X, y, comm=comm, lengths=lengths, pad=self.data.pad)
         return result, time.perf_counter() - t0
 
     def log(self, rec, flush=False):
@@ -375,10 +381,9 @@ class Trainer:
 
     def checkpoint(self, epoch):
         """Write the checkpoint after ``epoch`` epochs (collective; :meth:`Checkpointer.save`)."""
-        self.checkpointer.save(epoch, self.model,
-                               self.layers.checkpoint_arrays(self.model, self.opt_state),
-                               self.solver, self.standardizer, self.rng, self.history, self.ds,
-                               self.schedule.checkpoint_fields())
+        model, arrays = self.layers.checkpoint_arrays(self.model, self.opt_state)
+        self.checkpointer.save(epoch, model, arrays, self.solver, self.standardizer, self.rng,
+                               self.history, self.ds, self.schedule.checkpoint_fields())
 
     def close(self, quiet=False):
         """Close the log (``quiet``: ignore an error while closing it)."""
