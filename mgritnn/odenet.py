@@ -680,11 +680,31 @@ class ODENet(FlatParamModel):
         start, stop = self._layer_span
         x = grad.astype(np.float64, copy=False)
         own = x[start:stop]
+        if self.is_block:
+            own = self._padded_rows(own)
         sq = np.array([own.dot(own)])
         if self._owns_layers(solver):
             sq = solver.tc.allreduce(sq)
         shared = sum(float(x[s].dot(x[s])) for s in self.shared_slices())
         return float(np.sqrt(sq[0] + shared))
+
+    #: The alignment of :meth:`_padded_rows` (a multiple of any dot kernel's unrolling).
+    _PAD = 1024
+
+    def _padded_rows(self, own):
+        """A block model's layer rows ``own`` (flat, float64) between zeros such that the dot
+        product's blocked sums see them at the positions (mod :attr:`_PAD`) they have in the whole
+        network's layer span (which holds zeros elsewhere), and with as many elements after them
+        up to that alignment: ``own.dot(own)`` then has the whole span's bits (adding squares of
+        zeros changes no partial sum). A new array of own.size + at most 3 :attr:`_PAD`."""
+        lo, hi = self.held_layers
+        row = own.size // max(hi - lo, 1)
+        before, after = lo * row, (self.depth - hi) * row
+        pre = before % self._PAD
+        post = after if after < 2 * self._PAD else self._PAD + after % self._PAD
+        out = np.zeros(pre + own.size + post)
+        out[pre:pre + own.size] = own
+        return out
 
     def _neighbour_layers(self, solver, lo, hi):
         """The layers lo - 1 and hi (None at the ends) from the neighbouring owners: one message

@@ -62,6 +62,17 @@ assert np.array_equal(b.gather_flat(b.local_flat(v)), v)
 c = ODENet(3, w, 4, N, activation="tanh", seed=9).block(solver)
 c.set_params(m.params)                          # the whole network's arrays: its rows
 assert np.array_equal(c.flat, b.flat)
+for width, depth in ((20, 13), (31, 50)):     # --clip's norm: the bits of the whole span's
+    big = ODENet(3, width, 4, depth, seed=2)
+    bb = big.block(solver)
+    full = np.random.default_rng(rank).normal(size=big.flat.size)
+    blo, bhi = bb.held_layers
+    rows = big.layer_rows(full)
+    rows[:blo] = 0
+    rows[bhi:] = 0
+    for s in big.shared_slices():
+        full[s] = np.random.default_rng(7).normal(size=full[s].size)
+    assert bb.grad_norm(bb.local_flat(full), solver) == big.grad_norm(full, solver)
 print(f"rank {rank}: ok block", flush=True)
 
 
