@@ -198,7 +198,17 @@ class Trainer:
         return thread_settings(self.threads)
 
     def _warm_up(self):
-        """:func:`compile_kernels` of this run (rank 0 first under MPI)."""
+        """:func:`compile_kernels` of this run (rank 0 first under MPI). A rank that stores only
+        its block of layers compiles them on a throw-away network of as many layers as its block
+        (the kernels are the same for every depth), not on a copy of the whole network, so that
+        its memory never holds the whole network's gradient and states; the whole depth where
+        the solver's hierarchy does not fit that one."""
+        if getattr(self.model, "is_block", False):
+            lo, hi = self.model.held_layers
+            try:
+                return compile_kernels(self.cfg, self.data, hi - lo)
+            except ConfigError:
+                pass
         compile_kernels(self.cfg, self.data, self.schedule.stages[0][0])
 
     def _setup_model(self, optimizer):
