@@ -11,6 +11,8 @@ opening, Adam, MGRIT over the layers, a small batch), takes ``--steps`` Adam ste
 * ``arrays``: the bytes of its parameters, one gradient and the optimizer's state (the arrays
   laid out like the parameters: ``model.flat``, a gradient like it, Adam's ``m`` and ``v``);
 * ``peak``: the peak resident memory of the process (``resource.getrusage(RUSAGE_SELF).ru_maxrss``);
+* ``built``: what the peak had grown to (over ``base``) once the trainer was built (the whole
+  network is initialized, then cut to the rank's block);
 * ``base``: the peak before the run's trainer was built (the interpreter, numba, mpi4py, and the
   kernels compiled on a small network), so ``peak - base`` is what the run's model, optimizer
   and batches added.
@@ -64,6 +66,7 @@ def main(argv=None):
     base = maxrss_mib()
     t0 = time.perf_counter()
     t = Trainer(config(args.width, args.depth, args.batch, args.steps), **quiet)
+    built = maxrss_mib()
     for batch in t.batches(0):
         t.step(batch)
     peak = maxrss_mib()
@@ -74,6 +77,7 @@ def main(argv=None):
     mine = dict(rank=rank, layers=[lo, hi], stored_layers=int(t.model.params["layers"].shape[0]),
                 arrays=round(arrays, 2), params=round(flat.nbytes / 2 ** 20, 2),
                 peak=round(peak, 1), base=round(base, 1), added=round(peak - base, 1),
+                built=round(built - base, 1),
                 seconds=round(time.perf_counter() - t0, 1))
     every = comm.gather(mine, root=0)
     if rank == 0:
