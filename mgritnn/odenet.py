@@ -52,9 +52,13 @@ Two ways to combine the ranks' gradients (``loss_and_grad_flat(..., owned=...)``
   :meth:`ODENet.sync_layers` (one ``Allgatherv`` of the owned blocks) makes them current before
   anything reads all layers (the trainer: evaluation, checkpoints, the end of training).
 
-Known limitation: **the weights are still stored on every rank** (the flat buffer holds all N
-layers everywhere), so memory does not yet shrink with the number of ranks; the work and, with
-owned layers, the communication do.
+Layer-parallel memory: the trainer's ranks store only their layers. :meth:`ODENet.block` cuts
+the network to a rank's **block model** (its ``flat`` holds the opening, the layers [lo, hi) and
+the classifier; the gradient and the optimizer state are laid out alike), whose
+``loss_and_grad_flat(..., owned=True)`` gives the bits above, whose serial :meth:`ODENet.forward`
+is pipelined over the time ranks, and whose :meth:`ODENet.gathered` gives the whole network back
+(checkpoints, nested iteration, the end of training). A model built by the constructor stores all
+layers.
 
 References
 ----------
