@@ -114,6 +114,15 @@ for opt, n_state in (("adam", 2), ("sgd", 1)):
         assert meta["model"] == fmeta["model"]
     print(f"rank {rank}: ok train {opt}", flush=True)
 
+if P == 4:                  # 2 data groups x 2 time ranks: the groups' blocks are alike
+    t = trainer(Trainer, data_parallel=2)
+    assert t.owned and t.model.is_block and t.model.held_layers == t.solver.local_steps(8)
+    model, hist = t.fit()
+    fmodel, fhist = trainer(FullTrainer, data_parallel=2).fit()
+    assert np.array_equal(model.flat, fmodel.flat) and same_everywhere(model.flat)
+    assert hist[-1]["test_loss"] == fhist[-1]["test_loss"]
+print(f"rank {rank}: ok data groups", flush=True)
+
 # -- a checkpoint of P ranks resumes on P - 1 (one process for P = 2) ------------------------------
 ck = tmp / "block-adam.npz"
 arrays, _ = read_npz(ck)
