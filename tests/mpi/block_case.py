@@ -73,6 +73,17 @@ for width, depth in ((20, 13), (31, 50)):     # --clip's norm: the bits of the w
     for s in big.shared_slices():
         full[s] = np.random.default_rng(7).normal(size=full[s].size)
     assert bb.grad_norm(bb.local_flat(full), solver) == big.grad_norm(full, solver)
+conv = ODENet(16, None, 3, 11, activation="tanh", layer="conv", channels=2, image_shape=(1, 4, 4),
+              layer_init="independent", seed=3, tikhonov=1e-3, ddt_penalty=1e-2)
+cb = conv.block(solver)
+clo, chi = solver.local_steps(11)
+assert cb.params["layers"].shape == (chi - clo, 2, 19)
+Xc, yc = rng.normal(size=(6, 16)), rng.integers(0, 3, 6)
+ref = conv.loss_and_grad_flat(Xc, yc, solver, owned=True)
+got = cb.loss_and_grad_flat(Xc, yc, solver, owned=True)
+assert got[0] == ref[0] and np.array_equal(got[1], cb.local_flat(ref[1]))
+assert np.array_equal(cb.forward(Xc), conv.forward(Xc, "serial"))
+assert np.array_equal(cb.gathered().flat, conv.flat)
 print(f"rank {rank}: ok block", flush=True)
 
 
