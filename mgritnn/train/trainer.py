@@ -22,7 +22,7 @@ from ..errors import ConfigError, DivergenceError, SolverError
 from ..optim import EmptyState, apply_updates, chain, clip_by_global_norm, make_optimizer
 from ..runtime import blas_threads, compile_rank0_first, numba_threads
 from ..plan import planned_solver
-from .checkpoint import Checkpointer, all_finite
+from .checkpoint import Checkpointer, all_finite, block_cut
 from .data import TrainData
 from .lbfgs import LBFGSDriver
 from .metrics import evaluate
@@ -238,7 +238,9 @@ class Trainer:
     def resume(self):
         """Continue the checkpoint of the config: its level of nested iteration, then the rest
         (:meth:`Checkpointer.resume`)."""
-        arrays, meta = self.checkpointer.read()
+        # owned: each rank keeps its rows of each of the whole network's arrays as it is read
+        cut = (lambda meta: block_cut(meta, self.solver.local_steps)) if self.owned else None
+        arrays, meta = self.checkpointer.read(cut)
         if self.schedule.restore(meta):         # a coarse level of nested iteration
             self.model = self.layers.localize(self._build(self.schedule.depth))
             self._fresh_optimizer_state()

@@ -19,6 +19,7 @@ from mgritnn.io import read_npz
 from mgritnn.odenet import ODENet
 from mgritnn.solvers import MGRITConfig, make_solver
 from mgritnn.train import TrainConfig, Trainer
+from mgritnn.train.checkpoint import block_cut
 
 comm = MPI.COMM_WORLD
 rank, P = comm.Get_rank(), comm.Get_size()
@@ -148,6 +149,11 @@ if sub != MPI.COMM_NULL:
         got = getattr(t.opt_state, key)
         assert got.shape == t.model.flat.shape
         assert np.array_equal(got, t.model.local_flat(arrays[f"optim/{key}"]))
+    if t.owned:                 # the checkpoint read row by row: this rank's rows only
+        part, _ = t.checkpointer.read(lambda meta: block_cut(meta, t.solver.local_steps))
+        blo, bhi = t.model.held_layers
+        assert np.array_equal(part["layers"], arrays["layers"][blo:bhi])
+        assert np.array_equal(part["optim/m"], t.model.local_flat(arrays["optim/m"]))
     model, hist = t.fit()
     assert len(hist) == 2 and model.flat.size == model.full_size
     print(f"rank {rank}: ok resume on {P - 1}", flush=True)
