@@ -403,7 +403,7 @@ class ODENet(FlatParamModel):
         Y = self._features(X)
         solver = self._solver(solver)
         if self.is_block and not self._owns_layers(solver):
-            return self._pipelined_forward(Y, solver, strict)
+            return self.pipelined_logits([Y], solver, strict)[0]
         *_, h_last, _, stats, _ = self._solve(Y, solver, keep=False)
         _check_solve(stats, solver, "forward", strict)
         logits = None
@@ -413,25 +413,52 @@ class ODENet(FlatParamModel):
         return solver.reduce(np.zeros(0, self.dtype), 0.0, logits,
                              (Y.shape[0], self.num_classes))[2]
 
-    def _pipelined_forward(self, Y, solver, strict):
-        """A block model's logits (B, C) by the serial ``solver`` over its layers, pipelined
-        over the time ranks: the state u_lo from the previous rank, u_hi to the next, the
-        logits from the last rank to all (the bits of the whole network's serial forward)."""
-        tc = self._block_tc
-        if tc.rank == 0:
-            u, _ = self.open(Y)
-        else:
-            u = np.empty((Y.shape[0], self.width), self.dtype)
-        tc.recv_prev(u, "odenet-layers", index=2)
-        h, _, stats = solver.forward(self.cell, self.cell.weights(self.dtype),
-                                     self.params["layers"], u, self.dt, keep=False)
-        _check_solve(stats, solver, "forward", strict)
-        tc.send_next(h, "odenet-layers", index=2)
-        logits = np.empty((Y.shape[0], self.num_classes), self.dtype)
-        if tc.rank == tc.size - 1:
-            logits[...] = linear_head(self._pool(h), self.params["classifier.weight"],
-                                      self.params["classifier.bias"])
-        return tc.bcast(logits, root=tc.size - 1)
+    def pipelined_logits(self, batches, solver="serial", strict=True):
+        """A block model's logits of several batches by the serial sweep over its layers,
+        pipelined over the time ranks and over the batches (collective over the time ranks,
+        which must pass the same batches): for each batch the state u_lo comes from the
+        previous rank and u_hi goes to the next, so that rank r sweeps batch k while rank r + 1
+        sweeps batch k - 1; the last rank's logits are broadcast once at the end. Each batch's
+        logits are the bits of the whole network's :meth:`forward` with ``"serial"``.
+
+        Parameters
+        ----------
+        batches : list of array_like, each of shape (B_k, F)
+            Read on the first time rank only (the others need their lengths).
+        solver : str or solver
+            A serial solver (``"serial"``).
+        strict : bool
+            Raise :class:`~mgritnn.errors.SolverError` for a non-finite sweep (on the rank
+            whose sweep it was, after the broadcast).
+
+        Returns
+        -------
+        list of ndarray, shape (B_k, C), the model's dtype (on every time rank)
+        """
+        self._check_block_only("pipelined_logits()")
+        solver = self._solver(solver)
+        tc, w = self._block_tc, self.cell.weights(self.dtype)
+        sizes = [len(X) for X in batches]
+        logits = np.empty((sum(sizes), self.num_classes), self.dtype)
+        failed, i = [], 0
+        for X, n in zip(batches, sizes):
+            if tc.rank == 0:
+                u, _ = self.open(self._features(X))
+            else:
+                u = np.empty((n, self.width), self.dtype)
+            tc.recv_prev(u, "odenet-layers", index=2)
+            h, _, stats = solver.forward(self.cell, w, self.params["layers"], u, self.dt,
+                                         keep=False)
+            failed.append(stats)
+            tc.send_next(h, "odenet-layers", index=2)
+            if tc.rank == tc.size - 1:
+                logits[i:i + n] = linear_head(self._pool(h), self.params["classifier.weight"],
+                                              self.params["classifier.bias"])
+            i += n
+        tc.bcast(logits, root=tc.size - 1)
+        for stats in failed:
+            _check_solve(stats, solver, "forward", strict)
+        return np.split(logits, np.cumsum(sizes)[:-1])
 
     def _pool(self, h):
         """What the classifier reads of the last state h (B, w): h itself (dense), or its
@@ -642,6 +669,10 @@ class ODENet(FlatParamModel):
             lo, hi = self.held_layers
             params = dict(params, layers=np.asarray(params["layers"])[lo:hi])
         super().set_params(params)
+
+    def _check_block_only(self, what):
+        if not self.is_block:
+            raise ValueError(f"{what} is a block model's (ODENet.block)")
 
     def _check_block(self, what):
         if self.is_block:

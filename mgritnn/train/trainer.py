@@ -381,9 +381,10 @@ class Trainer:
         if model is self.model:
             self.layers.sync(model)
         X, y, lengths = self.data.split(train)
-        # a block model's forward is pipelined over its time ranks: they do the same batches
-        comm = self.ranks.data if getattr(model, "is_block", False) else self.ranks.world
+        comm = self.ranks.world
         with self.running():
+            if getattr(model, "is_block", False):       # its logits, then the same sums
+                model, comm = _BlockLogits(model, X, self.ranks), None
             result = evaluate(model, X, y, comm=comm, lengths=lengths, pad=self.data.pad)
         return result, time.perf_counter() - t0
 
@@ -407,6 +408,33 @@ class Trainer:
     def __exit__(self, exc_type, exc, tb):
         self.close(quiet=exc_type is not None)
         return False
+
+
+class _BlockLogits:
+    """A block model's logits of X for :func:`evaluate` (which then computes the loss and
+    accuracy as for any model): the batches of ``evaluate``'s size (100) shared over the data
+    groups (batch k on group k mod G), each group's swept by its time ranks in one pipeline
+    (:meth:`~mgritnn.odenet.ODENet.pipelined_logits`), gathered over the groups; ``forward``
+    hands them out batch by batch in order. Collective over the world."""
+
+    batch_size = 100
+
+    def __init__(self, model, X, ranks):
+        self.dtype, self.num_classes = model.dtype, model.num_classes
+        starts = list(range(0, len(X), self.batch_size))
+        mine = starts[ranks.group::ranks.groups]
+        got = model.pipelined_logits([X[i:i + self.batch_size] for i in mine])
+        parts = dict(zip(mine, got))
+        if ranks.groups > 1:
+            for d in ranks.data.allgather(parts):
+                parts.update(d)
+        self._next = iter([parts[i] for i in starts])
+
+    def forward(self, X, solver="serial", lengths=None, pad="end"):
+        """The next batch's logits (B, C) (``X`` is that batch; not read again)."""
+        out = next(self._next)
+        assert len(out) == len(X)
+        return out
 
 
 def solve_or_rescue(solve, solver, rescue, where, kept):
