@@ -160,8 +160,10 @@ class Trainer:
     ----------
     data, schedule, checkpointer, reporter, quality, layers, ranks, lbfgs : the parts
     model, opt, opt_state, rng : the model, its optimizer (None: L-BFGS) and state, the shuffle
+        (owned layers: ``model`` is this rank's block model, :meth:`~mgritnn.odenet.ODENet.block`,
+        and ``opt_state`` is laid out like its ``flat``; after :meth:`fit` the whole network)
     history, start_epoch : the epoch records so far, and the epochs done before this run
-    owned : whether the ranks own their layers' updates (:mod:`.owned`)
+    owned : whether the ranks own their layers' updates and store only them (:mod:`.owned`)
     times : dict of str to float, the seconds of this epoch in data, forward, adjoint, wait, ...
     """
 
@@ -316,7 +318,8 @@ class Trainer:
 
     def fit(self):
         """Train from :attr:`start_epoch` to the end (nested iteration: each level, coarsest
-        first, :meth:`refine` between them), close the log; returns the model and history."""
+        first, :meth:`refine` between them), close the log; returns the model (the whole
+        network, the same on every rank) and history."""
         with self:                      # closes the log, quietly with an error in flight
             with self.running():
                 epoch = self.start_epoch
