@@ -154,13 +154,16 @@ _ODENET_FLAGS = ("--width or --depth", "--batch-size (or --width, --depth)")
 
 
 def odenet_memory_estimate(parameters, width, dtype="float64", batch=0, depth=0, optimizer=None,
-                           keep=True):
+                           keep=True, stored=None):
     """A lower bound of the memory an ODENet (:class:`~mgritnn.odenet.ODENet`) and one batch
     need on one rank, in bytes (the same dict as :func:`memory_estimate`).
 
-    * the parameters (``parameters``, the count P of :func:`~mgritnn.odenet.odenet_shapes`: every
-      rank holds all of them), and while training the gradient and the optimizer's state;
-    * while the model is built: the parameters plus their float64 draw (``8 P`` bytes);
+    * the parameters this rank stores (``stored``; default all, the count P of
+      :func:`~mgritnn.odenet.odenet_shapes`; a rank that owns its layers stores the opening, the
+      classifier and its block of layers), and while training the gradient and the optimizer's
+      state, laid out like them;
+    * while the model is built: all P parameters plus their float64 draw (``8 P`` bytes; the
+      whole network is built, then cut to the rank's block);
     * a batch: per batch row, the states of this rank's ``depth`` layers, ``width`` values at each
       of the ``depth + 1`` points, and when they are kept for the gradient (``keep``) each layer's
       activation derivative (``depth`` more).
@@ -176,11 +179,13 @@ def odenet_memory_estimate(parameters, width, dtype="float64", batch=0, depth=0,
         Layers on this rank (its share of the time axis).
     optimizer : {"adam", "sgd"} or None
     keep : bool
+    stored : int or None
+        The parameters this rank stores while it trains (None: ``parameters``).
     """
     item = np.dtype(resolve_dtype(dtype)).itemsize
     P = int(parameters)
     copies = 1 if optimizer is None else 2 + _OPTIMIZER_SLOTS.get(optimizer, 0)
-    model = P * item * copies
+    model = (P if stored is None else int(stored)) * item * copies
     per_row = int(width) * ((int(depth) + 1) + (int(depth) if keep else 0))
     batch_bytes = int(batch) * item * per_row
     init = P * (item + 8)

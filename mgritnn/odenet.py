@@ -52,15 +52,20 @@ Two ways to combine the ranks' gradients (``loss_and_grad_flat(..., owned=...)``
   :meth:`ODENet.sync_layers` (one ``Allgatherv`` of the owned blocks) makes them current before
   anything reads all layers (the trainer: evaluation, checkpoints, the end of training).
 
-Known limitation: **the weights are still stored on every rank** (the flat buffer holds all N
-layers everywhere), so memory does not yet shrink with the number of ranks; the work and, with
-owned layers, the communication do.
+Layer-parallel memory: the trainer's ranks store only their layers. :meth:`ODENet.block` cuts
+the network to a rank's **block model** (its ``flat`` holds the opening, the layers [lo, hi) and
+the classifier; the gradient and the optimizer state are laid out alike), whose
+``loss_and_grad_flat(..., owned=True)`` gives the bits above, whose serial :meth:`ODENet.forward`
+is pipelined over the time ranks, and whose :meth:`ODENet.gathered` gives the whole network back
+(checkpoints, nested iteration, the end of training). A model built by the constructor stores all
+layers.
 
 References
 ----------
 S. Günther, L. Ruthotto, J. B. Schroder, E. C. Cyr, N. R. Gauger, "Layer-parallel training of deep
 residual neural networks", SIAM J. Math. Data Sci. 2(1), 2020.
 """
+import copy
 import time
 
 import numpy as np
@@ -298,7 +303,9 @@ class ODENet(FlatParamModel):
 
     def refined(self, cf=2, kind="constant"):
         """A network ``cf`` times deeper with the same final time: its layers interpolated from
-        these (:func:`interpolate_layers`), opening and classifier copied, other options equal."""
+        these (:func:`interpolate_layers`), opening and classifier copied, other options equal
+        (all layers must be here: :meth:`gathered` a block model first)."""
+        self._check_block("refined()")
         fine = ODENet(**dict(self.config, depth=self.depth * check_int("cf", cf, least=1)))
         for name, view in self.params.items():
             if name != "layers":
@@ -356,8 +363,13 @@ class ODENet(FlatParamModel):
                               "the ODENet yet: use initial_guess='zero'")
         u0, d0 = self.open(Y)
         lo, hi = solver.local_steps(self.depth)
+        if self.is_block and (lo, hi) != self.held_layers:
+            raise ValueError(f"this block model stores the layers {self.held_layers}, the solver "
+                             f"gives this rank the layers ({lo}, {hi}): use the solver over the "
+                             "block's time ranks")
+        o = self._row0
         h_last, state, stats = solver.forward(self.cell, self.cell.weights(self.dtype),
-                                              self.params["layers"][lo:hi], u0, self.dt,
+                                              self.params["layers"][lo - o:hi - o], u0, self.dt,
                                               keep=keep, T=self.depth)
         return u0, d0, h_last, state, stats, (lo, hi)
 
@@ -390,6 +402,8 @@ class ODENet(FlatParamModel):
         self._no_lengths(lengths)
         Y = self._features(X)
         solver = self._solver(solver)
+        if self.is_block and not self._owns_layers(solver):
+            return self.pipelined_logits([Y], solver, strict)[0]
         *_, h_last, _, stats, _ = self._solve(Y, solver, keep=False)
         _check_solve(stats, solver, "forward", strict)
         logits = None
@@ -398,6 +412,53 @@ class ODENet(FlatParamModel):
                                  self.params["classifier.bias"])
         return solver.reduce(np.zeros(0, self.dtype), 0.0, logits,
                              (Y.shape[0], self.num_classes))[2]
+
+    def pipelined_logits(self, batches, solver="serial", strict=True):
+        """A block model's logits of several batches by the serial sweep over its layers,
+        pipelined over the time ranks and over the batches (collective over the time ranks,
+        which must pass the same batches): for each batch the state u_lo comes from the
+        previous rank and u_hi goes to the next, so that rank r sweeps batch k while rank r + 1
+        sweeps batch k - 1; the last rank's logits are broadcast once at the end. Each batch's
+        logits are the bits of the whole network's :meth:`forward` with ``"serial"``.
+
+        Parameters
+        ----------
+        batches : list of array_like, each of shape (B_k, F)
+            Read on the first time rank only (the others need their lengths).
+        solver : str or solver
+            A serial solver (``"serial"``).
+        strict : bool
+            Raise :class:`~mgritnn.errors.SolverError` for a non-finite sweep (on the rank
+            whose sweep it was, after the broadcast).
+
+        Returns
+        -------
+        list of ndarray, shape (B_k, C), the model's dtype (on every time rank)
+        """
+        self._check_block_only("pipelined_logits()")
+        solver = self._solver(solver)
+        tc, w = self._block_tc, self.cell.weights(self.dtype)
+        sizes = [len(X) for X in batches]
+        logits = np.empty((sum(sizes), self.num_classes), self.dtype)
+        failed, i = [], 0
+        for X, n in zip(batches, sizes):
+            if tc.rank == 0:
+                u, _ = self.open(self._features(X))
+            else:
+                u = np.empty((n, self.width), self.dtype)
+            tc.recv_prev(u, "odenet-layers", index=2)
+            h, _, stats = solver.forward(self.cell, w, self.params["layers"], u, self.dt,
+                                         keep=False)
+            failed.append(stats)
+            tc.send_next(h, "odenet-layers", index=2)
+            if tc.rank == tc.size - 1:
+                logits[i:i + n] = linear_head(self._pool(h), self.params["classifier.weight"],
+                                              self.params["classifier.bias"])
+            i += n
+        tc.bcast(logits, root=tc.size - 1)
+        for stats in failed:
+            _check_solve(stats, solver, "forward", strict)
+        return np.split(logits, np.cumsum(sizes)[:-1])
 
     def _pool(self, h):
         """What the classifier reads of the last state h (B, w): h itself (dense), or its
@@ -449,9 +510,178 @@ class ODENet(FlatParamModel):
         of them, ``solver.local_steps(depth)``)."""
         return ODENet._owns_layers(solver)
 
+    # -- a block of the layers (layer-parallel memory) ------------------------------------------
+
+    #: The first layer this model stores (0 unless it is a block model, :meth:`block`).
+    _row0 = 0
+    #: The time ranks' TimeComm of a block model (None: the model stores all layers).
+    _block_tc = None
+
+    @property
+    def is_block(self):
+        """Whether this model stores only a block of the layers (:meth:`block`)."""
+        return self._block_tc is not None
+
+    @property
+    def held_layers(self):
+        """(lo, hi): the layers whose weights this model stores, ``params["layers"][k - lo]``
+        is layer k ((0, depth) unless a block model)."""
+        return self._row0, self._row0 + self.params["layers"].shape[0]
+
+    @property
+    def full_size(self):
+        """The number of parameters of the whole network (:attr:`flat`'s size unless a block
+        model)."""
+        row = int(np.prod(self.params["layers"].shape[1:]))
+        return self.flat.size + (self.depth - self.params["layers"].shape[0]) * row
+
+    def _with_layers(self, lo, hi, tc, alloc=True):
+        """A shallow copy of this model that stores the layers [lo, hi) (its own :attr:`flat`,
+        uninitialized with ``alloc``; ``tc``: its TimeComm, None for the whole network)."""
+        m = copy.copy(self)
+        m._row0, m._block_tc, m._solvers = lo, tc, []
+        m._shapes = [(n, (hi - lo,) + tuple(s[1:]) if n == "layers" else s)
+                     for n, s in self._shapes]
+        if alloc:
+            m.flat = np.empty(sum(int(np.prod(s)) for _, s in m._shapes), self.dtype)
+            m.params = m.unflatten(m.flat)
+        else:
+            m.flat = m.params = None
+        return m
+
+    def block(self, solver):
+        """This network as the block model of this rank of ``solver``: it stores the opening,
+        the classifier and only the layers [lo, hi) = ``solver.local_steps(depth)`` (the
+        memory of the weights, and of a gradient and optimizer state laid out like them,
+        divides by the ranks).
+
+        A block model's :attr:`flat` is [opening | layers lo..hi-1 | classifier] (shape
+        (P_block,), the model's dtype), ``params["layers"]`` has shape (hi - lo, w, w + 1);
+        :meth:`loss_and_grad_flat` needs ``owned=True`` and returns a gradient laid out like
+        that :attr:`flat`; :meth:`forward` with ``"serial"`` is the exact serial forward
+        pipelined over the time ranks (the same bits as the whole network's); :meth:`gathered`
+        gives the whole network back. Without a solver that splits the layers: ``self``.
+
+        Parameters
+        ----------
+        solver : solver
+            The time solver (its ``tc`` and ``local_steps``).
+
+        Returns
+        -------
+        ODENet
+            A new model (the parameters copied; ``self`` is not changed) or ``self``.
+        """
+        if not self._owns_layers(solver):
+            return self
+        if self.is_block:
+            raise ValueError("block(): this model is already a block of the layers")
+        lo, hi = solver.local_steps(self.depth)
+        m = self._with_layers(lo, hi, solver.tc)
+        for name, v in self.params.items():
+            m.params[name][...] = v[lo:hi] if name == "layers" else v
+        return m
+
+    def _gather_layer_rows(self, a, out, root):
+        """Gather the layer rows (hi - lo, ...) ``a`` of every rank's block into ``out`` (depth,
+        ...), C-contiguous (on ``root``; every rank with ``root`` None)."""
+        tc = self._block_tc
+        lo, hi = self.held_layers
+        row = int(np.prod(a.shape[1:], dtype=np.int64))
+        bounds = tc.allgather(np.array([lo, hi], np.int64))
+        counts = (bounds[:, 1] - bounds[:, 0]) * row
+        displs = bounds[:, 0] * row
+        send = np.ascontiguousarray(a).reshape(-1)
+        if root is None:
+            tc.comm.Allgatherv(send, [out.reshape(-1), (counts, displs)])
+        else:
+            tc.comm.Gatherv(send, [out.reshape(-1), (counts, displs)] if out is not None
+                            else None, root=root)
+
+    def gathered(self, root=None):
+        """The whole network from the ranks' blocks (collective over the time ranks of a block
+        model; ``self`` for a model that stores all layers).
+
+        Parameters
+        ----------
+        root : int or None
+            None: every rank gets the whole network (one ``Allgatherv``); else only the time
+            rank ``root`` does (one ``Gatherv``), the others get None.
+
+        Returns
+        -------
+        ODENet or None
+            A new model that stores all layers (``flat`` of shape (P,)), the block model's dtype.
+        """
+        if not self.is_block:
+            return self
+        here = root is None or self._block_tc.rank == root
+        full = self._with_layers(0, self.depth, None, alloc=here)
+        if here:
+            for name, v in self.params.items():
+                if name != "layers":
+                    full.params[name][...] = v
+        self._gather_layer_rows(self.params["layers"],
+                                full.params["layers"] if here else None, root)
+        return full if here else None
+
+    def gather_flat(self, a, root=None):
+        """An array laid out like a block model's :attr:`flat` (a gradient, an optimizer's
+        moment; shape (P_block,)) as one laid out like the whole network's (P,) (collective;
+        the shared parts are this rank's). ``root`` as in :meth:`gathered` (None on the other
+        ranks). A model that stores all layers returns ``a``."""
+        if not self.is_block:
+            return a
+        here = root is None or self._block_tc.rank == root
+        start, stop = self._layer_span
+        out = np.empty(self.full_size, a.dtype) if here else None
+        if here:
+            tail = a.size - stop
+            out[:start] = a[:start]
+            out[out.size - tail:] = a[stop:]
+        shape = self.params["layers"].shape
+        rows = out[start:start + self.depth * int(np.prod(shape[1:]))] if here else None
+        self._gather_layer_rows(a[start:stop].reshape(shape),
+                                rows.reshape((self.depth,) + shape[1:]) if here else None, root)
+        return out
+
+    def local_flat(self, a):
+        """This block's part of ``a``, an array laid out like the whole network's :attr:`flat`
+        (P,): a new array (P_block,) laid out like this model's (the shared parts and the rows
+        of the layers [lo, hi)). An array of this model's size is returned as it is."""
+        a = np.asarray(a)
+        if a.shape == self.flat.shape:
+            return a
+        if a.shape != (self.full_size,):
+            raise ValueError(f"local_flat: an array of shape {a.shape}, the network has "
+                             f"{self.full_size} parameters")
+        start, stop = self._layer_span
+        lo, hi = self.held_layers
+        row = (stop - start) // max(hi - lo, 1)
+        tail = self.flat.size - stop
+        return np.concatenate([a[:start], a[start + lo * row:start + hi * row],
+                               a[a.size - tail:]])
+
+    def set_params(self, params):
+        """Copy parameters from a dict of named arrays (:meth:`FlatParamModel.set_params`); a
+        block model takes the whole network's ``layers`` (depth, ...) and keeps its rows."""
+        if self.is_block and np.shape(params.get("layers", ()))[:1] == (self.depth,):
+            lo, hi = self.held_layers
+            params = dict(params, layers=np.asarray(params["layers"])[lo:hi])
+        super().set_params(params)
+
+    def _check_block_only(self, what):
+        if not self.is_block:
+            raise ValueError(f"{what} is a block model's (ODENet.block)")
+
+    def _check_block(self, what):
+        if self.is_block:
+            raise ValueError(f"{what} needs all layers; this model stores only the layers "
+                             f"{self.held_layers}: use gathered() first")
+
     def layer_rows(self, a):
         """The layer rows of ``a``, an array laid out like :attr:`flat`: a view of shape
-        (depth, ...) like ``params["layers"]``."""
+        (depth, ...) like ``params["layers"]`` ((hi - lo, ...) for a block model)."""
         start, stop = self._layer_span
         return a[start:stop].reshape(self.params["layers"].shape)
 
@@ -467,7 +697,7 @@ class ODENet(FlatParamModel):
             Default: :attr:`flat` (the parameters); also the optimizer's moment arrays (laid out
             like :attr:`flat`) before a checkpoint.
         """
-        if not self._owns_layers(solver):
+        if not self._owns_layers(solver) or self.is_block:     # a block has no stale rows
             return
         lo, hi = solver.local_steps(self.depth)
         start, stop = self._layer_span
@@ -485,21 +715,42 @@ class ODENet(FlatParamModel):
         start, stop = self._layer_span
         x = grad.astype(np.float64, copy=False)
         own = x[start:stop]
+        if self.is_block:
+            own = self._padded_rows(own)
         sq = np.array([own.dot(own)])
         if self._owns_layers(solver):
             sq = solver.tc.allreduce(sq)
         shared = sum(float(x[s].dot(x[s])) for s in self.shared_slices())
         return float(np.sqrt(sq[0] + shared))
 
+    #: The alignment of :meth:`_padded_rows` (a multiple of any dot kernel's unrolling).
+    _PAD = 1024
+
+    def _padded_rows(self, own):
+        """A block model's layer rows ``own`` (flat, float64) between zeros such that the dot
+        product's blocked sums see them at the positions (mod :attr:`_PAD`) they have in the whole
+        network's layer span (which holds zeros elsewhere), and with as many elements after them
+        up to that alignment: ``own.dot(own)`` then has the whole span's bits (adding squares of
+        zeros changes no partial sum). A new array of own.size + at most 3 :attr:`_PAD`."""
+        lo, hi = self.held_layers
+        row = own.size // max(hi - lo, 1)
+        before, after = lo * row, (self.depth - hi) * row
+        pre = before % self._PAD
+        post = after if after < 2 * self._PAD else self._PAD + after % self._PAD
+        out = np.zeros(pre + own.size + post)
+        out[pre:pre + own.size] = own
+        return out
+
     def _neighbour_layers(self, solver, lo, hi):
         """The layers lo - 1 and hi (None at the ends) from the neighbouring owners: one message
         each way through the solver's TimeComm."""
-        L = self.params["layers"]
+        L, o = self.params["layers"], self._row0
         prev = np.empty_like(L[0]) if lo > 0 else None
         nxt = np.empty_like(L[0]) if hi < self.depth else None
         tc = solver.tc
-        tc.shift(L[hi - 1], prev if prev is not None else np.empty_like(L[0]), "odenet-layers")
-        tc.shift(L[lo], nxt if nxt is not None else np.empty_like(L[0]), "odenet-layers",
+        tc.shift(L[hi - 1 - o], prev if prev is not None else np.empty_like(L[0]),
+                 "odenet-layers")
+        tc.shift(L[lo - o], nxt if nxt is not None else np.empty_like(L[0]), "odenet-layers",
                  index=1, reverse=True)
         return prev, nxt
 
@@ -513,17 +764,21 @@ class ODENet(FlatParamModel):
         the one-process computation (the same bits)."""
         N, t, dt = self.depth, self.tikhonov, self.dt
         hi = N if hi is None else hi
-        L = self.params["layers"]
+        L, o = self.params["layers"], self._row0      # layer k is L[k - o]
         elo, ehi = max(lo - 1, 0), min(hi + 1, N)
-        E = L[elo:ehi]
-        if (lo > 0 and prev is not None) or (hi < N and nxt is not None):
-            E = E.copy()
-            if lo > 0 and prev is not None:
-                E[0] = prev
-            if hi < N and nxt is not None:
-                E[-1] = nxt
+        if o == 0 and L.shape[0] == N:                # all layers here
+            E = L[elo:ehi]
+            if (lo > 0 and prev is not None) or (hi < N and nxt is not None):
+                E = E.copy()
+                if lo > 0 and prev is not None:
+                    E[0] = prev
+                if hi < N and nxt is not None:
+                    E[-1] = nxt
+        else:                   # a block model: the neighbours' layers come from prev and nxt
+            E = np.concatenate(([prev[None]] if lo > 0 else []) + [L[lo - o:hi - o]]
+                               + ([nxt[None]] if hi < N else []))
         diff = (E[1:] - E[:-1]) / dt                 # diff[j]: (θ_{elo+j+1} - θ_{elo+j}) / Δt
-        rows = L[lo:hi].reshape(hi - lo, -1).astype(np.float64)
+        rows = L[lo - o:hi - o].reshape(hi - lo, -1).astype(np.float64)
         sq, dsq = np.zeros(N), np.zeros(N)
         sq[lo:hi] = np.sum(rows * rows, axis=1)
         dhi = min(hi, N - 1)
@@ -539,11 +794,11 @@ class ODENet(FlatParamModel):
                 for s in self.shared_slices():
                     grad[s] += t * self.flat[s]
             gl = self.unflatten(grad)["layers"]
-            gl[lo:hi] += t * L[lo:hi]
+            gl[lo - o:hi - o] += t * L[lo - o:hi - o]
             D = (self.ddt_penalty / dt) * diff
             a = max(lo, 1)
-            gl[a:hi] += D[a - 1 - elo:hi - 1 - elo]
-            gl[lo:dhi] -= D[lo - elo:dhi - elo]
+            gl[a - o:hi - o] += D[a - 1 - elo:hi - 1 - elo]
+            gl[lo - o:dhi - o] -= D[lo - elo:dhi - elo]
         return sq, dsq, shared_sq
 
     def _reg_value(self, sq, dsq, shared_sq):
@@ -555,7 +810,8 @@ class ODENet(FlatParamModel):
     def regularization(self, grad=None):
         """The regularization's value (module docstring), and its gradient added to ``grad``
         (a flat vector laid out like :attr:`flat`) if given (all layers: they must be current
-        on this rank)."""
+        on this rank; not for a block model)."""
+        self._check_block("regularization()")
         return self._reg_value(*self._reg_terms(grad))
 
     @entry_point
@@ -607,6 +863,9 @@ class ODENet(FlatParamModel):
         grad = np.zeros_like(self.flat)
         g = self.unflatten(grad)
         owned = owned and self._owns_layers(solver)
+        if self.is_block and not owned:
+            raise ValueError("a block model's gradient is its own layers' (owned=True, with the "
+                             "solver over its time ranks)")
         loss, logits, lam_last = 0.0, None, None
         if solver.is_last:                       # the head
             lam_last = np.empty_like(h_last)
@@ -636,7 +895,7 @@ class ODENet(FlatParamModel):
                 dxp = np.ldexp(dxp, astats.exponent)
                 if lam_first is not None:
                     lam_first = np.ldexp(lam_first, astats.exponent)
-        g["layers"][lo:hi] += dxp
+        g["layers"][lo - self._row0:hi - self._row0] += dxp
         if lam_first is not None:                # the opening, from the adjoint at point 0
             da0 = lam_first * d0
             if self.layer == "conv":
@@ -666,7 +925,9 @@ class ODENet(FlatParamModel):
 
     def save(self, path):
         """Write the parameters and the configuration to ``path`` (.npz), atomically; read it
-        back with :func:`mgritnn.load` (``meta["model_type"] == "odenet"``)."""
+        back with :func:`mgritnn.load` (``meta["model_type"] == "odenet"``; all layers must be
+        here: :meth:`gathered` a block model first)."""
+        self._check_block("save()")
         atomic_savez(path, self.params, meta=dict(kind="model", model_type=self.model_type,
                                                   model=self.config))
 

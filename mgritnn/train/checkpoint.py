@@ -15,8 +15,8 @@ import numpy as np
 
 from .. import datasets
 from ..errors import CheckpointError, DivergenceError, MgritnnError, MgritnnWarning
-from ..io import (atomic_savez, check_free_space, prepare_output, read_npz, remove_stale_temps,
-                  temp_prefix)
+from ..io import (META_KEY, atomic_savez, check_free_space, open_npz, prepare_output, read_member,
+                  read_npz, remove_stale_temps, temp_prefix)
 from ..model import model_from_meta
 from ..optim import state_from_arrays, state_to_arrays
 from ..solvers import SolverState
@@ -222,6 +222,61 @@ def load_checkpoint(path):
     return model, std, meta
 
 
+def _read_cut(path, cut):
+    """:func:`~mgritnn.io.read_npz` of ``path`` with the metadata read first and every array
+    passed through ``cut(meta)`` (when that is not None) as soon as it is read."""
+    if not os.path.isfile(path):
+        return read_npz(path)                   # its CheckpointError
+    fix = ("give the file that mgritnn train --checkpoint or GRUClassifier.save wrote (it is not "
+           "a readable .npz checkpoint)")
+    with open_npz(path, CheckpointError, "the checkpoint", fix) as z:
+        meta = (json.loads(str(read_member(z, META_KEY, path, CheckpointError, fix)))
+                if META_KEY in z.files else None)
+        f = cut(meta) if meta else None
+        arrays = {}
+        for k in z.files:
+            if k != META_KEY:
+                a = read_member(z, k, path, CheckpointError, fix)
+                arrays[k] = a if f is None else f(k, a)
+    return arrays, meta
+
+
+def block_cut(meta, local_steps):
+    """The function ``(key, array) -> array`` that keeps a block's part of a checkpoint's array
+    (for :meth:`Checkpointer.read`): ``layers`` (N, ...) -> its rows [lo, hi), and a 1-D array
+    laid out like the whole network's flat parameters (P,) (an optimizer's moment) -> the block
+    layout (P_block,) (:meth:`~mgritnn.odenet.ODENet.local_flat`); other arrays as they are.
+    ``local_steps(N)`` gives (lo, hi) for the checkpoint's depth N. None when ``meta`` is not an
+    ODENet's training checkpoint or the layers do not split (then the arrays are read whole)."""
+    from ..odenet import odenet_shapes
+    meta = meta or {}
+    conf = meta.get("model") or {}
+    if meta.get("kind") != "train" or meta.get("model_type") != "odenet":
+        return None
+    try:
+        shapes = odenet_shapes(conf["num_features"], conf["width"], conf["num_classes"],
+                               conf["depth"], conf.get("opening", "dense"),
+                               conf.get("layer", "dense"), conf.get("channels"),
+                               tuple(conf["image_shape"]) if conf.get("image_shape") else None)
+        lo, hi = local_steps(int(conf["depth"]))
+    except (KeyError, TypeError, ValueError, MgritnnError):
+        return None
+    names = [n for n, _ in shapes]
+    sizes = [int(np.prod(s)) for _, s in shapes]
+    start, full = sum(sizes[:names.index("layers")]), sum(sizes)
+    layer_shape = tuple(dict(shapes)["layers"])
+    depth, row = layer_shape[0], int(np.prod(layer_shape[1:]))
+
+    def keep(key, a):
+        if key == "layers" and a.shape == layer_shape:
+            return a[lo:hi].copy()
+        if key.startswith("optim/") and a.shape == (full,):
+            return np.concatenate([a[:start], a[start + lo * row:start + hi * row],
+                                   a[start + depth * row:]])
+        return a
+    return keep
+
+
 class Checkpointer:
     """The checkpoint of a run (``cfg.checkpoint``): the one place that writes it, reads it back
     and moves the solver's warm-start states in and out of it.
@@ -299,6 +354,9 @@ class Checkpointer:
         arrays = _checkpoint_arrays(model, state_to_arrays(opt_state), standardizer)
         size = (sum(np.asarray(a).nbytes for a in arrays.values()) + 1024 * (len(arrays) + 1)
                 + 32 * 1024 + 4 * 1024 * self.cfg.epochs)
+        if getattr(model, "is_block", False):   # the file holds the whole network's rows
+            like = sum(1 for a in arrays.values() if np.shape(a) == model.flat.shape)
+            size += (model.full_size - model.flat.size) * model.flat.itemsize * (1 + like)
         check_free_space(self.cfg.checkpoint, "--checkpoint", size)
 
     def save(self, epoch, model, optim_arrays, solver, standardizer, rng, history, ds, extra):
@@ -313,9 +371,17 @@ class Checkpointer:
             _write(self.cfg, epoch, model, optim_arrays, standardizer, rng, history, ds, warm,
                    self.ranks.size, extra)
 
-    def read(self):
+    def read(self, cut=None):
         """The checkpoint's arrays and metadata, checked to be a training checkpoint of this
         run's kind of model.
+
+        Parameters
+        ----------
+        cut : callable or None
+            ``cut(meta)`` (the checkpoint's metadata, read first) returns None or a function
+            ``(key, array) -> array`` applied to every array as soon as it is read, so that a
+            rank that stores a block of the layers never holds more than one of the whole
+            network's arrays at a time (:func:`block_cut`).
 
         Returns
         -------
@@ -328,7 +394,7 @@ class Checkpointer:
             If the file is not a training checkpoint or holds another kind of model.
         """
         cfg = self.cfg
-        arrays, meta = read_npz(cfg.checkpoint)
+        arrays, meta = read_npz(cfg.checkpoint) if cut is None else _read_cut(cfg.checkpoint, cut)
         if not meta or meta.get("kind") != "train":
             raise CheckpointError(f"{cfg.checkpoint!r} is not an mgritnn training checkpoint: "
                                   "name the checkpoint written by 'mgritnn train --checkpoint'")

@@ -92,16 +92,23 @@ class ODENetAdapter:
 
     @staticmethod
     def check_memory(cfg, ds, batch, time_ranks):
-        """Raise when one rank's network (all its parameters), optimizer and share of a batch of
-        ``batch`` samples (its ``depth / time_ranks`` layers' states) do not fit in memory."""
+        """Raise when one rank's network (its parameters: all of them, or with the layers split
+        over ``time_ranks`` > 1 and Adam or SGD without weight decay the shared ones and its
+        block of layers), optimizer and share of a batch of ``batch`` samples (its
+        ``depth / time_ranks`` layers' states) do not fit in memory."""
         conv = cfg.layer == "conv" and ds.image_shape is not None
         shapes = odenet_shapes(ds.num_channels, cfg.width, ds.num_classes, cfg.depth, cfg.opening,
                                *(("conv", cfg.channels, ds.image_shape) if conv else ()))
         P = sum(int(np.prod(s)) for _, s in shapes)
+        stored = P
+        if time_ranks > 1 and cfg.optimizer != "lbfgs" and not cfg.weight_decay:
+            (_, layers), = [(n, s) for n, s in shapes if n == "layers"]
+            row = int(np.prod(layers[1:]))
+            stored = P - (layers[0] - -(-layers[0] // time_ranks)) * row
         width = cfg.channels * int(np.prod(ds.image_shape[1:])) if conv else cfg.width
         check_memory(odenet_memory_estimate(
             P, width, cfg.dtype, -(-batch // cfg.data_parallel), -(-cfg.depth // time_ranks),
-            "sgd" if cfg.optimizer == "lbfgs" else cfg.optimizer))
+            "sgd" if cfg.optimizer == "lbfgs" else cfg.optimizer, stored=stored))
 
     @staticmethod
     def time_axes(schedule, seq_len):

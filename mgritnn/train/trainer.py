@@ -22,7 +22,7 @@ from ..errors import ConfigError, DivergenceError, SolverError
 from ..optim import EmptyState, apply_updates, chain, clip_by_global_norm, make_optimizer
 from ..runtime import blas_threads, compile_rank0_first, numba_threads
 from ..plan import planned_solver
-from .checkpoint import Checkpointer, all_finite
+from .checkpoint import Checkpointer, all_finite, block_cut
 from .data import TrainData
 from .lbfgs import LBFGSDriver
 from .metrics import evaluate
@@ -160,8 +160,10 @@ class Trainer:
     ----------
     data, schedule, checkpointer, reporter, quality, layers, ranks, lbfgs : the parts
     model, opt, opt_state, rng : the model, its optimizer (None: L-BFGS) and state, the shuffle
+        (owned layers: ``model`` is this rank's block model, :meth:`~mgritnn.odenet.ODENet.block`,
+        and ``opt_state`` is laid out like its ``flat``; after :meth:`fit` the whole network)
     history, start_epoch : the epoch records so far, and the epochs done before this run
-    owned : whether the ranks own their layers' updates (:mod:`.owned`)
+    owned : whether the ranks own their layers' updates and store only them (:mod:`.owned`)
     times : dict of str to float, the seconds of this epoch in data, forward, adjoint, wait, ...
     """
 
@@ -199,7 +201,17 @@ class Trainer:
         return thread_settings(self.threads)
 
     def _warm_up(self):
-        """:func:`compile_kernels` of this run (rank 0 first under MPI)."""
+        """:func:`compile_kernels` of this run (rank 0 first under MPI). A rank that stores only
+        its block of layers compiles them on a throw-away network of as many layers as its block
+        (the kernels are the same for every depth), not on a copy of the whole network, so that
+        its memory never holds the whole network's gradient and states; the whole depth where
+        the solver's hierarchy does not fit that one."""
+        if getattr(self.model, "is_block", False):
+            lo, hi = self.model.held_layers
+            try:
+                return compile_kernels(self.cfg, self.data, hi - lo)
+            except ConfigError:
+                pass
         compile_kernels(self.cfg, self.data, self.schedule.stages[0][0])
 
     def _setup_model(self, optimizer):
@@ -214,6 +226,7 @@ class Trainer:
             lambda g: self.model.grad_norm(g, self.solver))
         self.lbfgs = LBFGSDriver(self) if self.opt is None else None
         self.layers = OwnedLayers(self.solver, self.owned)
+        self.model = self.layers.localize(self.model)      # owned: this rank's block only
         self._fresh_optimizer_state()
         self.rng = np.random.default_rng(cfg.seed)
         self.history, self.start_epoch = [], 0
@@ -228,9 +241,11 @@ class Trainer:
     def resume(self):
         """Continue the checkpoint of the config: its level of nested iteration, then the rest
         (:meth:`Checkpointer.resume`)."""
-        arrays, meta = self.checkpointer.read()
+        # owned: each rank keeps its rows of each of the whole network's arrays as it is read
+        cut = (lambda meta: block_cut(meta, self.solver.local_steps)) if self.owned else None
+        arrays, meta = self.checkpointer.read(cut)
         if self.schedule.restore(meta):         # a coarse level of nested iteration
-            self.model = self._build(self.schedule.depth)
+            self.model = self.layers.localize(self._build(self.schedule.depth))
             self._fresh_optimizer_state()
         self.opt_state, self.start_epoch, self.history = self.checkpointer.resume(
             arrays, meta, self.model, self.opt, self.opt_state, self.rng, self.solver,
@@ -297,12 +312,15 @@ class Trainer:
         return self.layers.state_arrays(self.model, state)
 
     def sync_layers(self):
-        """Owned layers: every layer of :attr:`model` current on every rank (collective)."""
-        self.layers.sync(self.model)
+        """Owned layers: :attr:`model` becomes the whole network, the same on every rank
+        (collective; :meth:`OwnedLayers.gathered`): the end of training (a block model's
+        optimizer state does not fit the whole network)."""
+        self.model = self.layers.gathered(self.model)
 
     def fit(self):
         """Train from :attr:`start_epoch` to the end (nested iteration: each level, coarsest
-        first, :meth:`refine` between them), close the log; returns the model and history."""
+        first, :meth:`refine` between them), close the log; returns the model (the whole
+        network, the same on every rank) and history."""
         with self:                      # closes the log, quietly with an error in flight
             with self.running():
                 epoch = self.start_epoch
@@ -325,7 +343,8 @@ class Trainer:
         """Nested iteration: the refined model, a fresh optimizer state, the losses reported."""
         coarse = self.model
         before = self.evaluate(coarse, train=True)[0]["loss"]
-        self.model = self.schedule.refine(coarse, epoch)
+        self.model = self.layers.localize(self.schedule.refine(self.layers.gathered(coarse),
+                                                               epoch))
         after = self.evaluate(train=True)[0]["loss"]
         self._fresh_optimizer_state()
         self.reporter.refine(epoch, coarse.depth, self.model.depth, before, after)
@@ -362,12 +381,15 @@ class Trainer:
         """Loss and accuracy of ``model`` (default: the run's) on the test set (``train``: the
         training set), collective; :func:`evaluate`'s dict and the seconds it took."""
         t0 = time.perf_counter()
-        if model is None or model is self.model:
-            self.sync_layers()
+        model = self.model if model is None else model
+        if model is self.model:
+            self.layers.sync(model)
         X, y, lengths = self.data.split(train)
+        comm = self.ranks.world
         with self.running():
-            result = evaluate(self.model if model is None else model, X, y,
-                              comm=self.ranks.world, lengths=lengths, pad=self.data.pad)
+            if getattr(model, "is_block", False):       # its logits, then the same sums
+                model, comm = _BlockLogits(model, X, self.ranks), None
+            result = evaluate(model, X, y, comm=comm, lengths=lengths, pad=self.data.pad)
         return result, time.perf_counter() - t0
 
     def log(self, rec, flush=False):
@@ -376,10 +398,9 @@ class Trainer:
 
     def checkpoint(self, epoch):
         """Write the checkpoint after ``epoch`` epochs (collective; :meth:`Checkpointer.save`)."""
-        self.checkpointer.save(epoch, self.model,
-                               self.layers.checkpoint_arrays(self.model, self.opt_state),
-                               self.solver, self.standardizer, self.rng, self.history, self.ds,
-                               self.schedule.checkpoint_fields())
+        model, arrays = self.layers.checkpoint_arrays(self.model, self.opt_state)
+        self.checkpointer.save(epoch, model, arrays, self.solver, self.standardizer, self.rng,
+                               self.history, self.ds, self.schedule.checkpoint_fields())
 
     def close(self, quiet=False):
         """Close the log (``quiet``: ignore an error while closing it)."""
@@ -391,6 +412,33 @@ class Trainer:
     def __exit__(self, exc_type, exc, tb):
         self.close(quiet=exc_type is not None)
         return False
+
+
+class _BlockLogits:
+    """A block model's logits of X for :func:`evaluate` (which then computes the loss and
+    accuracy as for any model): the batches of ``evaluate``'s size (100) shared over the data
+    groups (batch k on group k mod G), each group's swept by its time ranks in one pipeline
+    (:meth:`~mgritnn.odenet.ODENet.pipelined_logits`), gathered over the groups; ``forward``
+    hands them out batch by batch in order. Collective over the world."""
+
+    batch_size = 100
+
+    def __init__(self, model, X, ranks):
+        self.dtype, self.num_classes = model.dtype, model.num_classes
+        starts = list(range(0, len(X), self.batch_size))
+        mine = starts[ranks.group::ranks.groups]
+        got = model.pipelined_logits([X[i:i + self.batch_size] for i in mine])
+        parts = dict(zip(mine, got))
+        if ranks.groups > 1:
+            for d in ranks.data.allgather(parts):
+                parts.update(d)
+        self._next = iter([parts[i] for i in starts])
+
+    def forward(self, X, solver="serial", lengths=None, pad="end"):
+        """The next batch's logits (B, C) (``X`` is that batch; not read again)."""
+        out = next(self._next)
+        assert len(out) == len(X)
+        return out
 
 
 def solve_or_rescue(solve, solver, rescue, where, kept):
