@@ -382,8 +382,9 @@ def test_model_scaled_gradient_has_the_float64_direction():
 
 
 def test_trainer_clips_the_exact_direction_at_any_scale(tmp_path):
-    """The trainer's _unscale: with --clip, a scaled gradient whose norm is beyond float32
-    becomes the clipped exact direction (norm = clip); without, the true gradient."""
+    """The trainer's unscaling (``GradientQuality.unscale``): with --clip, a scaled gradient
+    whose norm is beyond float32 becomes the clipped exact direction (norm = clip); without, the
+    true gradient."""
     from mgritnn.train import TrainConfig, Trainer
     m, X, y = _huge_gradient_model()
     _, g, info = m.loss_and_grad_flat(X, y, scaled=True)
@@ -392,7 +393,7 @@ def test_trainer_clips_the_exact_direction_at_any_scale(tmp_path):
         cfg = TrainConfig(seq_len=32, batch_size=10, epochs=1, hidden=4, clip=clip,
                           max_batches=1)
         with Trainer(cfg, out=lambda *a: None, progress=False) as tr:
-            out = tr._unscale(g.copy(), E)
+            out = tr.quality.unscale(g.copy(), E)
         if clip is None:                    # the true gradient (entries within float32)
             np.testing.assert_allclose(out, np.ldexp(g.astype(np.float64), E), rtol=1e-6)
         else:

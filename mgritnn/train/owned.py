@@ -20,6 +20,7 @@ serial forward pipelined over the time ranks (no copy of the network).
 L-BFGS (and optimizer chains, weight decay) keep the whole network and the full allreduce on
 every rank (``enabled`` False): its vectors are not distributed.
 """
+from ..errors import ConfigError
 from ..optim import state_to_arrays
 
 __all__ = ["OwnedLayers"]
@@ -38,6 +39,19 @@ class OwnedLayers:
 
     def __init__(self, solver, enabled):
         self.solver, self.enabled = solver, bool(enabled)
+
+    def warm_up(self, model, compile_depth, depth):
+        """``compile_depth(d)`` (the run's kernel compilation on a network of d layers) for a
+        network as deep as ``model``'s block where this rank stores only its layers (the kernels
+        are the same for every depth; its memory then never holds the whole network's gradient
+        and states), else, or where the solver's hierarchy does not fit that depth, ``depth``."""
+        if getattr(model, "is_block", False):
+            lo, hi = model.held_layers
+            try:
+                return compile_depth(hi - lo)
+            except ConfigError:
+                pass
+        return compile_depth(depth)
 
     def localize(self, model):
         """The model the run trains: ``model``'s block of this rank

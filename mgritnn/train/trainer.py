@@ -159,9 +159,8 @@ class Trainer:
     Attributes
     ----------
     data, schedule, checkpointer, reporter, quality, layers, ranks, lbfgs : the parts
-    model, opt, opt_state, rng : the model, its optimizer (None: L-BFGS) and state, the shuffle
-        (owned layers: ``model`` is this rank's block model, :meth:`~mgritnn.odenet.ODENet.block`,
-        and ``opt_state`` is laid out like its ``flat``; after :meth:`fit` the whole network)
+    model, opt, opt_state, rng : the model (owned layers: this rank's block model until the end of
+        :meth:`fit`, ``opt_state`` laid out like it), its optimizer (None: L-BFGS), the shuffle
     history, start_epoch : the epoch records so far, and the epochs done before this run
     owned : whether the ranks own their layers' updates and store only them (:mod:`.owned`)
     times : dict of str to float, the seconds of this epoch in data, forward, adjoint, wait, ...
@@ -201,18 +200,10 @@ class Trainer:
         return thread_settings(self.threads)
 
     def _warm_up(self):
-        """:func:`compile_kernels` of this run (rank 0 first under MPI). A rank that stores only
-        its block of layers compiles them on a throw-away network of as many layers as its block
-        (the kernels are the same for every depth), not on a copy of the whole network, so that
-        its memory never holds the whole network's gradient and states; the whole depth where
-        the solver's hierarchy does not fit that one."""
-        if getattr(self.model, "is_block", False):
-            lo, hi = self.model.held_layers
-            try:
-                return compile_kernels(self.cfg, self.data, hi - lo)
-            except ConfigError:
-                pass
-        compile_kernels(self.cfg, self.data, self.schedule.stages[0][0])
+        """:func:`compile_kernels` of this run (rank 0 first under MPI), on a network as deep as
+        the rank's block where it stores only its layers (:meth:`OwnedLayers.warm_up`)."""
+        self.layers.warm_up(self.model, lambda depth: compile_kernels(self.cfg, self.data, depth),
+                            self.schedule.stages[0][0])
 
     def _setup_model(self, optimizer):
         """Model, optimizer, state, owned layers, shuffle; hierarchy and disk space checked."""
@@ -273,7 +264,7 @@ class Trainer:
         grad, loss, n_correct, evals = self.ranks.reduce_batch(batch, loss, grad, info,
                                                                self.times)
         if E:
-            grad = self._unscale(grad, E)
+            grad = self.quality.unscale(grad, E)       # the scaled adjoint's true scale
         grad, loss, info = self.quality.review(self.model, batch, grad, loss, info, self.data.pad,
                                                self.running, self.log)
         if not np.isfinite(loss) or not np.all(np.isfinite(grad)):
@@ -289,10 +280,6 @@ class Trainer:
             return self.model.loss_and_grad_flat(batch.X, batch.y, self.solver, keys=batch.part,
                                                  lengths=batch.lengths, pad=self.data.pad, **extra)
 
-    def _unscale(self, grad, exponent):
-        """:meth:`GradientQuality.unscale` (a scaled adjoint's gradient at its true scale)."""
-        return self.quality.unscale(grad, exponent)
-
     def update(self, grad, batch):
         """Apply the optimizer to the model's flat parameters (in place) with the finite,
         reduced gradient ``grad`` of ``batch``; DivergenceError if they became NaN/inf."""
@@ -306,16 +293,6 @@ class Trainer:
                 f"{batch.epoch + 1}, batch {batch.index + 1} (the loss and gradient were finite): "
                 f"lower --lr or use --clip; {self.checkpointer.last_good(batch.epoch)}")
         self.times["optimizer"] += time.perf_counter() - t0
-
-    def _state_arrays(self, state):
-        """Copies of the arrays of ``state`` laid out like the parameters (:class:`OwnedLayers`)."""
-        return self.layers.state_arrays(self.model, state)
-
-    def sync_layers(self):
-        """Owned layers: :attr:`model` becomes the whole network, the same on every rank
-        (collective; :meth:`OwnedLayers.gathered`): the end of training (a block model's
-        optimizer state does not fit the whole network)."""
-        self.model = self.layers.gathered(self.model)
 
     def fit(self):
         """Train from :attr:`start_epoch` to the end (nested iteration: each level, coarsest
@@ -332,7 +309,7 @@ class Trainer:
                     else:
                         self.train_epoch(epoch)
                         epoch += 1
-            self.sync_layers()
+            self.model = self.layers.gathered(self.model)   # the whole network on every rank
         return self.model, self.history
 
     def stage_finished(self, epoch):
@@ -385,10 +362,8 @@ class Trainer:
         if model is self.model:
             self.layers.sync(model)
         X, y, lengths = self.data.split(train)
-        comm = self.ranks.world
         with self.running():
-            if getattr(model, "is_block", False):       # its logits, then the same sums
-                model, comm = _BlockLogits(model, X, self.ranks), None
+            model, comm = _evaluated(model, X, self.ranks)
             result = evaluate(model, X, y, comm=comm, lengths=lengths, pad=self.data.pad)
         return result, time.perf_counter() - t0
 
@@ -412,6 +387,15 @@ class Trainer:
     def __exit__(self, exc_type, exc, tb):
         self.close(quiet=exc_type is not None)
         return False
+
+
+def _evaluated(model, X, ranks):
+    """What :func:`evaluate` takes for ``model`` on X, and its communicator: a block model's
+    logits (:class:`_BlockLogits`; then the same sums, no communicator), else the model itself
+    over the world."""
+    if getattr(model, "is_block", False):
+        return _BlockLogits(model, X, ranks), None
+    return model, ranks.world
 
 
 class _BlockLogits:

@@ -111,7 +111,7 @@ for opt, n_state in (("adam", 2), ("sgd", 1)):
     full_size = t.model.full_size
     assert t.owned and t.model.held_layers == (lo, hi)
     assert t.model.flat.size == full_size - (8 - (hi - lo)) * 4 * 5
-    states = t._state_arrays(t.opt_state)
+    states = t.layers.state_arrays(t.model, t.opt_state)
     assert len(states) == n_state and all(a.shape == t.model.flat.shape for a in states)
     model, hist = t.fit()
     assert model.flat.size == full_size and same_everywhere(model.flat)

@@ -99,9 +99,9 @@ for opt in ("adam", "sgd"):
     for batch in t.batches(0):
         t.step(batch)
     assert not np.array_equal(layers, before)
-    states = t._state_arrays(t.opt_state)
+    states = t.layers.state_arrays(t.model, t.opt_state)
     assert states and all(a.shape == t.model.flat.shape for a in states)
-    t.sync_layers()
+    t.model = t.layers.gathered(t.model)
     assert same_everywhere(t.model.flat) and t.model.params["layers"].shape[0] == t.model.depth
     assert np.array_equal(t.model.params["layers"][lo:hi], layers)
     print(f"rank {rank}: ok still {opt}", flush=True)
@@ -120,7 +120,7 @@ for opt in ("adam", "sgd"):
                                    resume=True)), out=lambda *a: None, progress=False, comm=comm)
     lo, hi = t.solver.local_steps(t.model.depth)
     start, stop = t.model._layer_span
-    for a in t._state_arrays(t.opt_state):      # the loaded state: this rank's rows only
+    for a in t.layers.state_arrays(t.model, t.opt_state):      # the loaded state: this rank's rows only
         rows = a[start:stop].reshape(t.model.params["layers"].shape)
         assert rows.shape[0] == hi - lo and rows.any()
     resumed = t.fit()[0].flat
