@@ -70,7 +70,7 @@ from ..cells.base import DiagonalNewton, FusedSequence, LayerNewton, has, missin
 from ..options import check_bool, check_choices, check_int, check_real
 from .base import SolveStats, TimeParallelSolver, deprecated_comm, register, step_sizes
 from .elk import lm_step, model_residual
-from .qadjoint import TransposedOffDiagonal
+from .qadjoint import TransposedOffDiagonal, change
 from .scan import linear_recurrence
 from .serial import step_through
 
@@ -707,7 +707,7 @@ class DEERSolver(TimeParallelSolver):
                     nu[-1] = after
                 stats.step_evals += n
             else:
-                status, iters, hist, resid, nu = self._adjoint_layer_quasi(
+                status, iters, hist, resid, nu, op = self._adjoint_layer_quasi(
                     cell, w, l, lin, state.dt, d, terminal, atol, rtol)
                 stats.iterations += iters
                 stats.history += hist
@@ -722,7 +722,10 @@ class DEERSolver(TimeParallelSolver):
                         NONFINITE: f"layer {l}: non-finite iterate"}[status]
                 if status != OK and self.falls_back:
                     break
-            _, cot[l] = cell.layer_step_vjp(w, l, nu, lin, state.dt, need_lam=False)
+            if lin.J.ndim == 4:
+                _, cot[l] = cell.layer_step_vjp(w, l, nu, lin, state.dt, need_lam=False)
+            else:
+                cot[l], op = op.cotangents(nu), None
             if l > 0:
                 dxin = cell.layer_input_vjp(w, l, cot[l])
         if stats.status != OK and self.falls_back:
@@ -778,6 +781,9 @@ class DEERSolver(TimeParallelSolver):
             The largest absolute change of the last iteration.
         nu : ndarray, shape (n, B, H)
             The adjoint of each step's new state (points lo + 1 .. hi), the last iterate.
+        op : TransposedOffDiagonal
+            Its :meth:`~mgritnn.solvers.qadjoint.TransposedOffDiagonal.cotangents` give the
+            layer's step cotangents.
         """
         cfg = self.config
         n, B, H = d.shape
@@ -785,12 +791,11 @@ class DEERSolver(TimeParallelSolver):
         cap = cfg.adjoint_max_iter or cfg.max_iter
         op = TransposedOffDiagonal(cell, w, l, lin, dt)
         D = np.ascontiguousarray(lin.J)
-        mu = np.zeros((n, B, H), dtype)                # points lo .. hi - 1
-        nu = np.zeros((n, B, H), dtype)                # points lo + 1 .. hi
+        buf = np.zeros((n + 1, B, H), dtype)
+        mu, nu = buf[:n], buf[1:]                      # points lo .. hi - 1 and lo + 1 .. hi
         new = np.empty((n, B, H), dtype)
         b = np.empty((n, B, H), dtype)
-        err = np.empty(n, np.float64)
-        change = np.empty(n, np.float64)
+        err, delta, size = (np.empty(n, np.float64) for _ in range(3))
         history, best, status, resid, scale = [], np.inf, NOT_CONVERGED, 0.0, 0.0
         k = 0
         while k < cap:
@@ -801,12 +806,10 @@ class DEERSolver(TimeParallelSolver):
                 op.apply(nu, d, b)
             _, after = linear_recurrence(D, b, terminal, out=new, reverse=True,
                                          chunks=cfg.chunks, comm=self.tc)
-            _update(new, mu, atol * scale, rtol, err, change)     # mu = new
-            nu[:-1] = mu[1:]
-            if n:
-                nu[-1] = after
-            e, resid, scale = self._max(err.max(initial=0.0), change.max(initial=0.0),
-                                        float(np.max(np.abs(mu), initial=0.0)))
+            change(new, mu, atol * scale, rtol, err, delta, size)     # mu = new
+            buf[n] = after
+            e, resid, scale = self._max(err.max(initial=0.0), delta.max(initial=0.0),
+                                        size.max(initial=0.0))
             history.append(e)
             if not np.isfinite(scale):                 # NaN or inf in the iterate
                 status = NONFINITE
@@ -820,7 +823,7 @@ class DEERSolver(TimeParallelSolver):
             if e > cfg.divergence * best:
                 status = DIVERGED
                 break
-        return status, k, history, resid, nu
+        return status, k, history, resid, np.ascontiguousarray(nu), op
 
     def _serial_adjoint(self, cell, w, state, lam_last, grads):
         """The fallback of the quasi adjoint: the serial reverse sweep of this rank's steps

@@ -25,13 +25,14 @@ reproduce the sequential reverse sweep bitwise on one rank.
 
 The correction, per cell (:class:`TransposedOffDiagonal`):
 
-* the GRU cells (:class:`~mgritnn.cells.gru.GRUCell`): dh'/dh = diag(d) + diag(a_r) W_r +
-  diag(a_z) W_z + diag(a_n) W_n (W_r, W_z, W_n the blocks of W_h), and the coefficients
-  a = [a_r, a_z, a_n] are exactly the pre-activation cotangent ``dah`` of the unit adjoint
-  (:meth:`~mgritnn.cells.gru.GRUCell.layer_gate_vjp` with lam = 1, computed once per layer). The
-  direct term d is diagonal, so J_t - D_t = sum_g diag(a_g) W_g^off with W_g^off the block with
+* the GRU cells of the theta family (classic, implicit): dh'/dh = diag(1 - c) + diag(a_r) W_r +
+  diag(a_z) W_z + diag(a_n) W_n (W_r, W_z, W_n the blocks of W_h), the coefficients
+  a = [a_r, a_z, a_n] being the pre-activation cotangent ``dah`` of a unit adjoint (the partial
+  derivatives of the cell's VJP, computed once per layer in one pass, :func:`_gru_coeffs`). The
+  direct term is diagonal, so J_t - D_t = sum_g diag(a_g) W_g^off with W_g^off the block with
   its diagonal zeroed, and the correction is one GEMM over all points and rows:
-  ``(a o [nu, nu, nu]) @ W_h^off``, (n B, 3H) x (3H, H);
+  ``(a o [nu, nu, nu]) @ W_h^off``, (n B, 3H) x (3H, H). The same coefficients give the final
+  pre-activation cotangents (:meth:`TransposedOffDiagonal.cotangents`);
 * any other cell of :class:`~mgritnn.cells.base.LayerNewton`: its batched step VJP
   (``layer_step_vjp`` with ``need_lam``) minus D_t nu_t.
 
@@ -42,18 +43,69 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..cells.activations import flush_subnormal
 from ..config import JIT_PAR
 
 
 @numba.njit(**JIT_PAR)
+def _gru_coeffs(h, dt, theta, G, N, C):
+    """The GRU's coefficients of every step and row, C (n, B, 4H) = [a_r, a_z, a_n, c_n]:
+    dh'/dh = diag(1 - c) + diag(a_r) W_r + diag(a_z) W_z + diag(a_n) W_n, and the
+    pre-activation cotangents of an adjoint lam are dah = [a_r, a_z, a_n] lam, dax = [a_r, a_z,
+    c_n] lam (the partial derivatives of :func:`mgritnn.cells.gru._block_gate_vjp`, theta >= 0).
+    h (n, B, H) the states the gates G (n, B, 3H) = [r, z, W_h^n h + b_h^n], N (n, B, H) were
+    evaluated at; dt (n, B); a row with dt 0 (the identity step) gets zeros."""
+    n, B, H = h.shape
+    one = h.dtype.type(1.0)
+    zero = h.dtype.type(0.0)
+    for t in prange(n):
+        for r in range(B):
+            d = dt[t, r]
+            if d == 0:
+                for j in range(4 * H):
+                    C[t, r, j] = zero
+                continue
+            for j in range(H):
+                rg = G[t, r, j]
+                z = G[t, r, H + j]
+                nn = N[t, r, j]
+                a = d * (one - z)
+                den = one + theta * a
+                dpn = a / den * (one - nn * nn)
+                C[t, r, j] = dpn * G[t, r, 2 * H + j] * rg * (one - rg)
+                C[t, r, H + j] = -d * (nn - h[t, r, j]) / (den * den) * z * (one - z)
+                C[t, r, 2 * H + j] = dpn * rg
+                C[t, r, 3 * H + j] = dpn
+
+
+@numba.njit(**JIT_PAR)
 def _times_coeffs(C, nu, V):
-    """V[t, b, g H + i] = C[t, b, g H + i] nu[t, b, i] for g = 0, 1, 2: C, V (n, B, 3H), nu (n, B, H)."""
+    """V[t, b, g H + i] = C[t, b, g H + i] nu[t, b, i] for g = 0, 1, 2: C (n, B, 4H), V (n, B, 3H),
+    nu (n, B, H)."""
     n, B, H = nu.shape
     for t in prange(n):
         for r in range(B):
             for g in range(3):
                 for i in range(H):
                     V[t, r, g * H + i] = C[t, r, g * H + i] * nu[t, r, i]
+
+
+@numba.njit(**JIT_PAR)
+def _gru_cotangents(C, nu, dax, dah):
+    """The pre-activation cotangents of the adjoint nu (n, B, H) of the new states: dah = [a_r,
+    a_z, a_n] nu and dax = [a_r, a_z, c_n] nu (n, B, 3H), subnormal values flushed to zero (as
+    the cell's own VJP does)."""
+    n, B, H = nu.shape
+    for t in prange(n):
+        for r in range(B):
+            for g in range(3):
+                for i in range(H):
+                    v = flush_subnormal(C[t, r, g * H + i] * nu[t, r, i])
+                    dah[t, r, g * H + i] = v
+                    if g < 2:
+                        dax[t, r, g * H + i] = v
+            for i in range(H):
+                dax[t, r, 2 * H + i] = flush_subnormal(C[t, r, 3 * H + i] * nu[t, r, i])
 
 
 @numba.njit(**JIT_PAR)
@@ -76,6 +128,36 @@ def _add_minus_diag(d, v, D, nu, b):
                 b[t, r, i] = d[t, r, i] + (v[t, r, i] - D[t, r, i] * nu[t, r, i])
 
 
+@numba.njit(**JIT_PAR)
+def change(new, old, atol, rtol, err, delta, size):
+    """err[t] = max over (b, i) of |new - old| / (atol + rtol |new|) (0 where unchanged; inf where
+    the denominator is 0 and the element changed, or new is not finite), delta[t] = max
+    |new - old|, size[t] = max |new| (NaN where new is NaN); then old = new. new, old (n, B, H);
+    err, delta, size (n,) float64."""
+    n, B, H = new.shape
+    for t in prange(n):
+        e = 0.0
+        c = 0.0
+        m = 0.0
+        for r in range(B):
+            for i in range(H):
+                v = new[t, r, i]
+                a = abs(v)
+                if not a <= m:
+                    m = a if a == a else np.nan
+                dd = abs(v - old[t, r, i])
+                c = max(c, dd)
+                if dd != 0:
+                    sc = atol + rtol * a
+                    dd = dd / sc if sc > 0 else np.inf
+                if not dd <= e:
+                    e = dd if (dd == dd and a < np.inf) else np.inf
+                old[t, r, i] = v
+        err[t] = e
+        delta[t] = c
+        size[t] = m
+
+
 def off_diagonal_blocks(Wh):
     """W_h (3H, H) with the diagonal of each of its three H x H blocks zeroed (a C-contiguous
     copy, the same dtype)."""
@@ -88,14 +170,15 @@ def off_diagonal_blocks(Wh):
 
 
 def gru_fast_path(cell):
-    """Whether the GEMM form of the correction applies: a GRU cell of the theta family (its
-    ``layer_gate_vjp`` linear in the adjoint, its direct term diagonal)."""
+    """Whether the GEMM form of the correction applies: a GRU cell of the theta family with
+    theta >= 0 (classic, implicit; not MGRIT's matched coarse cells)."""
     from ..cells.gru import GRUCell
-    return isinstance(cell, GRUCell) and hasattr(cell, "layer_gate_vjp")
+    return isinstance(cell, GRUCell) and getattr(cell, "theta", -1.0) >= 0
 
 
 class TransposedOffDiagonal:
-    """The correction r_t = (J_t^T - D_t) nu_t of one layer at all of a rank's n steps at once.
+    """The correction r_t = (J_t^T - D_t) nu_t of one layer at all of a rank's n steps at once,
+    and the layer's pre-activation cotangents at the end.
 
     Parameters
     ----------
@@ -111,20 +194,24 @@ class TransposedOffDiagonal:
     Notes
     -----
     :meth:`apply` writes b = d + r (the right-hand side of the next diagonal scan). The GRU's
-    form (module docstring) keeps the coefficients (n, B, 3H) and three scratch arrays; the
-    generic form calls the cell's batched VJP (one pass over all points, its own temporaries).
+    form (module docstring) keeps its coefficients (n, B, 4H) and two scratch arrays (n, B, 3H),
+    (n, B, H); the generic form calls the cell's batched VJP (one pass over all points, its own
+    temporaries).
     """
 
     def __init__(self, cell, w, l, lin, dt):
         self.cell, self.w, self.l, self.lin, self.dt = cell, w, l, lin, dt
         n, B, H = lin.h_new.shape
+        dtype = lin.h_new.dtype
         self.fast = gru_fast_path(cell)
         if self.fast:
-            ones = np.ones((n, B, H), lin.h_new.dtype)
-            self.C = cell.layer_gate_vjp(ones, lin.h_gate, dt, lin.G, lin.N)[1]
+            from ..cells.gru import dt_rows
+            self.C = np.empty((n, B, 4 * H), dtype)
+            _gru_coeffs(lin.h_gate, dt_rows(dt, n, B, dtype), dtype.type(cell.theta), lin.G,
+                        lin.N, self.C)
             self.Woff = off_diagonal_blocks(w.Wh[l])
-            self.V = np.empty((n, B, 3 * H), lin.h_new.dtype)
-            self.U = np.empty((n, B, H), lin.h_new.dtype)
+            self.V = np.empty((n, B, 3 * H), dtype)
+            self.U = np.empty((n, B, H), dtype)
 
     def apply(self, nu, d, b):
         """b = d + (J_t^T - D_t) nu_t for every step t.
@@ -147,5 +234,19 @@ class TransposedOffDiagonal:
             v, _ = self.cell.layer_step_vjp(self.w, self.l, nu, self.lin, self.dt, need_lam=True)
             _add_minus_diag(d, v, self.lin.J, nu, b)
 
+    def cotangents(self, nu):
+        """The layer's step cotangents for the adjoint ``nu`` (n, B, H) of its new states: what
+        ``layer_step_vjp(..., need_lam=False)`` gives (the GRU: (dax, dah), (n, B, 3H) each, from
+        the coefficients, without a second pass over the gates)."""
+        if not self.fast:
+            return self.cell.layer_step_vjp(self.w, self.l, nu, self.lin, self.dt,
+                                            need_lam=False)[1]
+        n, B, H = nu.shape
+        dax = self.V                        # the scratch is free now
+        dah = np.empty((n, B, 3 * H), nu.dtype)
+        _gru_cotangents(self.C, nu, dax, dah)
+        self.V = self.U = None
+        return dax, dah
 
-__all__ = ["TransposedOffDiagonal", "off_diagonal_blocks", "gru_fast_path"]
+
+__all__ = ["TransposedOffDiagonal", "change", "off_diagonal_blocks", "gru_fast_path"]

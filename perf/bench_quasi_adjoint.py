@@ -1,0 +1,118 @@
+"""quasi-DEER's training step with the iterative adjoint (no dense Jacobians) against the serial
+step, on one process (issue 25, item 2).
+
+Shapes (B, T, I, H, L): R1 = (1, 65536, 8, 64, 1) and R2 = (4, 16384, 6, 32, 1); a
+:class:`GRUClassifier` (classic cell, float32, 2 classes, default initialization, seed 0), X
+standard normal, labels 0/1 (seed 0); or the weights of a checkpoint (``--params``, an ``.npz`` of
+the model's parameters as ``mgritnn train`` saves them; then the shape's I and H come from it).
+
+Timed, interleaved round by round (``harness.timeit_many``: the first call apart, so that
+compilation is not in the medians), ``model.loss_and_grad_flat(X, y, solver)`` (forward +
+gradient) for
+
+* ``serial``: the sweep and BPTT;
+* ``quasi-deer``: ``DEERConfig(quasi=True)`` (float32 defaults: atol 1e-4, rtol 1e-3, at most 50
+  iterations, fallback on), whose gradient is now the quasi adjoint (``adjoint="auto"``);
+* ``quasi-deer-dense`` (``--dense``): the same forward with the old dense adjoint
+  (``adjoint="dense"``), for comparison (slow: about 30 s at R1).
+
+Reported per solver: the median and min seconds, the ratio to serial (median of the per-round
+ratios), the forward and adjoint iterations, status/fallback, and the gradient's errors against
+serial (max abs error relative to the largest entry; cosine). Run with one thread::
+
+    NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \\
+        python perf/bench_quasi_adjoint.py --shapes R1,R2 --repeats 5
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import mgritnn  # noqa: E402
+from mgritnn.solvers import DEERConfig  # noqa: E402
+from harness import timeit_many  # noqa: E402
+
+SHAPES = {"R1": (1, 65536, 8, 64, 1), "R2": (4, 16384, 6, 32, 1)}
+
+
+def make_problem(shape, params=None, seed=0):
+    """(model, X (B, T, I), y (B,)) for ``shape`` = (B, T, I, H, L)."""
+    B, T, I, H, L = shape
+    if params is not None:
+        p = dict(np.load(params))
+        H = p["head.weight"].shape[1]
+        I = p["rnn.weight_ih_l0"].shape[1] if "rnn.weight_ih_l0" in p else I
+    m = mgritnn.GRUClassifier(I, H, 2 if params is None else p["head.weight"].shape[0],
+                              num_layers=L, cell="classic", dtype="float32", seed=seed)
+    if params is not None:
+        m.set_params({k: v.astype(np.float32) for k, v in p.items() if k in m.params})
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((B, T, I)).astype(np.float32)
+    y = rng.integers(0, 2, B)
+    return m, X, y
+
+
+def bench(name, shape, args):
+    m, X, y = make_problem(shape, args.params)
+    solvers = {"serial": "serial", "quasi-deer": DEERConfig(quasi=True)}
+    if args.dense:
+        solvers["quasi-deer-dense"] = DEERConfig(quasi=True, adjoint="dense")
+    out = {}
+    ref = m.loss_and_grad_flat(X, y, "serial")
+    for s, cfg in solvers.items():
+        t0 = time.perf_counter()
+        loss, g, info = m.loss_and_grad_flat(X, y, cfg)
+        first = time.perf_counter() - t0
+        g0 = ref[1].astype(np.float64)
+        g1 = g.astype(np.float64)
+        f, a = info["forward"], info["adjoint"]
+        out[s] = dict(first_call_s=first,
+                      fwd_iters=f.iterations, fwd_status=f.status, fwd_fallback=f.fallback,
+                      adj_iters=a.iterations, adj_status=a.status, adj_fallback=a.fallback,
+                      adj_message=a.message, time_forward=info["time_forward"],
+                      time_adjoint=info["time_adjoint"],
+                      grad_max_rel_err=float(np.abs(g1 - g0).max() / np.abs(g0).max()),
+                      grad_cos=float(g1 @ g0 / (np.linalg.norm(g1) * np.linalg.norm(g0))))
+    fns = {s: (lambda cfg=cfg: m.loss_and_grad_flat(X, y, cfg)) for s, cfg in solvers.items()}
+    t = timeit_many(fns, repeats=args.repeats, warmup=0, pause=0.02)
+    for s in solvers:
+        out[s].update(median_s=t[s]["median_s"], min_s=t[s]["min_s"], times_s=t[s]["times_s"])
+        out[s]["ratio"] = float(np.median(np.array(t[s]["times_s"])
+                                          / np.array(t["serial"]["times_s"])))
+    rec = dict(shape=name, BTIHL=shape, params=args.params, date=time.strftime("%Y-%m-%d"),
+               threads=os.environ.get("NUMBA_NUM_THREADS"), results=out)
+    return rec
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="R1,R2")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dense", action="store_true", help="also the dense adjoint (slow at R1)")
+    p.add_argument("--params", default=None, help="an .npz of trained parameters")
+    p.add_argument("--T", type=int, default=None, help="override the shapes' T")
+    p.add_argument("--out", default=None, help="append the JSON lines to this file")
+    args = p.parse_args(argv)
+    for name in args.shapes.split(","):
+        shape = SHAPES[name]
+        if args.T:
+            shape = (shape[0], args.T) + shape[2:]
+        rec = bench(name, shape, args)
+        for s, r in rec["results"].items():
+            print(f"{name} {s:17s} median {r['median_s']:.3f} s  x{r['ratio']:.2f} serial  "
+                  f"iters fwd {r['fwd_iters']} adj {r['adj_iters']}  status {r['fwd_status']}/"
+                  f"{r['adj_status']} fb {r['fwd_fallback']}/{r['adj_fallback']}  "
+                  f"fwd {r['time_forward']:.3f} s adj {r['time_adjoint']:.3f} s  "
+                  f"grad err {r['grad_max_rel_err']:.2e} cos {r['grad_cos']:.6f}", flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main()
