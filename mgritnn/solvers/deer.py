@@ -745,6 +745,9 @@ class DEERSolver(TimeParallelSolver):
             dxp = cot[0][0]
         if stats.status == OK and stats.iterations == 0 and not stats.history:
             stats.message = "exact"
+        if lin.J.ndim == 3 and stats.status == OK and not self._finite(dxp, grads):
+            stats.status = NONFINITE                   # e.g. a parameter gradient's sum overflowed
+            stats.message = "the gradient is not finite (NaN/inf)"
         stats.wait_time = self.tc.wait_time - wait0
         stats.seconds = time.perf_counter() - t0
         return dxp, stats
@@ -825,6 +828,17 @@ class DEERSolver(TimeParallelSolver):
                 break
         return status, k, history, resid, np.ascontiguousarray(nu), op
 
+    def _finite(self, *arrays):
+        """Whether every array (nests of tuples of arrays, None skipped) is finite on every rank
+        (one allreduce)."""
+        def ok(a):
+            if a is None:
+                return True
+            if isinstance(a, (tuple, list)):
+                return all(ok(b) for b in a)
+            return bool(np.all(np.isfinite(a)))
+        return self._max(float(not ok(list(arrays))))[0] == 0
+
     def _serial_adjoint(self, cell, w, state, lam_last, grads):
         """The fallback of the quasi adjoint: the serial reverse sweep of this rank's steps
         (the serial solver's, after its forward sweep from this rank's first point of the
@@ -855,9 +869,7 @@ class DEERSolver(TimeParallelSolver):
                 scale_pow2(grads, E)
             stats.exponent = 0
         self.tc.send_next(lam0, "deer-sweep", reverse=True)
-        bad = not (np.all(np.isfinite(dxp)) and np.all(np.isfinite(lam0)))
-        bad = self._max(float(bad))[0] > 0
-        if bad:
+        if not self._finite(dxp, grads, lam0):
             stats.status, stats.message = NONFINITE, "the serial reverse sweep gave NaN/inf"
         stats.step_evals += dxp.shape[0]             # its forward sweep
         return dxp, stats

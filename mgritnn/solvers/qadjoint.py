@@ -146,7 +146,7 @@ def _add_minus_diag(d, v, D, nu, b):
 def change(new, old, atol, rtol, err, delta, size):
     """err[t] = max over (b, i) of |new - old| / (atol + rtol |new|) (0 where unchanged; inf where
     the denominator is 0 and the element changed, or new is not finite), delta[t] = max
-    |new - old|, size[t] = max |new| (NaN where new is NaN); then old = new. new, old (n, B, H);
+    |new - old|, size[t] = max |new| (inf where new is NaN or inf); then old = new. new, old (n, B, H);
     err, delta, size (n,) float64."""
     n, B, H = new.shape
     for t in prange(n):
@@ -158,7 +158,7 @@ def change(new, old, atol, rtol, err, delta, size):
                 v = new[t, r, i]
                 a = abs(v)
                 if not a <= m:
-                    m = a if a == a else np.nan
+                    m = a if a == a else np.inf       # NaN: inf, which stays the maximum
                 dd = abs(v - old[t, r, i])
                 c = max(c, dd)
                 if dd != 0:
