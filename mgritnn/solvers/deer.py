@@ -70,6 +70,7 @@ from ..cells.base import DiagonalNewton, FusedSequence, LayerNewton, has, missin
 from ..options import check_bool, check_choices, check_int, check_real
 from .base import SolveStats, TimeParallelSolver, deprecated_comm, register, step_sizes
 from .elk import lm_step, model_residual
+from . import qadjoint
 from .qadjoint import TransposedOffDiagonal, change
 from .scan import linear_recurrence
 from .serial import step_through
@@ -274,7 +275,8 @@ def _update(new, old, atol, rtol, err, change):
 class _DEERState(NamedTuple):
     """What the adjoint needs: per layer the trajectory hs (T_loc + 1, B, H) (point lo first), its
     linearization (LayerStep with the dense Jacobian (T_loc, B, H, H), or for the quasi adjoint
-    its diagonal (T_loc, B, H)), the layer inputs; the step sizes; the raw inputs x (T_loc, *X0)
+    its diagonal (T_loc, B, H), or None where the adjoint makes the diagonal itself: the GRU),
+    the layer inputs; the step sizes; the raw inputs x (T_loc, *X0)
     of this rank's steps."""
     hs: list
     lin: list
@@ -458,7 +460,8 @@ class DEERSolver(TimeParallelSolver):
         state = None
         if keep:
             lin = []
-            jac = "dense" if adj == "dense" else "diag"     # the quasi adjoint: O(T B H)
+            # the quasi adjoint: O(T B H); the GRU's makes the diagonal itself
+            jac = "dense" if adj == "dense" else (None if qadjoint.gru_fast_path(cell) else "diag")
             for l in range(L):
                 lin.append(cell.layer_step(w, l, axs[l], np.ascontiguousarray(hs_all[l][:-1]), dtv,
                                            jacobian=jac, fused=True))
@@ -697,7 +700,8 @@ class DEERSolver(TimeParallelSolver):
                 terminal[...] = lam_l[l] if lam_l is not None else 0
                 if dxin is not None and n:
                     terminal += dxin[-1]
-            if lin.J.ndim == 4:                        # the dense reverse scan
+            dense = lin.J is not None and lin.J.ndim == 4
+            if dense:                                  # the dense reverse scan
                 mu = np.empty((n, B, H), dtype)
                 _, after = linear_recurrence(lin.J, d, terminal, out=mu, reverse=True,
                                              chunks=cfg.chunks, comm=self.tc)
@@ -722,7 +726,7 @@ class DEERSolver(TimeParallelSolver):
                         NONFINITE: f"layer {l}: non-finite iterate"}[status]
                 if status != OK and self.falls_back:
                     break
-            if lin.J.ndim == 4:
+            if dense:
                 _, cot[l] = cell.layer_step_vjp(w, l, nu, lin, state.dt, need_lam=False)
             else:
                 cot[l], op = op.cotangents(nu), None
@@ -745,7 +749,7 @@ class DEERSolver(TimeParallelSolver):
             dxp = cot[0][0]
         if stats.status == OK and stats.iterations == 0 and not stats.history:
             stats.message = "exact"
-        if lin.J.ndim == 3 and stats.status == OK and not self._finite(dxp, grads):
+        if not dense and stats.status == OK and not self._finite(dxp, grads):
             stats.status = NONFINITE                   # e.g. a parameter gradient's sum overflowed
             stats.message = "the gradient is not finite (NaN/inf)"
         stats.wait_time = self.tc.wait_time - wait0
@@ -766,7 +770,8 @@ class DEERSolver(TimeParallelSolver):
         Parameters
         ----------
         lin : LayerStep
-            The converged step of the layer, ``J`` its diagonal (n, B, H).
+            The converged step of the layer, ``J`` its diagonal (n, B, H) or None (the GRU's
+            form, :class:`~mgritnn.solvers.qadjoint.TransposedOffDiagonal`, makes it).
         dt : ndarray, shape (n,) or (n, B)
         d : ndarray, shape (n, B, H)
             The cotangents reaching points lo .. hi - 1 from the layer above.
@@ -793,7 +798,7 @@ class DEERSolver(TimeParallelSolver):
         dtype = d.dtype
         cap = cfg.adjoint_max_iter or cfg.max_iter
         op = TransposedOffDiagonal(cell, w, l, lin, dt)
-        D = np.ascontiguousarray(lin.J)
+        D = op.D
         buf = np.zeros((n + 1, B, H), dtype)
         mu, nu = buf[:n], buf[1:]                      # points lo .. hi - 1 and lo + 1 .. hi
         new = np.empty((n, B, H), dtype)
@@ -813,12 +818,16 @@ class DEERSolver(TimeParallelSolver):
             buf[n] = after
             e, resid, scale = self._max(err.max(initial=0.0), delta.max(initial=0.0),
                                         size.max(initial=0.0))
-            history.append(e)
             if not np.isfinite(scale):                 # NaN or inf in the iterate
+                history.append(np.inf)
                 status = NONFINITE
                 break
-            if k == 1 or not np.isfinite(e):           # nothing to compare with yet (e: inf
-                continue                               # where the last iterate was all zero)
+            if k == 1 or not np.isfinite(e):
+                # from an all-zero iterate (nu^(0) = 0; inf only where atol S is 0): the change
+                # is the iterate itself, 1 / (atol + rtol) relative to its own largest entry
+                history.append(1.0 / (atol + rtol) if scale > 0 else 0.0)
+                continue
+            history.append(e)
             if e <= 1.0:
                 status = OK
                 break

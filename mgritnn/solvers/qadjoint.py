@@ -49,13 +49,15 @@ from ..config import JIT_PAR
 
 
 @numba.njit(**JIT_PAR)
-def _gru_coeffs(h, dt, theta, G, N, C):
+def _gru_coeffs(h, dt, theta, G, N, wdiag, C, D):
     """The GRU's coefficients of every step and row, C (n, B, 4H) = [a_r, a_z, a_n, c_n]:
     dh'/dh = diag(1 - c) + diag(a_r) W_r + diag(a_z) W_z + diag(a_n) W_n, and the
     pre-activation cotangents of an adjoint lam are dah = [a_r, a_z, a_n] lam, dax = [a_r, a_z,
-    c_n] lam (the partial derivatives of :func:`mgritnn.cells.gru._block_gate_vjp`, theta >= 0).
-    h (n, B, H) the states the gates G (n, B, 3H) = [r, z, W_h^n h + b_h^n], N (n, B, H) were
-    evaluated at; dt (n, B); a row with dt 0 (the identity step) gets zeros."""
+    c_n] lam (the partial derivatives of :func:`mgritnn.cells.gru._block_gate_vjp`, theta >= 0);
+    and the diagonal D (n, B, H) = 1 - c + a_r diag(W_r) + a_z diag(W_z) + a_n diag(W_n)
+    (``wdiag`` (3, H) the diagonals of the blocks). h (n, B, H) the states the gates
+    G (n, B, 3H) = [r, z, W_h^n h + b_h^n], N (n, B, H) were evaluated at; dt (n, B); a row with
+    dt 0 (the identity step) gets C = 0, D = 1."""
     n, B, H = h.shape
     one = h.dtype.type(1.0)
     zero = h.dtype.type(0.0)
@@ -65,6 +67,8 @@ def _gru_coeffs(h, dt, theta, G, N, C):
             if d == 0:
                 for j in range(4 * H):
                     C[t, r, j] = zero
+                for j in range(H):
+                    D[t, r, j] = one
                 continue
             for j in range(H):
                 rg = G[t, r, j]
@@ -72,11 +76,16 @@ def _gru_coeffs(h, dt, theta, G, N, C):
                 nn = N[t, r, j]
                 a = d * (one - z)
                 den = one + theta * a
-                dpn = a / den * (one - nn * nn)
-                C[t, r, j] = dpn * G[t, r, 2 * H + j] * rg * (one - rg)
-                C[t, r, H + j] = -d * (nn - h[t, r, j]) / (den * den) * z * (one - z)
-                C[t, r, 2 * H + j] = dpn * rg
+                c = a / den
+                dpn = c * (one - nn * nn)
+                ar = dpn * G[t, r, 2 * H + j] * rg * (one - rg)
+                az = -d * (nn - h[t, r, j]) / (den * den) * z * (one - z)
+                an = dpn * rg
+                C[t, r, j] = ar
+                C[t, r, H + j] = az
+                C[t, r, 2 * H + j] = an
                 C[t, r, 3 * H + j] = dpn
+                D[t, r, j] = (one - c) + ar * wdiag[0, j] + az * wdiag[1, j] + an * wdiag[2, j]
 
 
 #: Rows (points x batch rows) per block of :func:`_gru_correction`: its scratch (rows x 3H) stays
@@ -201,9 +210,15 @@ class TransposedOffDiagonal:
     l : int
         The layer.
     lin : LayerStep
-        The layer's step at the converged trajectory, with ``J`` its diagonal (n, B, H).
+        The layer's step at the converged trajectory, with ``J`` its diagonal (n, B, H) (the
+        GRU's form may have ``J`` None: it makes the diagonal from its coefficients).
     dt : ndarray, shape (n,) or (n, B)
         Step sizes.
+
+    Attributes
+    ----------
+    D : ndarray, shape (n, B, H)
+        The diagonal of every step's Jacobian (the preconditioner).
 
     Notes
     -----
@@ -221,9 +236,15 @@ class TransposedOffDiagonal:
         if self.fast:
             from ..cells.gru import dt_rows
             self.C = np.empty((n, B, 4 * H), dtype)
+            self.D = np.empty((n, B, H), dtype)
+            Wh = w.Wh[l]
+            wdiag = np.ascontiguousarray(np.stack([np.diagonal(Wh[g * H:(g + 1) * H])
+                                                   for g in range(3)]))
             _gru_coeffs(lin.h_gate, dt_rows(dt, n, B, dtype), dtype.type(cell.theta), lin.G,
-                        lin.N, self.C)
-            self.Woff = off_diagonal_blocks(w.Wh[l])
+                        lin.N, wdiag, self.C, self.D)
+            self.Woff = off_diagonal_blocks(Wh)
+        else:
+            self.D = np.ascontiguousarray(lin.J)
 
     def apply(self, nu, d, b):
         """b = d + (J_t^T - D_t) nu_t for every step t.
@@ -241,7 +262,7 @@ class TransposedOffDiagonal:
             _gru_correction(self.C, nu, self.Woff, np.ascontiguousarray(d), b, BLOCK_ROWS)
         else:
             v, _ = self.cell.layer_step_vjp(self.w, self.l, nu, self.lin, self.dt, need_lam=True)
-            _add_minus_diag(d, v, self.lin.J, nu, b)
+            _add_minus_diag(d, v, self.D, nu, b)
 
     def cotangents(self, nu):
         """The layer's step cotangents for the adjoint ``nu`` (n, B, H) of its new states: what
