@@ -3,8 +3,8 @@ step, on one process (issue 25, item 2).
 
 Shapes (B, T, I, H, L): R1 = (1, 65536, 8, 64, 1) and R2 = (4, 16384, 6, 32, 1); a
 :class:`GRUClassifier` (classic cell, float32, 2 classes, default initialization, seed 0), X
-standard normal, labels 0/1 (seed 0); or the weights of a checkpoint (``--params``, an ``.npz`` of
-the model's parameters as ``mgritnn train`` saves them; then the shape's I and H come from it).
+standard normal, labels 0/1 (seed 0); or a training checkpoint's first ``--batch`` test
+sequences (``--checkpoint``, read as ``perf/bench_elk.py`` reads them: trained weights).
 
 Timed, interleaved round by round (``harness.timeit_many``: the first call apart, so that
 compilation is not in the medians), ``model.loss_and_grad_flat(X, y, solver)`` (forward +
@@ -40,33 +40,39 @@ from harness import timeit_many  # noqa: E402
 SHAPES = {"R1": (1, 65536, 8, 64, 1), "R2": (4, 16384, 6, 32, 1)}
 
 
-def make_problem(shape, params=None, seed=0):
-    """(model, X (B, T, I), y (B,)) for ``shape`` = (B, T, I, H, L)."""
+def make_problem(shape, seed=0):
+    """(model, X (B, T, I), y (B,), extra kwargs) for ``shape`` = (B, T, I, H, L)."""
     B, T, I, H, L = shape
-    if params is not None:
-        p = dict(np.load(params))
-        H = p["head.weight"].shape[1]
-        I = p["rnn.weight_ih_l0"].shape[1] if "rnn.weight_ih_l0" in p else I
-    m = mgritnn.GRUClassifier(I, H, 2 if params is None else p["head.weight"].shape[0],
-                              num_layers=L, cell="classic", dtype="float32", seed=seed)
-    if params is not None:
-        m.set_params({k: v.astype(np.float32) for k, v in p.items() if k in m.params})
+    m = mgritnn.GRUClassifier(I, H, 2, num_layers=L, cell="classic", dtype="float32", seed=seed)
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((B, T, I)).astype(np.float32)
     y = rng.integers(0, 2, B)
-    return m, X, y
+    return m, X, y, {}
+
+
+def checkpoint_problem(path, batch):
+    """(model, X, y, kwargs) of a checkpoint's first ``batch`` test sequences (as
+    ``perf/bench_elk.py`` reads them: standardized, their true lengths)."""
+    from bench_elk import batch_of
+    m, X, y, lengths, pad = batch_of(path, batch)
+    return m, np.ascontiguousarray(X, np.float32), y, ({} if lengths is None else
+                                                       dict(lengths=lengths, pad=pad))
 
 
 def bench(name, shape, args):
-    m, X, y = make_problem(shape, args.params)
+    if args.checkpoint:
+        m, X, y, kw = checkpoint_problem(args.checkpoint, args.batch)
+        shape = (X.shape[0], X.shape[1], X.shape[2], m.hidden_size, m.num_layers)
+    else:
+        m, X, y, kw = make_problem(shape)
     solvers = {"serial": "serial", "quasi-deer": DEERConfig(quasi=True)}
     if args.dense:
         solvers["quasi-deer-dense"] = DEERConfig(quasi=True, adjoint="dense")
     out = {}
-    ref = m.loss_and_grad_flat(X, y, "serial")
+    ref = m.loss_and_grad_flat(X, y, "serial", **kw)
     for s, cfg in solvers.items():
         t0 = time.perf_counter()
-        loss, g, info = m.loss_and_grad_flat(X, y, cfg)
+        loss, g, info = m.loss_and_grad_flat(X, y, cfg, strict=False, **kw)
         first = time.perf_counter() - t0
         g0 = ref[1].astype(np.float64)
         g1 = g.astype(np.float64)
@@ -78,13 +84,14 @@ def bench(name, shape, args):
                       time_adjoint=info["time_adjoint"],
                       grad_max_rel_err=float(np.abs(g1 - g0).max() / np.abs(g0).max()),
                       grad_cos=float(g1 @ g0 / (np.linalg.norm(g1) * np.linalg.norm(g0))))
-    fns = {s: (lambda cfg=cfg: m.loss_and_grad_flat(X, y, cfg)) for s, cfg in solvers.items()}
+    fns = {s: (lambda cfg=cfg: m.loss_and_grad_flat(X, y, cfg, strict=False, **kw))
+           for s, cfg in solvers.items()}
     t = timeit_many(fns, repeats=args.repeats, warmup=0, pause=0.02)
     for s in solvers:
         out[s].update(median_s=t[s]["median_s"], min_s=t[s]["min_s"], times_s=t[s]["times_s"])
         out[s]["ratio"] = float(np.median(np.array(t[s]["times_s"])
                                           / np.array(t["serial"]["times_s"])))
-    rec = dict(shape=name, BTIHL=shape, params=args.params, date=time.strftime("%Y-%m-%d"),
+    rec = dict(shape=name, BTIHL=shape, checkpoint=args.checkpoint, date=time.strftime("%Y-%m-%d"),
                threads=os.environ.get("NUMBA_NUM_THREADS"), results=out)
     return rec
 
@@ -94,13 +101,16 @@ def main(argv=None):
     p.add_argument("--shapes", default="R1,R2")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dense", action="store_true", help="also the dense adjoint (slow at R1)")
-    p.add_argument("--params", default=None, help="an .npz of trained parameters")
+    p.add_argument("--checkpoint", default=None,
+                   help="a training checkpoint: its first --batch test sequences instead of R1/R2")
+    p.add_argument("--batch", type=int, default=8)
     p.add_argument("--T", type=int, default=None, help="override the shapes' T")
     p.add_argument("--out", default=None, help="append the JSON lines to this file")
     args = p.parse_args(argv)
-    for name in args.shapes.split(","):
-        shape = SHAPES[name]
-        if args.T:
+    names = ["ckpt"] if args.checkpoint else args.shapes.split(",")
+    for name in names:
+        shape = SHAPES.get(name)
+        if args.T and shape:
             shape = (shape[0], args.T) + shape[2:]
         rec = bench(name, shape, args)
         for s, r in rec["results"].items():

@@ -42,10 +42,17 @@ Choices of this implementation (``docs/algorithms.md`` §5):
 * Divergence (the error grew by ``divergence`` over its smallest value, or a non-finite iterate) and
   non-convergence are reported in the statistics; with ``fallback=True`` (default) the solver then
   runs the serial sweep (pipelined over the ranks) and says so (``SolveStats.fallback``).
-* Gradient: the adjoint recurrence mu_t = J_t^T mu_{t+1} + (cotangent from the layer above) is one
-  reverse scan with the **full** Jacobian at the converged trajectory (also for quasi-DEER, so the
-  gradient is that of the computed trajectory, not biased by the diagonal approximation), then one
-  batched pass forms every step's pre-activation cotangents and the parameter gradients.
+* Gradient: the adjoint recurrence mu_t = J_t^T mu_{t+1} + (cotangent from the layer above) with
+  the **full** Jacobian at the converged trajectory (also for quasi-DEER, so the gradient is that
+  of the computed trajectory, not biased by the diagonal approximation), then one batched pass
+  forms every step's pre-activation cotangents and the parameter gradients. DEER
+  (``adjoint="dense"``): one reverse scan with the dense Jacobians (O(T B H^2) memory, O(H^3) per
+  step). quasi-DEER (``adjoint="quasi"``, its default): no dense Jacobian at all, diagonal-
+  preconditioned iterations mu^(k+1)_t = D_t mu^(k+1)_{t+1} + d_t + (J_t^T - D_t) mu^(k)_{t+1},
+  the correction an exact VJP at all points at once (the GRU: one GEMM), one diagonal reverse
+  scan each (:mod:`mgritnn.solvers.qadjoint`); O(T B H) memory, exact at convergence (and after
+  T + 1 iterations: the same front as the forward), the iterations and a fallback to the serial
+  reverse sweep reported in the adjoint's statistics.
 * Time blocks: rank r owns steps [T r / P, T (r + 1) / P). Results agree with the serial solver to
   the tolerance, and between rank counts to round-off (the scan's summaries round differently).
 
