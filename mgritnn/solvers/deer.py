@@ -73,7 +73,8 @@ from numba import prange
 
 from ..config import DIVERGED, JIT_PAR, NONFINITE, NOT_CONVERGED, OK
 from ..errors import ConfigError
-from ..cells.base import DiagonalNewton, FusedSequence, LayerNewton, has, missing, scale_pow2
+from ..cells.base import (DiagonalNewton, FusedSequence, LayerNewton, Workspace, has, missing,
+                          scale_pow2, work_array)
 from ..options import check_bool, check_choices, check_int, check_real
 from .base import SolveStats, TimeParallelSolver, deprecated_comm, register, step_sizes
 from .elk import lm_step, model_residual
@@ -328,6 +329,9 @@ class DEERSolver(TimeParallelSolver):
     def __init__(self, config=None, comm=None, state=None):
         self.config = config or DEERConfig()
         super().__init__(self.config.comm if comm is None else comm, state)
+        #: The quasi adjoint's work arrays, reused between solves of one shape (what an adjoint
+        #: returns from it, the cotangent of the inputs, is overwritten by the next adjoint).
+        self.ws = Workspace()
 
     def supports(self, cell):
         """What ``cell`` lacks of :class:`~mgritnn.cells.base.LayerNewton` (those of
@@ -804,12 +808,14 @@ class DEERSolver(TimeParallelSolver):
         n, B, H = d.shape
         dtype = d.dtype
         cap = cfg.adjoint_max_iter or cfg.max_iter
-        op = TransposedOffDiagonal(cell, w, l, lin, dt)
+        ws = self.ws
+        op = TransposedOffDiagonal(cell, w, l, lin, dt, ws)
         D = op.D
-        buf = np.zeros((n + 1, B, H), dtype)
+        buf = work_array(ws, "qadj-buf", (n + 1, B, H), dtype)
+        buf[...] = 0
         mu, nu = buf[:n], buf[1:]                      # points lo .. hi - 1 and lo + 1 .. hi
-        new = np.empty((n, B, H), dtype)
-        b = np.empty((n, B, H), dtype)
+        new = work_array(ws, "qadj-new", (n, B, H), dtype)
+        b = work_array(ws, "qadj-b", (n, B, H), dtype)
         err, delta, size = (np.empty(n, np.float64) for _ in range(3))
         history, best, status, resid, scale = [], np.inf, NOT_CONVERGED, 0.0, 0.0
         k = 0

@@ -45,6 +45,7 @@ import numpy as np
 from numba import prange
 
 from ..cells.activations import flush_subnormal
+from ..cells.base import work_array
 from ..config import JIT_PAR
 
 
@@ -214,6 +215,9 @@ class TransposedOffDiagonal:
         GRU's form may have ``J`` None: it makes the diagonal from its coefficients).
     dt : ndarray, shape (n,) or (n, B)
         Step sizes.
+    ws : Workspace, optional
+        Take the coefficients, the diagonal and the cotangents from it (reused by the next
+        solve of the same shape: no page faults for fresh arrays in every training step).
 
     Attributes
     ----------
@@ -228,15 +232,15 @@ class TransposedOffDiagonal:
     temporaries).
     """
 
-    def __init__(self, cell, w, l, lin, dt):
-        self.cell, self.w, self.l, self.lin, self.dt = cell, w, l, lin, dt
+    def __init__(self, cell, w, l, lin, dt, ws=None):
+        self.cell, self.w, self.l, self.lin, self.dt, self.ws = cell, w, l, lin, dt, ws
         n, B, H = lin.h_new.shape
         dtype = lin.h_new.dtype
         self.fast = gru_fast_path(cell)
         if self.fast:
             from ..cells.gru import dt_rows
-            self.C = np.empty((n, B, 4 * H), dtype)
-            self.D = np.empty((n, B, H), dtype)
+            self.C = work_array(ws, "qadj-C", (n, B, 4 * H), dtype)
+            self.D = work_array(ws, "qadj-D", (n, B, H), dtype)
             Wh = w.Wh[l]
             wdiag = np.ascontiguousarray(np.stack([np.diagonal(Wh[g * H:(g + 1) * H])
                                                    for g in range(3)]))
@@ -272,8 +276,8 @@ class TransposedOffDiagonal:
             return self.cell.layer_step_vjp(self.w, self.l, nu, self.lin, self.dt,
                                             need_lam=False)[1]
         n, B, H = nu.shape
-        dax = np.empty((n, B, 3 * H), nu.dtype)
-        dah = np.empty((n, B, 3 * H), nu.dtype)
+        dax = work_array(self.ws, ("qadj-dax", self.l), (n, B, 3 * H), nu.dtype)
+        dah = work_array(self.ws, ("qadj-dah", self.l), (n, B, 3 * H), nu.dtype)
         _gru_cotangents(self.C, nu, dax, dah)
         self.C = None                       # free the coefficients
         return dax, dah
