@@ -772,9 +772,12 @@ class DEERSolver(TimeParallelSolver):
         :mod:`mgritnn.solvers.qadjoint`): mu^(k+1)_t = D_t mu^(k+1)_{t+1} + d_t
         + (J_t^T - D_t) nu^(k)_t, one diagonal reverse scan each, from nu^(0) = 0.
 
-        Stops when every element's change is within ``atol S + rtol |mu|``, S the largest
-        |mu| of the previous iterate over all ranks (the adjoint's scale is the loss's, so the
-        absolute tolerance is taken relative to it; one allreduce per iteration), after
+        Stops when every element's change, scaled by ``atol S + rtol |mu|`` (S the largest
+        |mu| of the previous iterate over all ranks: the adjoint's scale is the loss's, so the
+        absolute tolerance is taken relative to it; one allreduce per iteration), is e <= 1 and
+        so is the error estimate e rho / (1 - rho), rho = e_k / e_(k-1) (at most 0.99) the
+        observed contraction (a slowly contracting iteration, trained weights, is stopped by
+        the estimate, not by a small change); after
         ``adjoint_max_iter`` iterations (``max_iter`` if None), when the change grew by
         ``divergence`` over its smallest value, or at a non-finite iterate.
 
@@ -817,7 +820,7 @@ class DEERSolver(TimeParallelSolver):
         new = work_array(ws, "qadj-new", (n, B, H), dtype)
         b = work_array(ws, "qadj-b", (n, B, H), dtype)
         err, delta, size = (np.empty(n, np.float64) for _ in range(3))
-        history, best, status, resid, scale = [], np.inf, NOT_CONVERGED, 0.0, 0.0
+        history, best, status, resid, scale, prev = [], np.inf, NOT_CONVERGED, 0.0, 0.0, np.inf
         k = 0
         while k < cap:
             k += 1
@@ -839,11 +842,17 @@ class DEERSolver(TimeParallelSolver):
                 # from an all-zero iterate (nu^(0) = 0; inf only where atol S is 0): the change
                 # is the iterate itself, 1 / (atol + rtol) relative to its own largest entry
                 history.append(1.0 / (atol + rtol) if scale > 0 else 0.0)
+                prev = np.inf
                 continue
             history.append(e)
-            if e <= 1.0:
+            # the error left is about the change times rate / (1 - rate) for a linear iteration
+            # contracting at that rate (the last two changes' ratio, at most 0.99): stop when
+            # that estimate, not only the change, is within the tolerance
+            rate = min(e / prev, 0.99) if 0 < prev < np.inf else 0.0
+            if e * max(1.0, rate / (1.0 - rate)) <= 1.0:
                 status = OK
                 break
+            prev = e
             best = min(best, e)
             if e > cfg.divergence * best:
                 status = DIVERGED
