@@ -433,6 +433,29 @@ def scan_systems(n=41, B=2, H=3, seed=7):
     return out
 
 
+def load_mpi_script(name):
+    """The module of the script ``tests/mpi/<name>.py`` (its cases and one-process solves, for the
+    pytest process's references), loaded by path (the scripts are not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, MPI_SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def agree_with_rank_0(comm, name, results, failures, arrays):
+    """Check that this rank's ``results`` (a dict of arrays) of the case ``name`` equal rank 0's
+    bitwise (a failure message appended to ``failures`` per differing key); rank 0 adds them to
+    ``arrays`` as ``{name}_{key}`` (collective)."""
+    rank = comm.Get_rank()
+    ref = comm.bcast(results if rank == 0 else None, root=0)
+    for key, value in results.items():
+        if not np.array_equal(value, ref[key]):
+            failures.append(f"rank {rank}/{comm.Get_size()} {name}: {key} differs from rank 0's")
+    if rank == 0:
+        arrays.update({f"{name}_{k}": v for k, v in results.items()})
+
+
 def finish_ranks(comm, failures, path, arrays):
     """End of a script run on every rank: print this rank's failure messages, agree over all ranks
     (``allreduce`` MIN) so that none is left waiting, and on success let rank 0 write ``arrays`` to

@@ -25,6 +25,8 @@ TAGS = {
     "scan-boundary": 500,       # the scan's shared block boundary
     "deer-cotangent": 600,      # DEER adjoint: the layer input's cotangent at the block boundary, + layer
     "odenet-layers": 700,       # the ODENet's neighbouring layer weights (its smoothness penalty)
+    "adjoint-sweep": 800,       # the pipelined scaled BPTT (an adjoint's exact fallback): 0 the
+                                # adjoint, 1 its exponent
 }
 _BLOCK = 100
 

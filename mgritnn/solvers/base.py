@@ -88,7 +88,10 @@ class SolveStats:
         (including what ``grads`` held on entry) are 2^-exponent times the true ones; 0:
         unscaled. The serial solver raises it where the adjoint would overflow (exploding
         gradients), so that the gradient's direction stays exact and its norm is
-        ``2^exponent`` times the norm of what was returned (MGRIT and DEER: always 0).
+        ``2^exponent`` times the norm of what was returned. MGRIT reports it from its exact
+        fallback for the GRU cells (the pipelined scaled sweep,
+        :func:`~mgritnn.solvers.pipeline.pipelined_scaled_adjoint`), which it takes when its own
+        adjoint gives inf; DEER: always 0.
     stalled : bool
         The iteration gave up early: a cycle contracted the residual by less than the solver's
         ``stall`` factor, or the tolerance was out of reach at its rate (MGRIT).

@@ -60,6 +60,7 @@ from ..options import (check_bool, check_choice, check_choices, check_int, check
                        freeze, int_list, renamed, set_frozen, str_list, upgrade)
 from .base import (SolveStats, TimeParallelSolver, deprecated_comm, register, residual_grew,
                    step_sizes)
+from .pipeline import can_sweep_scaled, pipelined_scaled_adjoint
 
 _RELAX = ("FCF", "F")
 
@@ -1079,6 +1080,35 @@ class MGRITSolver(TimeParallelSolver):
             rec[2] += v[2]
         return fas, failed
 
+    def _exact_adjoint(self, cell, w, state, lam_last, grads, lam_first, failed, spent, t_setup):
+        """The adjoint's fallback for a cell of :func:`~mgritnn.solvers.pipeline.can_sweep_scaled`
+        (the GRU cells): backpropagation through time pipelined over the ranks from each slice's
+        first forward point, with the adjoint's scale kept apart
+        (:func:`~mgritnn.solvers.pipeline.pipelined_scaled_adjoint`), so that a sequence whose
+        adjoint outgrows the dtype (where MGRIT's own adjoint gives inf) still gets the gradient's
+        exact direction (``stats.exponent``). Also the adjoint of one level (the exact solver of
+        the gradient checks). ``failed``: the failed solve's statistics (kept, as :meth:`_exact`
+        does; ``spent`` its solve, whose waits are added), or a new SolveStats for one level
+        (``spent`` None: no fallback). Returns (dax0, stats) as :meth:`adjoint`."""
+        t0 = time.perf_counter()
+        T = state.T
+        lo, hi = self.local_steps(T)
+        dtv = step_sizes(state.dt, T, state.u.dtype, lo, hi)
+        wait0 = self.tc.wait_time
+        dax0, E, evals = pipelined_scaled_adjoint(self.tc, cell, w, state.x, state.ax0,
+                                                  state.u[0], dtv, lam_last, grads, lam_first)
+        if spent is not None:
+            failed.fallback = True
+            failed.message += "; the serial sweep ran instead (exact, pipelined, scaled)"
+        failed.step_evals += evals
+        failed.residual = 0.0
+        failed.exponent = E
+        phase = "pipelined scaled sweep" if spent is None else "fallback (pipelined scaled sweep)"
+        failed.phases[phase] = [time.perf_counter() - t0, 1, evals]
+        failed.wait_time = (0.0 if spent is None else spent.wait_time) + self.tc.wait_time - wait0
+        failed.seconds = time.perf_counter() - t_setup
+        return dax0, failed
+
     def adjoint(self, cell, w, state, lam_last, grads, lam_first=None):
         """MGRIT adjoint solve, then one batched pass for the parameter gradients of this rank's
         steps (added to ``grads``, the input projection's included). ``lam_last`` (*S) is needed on
@@ -1090,6 +1120,9 @@ class MGRITSolver(TimeParallelSolver):
         C-point, as the forward's ``h_last`` is (exact with one level or when converged)."""
         cfg = self.config
         t_setup = time.perf_counter()
+        if not state.cfs and can_sweep_scaled(cell):    # one level: the exact sweep, scaled
+            return self._exact_adjoint(cell, w, state, lam_last, grads, lam_first,
+                                       SolveStats(), None, t_setup)
         T, u = state.T, state.u
         grid = local_grid(T, state.cfs, self.size, self.rank, reverse=True)
         lo_fwd = T - grid.hi
@@ -1109,6 +1142,9 @@ class MGRITSolver(TimeParallelSolver):
         fas.phases["setup (coarse linearizations)"] = [t0 - t_setup, 1, prop.evals]
         # its final sweep keeps every step's cotangents
         stats = fas.solve(cfg.adjoint_max_iter, give_up=self.falls_back)
+        if self.falls_back and stats.status != OK and can_sweep_scaled(cell):
+            return self._exact_adjoint(cell, w, state, lam_last, grads, lam_first, stats, fas,
+                                       t_setup)
         if self.falls_back and stats.status != OK:      # the fine level's VJPs only, sequentially
             prop = adjoint(cell, None, w, levels[:1], dts[:1], u, state.prop)
             fas, stats = self._exact(grid, prop, lam0, "mgrit-adjoint", stats, reverse=True,

@@ -52,6 +52,10 @@ class GradientQuality:
         Batches per epoch.
     owned : bool
         The ranks own their layers (then no gradient checks: each rank has only its rows).
+    grad_options : dict, optional
+        Keywords of the model's ``loss_and_grad_flat`` for the checks' exact gradient (the
+        GRU's ``scaled=True``: an exploding batch's exact gradient keeps its scale apart, as the
+        run's own gradient does).
 
     Attributes
     ----------
@@ -62,8 +66,9 @@ class GradientQuality:
         The exact solver of the checks (:func:`gradient_quality.exact_solver`).
     """
 
-    def __init__(self, cfg, solver, ranks, n_batches, owned=False):
+    def __init__(self, cfg, solver, ranks, n_batches, owned=False, grad_options=None):
         self.cfg, self.solver, self.ranks = cfg, solver, ranks
+        self.grad_options = dict(grad_options or {})
         every = cfg.gradient_check
         if every is None:
             every = 0 if solver.name == "serial" else n_batches
@@ -95,11 +100,15 @@ class GradientQuality:
         -------
         ndarray, shape (P,), ``grad``'s dtype
         """
+        self.scaled += 1
+        return self._true_scale(grad, exponent)
+
+    def _true_scale(self, grad, exponent):
+        """:meth:`unscale` without counting the batch."""
         g64 = grad.astype(np.float64)
         norm = float(np.linalg.norm(g64))
         true_norm = float(np.ldexp(norm, exponent)) if norm > 0 else 0.0
         clip = self.cfg.clip
-        self.scaled += 1
         if clip is not None and true_norm > clip:
             return (g64 * (clip / norm)).astype(grad.dtype)
         with np.errstate(over="ignore"):
@@ -148,11 +157,15 @@ class GradientQuality:
         t0 = time.perf_counter()
         with running():
             l_ex, g_ex, i_ex = model.loss_and_grad_flat(batch.X, batch.y, self.exact,
-                                                        lengths=batch.lengths, pad=pad)
+                                                        lengths=batch.lengths, pad=pad,
+                                                        **self.grad_options)
+        g_ex, E = self.ranks.common_scale(g_ex, int(i_ex.get("exponent", 0)))
         weight = len(batch.part) / len(batch.idx)
         red = self.ranks.sum_over_data(np.concatenate(
             [g_ex * g_ex.dtype.type(weight), np.array([l_ex * weight], g_ex.dtype)]))
         g_ex, l_ex = red[:-1], float(red[-1])
+        if E:           # at its true scale (clipped as the run's own gradient is, :meth:`unscale`)
+            g_ex = self._true_scale(g_ex, E)
         err = gradient_quality.compare(grad, g_ex, loss, l_ex)
         target = self.cfg.gradient_target
         used_exact = not err.ok(target)

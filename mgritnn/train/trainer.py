@@ -191,7 +191,8 @@ class Trainer:
         with self.running():
             compile_rank0_first(self.ranks.world, self._warm_up)
         self.reporter.open()
-        self.quality = GradientQuality(cfg, self.solver, self.ranks, self.n_batches, self.owned)
+        self.quality = GradientQuality(cfg, self.solver, self.ranks, self.n_batches, self.owned,
+                                       self.adapter.grad_options)
 
     def running(self):
         """The run's :func:`thread_settings` (:meth:`fit`, :meth:`step`, :meth:`evaluate`)."""

@@ -23,7 +23,7 @@ from mpi4py import MPI
 
 from mgritnn.solvers import DEERConfig
 from mgritnn.solvers.elk import lm_step
-from mpi_util import Case, finish_ranks
+from mpi_util import Case, agree_with_rank_0, finish_ranks
 
 #: (name, case, quasi): the problems of ``mpi_util.Case`` (float64, batch 3, hidden 5).
 CASES = [(f"{'quasi-' if q else ''}elk-{cell}-L{L}", Case(cell=cell, layers=L, T=37), q)
@@ -62,13 +62,7 @@ def main(argv):
             if rank == 0:
                 arrays[f"step_{kind}_c{chunks}"] = np.concatenate(blocks)
     for name, case, quasi in CASES:
-        res = solve_case(case, quasi)
-        ref = comm.bcast(res if rank == 0 else None, root=0)
-        for key, value in res.items():
-            if not np.array_equal(value, ref[key]):
-                bad.append(f"rank {rank}/{size} {name}: {key} differs from rank 0's")
-        if rank == 0:
-            arrays.update({f"{name}_{k}": v for k, v in res.items()})
+        agree_with_rank_0(comm, name, solve_case(case, quasi), bad, arrays)
     return finish_ranks(comm, bad, argv[0], arrays)
 
 
