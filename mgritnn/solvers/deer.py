@@ -78,6 +78,7 @@ from ..cells.base import (DiagonalNewton, FusedSequence, LayerNewton, Workspace,
 from ..options import check_bool, check_choices, check_int, check_real
 from .base import SolveStats, TimeParallelSolver, deprecated_comm, register, step_sizes
 from .elk import lm_step, model_residual
+from .pipeline import can_sweep_scaled, pipelined_scaled_adjoint
 from . import qadjoint
 from .qadjoint import TransposedOffDiagonal, change
 from .scan import linear_recurrence
@@ -676,7 +677,8 @@ class DEERSolver(TimeParallelSolver):
             ``history`` (the scaled change of each iteration), ``status``/``message``,
             ``fallback``, ``step_evals`` (one per step for the dense scan and the parameter
             pass; the quasi iterations in layer steps, as the forward counts them), ``exponent``
-            (nonzero only where the one-rank fallback sweep kept an exploding adjoint's scale).
+            (nonzero only where the fallback sweep kept an exploding adjoint's scale: the GRU
+            cells on any number of ranks, other cells on one).
         """
         if lam_first is not None:
             raise ConfigError(f"solver {self.name!r} does not give the adjoint at the first point "
@@ -871,38 +873,49 @@ class DEERSolver(TimeParallelSolver):
         return self._max(float(not ok(list(arrays))))[0] == 0
 
     def _serial_adjoint(self, cell, w, state, lam_last, grads):
-        """The fallback of the quasi adjoint: the serial reverse sweep of this rank's steps
-        (the serial solver's, after its forward sweep from this rank's first point of the
-        converged trajectory), pipelined from the last rank to the first.
+        """The fallback of the quasi adjoint: backpropagation through time of this rank's steps
+        from its first point of the converged trajectory, pipelined from the last rank to the
+        first, with the adjoint's scale kept in a power-of-two exponent where it would outgrow the
+        dtype (``stats.exponent``, the same on every rank).
 
-        One rank: the serial solver's scaled sweep (``exponent``, as the serial solver reports
-        it). Several: each rank's result at its true scale, and a non-finite one reported
-        (status NONFINITE).
+        The GRU cells (:func:`~mgritnn.solvers.pipeline.can_sweep_scaled`): MGRIT's exact
+        fallback, :func:`~mgritnn.solvers.pipeline.pipelined_scaled_adjoint`. Other cells: the
+        serial solver's forward and scaled adjoint of the rank's steps, the adjoint passed
+        between the ranks at its true scale (one rank: the serial solver's exponent; several: an
+        overflow is reported as NaN/inf).
 
         Returns
         -------
         dxp : ndarray, shape (T_loc, *X)
         stats : SolveStats
+            ``status`` NONFINITE where the result (or ``grads``) is not finite.
         """
-        from .serial import SerialSolver
-        ser = SerialSolver()
         start = cell.join_layers([np.ascontiguousarray(hs[0]) for hs in state.hs])
-        _, sstate, _ = ser.forward(cell, w, state.x, start, state.dt)
-        lam = np.zeros_like(start) if lam_last is None else np.array(lam_last, start.dtype)
-        self.tc.recv_prev(lam, "deer-sweep", reverse=True)
-        lam0 = np.empty_like(start)
-        dxp, stats = ser.adjoint(cell, w, sstate, lam, grads, lam_first=lam0)
-        if stats.exponent and self.size > 1:           # one scale over the ranks: the true one
-            E = stats.exponent
-            with np.errstate(over="ignore"):
-                np.ldexp(lam0, E, out=lam0)
-                dxp = np.ldexp(dxp, E).astype(dxp.dtype)
-                scale_pow2(grads, E)
-            stats.exponent = 0
-        self.tc.send_next(lam0, "deer-sweep", reverse=True)
+        if can_sweep_scaled(cell):
+            dxp, E, evals = pipelined_scaled_adjoint(self.tc, cell, w, state.x,
+                                                     cell.project_inputs(w, state.x), start,
+                                                     state.dt, lam_last, grads)
+            stats = SolveStats(step_evals=evals, exponent=E)
+            lam0 = None
+        else:
+            from .serial import SerialSolver
+            ser = SerialSolver()
+            _, sstate, _ = ser.forward(cell, w, state.x, start, state.dt)
+            lam = np.zeros_like(start) if lam_last is None else np.array(lam_last, start.dtype)
+            self.tc.recv_prev(lam, "deer-sweep", reverse=True)
+            lam0 = np.empty_like(start)
+            dxp, stats = ser.adjoint(cell, w, sstate, lam, grads, lam_first=lam0)
+            if stats.exponent and self.size > 1:       # one scale over the ranks: the true one
+                E = stats.exponent
+                with np.errstate(over="ignore"):
+                    np.ldexp(lam0, E, out=lam0)
+                    dxp = np.ldexp(dxp, E).astype(dxp.dtype)
+                    scale_pow2(grads, E)
+                stats.exponent = 0
+            self.tc.send_next(lam0, "deer-sweep", reverse=True)
+            stats.step_evals += dxp.shape[0]         # its forward sweep
         if not self._finite(dxp, grads, lam0):
             stats.status, stats.message = NONFINITE, "the serial reverse sweep gave NaN/inf"
-        stats.step_evals += dxp.shape[0]             # its forward sweep
         return dxp, stats
 
 
