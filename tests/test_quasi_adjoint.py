@@ -229,3 +229,33 @@ def test_options():
     assert DEERConfig(quasi=True).adjoint_kind() == "quasi"
     assert DEERConfig(adjoint="quasi").adjoint_kind() == "quasi"
     assert make_solver("quasi-deer", dict(adjoint="dense")).config.adjoint_kind() == "dense"
+
+
+def test_gru_fallback_keeps_the_adjoints_scale():
+    """The GRU's fallback is the pipelined scaled sweep: an adjoint beyond 2^64 (float32) comes
+    back as 2^-exponent times the true one, as the serial solver returns it (bit for bit on one
+    rank: the same kernels from the same first state)."""
+    m, X, _ = gru_problem("classic", L=2, T=40, dtype="float32")
+    w = m.weights()
+    Xt = np.ascontiguousarray(np.swapaxes(X, 0, 1))
+    h0 = np.zeros((2, X.shape[0], m.hidden_size), np.float32)
+    lam = np.full_like(h0, 1e30)
+    ser = SerialSolver()
+    _, st, _ = ser.forward(m.cell, w, Xt, h0, m.dt)
+    g0 = m.cell.zero_grads(w)
+    dx0, s0 = ser.adjoint(m.cell, w, st, lam, g0)
+    assert s0.exponent > 0
+    solver = DEERSolver(DEERConfig(quasi=True, adjoint_max_iter=1))
+    _, state, f = solver.forward(m.cell, w, Xt, h0, m.dt)
+    g1 = m.cell.zero_grads(w)
+    dx1, a = solver.adjoint(m.cell, w, state, lam, g1)
+    assert a.fallback and a.status == NOT_CONVERGED and a.exponent == s0.exponent
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-6 * np.abs(dx0).max())
+    flat0, flat1 = _flatten(g0), _flatten(g1)
+    np.testing.assert_allclose(flat1, flat0, rtol=0, atol=1e-5 * np.abs(flat0).max())
+
+
+def _flatten(tree):
+    if isinstance(tree, (tuple, list)):
+        return np.concatenate([_flatten(t) for t in tree]) if len(tree) else np.zeros(0)
+    return np.ravel(tree).astype(np.float64)
