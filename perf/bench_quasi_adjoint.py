@@ -18,7 +18,8 @@ gradient) for
 
 Reported per solver: the median and min seconds, the ratio to serial (median of the per-round
 ratios), the medians of the forward's and of the gradient's part (the model's ``time_forward``,
-``time_adjoint``: head and weight gradients included), the forward and adjoint iterations, status/fallback, and the gradient's errors against
+``time_adjoint``: head and weight gradients included), the forward and adjoint iterations,
+status/fallback, and the gradient's errors against
 serial (max abs error relative to the largest entry; cosine). Run with one thread::
 
     NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \\

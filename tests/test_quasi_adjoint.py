@@ -154,7 +154,8 @@ def _dahlquist(lam=1.0, T=100, B=3, seed=0):
 
 def test_overflowing_adjoint_is_detected_and_falls_back():
     """float32, an adjoint that grows 2x per step backward (u' = u, backward Euler with dt = 0.5):
-    from 3e38 at T = 20 it overflows at once. The iteration reports NONFINITE; without the fallback the
+    from 3e38 at T = 20 it overflows at once. The iteration reports NONFINITE; without the fallback
+    the
     model's strict check raises; with it the serial reverse sweep keeps the scale in its exponent
     (as the serial solver), finite and equal to the serial solver's result."""
     cell = DahlquistCell()

@@ -206,7 +206,8 @@ class DEERConfig:
         return (atol if self.atol is None else self.atol), (rtol if self.rtol is None else self.rtol)
 
     def adjoint_kind(self):
-        """"dense" or "quasi": how the gradient solves the adjoint (``adjoint``, "auto" resolved)."""
+        """"dense" or "quasi": how the gradient solves the adjoint (``adjoint`` with "auto"
+        resolved)."""
         if self.adjoint == "auto":
             return "quasi" if self.quasi else "dense"
         return self.adjoint

@@ -5,7 +5,8 @@ The adjoint of one layer, at its points lo .. hi - 1 of a rank's block, is the l
 
 .. math::
 
-    \\mu_t = J_t^T \\mu_{t+1} + d_t \\quad (t = n - 1, \\dots, 0), \\qquad \\mu_n = \\text{terminal},
+    \\mu_t = J_t^T \\mu_{t+1} + d_t \\quad (t = n - 1, \\dots, 0), \\qquad
+    \\mu_n = \\text{terminal},
 
 with J_t the step's Jacobian at the converged trajectory and d_t the cotangent reaching point t
 from the layer above. With D_t = diag(J_t) (quasi-DEER's diagonal) and nu_t = mu_{t+1} (the adjoint
@@ -156,7 +157,8 @@ def _add_minus_diag(d, v, D, nu, b):
 def change(new, old, atol, rtol, err, delta, size):
     """err[t] = max over (b, i) of |new - old| / (atol + rtol |new|) (0 where unchanged; inf where
     the denominator is 0 and the element changed, or new is not finite), delta[t] = max
-    |new - old|, size[t] = max |new| (inf where new is NaN or inf); then old = new. new, old (n, B, H);
+    |new - old|, size[t] = max |new| (inf where new is NaN or inf); then old = new.
+    new, old (n, B, H);
     err, delta, size (n,) float64."""
     n, B, H = new.shape
     for t in prange(n):
