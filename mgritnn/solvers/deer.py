@@ -42,10 +42,17 @@ Choices of this implementation (``docs/algorithms.md`` §5):
 * Divergence (the error grew by ``divergence`` over its smallest value, or a non-finite iterate) and
   non-convergence are reported in the statistics; with ``fallback=True`` (default) the solver then
   runs the serial sweep (pipelined over the ranks) and says so (``SolveStats.fallback``).
-* Gradient: the adjoint recurrence mu_t = J_t^T mu_{t+1} + (cotangent from the layer above) is one
-  reverse scan with the **full** Jacobian at the converged trajectory (also for quasi-DEER, so the
-  gradient is that of the computed trajectory, not biased by the diagonal approximation), then one
-  batched pass forms every step's pre-activation cotangents and the parameter gradients.
+* Gradient: the adjoint recurrence mu_t = J_t^T mu_{t+1} + (cotangent from the layer above) with
+  the **full** Jacobian at the converged trajectory (also for quasi-DEER, so the gradient is that
+  of the computed trajectory, not biased by the diagonal approximation), then one batched pass
+  forms every step's pre-activation cotangents and the parameter gradients. DEER
+  (``adjoint="dense"``): one reverse scan with the dense Jacobians (O(T B H^2) memory, O(H^3) per
+  step). quasi-DEER (``adjoint="quasi"``, its default): no dense Jacobian at all, diagonal-
+  preconditioned iterations mu^(k+1)_t = D_t mu^(k+1)_{t+1} + d_t + (J_t^T - D_t) mu^(k)_{t+1},
+  the correction an exact VJP at all points at once (the GRU: one GEMM), one diagonal reverse
+  scan each (:mod:`mgritnn.solvers.qadjoint`); O(T B H) memory, exact at convergence (and after
+  T + 1 iterations: the same front as the forward), the iterations and a fallback to the serial
+  reverse sweep reported in the adjoint's statistics.
 * Time blocks: rank r owns steps [T r / P, T (r + 1) / P). Results agree with the serial solver to
   the tolerance, and between rank counts to round-off (the scan's summaries round differently).
 
@@ -66,16 +73,21 @@ from numba import prange
 
 from ..config import DIVERGED, JIT_PAR, NONFINITE, NOT_CONVERGED, OK
 from ..errors import ConfigError
-from ..cells.base import DiagonalNewton, FusedSequence, LayerNewton, has, missing
+from ..cells.base import (DiagonalNewton, FusedSequence, LayerNewton, Workspace, has, missing,
+                          scale_pow2, work_array)
 from ..options import check_bool, check_choices, check_int, check_real
 from .base import SolveStats, TimeParallelSolver, deprecated_comm, register, step_sizes
 from .elk import lm_step, model_residual
+from .pipeline import can_sweep_scaled, pipelined_scaled_adjoint
+from . import qadjoint
+from .qadjoint import TransposedOffDiagonal, change
 from .scan import linear_recurrence
 from .serial import step_through
 
 #: Default tolerances (atol, rtol) per dtype.
 DEFAULT_TOLERANCES = {np.dtype(np.float64): (1e-6, 1e-4), np.dtype(np.float32): (1e-4, 1e-3)}
 _INITS = ("zero", "input", "warm")
+_ADJOINTS = ("auto", "dense", "quasi")
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,7 @@ class DEERConfig:
     ----------
     quasi : bool
         quasi-DEER: the diagonal of each step's Jacobian in the Newton iteration (the gradient
-        always uses the full Jacobian).
+        is still exact: see ``adjoint``).
     atol, rtol : float or None
         Stop when every element's update is within ``atol + rtol |h|`` (``numpy.allclose``'s
         test of the new iterate against the old: a max-norm over all elements, ``atol``
@@ -115,9 +127,21 @@ class DEERConfig:
         Declare divergence when the error exceeds its smallest value so far by this factor.
     chunks : int or None
         Time chunks per rank of the parallel scan (None: chosen from the shape).
+    adjoint : {"auto", "dense", "quasi"}
+        How the gradient solves the adjoint recurrence mu_t = J_t^T mu_{t+1} + d_t: "dense",
+        one reverse scan with the full transposed Jacobians, kept by the forward (O(T B H^2)
+        memory, O(H^3) per step); "quasi", diagonal-preconditioned iterations whose correction
+        is the exact VJP at every point at once, one diagonal scan each
+        (:mod:`mgritnn.solvers.qadjoint`; O(T B H) memory), to ``atol`` (relative to the
+        adjoint's largest entry) and ``rtol`` per element, at most ``adjoint_max_iter``
+        iterations, the ``fallback`` as the forward's (the serial reverse sweep); "auto": quasi
+        for quasi-DEER, dense for DEER.
+    adjoint_max_iter : int or None
+        Iterations of the "quasi" adjoint per layer at most (None: ``max_iter``).
     max_memory : float
-        Bytes of Jacobians per rank allowed (dense: T B H^2 per layer); beyond it a ConfigError
-        suggests quasi-DEER or fewer steps per rank.
+        Bytes per rank allowed for what the Newton iterations and the gradient keep (dense
+        Jacobians: T B H^2 per layer; the quasi adjoint: about (6 L + 12) T B H values); beyond
+        it a ConfigError suggests quasi-DEER or fewer steps per rank.
     comm : mpi4py communicator, optional
         Deprecated (a ``DeprecationWarning``): the ranks that share the time axis, which now go
         to ``make_solver(config, comm)``; kept for older callers (not compared, not shown).
@@ -133,6 +157,8 @@ class DEERConfig:
     fallback: bool = True
     divergence: float = 1e4
     chunks: int = None
+    adjoint: str = field(default="auto", metadata={"flag": {"choices": _ADJOINTS}})
+    adjoint_max_iter: int = None
     max_memory: float = 8e9
     comm: object = field(default=None, compare=False, repr=False, metadata={"option": False})
 
@@ -154,6 +180,7 @@ class DEERConfig:
         check_bool(f"{name} fallback", self.fallback)
         check_real(f"{name} divergence", self.divergence, low=1, low_open=True)
         check_int(f"{name} chunks", self.chunks, least=1, none=True)
+        check_int(f"{name} adjoint_max_iter", self.adjoint_max_iter, least=1, none=True)
         check_real(f"{name} max_memory", self.max_memory, low=0, low_open=True,
                    hint="bytes of Jacobians per rank")
         deprecated_comm("DEERConfig", self.comm)
@@ -177,6 +204,13 @@ class DEERConfig:
         """(atol, rtol) for ``dtype``: the given values, or the defaults of that dtype."""
         atol, rtol = DEFAULT_TOLERANCES[np.dtype(dtype)]
         return (atol if self.atol is None else self.atol), (rtol if self.rtol is None else self.rtol)
+
+    def adjoint_kind(self):
+        """"dense" or "quasi": how the gradient solves the adjoint (``adjoint`` with "auto"
+        resolved)."""
+        if self.adjoint == "auto":
+            return "quasi" if self.quasi else "dense"
+        return self.adjoint
 
     def make_solver(self, comm=None, state=None):
         """A :class:`DEERSolver` of this config over the ranks of ``comm`` (None: the
@@ -250,8 +284,10 @@ def _update(new, old, atol, rtol, err, change):
 
 class _DEERState(NamedTuple):
     """What the adjoint needs: per layer the trajectory hs (T_loc + 1, B, H) (point lo first), its
-    linearization (LayerStep with the dense Jacobian), the layer inputs; the step sizes; the raw
-    inputs x (T_loc, *X0) of this rank's steps."""
+    linearization (LayerStep with the dense Jacobian (T_loc, B, H, H), or for the quasi adjoint
+    its diagonal (T_loc, B, H), or None where the adjoint makes the diagonal itself: the GRU),
+    the layer inputs; the step sizes; the raw inputs x (T_loc, *X0)
+    of this rank's steps."""
     hs: list
     lin: list
     xin: list
@@ -295,6 +331,9 @@ class DEERSolver(TimeParallelSolver):
     def __init__(self, config=None, comm=None, state=None):
         self.config = config or DEERConfig()
         super().__init__(self.config.comm if comm is None else comm, state)
+        #: The quasi adjoint's work arrays, reused between solves of one shape (what an adjoint
+        #: returns from it, the cotangent of the inputs, is overwritten by the next adjoint).
+        self.ws = Workspace()
 
     def supports(self, cell):
         """What ``cell`` lacks of :class:`~mgritnn.cells.base.LayerNewton` (those of
@@ -373,11 +412,20 @@ class DEERSolver(TimeParallelSolver):
         h0s = [a[0] for a in cell.layer_states(h0[None])]      # per layer (B, H)
         B, H = max((a.shape for a in h0s), key=lambda s: s[1])
         dense_bytes = (hi - lo) * B * H * H * dtype.itemsize
-        if (keep or not cfg.quasi) and dense_bytes > cfg.max_memory:
+        adj = cfg.adjoint_kind()
+        if ((keep and adj == "dense") or not cfg.quasi) and dense_bytes > cfg.max_memory:
             raise ConfigError(
                 f"DEER needs {dense_bytes / 1e9:.1f} GB per rank for the dense Jacobians of {hi - lo} "
                 f"steps x batch {B} x hidden {H}^2, over max_memory {cfg.max_memory / 1e9:.1f} GB: "
-                "use more ranks, a smaller batch, quasi-deer for inference, or raise max_memory")
+                "use more ranks, a smaller batch, quasi-deer (O(T B H) memory, also for training: "
+                "adjoint='quasi'), or raise max_memory")
+        diag_bytes = (6 * L + 12) * (hi - lo) * B * H * dtype.itemsize
+        if keep and adj == "quasi" and diag_bytes > cfg.max_memory:
+            raise ConfigError(
+                f"DEER's quasi adjoint needs about {diag_bytes / 1e9:.1f} GB per rank ({hi - lo} "
+                f"steps x batch {B} x hidden {H} x (6 L + 12) values), over max_memory "
+                f"{cfg.max_memory / 1e9:.1f} GB: use more ranks, a smaller batch, or raise "
+                "max_memory")
         dtv = step_sizes(dt, T, dtype, lo, hi)
         atol, rtol = cfg.tolerances(dtype)
         warm = cfg.initial_guess == "warm" and keys is not None
@@ -425,9 +473,11 @@ class DEERSolver(TimeParallelSolver):
         state = None
         if keep:
             lin = []
+            # the quasi adjoint: O(T B H); the GRU's makes the diagonal itself
+            jac = "dense" if adj == "dense" else (None if qadjoint.gru_fast_path(cell) else "diag")
             for l in range(L):
                 lin.append(cell.layer_step(w, l, axs[l], np.ascontiguousarray(hs_all[l][:-1]), dtv,
-                                           jacobian="dense", fused=True))
+                                           jacobian=jac, fused=True))
             stats.step_evals += hi - lo
             state = _DEERState(hs_all, lin, xin, dtv, x)
         h_last = None
@@ -592,13 +642,44 @@ class DEERSolver(TimeParallelSolver):
     # -- adjoint -------------------------------------------------------------------------------
 
     def adjoint(self, cell, w, state, lam_last, grads, lam_first=None):
-        """Adjoint by one reverse scan per layer with the full transposed Jacobian at the converged
-        trajectory, then one batched pass for the parameter gradients of this rank's steps.
+        """Adjoint of the converged trajectory, one layer after another from the top, then one
+        batched pass for the parameter gradients of this rank's steps.
 
-        ``lam_last`` (*S) is needed on the last rank only. The parameter gradients of this rank's
-        steps, the input projection's included, are added to ``grads``. Returns (dxp (T_loc, *X),
-        stats): the cotangent of the projected inputs (the GRU: dax0 (T_loc, B, 3H)).
-        ``lam_first`` (the adjoint at point 0) is not supported yet: a ConfigError.
+        Each layer's adjoint recurrence mu_t = J_t^T mu_{t+1} + d_t is solved by one reverse scan
+        with the full transposed Jacobians the forward kept (``adjoint="dense"``, DEER's
+        default), or without any dense Jacobian by diagonal-preconditioned iterations
+        (``adjoint="quasi"``, quasi-DEER's default; :meth:`_adjoint_layer_quasi`). Where those do
+        not converge within ``adjoint_max_iter`` (or give NaN/inf) and the solver falls back
+        (the config's ``fallback``, or within :meth:`falling_back`), the serial reverse sweep
+        runs instead, pipelined over the ranks (:meth:`_serial_adjoint`), and ``stats.fallback``
+        says so; without the fallback the last iterate's gradient is returned and ``stats.status``
+        reports the failure (the model's ``strict`` raises for NaN/inf and divergence).
+
+        Parameters
+        ----------
+        cell : Cell
+        w : the cell's weights
+        state : _DEERState
+            From :meth:`forward` with ``keep``.
+        lam_last : ndarray, shape S
+            The adjoint at the last point (read on the last rank only).
+        grads : the cell's gradient NamedTuple
+            The parameter gradients of this rank's steps, the input projection's included, are
+            added to it.
+        lam_first : None
+            The adjoint at point 0 is not supported yet: a ConfigError.
+
+        Returns
+        -------
+        dxp : ndarray, shape (T_loc, *X)
+            The cotangent of the projected inputs (the GRU: dax0 (T_loc, B, 3H)).
+        stats : SolveStats
+            ``iterations`` (the quasi adjoint's, summed over the layers; 0 for the dense scan),
+            ``history`` (the scaled change of each iteration), ``status``/``message``,
+            ``fallback``, ``step_evals`` (one per step for the dense scan and the parameter
+            pass; the quasi iterations in layer steps, as the forward counts them), ``exponent``
+            (nonzero only where the fallback sweep kept an exploding adjoint's scale: the GRU
+            cells on any number of ranks, other cells on one).
         """
         if lam_first is not None:
             raise ConfigError(f"solver {self.name!r} does not give the adjoint at the first point "
@@ -609,13 +690,17 @@ class DEERSolver(TimeParallelSolver):
                              "without fallback): nothing to differentiate")
         t0 = time.perf_counter()
         wait0 = self.tc.wait_time
+        cfg = self.config
         L = cell.num_layers(w)
         dtype = w.dtype
+        atol, rtol = cfg.tolerances(dtype)
+        stats = SolveStats(message="converged")
         lam_l = None if lam_last is None else [a[0] for a in cell.layer_states(lam_last[None])]
         dxin = None                                   # cotangent at points lo+1 .. hi from above
         cot = [None] * L
         for l in range(L - 1, -1, -1):
-            n, B, H = state.lin[l].h_new.shape
+            lin = state.lin[l]
+            n, B, H = lin.h_new.shape
             terminal = np.zeros((B, H), dtype)
             # mu at points lo .. hi-1: mu_t = J_t^T mu_{t+1} + d_t, d_t the cotangent at point t
             d = np.zeros((n, B, H), dtype)
@@ -629,21 +714,210 @@ class DEERSolver(TimeParallelSolver):
                 terminal[...] = lam_l[l] if lam_l is not None else 0
                 if dxin is not None and n:
                     terminal += dxin[-1]
-            mu = np.empty((n, B, H), dtype)
-            _, after = linear_recurrence(state.lin[l].J, d, terminal, out=mu, reverse=True,
-                                         chunks=self.config.chunks, comm=self.tc)
-            nu = np.empty((n, B, H), dtype)            # adjoint of each step's new state
-            nu[:-1] = mu[1:]
-            if n:
-                nu[-1] = after
-            _, cot[l] = cell.layer_step_vjp(w, l, nu, state.lin[l], state.dt, need_lam=False)
+            dense = lin.J is not None and lin.J.ndim == 4
+            if dense:                                  # the dense reverse scan
+                mu = np.empty((n, B, H), dtype)
+                _, after = linear_recurrence(lin.J, d, terminal, out=mu, reverse=True,
+                                             chunks=cfg.chunks, comm=self.tc)
+                nu = np.empty((n, B, H), dtype)        # adjoint of each step's new state
+                nu[:-1] = mu[1:]
+                if n:
+                    nu[-1] = after
+                stats.step_evals += n
+            else:
+                status, iters, hist, resid, nu, op = self._adjoint_layer_quasi(
+                    cell, w, l, lin, state.dt, d, terminal, atol, rtol)
+                stats.iterations += iters
+                stats.history += hist
+                stats.residual = max(stats.residual, resid)
+                stats.step_evals += iters * n
+                if status != OK and stats.status == OK:
+                    stats.status = status
+                    cap = cfg.adjoint_max_iter or cfg.max_iter
+                    stats.message = "adjoint " + {
+                        NOT_CONVERGED: f"layer {l}: not converged in {cap} iterations",
+                        DIVERGED: f"layer {l}: diverged (the change grew {cfg.divergence:g}x)",
+                        NONFINITE: f"layer {l}: non-finite iterate"}[status]
+                if status != OK and self.falls_back:
+                    break
+            if dense:
+                _, cot[l] = cell.layer_step_vjp(w, l, nu, lin, state.dt, need_lam=False)
+            else:
+                cot[l], op = op.cotangents(nu), None
             if l > 0:
                 dxin = cell.layer_input_vjp(w, l, cot[l])
-        cell.accumulate_grads(grads, cell.layers_cache(state.xin, state.lin), cot)
-        cell.project_inputs_vjp(w, state.x, cot[0][0], grads)
-        stats = SolveStats(step_evals=n, wait_time=self.tc.wait_time - wait0,
-                           seconds=time.perf_counter() - t0)
-        return cot[0][0], stats
+        if stats.status != OK and self.falls_back:
+            dxp, sstats = self._serial_adjoint(cell, w, state, lam_last, grads)
+            stats.fallback = True
+            stats.exponent = sstats.exponent
+            stats.step_evals += sstats.step_evals
+            stats.message += "; ran the serial reverse sweep instead"
+            if sstats.status != OK:                    # the sweep overflowed too: say so
+                stats.fallback = False
+                stats.status = sstats.status
+                stats.message += f" ({sstats.message})"
+        else:
+            cell.accumulate_grads(grads, cell.layers_cache(state.xin, state.lin), cot)
+            cell.project_inputs_vjp(w, state.x, cot[0][0], grads)
+            stats.step_evals += cot[0][0].shape[0]
+            dxp = cot[0][0]
+        if stats.status == OK and stats.iterations == 0 and not stats.history:
+            stats.message = "exact"
+        if not dense and stats.status == OK and not self._finite(dxp, grads):
+            stats.status = NONFINITE                   # e.g. a parameter gradient's sum overflowed
+            stats.message = "the gradient is not finite (NaN/inf)"
+        stats.wait_time = self.tc.wait_time - wait0
+        stats.seconds = time.perf_counter() - t0
+        return dxp, stats
+
+    def _adjoint_layer_quasi(self, cell, w, l, lin, dt, d, terminal, atol, rtol):
+        """The adjoint of layer l by diagonal-preconditioned iterations (module
+        :mod:`mgritnn.solvers.qadjoint`): mu^(k+1)_t = D_t mu^(k+1)_{t+1} + d_t
+        + (J_t^T - D_t) nu^(k)_t, one diagonal reverse scan each, from nu^(0) = 0.
+
+        Stops when every element's change, scaled by ``atol S + rtol |mu|`` (S the largest
+        |mu| of the previous iterate over all ranks: the adjoint's scale is the loss's, so the
+        absolute tolerance is taken relative to it; one allreduce per iteration), is e <= 1 and
+        so is the error estimate e rho / (1 - rho), rho = e_k / e_(k-1) (at most 0.99) the
+        observed contraction (a slowly contracting iteration, trained weights, is stopped by
+        the estimate, not by a small change); after
+        ``adjoint_max_iter`` iterations (``max_iter`` if None), when the change grew by
+        ``divergence`` over its smallest value, or at a non-finite iterate.
+
+        Parameters
+        ----------
+        lin : LayerStep
+            The converged step of the layer, ``J`` its diagonal (n, B, H) or None (the GRU's
+            form, :class:`~mgritnn.solvers.qadjoint.TransposedOffDiagonal`, makes it).
+        dt : ndarray, shape (n,) or (n, B)
+        d : ndarray, shape (n, B, H)
+            The cotangents reaching points lo .. hi - 1 from the layer above.
+        terminal : ndarray, shape (B, H)
+            The adjoint at the last point of the sequence (read on the last rank).
+        atol, rtol : float
+
+        Returns
+        -------
+        status : int
+        iterations : int
+        history : list of float
+            The scaled change of every iteration.
+        resid : float
+            The largest absolute change of the last iteration.
+        nu : ndarray, shape (n, B, H)
+            The adjoint of each step's new state (points lo + 1 .. hi), the last iterate.
+        op : TransposedOffDiagonal
+            Its :meth:`~mgritnn.solvers.qadjoint.TransposedOffDiagonal.cotangents` give the
+            layer's step cotangents.
+        """
+        cfg = self.config
+        n, B, H = d.shape
+        dtype = d.dtype
+        cap = cfg.adjoint_max_iter or cfg.max_iter
+        ws = self.ws
+        op = TransposedOffDiagonal(cell, w, l, lin, dt, ws)
+        D = op.D
+        buf = work_array(ws, "qadj-buf", (n + 1, B, H), dtype)
+        buf[...] = 0
+        mu, nu = buf[:n], buf[1:]                      # points lo .. hi - 1 and lo + 1 .. hi
+        new = work_array(ws, "qadj-new", (n, B, H), dtype)
+        b = work_array(ws, "qadj-b", (n, B, H), dtype)
+        err, delta, size = (np.empty(n, np.float64) for _ in range(3))
+        history, best, status, resid, scale, prev = [], np.inf, NOT_CONVERGED, 0.0, 0.0, np.inf
+        k = 0
+        while k < cap:
+            k += 1
+            if k == 1:
+                b[...] = d                             # nu^(0) = 0: no correction
+            else:
+                op.apply(nu, d, b)
+            _, after = linear_recurrence(D, b, terminal, out=new, reverse=True,
+                                         chunks=cfg.chunks, comm=self.tc)
+            change(new, mu, atol * scale, rtol, err, delta, size)     # mu = new
+            buf[n] = after
+            e, resid, scale = self._max(err.max(initial=0.0), delta.max(initial=0.0),
+                                        size.max(initial=0.0))
+            if not np.isfinite(scale):                 # NaN or inf in the iterate
+                history.append(np.inf)
+                status = NONFINITE
+                break
+            if k == 1 or not np.isfinite(e):
+                # from an all-zero iterate (nu^(0) = 0; inf only where atol S is 0): the change
+                # is the iterate itself, 1 / (atol + rtol) relative to its own largest entry
+                history.append(1.0 / (atol + rtol) if scale > 0 else 0.0)
+                prev = np.inf
+                continue
+            history.append(e)
+            # the error left is about the change times rate / (1 - rate) for a linear iteration
+            # contracting at that rate (the last two changes' ratio, at most 0.99): stop when
+            # that estimate, not only the change, is within the tolerance
+            rate = min(e / prev, 0.99) if 0 < prev < np.inf else 0.0
+            if e * max(1.0, rate / (1.0 - rate)) <= 1.0:
+                status = OK
+                break
+            prev = e
+            best = min(best, e)
+            if e > cfg.divergence * best:
+                status = DIVERGED
+                break
+        return status, k, history, resid, np.ascontiguousarray(nu), op
+
+    def _finite(self, *arrays):
+        """Whether every array (nests of tuples of arrays, None skipped) is finite on every rank
+        (one allreduce)."""
+        def ok(a):
+            if a is None:
+                return True
+            if isinstance(a, (tuple, list)):
+                return all(ok(b) for b in a)
+            return bool(np.all(np.isfinite(a)))
+        return self._max(float(not ok(list(arrays))))[0] == 0
+
+    def _serial_adjoint(self, cell, w, state, lam_last, grads):
+        """The fallback of the quasi adjoint: backpropagation through time of this rank's steps
+        from its first point of the converged trajectory, pipelined from the last rank to the
+        first, with the adjoint's scale kept in a power-of-two exponent where it would outgrow the
+        dtype (``stats.exponent``, the same on every rank).
+
+        The GRU cells (:func:`~mgritnn.solvers.pipeline.can_sweep_scaled`): MGRIT's exact
+        fallback, :func:`~mgritnn.solvers.pipeline.pipelined_scaled_adjoint`. Other cells: the
+        serial solver's forward and scaled adjoint of the rank's steps, the adjoint passed
+        between the ranks at its true scale (one rank: the serial solver's exponent; several: an
+        overflow is reported as NaN/inf).
+
+        Returns
+        -------
+        dxp : ndarray, shape (T_loc, *X)
+        stats : SolveStats
+            ``status`` NONFINITE where the result (or ``grads``) is not finite.
+        """
+        start = cell.join_layers([np.ascontiguousarray(hs[0]) for hs in state.hs])
+        if can_sweep_scaled(cell):
+            dxp, E, evals = pipelined_scaled_adjoint(self.tc, cell, w, state.x,
+                                                     cell.project_inputs(w, state.x), start,
+                                                     state.dt, lam_last, grads)
+            stats = SolveStats(step_evals=evals, exponent=E)
+            lam0 = None
+        else:
+            from .serial import SerialSolver
+            ser = SerialSolver()
+            _, sstate, _ = ser.forward(cell, w, state.x, start, state.dt)
+            lam = np.zeros_like(start) if lam_last is None else np.array(lam_last, start.dtype)
+            self.tc.recv_prev(lam, "deer-sweep", reverse=True)
+            lam0 = np.empty_like(start)
+            dxp, stats = ser.adjoint(cell, w, sstate, lam, grads, lam_first=lam0)
+            if stats.exponent and self.size > 1:       # one scale over the ranks: the true one
+                E = stats.exponent
+                with np.errstate(over="ignore"):
+                    np.ldexp(lam0, E, out=lam0)
+                    dxp = np.ldexp(dxp, E).astype(dxp.dtype)
+                    scale_pow2(grads, E)
+                stats.exponent = 0
+            self.tc.send_next(lam0, "deer-sweep", reverse=True)
+            stats.step_evals += dxp.shape[0]         # its forward sweep
+        if not self._finite(dxp, grads, lam0):
+            stats.status, stats.message = NONFINITE, "the serial reverse sweep gave NaN/inf"
+        return dxp, stats
 
 
 @register(config=DEERConfig, fixed={"quasi": True})
