@@ -1,11 +1,12 @@
-"""MGRIT's exact adjoint fallback keeps the adjoint's scale apart (exploding gradients).
+"""The time-parallel adjoints' exact fallback keeps the adjoint's scale apart (exploding gradients).
 
-Where MGRIT's adjoint fails (on a float32 sequence whose adjoint outgrows the dtype it gives inf)
-the GRU cells fall back to backpropagation through time pipelined over the ranks with the
+Where MGRIT's adjoint fails (on a float32 sequence whose adjoint outgrows the dtype it gives inf),
+DEER's dense scan overflows or quasi-DEER's iteration misses, the GRU cells fall back to backpropagation through time pipelined over the ranks with the
 adjoint's power-of-two exponent carried from rank to rank (``mgritnn.solvers.pipeline``):
 
-* one process: bit for bit the serial solver's scaled gradient and exponent (classic and implicit
-  cells, 1 and 2 layers), where the unscaled gradient is inf;
+* one process: bit for bit the serial solver's scaled gradient and exponent (MGRIT: classic and
+  implicit cells, 1 and 2 layers; DEER and quasi-DEER: two of those), where the unscaled gradient
+  is inf;
 * a batch without overflow: exponent 0, still the serial gradient bit for bit;
 * MGRIT with one level (the gradient checks' exact solver) is that sweep; the trainer's gradient
   check of an exploding batch compares true directions (its exact gradient scaled as well);
@@ -40,7 +41,7 @@ def _case_module():
 def serial():
     """One-process serial results per case: (loss, scaled grad, exponent)."""
     out = {}
-    for name, cell, layers, T in _case_module().CASES:
+    for name, _, cell, layers, T in _case_module().CASES:
         m, X, y = exploding_model(cell, layers, T=T)
         loss, g, info = m.loss_and_grad_flat(X, y, scaled=True)
         out[name] = (loss, g, info["exponent"])
@@ -49,12 +50,12 @@ def serial():
 
 @pytest.mark.parametrize("case", _case_module().CASES, ids=lambda c: c[0])
 def test_one_process_fallback_is_the_serial_scaled_gradient_bitwise(case, serial):
-    name, cell, layers, T = case
+    name, solver, cell, layers, T = case
     m, X, y = exploding_model(cell, layers, T=T)
     with np.errstate(over="ignore"):
         _, plain, _ = m.loss_and_grad_flat(X, y)           # the true scale: beyond float32
     assert not np.all(np.isfinite(plain))
-    got = _case_module().solve_case(cell, layers, T)
+    got = _case_module().solve_case(solver, cell, layers, T)
     loss, g, E = serial[name]
     assert E >= 128 and got["exponent"] == E
     assert got["fallback"].tolist() == [True, True]
@@ -65,7 +66,7 @@ def test_one_process_fallback_is_the_serial_scaled_gradient_bitwise(case, serial
 def test_without_overflow_exponent_0_and_the_serial_gradient_bitwise():
     m, X, y = exploding_model("classic", 1, T=60)
     loss, g, info = m.loss_and_grad_flat(X, y, scaled=True)
-    got = _case_module().solve_case("classic", 1, 60)
+    got = _case_module().solve_case("mgrit", "classic", 1, 60)
     assert info["exponent"] == 0 == got["exponent"] and got["fallback"].tolist() == [True, True]
     assert got["loss"] == loss
     np.testing.assert_array_equal(got["grad"], g)

@@ -91,7 +91,8 @@ class SolveStats:
         ``2^exponent`` times the norm of what was returned. MGRIT reports it from its exact
         fallback for the GRU cells (the pipelined scaled sweep,
         :func:`~mgritnn.solvers.pipeline.pipelined_scaled_adjoint`), which it takes when its own
-        adjoint gives inf; DEER: always 0.
+        adjoint gives inf, DEER and quasi-DEER from theirs (the same sweep) where their scan
+        overflows or their iteration misses.
     stalled : bool
         The iteration gave up early: a cycle contracted the residual by less than the solver's
         ``stall`` factor, or the tolerance was out of reach at its rate (MGRIT).

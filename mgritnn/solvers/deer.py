@@ -537,7 +537,8 @@ class DEERSolver(TimeParallelSolver):
                 J = step.J
                 (_offset_diag if cfg.quasi else _offset_dense)(J, h_lin, step.h_new, scale, b)
                 step = None
-            _, start = linear_recurrence(J, b, h0, out=new, chunks=cfg.chunks, comm=self.tc)
+            with np.errstate(over="ignore", invalid="ignore"):    # NaN/inf: status NONFINITE
+                _, start = linear_recurrence(J, b, h0, out=new, chunks=cfg.chunks, comm=self.tc)
             if not one_pass:
                 J = None                   # free this Jacobian before the next one is made
             _update(new, hs[1:], atol, rtol, err, change)
@@ -651,7 +652,8 @@ class DEERSolver(TimeParallelSolver):
         (``adjoint="quasi"``, quasi-DEER's default; :meth:`_adjoint_layer_quasi`). Where those do
         not converge within ``adjoint_max_iter`` (or give NaN/inf) and the solver falls back
         (the config's ``fallback``, or within :meth:`falling_back`), the serial reverse sweep
-        runs instead, pipelined over the ranks (:meth:`_serial_adjoint`), and ``stats.fallback``
+        runs instead, pipelined over the ranks (:meth:`_serial_adjoint`; also where the dense
+        scan overflows: an exploding adjoint, kept at a power-of-two scale), and ``stats.fallback``
         says so; without the fallback the last iterate's gradient is returned and ``stats.status``
         reports the failure (the model's ``strict`` raises for NaN/inf and divergence).
 
@@ -717,8 +719,9 @@ class DEERSolver(TimeParallelSolver):
             dense = lin.J is not None and lin.J.ndim == 4
             if dense:                                  # the dense reverse scan
                 mu = np.empty((n, B, H), dtype)
-                _, after = linear_recurrence(lin.J, d, terminal, out=mu, reverse=True,
-                                             chunks=cfg.chunks, comm=self.tc)
+                with np.errstate(over="ignore", invalid="ignore"):   # checked below
+                    _, after = linear_recurrence(lin.J, d, terminal, out=mu, reverse=True,
+                                                 chunks=cfg.chunks, comm=self.tc)
                 nu = np.empty((n, B, H), dtype)        # adjoint of each step's new state
                 nu[:-1] = mu[1:]
                 if n:
@@ -746,6 +749,9 @@ class DEERSolver(TimeParallelSolver):
                 cot[l], op = op.cotangents(nu), None
             if l > 0:
                 dxin = cell.layer_input_vjp(w, l, cot[l])
+        if dense and stats.status == OK and not self._finite(cot):
+            stats.status = NONFINITE           # the scan overflowed: an exploding adjoint
+            stats.message = "adjoint: the dense scan gave NaN/inf"
         if stats.status != OK and self.falls_back:
             dxp, sstats = self._serial_adjoint(cell, w, state, lam_last, grads)
             stats.fallback = True
@@ -831,8 +837,9 @@ class DEERSolver(TimeParallelSolver):
                 b[...] = d                             # nu^(0) = 0: no correction
             else:
                 op.apply(nu, d, b)
-            _, after = linear_recurrence(D, b, terminal, out=new, reverse=True,
-                                         chunks=cfg.chunks, comm=self.tc)
+            with np.errstate(over="ignore", invalid="ignore"):   # a non-finite iterate stops
+                _, after = linear_recurrence(D, b, terminal, out=new, reverse=True,
+                                             chunks=cfg.chunks, comm=self.tc)
             change(new, mu, atol * scale, rtol, err, delta, size)     # mu = new
             buf[n] = after
             e, resid, scale = self._max(err.max(initial=0.0), delta.max(initial=0.0),
@@ -874,7 +881,7 @@ class DEERSolver(TimeParallelSolver):
         return self._max(float(not ok(list(arrays))))[0] == 0
 
     def _serial_adjoint(self, cell, w, state, lam_last, grads):
-        """The fallback of the quasi adjoint: backpropagation through time of this rank's steps
+        """The fallback of the quasi adjoint and of an overflowing dense scan: backpropagation through time of this rank's steps
         from its first point of the converged trajectory, pipelined from the last rank to the
         first, with the adjoint's scale kept in a power-of-two exponent where it would outgrow the
         dtype (``stats.exponent``, the same on every rank).
