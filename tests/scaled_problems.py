@@ -19,7 +19,8 @@ def exploding_model(cell="classic", layers=1, T=1000, B=3, H=16, gain=3.0, seed=
     return m, np.ascontiguousarray(x.transpose(1, 0, 2)), rng.integers(0, 2, B)
 
 
-def true_direction(grad, exponent):
-    """The unit vector of 2^exponent times ``grad`` (float64): the true gradient's direction."""
-    g = np.ldexp(grad.astype(np.float64), int(exponent))
+def true_direction(grad):
+    """The unit vector of ``grad`` in float64: the true gradient's direction (a scaled gradient,
+    2^-E times the true one, has it too; the true norm may exceed even float64's range)."""
+    g = grad.astype(np.float64)
     return g / np.linalg.norm(g)
