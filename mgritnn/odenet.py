@@ -183,6 +183,12 @@ class ODENet(FlatParamModel):
         smoothness penalty starts at 0 and networks of any depth discretize the same ODE;
         ``"independent"``: a draw per layer (PyTorch's habit; the smoothness penalty then
         starts near :math:`\\gamma_{ddt} N^3 (w + 1) / (3 T^2)` and dominates deep networks).
+    layer_init_scale : float or None
+        None (default): the residual layers' weights and biases drawn as above (PyTorch's
+        bound :math:`1/\\sqrt{\\text{fan-in}}`); a number s >= 0: drawn uniform in ±s instead
+        (0: all layers start at zero, θ = 0), as the layer-parallel papers' ``weights_init``
+        factor (their Peaks runs start from 0.0 or 1e-6). The opening and the classifier keep
+        PyTorch's bound. Only the initialization: not part of :attr:`config`.
     layer : {"dense", "conv"}
         ``"conv"``: convolutional layers on images (:mod:`mgritnn.cells.conv_odenet`):
         u_{k+1} = u_k + Δt σ(K_k * u_k + b_k), 3 x 3 "same" convolutions of ``channels``
@@ -213,7 +219,8 @@ class ODENet(FlatParamModel):
 
     def __init__(self, num_features, width, num_classes, depth, activation="tanh", final_time=1.0,
                  opening="dense", tikhonov=1e-7, ddt_penalty=1e-5, dtype="float64", seed=0,
-                 layer_init="constant", layer="dense", channels=None, image_shape=None):
+                 layer_init="constant", layer="dense", channels=None, image_shape=None,
+                 layer_init_scale=None):
         self.num_features = check_int("num_features", num_features, least=1)
         check_choice("layer", layer, LAYER_KINDS)
         self.layer = layer
@@ -242,6 +249,7 @@ class ODENet(FlatParamModel):
         seed = check_int("seed", seed, least=0)
         check_choice("layer_init", layer_init, LAYER_INITS)
         self.layer_init = layer_init
+        check_real("layer_init_scale", layer_init_scale, low=0, none=True)
         self.dt = self.final_time / self.depth
         self.cell = (ConvODENetCell(self.channels, *self.image_shape[1:], activation)
                      if layer == "conv" else ODENetCell(activation))
@@ -258,6 +266,8 @@ class ODENet(FlatParamModel):
                 fan_in = dict(opening=9 * self.image_shape[0], layers=9 * self.channels,
                               classifier=self.channels)[name.split(".")[0]]
             bound = 1.0 / np.sqrt(fan_in)
+            if name.startswith("layers") and layer_init_scale is not None:
+                bound = layer_init_scale
             shape = view.shape[1:] if name == "layers" and layer_init == "constant" else view.shape
             view[...] = rng.uniform(-bound, bound, shape)
 

@@ -23,7 +23,7 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
 #: Values for the fields whose type says too little to make a valid non-default one.
 _SPECIAL = {"newton_options": {"max_iter": 3}, "nested_epochs": 1, "nested_target_acc": 0.5,
             "seq_len": 5, "max_batches": 2, "clip": 1.0, "momentum": 0.5, "lr": 0.01,
-            "weight_decay": 0.1, "nested_cf": 4}
+            "weight_decay": 0.1, "nested_cf": 4, "layer_init_scale": 1e-6}
 #: Settings to try as "where it does not apply": the first that a row's applies() rejects is used.
 _BASES = [dict(optimizer="lbfgs"), dict(optimizer="adam"), dict(model="odenet"),
           dict(model="odenet", optimizer="lbfgs"), dict(model="gru")]

@@ -167,6 +167,9 @@ class ODENetSpec(ModelSpec):
         ODENet: gamma_ddt of the smoothness term over the layers.
     layer_init : {"constant", "independent"}
         ODENet: one initial draw for all layers, or one per layer.
+    layer_init_scale : float or None
+        ODENet: initial residual layers' weights and biases uniform in +-s (0: all zero; the
+        layer-parallel papers' weights_init, e.g. 0 or 1e-6); None: PyTorch's 1/sqrt(fan-in).
     layer : {"dense", "conv"}
         ODENet: dense layers on feature vectors, or 3x3 convolutions on images (data with an
         image shape, e.g. digits.npz); conv: opening convolution, classifier on the pixel mean.
@@ -197,6 +200,7 @@ class ODENetSpec(ModelSpec):
     tikhonov: float = 1e-7
     ddt_penalty: float = 1e-5
     layer_init: str = field(default="constant", metadata={"flag": {"choices": LAYER_INITS}})
+    layer_init_scale: float = None
     layer: str = field(default="dense", metadata={"flag": {"choices": LAYER_KINDS}})
     channels: int = 8
     nested_levels: int = 0
@@ -224,6 +228,7 @@ class ODENetSpec(ModelSpec):
         check_real("final_time", self.final_time, low=0, low_open=True)
         for name in ("tikhonov", "ddt_penalty"):
             check_real(name, getattr(self, name), low=0)
+        check_real("layer_init_scale", self.layer_init_scale, low=0, none=True)
         check_real("nested_target_acc", self.nested_target_acc, low=0, high=1, none=True)
         if self.nested_epochs is not None:
             budgets = self.nested_epochs if isinstance(self.nested_epochs, (tuple, list)) \
@@ -468,8 +473,9 @@ class RunSpec:
 #: ``model`` (the model spec's name) and the fields of the four specs.
 SETTINGS = ("model", "data", "seq_len", "num_classes", "lengths", "pad", "cell", "newton_options",
             "hidden", "layers", "dtype", "dt", "depth", "width", "activation", "final_time",
-            "opening", "tikhonov", "ddt_penalty", "layer_init", "layer", "channels", "nested_levels",
-            "nested_cf", "nested_interp", "nested_epochs", "nested_target_acc", "epochs", "batch_size",
+            "opening", "tikhonov", "ddt_penalty", "layer_init", "layer_init_scale", "layer",
+            "channels", "nested_levels", "nested_cf", "nested_interp", "nested_epochs",
+            "nested_target_acc", "epochs", "batch_size",
             "optimizer", "lr", "momentum", "weight_decay", "clip", "seed", "solver",
             "solver_options", "data_parallel", "threads", "checkpoint", "resume",
             "resume_or_start", "overwrite", "log", "max_batches", "gradient_check",

@@ -88,7 +88,8 @@ class ODENetAdapter:
         return ODENet(num_features, None if conv else cfg.width, num_classes,
                       depth or cfg.depth, activation=cfg.activation, final_time=cfg.final_time,
                       opening=cfg.opening, tikhonov=cfg.tikhonov, ddt_penalty=cfg.ddt_penalty,
-                      dtype=cfg.dtype, seed=cfg.seed, layer_init=cfg.layer_init, **conv)
+                      dtype=cfg.dtype, seed=cfg.seed, layer_init=cfg.layer_init,
+                      layer_init_scale=cfg.layer_init_scale, **conv)
 
     @staticmethod
     def check_memory(cfg, ds, batch, time_ranks):
