@@ -188,7 +188,8 @@ def test_data_of_the_wrong_kind_exits_2(tmp_path, capsys):
 OTHER_VALUES = dict(seq_len=8, lengths="ignore", pad="front", cell="implicit",
                     newton_options={"max_iter": 3}, hidden=4, layers=2, dt=0.5, depth=16,
                     width=3, activation="relu", final_time=2.0, opening="copy", tikhonov=0.0,
-                    ddt_penalty=0.0, layer_init="independent", layer="conv", channels=4,
+                    ddt_penalty=0.0, layer_init="independent", layer_init_scale=1e-6,
+                    layer="conv", channels=4,
                     nested_levels=1, nested_cf=4,
                     nested_interp="linear", nested_epochs=3, nested_target_acc=0.5)
 
