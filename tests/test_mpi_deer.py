@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import reference as ref
-from mpi_util import Case, find_mpiexec, launch_cases, run_mpi, scan_systems, solve, warm_numba_cache
+from mpi_util import (Case, find_mpiexec, launch_cases, load_mpi_script, run_mpi, scan_systems,
+                       solve, warm_numba_cache)
 
 MPIEXEC = find_mpiexec()
 pytestmark = pytest.mark.skipif(
@@ -124,13 +125,7 @@ def test_auto_on_p_ranks_follows_one_choice_and_gives_the_serial_result(numba_ca
 
 def _elk_case():
     """The module ``tests/mpi/elk_case.py`` (its cases and one-process solve)."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "elk_case", Path(__file__).parent / "mpi" / "elk_case.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_mpi_script("elk_case")
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,10 @@ converged, report the same statuses as one process when capped, and the capped s
 (the serial reverse sweep, pipelined from the last rank to the first) gives the serial gradient.
 One launch of ``tests/mpi/qadj_case.py`` per P (the script checks that every rank holds bitwise
 the same results)."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from mpi_util import find_mpiexec, run_mpi, solve, warm_numba_cache
+from mpi_util import find_mpiexec, load_mpi_script, run_mpi, solve, warm_numba_cache
 
 MPIEXEC = find_mpiexec()
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: install the 'mpich' wheel")
@@ -19,11 +16,7 @@ NPROCS = (2, 3, 4)
 
 
 def _case_module():
-    spec = importlib.util.spec_from_file_location(
-        "qadj_case", Path(__file__).parent / "mpi" / "qadj_case.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_mpi_script("qadj_case")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from mgritnn.io import read_npz
 from mgritnn.odenet import ODENet
 from mgritnn.solvers import MGRITConfig, make_solver
 from mgritnn.train import TrainConfig, Trainer
+from owned_problems import BASE, FullTrainer
 from mgritnn.train.checkpoint import block_cut
 
 comm = MPI.COMM_WORLD
@@ -89,14 +90,6 @@ print(f"rank {rank}: ok block", flush=True)
 
 
 # -- training stores the block only, and gives the full-allreduce path's bits ---------------------
-class FullTrainer(Trainer):
-    _own_layers = False
-
-
-BASE = dict(model="odenet", data="peaks", width=4, depth=8, activation="smoothrelu",
-            dtype="float64", threads=1, batch_size=500, max_batches=3, epochs=1, lr=0.02,
-            tikhonov=1e-4, ddt_penalty=1e-3, layer_init="independent", solver="mgrit",
-            solver_options=dict(levels=2, cf=2, relax="F", max_iter=2, adjoint_max_iter=2))
 
 
 def trainer(cls, c=comm, **kw):

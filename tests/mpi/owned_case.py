@@ -15,6 +15,7 @@ from mpi4py import MPI
 from mgritnn.odenet import ODENet
 from mgritnn.solvers import MGRITConfig, make_solver
 from mgritnn.train import TrainConfig, Trainer
+from owned_problems import BASE, FullTrainer
 
 comm = MPI.COMM_WORLD
 rank, P = comm.Get_rank(), comm.Get_size()
@@ -54,14 +55,6 @@ print(f"rank {rank}: ok gradient", flush=True)
 
 
 # -- training: owned against the full allreduce -------------------------------------------------
-class FullTrainer(Trainer):
-    _own_layers = False
-
-
-BASE = dict(model="odenet", data="peaks", width=4, depth=8, activation="smoothrelu",
-            dtype="float64", threads=1, batch_size=500, max_batches=3, epochs=1, lr=0.02,
-            tikhonov=1e-4, ddt_penalty=1e-3, layer_init="independent", solver="mgrit",
-            solver_options=dict(levels=2, cf=2, relax="F", max_iter=2, adjoint_max_iter=2))
 
 
 def run(cls, **kw):

@@ -17,7 +17,7 @@ import numpy as np
 from mpi4py import MPI
 
 from mgritnn.solvers import DEERConfig
-from mpi_util import Case, finish_ranks
+from mpi_util import Case, agree_with_rank_0, finish_ranks
 
 TIGHT = dict(atol=1e-13, rtol=0.0)
 
@@ -45,16 +45,9 @@ def solve_case(case, options):
 
 def main(argv):
     comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
     arrays, bad = {}, []
     for name, case, options in CASES:
-        res = solve_case(case, options)
-        ref = comm.bcast(res if rank == 0 else None, root=0)
-        for key, value in res.items():
-            if not np.array_equal(value, ref[key]):
-                bad.append(f"rank {rank}/{size} {name}: {key} differs from rank 0's")
-        if rank == 0:
-            arrays.update({f"{name}_{k}": v for k, v in res.items()})
+        agree_with_rank_0(comm, name, solve_case(case, options), bad, arrays)
     return finish_ranks(comm, bad, argv[0], arrays)
 
 
