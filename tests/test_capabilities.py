@@ -8,18 +8,19 @@ import pytest
 
 from mgritnn.cells import (CAPABILITIES, CELLS, Cell, ConvODENetCell, Core, DahlquistCell,
                            DahlquistWeights, DiagonalNewton, FusedChains, FusedSequence,
-                           LayerNewton, NewtonGRUCell, ODENetCell, get_cell, has, missing,
-                           without)
+                           LayerNewton, NewtonGRUCell, ODENetCell, OffDiagonalVJP, get_cell, has,
+                           missing, without)
 from mgritnn.errors import ConfigError
 
-SEQ, CHAINS, LAYERS, DIAG = FusedSequence, FusedChains, LayerNewton, DiagonalNewton
+SEQ, CHAINS, LAYERS, DIAG, OFF = (FusedSequence, FusedChains, LayerNewton, DiagonalNewton,
+                                  OffDiagonalVJP)
 
 #: What each cell has, by hand (the core always).
 EXPECTED = {
-    "classic": {SEQ, CHAINS, LAYERS, DIAG},
-    "implicit": {SEQ, CHAINS, LAYERS, DIAG},
-    "matched-classic": {SEQ, CHAINS, LAYERS, DIAG},
-    "matched-implicit": {SEQ, CHAINS, LAYERS, DIAG},
+    "classic": {SEQ, CHAINS, LAYERS, DIAG, OFF},
+    "implicit": {SEQ, CHAINS, LAYERS, DIAG, OFF},
+    "matched-classic": {SEQ, CHAINS, LAYERS, DIAG, OFF},       # has_off_diagonal_vjp() False
+    "matched-implicit": {SEQ, CHAINS, LAYERS, DIAG, OFF},
     "implicit-newton": {SEQ, LAYERS},
     "dahlquist": {LAYERS},
     "odenet": {CHAINS},
@@ -36,6 +37,7 @@ METHODS = {
     LayerNewton: ("num_layers", "layer_states", "join_layers", "layer_inputs", "layer_step",
                   "layer_step_vjp", "layer_input_vjp", "layers_cache"),
     DiagonalNewton: ("layer_newton_diag",),
+    OffDiagonalVJP: ("off_diagonal_vjp", "has_off_diagonal_vjp"),
 }
 
 

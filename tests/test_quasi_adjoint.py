@@ -13,7 +13,8 @@ from mgritnn.cells import DahlquistCell, DahlquistWeights
 from mgritnn.config import NONFINITE, NOT_CONVERGED, OK
 from mgritnn.errors import ConfigError, SolverError
 from mgritnn.solvers import DEERConfig, DEERSolver, SerialSolver, make_solver
-from mgritnn.solvers import qadjoint
+from mgritnn.cells import GRUCell
+from mgritnn.cells.gru_qadjoint import GRUOffDiagonal
 from helpers import gru_problem
 from strategies import problems
 
@@ -72,7 +73,7 @@ def test_generic_vjp_path_equals_the_gru_gemm_path(monkeypatch):
     m, X, y = gru_problem("implicit", L=2, T=60, dt=2.0, scale=1.5)
     cfg = DEERConfig(quasi=True, fallback=False, **TIGHT)
     _, g_fast, i_fast = m.loss_and_grad_flat(X, y, cfg)
-    monkeypatch.setattr(qadjoint, "gru_fast_path", lambda cell: False)
+    monkeypatch.setattr(GRUCell, "has_off_diagonal_vjp", lambda self: False)
     _, g_gen, i_gen = m.loss_and_grad_flat(X, y, cfg)
     np.testing.assert_allclose(g_gen, g_fast, rtol=0, atol=1e-12 * np.abs(g_fast).max())
     assert i_gen["adjoint"].iterations == i_fast["adjoint"].iterations
@@ -185,12 +186,12 @@ def test_strict_model_raises_for_a_nonfinite_adjoint(monkeypatch):
     model's strict check raises instead of returning a NaN gradient; with the fallback the
     gradient is BPTT's."""
     m, X, y = gru_problem("classic", L=1, T=30)
-    real = qadjoint.TransposedOffDiagonal.apply
+    real = GRUOffDiagonal.apply
 
     def poisoned(self, nu, d, b):
         real(self, nu, d, b)
         b[3, 0, 0] = np.nan
-    monkeypatch.setattr(qadjoint.TransposedOffDiagonal, "apply", poisoned)
+    monkeypatch.setattr(GRUOffDiagonal, "apply", poisoned)
     with pytest.raises(SolverError):
         m.loss_and_grad_flat(X, y, DEERConfig(quasi=True, fallback=False))
     l0, g0, _ = m.loss_and_grad_flat(X, y)

@@ -3,7 +3,7 @@ and VJP kernels side by side, the registry of cells by name, the scalar test equ
 ODENet's residual layers, dense and convolutional (their weights the step inputs; not in the
 registry, the ODENet makes them)."""
 from .base import (CAPABILITIES, Cell, Core, DiagonalNewton, FusedChains, FusedSequence,
-                   LayerNewton, LayerStep, OneLayer, Workspace, adjoint_shift, has, missing,
+                   LayerNewton, LayerStep, OffDiagonalVJP, OneLayer, Workspace, adjoint_shift, has, missing,
                    scale_pow2, tree_map, without, work_array)
 from .dahlquist import DahlquistCell, DahlquistWeights
 from .gru import (CELLS, GRUCache, GRUCell, GRUGrads, GRUStack, GRUWeights, StackedWeights,
@@ -16,6 +16,6 @@ __all__ = ["CAPABILITIES", "CELLS", "Cell", "ConvODENetCell", "ConvODENetGrads",
            "ConvODENetWeights", "Core", "DahlquistCell", "DahlquistWeights",
            "DiagonalNewton", "FusedChains", "FusedSequence", "GRUCache", "GRUCell", "GRUGrads",
            "GRUStack", "GRUWeights", "LayerNewton", "LayerStep", "NewtonConfig", "NewtonGRUCell",
-           "NewtonStats", "ODENetCell", "ODENetGrads", "ODENetWeights", "OneLayer",
+           "NewtonStats", "ODENetCell", "ODENetGrads", "ODENetWeights", "OffDiagonalVJP", "OneLayer",
            "StackedWeights", "Workspace", "accumulate_outer", "adjoint_shift", "get_cell", "has",
            "missing", "project", "scale_pow2", "tree_map", "without", "work_array"]

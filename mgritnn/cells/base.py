@@ -52,19 +52,23 @@ required)                               ``layer_inputs``, ``layer_step``, ``laye
                                         ``layer_input_vjp``, ``layers_cache``
 :class:`DiagonalNewton` (quasi-DEER;    ``layer_newton_diag``
 optional)
+:class:`OffDiagonalVJP` (quasi-DEER's   ``off_diagonal_vjp``, ``has_off_diagonal_vjp``
+adjoint in the cell's form; optional)
 ======================================  ==================================================
 
 Which cell has which (``tests/test_capabilities.py`` checks this table):
 
-=======================================  ====  ========  ======  ======  ========
-cell                                     core  sequence  chains  layers  diagonal
-=======================================  ====  ========  ======  ======  ========
-GRUCell (classic, implicit, matched-*)   yes   yes       yes     yes     yes
-NewtonGRUCell (implicit-newton)          yes   yes       no      yes     no
-DahlquistCell                            yes   no        no      yes     no
-ODENetCell                               yes   no        yes     no      no
-ConvODENetCell                           yes   no        no      no      no
-=======================================  ====  ========  ======  ======  ========
+=======================================  ====  ========  ======  ======  ========  ============
+cell                                     core  sequence  chains  layers  diagonal  off-diagonal
+=======================================  ====  ========  ======  ======  ========  ============
+GRUCell (classic, implicit, matched-*)   yes   yes       yes     yes     yes       yes (*)
+NewtonGRUCell (implicit-newton)          yes   yes       no      yes     no        no
+DahlquistCell                            yes   no        no      yes     no        no
+ODENetCell                               yes   no        yes     no      no        no
+ConvODENetCell                           yes   no        no      no      no        no
+=======================================  ====  ========  ======  ======  ========  ============
+
+(*) ``has_off_diagonal_vjp()`` is false for the matched coarse cells (theta < 0).
 
 Beyond the protocols, a cell whose :meth:`sequence_vjp` takes ``scaled=True`` (the adjoint's scale
 kept in a power-of-two exponent, see :meth:`mgritnn.cells.gru.GRUCell.sequence_vjp`) says so with
@@ -386,13 +390,28 @@ class DiagonalNewton(Protocol):
     def layer_newton_diag(self, w, l, x, h, dt, scale, J, b): ...
 
 
+@runtime_checkable
+class OffDiagonalVJP(Protocol):
+    """quasi-DEER's adjoint without dense Jacobians in the cell's own form: for layer l at the
+    converged steps ``lin`` (a :class:`LayerStep` of n steps), ``off_diagonal_vjp(w, l, lin, dt,
+    ws=None)`` gives an operator with ``D`` (n, B, H), the diagonal of every step's Jacobian;
+    ``apply(nu, d, b)``, writing b = d + (J_t^T - D_t) nu_t for all steps at once; and
+    ``cotangents(nu)``, the step cotangents ``layer_step_vjp(..., need_lam=False)`` gives.
+    ``has_off_diagonal_vjp()``: whether this instance's form applies (the solver then uses the
+    generic batched-VJP form otherwise; where it applies the forward need not form the
+    diagonal)."""
+    def off_diagonal_vjp(self, w, l, lin, dt, ws=None): ...
+    def has_off_diagonal_vjp(self): ...
+
+
 def _protocol_methods(capability):
     return [n for n, v in vars(capability).items() if callable(v) and not n.startswith("_")]
 
 
 #: The capabilities (and the core) and the methods each consists of.
 CAPABILITIES = {c: tuple(_protocol_methods(c))
-                for c in (Core, FusedSequence, FusedChains, LayerNewton, DiagonalNewton)}
+                for c in (Core, FusedSequence, FusedChains, LayerNewton, DiagonalNewton,
+                          OffDiagonalVJP)}
 
 
 def _implemented(cls, name):
@@ -412,7 +431,7 @@ def missing(cell, capability):
     Parameters
     ----------
     cell : Cell (or any object)
-    capability : Core, FusedSequence, FusedChains, LayerNewton or DiagonalNewton
+    capability : Core, FusedSequence, FusedChains, LayerNewton, DiagonalNewton or OffDiagonalVJP
 
     Returns
     -------

@@ -40,6 +40,7 @@ from ..errors import ConfigError
 from .activations import flush_subnormal, sigmoid, tanh
 from .base import (CELLS, Cell, LayerStep, Workspace, adjoint_shift, get_cell, scale_pow2,
                    work_array)
+from .gru_qadjoint import GRUOffDiagonal
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1553,6 +1554,18 @@ class GRUCell(GRUStack):
             J = np.empty((K, B, H), h.dtype)
             _layer_jacobian_diag(h, dt, theta, G, N, w.Wh[l], J)
         return J
+
+    def has_off_diagonal_vjp(self):
+        """Whether :meth:`off_diagonal_vjp` applies: the theta family (theta >= 0: classic,
+        implicit; not the matched coarse cells)."""
+        return self.theta >= 0
+
+    def off_diagonal_vjp(self, w, l, lin, dt, ws=None):
+        """quasi-DEER's adjoint correction of layer l in the GRU's form
+        (:class:`~mgritnn.cells.gru_qadjoint.GRUOffDiagonal`:
+        :class:`~mgritnn.cells.base.OffDiagonalVJP`)."""
+        n, B = lin.h_new.shape[:2]
+        return GRUOffDiagonal(self.theta, w, l, lin, dt_rows(dt, n, B, lin.h_new.dtype), ws)
 
     def layer_newton_diag(self, w, l, ax, h, dt, scale, J, b):
         """quasi-DEER's linearization of layer ``l`` at K states, in one pass: ``J = scale

@@ -79,8 +79,7 @@ from ..options import check_bool, check_choices, check_int, check_real
 from .base import SolveStats, TimeParallelSolver, deprecated_comm, register, step_sizes
 from .elk import lm_step, model_residual
 from .pipeline import can_sweep_scaled, pipelined_scaled_adjoint
-from . import qadjoint
-from .qadjoint import TransposedOffDiagonal, change
+from .qadjoint import change, has_own_form, off_diagonal_vjp
 from .scan import linear_recurrence
 from .serial import step_through
 
@@ -474,7 +473,7 @@ class DEERSolver(TimeParallelSolver):
         if keep:
             lin = []
             # the quasi adjoint: O(T B H); the GRU's makes the diagonal itself
-            jac = "dense" if adj == "dense" else (None if qadjoint.gru_fast_path(cell) else "diag")
+            jac = "dense" if adj == "dense" else (None if has_own_form(cell) else "diag")
             for l in range(L):
                 lin.append(cell.layer_step(w, l, axs[l], np.ascontiguousarray(hs_all[l][:-1]), dtv,
                                            jacobian=jac, fused=True))
@@ -794,7 +793,7 @@ class DEERSolver(TimeParallelSolver):
         ----------
         lin : LayerStep
             The converged step of the layer, ``J`` its diagonal (n, B, H) or None (the GRU's
-            form, :class:`~mgritnn.solvers.qadjoint.TransposedOffDiagonal`, makes it).
+            form, :class:`~mgritnn.cells.base.OffDiagonalVJP`, makes it).
         dt : ndarray, shape (n,) or (n, B)
         d : ndarray, shape (n, B, H)
             The cotangents reaching points lo .. hi - 1 from the layer above.
@@ -812,8 +811,8 @@ class DEERSolver(TimeParallelSolver):
             The largest absolute change of the last iteration.
         nu : ndarray, shape (n, B, H)
             The adjoint of each step's new state (points lo + 1 .. hi), the last iterate.
-        op : TransposedOffDiagonal
-            Its :meth:`~mgritnn.solvers.qadjoint.TransposedOffDiagonal.cotangents` give the
+        op : the correction operator (:func:`~mgritnn.solvers.qadjoint.off_diagonal_vjp`)
+            Its ``cotangents`` give the
             layer's step cotangents.
         """
         cfg = self.config
@@ -821,7 +820,7 @@ class DEERSolver(TimeParallelSolver):
         dtype = d.dtype
         cap = cfg.adjoint_max_iter or cfg.max_iter
         ws = self.ws
-        op = TransposedOffDiagonal(cell, w, l, lin, dt, ws)
+        op = off_diagonal_vjp(cell, w, l, lin, dt, ws)
         D = op.D
         buf = work_array(ws, "qadj-buf", (n + 1, B, H), dtype)
         buf[...] = 0

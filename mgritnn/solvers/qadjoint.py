@@ -24,19 +24,13 @@ iteration. Its fixed point is the exact adjoint, and it has DEER's front: after 
 last k points are exact (the error operator is strictly block triangular), so n + 1 iterations
 reproduce the sequential reverse sweep bitwise on one rank.
 
-The correction, per cell (:class:`TransposedOffDiagonal`):
+The correction, per cell (:func:`off_diagonal_vjp`):
 
-* the GRU cells of the theta family (classic, implicit): dh'/dh = diag(1 - c) + diag(a_r) W_r +
-  diag(a_z) W_z + diag(a_n) W_n (W_r, W_z, W_n the blocks of W_h), the coefficients
-  a = [a_r, a_z, a_n] being the pre-activation cotangent ``dah`` of a unit adjoint (the partial
-  derivatives of the cell's VJP, computed once per layer in one pass, :func:`_gru_coeffs`). The
-  direct term is diagonal, so J_t - D_t = sum_g diag(a_g) W_g^off with W_g^off the block with
-  its diagonal zeroed, and the correction is a GEMM over all points and rows:
-  ``(a o [nu, nu, nu]) @ W_h^off``, (n B, 3H) x (3H, H), in blocks of rows
-  (:func:`_gru_correction`). The same coefficients give the final
-  pre-activation cotangents (:meth:`TransposedOffDiagonal.cotangents`);
-* any other cell of :class:`~mgritnn.cells.base.LayerNewton`: its batched step VJP
-  (``layer_step_vjp`` with ``need_lam``) minus D_t nu_t.
+* a cell with its own form (:class:`~mgritnn.cells.base.OffDiagonalVJP`: the GRU cells of the
+  theta family, :mod:`mgritnn.cells.gru_qadjoint`, one GEMM with the off-diagonal W_h over all
+  points and rows);
+* any other cell of :class:`~mgritnn.cells.base.LayerNewton` (:class:`TransposedOffDiagonal`):
+  its batched step VJP (``layer_step_vjp`` with ``need_lam``) minus D_t nu_t.
 
 Memory: O(n B H) (the coefficients 4 n B H, the iterates and scratch about 6 n B H), against
 O(n B H^2) for the dense Jacobians of the direct reverse scan.
@@ -45,102 +39,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..cells.activations import flush_subnormal
-from ..cells.base import work_array
+from ..cells.base import OffDiagonalVJP, has
 from ..config import JIT_PAR
-
-
-@numba.njit(**JIT_PAR)
-def _gru_coeffs(h, dt, theta, G, N, wdiag, C, D):
-    """The GRU's coefficients of every step and row, C (n, B, 4H) = [a_r, a_z, a_n, c_n]:
-    dh'/dh = diag(1 - c) + diag(a_r) W_r + diag(a_z) W_z + diag(a_n) W_n, and the
-    pre-activation cotangents of an adjoint lam are dah = [a_r, a_z, a_n] lam, dax = [a_r, a_z,
-    c_n] lam (the partial derivatives of :func:`mgritnn.cells.gru._block_gate_vjp`, theta >= 0);
-    and the diagonal D (n, B, H) = 1 - c + a_r diag(W_r) + a_z diag(W_z) + a_n diag(W_n)
-    (``wdiag`` (3, H) the diagonals of the blocks). h (n, B, H) the states the gates
-    G (n, B, 3H) = [r, z, W_h^n h + b_h^n], N (n, B, H) were evaluated at; dt (n, B); a row with
-    dt 0 (the identity step) gets C = 0, D = 1."""
-    n, B, H = h.shape
-    one = h.dtype.type(1.0)
-    zero = h.dtype.type(0.0)
-    for t in prange(n):
-        for r in range(B):
-            d = dt[t, r]
-            if d == 0:
-                for j in range(4 * H):
-                    C[t, r, j] = zero
-                for j in range(H):
-                    D[t, r, j] = one
-                continue
-            for j in range(H):
-                rg = G[t, r, j]
-                z = G[t, r, H + j]
-                nn = N[t, r, j]
-                a = d * (one - z)
-                den = one + theta * a
-                c = a / den
-                dpn = c * (one - nn * nn)
-                ar = dpn * G[t, r, 2 * H + j] * rg * (one - rg)
-                az = -d * (nn - h[t, r, j]) / (den * den) * z * (one - z)
-                an = dpn * rg
-                C[t, r, j] = ar
-                C[t, r, H + j] = az
-                C[t, r, 2 * H + j] = an
-                C[t, r, 3 * H + j] = dpn
-                D[t, r, j] = (one - c) + ar * wdiag[0, j] + az * wdiag[1, j] + an * wdiag[2, j]
-
-
-#: Rows (points x batch rows) per block of :func:`_gru_correction`: its scratch (rows x 3H) stays
-#: in cache between the product with the coefficients and the GEMM (measured, one thread, float32:
-#: 40 ms at (n B, H) = (65536, 64) against 60-75 ms for one GEMM over all rows, 10 against 18-25
-#: ms at (65536, 32)). A function of nothing but this constant, so results do not depend on the
-#: number of threads.
-BLOCK_ROWS = 1024
-
-
-@numba.njit(**JIT_PAR)
-def _gru_correction(C, nu, Woff, d, b, rows):
-    """b = d + (J^T - D) nu for every point and row (the GRU's form, module docstring): per block
-    of ``rows`` rows, V = [a_r, a_z, a_n] o [nu, nu, nu] (rows, 3H) and one GEMM V W_h^off.
-    C (n, B, 4H), nu, d, b (n, B, H) C-contiguous, Woff (3H, H)."""
-    n, B, H = nu.shape
-    N = n * B
-    C2 = C.reshape((N, 4 * H))
-    nu2 = nu.reshape((N, H))
-    d2 = d.reshape((N, H))
-    b2 = b.reshape((N, H))
-    nb = -(-N // rows)
-    for q in prange(nb):
-        r0 = q * rows
-        r1 = min(N, r0 + rows)
-        V = np.empty((r1 - r0, 3 * H), nu.dtype)
-        U = np.empty((r1 - r0, H), nu.dtype)
-        for i in range(r1 - r0):
-            for g in range(3):
-                for k in range(H):
-                    V[i, g * H + k] = C2[r0 + i, g * H + k] * nu2[r0 + i, k]
-        np.dot(V, Woff, U)
-        for i in range(r1 - r0):
-            for m in range(H):
-                b2[r0 + i, m] = d2[r0 + i, m] + U[i, m]
-
-
-@numba.njit(**JIT_PAR)
-def _gru_cotangents(C, nu, dax, dah):
-    """The pre-activation cotangents of the adjoint nu (n, B, H) of the new states: dah = [a_r,
-    a_z, a_n] nu and dax = [a_r, a_z, c_n] nu (n, B, 3H), subnormal values flushed to zero (as
-    the cell's own VJP does)."""
-    n, B, H = nu.shape
-    for t in prange(n):
-        for r in range(B):
-            for g in range(3):
-                for i in range(H):
-                    v = flush_subnormal(C[t, r, g * H + i] * nu[t, r, i])
-                    dah[t, r, g * H + i] = v
-                    if g < 2:
-                        dax[t, r, g * H + i] = v
-            for i in range(H):
-                dax[t, r, 2 * H + i] = flush_subnormal(C[t, r, 3 * H + i] * nu[t, r, i])
 
 
 @numba.njit(**JIT_PAR)
@@ -184,27 +84,24 @@ def change(new, old, atol, rtol, err, delta, size):
         size[t] = m
 
 
-def off_diagonal_blocks(Wh):
-    """W_h (3H, H) with the diagonal of each of its three H x H blocks zeroed (a C-contiguous
-    copy, the same dtype)."""
-    H = Wh.shape[1]
-    W = np.array(Wh, order="C", copy=True)
-    idx = np.arange(H)
-    for g in range(3):
-        W[g * H + idx, idx] = 0
-    return W
+def has_own_form(cell):
+    """Whether ``cell`` gives the correction in its own form (:class:`OffDiagonalVJP` and its
+    ``has_off_diagonal_vjp()``): then the forward need not form the diagonal (the form makes
+    it)."""
+    return has(cell, OffDiagonalVJP) and cell.has_off_diagonal_vjp()
 
 
-def gru_fast_path(cell):
-    """Whether the GEMM form of the correction applies: a GRU cell of the theta family with
-    theta >= 0 (classic, implicit; not MGRIT's matched coarse cells)."""
-    from ..cells.gru import GRUCell
-    return isinstance(cell, GRUCell) and getattr(cell, "theta", -1.0) >= 0
+def off_diagonal_vjp(cell, w, l, lin, dt, ws=None):
+    """The correction operator of layer l (``D``, ``apply(nu, d, b)``, ``cotangents(nu)``): the
+    cell's own form where it has one (:func:`has_own_form`), else :class:`TransposedOffDiagonal`."""
+    if has_own_form(cell):
+        return cell.off_diagonal_vjp(w, l, lin, dt, ws)
+    return TransposedOffDiagonal(cell, w, l, lin, dt)
 
 
 class TransposedOffDiagonal:
-    """The correction r_t = (J_t^T - D_t) nu_t of one layer at all of a rank's n steps at once,
-    and the layer's pre-activation cotangents at the end.
+    """The correction r_t = (J_t^T - D_t) nu_t of one layer at all of a rank's n steps at once
+    by the cell's batched step VJP, and the layer's step cotangents at the end.
 
     Parameters
     ----------
@@ -213,76 +110,29 @@ class TransposedOffDiagonal:
     l : int
         The layer.
     lin : LayerStep
-        The layer's step at the converged trajectory, with ``J`` its diagonal (n, B, H) (the
-        GRU's form may have ``J`` None: it makes the diagonal from its coefficients).
+        The layer's step at the converged trajectory, with ``J`` its diagonal (n, B, H).
     dt : ndarray, shape (n,) or (n, B)
         Step sizes.
-    ws : Workspace, optional
-        Take the coefficients, the diagonal and the cotangents from it (reused by the next
-        solve of the same shape: no page faults for fresh arrays in every training step).
 
     Attributes
     ----------
     D : ndarray, shape (n, B, H)
         The diagonal of every step's Jacobian (the preconditioner).
-
-    Notes
-    -----
-    :meth:`apply` writes b = d + r (the right-hand side of the next diagonal scan). The GRU's
-    form (module docstring) keeps its coefficients (n, B, 4H) (and a scratch of BLOCK_ROWS x 4H per
-    thread); the generic form calls the cell's batched VJP (one pass over all points, its own
-    temporaries).
     """
 
-    def __init__(self, cell, w, l, lin, dt, ws=None):
-        self.cell, self.w, self.l, self.lin, self.dt, self.ws = cell, w, l, lin, dt, ws
-        n, B, H = lin.h_new.shape
-        dtype = lin.h_new.dtype
-        self.fast = gru_fast_path(cell)
-        if self.fast:
-            from ..cells.gru import dt_rows
-            self.C = work_array(ws, "qadj-C", (n, B, 4 * H), dtype)
-            self.D = work_array(ws, "qadj-D", (n, B, H), dtype)
-            Wh = w.Wh[l]
-            wdiag = np.ascontiguousarray(np.stack([np.diagonal(Wh[g * H:(g + 1) * H])
-                                                   for g in range(3)]))
-            _gru_coeffs(lin.h_gate, dt_rows(dt, n, B, dtype), dtype.type(cell.theta), lin.G,
-                        lin.N, wdiag, self.C, self.D)
-            self.Woff = off_diagonal_blocks(Wh)
-        else:
-            self.D = np.ascontiguousarray(lin.J)
+    def __init__(self, cell, w, l, lin, dt):
+        self.cell, self.w, self.l, self.lin, self.dt = cell, w, l, lin, dt
+        self.D = np.ascontiguousarray(lin.J)
 
     def apply(self, nu, d, b):
-        """b = d + (J_t^T - D_t) nu_t for every step t.
-
-        Parameters
-        ----------
-        nu : ndarray, shape (n, B, H), C-contiguous
-            The adjoint of each step's new state (the previous iterate's).
-        d : ndarray, shape (n, B, H)
-            The cotangents reaching the points from above.
-        b : ndarray, shape (n, B, H)
-            Receives the sum.
-        """
-        if self.fast:
-            _gru_correction(self.C, nu, self.Woff, np.ascontiguousarray(d), b, BLOCK_ROWS)
-        else:
-            v, _ = self.cell.layer_step_vjp(self.w, self.l, nu, self.lin, self.dt, need_lam=True)
-            _add_minus_diag(d, v, self.D, nu, b)
+        """b = d + (J_t^T - D_t) nu_t for every step t; nu (C-contiguous), d, b (n, B, H)."""
+        v, _ = self.cell.layer_step_vjp(self.w, self.l, nu, self.lin, self.dt, need_lam=True)
+        _add_minus_diag(d, v, self.D, nu, b)
 
     def cotangents(self, nu):
-        """The layer's step cotangents for the adjoint ``nu`` (n, B, H) of its new states: what
-        ``layer_step_vjp(..., need_lam=False)`` gives (the GRU: (dax, dah), (n, B, 3H) each, from
-        the coefficients, without a second pass over the gates)."""
-        if not self.fast:
-            return self.cell.layer_step_vjp(self.w, self.l, nu, self.lin, self.dt,
-                                            need_lam=False)[1]
-        n, B, H = nu.shape
-        dax = work_array(self.ws, ("qadj-dax", self.l), (n, B, 3 * H), nu.dtype)
-        dah = work_array(self.ws, ("qadj-dah", self.l), (n, B, 3 * H), nu.dtype)
-        _gru_cotangents(self.C, nu, dax, dah)
-        self.C = None                       # free the coefficients
-        return dax, dah
+        """The layer's step cotangents for the adjoint ``nu`` (n, B, H) of its new states (what
+        ``layer_step_vjp(..., need_lam=False)`` gives)."""
+        return self.cell.layer_step_vjp(self.w, self.l, nu, self.lin, self.dt, need_lam=False)[1]
 
 
-__all__ = ["TransposedOffDiagonal", "change", "off_diagonal_blocks", "gru_fast_path"]
+__all__ = ["TransposedOffDiagonal", "change", "has_own_form", "off_diagonal_vjp"]
