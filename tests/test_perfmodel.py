@@ -121,7 +121,8 @@ def test_deer_and_serial_step_evals_equal_the_solvers():
     for route, cfg in (("deer", DEERConfig()), ("quasi-deer", DEERConfig(quasi=True))):
         _, _, info = m.loss_and_grad_flat(X, y, cfg)
         ops = pm.step_ops((B, T, 3, 4, 1), route, 1,
-                          dict(deer_iters=info["forward"].iterations))[0]
+                          dict(deer_iters=info["forward"].iterations,
+                               adjoint_iters=info["adjoint"].iterations))[0]
         assert pm.step_evals(ops) == (info["forward"].step_evals, info["adjoint"].step_evals)
     _, _, info = m.loss_and_grad_flat(X, y, "serial")
     ops = pm.step_ops((B, T, 3, 4, 1), "serial", 1)[0]
@@ -187,7 +188,7 @@ def test_deer_on_two_ranks_by_hand():
     costs = _costs(linear=dict(deer_base=[1.0, 1.0], deer_iter=[0.0, 2.0], deer_adj=[2.0, 1.0]))
     p = pm.predict((1, 7, 1, 1, 1), "deer", 2, 1, dict(deer_iters=2), costs)
     assert p.seconds == 37
-    assert p.step_evals == [[2 * 3 + 3, 3], [2 * 4 + 4, 4]]
+    assert p.step_evals == [[2 * 3 + 3, 2 * 3], [2 * 4 + 4, 2 * 4]]   # adjoint: scan + gradients
 
 
 def test_position_time_interpolates_log_log_and_holds_the_rate_beyond():

@@ -326,7 +326,9 @@ def step_ops(shape, route, ranks=1, options=None, itemsize=4):
         All processes (data groups x time ranks).
     options : dict, optional
         ``data_parallel`` (groups, default 1), ``config``/``mgrit`` (see :func:`mgrit_config`),
-        ``warm`` (MGRIT forward from remembered states, default False), ``deer_iters`` (Newton
+        ``warm`` (MGRIT forward from remembered states, default False), ``adjoint_iters``
+        (quasi-DEER's adjoint iterations, summed over the layers; default L x ``deer_iters``),
+        ``deer_iters`` (Newton
         iterations per layer, default :data:`DEFAULT_DEER_ITERS`), ``classes`` (default 6).
     itemsize : int
         Bytes per value (4: float32).
@@ -386,14 +388,28 @@ def step_ops(shape, route, ranks=1, options=None, itemsize=4):
                            record=False),
                         Op("forward", "update allreduce", -1, "allreduce", nbytes=16,
                            record=False)]
-            ops.append(Op("adjoint", "reverse scan and gradients", -1, "local",
-                          (("deer_adj", n, 0), ("flops", proj * n, 0)), n, record=False))
+            # quasi-DEER's adjoint: diagonal-preconditioned iterations (each costed as one of
+            # its Newton iterations: a correction over all points and a diagonal scan), then
+            # one pass for the cotangents and the parameter gradients
+            for _ in range(int(options.get("adjoint_iters", L * iters)) if quasi else 0):
+                ops += [Op("adjoint", "quasi adjoint iteration", -1, "local",
+                           (("qdeer_iter", n, 0),), n, record=False),
+                        Op("adjoint", "scan allgather", -1, "allgather",
+                           nbytes=summary * itemsize, record=False),
+                        Op("adjoint", "scan boundary", -1, "message", nbytes=Bg * H * itemsize,
+                           record=False),
+                        Op("adjoint", "change allreduce", -1, "allreduce", nbytes=16,
+                           record=False)]
+            ops.append(Op("adjoint", "gradients" if quasi else "reverse scan and gradients", -1,
+                          "local", (("deer_adj", n, 0), ("flops", proj * n, 0)),
+                          n if quasi else 2 * n, record=False))   # the solver counts the scan
             dense = (Bg * H * H + Bg * H) * itemsize
             for l in range(L):
-                ops += [Op("adjoint", "scan allgather", -1, "allgather", nbytes=dense,
-                           record=False),
-                        Op("adjoint", "scan boundary", -1, "message", nbytes=Bg * H * itemsize,
-                           record=False)]
+                if not quasi:
+                    ops += [Op("adjoint", "scan allgather", -1, "allgather", nbytes=dense,
+                               record=False),
+                            Op("adjoint", "scan boundary", -1, "message",
+                               nbytes=Bg * H * itemsize, record=False)]
                 if l < L - 1:
                     ops.append(Op("adjoint", "cotangent boundary", -1, "message",
                                   nbytes=Bg * H * itemsize, record=False))

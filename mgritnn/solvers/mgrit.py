@@ -1086,10 +1086,10 @@ class MGRITSolver(TimeParallelSolver):
         first forward point, with the adjoint's scale kept apart
         (:func:`~mgritnn.solvers.pipeline.pipelined_scaled_adjoint`), so that a sequence whose
         adjoint outgrows the dtype (where MGRIT's own adjoint gives inf) still gets the gradient's
-        exact direction (``stats.exponent``). Also the adjoint of one level (the exact solver of
-        the gradient checks). ``failed``: the failed solve's statistics (kept, as :meth:`_exact`
-        does; ``spent`` its solve, whose waits are added), or a new SolveStats for one level
-        (``spent`` None: no fallback). Returns (dax0, stats) as :meth:`adjoint`."""
+        exact direction (``stats.exponent``); also where the sweep of one level (the gradient
+        checks' exact solver) overflowed. ``failed``: the failed solve's statistics (kept, as
+        :meth:`_exact` does; ``spent`` its solve, whose waits are added). Returns (dax0, stats)
+        as :meth:`adjoint`."""
         t0 = time.perf_counter()
         T = state.T
         lo, hi = self.local_steps(T)
@@ -1097,15 +1097,13 @@ class MGRITSolver(TimeParallelSolver):
         wait0 = self.tc.wait_time
         dax0, E, evals = pipelined_scaled_adjoint(self.tc, cell, w, state.x, state.ax0,
                                                   state.u[0], dtv, lam_last, grads, lam_first)
-        if spent is not None:
-            failed.fallback = True
-            failed.message += "; the serial sweep ran instead (exact, pipelined, scaled)"
+        failed.fallback = True
+        failed.message += "; the serial sweep ran instead (exact, pipelined, scaled)"
         failed.step_evals += evals
         failed.residual = 0.0
         failed.exponent = E
-        phase = "pipelined scaled sweep" if spent is None else "fallback (pipelined scaled sweep)"
-        failed.phases[phase] = [time.perf_counter() - t0, 1, evals]
-        failed.wait_time = (0.0 if spent is None else spent.wait_time) + self.tc.wait_time - wait0
+        failed.phases["fallback (pipelined scaled sweep)"] = [time.perf_counter() - t0, 1, evals]
+        failed.wait_time = spent.wait_time + self.tc.wait_time - wait0
         failed.seconds = time.perf_counter() - t_setup
         return dax0, failed
 
@@ -1120,9 +1118,6 @@ class MGRITSolver(TimeParallelSolver):
         C-point, as the forward's ``h_last`` is (exact with one level or when converged)."""
         cfg = self.config
         t_setup = time.perf_counter()
-        if not state.cfs and can_sweep_scaled(cell):    # one level: the exact sweep, scaled
-            return self._exact_adjoint(cell, w, state, lam_last, grads, lam_first,
-                                       SolveStats(), None, t_setup)
         T, u = state.T, state.u
         grid = local_grid(T, state.cfs, self.size, self.rank, reverse=True)
         lo_fwd = T - grid.hi
@@ -1142,7 +1137,12 @@ class MGRITSolver(TimeParallelSolver):
         fas.phases["setup (coarse linearizations)"] = [t0 - t_setup, 1, prop.evals]
         # its final sweep keeps every step's cotangents
         stats = fas.solve(cfg.adjoint_max_iter, give_up=self.falls_back)
-        if self.falls_back and stats.status != OK and can_sweep_scaled(cell):
+        if not state.cfs and stats.status == OK and can_sweep_scaled(cell) and self.tc.allreduce(
+                np.array([0.0 if np.all(np.isfinite(fas.u[0])) else 1.0]), op="max")[0]:
+            stats.status, stats.message = NONFINITE, "the sweep gave NaN/inf"
+        # the scaled sweep: MGRIT's fallback, and one level's where its sweep overflowed
+        if (self.falls_back or (not state.cfs and stats.status == NONFINITE)) \
+                and stats.status != OK and can_sweep_scaled(cell):
             return self._exact_adjoint(cell, w, state, lam_last, grads, lam_first, stats, fas,
                                        t_setup)
         if self.falls_back and stats.status != OK:      # the fine level's VJPs only, sequentially
